@@ -1,0 +1,168 @@
+//! Device identity: what each Vulkan device is, and how other APIs find the same device.
+//!
+//! [`MemoryAllocator::new`](crate::MemoryAllocator::new) enumerates the Vulkan physical devices
+//! once. A `device_id` is an index into that list, which is sorted in a stable, documented
+//! order: discrete GPUs first, then integrated, virtual, other, and CPU devices (such as Mesa's
+//! lavapipe) last; devices of the same type are ordered by their UUID. The order therefore does
+//! not depend on the order in which the Vulkan loader happens to list its drivers.
+//!
+//! Other APIs (CUDA, OpenCL, OpenGL) find "the same device" by [`DeviceInfo::uuid`], never by
+//! index or name: their indices follow other rules.
+
+use std::fmt;
+
+use crate::handle::HandleType;
+
+/// A 16-byte device or driver UUID, as Vulkan, CUDA, OpenCL and OpenGL report it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Uuid(pub [u8; 16]);
+
+impl fmt::Display for Uuid {
+    /// The usual 8-4-4-4-12 hex form.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Uuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Uuid({self})")
+    }
+}
+
+/// The kind of a physical device, in the order used for `device_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DeviceType {
+    /// A discrete GPU.
+    DiscreteGpu,
+    /// A GPU integrated with the CPU.
+    IntegratedGpu,
+    /// A virtualised GPU.
+    VirtualGpu,
+    /// Anything else.
+    Other,
+    /// A software rasteriser running on the CPU (lavapipe, SwiftShader).
+    Cpu,
+}
+
+/// One memory heap of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapInfo {
+    /// The heap's index in Vulkan's memory properties.
+    pub index: u32,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Whether it is device-local memory.
+    pub device_local: bool,
+}
+
+/// What external handle types a device can export and import for one kind of object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalSupport {
+    /// Handle types objects of this kind can be exported as.
+    pub export: Vec<HandleType>,
+    /// Handle types objects of this kind can be imported from.
+    pub import: Vec<HandleType>,
+    /// Handle types that work only with dedicated allocations.
+    pub dedicated_only: Vec<HandleType>,
+}
+
+impl ExternalSupport {
+    /// Whether `handle` can be exported.
+    pub fn can_export(&self, handle: HandleType) -> bool {
+        self.export.contains(&handle)
+    }
+
+    /// Whether `handle` can be imported.
+    pub fn can_import(&self, handle: HandleType) -> bool {
+        self.import.contains(&handle)
+    }
+}
+
+/// Everything lava-flow knows about one Vulkan physical device.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeviceInfo {
+    /// The `device_id` of this device (its index in the sorted list).
+    pub index: u32,
+    /// The device's name, e.g. `NVIDIA H100 80GB HBM3` or `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// The PCI vendor id (0x10de is NVIDIA; 0x10005 is Mesa).
+    pub vendor_id: u32,
+    /// The vendor's device id.
+    pub pci_device_id: u32,
+    /// The kind of device.
+    pub device_type: DeviceType,
+    /// The Vulkan version the device supports, as `(major, minor, patch)`.
+    pub api_version: (u32, u32, u32),
+    /// The driver's name (`VkPhysicalDeviceDriverProperties::driverName`).
+    pub driver_name: String,
+    /// The driver's version string (`driverInfo`).
+    pub driver_info: String,
+    /// The device UUID, equal to CUDA's, OpenCL's and OpenGL's for the same device.
+    pub uuid: Uuid,
+    /// The driver UUID: opaque handles can be shared only between the same device *and* driver.
+    pub driver_uuid: Uuid,
+    /// The Windows LUID, where the driver reports a valid one (never on Linux drivers in practice).
+    pub luid: Option<[u8; 8]>,
+    /// The memory heaps.
+    pub heaps: Vec<HeapInfo>,
+    /// External handle support for buffers (lava-flow's buffer usage flags).
+    pub buffer_handles: ExternalSupport,
+    /// External handle support for 2D RGBA8 optimal-tiling images.
+    pub image_handles: ExternalSupport,
+    /// External handle support for timeline semaphores.
+    pub timeline_semaphore_handles: ExternalSupport,
+    /// External handle support for binary semaphores.
+    pub binary_semaphore_handles: ExternalSupport,
+}
+
+impl DeviceInfo {
+    /// Whether an object from a device with `uuid` and `driver_uuid` can be shared with this
+    /// one through an opaque handle (both must match).
+    pub fn matches(&self, uuid: Uuid, driver_uuid: Uuid) -> bool {
+        self.uuid == uuid && self.driver_uuid == driver_uuid
+    }
+}
+
+/// Finds the device with `uuid` in `devices` (the way other APIs are matched to Vulkan).
+pub fn find_by_uuid(devices: &[DeviceInfo], uuid: Uuid) -> Option<&DeviceInfo> {
+    devices.iter().find(|d| d.uuid == uuid)
+}
+
+/// Sort key that gives `device_id` its documented order.
+pub(crate) fn order_key(device_type: DeviceType, uuid: Uuid) -> (DeviceType, Uuid) {
+    (device_type, uuid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_prints_in_canonical_form() {
+        let u = Uuid([
+            0x6d, 0x65, 0x73, 0x61, 0x32, 0x32, 0x2e, 0x33, 0x2e, 0x36, 0, 0, 0, 0, 0, 0xff,
+        ]);
+        assert_eq!(u.to_string(), "6d657361-3232-2e33-2e36-0000000000ff");
+    }
+
+    #[test]
+    fn discrete_gpus_sort_before_cpus() {
+        let mut keys = [
+            order_key(DeviceType::Cpu, Uuid([0; 16])),
+            order_key(DeviceType::DiscreteGpu, Uuid([9; 16])),
+            order_key(DeviceType::DiscreteGpu, Uuid([1; 16])),
+        ];
+        keys.sort();
+        assert_eq!(keys[0], (DeviceType::DiscreteGpu, Uuid([1; 16])));
+        assert_eq!(keys[2].0, DeviceType::Cpu);
+    }
+}

@@ -1,0 +1,195 @@
+//! The one error type of the crate.
+//!
+//! Every failed call into a foreign API becomes [`Error::Ffi`], which names the API, the call,
+//! the result's name and its description, e.g.
+//! `Vulkan vkAllocateMemory failed: VK_ERROR_OUT_OF_DEVICE_MEMORY (A device memory allocation has
+//! failed)`. Bad input has variants of its own, so callers can match on what they did wrong.
+
+use std::fmt;
+
+use crate::device::Uuid;
+
+/// A `Result` whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The foreign API a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Api {
+    /// Vulkan, through the loader `libvulkan.so.1`.
+    Vulkan,
+    /// The CUDA driver API (`libcuda.so.1`).
+    Cuda,
+    /// OpenCL, through the ICD loader.
+    OpenCl,
+    /// OpenGL.
+    OpenGl,
+    /// EGL, used to make headless OpenGL contexts.
+    Egl,
+    /// The operating system (file descriptors, `dup`, ...).
+    Os,
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Api::Vulkan => "Vulkan",
+            Api::Cuda => "CUDA",
+            Api::OpenCl => "OpenCL",
+            Api::OpenGl => "OpenGL",
+            Api::Egl => "EGL",
+            Api::Os => "OS",
+        })
+    }
+}
+
+/// Everything that can go wrong in lava-flow.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A call into a foreign API returned an error.
+    #[error("{api} {call} failed: {name} ({description})")]
+    Ffi {
+        /// The API that failed.
+        api: Api,
+        /// The function that was called, e.g. `vkAllocateMemory`.
+        call: &'static str,
+        /// The result code's name, e.g. `VK_ERROR_OUT_OF_DEVICE_MEMORY`.
+        name: String,
+        /// What the result code means.
+        description: String,
+    },
+    /// A run-time loaded library (the Vulkan loader, libcuda, ...) is missing or unusable.
+    #[error("{api} is not available: {library} could not be loaded ({reason})")]
+    LibraryNotFound {
+        /// The API whose library is missing.
+        api: Api,
+        /// The library's file name.
+        library: &'static str,
+        /// Why loading it failed.
+        reason: String,
+    },
+    /// An allocation of zero bytes was asked for.
+    #[error("invalid size: an allocation must be at least 1 byte, 0 was requested")]
+    ZeroSize,
+    /// The requested size is larger than the heap that would hold it.
+    #[error(
+        "size {requested} bytes exceeds memory heap {heap_index} of device {device_id} ({heap_size} bytes)"
+    )]
+    SizeExceedsHeap {
+        /// The size that was asked for.
+        requested: u64,
+        /// The device it was asked of.
+        device_id: u32,
+        /// The heap the location maps to.
+        heap_index: u32,
+        /// That heap's size.
+        heap_size: u64,
+    },
+    /// No Vulkan device has this `device_id`.
+    #[error("unknown device_id {device_id}: {device_count} Vulkan device(s) found")]
+    UnknownDevice {
+        /// The index that was asked for.
+        device_id: u32,
+        /// How many devices exist (valid ids are `0..device_count`).
+        device_count: u32,
+    },
+    /// The device has no memory of the kind the location asks for.
+    #[error("location {location} is not available: {reason}")]
+    LocationUnavailable {
+        /// The location, as written in Rust.
+        location: String,
+        /// Why the device cannot provide it.
+        reason: String,
+    },
+    /// An export was asked of memory or a semaphore that was not created exportable.
+    #[error("not exportable: {reason}")]
+    NotExportable {
+        /// What made it non-exportable.
+        reason: String,
+    },
+    /// The driver or this build cannot do what was asked.
+    #[error("unsupported: {what}")]
+    Unsupported {
+        /// What is missing, and where.
+        what: String,
+    },
+    /// A read or write outside the buffer.
+    #[error("out of range: {len} bytes at offset {offset} do not fit in a buffer of {size} bytes")]
+    OutOfRange {
+        /// The first byte asked for.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+        /// The buffer's size.
+        size: u64,
+    },
+    /// A handle or object of one device was given to another.
+    #[error("device mismatch: {what} belongs to device {found}, expected device {expected}")]
+    DeviceMismatch {
+        /// What was mismatched (e.g. "exported memory").
+        what: &'static str,
+        /// The UUID that was required.
+        expected: Uuid,
+        /// The UUID that was found.
+        found: Uuid,
+    },
+    /// An argument broke a rule that is not covered by a more specific variant.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Validation was requested but the Khronos validation layer is not installed.
+    #[error(
+        "the Khronos validation layer (VK_LAYER_KHRONOS_validation) was requested but is not installed"
+    )]
+    ValidationLayerMissing,
+    /// A wait ran out of time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(std::time::Duration, &'static str),
+}
+
+impl Error {
+    /// Builds [`Error::Ffi`] for a failed Vulkan call.
+    pub(crate) fn vk(call: &'static str, result: ash::vk::Result) -> Self {
+        let name = format!("VK_{result:?}");
+        let description = result.to_string();
+        let description = if description == format!("{result:?}") {
+            "no description in the Vulkan registry".to_owned()
+        } else {
+            description
+        };
+        Error::Ffi { api: Api::Vulkan, call, name, description }
+    }
+}
+
+/// Attaches the name of the Vulkan call to an `ash` result.
+pub(crate) trait VkResultExt<T> {
+    /// Turns a failed `VkResult` into [`Error::Ffi`] naming `call`.
+    fn vk(self, call: &'static str) -> Result<T>;
+}
+
+impl<T> VkResultExt<T> for std::result::Result<T, ash::vk::Result> {
+    fn vk(self, call: &'static str) -> Result<T> {
+        self.map_err(|r| Error::vk(call, r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ffi_errors_name_api_call_result_and_description() {
+        let e = Error::vk("vkAllocateMemory", ash::vk::Result::ERROR_OUT_OF_DEVICE_MEMORY);
+        assert_eq!(
+            e.to_string(),
+            "Vulkan vkAllocateMemory failed: VK_ERROR_OUT_OF_DEVICE_MEMORY \
+             (A device memory allocation has failed)"
+        );
+        let e = Error::vk("vkGetMemoryFdKHR", ash::vk::Result::ERROR_INVALID_EXTERNAL_HANDLE);
+        assert_eq!(
+            e.to_string(),
+            "Vulkan vkGetMemoryFdKHR failed: VK_ERROR_INVALID_EXTERNAL_HANDLE \
+             (no description in the Vulkan registry)"
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! # lava-flow
+//!
+//! Allocate GPU memory through Vulkan once, and share it without copies with the other APIs
+//! that run on the same GPU: another Vulkan device or process, and (as the crate grows) CUDA,
+//! OpenCL, OpenGL and Python. Memory leaves Vulkan as an external handle (an opaque file
+//! descriptor on Linux); timeline semaphores, exported the same way, keep the APIs in order.
+//!
+//! ```no_run
+//! use lava_flow::{MemoryAllocator, MemoryLocation};
+//!
+//! # fn main() -> lava_flow::Result<()> {
+//! let mut allocator = MemoryAllocator::new()?;
+//! let buffer = allocator.allocate(1_000_000, MemoryLocation::GpuVulkan { device_id: 0 })?;
+//! let fd = buffer.export_fd()?;
+//!
+//! // Another device (here: a second allocator, as another process would have) imports it.
+//! buffer.write(0, b"hello")?;
+//! let mut other = MemoryAllocator::new()?;
+//! let imported = other.import_memory(0, buffer.export()?)?;
+//! let mut out = [0u8; 5];
+//! imported.read(0, &mut out)?;
+//! assert_eq!(&out, b"hello");
+//! # drop(fd);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## What an importer needs
+//! An export refers to the whole `VkDeviceMemory`, which small buffers share with others
+//! (sub-allocation). [`Buffer::export`] returns the fd together with a [`MemoryDescriptor`]: the
+//! buffer's [`offset`](Buffer::offset) and [`size`](Buffer::size), the
+//! [`allocation_size`](Buffer::allocation_size) to import, whether the allocation is
+//! [dedicated](Buffer::is_dedicated), and the device and driver UUIDs that an importing API must
+//! match (never the device index).
+//!
+//! ## Platforms
+//! Linux, with opaque fds. Windows' `export_handle()` (an NT `HANDLE`) is **not provided yet**:
+//! the handle types leave room for it ([`HandleType::OpaqueWin32`]).
+//!
+//! ## Validation
+//! With [`AllocatorOptions::validation`] (or `LAVA_FLOW_VALIDATION=1`) the Khronos validation
+//! layer is enabled and its warnings and errors are recorded in a [`ValidationLog`]; the test
+//! suite fails on any of them.
+
+pub mod device;
+mod error;
+pub mod handle;
+mod location;
+mod suballoc;
+mod vulkan;
+
+pub use device::{DeviceInfo, DeviceType, Uuid};
+pub use error::{Api, Error, Result};
+pub use handle::{ExportedMemory, ExportedSemaphore, ExternalHandle, HandleType, MemoryDescriptor};
+pub use location::MemoryLocation;
+pub use vulkan::{
+    AllocationOptions, AllocatorOptions, AllocatorStats, Buffer, Exportable, MemoryAllocator, Submission,
+    TimelineSemaphore, ValidationLog, DEFAULT_BLOCK_SIZE,
+};
+
+/// The `ash` crate lava-flow is built on, re-exported so that users' raw handles have the same
+/// types.
+pub use ash;

@@ -1,0 +1,491 @@
+//! [`MemoryAllocator`]: devices, exportable blocks, sub-allocation and dedicated allocations.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ash::vk;
+
+use super::buffer::{Buffer, Placement};
+use super::conv;
+use super::device::Device;
+use super::instance::{Instance, PhysicalDevice};
+use super::memory::{Block, MemoryDesc};
+use super::semaphore::{Submission, TimelineSemaphore};
+use super::validation::ValidationLog;
+use crate::device::DeviceInfo;
+use crate::error::{Error, Result, VkResultExt};
+use crate::handle::ExportedMemory;
+#[cfg(unix)]
+use crate::handle::{ExportedSemaphore, ExternalHandle};
+use crate::location::MemoryLocation;
+use crate::suballoc::{SubAllocator, SubRange};
+
+/// The default size of a sub-allocation block: 64 MiB.
+pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 20;
+
+/// Settings of a [`MemoryAllocator`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AllocatorOptions {
+    /// The size of each exportable block that small buffers are placed in (default 64 MiB).
+    /// Blocks on a heap smaller than this are cut to the heap's size.
+    pub block_size: u64,
+    /// Buffers of at least this many bytes get a dedicated allocation (default: half a block).
+    pub dedicated_threshold: u64,
+    /// Enable the Khronos validation layer and record its messages (default: on when the
+    /// environment variable `LAVA_FLOW_VALIDATION` is `1`). See
+    /// [`MemoryAllocator::validation_log`].
+    pub validation: bool,
+}
+
+impl Default for AllocatorOptions {
+    fn default() -> Self {
+        AllocatorOptions {
+            block_size: DEFAULT_BLOCK_SIZE,
+            dedicated_threshold: DEFAULT_BLOCK_SIZE / 2,
+            validation: std::env::var("LAVA_FLOW_VALIDATION").is_ok_and(|v| v == "1"),
+        }
+    }
+}
+
+/// Whether an allocation is made exportable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Exportable {
+    /// Exportable where the device can export opaque fds; otherwise a plain allocation whose
+    /// `export_fd` returns [`Error::NotExportable`].
+    #[default]
+    IfSupported,
+    /// Exportable, or the allocation fails with [`Error::Unsupported`].
+    Required,
+    /// A plain allocation that cannot be exported (it can share blocks only with other
+    /// non-exportable buffers).
+    No,
+}
+
+/// Per-allocation settings for [`MemoryAllocator::allocate_with`].
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct AllocationOptions {
+    /// Whether the memory can be exported.
+    pub exportable: Exportable,
+    /// Force a dedicated `VkDeviceMemory` for this buffer even if it is small.
+    pub dedicated: bool,
+}
+
+impl AllocationOptions {
+    /// Sets [`AllocationOptions::exportable`].
+    pub fn exportable(mut self, exportable: Exportable) -> Self {
+        self.exportable = exportable;
+        self
+    }
+
+    /// Sets [`AllocationOptions::dedicated`].
+    pub fn dedicated(mut self, dedicated: bool) -> Self {
+        self.dedicated = dedicated;
+        self
+    }
+}
+
+/// What an allocator holds at one moment, summed over its devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct AllocatorStats {
+    /// Live buffers (allocated and imported).
+    pub buffers: u64,
+    /// Sub-allocation blocks (`VkDeviceMemory`) held, empty ones included.
+    pub blocks: u64,
+    /// Bytes in those blocks.
+    pub block_bytes: u64,
+    /// Bytes of live buffers placed in blocks.
+    pub suballocated_bytes: u64,
+    /// Dedicated and imported `VkDeviceMemory` objects held.
+    pub dedicated_allocations: u64,
+    /// Bytes in those.
+    pub dedicated_bytes: u64,
+}
+
+/// Allocates exportable Vulkan memory on every Vulkan device of the machine.
+///
+/// A cheap handle: clones share the same devices and blocks. Methods that create objects take
+/// `&mut self`; to allocate from several threads, give each thread a clone (the allocator is
+/// `Send + Sync`, and clones allocate concurrently).
+///
+/// # Block policy
+/// Buffers smaller than [`AllocatorOptions::dedicated_threshold`] are placed in blocks of
+/// [`AllocatorOptions::block_size`] bytes, one pool of blocks per (memory type, exportable). A
+/// freed range is reused at once. When a block becomes empty it is kept if it is its pool's only
+/// empty block (so that allocate/free loops do not allocate and free device memory each time),
+/// and released otherwise; [`MemoryAllocator::trim`] releases every empty block.
+#[derive(Clone)]
+pub struct MemoryAllocator {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Dropped after the device slots (field order), though devices hold their own `Arc`.
+    devices: Vec<DeviceSlot>,
+    instance: Arc<Instance>,
+    options: AllocatorOptions,
+}
+
+struct DeviceSlot {
+    physical: PhysicalDevice,
+    context: Mutex<Option<Arc<DeviceContext>>>,
+}
+
+/// A created device and its pools.
+pub(crate) struct DeviceContext {
+    pub device: Arc<Device>,
+    pools: Mutex<HashMap<PoolKey, Vec<PoolBlock>>>,
+    options: AllocatorOptions,
+    pub buffers: AtomicU64,
+    pub dedicated_allocations: AtomicU64,
+    pub dedicated_bytes: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    memory_type_index: u32,
+    exportable: bool,
+}
+
+struct PoolBlock {
+    block: Arc<Block>,
+    sub: SubAllocator,
+}
+
+impl std::fmt::Debug for MemoryAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryAllocator")
+            .field("devices", &self.shared.devices.iter().map(|d| &d.physical.info.name).collect::<Vec<_>>())
+            .field("options", &self.shared.options)
+            .finish()
+    }
+}
+
+impl MemoryAllocator {
+    /// Loads Vulkan, creates an instance and probes every device once, with default options.
+    ///
+    /// Logical devices are created on first use of a `device_id`.
+    pub fn new() -> Result<Self> {
+        Self::with_options(AllocatorOptions::default())
+    }
+
+    /// Like [`MemoryAllocator::new`], with explicit options.
+    pub fn with_options(options: AllocatorOptions) -> Result<Self> {
+        if options.block_size < crate::suballoc::UNIT || options.dedicated_threshold == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "block_size must be at least {} bytes and dedicated_threshold at least 1 (got {} and {})",
+                crate::suballoc::UNIT,
+                options.block_size,
+                options.dedicated_threshold
+            )));
+        }
+        let instance = Arc::new(Instance::new(options.validation)?);
+        let devices = instance
+            .probe_devices()?
+            .into_iter()
+            .map(|physical| DeviceSlot { physical, context: Mutex::new(None) })
+            .collect();
+        Ok(MemoryAllocator { shared: Arc::new(Shared { devices, instance, options }) })
+    }
+
+    /// Every Vulkan device, indexed by `device_id` (see [`crate::device`] for the order).
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.shared.devices.iter().map(|d| d.physical.info.clone()).collect()
+    }
+
+    /// One device's description.
+    pub fn device(&self, device_id: u32) -> Result<&DeviceInfo> {
+        Ok(&self.slot(device_id)?.physical.info)
+    }
+
+    /// The validation layer's record, if validation is on. It outlives the allocator.
+    pub fn validation_log(&self) -> Option<ValidationLog> {
+        self.shared.instance.log.clone()
+    }
+
+    /// Allocates `size` bytes at `location`: exportable where the device allows it, placed in a
+    /// shared block or, for large buffers, in a dedicated allocation.
+    ///
+    /// ```no_run
+    /// # fn main() -> lava_flow::Result<()> {
+    /// use lava_flow::{MemoryAllocator, MemoryLocation};
+    /// let mut allocator = MemoryAllocator::new()?;
+    /// let buffer = allocator.allocate(1_000_000, MemoryLocation::GpuVulkan { device_id: 0 })?;
+    /// assert_eq!(buffer.size(), 1_000_000);
+    /// # Ok(()) }
+    /// ```
+    pub fn allocate(&mut self, size: u64, location: MemoryLocation) -> Result<Buffer> {
+        self.allocate_with(size, location, AllocationOptions::default())
+    }
+
+    /// Allocates with explicit [`AllocationOptions`].
+    pub fn allocate_with(
+        &mut self,
+        size: u64,
+        location: MemoryLocation,
+        options: AllocationOptions,
+    ) -> Result<Buffer> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let ctx = self.context(location.device_id())?;
+        ctx.allocate(size, location, options)
+    }
+
+    /// Imports memory exported by lava-flow (in this process or another) as a [`Buffer`] on
+    /// `device_id`, which must be the same physical device and driver (compared by UUID).
+    ///
+    /// The handle is owned by the driver once the import succeeds and closed if it fails. The
+    /// buffer refers to the same bytes as the exporter's: writes on either side are seen by the
+    /// other once the work that made them has completed.
+    pub fn import_memory(&mut self, device_id: u32, exported: ExportedMemory) -> Result<Buffer> {
+        let ctx = self.context(device_id)?;
+        Buffer::import(&ctx, exported)
+    }
+
+    /// Creates a timeline semaphore with value 0, exportable where the device allows it.
+    pub fn timeline_semaphore(&mut self, device_id: u32) -> Result<TimelineSemaphore> {
+        let ctx = self.context(device_id)?;
+        TimelineSemaphore::new(&ctx.device, None)
+    }
+
+    /// Imports a timeline semaphore exported by lava-flow (here or in another process).
+    #[cfg(unix)]
+    pub fn import_timeline_semaphore(
+        &mut self,
+        device_id: u32,
+        exported: ExportedSemaphore,
+    ) -> Result<TimelineSemaphore> {
+        let ctx = self.context(device_id)?;
+        let info = &ctx.device.physical.info;
+        if !info.matches(exported.device_uuid, exported.driver_uuid) {
+            let found = if exported.device_uuid == info.uuid { exported.driver_uuid } else { exported.device_uuid };
+            let expected = if exported.device_uuid == info.uuid { info.driver_uuid } else { info.uuid };
+            return Err(Error::DeviceMismatch { what: "the exported semaphore", expected, found });
+        }
+        let ExternalHandle::OpaqueFd(fd) = exported.handle;
+        TimelineSemaphore::new(&ctx.device, Some(fd))
+    }
+
+    /// Submits a batch to `device_id`'s queue: wait for semaphore values, run command buffers,
+    /// signal values. Returns without waiting for the GPU.
+    pub fn submit(&self, device_id: u32, submission: &Submission<'_>) -> Result<()> {
+        let ctx = self.context(device_id)?;
+        submission.submit(&ctx.device)
+    }
+
+    /// The `ash` device behind `device_id` and its queue family, for users who record their own
+    /// command buffers (submit them with [`MemoryAllocator::submit`]).
+    pub fn ash_device(&self, device_id: u32) -> Result<(ash::Device, u32)> {
+        let ctx = self.context(device_id)?;
+        Ok((ctx.device.device.clone(), ctx.device.physical.queue_family))
+    }
+
+    /// Releases every empty block.
+    pub fn trim(&self) {
+        for slot in &self.shared.devices {
+            if let Some(ctx) = slot.context.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+                let mut pools = ctx.pools.lock().unwrap_or_else(PoisonError::into_inner);
+                for blocks in pools.values_mut() {
+                    blocks.retain(|b| !b.sub.is_empty());
+                }
+            }
+        }
+    }
+
+    /// Counts of what is held now, over all devices.
+    pub fn stats(&self) -> AllocatorStats {
+        let mut s = AllocatorStats::default();
+        for slot in &self.shared.devices {
+            let Some(ctx) = slot.context.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
+                continue;
+            };
+            s.buffers += ctx.buffers.load(Ordering::Relaxed);
+            s.dedicated_allocations += ctx.dedicated_allocations.load(Ordering::Relaxed);
+            s.dedicated_bytes += ctx.dedicated_bytes.load(Ordering::Relaxed);
+            let pools = ctx.pools.lock().unwrap_or_else(PoisonError::into_inner);
+            for b in pools.values().flatten() {
+                s.blocks += 1;
+                s.block_bytes += b.block.size;
+                s.suballocated_bytes += b.sub.used();
+            }
+        }
+        s
+    }
+
+    fn slot(&self, device_id: u32) -> Result<&DeviceSlot> {
+        self.shared.devices.get(device_id as usize).ok_or(Error::UnknownDevice {
+            device_id,
+            device_count: self.shared.devices.len() as u32,
+        })
+    }
+
+    fn context(&self, device_id: u32) -> Result<Arc<DeviceContext>> {
+        let slot = self.slot(device_id)?;
+        let mut guard = slot.context.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ctx) = guard.as_ref() {
+            return Ok(Arc::clone(ctx));
+        }
+        let device = Device::new(Arc::clone(&self.shared.instance), slot.physical.clone())?;
+        let ctx = Arc::new(DeviceContext {
+            device,
+            pools: Mutex::new(HashMap::new()),
+            options: self.shared.options.clone(),
+            buffers: AtomicU64::new(0),
+            dedicated_allocations: AtomicU64::new(0),
+            dedicated_bytes: AtomicU64::new(0),
+        });
+        *guard = Some(Arc::clone(&ctx));
+        Ok(ctx)
+    }
+}
+
+impl DeviceContext {
+    fn allocate(
+        self: &Arc<Self>,
+        size: u64,
+        location: MemoryLocation,
+        options: AllocationOptions,
+    ) -> Result<Buffer> {
+        let physical = &self.device.physical;
+        let info = &physical.info;
+        // Find the location's heap before creating anything, so that absurd sizes are refused
+        // with the heap's size instead of a driver error.
+        let memory_type = conv::choose_memory_type(&physical.memory, !0, location, info.device_type)
+            .ok_or_else(|| Error::LocationUnavailable {
+                location: location.to_string(),
+                reason: format!("device {} ({}) has {}", info.index, info.name, conv::location_requirement(location)),
+            })?;
+        let heap_index = physical.memory.memory_types[memory_type as usize].heap_index;
+        let heap_size = physical.memory.memory_heaps[heap_index as usize].size;
+        if size > heap_size {
+            return Err(Error::SizeExceedsHeap { requested: size, device_id: info.index, heap_index, heap_size });
+        }
+        let exportable = match options.exportable {
+            Exportable::No => false,
+            Exportable::IfSupported => physical.can_export_buffers(),
+            Exportable::Required if physical.can_export_buffers() => true,
+            Exportable::Required => {
+                return Err(Error::Unsupported {
+                    what: format!("device {} ({}) cannot export buffers as opaque fds", info.index, info.name),
+                })
+            }
+        };
+        let buffer = Buffer::create_raw(&self.device, size, exportable)?;
+        // From here on, `buffer` must be destroyed on every error path.
+        let placed = self.place(buffer, location, exportable, options);
+        match placed {
+            Ok(placement) => Ok(Buffer::new(Arc::clone(self), buffer, size, Some(location), placement)),
+            Err(e) => {
+                // SAFETY: the buffer is unused and bound to nothing that outlives it.
+                unsafe { self.device.device.destroy_buffer(buffer, None) };
+                Err(e)
+            }
+        }
+    }
+
+    /// Finds memory for `buffer` and binds it.
+    fn place(
+        self: &Arc<Self>,
+        buffer: vk::Buffer,
+        location: MemoryLocation,
+        exportable: bool,
+        options: AllocationOptions,
+    ) -> Result<Placement> {
+        let d = &self.device.device;
+        let physical = &self.device.physical;
+        let mut dedicated_req = vk::MemoryDedicatedRequirements::default();
+        let mut req2 = vk::MemoryRequirements2::default().push_next(&mut dedicated_req);
+        let req_info = vk::BufferMemoryRequirementsInfo2::default().buffer(buffer);
+        // SAFETY: the buffer is live; the out-structs outlive the call.
+        unsafe { d.get_buffer_memory_requirements2(&req_info, &mut req2) };
+        let req = req2.memory_requirements;
+        let memory_type_index =
+            conv::choose_memory_type(&physical.memory, req.memory_type_bits, location, physical.info.device_type)
+                .ok_or_else(|| Error::LocationUnavailable {
+                    location: location.to_string(),
+                    reason: format!(
+                        "no memory type allowed for buffers (memoryTypeBits {:#x}) matches: {}",
+                        req.memory_type_bits,
+                        conv::location_requirement(location)
+                    ),
+                })?;
+        let heap = physical.memory.memory_types[memory_type_index as usize].heap_index;
+        let block_size = self.options.block_size.min(physical.memory.memory_heaps[heap as usize].size);
+        let dedicated = options.dedicated
+            || dedicated_req.requires_dedicated_allocation == vk::TRUE
+            || dedicated_req.prefers_dedicated_allocation == vk::TRUE
+            || (exportable && physical.export_needs_dedicated())
+            || req.size >= self.options.dedicated_threshold
+            || req.size + req.alignment > block_size;
+        let map = location.is_host_visible();
+        if dedicated {
+            let desc = MemoryDesc { size: req.size, memory_type_index, exportable, dedicated_to: Some(buffer), map };
+            let block = Arc::new(Block::new(&self.device, desc, None)?);
+            // SAFETY: fresh buffer, memory made for it, offset 0.
+            unsafe { d.bind_buffer_memory(buffer, block.raw.memory, 0) }.vk("vkBindBufferMemory")?;
+            return Ok(Placement { block, offset: 0, range: None });
+        }
+        let key = PoolKey { memory_type_index, exportable };
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        let blocks = pools.entry(key).or_default();
+        let found = blocks
+            .iter_mut()
+            .find_map(|b| b.sub.allocate(req.size, req.alignment).map(|r| (Arc::clone(&b.block), r)));
+        let (block, range) = match found {
+            Some(found) => found,
+            None => {
+                let desc = MemoryDesc { size: block_size, memory_type_index, exportable, dedicated_to: None, map };
+                let block = Arc::new(Block::new(&self.device, desc, None)?);
+                let mut sub = SubAllocator::new(block_size).ok_or_else(|| {
+                    Error::InvalidArgument(format!("block size {block_size} cannot be sub-allocated"))
+                })?;
+                let range = sub.allocate(req.size, req.alignment).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "{} bytes aligned to {} do not fit in a fresh block of {block_size} bytes",
+                        req.size, req.alignment
+                    ))
+                })?;
+                blocks.push(PoolBlock { block: Arc::clone(&block), sub });
+                (block, range)
+            }
+        };
+        let offset = range.offset;
+        // SAFETY: the range lies inside the block, is aligned as the buffer requires, and the
+        // block's memory type is allowed by the buffer's requirements.
+        match unsafe { d.bind_buffer_memory(buffer, block.raw.memory, offset) } {
+            Ok(()) => Ok(Placement { block, offset, range: Some(range) }),
+            Err(e) => {
+                release_range(blocks, &block, range);
+                Err(Error::vk("vkBindBufferMemory", e))
+            }
+        }
+    }
+
+    /// Gives a buffer's range back to its block (the buffer is already destroyed).
+    pub(crate) fn release(&self, block: &Arc<Block>, range: SubRange) {
+        let key = PoolKey { memory_type_index: block.memory_type_index, exportable: block.exportable };
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(blocks) = pools.get_mut(&key) {
+            release_range(blocks, block, range);
+        }
+    }
+}
+
+/// Frees `range` in `block` and applies the block policy: an empty block is released unless it
+/// is the pool's only empty one.
+fn release_range(blocks: &mut Vec<PoolBlock>, block: &Arc<Block>, range: SubRange) {
+    let Some(i) = blocks.iter().position(|b| Arc::ptr_eq(&b.block, block)) else {
+        log::error!("a buffer's block is missing from its pool; its range is lost");
+        return;
+    };
+    blocks[i].sub.free(range);
+    if blocks[i].sub.is_empty() && blocks.iter().filter(|b| b.sub.is_empty()).count() > 1 {
+        // The memory is freed when the last `Arc<Block>` (this one, or a live clone) drops.
+        blocks.swap_remove(i);
+    }
+}

@@ -1,0 +1,334 @@
+//! [`Buffer`]: a `VkBuffer` bound to exportable memory, and what importers need to know of it.
+
+#[cfg(unix)]
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ash::vk;
+
+use super::allocator::DeviceContext;
+use super::conv;
+use super::device::Device;
+use super::memory::{Block, MemoryDesc};
+use crate::error::{Error, Result, VkResultExt};
+use crate::handle::{ExportedMemory, ExternalHandle, MemoryDescriptor};
+use crate::location::MemoryLocation;
+use crate::suballoc::SubRange;
+
+/// Where a buffer's bytes are: a block, the offset in it, and the range to give back.
+pub(crate) struct Placement {
+    pub block: Arc<Block>,
+    pub offset: u64,
+    /// `None` for dedicated and imported memory, which the buffer owns alone.
+    pub range: Option<SubRange>,
+}
+
+/// A buffer of device memory that other APIs can import.
+///
+/// It owns a `VkBuffer` bound at [`offset`](Buffer::offset) inside a `VkDeviceMemory` of
+/// [`allocation_size`](Buffer::allocation_size) bytes, which it may share with other buffers
+/// (sub-allocation) or own alone ([`is_dedicated`](Buffer::is_dedicated)). Dropping it destroys
+/// the `VkBuffer` and gives the range back; the memory is freed when no buffer uses it.
+///
+/// Exports hand out new handles to the whole `VkDeviceMemory`: importers map
+/// `offset..offset + size` of it.
+pub struct Buffer {
+    ctx: Arc<DeviceContext>,
+    buffer: vk::Buffer,
+    size: u64,
+    placement: Placement,
+    location: Option<MemoryLocation>,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("size", &self.size)
+            .field("offset", &self.placement.offset)
+            .field("allocation_size", &self.allocation_size())
+            .field("memory_type_index", &self.memory_type_index())
+            .field("dedicated", &self.is_dedicated())
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+impl Buffer {
+    pub(crate) fn new(
+        ctx: Arc<DeviceContext>,
+        buffer: vk::Buffer,
+        size: u64,
+        location: Option<MemoryLocation>,
+        placement: Placement,
+    ) -> Self {
+        ctx.buffers.fetch_add(1, Ordering::Relaxed);
+        if placement.range.is_none() {
+            ctx.dedicated_allocations.fetch_add(1, Ordering::Relaxed);
+            ctx.dedicated_bytes.fetch_add(placement.block.size, Ordering::Relaxed);
+        }
+        Buffer { ctx, buffer, size, placement, location }
+    }
+
+    /// Creates an unbound `VkBuffer` of `size` bytes with lava-flow's usage flags.
+    pub(crate) fn create_raw(device: &Device, size: u64, external: bool) -> Result<vk::Buffer> {
+        let mut external_info = vk::ExternalMemoryBufferCreateInfo::default()
+            .handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+        let mut info = vk::BufferCreateInfo::default()
+            .size(size)
+            .usage(conv::BUFFER_USAGE)
+            .sharing_mode(vk::SharingMode::EXCLUSIVE);
+        if external {
+            info = info.push_next(&mut external_info);
+        }
+        // SAFETY: `info` points at live locals; the device is live.
+        unsafe { device.device.create_buffer(&info, None) }.vk("vkCreateBuffer")
+    }
+
+    /// Imports `exported` into the device of `ctx` (see `MemoryAllocator::import_memory`).
+    pub(crate) fn import(ctx: &Arc<DeviceContext>, exported: ExportedMemory) -> Result<Buffer> {
+        let (handle, desc) = exported.into_parts();
+        let device = &ctx.device;
+        let info = &device.physical.info;
+        if !info.matches(desc.device_uuid, desc.driver_uuid) {
+            let (expected, found) = if desc.device_uuid != info.uuid {
+                (info.uuid, desc.device_uuid)
+            } else {
+                (info.driver_uuid, desc.driver_uuid)
+            };
+            return Err(Error::DeviceMismatch { what: "the exported memory (device or driver UUID)", expected, found });
+        }
+        let handle_type = handle.handle_type();
+        if !device.physical.has_memory_fd || !info.buffer_handles.can_import(handle_type) {
+            return Err(Error::Unsupported {
+                what: format!("device {} ({}) cannot import buffers from {handle_type:?} handles", info.index, info.name),
+            });
+        }
+        let fits = desc.size > 0
+            && desc.offset.checked_add(desc.size).is_some_and(|end| end <= desc.allocation_size);
+        let type_count = device.physical.memory.memory_type_count;
+        if !fits || desc.memory_type_index >= type_count {
+            return Err(Error::InvalidArgument(format!(
+                "memory descriptor does not describe a buffer: {} bytes at offset {} of {} bytes, \
+                 memory type {} of {type_count}",
+                desc.size, desc.offset, desc.allocation_size, desc.memory_type_index
+            )));
+        }
+        let buffer = Self::create_raw(device, desc.size, true)?;
+        match Self::bind_imported(ctx, buffer, handle, &desc) {
+            Ok(placement) => Ok(Buffer::new(Arc::clone(ctx), buffer, desc.size, None, placement)),
+            Err(e) => {
+                // SAFETY: the buffer is unused.
+                unsafe { device.device.destroy_buffer(buffer, None) };
+                Err(e)
+            }
+        }
+    }
+
+    fn bind_imported(
+        ctx: &Arc<DeviceContext>,
+        buffer: vk::Buffer,
+        handle: ExternalHandle,
+        desc: &MemoryDescriptor,
+    ) -> Result<Placement> {
+        let device = &ctx.device;
+        // SAFETY: the buffer is live.
+        let req = unsafe { device.device.get_buffer_memory_requirements(buffer) };
+        if req.memory_type_bits & (1 << desc.memory_type_index) == 0 || desc.offset % req.alignment != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "memory type {} at offset {} cannot back this buffer (allowed types {:#x}, alignment {})",
+                desc.memory_type_index, desc.offset, req.memory_type_bits, req.alignment
+            )));
+        }
+        let mem = MemoryDesc {
+            size: desc.allocation_size,
+            memory_type_index: desc.memory_type_index,
+            exportable: false,
+            dedicated_to: desc.dedicated.then_some(buffer),
+            map: false,
+        };
+        let import = match handle {
+            #[cfg(unix)]
+            ExternalHandle::OpaqueFd(fd) => super::memory::ImportFd(fd),
+        };
+        let block = Arc::new(Block::new(device, mem, Some(import))?);
+        // SAFETY: the memory was imported for this buffer; the offset is aligned and in range.
+        unsafe { device.device.bind_buffer_memory(buffer, block.raw.memory, desc.offset) }
+            .vk("vkBindBufferMemory")?;
+        Ok(Placement { block, offset: desc.offset, range: None })
+    }
+
+    /// The buffer's size in bytes, as asked for.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The buffer's offset inside its `VkDeviceMemory`.
+    pub fn offset(&self) -> u64 {
+        self.placement.offset
+    }
+
+    /// The size of the whole `VkDeviceMemory` that holds the buffer: the size CUDA, OpenGL and
+    /// OpenCL must be given when they import it.
+    pub fn allocation_size(&self) -> u64 {
+        self.placement.block.size
+    }
+
+    /// The Vulkan memory type index of the allocation.
+    pub fn memory_type_index(&self) -> u32 {
+        self.placement.block.memory_type_index
+    }
+
+    /// Whether the memory is a dedicated allocation for this buffer
+    /// (`VkMemoryDedicatedAllocateInfo`); importers must then say so too.
+    pub fn is_dedicated(&self) -> bool {
+        self.placement.block.dedicated
+    }
+
+    /// Whether the memory can be exported.
+    pub fn is_exportable(&self) -> bool {
+        self.placement.block.exportable
+    }
+
+    /// The location it was allocated at; `None` for imported memory.
+    pub fn location(&self) -> Option<MemoryLocation> {
+        self.location
+    }
+
+    /// The UUID of the device the memory belongs to.
+    pub fn device_uuid(&self) -> [u8; 16] {
+        self.ctx.device.physical.info.uuid.0
+    }
+
+    /// The UUID of that device's driver.
+    pub fn driver_uuid(&self) -> [u8; 16] {
+        self.ctx.device.physical.info.driver_uuid.0
+    }
+
+    /// The `device_id` of the device the buffer lives on, in its allocator.
+    pub fn device_id(&self) -> u32 {
+        self.ctx.device.physical.info.index
+    }
+
+    /// The raw `VkBuffer`, for users with their own `ash` code. Valid while `self` lives.
+    pub fn vk_buffer(&self) -> vk::Buffer {
+        self.buffer
+    }
+
+    /// The raw `VkDeviceMemory` holding the buffer. Valid while `self` lives; other buffers may
+    /// share it, so never free or map it.
+    pub fn vk_memory(&self) -> vk::DeviceMemory {
+        self.placement.block.raw.memory
+    }
+
+    /// A pointer to the buffer's first byte in host address space, for host-visible locations
+    /// (`GpuMappable`, `HostVisible`); `None` otherwise.
+    ///
+    /// It is valid for [`size`](Buffer::size) bytes while `self` lives. Reads and writes through it
+    /// race with GPU work on the buffer: order them yourself (semaphores, fences).
+    pub fn mapped_ptr(&self) -> Option<NonNull<u8>> {
+        let base = self.placement.block.raw.mapped?;
+        // SAFETY: the mapping covers the whole block and `offset + size` lies inside it.
+        Some(unsafe { base.0.add(self.placement.offset as usize) })
+    }
+
+    /// Copies `data` into the buffer at `offset`: through the mapping for host-visible memory,
+    /// else through a staging buffer and a queue submission, waited for before returning.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        match self.mapped_ptr() {
+            // SAFETY: the range was checked against the buffer's size, which the mapping covers;
+            // `data` cannot alias device memory that lava-flow maps.
+            Some(p) => unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p.as_ptr().add(offset as usize), data.len()) },
+            None => self.ctx.device.with_transfer(|t| t.write(&self.ctx.device, self.buffer, offset, data))?,
+        }
+        Ok(())
+    }
+
+    /// Copies `out.len()` bytes from the buffer at `offset` into `out` (see [`Buffer::write`]).
+    pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        self.check_range(offset, out.len())?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        match self.mapped_ptr() {
+            // SAFETY: as in `write`.
+            Some(p) => unsafe { std::ptr::copy_nonoverlapping(p.as_ptr().add(offset as usize), out.as_mut_ptr(), out.len()) },
+            None => self.ctx.device.with_transfer(|t| t.read(&self.ctx.device, self.buffer, offset, out))?,
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<()> {
+        let len = len as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(Error::OutOfRange { offset, len, size: self.size }),
+        }
+    }
+
+    /// A new file descriptor for the whole `VkDeviceMemory` holding this buffer
+    /// (`VK_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD_BIT`). Each call returns a fresh fd, which the
+    /// caller owns.
+    ///
+    /// Importers also need [`offset`](Buffer::offset), [`size`](Buffer::size),
+    /// [`allocation_size`](Buffer::allocation_size) and [`is_dedicated`](Buffer::is_dedicated):
+    /// [`export`](Buffer::export) returns all of it in one value.
+    #[cfg(unix)]
+    pub fn export_fd(&self) -> Result<OwnedFd> {
+        self.placement.block.export_fd().map_err(|e| match e {
+            Error::NotExportable { .. } if self.location.is_none() => Error::NotExportable {
+                reason: "imported memory is not exported again by lava-flow; export the original".into(),
+            },
+            Error::NotExportable { .. } => Error::NotExportable {
+                reason: format!(
+                    "this buffer was allocated without export (Exportable::No, or device {} cannot \
+                     export buffers as opaque fds)",
+                    self.device_id()
+                ),
+            },
+            other => other,
+        })
+    }
+
+    /// A new handle and everything an importer needs: see [`MemoryDescriptor`].
+    #[cfg(unix)]
+    pub fn export(&self) -> Result<ExportedMemory> {
+        let fd = self.export_fd()?;
+        Ok(ExportedMemory::from_parts(ExternalHandle::OpaqueFd(fd), self.descriptor()))
+    }
+
+    /// The metadata an importer needs, without a handle.
+    pub fn descriptor(&self) -> MemoryDescriptor {
+        let info = &self.ctx.device.physical.info;
+        MemoryDescriptor {
+            size: self.size,
+            offset: self.offset(),
+            allocation_size: self.allocation_size(),
+            memory_type_index: self.memory_type_index(),
+            dedicated: self.is_dedicated(),
+            device_uuid: info.uuid,
+            driver_uuid: info.driver_uuid,
+        }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: the buffer belongs to this device. lava-flow's own copies are synchronous, so
+        // nothing of ours still uses it; the user owns the ordering of their own GPU work.
+        unsafe { self.ctx.device.device.destroy_buffer(self.buffer, None) };
+        self.ctx.buffers.fetch_sub(1, Ordering::Relaxed);
+        match self.placement.range.take() {
+            Some(range) => self.ctx.release(&self.placement.block, range),
+            None => {
+                self.ctx.dedicated_allocations.fetch_sub(1, Ordering::Relaxed);
+                self.ctx.dedicated_bytes.fetch_sub(self.placement.block.size, Ordering::Relaxed);
+            }
+        }
+    }
+}

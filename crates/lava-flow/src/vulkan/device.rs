@@ -1,0 +1,107 @@
+//! A logical Vulkan device: one queue, the external-handle extension loaders, a staging context.
+
+use std::ffi::c_char;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ash::vk;
+
+use super::instance::{Instance, PhysicalDevice};
+use super::transfer::Transfer;
+use crate::error::{Result, VkResultExt};
+
+/// A `VkDevice` made for lava-flow, shared by every object created on it.
+pub(crate) struct Device {
+    /// Keeps the instance alive until the device is destroyed.
+    #[expect(dead_code, reason = "held for its lifetime, never read")]
+    instance: Arc<Instance>,
+    pub physical: PhysicalDevice,
+    pub device: ash::Device,
+    /// `VK_KHR_external_memory_fd`, where the device has it.
+    pub memory_fd: Option<ash::khr::external_memory_fd::Device>,
+    /// `VK_KHR_external_semaphore_fd`, where the device has it.
+    pub semaphore_fd: Option<ash::khr::external_semaphore_fd::Device>,
+    /// The one queue; `vkQueueSubmit` needs external synchronisation.
+    queue: Mutex<vk::Queue>,
+    /// Staging resources for `Buffer::write`/`read`, made on first use.
+    transfer: Mutex<Option<Transfer>>,
+}
+
+impl Device {
+    /// Creates the logical device with timeline semaphores and the fd extensions it has.
+    pub fn new(instance: Arc<Instance>, physical: PhysicalDevice) -> Result<Arc<Self>> {
+        let priorities = [1.0f32];
+        let queue_info = [vk::DeviceQueueCreateInfo::default()
+            .queue_family_index(physical.queue_family)
+            .queue_priorities(&priorities)];
+        let mut extensions: Vec<*const c_char> = Vec::new();
+        if physical.has_memory_fd {
+            extensions.push(ash::khr::external_memory_fd::NAME.as_ptr());
+        }
+        if physical.has_semaphore_fd {
+            extensions.push(ash::khr::external_semaphore_fd::NAME.as_ptr());
+        }
+        let mut features12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
+        let info = vk::DeviceCreateInfo::default()
+            .queue_create_infos(&queue_info)
+            .enabled_extension_names(&extensions)
+            .push_next(&mut features12);
+        // SAFETY: the physical device belongs to `instance`; `info` points at live locals.
+        let device = unsafe { instance.instance.create_device(physical.handle, &info, None) }
+            .vk("vkCreateDevice")?;
+        // SAFETY: the family was created with one queue.
+        let queue = unsafe { device.get_device_queue(physical.queue_family, 0) };
+        let memory_fd = physical
+            .has_memory_fd
+            .then(|| ash::khr::external_memory_fd::Device::new(&instance.instance, &device));
+        let semaphore_fd = physical
+            .has_semaphore_fd
+            .then(|| ash::khr::external_semaphore_fd::Device::new(&instance.instance, &device));
+        Ok(Arc::new(Device {
+            instance,
+            physical,
+            device,
+            memory_fd,
+            semaphore_fd,
+            queue: Mutex::new(queue),
+            transfer: Mutex::new(None),
+        }))
+    }
+
+    /// Submits batches to the queue, holding its lock for the call only.
+    ///
+    /// # Safety
+    /// Every handle in `submits` must belong to this device and be valid until the work is done.
+    pub unsafe fn submit(&self, submits: &[vk::SubmitInfo<'_>], fence: vk::Fence) -> Result<()> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        // SAFETY: the queue is externally synchronised by the lock; the caller vouches for the
+        // handles.
+        unsafe { self.device.queue_submit(*queue, submits, fence) }.vk("vkQueueSubmit")
+    }
+
+    /// Runs `f` with exclusive use of the staging context, created on first use.
+    pub fn with_transfer<R>(&self, f: impl FnOnce(&mut Transfer) -> Result<R>) -> Result<R> {
+        let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+        let transfer = match slot.as_mut() {
+            Some(t) => t,
+            None => slot.insert(Transfer::new(self)?),
+        };
+        f(transfer)
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let queue = self.queue.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // SAFETY: no other reference to the device exists (this is its drop); waiting makes
+        // sure nothing still runs before the objects below are destroyed.
+        if let Err(e) = unsafe { self.device.queue_wait_idle(*queue) } {
+            log::error!("vkQueueWaitIdle failed while destroying a device: {e}");
+        }
+        if let Some(transfer) = self.transfer.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+            // SAFETY: the transfer's objects belong to this device and are idle.
+            unsafe { transfer.destroy(&self.device) };
+        }
+        // SAFETY: every buffer, block and semaphore holds an `Arc<Device>`, so none is left.
+        unsafe { self.device.destroy_device(None) };
+    }
+}

@@ -1,0 +1,180 @@
+//! `VkDeviceMemory`: allocation (exportable, dedicated), import from an fd, mapping, export.
+
+#[cfg(unix)]
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use ash::vk;
+
+use super::device::Device;
+use crate::error::{Error, Result, VkResultExt};
+
+/// A pointer to persistently mapped device memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MappedPtr(pub NonNull<u8>);
+
+// SAFETY: the pointer addresses driver-mapped memory that is not tied to a thread; every access
+// through it is a bounds-checked copy made by lava-flow (or by a user through `mapped_ptr`, which
+// is documented as raw).
+unsafe impl Send for MappedPtr {}
+// SAFETY: as above; lava-flow never hands out references into the mapping.
+unsafe impl Sync for MappedPtr {}
+
+/// How to allocate one `VkDeviceMemory`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemoryDesc {
+    pub size: u64,
+    pub memory_type_index: u32,
+    /// Chain `VkExportMemoryAllocateInfo` (opaque fd).
+    pub exportable: bool,
+    /// Chain `VkMemoryDedicatedAllocateInfo` for this buffer.
+    pub dedicated_to: Option<vk::Buffer>,
+    /// Map the whole allocation persistently.
+    pub map: bool,
+}
+
+/// A `VkDeviceMemory` without an owner: freed explicitly with [`RawMemory::free`].
+#[derive(Debug)]
+pub(crate) struct RawMemory {
+    pub memory: vk::DeviceMemory,
+    pub mapped: Option<MappedPtr>,
+}
+
+impl RawMemory {
+    /// Allocates memory as `desc` says; with `import`, imports that fd instead.
+    ///
+    /// On success the fd belongs to the driver; on failure it is closed here.
+    pub fn allocate(device: &Device, desc: MemoryDesc, import: Option<ImportFd>) -> Result<Self> {
+        let mut export = vk::ExportMemoryAllocateInfo::default()
+            .handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+        let mut dedicated = vk::MemoryDedicatedAllocateInfo::default();
+        let mut info = vk::MemoryAllocateInfo::default()
+            .allocation_size(desc.size)
+            .memory_type_index(desc.memory_type_index);
+        if desc.exportable {
+            info = info.push_next(&mut export);
+        }
+        if let Some(buffer) = desc.dedicated_to {
+            dedicated = dedicated.buffer(buffer);
+            info = info.push_next(&mut dedicated);
+        }
+        #[cfg(unix)]
+        let mut import_info;
+        #[cfg(unix)]
+        if let Some(fd) = &import {
+            import_info = vk::ImportMemoryFdInfoKHR::default()
+                .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD)
+                .fd(std::os::fd::AsRawFd::as_raw_fd(&fd.0));
+            info = info.push_next(&mut import_info);
+        }
+        // SAFETY: `info` and its chain point at live locals; the type index was chosen from this
+        // device's memory properties.
+        let memory = unsafe { device.device.allocate_memory(&info, None) }.vk("vkAllocateMemory")?;
+        #[cfg(unix)]
+        if let Some(fd) = import {
+            // A successful import transfers the fd's ownership to the driver: do not close it.
+            let _ = fd.0.into_raw_fd();
+        }
+        let mut raw = RawMemory { memory, mapped: None };
+        if desc.map {
+            // SAFETY: the memory was just allocated from a HOST_VISIBLE type (the caller's
+            // choice) and is not mapped yet.
+            let ptr = unsafe {
+                device.device.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
+            };
+            match ptr.map(|p| NonNull::new(p.cast::<u8>())) {
+                Ok(Some(p)) => raw.mapped = Some(MappedPtr(p)),
+                failed => {
+                    // SAFETY: allocated above and used by nothing else.
+                    unsafe { raw.free(device) };
+                    return Err(match failed {
+                        Err(e) => Error::vk("vkMapMemory", e),
+                        Ok(_) => Error::Ffi {
+                            api: crate::Api::Vulkan,
+                            call: "vkMapMemory",
+                            name: "VK_SUCCESS".into(),
+                            description: "the driver returned a null pointer".into(),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(raw)
+    }
+
+    /// Frees the memory (unmapping it implicitly).
+    ///
+    /// # Safety
+    /// The memory belongs to `device`, and nothing bound to it is in use or alive.
+    pub unsafe fn free(&self, device: &Device) {
+        // SAFETY: the caller's contract.
+        unsafe { device.device.free_memory(self.memory, None) };
+    }
+}
+
+/// An fd to import, owned until the import succeeds.
+#[cfg(unix)]
+pub(crate) struct ImportFd(pub OwnedFd);
+
+/// A placeholder: imports are by fd, and fds exist only on Unix.
+#[cfg(not(unix))]
+pub(crate) enum ImportFd {}
+
+/// A `VkDeviceMemory` owned by lava-flow: a sub-allocation block, a dedicated allocation, or an
+/// import. Freed when the last buffer using it is dropped.
+#[derive(Debug)]
+pub(crate) struct Block {
+    pub device: Arc<Device>,
+    pub raw: RawMemory,
+    pub size: u64,
+    pub memory_type_index: u32,
+    pub exportable: bool,
+    pub dedicated: bool,
+}
+
+impl Block {
+    /// Allocates (or imports) a block as `desc` says.
+    pub fn new(device: &Arc<Device>, desc: MemoryDesc, import: Option<ImportFd>) -> Result<Self> {
+        let raw = RawMemory::allocate(device, desc, import)?;
+        Ok(Block {
+            device: Arc::clone(device),
+            raw,
+            size: desc.size,
+            memory_type_index: desc.memory_type_index,
+            exportable: desc.exportable,
+            dedicated: desc.dedicated_to.is_some(),
+        })
+    }
+
+    /// A new opaque fd referring to the whole block.
+    #[cfg(unix)]
+    pub fn export_fd(&self) -> Result<OwnedFd> {
+        let Some(loader) = self.device.memory_fd.as_ref().filter(|_| self.exportable) else {
+            return Err(Error::NotExportable {
+                reason: "the memory was allocated without VkExportMemoryAllocateInfo".into(),
+            });
+        };
+        let info = vk::MemoryGetFdInfoKHR::default()
+            .memory(self.raw.memory)
+            .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+        // SAFETY: the memory is live and was allocated exportable as OPAQUE_FD.
+        let fd = unsafe { loader.get_memory_fd(&info) }.vk("vkGetMemoryFdKHR")?;
+        // SAFETY: vkGetMemoryFdKHR returns a new fd that the caller owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // SAFETY: buffers bound to the block hold an `Arc<Block>`; the last is gone, and the
+        // buffers destroyed their `VkBuffer`s first.
+        unsafe { self.raw.free(&self.device) };
+    }
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("name", &self.physical.info.name).finish_non_exhaustive()
+    }
+}

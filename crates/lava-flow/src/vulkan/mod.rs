@@ -1,0 +1,19 @@
+//! The Vulkan side: instance and devices, exportable memory, buffers, timeline semaphores,
+//! staging transfers and the validation layer.
+
+mod allocator;
+mod buffer;
+pub(crate) mod conv;
+mod device;
+mod instance;
+mod memory;
+mod semaphore;
+mod transfer;
+mod validation;
+
+pub use allocator::{
+    AllocationOptions, AllocatorOptions, AllocatorStats, Exportable, MemoryAllocator, DEFAULT_BLOCK_SIZE,
+};
+pub use buffer::Buffer;
+pub use semaphore::{Submission, TimelineSemaphore};
+pub use validation::ValidationLog;

@@ -1,0 +1,291 @@
+//! Timeline semaphores: host signal/wait, queue submissions, export as opaque fds.
+
+#[cfg(unix)]
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ash::vk;
+
+use super::device::Device;
+use crate::error::{Error, Result, VkResultExt};
+#[cfg(unix)]
+use crate::handle::{ExportedSemaphore, ExternalHandle, HandleType};
+
+/// A Vulkan timeline semaphore: a 64-bit counter that only grows, signalled and waited for by
+/// the host and by queue submissions, and (where the driver can) exported to CUDA, OpenCL,
+/// OpenGL or another process as an opaque fd.
+///
+/// # Host waits
+/// [`wait`](TimelineSemaphore::wait) polls the counter with `vkGetSemaphoreCounterValue`, spinning
+/// briefly and then backing off to short sleeps, instead of blocking in `vkWaitSemaphores`: on
+/// NVIDIA's driver a blocking wait for a value that another API (CUDA) signals sleeps about
+/// 10 ms, where polling sees the value microseconds after the signal.
+pub struct TimelineSemaphore {
+    device: Arc<Device>,
+    semaphore: vk::Semaphore,
+    exportable: bool,
+}
+
+impl std::fmt::Debug for TimelineSemaphore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimelineSemaphore")
+            .field("device", &self.device.physical.info.index)
+            .field("exportable", &self.exportable)
+            .finish()
+    }
+}
+
+impl TimelineSemaphore {
+    /// Creates a timeline semaphore at 0, exportable where the device can; with `import`, a
+    /// semaphore that takes over the payload of that fd instead.
+    #[cfg(unix)]
+    pub(crate) fn new(device: &Arc<Device>, import: Option<OwnedFd>) -> Result<Self> {
+        let handles = &device.physical.info.timeline_semaphore_handles;
+        let exportable = import.is_none() && device.semaphore_fd.is_some() && handles.can_export(HandleType::OpaqueFd);
+        if import.is_some() && (device.semaphore_fd.is_none() || !handles.can_import(HandleType::OpaqueFd)) {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "device {} ({}) cannot import timeline semaphores from opaque fds",
+                    device.physical.info.index, device.physical.info.name
+                ),
+            });
+        }
+        let semaphore = create(device, exportable)?;
+        let sem = TimelineSemaphore { device: Arc::clone(device), semaphore, exportable };
+        if let (Some(fd), Some(loader)) = (import, device.semaphore_fd.as_ref()) {
+            let info = vk::ImportSemaphoreFdInfoKHR::default()
+                .semaphore(semaphore)
+                .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD)
+                .fd(fd.as_raw_fd());
+            // SAFETY: the semaphore is fresh and unused; `fd` is open. On failure `sem` and `fd`
+            // are dropped (destroyed, closed).
+            unsafe { loader.import_semaphore_fd(&info) }.vk("vkImportSemaphoreFdKHR")?;
+            // The import succeeded: the driver owns the fd now.
+            let _ = fd.into_raw_fd();
+        }
+        Ok(sem)
+    }
+
+    /// Creates a timeline semaphore at 0 (no fds off Unix, so never exportable there).
+    #[cfg(not(unix))]
+    pub(crate) fn new(device: &Arc<Device>, _import: Option<std::convert::Infallible>) -> Result<Self> {
+        let semaphore = create(device, false)?;
+        Ok(TimelineSemaphore { device: Arc::clone(device), semaphore, exportable: false })
+    }
+
+    /// Whether [`export_fd`](TimelineSemaphore::export_fd) can succeed.
+    pub fn is_exportable(&self) -> bool {
+        self.exportable
+    }
+
+    /// The raw `VkSemaphore`. Valid while `self` lives.
+    pub fn vk_semaphore(&self) -> vk::Semaphore {
+        self.semaphore
+    }
+
+    /// The counter's current value.
+    pub fn value(&self) -> Result<u64> {
+        // SAFETY: the semaphore is a live timeline semaphore of this device.
+        unsafe { self.device.device.get_semaphore_counter_value(self.semaphore) }
+            .vk("vkGetSemaphoreCounterValue")
+    }
+
+    /// Sets the counter to `value` from the host. The value must be greater than the current
+    /// one (and than any pending signal: that part is the caller's to keep).
+    pub fn signal(&self, value: u64) -> Result<()> {
+        let current = self.value()?;
+        if value <= current {
+            return Err(Error::InvalidArgument(format!(
+                "timeline values must increase: signal({value}) with the counter at {current}"
+            )));
+        }
+        let info = vk::SemaphoreSignalInfo::default().semaphore(self.semaphore).value(value);
+        // SAFETY: a live timeline semaphore of this device; the value is greater than the current.
+        unsafe { self.device.device.signal_semaphore(&info) }.vk("vkSignalSemaphore")
+    }
+
+    /// Waits on the host until the counter reaches `value`, or fails with [`Error::Timeout`].
+    ///
+    /// Polls rather than blocking in `vkWaitSemaphores` (see the type's documentation): a spin of
+    /// about 50 µs, then sleeps growing from 10 µs to 1 ms.
+    pub fn wait(&self, value: u64, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        let mut sleep = Duration::from_micros(10);
+        loop {
+            if self.value()? >= value {
+                return Ok(());
+            }
+            let elapsed = start.elapsed();
+            if elapsed >= timeout {
+                return Err(Error::Timeout(timeout, "a timeline semaphore value"));
+            }
+            if elapsed < Duration::from_micros(50) {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(sleep.min(timeout - elapsed));
+                sleep = (sleep * 2).min(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// A new opaque fd for the semaphore (`VK_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD_BIT`),
+    /// which CUDA, OpenCL and OpenGL import. Fails with [`Error::Unsupported`] where the driver
+    /// cannot export timeline semaphores (Mesa's lavapipe, for one).
+    #[cfg(unix)]
+    pub fn export_fd(&self) -> Result<OwnedFd> {
+        let info = &self.device.physical.info;
+        let loader = match self.device.semaphore_fd.as_ref() {
+            Some(l) if self.exportable => l,
+            _ => {
+                return Err(Error::Unsupported {
+                    what: format!(
+                        "device {} ({}) cannot export timeline semaphores as opaque fds{}",
+                        info.index,
+                        info.name,
+                        if self.device.semaphore_fd.is_none() {
+                            " (no VK_KHR_external_semaphore_fd)"
+                        } else {
+                            " (vkGetPhysicalDeviceExternalSemaphoreProperties reports no export)"
+                        }
+                    ),
+                })
+            }
+        };
+        let get = vk::SemaphoreGetFdInfoKHR::default()
+            .semaphore(self.semaphore)
+            .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
+        // SAFETY: the semaphore was created exportable as OPAQUE_FD.
+        let fd = unsafe { loader.get_semaphore_fd(&get) }.vk("vkGetSemaphoreFdKHR")?;
+        // SAFETY: vkGetSemaphoreFdKHR returns a new fd owned by the caller.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// A new fd with the device's identity, for an importer elsewhere.
+    #[cfg(unix)]
+    pub fn export(&self) -> Result<ExportedSemaphore> {
+        let fd = self.export_fd()?;
+        let info = &self.device.physical.info;
+        Ok(ExportedSemaphore {
+            handle: ExternalHandle::OpaqueFd(fd),
+            device_uuid: info.uuid,
+            driver_uuid: info.driver_uuid,
+        })
+    }
+
+    pub(crate) fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+}
+
+fn create(device: &Device, exportable: bool) -> Result<vk::Semaphore> {
+    let mut type_info = vk::SemaphoreTypeCreateInfo::default()
+        .semaphore_type(vk::SemaphoreType::TIMELINE)
+        .initial_value(0);
+    let mut export = vk::ExportSemaphoreCreateInfo::default()
+        .handle_types(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
+    let mut info = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
+    if exportable {
+        info = info.push_next(&mut export);
+    }
+    // SAFETY: `info` points at live locals; timeline semaphores were enabled on the device.
+    unsafe { device.device.create_semaphore(&info, None) }.vk("vkCreateSemaphore")
+}
+
+impl Drop for TimelineSemaphore {
+    fn drop(&mut self) {
+        // SAFETY: the semaphore belongs to this device. Pending queue operations on it are the
+        // user's to wait for, as with any Vulkan object.
+        unsafe { self.device.device.destroy_semaphore(self.semaphore, None) };
+    }
+}
+
+/// One queue submission: wait for timeline values, run command buffers, signal timeline values.
+///
+/// ```no_run
+/// # fn main() -> lava_flow::Result<()> {
+/// use lava_flow::{MemoryAllocator, Submission};
+/// let mut allocator = MemoryAllocator::new()?;
+/// let ready = allocator.timeline_semaphore(0)?;
+/// let done = allocator.timeline_semaphore(0)?;
+/// // The GPU waits for `ready` to reach 1, then sets `done` to 1.
+/// allocator.submit(0, &Submission::new().wait(&ready, 1).signal(&done, 1))?;
+/// ready.signal(1)?;
+/// done.wait(1, std::time::Duration::from_secs(5))?;
+/// # Ok(()) }
+/// ```
+#[derive(Default)]
+pub struct Submission<'a> {
+    waits: Vec<(&'a TimelineSemaphore, u64)>,
+    signals: Vec<(&'a TimelineSemaphore, u64)>,
+    command_buffers: Vec<vk::CommandBuffer>,
+}
+
+impl<'a> Submission<'a> {
+    /// An empty submission.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Waits (at all pipeline stages) until `semaphore` reaches `value`.
+    pub fn wait(mut self, semaphore: &'a TimelineSemaphore, value: u64) -> Self {
+        self.waits.push((semaphore, value));
+        self
+    }
+
+    /// Sets `semaphore` to `value` once the submission's work is done.
+    pub fn signal(mut self, semaphore: &'a TimelineSemaphore, value: u64) -> Self {
+        self.signals.push((semaphore, value));
+        self
+    }
+
+    /// Adds command buffers recorded on the same device (see `MemoryAllocator::ash_device`).
+    ///
+    /// # Safety
+    /// Each must be a valid, executable primary command buffer of the submission's device, and
+    /// stay valid, with everything it uses, until the submission's work has completed.
+    pub unsafe fn command_buffers(mut self, command_buffers: &[vk::CommandBuffer]) -> Self {
+        self.command_buffers.extend_from_slice(command_buffers);
+        self
+    }
+
+    pub(crate) fn submit(&self, device: &Arc<Device>) -> Result<()> {
+        for (sem, value) in self.waits.iter().chain(&self.signals) {
+            if !Arc::ptr_eq(sem.device(), device) {
+                return Err(Error::InvalidArgument(format!(
+                    "a semaphore of device {} was submitted to device {}",
+                    sem.device().physical.info.index,
+                    device.physical.info.index
+                )));
+            }
+            if *value == 0 {
+                return Err(Error::InvalidArgument("timeline value 0 is the initial value: wait for or signal 1 or more".into()));
+            }
+        }
+        for (sem, value) in &self.signals {
+            let current = sem.value()?;
+            if *value <= current {
+                return Err(Error::InvalidArgument(format!(
+                    "timeline values must increase: a signal of {value} with the counter at {current}"
+                )));
+            }
+        }
+        let wait_sems: Vec<vk::Semaphore> = self.waits.iter().map(|(s, _)| s.semaphore).collect();
+        let wait_values: Vec<u64> = self.waits.iter().map(|(_, v)| *v).collect();
+        let wait_stages = vec![vk::PipelineStageFlags::ALL_COMMANDS; self.waits.len()];
+        let signal_sems: Vec<vk::Semaphore> = self.signals.iter().map(|(s, _)| s.semaphore).collect();
+        let signal_values: Vec<u64> = self.signals.iter().map(|(_, v)| *v).collect();
+        let mut timeline = vk::TimelineSemaphoreSubmitInfo::default()
+            .wait_semaphore_values(&wait_values)
+            .signal_semaphore_values(&signal_values);
+        let submit = vk::SubmitInfo::default()
+            .wait_semaphores(&wait_sems)
+            .wait_dst_stage_mask(&wait_stages)
+            .command_buffers(&self.command_buffers)
+            .signal_semaphores(&signal_sems)
+            .push_next(&mut timeline);
+        // SAFETY: the semaphores belong to `device` (checked above) and are borrowed for 'a; the
+        // command buffers are the caller's promise (`command_buffers` is unsafe).
+        unsafe { device.submit(&[submit], vk::Fence::null()) }
+    }
+}
