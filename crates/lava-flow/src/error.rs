@@ -138,9 +138,7 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// Validation was requested but the Khronos validation layer is not installed.
-    #[error(
-        "the Khronos validation layer (VK_LAYER_KHRONOS_validation) was requested but is not installed"
-    )]
+    #[error("the Khronos validation layer (VK_LAYER_KHRONOS_validation) was requested but is not installed")]
     ValidationLayerMissing,
     /// A wait ran out of time.
     #[error("timed out after {0:?} waiting for {1}")]

@@ -44,6 +44,8 @@
 
 pub mod device;
 mod error;
+#[cfg(unix)]
+mod fd;
 pub mod handle;
 mod location;
 mod suballoc;

@@ -263,7 +263,8 @@ impl MemoryAllocator {
         let ctx = self.context(device_id)?;
         let info = &ctx.device.physical.info;
         if !info.matches(exported.device_uuid, exported.driver_uuid) {
-            let found = if exported.device_uuid == info.uuid { exported.driver_uuid } else { exported.device_uuid };
+            let found =
+                if exported.device_uuid == info.uuid { exported.driver_uuid } else { exported.device_uuid };
             let expected = if exported.device_uuid == info.uuid { info.driver_uuid } else { info.uuid };
             return Err(Error::DeviceMismatch { what: "the exported semaphore", expected, found });
         }
@@ -318,10 +319,10 @@ impl MemoryAllocator {
     }
 
     fn slot(&self, device_id: u32) -> Result<&DeviceSlot> {
-        self.shared.devices.get(device_id as usize).ok_or(Error::UnknownDevice {
-            device_id,
-            device_count: self.shared.devices.len() as u32,
-        })
+        self.shared
+            .devices
+            .get(device_id as usize)
+            .ok_or(Error::UnknownDevice { device_id, device_count: self.shared.devices.len() as u32 })
     }
 
     fn context(&self, device_id: u32) -> Result<Arc<DeviceContext>> {
@@ -358,12 +359,22 @@ impl DeviceContext {
         let memory_type = conv::choose_memory_type(&physical.memory, !0, location, info.device_type)
             .ok_or_else(|| Error::LocationUnavailable {
                 location: location.to_string(),
-                reason: format!("device {} ({}) has {}", info.index, info.name, conv::location_requirement(location)),
+                reason: format!(
+                    "device {} ({}) has {}",
+                    info.index,
+                    info.name,
+                    conv::location_requirement(location)
+                ),
             })?;
         let heap_index = physical.memory.memory_types[memory_type as usize].heap_index;
         let heap_size = physical.memory.memory_heaps[heap_index as usize].size;
         if size > heap_size {
-            return Err(Error::SizeExceedsHeap { requested: size, device_id: info.index, heap_index, heap_size });
+            return Err(Error::SizeExceedsHeap {
+                requested: size,
+                device_id: info.index,
+                heap_index,
+                heap_size,
+            });
         }
         let exportable = match options.exportable {
             Exportable::No => false,
@@ -371,7 +382,10 @@ impl DeviceContext {
             Exportable::Required if physical.can_export_buffers() => true,
             Exportable::Required => {
                 return Err(Error::Unsupported {
-                    what: format!("device {} ({}) cannot export buffers as opaque fds", info.index, info.name),
+                    what: format!(
+                        "device {} ({}) cannot export buffers as opaque fds",
+                        info.index, info.name
+                    ),
                 })
             }
         };
@@ -404,16 +418,20 @@ impl DeviceContext {
         // SAFETY: the buffer is live; the out-structs outlive the call.
         unsafe { d.get_buffer_memory_requirements2(&req_info, &mut req2) };
         let req = req2.memory_requirements;
-        let memory_type_index =
-            conv::choose_memory_type(&physical.memory, req.memory_type_bits, location, physical.info.device_type)
-                .ok_or_else(|| Error::LocationUnavailable {
-                    location: location.to_string(),
-                    reason: format!(
-                        "no memory type allowed for buffers (memoryTypeBits {:#x}) matches: {}",
-                        req.memory_type_bits,
-                        conv::location_requirement(location)
-                    ),
-                })?;
+        let memory_type_index = conv::choose_memory_type(
+            &physical.memory,
+            req.memory_type_bits,
+            location,
+            physical.info.device_type,
+        )
+        .ok_or_else(|| Error::LocationUnavailable {
+            location: location.to_string(),
+            reason: format!(
+                "no memory type allowed for buffers (memoryTypeBits {:#x}) matches: {}",
+                req.memory_type_bits,
+                conv::location_requirement(location)
+            ),
+        })?;
         let heap = physical.memory.memory_types[memory_type_index as usize].heap_index;
         let block_size = self.options.block_size.min(physical.memory.memory_heaps[heap as usize].size);
         let dedicated = options.dedicated
@@ -424,7 +442,8 @@ impl DeviceContext {
             || req.size + req.alignment > block_size;
         let map = location.is_host_visible();
         if dedicated {
-            let desc = MemoryDesc { size: req.size, memory_type_index, exportable, dedicated_to: Some(buffer), map };
+            let desc =
+                MemoryDesc { size: req.size, memory_type_index, exportable, dedicated_to: Some(buffer), map };
             let block = Arc::new(Block::new(&self.device, desc, None)?);
             // SAFETY: fresh buffer, memory made for it, offset 0.
             unsafe { d.bind_buffer_memory(buffer, block.raw.memory, 0) }.vk("vkBindBufferMemory")?;
@@ -439,7 +458,8 @@ impl DeviceContext {
         let (block, range) = match found {
             Some(found) => found,
             None => {
-                let desc = MemoryDesc { size: block_size, memory_type_index, exportable, dedicated_to: None, map };
+                let desc =
+                    MemoryDesc { size: block_size, memory_type_index, exportable, dedicated_to: None, map };
                 let block = Arc::new(Block::new(&self.device, desc, None)?);
                 let mut sub = SubAllocator::new(block_size).ok_or_else(|| {
                     Error::InvalidArgument(format!("block size {block_size} cannot be sub-allocated"))

@@ -97,12 +97,19 @@ impl Buffer {
             } else {
                 (info.driver_uuid, desc.driver_uuid)
             };
-            return Err(Error::DeviceMismatch { what: "the exported memory (device or driver UUID)", expected, found });
+            return Err(Error::DeviceMismatch {
+                what: "the exported memory (device or driver UUID)",
+                expected,
+                found,
+            });
         }
         let handle_type = handle.handle_type();
         if !device.physical.has_memory_fd || !info.buffer_handles.can_import(handle_type) {
             return Err(Error::Unsupported {
-                what: format!("device {} ({}) cannot import buffers from {handle_type:?} handles", info.index, info.name),
+                what: format!(
+                    "device {} ({}) cannot import buffers from {handle_type:?} handles",
+                    info.index, info.name
+                ),
             });
         }
         let fits = desc.size > 0
@@ -148,10 +155,7 @@ impl Buffer {
             dedicated_to: desc.dedicated.then_some(buffer),
             map: false,
         };
-        let import = match handle {
-            #[cfg(unix)]
-            ExternalHandle::OpaqueFd(fd) => super::memory::ImportFd(fd),
-        };
+        let ExternalHandle::OpaqueFd(import) = handle;
         let block = Arc::new(Block::new(device, mem, Some(import))?);
         // SAFETY: the memory was imported for this buffer; the offset is aligned and in range.
         unsafe { device.device.bind_buffer_memory(buffer, block.raw.memory, desc.offset) }
@@ -240,11 +244,13 @@ impl Buffer {
         if data.is_empty() {
             return Ok(());
         }
-        match self.mapped_ptr() {
+        match self.mapped_at(offset) {
             // SAFETY: the range was checked against the buffer's size, which the mapping covers;
             // `data` cannot alias device memory that lava-flow maps.
-            Some(p) => unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p.as_ptr().add(offset as usize), data.len()) },
-            None => self.ctx.device.with_transfer(|t| t.write(&self.ctx.device, self.buffer, offset, data))?,
+            Some(p) => unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) },
+            None => {
+                self.ctx.device.with_transfer(|t| t.write(&self.ctx.device, self.buffer, offset, data))?
+            }
         }
         Ok(())
     }
@@ -255,12 +261,17 @@ impl Buffer {
         if out.is_empty() {
             return Ok(());
         }
-        match self.mapped_ptr() {
+        match self.mapped_at(offset) {
             // SAFETY: as in `write`.
-            Some(p) => unsafe { std::ptr::copy_nonoverlapping(p.as_ptr().add(offset as usize), out.as_mut_ptr(), out.len()) },
+            Some(p) => unsafe { std::ptr::copy_nonoverlapping(p.cast_const(), out.as_mut_ptr(), out.len()) },
             None => self.ctx.device.with_transfer(|t| t.read(&self.ctx.device, self.buffer, offset, out))?,
         }
         Ok(())
+    }
+
+    /// The host address of byte `offset` (range-checked by the caller) of mapped memory.
+    fn mapped_at(&self, offset: u64) -> Option<*mut u8> {
+        self.mapped_ptr().map(|p| p.as_ptr().wrapping_add(offset as usize))
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<()> {

@@ -84,9 +84,8 @@ pub(crate) fn choose_memory_type(
     let accept = |i: usize| -> Option<(u32, usize)> {
         let t = types[i];
         let f = t.property_flags;
-        let heap_local = memory.memory_heaps[t.heap_index as usize]
-            .flags
-            .contains(vk::MemoryHeapFlags::DEVICE_LOCAL);
+        let heap_local =
+            memory.memory_heaps[t.heap_index as usize].flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL);
         let (ok, wanted) = match location {
             MemoryLocation::GpuVulkan { .. } => (f.contains(F::DEVICE_LOCAL), F::DEVICE_LOCAL),
             MemoryLocation::GpuMappable { .. } => {
@@ -99,11 +98,7 @@ pub(crate) fn choose_memory_type(
         let exotic = F::PROTECTED | F::LAZILY_ALLOCATED | F::DEVICE_COHERENT_AMD;
         (ok && !f.intersects(exotic)).then(|| ((f & !wanted).as_raw().count_ones(), i))
     };
-    (0..types.len())
-        .filter(|&i| type_bits & (1 << i) != 0)
-        .filter_map(accept)
-        .min()
-        .map(|(_, i)| i as u32)
+    (0..types.len()).filter(|&i| type_bits & (1 << i) != 0).filter_map(accept).min().map(|(_, i)| i as u32)
 }
 
 #[cfg(test)]

@@ -46,8 +46,8 @@ impl Device {
             .enabled_extension_names(&extensions)
             .push_next(&mut features12);
         // SAFETY: the physical device belongs to `instance`; `info` points at live locals.
-        let device = unsafe { instance.instance.create_device(physical.handle, &info, None) }
-            .vk("vkCreateDevice")?;
+        let device =
+            unsafe { instance.instance.create_device(physical.handle, &info, None) }.vk("vkCreateDevice")?;
         // SAFETY: the family was created with one queue.
         let queue = unsafe { device.get_device_queue(physical.queue_family, 0) };
         let memory_fd = physical

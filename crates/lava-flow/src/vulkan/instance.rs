@@ -39,8 +39,7 @@ impl Instance {
             // SAFETY: a plain query with no inputs.
             let layers = unsafe { entry.enumerate_instance_layer_properties() }
                 .vk("vkEnumerateInstanceLayerProperties")?;
-            let present =
-                layers.iter().any(|l| l.layer_name_as_c_str().ok() == Some(validation::LAYER_NAME));
+            let present = layers.iter().any(|l| l.layer_name_as_c_str().ok() == Some(validation::LAYER_NAME));
             if !present {
                 return Err(Error::ValidationLayerMissing);
             }
@@ -85,8 +84,8 @@ impl Instance {
     /// Probes every physical device that supports Vulkan 1.2, sorted into `device_id` order.
     pub fn probe_devices(&self) -> Result<Vec<PhysicalDevice>> {
         // SAFETY: a plain query on a live instance.
-        let handles = unsafe { self.instance.enumerate_physical_devices() }
-            .vk("vkEnumeratePhysicalDevices")?;
+        let handles =
+            unsafe { self.instance.enumerate_physical_devices() }.vk("vkEnumeratePhysicalDevices")?;
         let mut devices = Vec::with_capacity(handles.len());
         for handle in handles {
             if let Some(d) = self.probe(handle)? {
@@ -127,9 +126,10 @@ impl Instance {
         let has_semaphore_fd = has_ext(ash::khr::external_semaphore_fd::NAME);
         // SAFETY: as above.
         let families = unsafe { inst.get_physical_device_queue_family_properties(handle) };
-        let Some(queue_family) = families.iter().position(|f| {
-            f.queue_flags.contains(vk::QueueFlags::COMPUTE) && f.queue_count > 0
-        }) else {
+        let Some(queue_family) = families
+            .iter()
+            .position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE) && f.queue_count > 0)
+        else {
             log::info!("skipping a Vulkan device without a compute queue");
             return Ok(None);
         };
@@ -183,9 +183,7 @@ impl Instance {
                 .handle_type(conv::memory_handle_flag(ty));
             let mut out = vk::ExternalBufferProperties::default();
             // SAFETY: `handle` came from this instance; `info` and `out` outlive the call.
-            unsafe {
-                self.instance.get_physical_device_external_buffer_properties(handle, &info, &mut out)
-            };
+            unsafe { self.instance.get_physical_device_external_buffer_properties(handle, &info, &mut out) };
             add_features(&mut support, ty, out.external_memory_properties.external_memory_features);
         }
         support
@@ -227,12 +225,7 @@ impl Instance {
         Ok(support)
     }
 
-    fn semaphore_support(
-        &self,
-        handle: vk::PhysicalDevice,
-        has_fd: bool,
-        timeline: bool,
-    ) -> ExternalSupport {
+    fn semaphore_support(&self, handle: vk::PhysicalDevice, has_fd: bool, timeline: bool) -> ExternalSupport {
         let mut support = ExternalSupport::default();
         if !has_fd {
             return support;
@@ -248,8 +241,7 @@ impl Instance {
             let mut out = vk::ExternalSemaphoreProperties::default();
             // SAFETY: as in `buffer_support`.
             unsafe {
-                self.instance
-                    .get_physical_device_external_semaphore_properties(handle, &info, &mut out)
+                self.instance.get_physical_device_external_semaphore_properties(handle, &info, &mut out)
             };
             let f = out.external_semaphore_features;
             if f.contains(vk::ExternalSemaphoreFeatureFlags::EXPORTABLE) {

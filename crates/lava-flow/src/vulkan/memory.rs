@@ -1,7 +1,7 @@
 //! `VkDeviceMemory`: allocation (exportable, dedicated), import from an fd, mapping, export.
 
 #[cfg(unix)]
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -46,43 +46,17 @@ impl RawMemory {
     ///
     /// On success the fd belongs to the driver; on failure it is closed here.
     pub fn allocate(device: &Device, desc: MemoryDesc, import: Option<ImportFd>) -> Result<Self> {
-        let mut export = vk::ExportMemoryAllocateInfo::default()
-            .handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
-        let mut dedicated = vk::MemoryDedicatedAllocateInfo::default();
-        let mut info = vk::MemoryAllocateInfo::default()
-            .allocation_size(desc.size)
-            .memory_type_index(desc.memory_type_index);
-        if desc.exportable {
-            info = info.push_next(&mut export);
-        }
-        if let Some(buffer) = desc.dedicated_to {
-            dedicated = dedicated.buffer(buffer);
-            info = info.push_next(&mut dedicated);
-        }
-        #[cfg(unix)]
-        let mut import_info;
-        #[cfg(unix)]
-        if let Some(fd) = &import {
-            import_info = vk::ImportMemoryFdInfoKHR::default()
-                .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD)
-                .fd(std::os::fd::AsRawFd::as_raw_fd(&fd.0));
-            info = info.push_next(&mut import_info);
-        }
-        // SAFETY: `info` and its chain point at live locals; the type index was chosen from this
-        // device's memory properties.
-        let memory = unsafe { device.device.allocate_memory(&info, None) }.vk("vkAllocateMemory")?;
-        #[cfg(unix)]
-        if let Some(fd) = import {
-            // A successful import transfers the fd's ownership to the driver: do not close it.
-            let _ = fd.0.into_raw_fd();
-        }
+        let memory = match import {
+            None => allocate_memory(device, &desc, None)?,
+            #[cfg(unix)]
+            Some(fd) => crate::fd::give_to_driver(fd, |raw| allocate_memory(device, &desc, Some(raw)))?,
+        };
         let mut raw = RawMemory { memory, mapped: None };
         if desc.map {
             // SAFETY: the memory was just allocated from a HOST_VISIBLE type (the caller's
             // choice) and is not mapped yet.
-            let ptr = unsafe {
-                device.device.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
-            };
+            let ptr =
+                unsafe { device.device.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) };
             match ptr.map(|p| NonNull::new(p.cast::<u8>())) {
                 Ok(Some(p)) => raw.mapped = Some(MappedPtr(p)),
                 failed => {
@@ -115,11 +89,36 @@ impl RawMemory {
 
 /// An fd to import, owned until the import succeeds.
 #[cfg(unix)]
-pub(crate) struct ImportFd(pub OwnedFd);
+pub(crate) type ImportFd = OwnedFd;
 
-/// A placeholder: imports are by fd, and fds exist only on Unix.
+/// Imports are by fd, and fds exist only on Unix.
 #[cfg(not(unix))]
 pub(crate) enum ImportFd {}
+
+/// One `vkAllocateMemory` with the chain `desc` asks for, importing `import_fd` if given.
+fn allocate_memory(device: &Device, desc: &MemoryDesc, import_fd: Option<i32>) -> Result<vk::DeviceMemory> {
+    let mut export =
+        vk::ExportMemoryAllocateInfo::default().handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+    let mut dedicated = vk::MemoryDedicatedAllocateInfo::default();
+    let mut import_info = vk::ImportMemoryFdInfoKHR::default();
+    let mut info = vk::MemoryAllocateInfo::default()
+        .allocation_size(desc.size)
+        .memory_type_index(desc.memory_type_index);
+    if desc.exportable {
+        info = info.push_next(&mut export);
+    }
+    if let Some(buffer) = desc.dedicated_to {
+        dedicated = dedicated.buffer(buffer);
+        info = info.push_next(&mut dedicated);
+    }
+    if let Some(fd) = import_fd {
+        import_info = import_info.handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD).fd(fd);
+        info = info.push_next(&mut import_info);
+    }
+    // SAFETY: `info` and its chain point at live locals; the type index was chosen from this
+    // device's memory properties (or checked against them, for imports).
+    unsafe { device.device.allocate_memory(&info, None) }.vk("vkAllocateMemory")
+}
 
 /// A `VkDeviceMemory` owned by lava-flow: a sub-allocation block, a dedicated allocation, or an
 /// import. Freed when the last buffer using it is dropped.

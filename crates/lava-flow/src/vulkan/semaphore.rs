@@ -1,7 +1,7 @@
 //! Timeline semaphores: host signal/wait, queue submissions, export as opaque fds.
 
 #[cfg(unix)]
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,8 @@ impl TimelineSemaphore {
     #[cfg(unix)]
     pub(crate) fn new(device: &Arc<Device>, import: Option<OwnedFd>) -> Result<Self> {
         let handles = &device.physical.info.timeline_semaphore_handles;
-        let exportable = import.is_none() && device.semaphore_fd.is_some() && handles.can_export(HandleType::OpaqueFd);
+        let exportable =
+            import.is_none() && device.semaphore_fd.is_some() && handles.can_export(HandleType::OpaqueFd);
         if import.is_some() && (device.semaphore_fd.is_none() || !handles.can_import(HandleType::OpaqueFd)) {
             return Err(Error::Unsupported {
                 what: format!(
@@ -54,15 +55,15 @@ impl TimelineSemaphore {
         let semaphore = create(device, exportable)?;
         let sem = TimelineSemaphore { device: Arc::clone(device), semaphore, exportable };
         if let (Some(fd), Some(loader)) = (import, device.semaphore_fd.as_ref()) {
-            let info = vk::ImportSemaphoreFdInfoKHR::default()
-                .semaphore(semaphore)
-                .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD)
-                .fd(fd.as_raw_fd());
-            // SAFETY: the semaphore is fresh and unused; `fd` is open. On failure `sem` and `fd`
-            // are dropped (destroyed, closed).
-            unsafe { loader.import_semaphore_fd(&info) }.vk("vkImportSemaphoreFdKHR")?;
-            // The import succeeded: the driver owns the fd now.
-            let _ = fd.into_raw_fd();
+            crate::fd::give_to_driver(fd, |raw| {
+                let info = vk::ImportSemaphoreFdInfoKHR::default()
+                    .semaphore(semaphore)
+                    .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD)
+                    .fd(raw);
+                // SAFETY: the semaphore is fresh and unused; `raw` is an open fd the driver may
+                // keep. On failure `sem` is dropped (destroyed).
+                unsafe { loader.import_semaphore_fd(&info) }.vk("vkImportSemaphoreFdKHR")
+            })?;
         }
         Ok(sem)
     }
@@ -179,9 +180,8 @@ impl TimelineSemaphore {
 }
 
 fn create(device: &Device, exportable: bool) -> Result<vk::Semaphore> {
-    let mut type_info = vk::SemaphoreTypeCreateInfo::default()
-        .semaphore_type(vk::SemaphoreType::TIMELINE)
-        .initial_value(0);
+    let mut type_info =
+        vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE).initial_value(0);
     let mut export = vk::ExportSemaphoreCreateInfo::default()
         .handle_types(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
     let mut info = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
@@ -259,7 +259,9 @@ impl<'a> Submission<'a> {
                 )));
             }
             if *value == 0 {
-                return Err(Error::InvalidArgument("timeline value 0 is the initial value: wait for or signal 1 or more".into()));
+                return Err(Error::InvalidArgument(
+                    "timeline value 0 is the initial value: wait for or signal 1 or more".into(),
+                ));
             }
         }
         for (sem, value) in &self.signals {

@@ -57,9 +57,8 @@ impl Transfer {
             .level(vk::CommandBufferLevel::PRIMARY)
             .command_buffer_count(1);
         // SAFETY: the pool was just created on this device.
-        let made = unsafe { d.allocate_command_buffers(&alloc) }
-            .vk("vkAllocateCommandBuffers")
-            .and_then(|cmds| {
+        let made =
+            unsafe { d.allocate_command_buffers(&alloc) }.vk("vkAllocateCommandBuffers").and_then(|cmds| {
                 transfer.cmd = cmds[0];
                 // SAFETY: a plain object creation on a live device.
                 unsafe { d.create_fence(&vk::FenceCreateInfo::default(), None) }.vk("vkCreateFence")
@@ -86,7 +85,8 @@ impl Transfer {
             // SAFETY: the staging mapping holds at least `chunk.len()` bytes (chunks are cut to
             // its size) and no copy is in flight (each one is waited for).
             unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), mapped, chunk.len()) };
-            let region = vk::BufferCopy { src_offset: 0, dst_offset: dst_offset + at, size: chunk.len() as u64 };
+            let region =
+                vk::BufferCopy { src_offset: 0, dst_offset: dst_offset + at, size: chunk.len() as u64 };
             self.copy(device, Direction::ToDevice, dst, region)?;
         }
         Ok(())
@@ -98,7 +98,8 @@ impl Transfer {
         let step = staging_len(staging);
         for (i, chunk) in out.chunks_mut(step).enumerate() {
             let at = (i * step) as u64;
-            let region = vk::BufferCopy { src_offset: src_offset + at, dst_offset: 0, size: chunk.len() as u64 };
+            let region =
+                vk::BufferCopy { src_offset: src_offset + at, dst_offset: 0, size: chunk.len() as u64 };
             self.copy(device, Direction::ToHost, src, region)?;
             let mapped = self.mapped(device)?;
             // SAFETY: as in `write`; the copy has completed and a TRANSFER→HOST barrier made it
@@ -109,13 +110,9 @@ impl Transfer {
     }
 
     fn mapped(&self, device: &Device) -> Result<*mut u8> {
-        self.staging
-            .as_ref()
-            .and_then(|s| s.memory.mapped)
-            .map(|m| m.0.as_ptr())
-            .ok_or_else(|| Error::Unsupported {
-                what: format!("no mapped staging buffer on {}", device.physical.info.name),
-            })
+        self.staging.as_ref().and_then(|s| s.memory.mapped).map(|m| m.0.as_ptr()).ok_or_else(|| {
+            Error::Unsupported { what: format!("no mapped staging buffer on {}", device.physical.info.name) }
+        })
     }
 
     /// Makes sure a staging buffer of at least `min(len, STAGING_CHUNK)` bytes exists.
@@ -185,7 +182,13 @@ impl Transfer {
     }
 
     /// Records, submits and waits for one copy between the staging buffer and `buffer`.
-    fn copy(&mut self, device: &Device, dir: Direction, buffer: vk::Buffer, region: vk::BufferCopy) -> Result<()> {
+    fn copy(
+        &mut self,
+        device: &Device,
+        dir: Direction,
+        buffer: vk::Buffer,
+        region: vk::BufferCopy,
+    ) -> Result<()> {
         let d = &device.device;
         let staging = self.staging.as_ref().map(|s| s.buffer).unwrap_or_default();
         let (src, dst) = match dir {

@@ -1,0 +1,82 @@
+//! Helpers shared by the CPU-tier tests: validated allocators, random data, fd counts.
+#![allow(dead_code)]
+
+use lava_flow::{AllocatorOptions, MemoryAllocator, ValidationLog};
+use rand::RngCore;
+
+/// Small blocks, so that tests cross block boundaries and exercise the block policy.
+pub const TEST_BLOCK_SIZE: u64 = 4 << 20;
+
+/// An allocator with the Khronos validation layer on. When it is dropped (after the buffers
+/// and semaphores a test made, which are declared after it), the allocator and its devices are
+/// destroyed first and then the log is checked: any warning or error the layer reported, leaked
+/// objects at device destruction included, fails the test.
+pub struct Validated {
+    allocator: Option<MemoryAllocator>,
+    log: ValidationLog,
+}
+
+impl Validated {
+    pub fn new() -> Self {
+        Self::with_block_size(TEST_BLOCK_SIZE)
+    }
+
+    pub fn with_block_size(block_size: u64) -> Self {
+        let mut options = AllocatorOptions::default();
+        options.validation = true;
+        options.block_size = block_size;
+        options.dedicated_threshold = block_size / 2;
+        let allocator = MemoryAllocator::with_options(options).unwrap_or_else(|e| {
+            panic!("the CPU tier needs Vulkan (Mesa lavapipe) and the validation layer: {e}")
+        });
+        let log = allocator.validation_log().expect("validation was requested");
+        Validated { allocator: Some(allocator), log }
+    }
+}
+
+impl std::ops::Deref for Validated {
+    type Target = MemoryAllocator;
+    fn deref(&self) -> &MemoryAllocator {
+        self.allocator.as_ref().expect("alive until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Validated {
+    fn deref_mut(&mut self) -> &mut MemoryAllocator {
+        self.allocator.as_mut().expect("alive until dropped")
+    }
+}
+
+impl Drop for Validated {
+    fn drop(&mut self) {
+        drop(self.allocator.take());
+        if !std::thread::panicking() {
+            let messages = self.log.take();
+            assert!(messages.is_empty(), "validation messages:\n{}", messages.join("\n"));
+        }
+    }
+}
+
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rng().fill_bytes(&mut v);
+    v
+}
+
+/// A destination filled with a byte the data is checked not to be entirely made of.
+pub fn poisoned(len: usize) -> Vec<u8> {
+    vec![0xA5; len]
+}
+
+/// Compares every byte and reports the first difference.
+pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: first difference at byte {i}: got {:#04x}, want {:#04x}", got[i], want[i]);
+    }
+}
+
+/// The number of open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+}
