@@ -5,7 +5,7 @@
 //! OpenCL, OpenGL and Python. Memory leaves Vulkan as an external handle (an opaque file
 //! descriptor on Linux); timeline semaphores, exported the same way, keep the APIs in order.
 //!
-//! ```no_run
+//! ```
 //! use lava_flow::{MemoryAllocator, MemoryLocation};
 //!
 //! # fn main() -> lava_flow::Result<()> {
@@ -59,6 +59,11 @@ pub use vulkan::{
     AllocationOptions, AllocatorOptions, AllocatorStats, Buffer, Exportable, MemoryAllocator, Submission,
     TimelineSemaphore, ValidationLog, DEFAULT_BLOCK_SIZE,
 };
+
+/// The guide `docs/vulkan.md`, whose examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/vulkan.md")]
+pub struct VulkanGuide;
 
 /// The `ash` crate lava-flow is built on, re-exported so that users' raw handles have the same
 /// types.

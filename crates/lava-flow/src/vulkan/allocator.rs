@@ -210,7 +210,7 @@ impl MemoryAllocator {
     /// Allocates `size` bytes at `location`: exportable where the device allows it, placed in a
     /// shared block or, for large buffers, in a dedicated allocation.
     ///
-    /// ```no_run
+    /// ```
     /// # fn main() -> lava_flow::Result<()> {
     /// use lava_flow::{MemoryAllocator, MemoryLocation};
     /// let mut allocator = MemoryAllocator::new()?;
@@ -284,6 +284,11 @@ impl MemoryAllocator {
     pub fn ash_device(&self, device_id: u32) -> Result<(ash::Device, u32)> {
         let ctx = self.context(device_id)?;
         Ok((ctx.device.device.clone(), ctx.device.physical.queue_family))
+    }
+
+    /// The `ash` instance lava-flow created, for loading extension functions in users' own code.
+    pub fn ash_instance(&self) -> ash::Instance {
+        self.shared.instance.instance.clone()
     }
 
     /// Releases every empty block.

@@ -202,7 +202,7 @@ impl Drop for TimelineSemaphore {
 
 /// One queue submission: wait for timeline values, run command buffers, signal timeline values.
 ///
-/// ```no_run
+/// ```
 /// # fn main() -> lava_flow::Result<()> {
 /// use lava_flow::{MemoryAllocator, Submission};
 /// let mut allocator = MemoryAllocator::new()?;
