@@ -15,12 +15,7 @@ use crate::error::{Api, Error, Result};
 /// Calls `import` with a duplicate of `fd` that the driver owns if `import` succeeds. `fd`
 /// itself is closed when this returns, whatever the outcome.
 pub(crate) fn give_to_driver<T>(fd: OwnedFd, import: impl FnOnce(RawFd) -> Result<T>) -> Result<T> {
-    let dup = fd.try_clone().map_err(|e| Error::Ffi {
-        api: Api::Os,
-        call: "fcntl(F_DUPFD_CLOEXEC)",
-        name: e.raw_os_error().map_or_else(|| format!("{:?}", e.kind()), |c| format!("errno {c}")),
-        description: e.to_string(),
-    })?;
+    let dup = fd.try_clone().map_err(|e| os_error("fcntl(F_DUPFD_CLOEXEC)", &e))?;
     let raw = dup.into_raw_fd();
     let result = import(raw);
     if result.is_err() && same_open_file(fd.as_raw_fd(), raw) {
@@ -29,6 +24,16 @@ pub(crate) fn give_to_driver<T>(fd: OwnedFd, import: impl FnOnce(RawFd) -> Resul
         drop(unsafe { OwnedFd::from_raw_fd(raw) });
     }
     result
+}
+
+/// [`Error::Ffi`] for a failed operating-system call.
+pub(crate) fn os_error(call: &'static str, e: &std::io::Error) -> Error {
+    Error::Ffi {
+        api: Api::Os,
+        call,
+        name: e.raw_os_error().map_or_else(|| format!("{:?}", e.kind()), |c| format!("errno {c}")),
+        description: e.to_string(),
+    }
 }
 
 /// Whether `a` and `b` are open and refer to the same file (device and inode).
@@ -57,12 +62,16 @@ fn stat(fd: RawFd) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
 
+    /// The tests count the process's fds: one at a time.
+    static FDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn open_count() -> usize {
         std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
     }
 
     #[test]
     fn failure_that_keeps_the_fd_closes_it_once() {
+        let _turn = FDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let fd: OwnedFd = std::fs::File::open("/dev/null").expect("open").into();
         let before = open_count() - 1;
         let r: Result<()> = give_to_driver(fd, |_| Err(Error::ZeroSize));
@@ -72,6 +81,7 @@ mod tests {
 
     #[test]
     fn failure_that_closes_the_fd_is_not_closed_twice() {
+        let _turn = FDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let fd: OwnedFd = std::fs::File::open("/dev/null").expect("open").into();
         let r: Result<()> = give_to_driver(fd, |raw| {
             // A driver that breaks the rule: closes the fd and fails.
@@ -84,6 +94,7 @@ mod tests {
 
     #[test]
     fn success_leaves_the_duplicate_to_the_driver() {
+        let _turn = FDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let fd: OwnedFd = std::fs::File::open("/dev/null").expect("open").into();
         let kept = give_to_driver(fd, Ok).expect("success");
         // The "driver" owns `kept`; give it back to Rust to close it.
