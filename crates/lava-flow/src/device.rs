@@ -132,6 +132,26 @@ impl DeviceInfo {
     }
 }
 
+impl DeviceInfo {
+    /// Checks that an object made on the device `uuid` with driver `driver_uuid` can be
+    /// imported here; the error names the first UUID that differs.
+    pub(crate) fn check_same_device(
+        &self,
+        what: &'static str,
+        uuid: Uuid,
+        driver_uuid: Uuid,
+    ) -> crate::Result<()> {
+        let (expected, found, what) = if uuid != self.uuid {
+            (self.uuid, uuid, what)
+        } else if driver_uuid != self.driver_uuid {
+            (self.driver_uuid, driver_uuid, "the driver of that device")
+        } else {
+            return Ok(());
+        };
+        Err(crate::Error::DeviceMismatch { what, expected, found })
+    }
+}
+
 /// Finds the device with `uuid` in `devices` (the way other APIs are matched to Vulkan).
 pub fn find_by_uuid(devices: &[DeviceInfo], uuid: Uuid) -> Option<&DeviceInfo> {
     devices.iter().find(|d| d.uuid == uuid)

@@ -262,12 +262,7 @@ impl MemoryAllocator {
     ) -> Result<TimelineSemaphore> {
         let ctx = self.context(device_id)?;
         let info = &ctx.device.physical.info;
-        if !info.matches(exported.device_uuid, exported.driver_uuid) {
-            let found =
-                if exported.device_uuid == info.uuid { exported.driver_uuid } else { exported.device_uuid };
-            let expected = if exported.device_uuid == info.uuid { info.driver_uuid } else { info.uuid };
-            return Err(Error::DeviceMismatch { what: "the exported semaphore", expected, found });
-        }
+        info.check_same_device("the exported semaphore", exported.device_uuid, exported.driver_uuid)?;
         let ExternalHandle::OpaqueFd(fd) = exported.handle;
         TimelineSemaphore::new(&ctx.device, Some(fd))
     }

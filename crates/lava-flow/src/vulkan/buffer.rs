@@ -91,18 +91,7 @@ impl Buffer {
         let (handle, desc) = exported.into_parts();
         let device = &ctx.device;
         let info = &device.physical.info;
-        if !info.matches(desc.device_uuid, desc.driver_uuid) {
-            let (expected, found) = if desc.device_uuid != info.uuid {
-                (info.uuid, desc.device_uuid)
-            } else {
-                (info.driver_uuid, desc.driver_uuid)
-            };
-            return Err(Error::DeviceMismatch {
-                what: "the exported memory (device or driver UUID)",
-                expected,
-                found,
-            });
-        }
+        info.check_same_device("the exported memory", desc.device_uuid, desc.driver_uuid)?;
         let handle_type = handle.handle_type();
         if !device.physical.has_memory_fd || !info.buffer_handles.can_import(handle_type) {
             return Err(Error::Unsupported {
