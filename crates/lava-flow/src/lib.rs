@@ -48,6 +48,8 @@ mod error;
 mod fd;
 pub mod handle;
 mod location;
+#[cfg(feature = "opengl")]
+pub mod opengl;
 mod suballoc;
 mod vulkan;
 
@@ -57,7 +59,7 @@ pub use handle::{ExportedMemory, ExportedSemaphore, ExternalHandle, HandleType, 
 pub use location::MemoryLocation;
 pub use vulkan::{
     AllocationOptions, AllocatorOptions, AllocatorStats, Buffer, Exportable, MemoryAllocator, Submission,
-    TimelineSemaphore, ValidationLog, DEFAULT_BLOCK_SIZE,
+    TimelineSemaphore, ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
 };
 
 /// The guide `docs/vulkan.md`, whose examples are compiled and run as doctests.

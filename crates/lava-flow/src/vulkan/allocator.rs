@@ -19,7 +19,17 @@ use crate::handle::ExportedMemory;
 #[cfg(unix)]
 use crate::handle::{ExportedSemaphore, ExternalHandle};
 use crate::location::MemoryLocation;
-use crate::suballoc::{SubAllocator, SubRange};
+use crate::suballoc::{SubAllocator, SubRange, UNIT};
+
+/// Spare bytes after every buffer's last byte inside its `VkDeviceMemory`: dedicated buffers'
+/// `VkBuffer`s are this much larger than asked for, and the last [`UNIT`] of every block is never
+/// handed out.
+///
+/// Mesa's llvmpipe refuses a GL buffer on imported memory (`glNamedBufferStorageMemEXT`,
+/// `GL_OUT_OF_MEMORY`) unless the memory is at least 48 bytes larger than the GL buffer; with the
+/// tail, a GL buffer can cover any lava-flow buffer. An importer that makes its own dedicated
+/// `VkBuffer` for this memory must use `size + DEDICATED_TAIL` (lava-flow's `import_memory` does).
+pub const DEDICATED_TAIL: u64 = 256;
 
 /// The default size of a sub-allocation block: 64 MiB.
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 20;
@@ -175,10 +185,10 @@ impl MemoryAllocator {
 
     /// Like [`MemoryAllocator::new`], with explicit options.
     pub fn with_options(options: AllocatorOptions) -> Result<Self> {
-        if options.block_size < crate::suballoc::UNIT || options.dedicated_threshold == 0 {
+        if options.block_size < 2 * UNIT || options.dedicated_threshold == 0 {
             return Err(Error::InvalidArgument(format!(
                 "block_size must be at least {} bytes and dedicated_threshold at least 1 (got {} and {})",
-                crate::suballoc::UNIT,
+                2 * UNIT,
                 options.block_size,
                 options.dedicated_threshold
             )));
@@ -389,27 +399,46 @@ impl DeviceContext {
                 })
             }
         };
-        let buffer = Buffer::create_raw(&self.device, size, exportable)?;
-        // From here on, `buffer` must be destroyed on every error path.
-        let placed = self.place(buffer, location, exportable, options);
-        match placed {
-            Ok(placement) => Ok(Buffer::new(Arc::clone(self), buffer, size, Some(location), placement)),
-            Err(e) => {
-                // SAFETY: the buffer is unused and bound to nothing that outlives it.
-                unsafe { self.device.device.destroy_buffer(buffer, None) };
-                Err(e)
+        // Dedicated buffers get `DEDICATED_TAIL` spare bytes (see there). Whether a buffer is
+        // dedicated is known for sure only from its memory requirements, so a buffer that turns
+        // out to need it after all is made again, padded.
+        let mut padded = options.dedicated
+            || (exportable && physical.export_needs_dedicated())
+            || size >= self.options.dedicated_threshold;
+        loop {
+            let vk_size = if padded { size.saturating_add(DEDICATED_TAIL) } else { size };
+            let buffer = Buffer::create_raw(&self.device, vk_size, exportable)?;
+            // From here on, `buffer` must be destroyed on every path that does not keep it.
+            match self.place(buffer, location, exportable, padded) {
+                Ok(Some(placement)) => {
+                    return Ok(Buffer::new(Arc::clone(self), buffer, size, Some(location), placement))
+                }
+                result => {
+                    // SAFETY: the buffer is unused and bound to nothing that outlives it.
+                    unsafe { self.device.device.destroy_buffer(buffer, None) };
+                    match result {
+                        Ok(_) if !padded => padded = true,
+                        Ok(_) => {
+                            return Err(Error::InvalidArgument(
+                                "a padded buffer was refused a dedicated allocation".into(),
+                            ))
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             }
         }
     }
 
-    /// Finds memory for `buffer` and binds it.
+    /// Finds memory for `buffer` and binds it. `Ok(None)`: the buffer needs a dedicated
+    /// allocation but was not made `padded`; make it again with the tail.
     fn place(
         self: &Arc<Self>,
         buffer: vk::Buffer,
         location: MemoryLocation,
         exportable: bool,
-        options: AllocationOptions,
-    ) -> Result<Placement> {
+        padded: bool,
+    ) -> Result<Option<Placement>> {
         let d = &self.device.device;
         let physical = &self.device.physical;
         let mut dedicated_req = vk::MemoryDedicatedRequirements::default();
@@ -434,12 +463,15 @@ impl DeviceContext {
         })?;
         let heap = physical.memory.memory_types[memory_type_index as usize].heap_index;
         let block_size = self.options.block_size.min(physical.memory.memory_heaps[heap as usize].size);
-        let dedicated = options.dedicated
+        let dedicated = padded
             || dedicated_req.requires_dedicated_allocation == vk::TRUE
             || dedicated_req.prefers_dedicated_allocation == vk::TRUE
             || (exportable && physical.export_needs_dedicated())
             || req.size >= self.options.dedicated_threshold
-            || req.size + req.alignment > block_size;
+            || req.size + req.alignment + UNIT > block_size;
+        if dedicated && !padded {
+            return Ok(None);
+        }
         let map = location.is_host_visible();
         if dedicated {
             let desc =
@@ -447,7 +479,7 @@ impl DeviceContext {
             let block = Arc::new(Block::new(&self.device, desc, None)?);
             // SAFETY: fresh buffer, memory made for it, offset 0.
             unsafe { d.bind_buffer_memory(buffer, block.raw.memory, 0) }.vk("vkBindBufferMemory")?;
-            return Ok(Placement { block, offset: 0, range: None });
+            return Ok(Some(Placement { block, offset: 0, range: None }));
         }
         let key = PoolKey { memory_type_index, exportable };
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
@@ -461,7 +493,8 @@ impl DeviceContext {
                 let desc =
                     MemoryDesc { size: block_size, memory_type_index, exportable, dedicated_to: None, map };
                 let block = Arc::new(Block::new(&self.device, desc, None)?);
-                let mut sub = SubAllocator::new(block_size).ok_or_else(|| {
+                // The block's last unit is never handed out (see `DEDICATED_TAIL`).
+                let mut sub = SubAllocator::new(block_size - UNIT).ok_or_else(|| {
                     Error::InvalidArgument(format!("block size {block_size} cannot be sub-allocated"))
                 })?;
                 let range = sub.allocate(req.size, req.alignment).ok_or_else(|| {
@@ -478,7 +511,7 @@ impl DeviceContext {
         // SAFETY: the range lies inside the block, is aligned as the buffer requires, and the
         // block's memory type is allowed by the buffer's requirements.
         match unsafe { d.bind_buffer_memory(buffer, block.raw.memory, offset) } {
-            Ok(()) => Ok(Placement { block, offset, range: Some(range) }),
+            Ok(()) => Ok(Some(Placement { block, offset, range: Some(range) })),
             Err(e) => {
                 release_range(blocks, &block, range);
                 Err(Error::vk("vkBindBufferMemory", e))

@@ -111,7 +111,19 @@ impl Buffer {
                 desc.size, desc.offset, desc.allocation_size, desc.memory_type_index
             )));
         }
-        let buffer = Self::create_raw(device, desc.size, true)?;
+        // A dedicated allocation must be imported for a buffer identical to the exporter's, which
+        // lava-flow pads by `DEDICATED_TAIL`.
+        let vk_size = if desc.dedicated { desc.size + super::allocator::DEDICATED_TAIL } else { desc.size };
+        if desc.dedicated && desc.offset + vk_size > desc.allocation_size {
+            return Err(Error::InvalidArgument(format!(
+                "a dedicated allocation of {} bytes cannot hold a lava-flow buffer of {} bytes \
+                 (plus its {}-byte tail)",
+                desc.allocation_size,
+                desc.size,
+                super::allocator::DEDICATED_TAIL
+            )));
+        }
+        let buffer = Self::create_raw(device, vk_size, true)?;
         match Self::bind_imported(ctx, buffer, handle, &desc) {
             Ok(placement) => Ok(Buffer::new(Arc::clone(ctx), buffer, desc.size, None, placement)),
             Err(e) => {
@@ -150,6 +162,12 @@ impl Buffer {
         unsafe { device.device.bind_buffer_memory(buffer, block.raw.memory, desc.offset) }
             .vk("vkBindBufferMemory")?;
         Ok(Placement { block, offset: desc.offset, range: None })
+    }
+
+    /// The `VkDeviceMemory` holding the buffer, for importers in this process.
+    #[cfg_attr(not(feature = "opengl"), allow(dead_code))]
+    pub(crate) fn block(&self) -> &Arc<Block> {
+        &self.placement.block
     }
 
     /// The buffer's size in bytes, as asked for.

@@ -124,6 +124,8 @@ fn allocate_memory(device: &Device, desc: &MemoryDesc, import_fd: Option<i32>) -
 /// import. Freed when the last buffer using it is dropped.
 #[derive(Debug)]
 pub(crate) struct Block {
+    /// Unique in the process, never reused: importers cache their imports by it.
+    pub id: u64,
     pub device: Arc<Device>,
     pub raw: RawMemory,
     pub size: u64,
@@ -139,7 +141,9 @@ impl Block {
     /// Allocates (or imports) a block as `desc` says.
     pub fn new(device: &Arc<Device>, desc: MemoryDesc, import: Option<ImportFd>) -> Result<Self> {
         let raw = RawMemory::allocate(device, desc, import)?;
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Block {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             device: Arc::clone(device),
             raw,
             size: desc.size,

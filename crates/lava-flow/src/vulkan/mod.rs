@@ -12,7 +12,8 @@ mod transfer;
 mod validation;
 
 pub use allocator::{
-    AllocationOptions, AllocatorOptions, AllocatorStats, Exportable, MemoryAllocator, DEFAULT_BLOCK_SIZE,
+    AllocationOptions, AllocatorOptions, AllocatorStats, Exportable, MemoryAllocator, DEDICATED_TAIL,
+    DEFAULT_BLOCK_SIZE,
 };
 pub use buffer::Buffer;
 pub use semaphore::{Submission, TimelineSemaphore};

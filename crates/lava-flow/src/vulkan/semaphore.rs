@@ -80,6 +80,16 @@ impl TimelineSemaphore {
         self.exportable
     }
 
+    /// The UUID of the device the semaphore belongs to.
+    pub fn device_uuid(&self) -> [u8; 16] {
+        self.device.physical.info.uuid.0
+    }
+
+    /// The UUID of that device's driver.
+    pub fn driver_uuid(&self) -> [u8; 16] {
+        self.device.physical.info.driver_uuid.0
+    }
+
     /// The raw `VkSemaphore`. Valid while `self` lives.
     pub fn vk_semaphore(&self) -> vk::Semaphore {
         self.semaphore

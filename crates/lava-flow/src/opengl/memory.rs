@@ -1,0 +1,241 @@
+//! GL memory objects (one per imported block) and GL buffers on them.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use super::context::{GlContext, Shared, EXT_MEMORY_OBJECT_FD};
+use super::sys::{self, GLuint};
+use crate::error::{Error, Result};
+use crate::vulkan::Buffer;
+use crate::DEDICATED_TAIL;
+
+/// One `VkDeviceMemory` imported into GL (`glImportMemoryFdEXT`), shared by every GL buffer and
+/// texture on it; deleted when the last of them is dropped.
+pub(crate) struct MemoryObject {
+    shared: Rc<Shared>,
+    pub name: GLuint,
+    pub allocation_size: u64,
+    /// The GL buffer over the whole block, for drivers that ignore buffer offsets (made on
+    /// first use; 0 until then).
+    whole_block: Cell<GLuint>,
+}
+
+impl MemoryObject {
+    /// Imports the memory holding `buffer` (size `allocation_size`, dedicated flag as the
+    /// allocation).
+    fn import(ctx: &GlContext, buffer: &Buffer) -> Result<Rc<Self>> {
+        let shared = &ctx.shared;
+        let fd = buffer.export_fd()?;
+        let gl = shared.current()?;
+        let mut name = 0;
+        // SAFETY: the context is current; `name` is a valid out-pointer for one name.
+        unsafe { gl.CreateMemoryObjectsEXT(1, &mut name) };
+        shared.check("glCreateMemoryObjectsEXT")?;
+        let memory = MemoryObject {
+            shared: Rc::clone(shared),
+            name,
+            allocation_size: buffer.allocation_size(),
+            whole_block: Cell::new(0),
+        };
+        if buffer.is_dedicated() {
+            let on = i32::from(sys::TRUE);
+            // SAFETY: a fresh memory object of this context; `on` outlives the call.
+            unsafe { gl.MemoryObjectParameterivEXT(name, sys::DEDICATED_MEMORY_OBJECT_EXT, &on) };
+            shared.check("glMemoryObjectParameterivEXT(GL_DEDICATED_MEMORY_OBJECT_EXT)")?;
+        }
+        crate::fd::give_to_driver(fd, |raw| {
+            // SAFETY: `raw` is an open opaque fd for exactly `allocation_size` bytes of memory
+            // of this context's device (UUIDs checked by the caller); GL owns it on success.
+            unsafe {
+                gl.ImportMemoryFdEXT(name, buffer.allocation_size(), sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw)
+            };
+            shared.check("glImportMemoryFdEXT")
+        })?;
+        Ok(Rc::new(memory))
+    }
+
+    /// The GL buffer over the whole block (all but its reserved tail), made once.
+    fn whole_block_buffer(&self) -> Result<GLuint> {
+        if self.whole_block.get() != 0 {
+            return Ok(self.whole_block.get());
+        }
+        let size = self.allocation_size - DEDICATED_TAIL;
+        let name = create_buffer_on(&self.shared, self.name, size, 0)?;
+        self.whole_block.set(name);
+        Ok(name)
+    }
+}
+
+impl Drop for MemoryObject {
+    fn drop(&mut self) {
+        match self.shared.current() {
+            Ok(gl) => {
+                let whole = self.whole_block.get();
+                if whole != 0 {
+                    // SAFETY: the buffer was made by this context and is used by nothing else now.
+                    unsafe { gl.DeleteBuffers(1, &whole) };
+                }
+                // SAFETY: the memory object belongs to this context; every GL object on it is gone.
+                unsafe { gl.DeleteMemoryObjectsEXT(1, &self.name) };
+                if let Err(e) = self.shared.check("glDeleteMemoryObjectsEXT") {
+                    log::error!("{e}");
+                }
+            }
+            Err(e) => log::error!("GL memory object {} leaked: {e}", self.name),
+        }
+    }
+}
+
+/// `glCreateBuffers` + `glNamedBufferStorageMemEXT(size, memory, offset)`.
+fn create_buffer_on(shared: &Shared, memory: GLuint, size: u64, offset: u64) -> Result<GLuint> {
+    let gl = shared.current()?;
+    let mut name = 0;
+    // SAFETY: the context is current; `name` is a valid out-pointer for one name.
+    unsafe { gl.CreateBuffers(1, &mut name) };
+    shared.check("glCreateBuffers")?;
+    let gl_size = isize::try_from(size)
+        .map_err(|_| Error::InvalidArgument(format!("{size} bytes do not fit GLsizeiptr")))?;
+    // SAFETY: a fresh buffer and a memory object of this context; the range lies inside the
+    // imported allocation (checked by the callers).
+    unsafe { gl.NamedBufferStorageMemEXT(name, gl_size, memory, offset) };
+    if let Err(e) = shared.check("glNamedBufferStorageMemEXT") {
+        // SAFETY: the buffer was made above and is used by nothing.
+        unsafe { gl.DeleteBuffers(1, &name) };
+        return Err(e);
+    }
+    Ok(name)
+}
+
+/// A lava-flow buffer seen by OpenGL: a GL buffer name and the byte range of it that is the
+/// lava-flow buffer.
+///
+/// Bind it with `glBindBufferRange(target, index, gl_buffer(), offset(), size())`. On drivers
+/// that honour the memory offset (NVIDIA) the GL buffer is exactly the lava-flow buffer and
+/// `offset()` is 0. On Mesa's llvmpipe, which ignores it, the GL buffer spans the whole block and
+/// `offset()` is the buffer's offset in it ([`GlInfo::ignores_memory_offset`](super::GlInfo)).
+///
+/// It borrows both the context and the lava-flow buffer, so neither can be dropped first.
+pub struct GlBuffer<'a> {
+    memory: Rc<MemoryObject>,
+    /// Our own GL buffer, or 0 when we use the memory object's whole-block buffer.
+    own: GLuint,
+    name: GLuint,
+    offset: u64,
+    size: u64,
+    _borrows: PhantomData<(&'a GlContext, &'a Buffer)>,
+}
+
+impl std::fmt::Debug for GlBuffer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlBuffer")
+            .field("gl_buffer", &self.name)
+            .field("offset", &self.offset)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl GlContext {
+    /// Imports a lava-flow buffer into this context, without copying: GL reads and writes the
+    /// same bytes Vulkan does.
+    ///
+    /// The block's memory is imported once per context (`glImportMemoryFdEXT` with the whole
+    /// allocation size, `GL_DEDICATED_MEMORY_OBJECT_EXT` exactly when dedicated) and shared by
+    /// every buffer of that block imported here.
+    ///
+    /// Errors: [`Error::DeviceMismatch`] if the buffer lives on another device (or driver) than
+    /// the context; [`Error::NotExportable`] if it was allocated without export;
+    /// [`Error::Unsupported`] without `GL_EXT_memory_object_fd`.
+    pub fn import_buffer<'a>(&'a self, buffer: &'a Buffer) -> Result<GlBuffer<'a>> {
+        self.require(EXT_MEMORY_OBJECT_FD, "importing Vulkan memory")?;
+        self.check_device(
+            "the buffer's memory",
+            crate::Uuid(buffer.device_uuid()),
+            crate::Uuid(buffer.driver_uuid()),
+        )?;
+        if !buffer.is_exportable() {
+            return Err(Error::NotExportable {
+                reason: "the buffer was allocated without export, so OpenGL cannot import it".into(),
+            });
+        }
+        let memory = self.memory_for(buffer)?;
+        let (own, name, offset) = if self.shared.info.ignores_memory_offset {
+            (0, memory.whole_block_buffer()?, buffer.offset())
+        } else {
+            let own = create_buffer_on(&self.shared, memory.name, buffer.size(), buffer.offset())?;
+            (own, own, 0)
+        };
+        Ok(GlBuffer { memory, own, name, offset, size: buffer.size(), _borrows: PhantomData })
+    }
+
+    /// The memory object of `buffer`'s block in this context, imported on first use.
+    pub(crate) fn memory_for(&self, buffer: &Buffer) -> Result<Rc<MemoryObject>> {
+        let id = buffer.block().id;
+        if let Some(m) = self.memories.borrow().get(&id).and_then(std::rc::Weak::upgrade) {
+            return Ok(m);
+        }
+        let m = MemoryObject::import(self, buffer)?;
+        let mut memories = self.memories.borrow_mut();
+        memories.retain(|_, w| w.strong_count() > 0);
+        memories.insert(id, Rc::downgrade(&m));
+        Ok(m)
+    }
+}
+
+impl GlBuffer<'_> {
+    /// The GL buffer name to bind.
+    pub fn gl_buffer(&self) -> GLuint {
+        self.name
+    }
+
+    /// Where the lava-flow buffer starts inside [`gl_buffer`](GlBuffer::gl_buffer).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The lava-flow buffer's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Uploads `data` at `offset` (relative to the lava-flow buffer) with `glNamedBufferSubData`.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let at = self.range(offset, data.len())?;
+        let gl = self.memory.shared.current()?;
+        // SAFETY: the context is current; the range lies inside the GL buffer (checked).
+        unsafe { gl.NamedBufferSubData(self.name, at, data.len() as isize, data.as_ptr().cast()) };
+        self.memory.shared.check("glNamedBufferSubData")
+    }
+
+    /// Reads `out.len()` bytes at `offset` with `glGetNamedBufferSubData`.
+    pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        let at = self.range(offset, out.len())?;
+        let gl = self.memory.shared.current()?;
+        // SAFETY: the context is current; the range lies inside the GL buffer (checked), and
+        // `out` has room for it.
+        unsafe { gl.GetNamedBufferSubData(self.name, at, out.len() as isize, out.as_mut_ptr().cast()) };
+        self.memory.shared.check("glGetNamedBufferSubData")
+    }
+
+    /// The GL-buffer offset of `offset..offset + len`, checked against the buffer's size.
+    fn range(&self, offset: u64, len: usize) -> Result<isize> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok((self.offset + offset) as isize),
+            _ => Err(Error::OutOfRange { offset, len: len as u64, size: self.size }),
+        }
+    }
+}
+
+impl Drop for GlBuffer<'_> {
+    fn drop(&mut self) {
+        if self.own == 0 {
+            return;
+        }
+        match self.memory.shared.current() {
+            // SAFETY: our own buffer, made by this context; nothing else refers to it.
+            Ok(gl) => unsafe { gl.DeleteBuffers(1, &self.own) },
+            Err(e) => log::error!("GL buffer {} leaked: {e}", self.own),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! CPU tier for OpenGL: lavapipe exports, llvmpipe imports (real in CI). On the GPU machine the
+//! same tests run on NVIDIA's Vulkan and GL through the EGL device platform.
+#![cfg(feature = "opengl")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_bytes_eq, poisoned, random_bytes, Validated};
+use glow::HasContext;
+use lava_flow::opengl::{GlBuffer, GlContext};
+use lava_flow::{AllocationOptions, Buffer, Error, Exportable, MemoryLocation, Submission};
+
+const DEV0: MemoryLocation = MemoryLocation::GpuVulkan { device_id: 0 };
+
+fn require_gpu() -> bool {
+    std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+fn context(v: &Validated) -> GlContext {
+    let ctx = GlContext::headless(v.device(0).expect("device 0")).expect("a headless GL context on device 0");
+    let info = ctx.info();
+    println!(
+        "GL: {} / {} / {} on {:?}; ignores memory offsets: {}; semaphores: {}",
+        info.vendor,
+        info.renderer,
+        info.version,
+        info.platform,
+        info.ignores_memory_offset,
+        info.has_extension("GL_EXT_semaphore_fd")
+    );
+    assert!(info.has_extension("GL_EXT_memory_object_fd"), "both tiers' GL drivers import opaque fds");
+    if require_gpu() {
+        assert!(!info.ignores_memory_offset, "NVIDIA takes the plain path");
+    }
+    ctx
+}
+
+/// Vulkan writes, GL reads; GL writes, Vulkan reads; every byte, random data, poisoned outputs.
+fn check_both_directions(buffer: &Buffer, view: &GlBuffer<'_>, what: &str) {
+    let size = buffer.size() as usize;
+    let data = random_bytes(size);
+    buffer.write(0, &data).expect("Vulkan write");
+    let mut out = poisoned(size);
+    view.read(0, &mut out).expect("GL read");
+    assert_bytes_eq(&out, &data, &format!("{what}: Vulkan → GL"));
+    let back = random_bytes(size);
+    view.write(0, &back).expect("GL write");
+    let mut out = poisoned(size);
+    buffer.read(0, &mut out).expect("Vulkan read");
+    assert_bytes_eq(&out, &back, &format!("{what}: GL → Vulkan"));
+}
+
+#[test]
+fn buffers_are_shared_both_ways_at_offsets_and_dedicated() {
+    let mut v = Validated::new();
+    let first = v.allocate(70_000, DEV0).expect("first");
+    let second = v.allocate(123_457, DEV0).expect("second");
+    let dedicated =
+        v.allocate_with(99_999, DEV0, AllocationOptions::default().dedicated(true)).expect("dedicated");
+    assert_ne!(second.offset(), 0);
+    assert_eq!(first.vk_memory(), second.vk_memory(), "both in one block");
+    let ctx = context(&v);
+    let a = ctx.import_buffer(&first).expect("import first");
+    let b = ctx.import_buffer(&second).expect("import second");
+    let d = ctx.import_buffer(&dedicated).expect("import dedicated");
+    if ctx.info().ignores_memory_offset {
+        assert_eq!(a.gl_buffer(), b.gl_buffer(), "one GL buffer over the block");
+        assert_eq!(b.offset(), second.offset());
+    } else {
+        assert_eq!(b.offset(), 0);
+    }
+    check_both_directions(&second, &b, "sub-allocated at a non-zero offset");
+    check_both_directions(&first, &a, "sub-allocated at offset 0");
+    check_both_directions(&dedicated, &d, "dedicated");
+    // Writes through one view stay inside its range: the neighbour is untouched.
+    let keep = random_bytes(first.size() as usize);
+    first.write(0, &keep).expect("write");
+    b.write(0, &random_bytes(second.size() as usize)).expect("GL write");
+    let mut out = poisoned(keep.len());
+    first.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &keep, "the neighbouring buffer");
+    assert!(matches!(b.read(1, &mut vec![0; second.size() as usize]), Err(Error::OutOfRange { .. })));
+}
+
+/// A GL compute shader (through `glow`, as a user would) transforms Vulkan-written data in
+/// place; Vulkan checks every word.
+#[test]
+#[allow(clippy::multiple_unsafe_ops_per_block, reason = "one plain sequence of GL calls, as users write it")]
+fn compute_shader_writes_what_vulkan_reads() {
+    let mut v = Validated::new();
+    let _pad = v.allocate(4096, DEV0).expect("pad");
+    let words = 40_000usize;
+    let buffer = v.allocate((words * 4) as u64, DEV0).expect("buffer");
+    let input = random_bytes(words * 4);
+    buffer.write(0, &input).expect("write");
+    let ctx = context(&v);
+    let view = ctx.import_buffer(&buffer).expect("import");
+    // SAFETY: the context is current on this thread; the loader is its own.
+    let gl = unsafe { glow::Context::from_loader_function(|s| ctx.proc_address(s)) };
+    let source = r#"#version 450
+        layout(local_size_x = 64) in;
+        layout(std430, binding = 0) buffer Data { uint words[]; };
+        uniform uint count;
+        void main() {
+            uint i = gl_GlobalInvocationID.x;
+            if (i < count) { words[i] = (words[i] ^ 0x5A5A5A5Au) + i; }
+        }"#;
+    // SAFETY: plain GL calls on the current context with valid arguments.
+    unsafe {
+        let shader = gl.create_shader(glow::COMPUTE_SHADER).expect("shader");
+        gl.shader_source(shader, source);
+        gl.compile_shader(shader);
+        assert!(gl.get_shader_compile_status(shader), "{}", gl.get_shader_info_log(shader));
+        let program = gl.create_program().expect("program");
+        gl.attach_shader(program, shader);
+        gl.link_program(program);
+        assert!(gl.get_program_link_status(program), "{}", gl.get_program_info_log(program));
+        gl.use_program(Some(program));
+        let count = gl.get_uniform_location(program, "count").expect("uniform");
+        gl.uniform_1_u32(Some(&count), words as u32);
+        gl.bind_buffer_range(
+            glow::SHADER_STORAGE_BUFFER,
+            0,
+            Some(glow::NativeBuffer(std::num::NonZeroU32::new(view.gl_buffer()).expect("a GL name"))),
+            view.offset() as i32,
+            view.size() as i32,
+        );
+        gl.dispatch_compute((words as u32).div_ceil(64), 1, 1);
+        gl.memory_barrier(glow::ALL_BARRIER_BITS);
+        assert_eq!(gl.get_error(), glow::NO_ERROR);
+        gl.delete_program(program);
+        gl.delete_shader(shader);
+    }
+    ctx.finish().expect("glFinish");
+    let mut out = poisoned(words * 4);
+    buffer.read(0, &mut out).expect("Vulkan read");
+    let want: Vec<u8> = input
+        .chunks_exact(4)
+        .enumerate()
+        .flat_map(|(i, w)| {
+            let x = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            ((x ^ 0x5A5A_5A5A).wrapping_add(i as u32)).to_le_bytes()
+        })
+        .collect();
+    assert_bytes_eq(&out, &want, "compute shader output read by Vulkan");
+}
+
+#[test]
+fn timeline_orders_vulkan_and_gl_both_ways() {
+    let mut v = Validated::new();
+    let buffer = v.allocate(300_001, DEV0).expect("buffer");
+    let timeline = v.timeline_semaphore(0).expect("semaphore");
+    let ctx = context(&v);
+    let view = ctx.import_buffer(&buffer).expect("import");
+    let sync = ctx.import_timeline(&timeline).expect("timeline in GL");
+    println!("GL timeline on the {} path", if sync.is_gpu_path() { "GPU" } else { "host fallback" });
+    if require_gpu() {
+        assert!(sync.is_gpu_path(), "NVIDIA imports timeline semaphores into GL");
+    }
+    // GL writes, then signals 1; Vulkan waits for 1 (queue: then signals 2), then reads.
+    let data = random_bytes(300_001);
+    view.write(0, &data).expect("GL write");
+    sync.signal(1, &[&view]).expect("GL signal");
+    let done = v.timeline_semaphore(0).expect("semaphore");
+    v.submit(0, &Submission::new().wait(&timeline, 1).signal(&done, 1)).expect("submit");
+    done.wait(1, Duration::from_secs(10)).expect("the queue saw GL's signal");
+    let mut out = poisoned(data.len());
+    buffer.read(0, &mut out).expect("Vulkan read");
+    assert_bytes_eq(&out, &data, "GL → Vulkan, ordered by the timeline");
+    // Vulkan writes, the queue signals 2; GL waits for 2, then reads.
+    let back = random_bytes(300_001);
+    buffer.write(0, &back).expect("Vulkan write");
+    v.submit(0, &Submission::new().signal(&timeline, 2)).expect("submit");
+    sync.wait(2, &[&view]).expect("GL wait");
+    let mut out = poisoned(back.len());
+    view.read(0, &mut out).expect("GL read");
+    assert_bytes_eq(&out, &back, "Vulkan → GL, ordered by the timeline");
+    assert!(matches!(sync.signal(2, &[]), Err(Error::InvalidArgument(_))), "values must increase");
+}
+
+#[test]
+fn non_exportable_memory_is_refused() {
+    let mut v = Validated::new();
+    let plain = v
+        .allocate_with(4096, DEV0, AllocationOptions::default().exportable(Exportable::No))
+        .expect("plain buffer");
+    let ctx = context(&v);
+    match ctx.import_buffer(&plain) {
+        Err(e @ Error::NotExportable { .. }) => {
+            assert!(e.to_string().contains("OpenGL cannot import"), "{e}")
+        }
+        other => panic!("expected NotExportable, got {other:?}"),
+    };
+}
+
+#[test]
+fn many_buffers_share_one_memory_object_and_all_are_released() {
+    let mut v = Validated::new();
+    let ctx = context(&v);
+    for round in 0..3 {
+        let buffers: Vec<_> = (0..50).map(|_| v.allocate(10_000, DEV0).expect("allocate")).collect();
+        let views: Vec<_> = buffers.iter().map(|b| ctx.import_buffer(b).expect("import")).collect();
+        for (b, view) in buffers.iter().zip(&views).step_by(7) {
+            check_both_directions(b, view, &format!("round {round}"));
+        }
+    }
+}
