@@ -22,7 +22,7 @@ use crate::location::MemoryLocation;
 use crate::suballoc::{SubAllocator, SubRange, UNIT};
 
 /// Spare bytes after every buffer's last byte inside its `VkDeviceMemory`: dedicated buffers'
-/// `VkBuffer`s are this much larger than asked for, and the last [`UNIT`] of every block is never
+/// `VkBuffer`s are this much larger than asked for, and the last 256 bytes of every block are never
 /// handed out.
 ///
 /// Mesa's llvmpipe refuses a GL buffer on imported memory (`glNamedBufferStorageMemEXT`,
