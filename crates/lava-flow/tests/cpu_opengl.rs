@@ -161,7 +161,7 @@ fn timeline_orders_vulkan_and_gl_both_ways() {
     // GL writes, then signals 1; Vulkan waits for 1 (queue: then signals 2), then reads.
     let data = random_bytes(300_001);
     view.write(0, &data).expect("GL write");
-    sync.signal(1, &[&view]).expect("GL signal");
+    sync.signal(1, &[&view], &[]).expect("GL signal");
     let done = v.timeline_semaphore(0).expect("semaphore");
     v.submit(0, &Submission::new().wait(&timeline, 1).signal(&done, 1)).expect("submit");
     done.wait(1, Duration::from_secs(10)).expect("the queue saw GL's signal");
@@ -172,11 +172,11 @@ fn timeline_orders_vulkan_and_gl_both_ways() {
     let back = random_bytes(300_001);
     buffer.write(0, &back).expect("Vulkan write");
     v.submit(0, &Submission::new().signal(&timeline, 2)).expect("submit");
-    sync.wait(2, &[&view]).expect("GL wait");
+    sync.wait(2, &[&view], &[]).expect("GL wait");
     let mut out = poisoned(back.len());
     view.read(0, &mut out).expect("GL read");
     assert_bytes_eq(&out, &back, "Vulkan → GL, ordered by the timeline");
-    assert!(matches!(sync.signal(2, &[]), Err(Error::InvalidArgument(_))), "values must increase");
+    assert!(matches!(sync.signal(2, &[], &[]), Err(Error::InvalidArgument(_))), "values must increase");
 }
 
 #[test]
@@ -205,4 +205,52 @@ fn many_buffers_share_one_memory_object_and_all_are_released() {
             check_both_directions(b, view, &format!("round {round}"));
         }
     }
+}
+
+/// Every format, optimal (3 levels) and linear (1 level) tiling: Vulkan writes each level and GL
+/// reads it (`glGetTextureImage`); GL writes each level (`glTextureSubImage2D`) and Vulkan reads it.
+#[test]
+fn textures_of_every_format_and_tiling_round_trip() {
+    use lava_flow::{ImageDesc, ImageFormat, ImageTiling};
+    let mut v = Validated::new();
+    let ctx = context(&v);
+    let mut tried = 0;
+    for format in ImageFormat::ALL {
+        for (tiling, levels) in [(ImageTiling::Optimal, 3), (ImageTiling::Linear, 1)] {
+            let desc = ImageDesc::new(format, 45, 29).mip_levels(levels).tiling(tiling);
+            let image = match v.allocate_image(0, desc) {
+                Ok(i) => i,
+                Err(Error::Unsupported { what }) if tiling == ImageTiling::Linear => {
+                    println!("skipped linear {format:?}: {what}");
+                    continue;
+                }
+                Err(e) => panic!("{format:?} {tiling:?}: {e}"),
+            };
+            let texture = match ctx.import_image(&image) {
+                Ok(t) => t,
+                Err(Error::Unsupported { what }) if tiling == ImageTiling::Linear => {
+                    println!("skipped linear {format:?} in GL: {what}");
+                    continue;
+                }
+                Err(e) => panic!("{format:?} {tiling:?}: {e}"),
+            };
+            tried += 1;
+            for level in 0..levels {
+                let what = format!("{format:?} {tiling:?} level {level}");
+                let len = desc.level_size(level) as usize;
+                let data = common::texel_data(format, len);
+                image.write_level(level, &data).expect("Vulkan write");
+                let mut out = poisoned(len);
+                texture.read_level(level, &mut out).expect("GL read");
+                assert_bytes_eq(&out, &data, &format!("{what}: Vulkan → GL"));
+                let back = common::texel_data(format, len);
+                texture.write_level(level, &back).expect("GL write");
+                ctx.finish().expect("glFinish");
+                let mut out = poisoned(len);
+                image.read_level(level, &mut out).expect("Vulkan read");
+                assert_bytes_eq(&out, &back, &format!("{what}: GL → Vulkan"));
+            }
+        }
+    }
+    assert!(tried >= ImageFormat::ALL.len(), "every format with optimal tiling at least");
 }

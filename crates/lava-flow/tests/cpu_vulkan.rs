@@ -363,3 +363,47 @@ fn validation_layer_records_misuse() {
         "expected the layer to report the zero-size buffer, got {messages:?}"
     );
 }
+
+#[test]
+fn images_of_every_format_round_trip_every_level() {
+    use lava_flow::{ImageDesc, ImageFormat};
+    let mut v = Validated::new();
+    for format in ImageFormat::ALL {
+        let desc = ImageDesc::new(format, 67, 33).mip_levels(4);
+        let image = v.allocate_image(0, desc).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        assert!(image.allocation_size() >= desc.level_size(0));
+        image.export_fd().expect("images export");
+        let levels: Vec<Vec<u8>> =
+            (0..4).map(|l| common::texel_data(format, desc.level_size(l) as usize)).collect();
+        for (l, data) in levels.iter().enumerate() {
+            image.write_level(l as u32, data).expect("write level");
+        }
+        for (l, data) in levels.iter().enumerate() {
+            let mut out = poisoned(data.len());
+            image.read_level(l as u32, &mut out).expect("read level");
+            assert_bytes_eq(&out, data, &format!("{format:?} level {l}"));
+        }
+    }
+}
+
+#[test]
+fn bad_image_requests_get_typed_errors() {
+    use lava_flow::{ImageDesc, ImageFormat};
+    let mut v = Validated::new();
+    assert!(matches!(v.allocate_image(0, ImageDesc::new(ImageFormat::R8Unorm, 0, 4)), Err(Error::ZeroSize)));
+    assert!(matches!(
+        v.allocate_image(0, ImageDesc::new(ImageFormat::R8Unorm, 16, 16).mip_levels(6)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        v.allocate_image(0, ImageDesc::new(ImageFormat::R8Unorm, 1 << 30, 1 << 30)),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(matches!(
+        v.allocate_image(7, ImageDesc::new(ImageFormat::R8Unorm, 4, 4)),
+        Err(Error::UnknownDevice { .. })
+    ));
+    let image = v.allocate_image(0, ImageDesc::new(ImageFormat::Rgba8Unorm, 8, 8)).expect("image");
+    assert!(matches!(image.write_level(0, &[0; 255]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(image.read_level(1, &mut [0; 64]), Err(Error::InvalidArgument(_))));
+}

@@ -467,3 +467,65 @@ pub(crate) fn gl_error(call: &'static str, code: sys::GLenum) -> Error {
     let name = if name == "GL_UNKNOWN_ERROR" { format!("{name} ({code:#x})") } else { name.to_owned() };
     Error::Ffi { api: Api::OpenGl, call, name, description: description.to_owned() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A context value whose GL functions are never called: enough for the checks that run
+    /// before any GL call.
+    fn fake(device_uuids: Vec<Uuid>, driver_uuid: Option<Uuid>, extensions: &[&str]) -> GlContext {
+        let info = GlInfo {
+            vendor: "test".into(),
+            renderer: "fake renderer".into(),
+            version: "4.5".into(),
+            device_uuids,
+            driver_uuid,
+            platform: None,
+            ignores_memory_offset: false,
+            extensions: extensions.iter().map(|e| (*e).to_owned()).collect(),
+        };
+        let gl = Gl::load_with(|_| std::ptr::null());
+        GlContext {
+            shared: Rc::new(Shared { gl, nv_timeline: None, info, owned: None }),
+            memories: RefCell::default(),
+        }
+    }
+
+    #[test]
+    fn memory_of_another_device_is_refused_naming_both_uuids() {
+        let ctx = fake(vec![Uuid([1; 16])], Some(Uuid([2; 16])), &[EXT_MEMORY_OBJECT_FD]);
+        ctx.check_device("x", Uuid([1; 16]), Uuid([2; 16])).expect("same device and driver");
+        let e =
+            ctx.check_device("the buffer's memory", Uuid([9; 16]), Uuid([2; 16])).expect_err("other device");
+        let text = e.to_string();
+        assert!(text.contains("01010101-0101") && text.contains("09090909-0909"), "{text}");
+        let e = ctx.check_device("x", Uuid([1; 16]), Uuid([3; 16])).expect_err("other driver");
+        assert!(e.to_string().contains("driver"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_extension_is_unsupported_and_named() {
+        let ctx = fake(vec![Uuid([1; 16])], None, &[]);
+        match ctx.require(EXT_MEMORY_OBJECT_FD, "importing Vulkan memory") {
+            Err(e @ Error::Unsupported { .. }) => {
+                assert!(
+                    e.to_string().contains("GL_EXT_memory_object_fd")
+                        && e.to_string().contains("fake renderer")
+                )
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn egl_and_gl_errors_are_named() {
+        let e = egl_error("eglInitialize", khronos_egl::Error::BadDisplay);
+        assert!(e.to_string().starts_with("EGL eglInitialize failed: EGL_BAD_DISPLAY ("), "{e}");
+        let e = gl_error("glImportMemoryFdEXT", sys::INVALID_VALUE);
+        assert_eq!(
+            e.to_string(),
+            "OpenGL glImportMemoryFdEXT failed: GL_INVALID_VALUE (a numeric argument is out of range)"
+        );
+    }
+}

@@ -7,13 +7,13 @@ use std::rc::Rc;
 use super::context::{GlContext, Shared, EXT_MEMORY_OBJECT_FD};
 use super::sys::{self, GLuint};
 use crate::error::{Error, Result};
-use crate::vulkan::Buffer;
+use crate::vulkan::{Block, Buffer};
 use crate::DEDICATED_TAIL;
 
 /// One `VkDeviceMemory` imported into GL (`glImportMemoryFdEXT`), shared by every GL buffer and
 /// texture on it; deleted when the last of them is dropped.
 pub(crate) struct MemoryObject {
-    shared: Rc<Shared>,
+    pub shared: Rc<Shared>,
     pub name: GLuint,
     pub allocation_size: u64,
     /// The GL buffer over the whole block, for drivers that ignore buffer offsets (made on
@@ -22,11 +22,10 @@ pub(crate) struct MemoryObject {
 }
 
 impl MemoryObject {
-    /// Imports the memory holding `buffer` (size `allocation_size`, dedicated flag as the
-    /// allocation).
-    fn import(ctx: &GlContext, buffer: &Buffer) -> Result<Rc<Self>> {
+    /// Imports `block` (its whole size, dedicated flag as the allocation).
+    fn import(ctx: &GlContext, block: &Block) -> Result<Rc<Self>> {
         let shared = &ctx.shared;
-        let fd = buffer.export_fd()?;
+        let fd = block.export_fd()?;
         let gl = shared.current()?;
         let mut name = 0;
         // SAFETY: the context is current; `name` is a valid out-pointer for one name.
@@ -35,10 +34,10 @@ impl MemoryObject {
         let memory = MemoryObject {
             shared: Rc::clone(shared),
             name,
-            allocation_size: buffer.allocation_size(),
+            allocation_size: block.size,
             whole_block: Cell::new(0),
         };
-        if buffer.is_dedicated() {
+        if block.dedicated {
             let on = i32::from(sys::TRUE);
             // SAFETY: a fresh memory object of this context; `on` outlives the call.
             unsafe { gl.MemoryObjectParameterivEXT(name, sys::DEDICATED_MEMORY_OBJECT_EXT, &on) };
@@ -47,9 +46,7 @@ impl MemoryObject {
         crate::fd::give_to_driver(fd, |raw| {
             // SAFETY: `raw` is an open opaque fd for exactly `allocation_size` bytes of memory
             // of this context's device (UUIDs checked by the caller); GL owns it on success.
-            unsafe {
-                gl.ImportMemoryFdEXT(name, buffer.allocation_size(), sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw)
-            };
+            unsafe { gl.ImportMemoryFdEXT(name, block.size, sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
             shared.check("glImportMemoryFdEXT")
         })?;
         Ok(Rc::new(memory))
@@ -159,7 +156,7 @@ impl GlContext {
                 reason: "the buffer was allocated without export, so OpenGL cannot import it".into(),
             });
         }
-        let memory = self.memory_for(buffer)?;
+        let memory = self.memory_for(buffer.block())?;
         let (own, name, offset) = if self.shared.info.ignores_memory_offset {
             (0, memory.whole_block_buffer()?, buffer.offset())
         } else {
@@ -169,13 +166,13 @@ impl GlContext {
         Ok(GlBuffer { memory, own, name, offset, size: buffer.size(), _borrows: PhantomData })
     }
 
-    /// The memory object of `buffer`'s block in this context, imported on first use.
-    pub(crate) fn memory_for(&self, buffer: &Buffer) -> Result<Rc<MemoryObject>> {
-        let id = buffer.block().id;
+    /// The memory object of `block` in this context, imported on first use.
+    pub(crate) fn memory_for(&self, block: &Block) -> Result<Rc<MemoryObject>> {
+        let id = block.id;
         if let Some(m) = self.memories.borrow().get(&id).and_then(std::rc::Weak::upgrade) {
             return Ok(m);
         }
-        let m = MemoryObject::import(self, buffer)?;
+        let m = MemoryObject::import(self, block)?;
         let mut memories = self.memories.borrow_mut();
         memories.retain(|_, w| w.strong_count() > 0);
         memories.insert(id, Rc::downgrade(&m));

@@ -25,7 +25,9 @@ mod context;
 mod memory;
 mod semaphore;
 pub(crate) mod sys;
+mod texture;
 
 pub use context::{EglPlatform, GlContext, GlInfo};
 pub use memory::GlBuffer;
 pub use semaphore::{GlTimeline, FALLBACK_WAIT_TIMEOUT};
+pub use texture::GlTexture;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::context::{GlContext, EXT_SEMAPHORE_FD};
 use super::memory::GlBuffer;
-use super::sys::{self, GLuint};
+use super::sys::{self, GLenum, GLuint};
+use super::texture::GlTexture;
 use crate::error::{Error, Result};
 use crate::vulkan::TimelineSemaphore;
 
@@ -81,35 +82,38 @@ impl GlTimeline<'_> {
     }
 
     /// Makes GL commands issued after this call wait until the timeline reaches `value`.
-    /// `buffers` are the GL buffers those commands use (GL_EXT_semaphore makes them available).
-    pub fn wait(&self, value: u64, buffers: &[&GlBuffer<'_>]) -> Result<()> {
+    /// `buffers` and `textures` are what those commands use (GL_EXT_semaphore makes them
+    /// available; lava-flow images are in `GENERAL` layout, which is what GL is told).
+    pub fn wait(&self, value: u64, buffers: &[&GlBuffer<'_>], textures: &[&GlTexture<'_>]) -> Result<()> {
         let Some(name) = self.gl else {
             return self.semaphore.wait(value, FALLBACK_WAIT_TIMEOUT);
         };
         let shared = &self.ctx.shared;
         let gl = shared.current()?;
         let names: Vec<GLuint> = buffers.iter().map(|b| b.gl_buffer()).collect();
+        let (texture_names, layouts) = texture_barriers(textures);
         // SAFETY: the context is current; `name` is its timeline semaphore; `value` outlives
         // the call.
         unsafe { gl.SemaphoreParameterui64vEXT(name, sys::TIMELINE_SEMAPHORE_VALUE_NV, &value) };
         shared.check("glSemaphoreParameterui64vEXT(GL_TIMELINE_SEMAPHORE_VALUE_NV)")?;
-        // SAFETY: as above; `names` lists live buffers of this context; no textures.
+        // SAFETY: as above; the lists name live buffers and textures of this context, with one
+        // layout per texture.
         unsafe {
             gl.WaitSemaphoreEXT(
                 name,
                 names.len() as u32,
                 names.as_ptr(),
-                0,
-                std::ptr::null(),
-                std::ptr::null(),
+                texture_names.len() as u32,
+                texture_names.as_ptr(),
+                layouts.as_ptr(),
             )
         };
         shared.check("glWaitSemaphoreEXT")
     }
 
-    /// Sets the timeline to `value` once the GL commands issued so far are done. `buffers` are
-    /// the GL buffers those commands wrote.
-    pub fn signal(&self, value: u64, buffers: &[&GlBuffer<'_>]) -> Result<()> {
+    /// Sets the timeline to `value` once the GL commands issued so far are done. `buffers` and
+    /// `textures` are what those commands wrote (left in `GENERAL` layout for Vulkan).
+    pub fn signal(&self, value: u64, buffers: &[&GlBuffer<'_>], textures: &[&GlTexture<'_>]) -> Result<()> {
         let Some(name) = self.gl else {
             self.ctx.finish()?;
             return self.semaphore.signal(value);
@@ -123,6 +127,7 @@ impl GlTimeline<'_> {
         let shared = &self.ctx.shared;
         let gl = shared.current()?;
         let names: Vec<GLuint> = buffers.iter().map(|b| b.gl_buffer()).collect();
+        let (texture_names, layouts) = texture_barriers(textures);
         // SAFETY: as in `wait`.
         unsafe { gl.SemaphoreParameterui64vEXT(name, sys::TIMELINE_SEMAPHORE_VALUE_NV, &value) };
         shared.check("glSemaphoreParameterui64vEXT(GL_TIMELINE_SEMAPHORE_VALUE_NV)")?;
@@ -132,9 +137,9 @@ impl GlTimeline<'_> {
                 name,
                 names.len() as u32,
                 names.as_ptr(),
-                0,
-                std::ptr::null(),
-                std::ptr::null(),
+                texture_names.len() as u32,
+                texture_names.as_ptr(),
+                layouts.as_ptr(),
             )
         };
         shared.check("glSignalSemaphoreEXT")?;
@@ -142,6 +147,11 @@ impl GlTimeline<'_> {
         unsafe { gl.Flush() };
         shared.check("glFlush")
     }
+}
+
+/// Texture names and their layouts (`GL_LAYOUT_GENERAL_EXT`: lava-flow keeps images there).
+fn texture_barriers(textures: &[&GlTexture<'_>]) -> (Vec<GLuint>, Vec<GLenum>) {
+    textures.iter().map(|t| (t.gl_texture(), sys::LAYOUT_GENERAL_EXT)).unzip()
 }
 
 impl Drop for GlTimeline<'_> {

@@ -10,7 +10,7 @@ use super::buffer::{Buffer, Placement};
 use super::conv;
 use super::device::Device;
 use super::instance::{Instance, PhysicalDevice};
-use super::memory::{Block, MemoryDesc};
+use super::memory::{Block, Dedicated, MemoryDesc};
 use super::semaphore::{Submission, TimelineSemaphore};
 use super::validation::ValidationLog;
 use crate::device::DeviceInfo;
@@ -246,6 +246,15 @@ impl MemoryAllocator {
         ctx.allocate(size, location, options)
     }
 
+    /// Allocates an exportable 2D image on `device_id`, in a dedicated allocation, in
+    /// `VK_IMAGE_LAYOUT_GENERAL`. Errors: [`Error::Unsupported`] for a format, tiling or size the
+    /// driver cannot make (or export); [`Error::ZeroSize`]; [`Error::InvalidArgument`] for
+    /// impossible mip counts.
+    pub fn allocate_image(&mut self, device_id: u32, desc: super::ImageDesc) -> Result<super::Image> {
+        let ctx = self.context(device_id)?;
+        ctx.allocate_image(desc)
+    }
+
     /// Imports memory exported by lava-flow (in this process or another) as a [`Buffer`] on
     /// `device_id`, which must be the same physical device and driver (compared by UUID).
     ///
@@ -474,8 +483,13 @@ impl DeviceContext {
         }
         let map = location.is_host_visible();
         if dedicated {
-            let desc =
-                MemoryDesc { size: req.size, memory_type_index, exportable, dedicated_to: Some(buffer), map };
+            let desc = MemoryDesc {
+                size: req.size,
+                memory_type_index,
+                exportable,
+                dedicated_to: Some(Dedicated::Buffer(buffer)),
+                map,
+            };
             let block = Arc::new(Block::new(&self.device, desc, None)?);
             // SAFETY: fresh buffer, memory made for it, offset 0.
             unsafe { d.bind_buffer_memory(buffer, block.raw.memory, 0) }.vk("vkBindBufferMemory")?;

@@ -11,7 +11,7 @@ use ash::vk;
 use super::allocator::DeviceContext;
 use super::conv;
 use super::device::Device;
-use super::memory::{Block, MemoryDesc};
+use super::memory::{Block, Dedicated, MemoryDesc};
 use crate::error::{Error, Result, VkResultExt};
 use crate::handle::{ExportedMemory, ExternalHandle, MemoryDescriptor};
 use crate::location::MemoryLocation;
@@ -153,7 +153,7 @@ impl Buffer {
             size: desc.allocation_size,
             memory_type_index: desc.memory_type_index,
             exportable: false,
-            dedicated_to: desc.dedicated.then_some(buffer),
+            dedicated_to: desc.dedicated.then_some(Dedicated::Buffer(buffer)),
             map: false,
         };
         let ExternalHandle::OpaqueFd(import) = handle;

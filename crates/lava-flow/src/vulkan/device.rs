@@ -12,7 +12,6 @@ use crate::error::{Result, VkResultExt};
 /// A `VkDevice` made for lava-flow, shared by every object created on it.
 pub(crate) struct Device {
     /// Keeps the instance alive until the device is destroyed.
-    #[expect(dead_code, reason = "held for its lifetime, never read")]
     instance: Arc<Instance>,
     pub physical: PhysicalDevice,
     pub device: ash::Device,
@@ -65,6 +64,11 @@ impl Device {
             queue: Mutex::new(queue),
             transfer: Mutex::new(None),
         }))
+    }
+
+    /// The instance's functions (physical-device queries).
+    pub fn instance_fns(&self) -> &ash::Instance {
+        &self.instance.instance
     }
 
     /// Submits batches to the queue, holding its lock for the call only.

@@ -28,10 +28,17 @@ pub(crate) struct MemoryDesc {
     pub memory_type_index: u32,
     /// Chain `VkExportMemoryAllocateInfo` (opaque fd).
     pub exportable: bool,
-    /// Chain `VkMemoryDedicatedAllocateInfo` for this buffer.
-    pub dedicated_to: Option<vk::Buffer>,
+    /// Chain `VkMemoryDedicatedAllocateInfo` for this buffer or image.
+    pub dedicated_to: Option<Dedicated>,
     /// Map the whole allocation persistently.
     pub map: bool,
+}
+
+/// The one resource a dedicated allocation is for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Dedicated {
+    Buffer(vk::Buffer),
+    Image(vk::Image),
 }
 
 /// A `VkDeviceMemory` without an owner: freed explicitly with [`RawMemory::free`].
@@ -107,8 +114,11 @@ fn allocate_memory(device: &Device, desc: &MemoryDesc, import_fd: Option<i32>) -
     if desc.exportable {
         info = info.push_next(&mut export);
     }
-    if let Some(buffer) = desc.dedicated_to {
-        dedicated = dedicated.buffer(buffer);
+    if let Some(to) = desc.dedicated_to {
+        dedicated = match to {
+            Dedicated::Buffer(buffer) => dedicated.buffer(buffer),
+            Dedicated::Image(image) => dedicated.image(image),
+        };
         info = info.push_next(&mut dedicated);
     }
     if let Some(fd) = import_fd {
@@ -125,6 +135,7 @@ fn allocate_memory(device: &Device, desc: &MemoryDesc, import_fd: Option<i32>) -
 #[derive(Debug)]
 pub(crate) struct Block {
     /// Unique in the process, never reused: importers cache their imports by it.
+    #[cfg_attr(not(feature = "opengl"), allow(dead_code))]
     pub id: u64,
     pub device: Arc<Device>,
     pub raw: RawMemory,

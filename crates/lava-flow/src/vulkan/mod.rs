@@ -5,6 +5,7 @@ mod allocator;
 mod buffer;
 pub(crate) mod conv;
 mod device;
+mod image;
 mod instance;
 mod memory;
 mod semaphore;
@@ -16,5 +17,8 @@ pub use allocator::{
     DEFAULT_BLOCK_SIZE,
 };
 pub use buffer::Buffer;
+pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};
+#[cfg(feature = "opengl")]
+pub(crate) use memory::Block;
 pub use semaphore::{Submission, TimelineSemaphore};
 pub use validation::ValidationLog;

@@ -189,35 +189,133 @@ impl Transfer {
         buffer: vk::Buffer,
         region: vk::BufferCopy,
     ) -> Result<()> {
-        let d = &device.device;
         let staging = self.staging.as_ref().map(|s| s.buffer).unwrap_or_default();
         let (src, dst) = match dir {
             Direction::ToDevice => (staging, buffer),
             Direction::ToHost => (buffer, staging),
         };
-        let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-        // SAFETY: the command buffer is not in use (the last submission was waited for) and its
-        // pool allows resetting it; `src` and `dst` are live buffers of this device.
-        unsafe { d.begin_command_buffer(self.cmd, &begin) }.vk("vkBeginCommandBuffer")?;
-        // SAFETY: as above; the region lies inside both buffers (checked by the callers).
-        unsafe { d.cmd_copy_buffer(self.cmd, src, dst, &[region]) };
-        if dir == Direction::ToHost {
-            let barrier = vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                .dst_access_mask(vk::AccessFlags::HOST_READ);
-            // SAFETY: a recording command buffer of this device.
+        self.run(device, |d, cmd| {
+            // SAFETY: a recording command buffer; `src` and `dst` are live buffers of this device
+            // and the region lies inside both (checked by the callers).
+            unsafe { d.cmd_copy_buffer(cmd, src, dst, &[region]) };
+            if dir == Direction::ToHost {
+                host_read_barrier(d, cmd);
+            }
+        })
+    }
+
+    /// Moves every level of a fresh image from `UNDEFINED` to `GENERAL`.
+    pub fn initialize_image(
+        &mut self,
+        device: &Device,
+        image: vk::Image,
+        range: vk::ImageSubresourceRange,
+    ) -> Result<()> {
+        self.run(device, |d, cmd| {
+            let barrier = vk::ImageMemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::empty())
+                .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE)
+                .old_layout(vk::ImageLayout::UNDEFINED)
+                .new_layout(vk::ImageLayout::GENERAL)
+                .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+                .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+                .image(image)
+                .subresource_range(range);
+            // SAFETY: a recording command buffer; the image is live and not in use.
             unsafe {
                 d.cmd_pipeline_barrier(
-                    self.cmd,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::HOST,
+                    cmd,
+                    vk::PipelineStageFlags::TOP_OF_PIPE,
+                    vk::PipelineStageFlags::ALL_COMMANDS,
                     vk::DependencyFlags::empty(),
+                    &[],
+                    &[],
                     &[barrier],
-                    &[],
-                    &[],
                 )
             };
+        })
+    }
+
+    /// Uploads mip `level` (`extent` texels, tightly packed) of an image in `GENERAL` layout.
+    pub fn write_image(
+        &mut self,
+        device: &Device,
+        image: vk::Image,
+        level: u32,
+        extent: (u32, u32),
+        texel: u32,
+        data: &[u8],
+    ) -> Result<()> {
+        let rows = self.image_rows(device, extent, texel, data.len())?;
+        let row_bytes = (extent.0 * texel) as usize;
+        for (i, chunk) in data.chunks(rows as usize * row_bytes).enumerate() {
+            let mapped = self.mapped(device)?;
+            // SAFETY: the staging buffer holds at least `rows × row_bytes` bytes and is idle.
+            unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), mapped, chunk.len()) };
+            let region = image_region(level, extent.0, i as u32 * rows, (chunk.len() / row_bytes) as u32);
+            let staging = self.staging.as_ref().map(|s| s.buffer).unwrap_or_default();
+            self.run(device, |d, cmd| {
+                let dst = vk::ImageLayout::TRANSFER_DST_OPTIMAL;
+                level_barrier(d, cmd, image, level, vk::ImageLayout::GENERAL, dst);
+                // SAFETY: a recording command buffer; the region lies inside the level and the
+                // staging buffer, and the level is in TRANSFER_DST_OPTIMAL layout.
+                unsafe { d.cmd_copy_buffer_to_image(cmd, staging, image, dst, &[region]) };
+                level_barrier(d, cmd, image, level, dst, vk::ImageLayout::GENERAL);
+            })?;
         }
+        Ok(())
+    }
+
+    /// Downloads mip `level` of an image in `GENERAL` layout into `out`.
+    pub fn read_image(
+        &mut self,
+        device: &Device,
+        image: vk::Image,
+        level: u32,
+        extent: (u32, u32),
+        texel: u32,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let rows = self.image_rows(device, extent, texel, out.len())?;
+        let row_bytes = (extent.0 * texel) as usize;
+        for (i, chunk) in out.chunks_mut(rows as usize * row_bytes).enumerate() {
+            let region = image_region(level, extent.0, i as u32 * rows, (chunk.len() / row_bytes) as u32);
+            let staging = self.staging.as_ref().map(|s| s.buffer).unwrap_or_default();
+            self.run(device, |d, cmd| {
+                let src = vk::ImageLayout::TRANSFER_SRC_OPTIMAL;
+                level_barrier(d, cmd, image, level, vk::ImageLayout::GENERAL, src);
+                // SAFETY: as in `write_image`, with the level in TRANSFER_SRC_OPTIMAL layout.
+                unsafe { d.cmd_copy_image_to_buffer(cmd, image, src, staging, &[region]) };
+                level_barrier(d, cmd, image, level, src, vk::ImageLayout::GENERAL);
+                host_read_barrier(d, cmd);
+            })?;
+            let mapped = self.mapped(device)?;
+            // SAFETY: the copy completed and was made visible to the host.
+            unsafe { std::ptr::copy_nonoverlapping(mapped.cast_const(), chunk.as_mut_ptr(), chunk.len()) };
+        }
+        Ok(())
+    }
+
+    /// Makes a staging buffer for an image level and returns how many rows fit in it at once.
+    fn image_rows(&mut self, device: &Device, extent: (u32, u32), texel: u32, len: usize) -> Result<u32> {
+        let row_bytes = u64::from(extent.0) * u64::from(texel);
+        if row_bytes > STAGING_CHUNK {
+            return Err(Error::InvalidArgument(format!(
+                "one row of {row_bytes} bytes exceeds the {STAGING_CHUNK}-byte staging buffer"
+            )));
+        }
+        let size = self.staging(device, len as u64)?;
+        Ok(u32::try_from(size / row_bytes).unwrap_or(u32::MAX).clamp(1, extent.1))
+    }
+
+    /// Records commands with `record`, submits them and waits for them.
+    fn run(&mut self, device: &Device, record: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<()> {
+        let d = &device.device;
+        let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+        // SAFETY: the command buffer is not in use (the last submission was waited for) and its
+        // pool allows resetting it.
+        unsafe { d.begin_command_buffer(self.cmd, &begin) }.vk("vkBeginCommandBuffer")?;
+        record(d, self.cmd);
         // SAFETY: as above.
         unsafe { d.end_command_buffer(self.cmd) }.vk("vkEndCommandBuffer")?;
         let cmds = [self.cmd];
@@ -249,6 +347,80 @@ impl Transfer {
         unsafe { d.destroy_fence(self.fence, None) };
         // SAFETY: as above; destroying the pool frees its command buffer.
         unsafe { d.destroy_command_pool(self.pool, None) };
+    }
+}
+
+/// Makes transfer writes visible to the host.
+fn host_read_barrier(d: &ash::Device, cmd: vk::CommandBuffer) {
+    let barrier = vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+        .dst_access_mask(vk::AccessFlags::HOST_READ);
+    // SAFETY: a recording command buffer of this device.
+    unsafe {
+        d.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::TRANSFER,
+            vk::PipelineStageFlags::HOST,
+            vk::DependencyFlags::empty(),
+            &[barrier],
+            &[],
+            &[],
+        )
+    };
+}
+
+/// Moves one mip level between layouts, making all earlier memory access available to all later.
+fn level_barrier(
+    d: &ash::Device,
+    cmd: vk::CommandBuffer,
+    image: vk::Image,
+    level: u32,
+    from: vk::ImageLayout,
+    to: vk::ImageLayout,
+) {
+    let barrier = vk::ImageMemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE)
+        .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE)
+        .old_layout(from)
+        .new_layout(to)
+        .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+        .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+        .image(image)
+        .subresource_range(vk::ImageSubresourceRange {
+            aspect_mask: vk::ImageAspectFlags::COLOR,
+            base_mip_level: level,
+            level_count: 1,
+            base_array_layer: 0,
+            layer_count: 1,
+        });
+    // SAFETY: a recording command buffer of this device; the image is live.
+    unsafe {
+        d.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::ALL_COMMANDS,
+            vk::PipelineStageFlags::ALL_COMMANDS,
+            vk::DependencyFlags::empty(),
+            &[],
+            &[],
+            &[barrier],
+        )
+    };
+}
+
+/// `rows` rows of mip `level`, starting at row `first_row`, tightly packed from staging offset 0.
+fn image_region(level: u32, width: u32, first_row: u32, rows: u32) -> vk::BufferImageCopy {
+    vk::BufferImageCopy {
+        buffer_offset: 0,
+        buffer_row_length: 0,
+        buffer_image_height: 0,
+        image_subresource: vk::ImageSubresourceLayers {
+            aspect_mask: vk::ImageAspectFlags::COLOR,
+            mip_level: level,
+            base_array_layer: 0,
+            layer_count: 1,
+        },
+        image_offset: vk::Offset3D { x: 0, y: first_row as i32, z: 0 },
+        image_extent: vk::Extent3D { width, height: rows, depth: 1 },
     }
 }
 

@@ -80,3 +80,27 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
 }
+
+/// Random texels for `format`: any bytes for integer and normalised formats; for float formats,
+/// finite values of random mantissa (so that no NaN payload or denormal can be canonicalised
+/// on the way and every byte can be compared).
+pub fn texel_data(format: lava_flow::ImageFormat, len: usize) -> Vec<u8> {
+    use lava_flow::ImageFormat as F;
+    let mut v = random_bytes(len);
+    match format {
+        F::R16Float | F::Rgba16Float => {
+            for h in v.chunks_exact_mut(2) {
+                let bits = (u16::from_le_bytes([h[0], h[1]]) & 0x83FF) | (15 << 10);
+                h.copy_from_slice(&bits.to_le_bytes());
+            }
+        }
+        F::R32Float | F::Rgba32Float => {
+            for f in v.chunks_exact_mut(4) {
+                let bits = (u32::from_le_bytes([f[0], f[1], f[2], f[3]]) & 0x807F_FFFF) | (127 << 23);
+                f.copy_from_slice(&bits.to_le_bytes());
+            }
+        }
+        _ => {}
+    }
+    v
+}

@@ -1,0 +1,211 @@
+//! GL textures on the memory of exportable lava-flow images.
+
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use super::context::{GlContext, EXT_MEMORY_OBJECT_FD};
+use super::memory::MemoryObject;
+use super::sys::{self, GLenum, GLint, GLuint};
+use crate::error::{Error, Result};
+use crate::vulkan::{Image, ImageDesc, ImageFormat, ImageTiling};
+
+/// The GL internal format, pixel format and pixel type of a lava-flow image format.
+fn gl_format(format: ImageFormat) -> (GLenum, GLenum, GLenum) {
+    match format {
+        ImageFormat::R8Unorm => (sys::R8, sys::RED, sys::UNSIGNED_BYTE),
+        ImageFormat::Rg8Unorm => (sys::RG8, sys::RG, sys::UNSIGNED_BYTE),
+        ImageFormat::Rgba8Unorm => (sys::RGBA8, sys::RGBA, sys::UNSIGNED_BYTE),
+        ImageFormat::R16Float => (sys::R16F, sys::RED, sys::HALF_FLOAT),
+        ImageFormat::Rgba16Float => (sys::RGBA16F, sys::RGBA, sys::HALF_FLOAT),
+        ImageFormat::R32Float => (sys::R32F, sys::RED, sys::FLOAT),
+        ImageFormat::Rgba32Float => (sys::RGBA32F, sys::RGBA, sys::FLOAT),
+        ImageFormat::R32Uint => (sys::R32UI, sys::RED_INTEGER, sys::UNSIGNED_INT),
+    }
+}
+
+/// A lava-flow [`Image`] seen by OpenGL as a 2D texture with the same levels, made with
+/// `glTextureStorageMem2DEXT` on the image's memory and `GL_TEXTURE_TILING_EXT` set to the
+/// image's tiling. It borrows the context and the image.
+pub struct GlTexture<'a> {
+    memory: Rc<MemoryObject>,
+    name: GLuint,
+    desc: ImageDesc,
+    _borrows: PhantomData<(&'a GlContext, &'a Image)>,
+}
+
+impl std::fmt::Debug for GlTexture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlTexture").field("texture", &self.name).field("desc", &self.desc).finish()
+    }
+}
+
+impl GlContext {
+    /// Imports a lava-flow image as a GL texture, without copying.
+    ///
+    /// Errors: [`Error::DeviceMismatch`] for an image of another device or driver;
+    /// [`Error::NotExportable`]; [`Error::Unsupported`] without `GL_EXT_memory_object_fd`, or when
+    /// the driver does not list the image's tiling for its format (`GL_TILING_TYPES_EXT`).
+    pub fn import_image<'a>(&'a self, image: &'a Image) -> Result<GlTexture<'a>> {
+        self.require(EXT_MEMORY_OBJECT_FD, "importing Vulkan images")?;
+        self.check_device(
+            "the image's memory",
+            crate::Uuid(image.device_uuid()),
+            crate::Uuid(image.driver_uuid()),
+        )?;
+        if !image.is_exportable() {
+            return Err(Error::NotExportable {
+                reason: "the image cannot be exported, so OpenGL cannot import it".into(),
+            });
+        }
+        let desc = *image.desc();
+        let (internal, _, _) = gl_format(desc.format);
+        let tiling = match desc.tiling {
+            ImageTiling::Optimal => sys::OPTIMAL_TILING_EXT,
+            ImageTiling::Linear => sys::LINEAR_TILING_EXT,
+        };
+        let supported = self.tiling_types(internal)?;
+        if !supported.contains(&(tiling as GLint)) {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{} does not list {:?} tiling for {:?} textures (GL_TILING_TYPES_EXT)",
+                    self.shared.info.renderer, desc.tiling, desc.format
+                ),
+            });
+        }
+        let memory = self.memory_for(image.block())?;
+        let shared = &self.shared;
+        let gl = shared.current()?;
+        let mut name = 0;
+        // SAFETY: the context is current; `name` is a valid out-pointer for one name.
+        unsafe { gl.CreateTextures(sys::TEXTURE_2D, 1, &mut name) };
+        shared.check("glCreateTextures")?;
+        let texture = GlTexture { memory, name, desc, _borrows: PhantomData };
+        // SAFETY: a fresh texture of this context.
+        unsafe { gl.TextureParameteri(name, sys::TEXTURE_TILING_EXT, tiling as GLint) };
+        shared.check("glTextureParameteri(GL_TEXTURE_TILING_EXT)")?;
+        // SAFETY: the memory object holds the image's whole dedicated allocation, whose levels,
+        // format and extent are the ones given here; offset 0.
+        unsafe {
+            gl.TextureStorageMem2DEXT(
+                name,
+                desc.mip_levels as i32,
+                internal,
+                desc.width as i32,
+                desc.height as i32,
+                texture.memory.name,
+                0,
+            )
+        };
+        shared.check("glTextureStorageMem2DEXT")?;
+        Ok(texture)
+    }
+
+    /// `GL_TILING_TYPES_EXT` for `internal` 2D textures.
+    fn tiling_types(&self, internal: GLenum) -> Result<Vec<GLint>> {
+        let shared = &self.shared;
+        let gl = shared.current()?;
+        let mut count = 0;
+        // SAFETY: the context is current and has GL_EXT_memory_object; one GLint is written.
+        unsafe {
+            gl.GetInternalformativ(sys::TEXTURE_2D, internal, sys::NUM_TILING_TYPES_EXT, 1, &mut count)
+        };
+        shared.check("glGetInternalformativ(GL_NUM_TILING_TYPES_EXT)")?;
+        let mut types = vec![0; count.max(0) as usize];
+        if !types.is_empty() {
+            // SAFETY: `types` has room for `count` values.
+            unsafe {
+                gl.GetInternalformativ(
+                    sys::TEXTURE_2D,
+                    internal,
+                    sys::TILING_TYPES_EXT,
+                    count,
+                    types.as_mut_ptr(),
+                )
+            };
+            shared.check("glGetInternalformativ(GL_TILING_TYPES_EXT)")?;
+        }
+        Ok(types)
+    }
+}
+
+impl GlTexture<'_> {
+    /// The GL texture name.
+    pub fn gl_texture(&self) -> GLuint {
+        self.name
+    }
+
+    /// The image's description.
+    pub fn desc(&self) -> &ImageDesc {
+        &self.desc
+    }
+
+    /// Reads mip `level` with `glGetTextureImage`, tightly packed (as [`Image::read_level`]).
+    pub fn read_level(&self, level: u32, out: &mut [u8]) -> Result<()> {
+        self.check_level(level, out.len())?;
+        let (_, format, ty) = gl_format(self.desc.format);
+        let shared = &self.memory.shared;
+        let gl = shared.current()?;
+        // SAFETY: the context is current.
+        unsafe { gl.PixelStorei(sys::PACK_ALIGNMENT, 1) };
+        // SAFETY: the context is current; rows are packed with alignment 1 and `out` holds
+        // exactly the level (checked).
+        unsafe {
+            gl.GetTextureImage(
+                self.name,
+                level as i32,
+                format,
+                ty,
+                out.len() as i32,
+                out.as_mut_ptr().cast(),
+            );
+        }
+        shared.check("glGetTextureImage")
+    }
+
+    /// Uploads mip `level` with `glTextureSubImage2D`, tightly packed.
+    pub fn write_level(&self, level: u32, data: &[u8]) -> Result<()> {
+        self.check_level(level, data.len())?;
+        let (_, format, ty) = gl_format(self.desc.format);
+        let (w, h) = self.desc.level_extent(level);
+        let shared = &self.memory.shared;
+        let gl = shared.current()?;
+        // SAFETY: the context is current.
+        unsafe { gl.PixelStorei(sys::UNPACK_ALIGNMENT, 1) };
+        // SAFETY: as in `read_level`; `data` holds exactly the level.
+        unsafe {
+            gl.TextureSubImage2D(
+                self.name,
+                level as i32,
+                0,
+                0,
+                w as i32,
+                h as i32,
+                format,
+                ty,
+                data.as_ptr().cast(),
+            );
+        }
+        shared.check("glTextureSubImage2D")
+    }
+
+    fn check_level(&self, level: u32, len: usize) -> Result<()> {
+        let want = self.desc.level_size(level);
+        if level >= self.desc.mip_levels || len as u64 != want {
+            return Err(Error::InvalidArgument(format!(
+                "mip level {level} of {} holds {want} bytes; {len} were given",
+                self.desc.mip_levels
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GlTexture<'_> {
+    fn drop(&mut self) {
+        match self.memory.shared.current() {
+            // SAFETY: our texture, made by this context.
+            Ok(gl) => unsafe { gl.DeleteTextures(1, &self.name) },
+            Err(e) => log::error!("GL texture {} leaked: {e}", self.name),
+        }
+    }
+}

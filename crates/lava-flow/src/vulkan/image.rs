@@ -1,0 +1,424 @@
+//! [`Image`]: exportable 2D images with mip levels, in dedicated allocations.
+
+#[cfg(unix)]
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ash::vk;
+
+use super::allocator::DeviceContext;
+use super::conv;
+use super::memory::{Block, Dedicated, MemoryDesc};
+use crate::error::{Error, Result, VkResultExt};
+use crate::handle::HandleType;
+use crate::location::MemoryLocation;
+
+/// The texel formats lava-flow images can have; each maps to one Vulkan, CUDA and GL format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ImageFormat {
+    /// One 8-bit unsigned normalised channel (`VK_FORMAT_R8_UNORM`, `GL_R8`).
+    R8Unorm,
+    /// Two 8-bit unsigned normalised channels (`VK_FORMAT_R8G8_UNORM`, `GL_RG8`).
+    Rg8Unorm,
+    /// Four 8-bit unsigned normalised channels (`VK_FORMAT_R8G8B8A8_UNORM`, `GL_RGBA8`).
+    Rgba8Unorm,
+    /// One 16-bit float channel (`VK_FORMAT_R16_SFLOAT`, `GL_R16F`).
+    R16Float,
+    /// Four 16-bit float channels (`VK_FORMAT_R16G16B16A16_SFLOAT`, `GL_RGBA16F`).
+    Rgba16Float,
+    /// One 32-bit float channel (`VK_FORMAT_R32_SFLOAT`, `GL_R32F`).
+    R32Float,
+    /// Four 32-bit float channels (`VK_FORMAT_R32G32B32A32_SFLOAT`, `GL_RGBA32F`).
+    Rgba32Float,
+    /// One 32-bit unsigned integer channel (`VK_FORMAT_R32_UINT`, `GL_R32UI`).
+    R32Uint,
+}
+
+impl ImageFormat {
+    /// Every format, in declaration order.
+    pub const ALL: [ImageFormat; 8] = [
+        ImageFormat::R8Unorm,
+        ImageFormat::Rg8Unorm,
+        ImageFormat::Rgba8Unorm,
+        ImageFormat::R16Float,
+        ImageFormat::Rgba16Float,
+        ImageFormat::R32Float,
+        ImageFormat::Rgba32Float,
+        ImageFormat::R32Uint,
+    ];
+
+    /// The Vulkan format.
+    pub fn vk_format(self) -> vk::Format {
+        match self {
+            ImageFormat::R8Unorm => vk::Format::R8_UNORM,
+            ImageFormat::Rg8Unorm => vk::Format::R8G8_UNORM,
+            ImageFormat::Rgba8Unorm => vk::Format::R8G8B8A8_UNORM,
+            ImageFormat::R16Float => vk::Format::R16_SFLOAT,
+            ImageFormat::Rgba16Float => vk::Format::R16G16B16A16_SFLOAT,
+            ImageFormat::R32Float => vk::Format::R32_SFLOAT,
+            ImageFormat::Rgba32Float => vk::Format::R32G32B32A32_SFLOAT,
+            ImageFormat::R32Uint => vk::Format::R32_UINT,
+        }
+    }
+
+    /// Bytes per texel.
+    pub fn texel_size(self) -> u32 {
+        match self {
+            ImageFormat::R8Unorm => 1,
+            ImageFormat::Rg8Unorm | ImageFormat::R16Float => 2,
+            ImageFormat::Rgba8Unorm | ImageFormat::R32Float | ImageFormat::R32Uint => 4,
+            ImageFormat::Rgba16Float => 8,
+            ImageFormat::Rgba32Float => 16,
+        }
+    }
+}
+
+/// How texels are laid out in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ImageTiling {
+    /// The driver's own layout (`VK_IMAGE_TILING_OPTIMAL`): fastest; what CUDA arrays need.
+    Optimal,
+    /// Row-major (`VK_IMAGE_TILING_LINEAR`).
+    Linear,
+}
+
+/// What image to make: [`MemoryAllocator::allocate_image`](crate::MemoryAllocator::allocate_image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ImageDesc {
+    /// The texel format.
+    pub format: ImageFormat,
+    /// Width of level 0, in texels.
+    pub width: u32,
+    /// Height of level 0, in texels.
+    pub height: u32,
+    /// Mip levels (1 = no mips).
+    pub mip_levels: u32,
+    /// Memory layout.
+    pub tiling: ImageTiling,
+}
+
+impl ImageDesc {
+    /// A 2D image of one level with optimal tiling.
+    pub fn new(format: ImageFormat, width: u32, height: u32) -> Self {
+        ImageDesc { format, width, height, mip_levels: 1, tiling: ImageTiling::Optimal }
+    }
+
+    /// Sets the number of mip levels.
+    pub fn mip_levels(mut self, mip_levels: u32) -> Self {
+        self.mip_levels = mip_levels;
+        self
+    }
+
+    /// Sets the tiling.
+    pub fn tiling(mut self, tiling: ImageTiling) -> Self {
+        self.tiling = tiling;
+        self
+    }
+
+    /// The extent of mip `level`: each level halves the last, down to 1.
+    pub fn level_extent(&self, level: u32) -> (u32, u32) {
+        ((self.width >> level).max(1), (self.height >> level).max(1))
+    }
+
+    /// The bytes of mip `level`, tightly packed (rows of `width × texel_size` bytes).
+    pub fn level_size(&self, level: u32) -> u64 {
+        let (w, h) = self.level_extent(level);
+        u64::from(w) * u64::from(h) * u64::from(self.format.texel_size())
+    }
+
+    /// The most mip levels an image of this size can have.
+    pub fn max_mip_levels(&self) -> u32 {
+        32 - self.width.max(self.height).max(1).leading_zeros()
+    }
+}
+
+/// The usage every lava-flow image is created with.
+const IMAGE_USAGE: vk::ImageUsageFlags = vk::ImageUsageFlags::from_raw(
+    vk::ImageUsageFlags::SAMPLED.as_raw()
+        | vk::ImageUsageFlags::STORAGE.as_raw()
+        | vk::ImageUsageFlags::TRANSFER_SRC.as_raw()
+        | vk::ImageUsageFlags::TRANSFER_DST.as_raw(),
+);
+
+/// An exportable 2D Vulkan image in a dedicated allocation, kept in `VK_IMAGE_LAYOUT_GENERAL`
+/// between lava-flow's operations.
+pub struct Image {
+    ctx: Arc<DeviceContext>,
+    image: vk::Image,
+    block: Arc<Block>,
+    desc: ImageDesc,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("desc", &self.desc)
+            .field("allocation_size", &self.block.size)
+            .field("memory_type_index", &self.block.memory_type_index)
+            .finish()
+    }
+}
+
+impl DeviceContext {
+    pub(crate) fn allocate_image(self: &Arc<Self>, desc: ImageDesc) -> Result<Image> {
+        let physical = &self.device.physical;
+        let info = &physical.info;
+        if desc.width == 0 || desc.height == 0 {
+            return Err(Error::ZeroSize);
+        }
+        if desc.mip_levels == 0 || desc.mip_levels > desc.max_mip_levels() {
+            return Err(Error::InvalidArgument(format!(
+                "{} mip levels for a {}×{} image: 1 to {} are possible",
+                desc.mip_levels,
+                desc.width,
+                desc.height,
+                desc.max_mip_levels()
+            )));
+        }
+        let tiling = match desc.tiling {
+            ImageTiling::Optimal => vk::ImageTiling::OPTIMAL,
+            ImageTiling::Linear => vk::ImageTiling::LINEAR,
+        };
+        let exportable = physical.has_memory_fd;
+        let unsupported = |why: String| Error::Unsupported {
+            what: format!(
+                "device {} ({}): {:?} {:?} {}×{} with {} level(s): {why}",
+                info.index, info.name, desc.format, desc.tiling, desc.width, desc.height, desc.mip_levels
+            ),
+        };
+        // What the driver allows for this combination, exported as an opaque fd.
+        let mut external_info = vk::PhysicalDeviceExternalImageFormatInfo::default()
+            .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+        let mut format_info = vk::PhysicalDeviceImageFormatInfo2::default()
+            .format(desc.format.vk_format())
+            .ty(vk::ImageType::TYPE_2D)
+            .tiling(tiling)
+            .usage(IMAGE_USAGE);
+        if exportable {
+            format_info = format_info.push_next(&mut external_info);
+        }
+        let mut external_out = vk::ExternalImageFormatProperties::default();
+        let mut out = vk::ImageFormatProperties2::default().push_next(&mut external_out);
+        // SAFETY: a query on this instance's physical device; the structs outlive the call.
+        let r = unsafe {
+            self.device.instance_fns().get_physical_device_image_format_properties2(
+                physical.handle,
+                &format_info,
+                &mut out,
+            )
+        };
+        match r {
+            Ok(()) => {}
+            Err(vk::Result::ERROR_FORMAT_NOT_SUPPORTED) => {
+                return Err(unsupported("the driver does not support this format, tiling and usage".into()))
+            }
+            Err(e) => return Err(Error::vk("vkGetPhysicalDeviceImageFormatProperties2", e)),
+        }
+        let limits = out.image_format_properties;
+        if desc.width > limits.max_extent.width
+            || desc.height > limits.max_extent.height
+            || desc.mip_levels > limits.max_mip_levels
+        {
+            return Err(unsupported(format!(
+                "the driver allows at most {}×{} and {} level(s)",
+                limits.max_extent.width, limits.max_extent.height, limits.max_mip_levels
+            )));
+        }
+        let exportable = exportable
+            && external_out
+                .external_memory_properties
+                .external_memory_features
+                .contains(vk::ExternalMemoryFeatureFlags::EXPORTABLE);
+        let mut external = vk::ExternalMemoryImageCreateInfo::default()
+            .handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+        let mut create = vk::ImageCreateInfo::default()
+            .image_type(vk::ImageType::TYPE_2D)
+            .format(desc.format.vk_format())
+            .extent(vk::Extent3D { width: desc.width, height: desc.height, depth: 1 })
+            .mip_levels(desc.mip_levels)
+            .array_layers(1)
+            .samples(vk::SampleCountFlags::TYPE_1)
+            .tiling(tiling)
+            .usage(IMAGE_USAGE)
+            .sharing_mode(vk::SharingMode::EXCLUSIVE)
+            // Exportable images must start UNDEFINED.
+            .initial_layout(vk::ImageLayout::UNDEFINED);
+        if exportable {
+            create = create.push_next(&mut external);
+        }
+        let d = &self.device.device;
+        // SAFETY: `create` points at live locals and describes a combination the driver allows.
+        let image = unsafe { d.create_image(&create, None) }.vk("vkCreateImage")?;
+        match self.bind_image(image, exportable) {
+            Ok(block) => {
+                let img = Image { ctx: Arc::clone(self), image, block, desc };
+                self.buffers.fetch_add(1, Ordering::Relaxed);
+                self.dedicated_allocations.fetch_add(1, Ordering::Relaxed);
+                self.dedicated_bytes.fetch_add(img.block.size, Ordering::Relaxed);
+                // From UNDEFINED to GENERAL once; every later copy keeps GENERAL.
+                let all = vk::ImageSubresourceRange {
+                    aspect_mask: vk::ImageAspectFlags::COLOR,
+                    base_mip_level: 0,
+                    level_count: desc.mip_levels,
+                    base_array_layer: 0,
+                    layer_count: 1,
+                };
+                self.device.with_transfer(|t| t.initialize_image(&self.device, image, all))?;
+                Ok(img)
+            }
+            Err(e) => {
+                // SAFETY: the image is unused.
+                unsafe { d.destroy_image(image, None) };
+                Err(e)
+            }
+        }
+    }
+
+    fn bind_image(&self, image: vk::Image, exportable: bool) -> Result<Arc<Block>> {
+        let d = &self.device.device;
+        let physical = &self.device.physical;
+        // SAFETY: the image is live.
+        let req = unsafe { d.get_image_memory_requirements(image) };
+        let location = MemoryLocation::GpuVulkan { device_id: physical.info.index };
+        let memory_type_index = conv::choose_memory_type(
+            &physical.memory,
+            req.memory_type_bits,
+            location,
+            physical.info.device_type,
+        )
+        .ok_or_else(|| Error::LocationUnavailable {
+            location: location.to_string(),
+            reason: format!("no device-local memory type allowed for images ({:#x})", req.memory_type_bits),
+        })?;
+        let desc = MemoryDesc {
+            size: req.size,
+            memory_type_index,
+            exportable,
+            dedicated_to: Some(Dedicated::Image(image)),
+            map: false,
+        };
+        let block = Arc::new(Block::new(&self.device, desc, None)?);
+        // SAFETY: fresh image, memory made for it, offset 0.
+        unsafe { d.bind_image_memory(image, block.raw.memory, 0) }.vk("vkBindImageMemory")?;
+        Ok(block)
+    }
+}
+
+impl Image {
+    /// What the image is.
+    pub fn desc(&self) -> &ImageDesc {
+        &self.desc
+    }
+
+    /// The raw `VkImage`. Valid while `self` lives; in `VK_IMAGE_LAYOUT_GENERAL` between
+    /// lava-flow's operations.
+    pub fn vk_image(&self) -> vk::Image {
+        self.image
+    }
+
+    /// The raw `VkDeviceMemory` (dedicated to this image).
+    pub fn vk_memory(&self) -> vk::DeviceMemory {
+        self.block.raw.memory
+    }
+
+    /// The size of the image's `VkDeviceMemory`: what importers must be given.
+    pub fn allocation_size(&self) -> u64 {
+        self.block.size
+    }
+
+    /// Its memory type index.
+    pub fn memory_type_index(&self) -> u32 {
+        self.block.memory_type_index
+    }
+
+    /// Whether the memory can be exported.
+    pub fn is_exportable(&self) -> bool {
+        self.block.exportable
+    }
+
+    /// The UUID of the device the image lives on.
+    pub fn device_uuid(&self) -> [u8; 16] {
+        self.ctx.device.physical.info.uuid.0
+    }
+
+    /// The UUID of that device's driver.
+    pub fn driver_uuid(&self) -> [u8; 16] {
+        self.ctx.device.physical.info.driver_uuid.0
+    }
+
+    #[cfg_attr(not(feature = "opengl"), allow(dead_code))]
+    pub(crate) fn block(&self) -> &Arc<Block> {
+        &self.block
+    }
+
+    /// A new opaque fd for the image's memory (always a dedicated allocation): see
+    /// [`Buffer::export_fd`](crate::Buffer::export_fd).
+    #[cfg(unix)]
+    pub fn export_fd(&self) -> Result<OwnedFd> {
+        if !self.block.exportable {
+            let info = &self.ctx.device.physical.info;
+            return Err(Error::NotExportable {
+                reason: format!(
+                    "device {} ({}) cannot export {:?} {:?} images as {:?}",
+                    info.index,
+                    info.name,
+                    self.desc.format,
+                    self.desc.tiling,
+                    HandleType::OpaqueFd
+                ),
+            });
+        }
+        self.block.export_fd()
+    }
+
+    /// Uploads mip `level` from `data`: tightly packed rows, exactly
+    /// [`ImageDesc::level_size`] bytes. Synchronous, through a staging buffer.
+    pub fn write_level(&self, level: u32, data: &[u8]) -> Result<()> {
+        self.check_level(level, data.len())?;
+        let (w, h) = self.desc.level_extent(level);
+        let texel = self.desc.format.texel_size();
+        self.ctx
+            .device
+            .with_transfer(|t| t.write_image(&self.ctx.device, self.image, level, (w, h), texel, data))
+    }
+
+    /// Downloads mip `level` into `out` (see [`Image::write_level`]).
+    pub fn read_level(&self, level: u32, out: &mut [u8]) -> Result<()> {
+        self.check_level(level, out.len())?;
+        let (w, h) = self.desc.level_extent(level);
+        let texel = self.desc.format.texel_size();
+        self.ctx
+            .device
+            .with_transfer(|t| t.read_image(&self.ctx.device, self.image, level, (w, h), texel, out))
+    }
+
+    fn check_level(&self, level: u32, len: usize) -> Result<()> {
+        if level >= self.desc.mip_levels {
+            return Err(Error::InvalidArgument(format!(
+                "mip level {level} of an image with {} level(s)",
+                self.desc.mip_levels
+            )));
+        }
+        let want = self.desc.level_size(level);
+        if len as u64 != want {
+            return Err(Error::InvalidArgument(format!(
+                "mip level {level} holds {want} bytes (tightly packed), {len} were given"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        // SAFETY: the image belongs to this device; lava-flow's own copies are synchronous.
+        unsafe { self.ctx.device.device.destroy_image(self.image, None) };
+        self.ctx.buffers.fetch_sub(1, Ordering::Relaxed);
+        self.ctx.dedicated_allocations.fetch_sub(1, Ordering::Relaxed);
+        self.ctx.dedicated_bytes.fetch_sub(self.block.size, Ordering::Relaxed);
+    }
+}
