@@ -83,33 +83,27 @@ fn buffers_are_shared_both_ways_at_offsets_and_dedicated() {
     assert!(matches!(b.read(1, &mut vec![0; second.size() as usize]), Err(Error::OutOfRange { .. })));
 }
 
-/// A GL compute shader (through `glow`, as a user would) transforms Vulkan-written data in
-/// place; Vulkan checks every word.
-#[test]
+/// Runs a GL compute shader (through `glow`, as a user would) over the `words` u32s of `view`:
+/// `words[i] = f(words[i], i)` with `f` given as GLSL.
 #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one plain sequence of GL calls, as users write it")]
-fn compute_shader_writes_what_vulkan_reads() {
-    let mut v = Validated::new();
-    let _pad = v.allocate(4096, DEV0).expect("pad");
-    let words = 40_000usize;
-    let buffer = v.allocate((words * 4) as u64, DEV0).expect("buffer");
-    let input = random_bytes(words * 4);
-    buffer.write(0, &input).expect("write");
-    let ctx = context(&v);
-    let view = ctx.import_buffer(&buffer).expect("import");
+fn run_compute(ctx: &GlContext, view: &GlBuffer<'_>, words: usize, f: &str) {
     // SAFETY: the context is current on this thread; the loader is its own.
     let gl = unsafe { glow::Context::from_loader_function(|s| ctx.proc_address(s)) };
-    let source = r#"#version 450
+    let source = format!(
+        r#"#version 450
         layout(local_size_x = 64) in;
-        layout(std430, binding = 0) buffer Data { uint words[]; };
+        layout(std430, binding = 0) buffer Data {{ uint words[]; }};
         uniform uint count;
-        void main() {
+        void main() {{
             uint i = gl_GlobalInvocationID.x;
-            if (i < count) { words[i] = (words[i] ^ 0x5A5A5A5Au) + i; }
-        }"#;
+            if (i < count) {{ uint w = words[i]; words[i] = {f}; }}
+        }}"#
+    );
+    ctx.make_current().expect("current");
     // SAFETY: plain GL calls on the current context with valid arguments.
     unsafe {
         let shader = gl.create_shader(glow::COMPUTE_SHADER).expect("shader");
-        gl.shader_source(shader, source);
+        gl.shader_source(shader, &source);
         gl.compile_shader(shader);
         assert!(gl.get_shader_compile_status(shader), "{}", gl.get_shader_info_log(shader));
         let program = gl.create_program().expect("program");
@@ -132,18 +126,118 @@ fn compute_shader_writes_what_vulkan_reads() {
         gl.delete_program(program);
         gl.delete_shader(shader);
     }
+}
+
+fn words_of(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+}
+
+/// A GL compute shader transforms Vulkan-written data in place; Vulkan checks every word.
+#[test]
+fn compute_shader_writes_what_vulkan_reads() {
+    let mut v = Validated::new();
+    let _pad = v.allocate(4096, DEV0).expect("pad");
+    let words = 40_000usize;
+    let buffer = v.allocate((words * 4) as u64, DEV0).expect("buffer");
+    let input = random_bytes(words * 4);
+    buffer.write(0, &input).expect("write");
+    let ctx = context(&v);
+    let view = ctx.import_buffer(&buffer).expect("import");
+    run_compute(&ctx, &view, words, "(w ^ 0x5A5A5A5Au) + i");
     ctx.finish().expect("glFinish");
     let mut out = poisoned(words * 4);
     buffer.read(0, &mut out).expect("Vulkan read");
-    let want: Vec<u8> = input
-        .chunks_exact(4)
+    let want: Vec<u8> = words_of(&input)
         .enumerate()
-        .flat_map(|(i, w)| {
-            let x = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-            ((x ^ 0x5A5A_5A5A).wrapping_add(i as u32)).to_le_bytes()
-        })
+        .flat_map(|(i, x)| ((x ^ 0x5A5A_5A5A).wrapping_add(i as u32)).to_le_bytes())
         .collect();
     assert_bytes_eq(&out, &want, "compute shader output read by Vulkan");
+}
+
+/// Vulkan fills a buffer on its queue and signals 1; GL waits for 1, transforms it with a compute
+/// shader and signals 2; Vulkan waits for 2 and copies the result into a second buffer, then
+/// signals 3. Only the final check waits on the host. (On the host fallback GL's wait for 1 is a
+/// host wait; the order is the same.)
+#[test]
+#[allow(
+    clippy::multiple_unsafe_ops_per_block,
+    reason = "one plain sequence of Vulkan calls, as users write it"
+)]
+fn vulkan_gl_vulkan_chain_ordered_by_one_timeline() {
+    use lava_flow::ash::vk;
+    let mut v = Validated::new();
+    let words = 65_536usize;
+    let bytes = (words * 4) as u64;
+    let _pad = v.allocate(8192, DEV0).expect("pad");
+    let shared = v.allocate(bytes, DEV0).expect("shared");
+    let result = v.allocate(bytes, DEV0).expect("result");
+    result.write(0, &poisoned(words * 4)).expect("poison");
+    let timeline = v.timeline_semaphore(0).expect("timeline");
+    let ctx = context(&v);
+    let view = ctx.import_buffer(&shared).expect("import");
+    let sync = ctx.import_timeline(&timeline).expect("timeline in GL");
+    let (device, family) = v.ash_device(0).expect("device");
+    let pattern = 0x0102_0304u32;
+    // SAFETY: plain Vulkan calls on lava-flow's device with valid arguments; every object made
+    // here is destroyed after the final wait, when the GPU is done with it.
+    unsafe {
+        let pool = device
+            .create_command_pool(&vk::CommandPoolCreateInfo::default().queue_family_index(family), None)
+            .expect("pool");
+        let cmds = device
+            .allocate_command_buffers(
+                &vk::CommandBufferAllocateInfo::default().command_pool(pool).command_buffer_count(2),
+            )
+            .expect("command buffers");
+        let begin = vk::CommandBufferBeginInfo::default();
+        let barrier = vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
+            .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
+        device.begin_command_buffer(cmds[0], &begin).expect("begin");
+        device.cmd_fill_buffer(cmds[0], shared.vk_buffer(), 0, bytes, pattern);
+        device.cmd_pipeline_barrier(
+            cmds[0],
+            vk::PipelineStageFlags::TRANSFER,
+            vk::PipelineStageFlags::ALL_COMMANDS,
+            vk::DependencyFlags::empty(),
+            &[barrier],
+            &[],
+            &[],
+        );
+        device.end_command_buffer(cmds[0]).expect("end");
+        device.begin_command_buffer(cmds[1], &begin).expect("begin");
+        device.cmd_copy_buffer(
+            cmds[1],
+            shared.vk_buffer(),
+            result.vk_buffer(),
+            &[vk::BufferCopy { src_offset: 0, dst_offset: 0, size: bytes }],
+        );
+        device.cmd_pipeline_barrier(
+            cmds[1],
+            vk::PipelineStageFlags::TRANSFER,
+            vk::PipelineStageFlags::ALL_COMMANDS,
+            vk::DependencyFlags::empty(),
+            &[barrier],
+            &[],
+            &[],
+        );
+        device.end_command_buffer(cmds[1]).expect("end");
+
+        v.submit(0, &Submission::new().command_buffers(&cmds[..1]).signal(&timeline, 1))
+            .expect("submit fill");
+        sync.wait(1, &[&view], &[]).expect("GL waits for the fill");
+        run_compute(&ctx, &view, words, "w * 3u + i");
+        sync.signal(2, &[&view], &[]).expect("GL signals");
+        v.submit(0, &Submission::new().wait(&timeline, 2).command_buffers(&cmds[1..]).signal(&timeline, 3))
+            .expect("submit copy");
+        timeline.wait(3, Duration::from_secs(30)).expect("the chain completes");
+        device.destroy_command_pool(pool, None);
+    }
+    let mut out = poisoned(words * 4);
+    result.read(0, &mut out).expect("read");
+    let want: Vec<u8> =
+        (0..words as u32).flat_map(|i| pattern.wrapping_mul(3).wrapping_add(i).to_le_bytes()).collect();
+    assert_bytes_eq(&out, &want, "Vulkan fill → GL compute → Vulkan copy");
 }
 
 #[test]
@@ -253,4 +347,25 @@ fn textures_of_every_format_and_tiling_round_trip() {
         }
     }
     assert!(tried >= ImageFormat::ALL.len(), "every format with optimal tiling at least");
+}
+
+/// Contexts on several threads at once, made and dropped while the others work: EGL displays
+/// are shared per device, so one thread's teardown must not end another's (it did, once:
+/// `eglTerminate` on the shared display crashed the others).
+#[test]
+fn contexts_on_several_threads_at_once() {
+    let v = Validated::new();
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let mut allocator = v.clone();
+            scope.spawn(move || {
+                for round in 0..6 {
+                    let buffer = allocator.allocate(50_000 + t * 1000, DEV0).expect("allocate");
+                    let ctx = GlContext::headless(allocator.device(0).expect("device")).expect("context");
+                    let view = ctx.import_buffer(&buffer).expect("import");
+                    check_both_directions(&buffer, &view, &format!("thread {t} round {round}"));
+                }
+            });
+        }
+    });
 }

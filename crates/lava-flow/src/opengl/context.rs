@@ -14,6 +14,8 @@ type Egl = khronos_egl::DynamicInstance<khronos_egl::EGL1_5>;
 
 const PLATFORM_DEVICE_EXT: khronos_egl::Enum = 0x313F;
 const PLATFORM_SURFACELESS_MESA: khronos_egl::Enum = 0x31DD;
+/// `EGL_TRACK_REFERENCES_KHR` (EGL_KHR_display_reference).
+const TRACK_REFERENCES_KHR: khronos_egl::Attrib = 0x3352;
 
 /// The extensions lava-flow uses.
 pub(crate) const EXT_MEMORY_OBJECT_FD: &str = "GL_EXT_memory_object_fd";
@@ -68,13 +70,18 @@ struct OwnedEgl {
     egl: Egl,
     display: khronos_egl::Display,
     context: khronos_egl::Context,
+    /// Whether the display is reference-counted (`EGL_KHR_display_reference`) and so ours to
+    /// terminate. Without it an EGL display is one per device and process, shared with every
+    /// other context on it (other threads' lava-flow contexts too): terminating it would pull
+    /// it from under them, so lava-flow leaves it initialised.
+    terminate: bool,
 }
 
 impl Drop for OwnedEgl {
     fn drop(&mut self) {
         let released = self.egl.make_current(self.display, None, None, None);
         let destroyed = self.egl.destroy_context(self.display, self.context);
-        let terminated = self.egl.terminate(self.display);
+        let terminated = if self.terminate { self.egl.terminate(self.display) } else { Ok(()) };
         for (call, r) in
             [("eglMakeCurrent", released), ("eglDestroyContext", destroyed), ("eglTerminate", terminated)]
         {
@@ -159,7 +166,8 @@ impl GlContext {
         }
         let mut seen = Vec::new();
         for (platform, native) in candidates {
-            match try_display(load_egl()?, platform, native) {
+            let counted = client.contains("EGL_KHR_display_reference");
+            match try_display(load_egl()?, platform, native, counted) {
                 Ok(shared) if shared.info.device_uuids.contains(&device.uuid) => {
                     return Ok(GlContext { shared: Rc::new(shared), memories: RefCell::default() });
                 }
@@ -311,23 +319,30 @@ fn query_devices(egl: &Egl) -> Vec<*mut c_void> {
 }
 
 /// Makes a GL 4.5 core context on one EGL display, current on this thread, and reads what it is.
-fn try_display(egl: Egl, platform: EglPlatform, native: *mut c_void) -> Result<Shared> {
+fn try_display(egl: Egl, platform: EglPlatform, native: *mut c_void, counted: bool) -> Result<Shared> {
     let kind = match platform {
         EglPlatform::Device => PLATFORM_DEVICE_EXT,
         EglPlatform::Surfaceless => PLATFORM_SURFACELESS_MESA,
     };
+    let attribs: &[khronos_egl::Attrib] = if counted {
+        &[TRACK_REFERENCES_KHR, khronos_egl::TRUE as khronos_egl::Attrib, khronos_egl::ATTRIB_NONE]
+    } else {
+        &[khronos_egl::ATTRIB_NONE]
+    };
     // SAFETY: `native` is an EGLDeviceEXT from eglQueryDevicesEXT for the device platform, and
     // EGL_DEFAULT_DISPLAY (null) for the surfaceless one; the attribute list is terminated.
-    let display = unsafe { egl.get_platform_display(kind, native, &[khronos_egl::ATTRIB_NONE]) }
+    let display = unsafe { egl.get_platform_display(kind, native, attribs) }
         .map_err(|e| egl_error("eglGetPlatformDisplay", e))?;
     let context = match make_context(&egl, display) {
         Ok(c) => c,
         Err(e) => {
-            let _ = egl.terminate(display);
+            if counted {
+                let _ = egl.terminate(display);
+            }
             return Err(e);
         }
     };
-    let owned = OwnedEgl { egl, display, context };
+    let owned = OwnedEgl { egl, display, context, terminate: counted };
     let loader =
         |name: &str| owned.egl.get_proc_address(name).map_or(std::ptr::null(), |f| f as *const c_void);
     let gl = Gl::load_with(loader);
