@@ -68,6 +68,11 @@ pub use vulkan::{
 #[doc = include_str!("../../../docs/vulkan.md")]
 pub struct VulkanGuide;
 
+/// The guide `docs/opengl_interop.md`, whose examples are compiled and run as doctests.
+#[cfg(all(doctest, feature = "opengl"))]
+#[doc = include_str!("../../../docs/opengl_interop.md")]
+pub struct OpenGlGuide;
+
 /// The `ash` crate lava-flow is built on, re-exported so that users' raw handles have the same
 /// types.
 pub use ash;
