@@ -42,6 +42,8 @@
 //! layer is enabled and its warnings and errors are recorded in a [`ValidationLog`]; the test
 //! suite fails on any of them.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 mod error;
 #[cfg(unix)]

@@ -165,7 +165,7 @@ impl Buffer {
     }
 
     /// The `VkDeviceMemory` holding the buffer, for importers in this process.
-    #[cfg_attr(not(feature = "opengl"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "opengl", feature = "cuda")), allow(dead_code))]
     pub(crate) fn block(&self) -> &Arc<Block> {
         &self.placement.block
     }

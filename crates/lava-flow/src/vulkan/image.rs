@@ -350,7 +350,7 @@ impl Image {
         self.ctx.device.physical.info.driver_uuid.0
     }
 
-    #[cfg_attr(not(feature = "opengl"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "opengl", feature = "cuda")), allow(dead_code))]
     pub(crate) fn block(&self) -> &Arc<Block> {
         &self.block
     }

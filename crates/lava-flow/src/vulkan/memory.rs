@@ -135,7 +135,7 @@ fn allocate_memory(device: &Device, desc: &MemoryDesc, import_fd: Option<i32>) -
 #[derive(Debug)]
 pub(crate) struct Block {
     /// Unique in the process, never reused: importers cache their imports by it.
-    #[cfg_attr(not(feature = "opengl"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "opengl", feature = "cuda")), allow(dead_code))]
     pub id: u64,
     pub device: Arc<Device>,
     pub raw: RawMemory,

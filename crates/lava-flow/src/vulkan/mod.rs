@@ -18,7 +18,7 @@ pub use allocator::{
 };
 pub use buffer::Buffer;
 pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};
-#[cfg(feature = "opengl")]
+#[cfg(any(feature = "opengl", feature = "cuda"))]
 pub(crate) use memory::Block;
 pub use semaphore::{Submission, TimelineSemaphore};
 pub use validation::ValidationLog;

@@ -1,0 +1,295 @@
+//! The CUDA device with a lava-flow device's UUID, its primary context, and streams.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use cudarc::driver::sys;
+
+use super::memory::ExternalMemory;
+use super::raw::{check, driver};
+use crate::device::{DeviceInfo, Uuid};
+use crate::error::{Error, Result};
+use crate::MemoryAllocator;
+
+/// A CUDA device as the driver lists it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CudaDevice {
+    /// The CUDA ordinal (`cuDeviceGet`), which follows CUDA's own order, not Vulkan's.
+    pub ordinal: i32,
+    /// `cuDeviceGetName`.
+    pub name: String,
+    /// `cuDeviceGetUuid_v2`: equal to the Vulkan device UUID of the same GPU.
+    pub uuid: Uuid,
+}
+
+/// Every CUDA device, or the typed error that says why there is none (no libcuda, driver too
+/// old, ...).
+pub fn devices() -> Result<Vec<CudaDevice>> {
+    driver()?;
+    let mut count = 0;
+    // SAFETY: the driver is initialised; `count` is a valid out-pointer.
+    check("cuDeviceGetCount", unsafe { sys::cuDeviceGetCount(&mut count) })?;
+    (0..count)
+        .map(|ordinal| {
+            let mut device = 0;
+            // SAFETY: `ordinal` < the device count.
+            check("cuDeviceGet", unsafe { sys::cuDeviceGet(&mut device, ordinal) })?;
+            let mut uuid = sys::CUuuid { bytes: [0; 16] };
+            // SAFETY: `device` is valid; `uuid` is a valid out-pointer.
+            check("cuDeviceGetUuid_v2", unsafe { sys::cuDeviceGetUuid_v2(&mut uuid, device) })?;
+            let mut name = [0 as std::ffi::c_char; 256];
+            // SAFETY: `name` holds 256 bytes, which the call is told.
+            check("cuDeviceGetName", unsafe { sys::cuDeviceGetName(name.as_mut_ptr(), 256, device) })?;
+            // SAFETY: cuDeviceGetName writes a NUL-terminated string into `name`.
+            let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+            Ok(CudaDevice { ordinal, name, uuid: Uuid(uuid.bytes.map(|b| b as u8)) })
+        })
+        .collect()
+}
+
+/// The CUDA ordinal of the GPU that is lava-flow's `device_id`, matched by UUID.
+pub fn ordinal_for(allocator: &MemoryAllocator, device_id: u32) -> Result<i32> {
+    let info = allocator.device(device_id)?;
+    find(info).map(|d| d.ordinal)
+}
+
+/// The lava-flow `device_id` of CUDA device `ordinal`, matched by UUID.
+pub fn device_id_for(allocator: &MemoryAllocator, ordinal: i32) -> Result<u32> {
+    let cuda = devices()?;
+    let device = cuda.iter().find(|d| d.ordinal == ordinal).ok_or_else(|| {
+        Error::InvalidArgument(format!("no CUDA device with ordinal {ordinal} ({} found)", cuda.len()))
+    })?;
+    allocator.devices().iter().find(|d| d.uuid == device.uuid).map(|d| d.index).ok_or_else(|| {
+        Error::Unsupported {
+            what: format!(
+                "CUDA device {ordinal} ({}, UUID {}) has no Vulkan device",
+                device.name, device.uuid
+            ),
+        }
+    })
+}
+
+fn find(info: &DeviceInfo) -> Result<CudaDevice> {
+    let cuda = devices()?;
+    cuda.iter().find(|d| d.uuid == info.uuid).cloned().ok_or_else(|| Error::Unsupported {
+        what: format!(
+            "no CUDA device has the UUID of device {} ({}, {}); CUDA devices: {}",
+            info.index,
+            info.name,
+            info.uuid,
+            if cuda.is_empty() {
+                "none".to_owned()
+            } else {
+                cuda.iter()
+                    .map(|d| format!("{} {} {}", d.ordinal, d.name, d.uuid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
+    })
+}
+
+pub(crate) struct Inner {
+    pub device: sys::CUdevice,
+    pub context: sys::CUcontext,
+    pub uuid: Uuid,
+    /// Whether lava-flow retained the primary context (and so releases it).
+    retained: bool,
+    /// One import per block, shared by every buffer of it mapped in this context.
+    pub imports: Mutex<HashMap<u64, Weak<ExternalMemory>>>,
+}
+
+// SAFETY: a CUcontext is a handle the driver API lets any thread use (made current with
+// cuCtxSetCurrent, which lava-flow does before each call); the map is behind a mutex.
+unsafe impl Send for Inner {}
+// SAFETY: as above.
+unsafe impl Sync for Inner {}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.retained {
+            // SAFETY: retained once in `Context::for_device`, released once here, after every
+            // import and mapping (which hold an `Arc<Inner>`) is gone.
+            if let Err(e) = check("cuDevicePrimaryCtxRelease_v2", unsafe {
+                sys::cuDevicePrimaryCtxRelease_v2(self.device)
+            }) {
+                log::error!("{e}");
+            }
+        }
+    }
+}
+
+/// A CUDA context on the GPU of a lava-flow device: the device's primary context, retained for
+/// as long as this value or anything imported through it lives. Cheap to clone; `Send + Sync`.
+/// lava-flow makes it current on the calling thread before each of its CUDA calls.
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("device", &self.inner.device).field("uuid", &self.inner.uuid).finish()
+    }
+}
+
+impl Context {
+    /// The primary context of the CUDA device whose UUID is `device_id`'s.
+    ///
+    /// Errors: [`Error::LibraryNotFound`] without libcuda; [`Error::Unsupported`] for a driver
+    /// too old or no CUDA device with that UUID (the message lists the CUDA devices).
+    pub fn for_device(allocator: &MemoryAllocator, device_id: u32) -> Result<Self> {
+        let info = allocator.device(device_id)?;
+        let cuda = find(info)?;
+        let mut device = 0;
+        // SAFETY: the driver is initialised (by `find`); the ordinal exists.
+        check("cuDeviceGet", unsafe { sys::cuDeviceGet(&mut device, cuda.ordinal) })?;
+        let mut context = std::ptr::null_mut();
+        // SAFETY: `device` is valid; `context` is a valid out-pointer.
+        check("cuDevicePrimaryCtxRetain", unsafe { sys::cuDevicePrimaryCtxRetain(&mut context, device) })?;
+        Ok(Context {
+            inner: Arc::new(Inner {
+                device,
+                context,
+                uuid: cuda.uuid,
+                retained: true,
+                imports: Mutex::default(),
+            }),
+        })
+    }
+
+    /// Adopts a context the caller already has (from cudarc, or their own code). lava-flow
+    /// neither retains nor destroys it.
+    ///
+    /// # Safety
+    /// `context` is a valid context of `device` and outlives the returned value and everything
+    /// imported through it.
+    pub unsafe fn from_raw(context: sys::CUcontext, device: sys::CUdevice) -> Result<Self> {
+        driver()?;
+        let mut uuid = sys::CUuuid { bytes: [0; 16] };
+        // SAFETY: the caller's contract: `device` is valid.
+        check("cuDeviceGetUuid_v2", unsafe { sys::cuDeviceGetUuid_v2(&mut uuid, device) })?;
+        Ok(Context {
+            inner: Arc::new(Inner {
+                device,
+                context,
+                uuid: Uuid(uuid.bytes.map(|b| b as u8)),
+                retained: false,
+                imports: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The raw context, for the caller's own CUDA code.
+    pub fn raw(&self) -> sys::CUcontext {
+        self.inner.context
+    }
+
+    /// The CUDA device.
+    pub fn raw_device(&self) -> sys::CUdevice {
+        self.inner.device
+    }
+
+    /// The device's UUID.
+    pub fn uuid(&self) -> Uuid {
+        self.inner.uuid
+    }
+
+    /// Makes the context current on the calling thread.
+    pub fn bind(&self) -> Result<()> {
+        // SAFETY: the context is valid while `inner` lives.
+        check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(self.inner.context) })
+    }
+
+    /// Waits until all work in the context has completed (`cuCtxSynchronize`).
+    pub fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the context is current.
+        check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
+    }
+
+    /// Free and total device memory (`cuMemGetInfo`), in bytes.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        let (mut free, mut total) = (0, 0);
+        // SAFETY: the context is current; both are valid out-pointers.
+        check("cuMemGetInfo_v2", unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) })?;
+        Ok((free, total))
+    }
+
+    /// A new non-blocking stream in this context.
+    pub fn stream(&self) -> Result<Stream> {
+        self.bind()?;
+        let mut stream = std::ptr::null_mut();
+        let flags = sys::CUstream_flags_enum::CU_STREAM_NON_BLOCKING as u32;
+        // SAFETY: the context is current; `stream` is a valid out-pointer.
+        check("cuStreamCreate", unsafe { sys::cuStreamCreate(&mut stream, flags) })?;
+        Ok(Stream { ctx: self.clone(), stream, owned: true })
+    }
+
+    /// Checks that an object of the device `uuid` can be used here.
+    pub(crate) fn check_device(&self, what: &'static str, uuid: Uuid) -> Result<()> {
+        if uuid == self.inner.uuid {
+            Ok(())
+        } else {
+            Err(Error::DeviceMismatch { what, expected: self.inner.uuid, found: uuid })
+        }
+    }
+}
+
+/// A CUDA stream of a [`Context`].
+pub struct Stream {
+    pub(crate) ctx: Context,
+    pub(crate) stream: sys::CUstream,
+    owned: bool,
+}
+
+// SAFETY: a CUstream is a driver handle usable from any thread with its context current.
+unsafe impl Send for Stream {}
+// SAFETY: as above; lava-flow's calls on it are the driver's, which are thread-safe.
+unsafe impl Sync for Stream {}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("stream", &self.stream).field("owned", &self.owned).finish()
+    }
+}
+
+impl Stream {
+    /// Adopts a stream the caller already has (from cudarc, PyTorch, ...), never destroyed by
+    /// lava-flow. The null stream (the legacy default stream) is allowed.
+    ///
+    /// # Safety
+    /// `stream` belongs to `ctx` and outlives the returned value.
+    pub unsafe fn from_raw(ctx: &Context, stream: sys::CUstream) -> Self {
+        Stream { ctx: ctx.clone(), stream, owned: false }
+    }
+
+    /// The raw stream, for kernel launches of the caller's own.
+    pub fn raw(&self) -> sys::CUstream {
+        self.stream
+    }
+
+    /// Waits until the stream's work has completed.
+    pub fn synchronize(&self) -> Result<()> {
+        self.ctx.bind()?;
+        // SAFETY: the stream is valid in its context, which is current.
+        check("cuStreamSynchronize", unsafe { sys::cuStreamSynchronize(self.stream) })
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        let destroyed = self.ctx.bind().and_then(|()| {
+            // SAFETY: our own stream, destroyed once; pending work still completes.
+            check("cuStreamDestroy_v2", unsafe { sys::cuStreamDestroy_v2(self.stream) })
+        });
+        if let Err(e) = destroyed {
+            log::error!("{e}");
+        }
+    }
+}

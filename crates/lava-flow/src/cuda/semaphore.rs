@@ -1,0 +1,98 @@
+//! lava-flow timeline semaphores waited for and signalled on CUDA streams.
+
+use std::marker::PhantomData;
+
+use cudarc::driver::sys;
+
+use super::context::{Context, Stream};
+use super::raw::check;
+use crate::error::{Error, Result};
+use crate::vulkan::TimelineSemaphore;
+
+/// A lava-flow [`TimelineSemaphore`] imported into CUDA
+/// (`CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD`): streams wait for and signal its
+/// values with no host involvement. It borrows the semaphore.
+pub struct CudaTimeline<'a> {
+    ctx: Context,
+    semaphore: &'a TimelineSemaphore,
+    external: sys::CUexternalSemaphore,
+    _not_sync: PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for CudaTimeline<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaTimeline").field("external", &self.external).finish()
+    }
+}
+
+impl Context {
+    /// Imports `semaphore` into this context. Errors: [`Error::DeviceMismatch`];
+    /// [`Error::Unsupported`] if the Vulkan driver cannot export it; CUDA errors.
+    pub fn import_timeline<'a>(&self, semaphore: &'a TimelineSemaphore) -> Result<CudaTimeline<'a>> {
+        self.check_device("the timeline semaphore", crate::Uuid(semaphore.device_uuid()))?;
+        let fd = semaphore.export_fd()?;
+        self.bind()?;
+        let mut external = std::ptr::null_mut();
+        crate::fd::give_to_driver(fd, |raw| {
+            let desc = sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC {
+                type_: sys::CUexternalSemaphoreHandleType::CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD,
+                handle: sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC_st__bindgen_ty_1 { fd: raw },
+                flags: 0,
+                reserved: [0; 16],
+            };
+            // SAFETY: the context is current; `raw` is an opaque fd of a timeline semaphore of
+            // this GPU; CUDA owns it on success.
+            check("cuImportExternalSemaphore", unsafe {
+                sys::cuImportExternalSemaphore(&mut external, &desc)
+            })
+        })?;
+        Ok(CudaTimeline { ctx: self.clone(), semaphore, external, _not_sync: PhantomData })
+    }
+}
+
+impl CudaTimeline<'_> {
+    /// Makes work queued on `stream` after this call wait until the timeline reaches `value`.
+    pub fn wait(&self, value: u64, stream: &Stream) -> Result<()> {
+        self.ctx.check_device("the stream", stream.ctx.uuid())?;
+        self.ctx.bind()?;
+        // SAFETY: an all-zero parameter block is valid; the fence value is set below.
+        let mut params: sys::CUDA_EXTERNAL_SEMAPHORE_WAIT_PARAMS = unsafe { std::mem::zeroed() };
+        params.params.fence.value = value;
+        // SAFETY: one imported semaphore and one parameter block; the stream is of this context.
+        check("cuWaitExternalSemaphoresAsync", unsafe {
+            sys::cuWaitExternalSemaphoresAsync(&self.external, &params, 1, stream.stream)
+        })
+    }
+
+    /// Sets the timeline to `value` once the work queued on `stream` so far is done. The value
+    /// must be above the current one.
+    pub fn signal(&self, value: u64, stream: &Stream) -> Result<()> {
+        self.ctx.check_device("the stream", stream.ctx.uuid())?;
+        let current = self.semaphore.value()?;
+        if value <= current {
+            return Err(Error::InvalidArgument(format!(
+                "timeline values must increase: signal({value}) with the counter at {current}"
+            )));
+        }
+        self.ctx.bind()?;
+        // SAFETY: as in `wait`.
+        let mut params: sys::CUDA_EXTERNAL_SEMAPHORE_SIGNAL_PARAMS = unsafe { std::mem::zeroed() };
+        params.params.fence.value = value;
+        // SAFETY: as in `wait`.
+        check("cuSignalExternalSemaphoresAsync", unsafe {
+            sys::cuSignalExternalSemaphoresAsync(&self.external, &params, 1, stream.stream)
+        })
+    }
+}
+
+impl Drop for CudaTimeline<'_> {
+    fn drop(&mut self) {
+        let destroyed = self.ctx.bind().and_then(|()| {
+            // SAFETY: imported by `import_timeline`, destroyed once.
+            check("cuDestroyExternalSemaphore", unsafe { sys::cuDestroyExternalSemaphore(self.external) })
+        });
+        if let Err(e) = destroyed {
+            log::error!("{e}");
+        }
+    }
+}
