@@ -1,0 +1,51 @@
+//! The `lava-flow` command, run as a user runs it.
+
+use std::process::Command;
+
+fn lava_flow(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lava-flow")).args(args).output().expect("run lava-flow");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn info_lists_every_device_and_api() {
+    let (ok, text, err) = lava_flow(&["info"]);
+    assert!(ok, "{err}");
+    assert!(text.contains("device 0:"), "{text}");
+    for api in ["Vulkan  yes", "CUDA", "OpenGL", "OpenCL"] {
+        assert!(text.contains(api), "{api} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn info_json_is_machine_readable() {
+    let (ok, json, err) = lava_flow(&["info", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let device = &v["devices"][0];
+    assert_eq!(device["device_id"], 0);
+    assert_eq!(device["vulkan"]["available"], true);
+    assert_eq!(device["uuid"].as_str().map(str::len), Some(36), "UUID in 8-4-4-4-12 form");
+    for api in ["cuda", "opengl", "opencl"] {
+        let r = &device[api];
+        assert!(
+            r["available"].is_boolean() && r["detail"].as_str().is_some_and(|s| !s.is_empty()),
+            "{api}: {r}"
+        );
+    }
+    if std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|x| x == "1") {
+        assert_eq!(device["cuda"]["available"], true, "the GPU tier has CUDA on device 0");
+        assert_eq!(device["opengl"]["available"], true, "the GPU tier has GL on device 0");
+    }
+}
+
+#[test]
+fn unknown_commands_fail_with_usage() {
+    let (ok, _, err) = lava_flow(&["frobnicate"]);
+    assert!(!ok);
+    assert!(err.contains("Usage"), "{err}");
+}
