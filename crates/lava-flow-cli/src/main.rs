@@ -1,5 +1,7 @@
 //! `lava-flow`: what this machine can share between Vulkan, CUDA, OpenGL and OpenCL.
 
+#[cfg(feature = "opengl")]
+mod demo;
 mod info;
 
 use clap::{Parser, Subcommand};
@@ -21,12 +23,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A double-buffered zero-copy pipeline: Vulkan compute produces frames, a consumer checksums
+    /// them in place, timeline semaphores order it all; then the same frames staged through host
+    /// memory, for comparison.
+    #[cfg(feature = "opengl")]
+    Demo {
+        /// Frames to produce.
+        #[arg(long, default_value_t = 300)]
+        frames: u32,
+        /// Frame size in KiB.
+        #[arg(long, default_value_t = 4096)]
+        frame_kib: u64,
+        /// The consumer: opengl (cuda, opencl and vulkan consumers are not built yet).
+        #[arg(long, default_value = "auto")]
+        consumer: String,
+        /// The Vulkan device.
+        #[arg(long, default_value_t = 0)]
+        device: u32,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { json } => info::run(json),
+        #[cfg(feature = "opengl")]
+        Command::Demo { frames, frame_kib, consumer, device } => {
+            demo::run(&demo::Options { frames, frame_bytes: frame_kib * 1024, consumer, device_id: device })
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

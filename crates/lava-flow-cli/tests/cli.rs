@@ -49,3 +49,28 @@ fn unknown_commands_fail_with_usage() {
     assert!(!ok);
     assert!(err.contains("Usage"), "{err}");
 }
+
+#[test]
+fn demo_verifies_every_frame_under_validation() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lava-flow"))
+        .args(["demo", "--frames", "12", "--frame-kib", "256"])
+        .env("LAVA_FLOW_VALIDATION", "1")
+        .output()
+        .expect("run lava-flow demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{err}");
+    assert!(text.contains("all 12 frame checksums verified, in both pipelines"), "{text}");
+    assert!(text.contains("frames/s") && text.contains("staging through host memory"), "{text}");
+    assert!(!err.contains("validation:"), "{err}");
+}
+
+#[test]
+fn demo_refuses_consumers_it_does_not_have() {
+    let (ok, _, err) = lava_flow(&["demo", "--consumer", "cuda", "--frames", "2"]);
+    assert!(!ok);
+    assert!(err.contains("the cuda consumer is not built yet"), "{err}");
+    let (ok, _, err) = lava_flow(&["demo", "--frames", "1"]);
+    assert!(!ok);
+    assert!(err.contains("at least 2 frames"), "{err}");
+}

@@ -1,0 +1,628 @@
+//! `lava-flow demo`: a double-buffered zero-copy pipeline.
+//!
+//! A Vulkan compute shader produces frame `f` into shared buffer `f % 2`; the consumer (OpenGL)
+//! checksums it in place with a compute shader and writes the checksum into a results buffer
+//! that is shared too. One timeline semaphore per direction orders it all: the producer's frame
+//! `f` waits until the consumer is done with frame `f - 2` (same buffer); the consumer's frame
+//! `f` waits until the producer is done with it. Every checksum is checked on the CPU at the end.
+//! Then the same frames go through host memory (download, upload), the way it is done without
+//! sharing, and both are timed in the same run.
+
+use std::time::{Duration, Instant};
+
+use glow::HasContext;
+use lava_flow::ash::vk;
+use lava_flow::opengl::{GlBuffer, GlContext};
+use lava_flow::{Buffer, MemoryAllocator, MemoryLocation, Result, Submission, TimelineSemaphore};
+
+/// What to run.
+pub struct Options {
+    pub frames: u32,
+    pub frame_bytes: u64,
+    pub consumer: String,
+    pub device_id: u32,
+}
+
+const PRODUCER: &str = r#"#version 450
+layout(local_size_x = 256) in;
+layout(std430, set = 0, binding = 0) buffer Frame { uint words[]; };
+layout(push_constant) uniform Params { uint frame; uint count; } params;
+void main() {
+    uint i = gl_GlobalInvocationID.x;
+    if (i < params.count) { words[i] = (i * 2654435761u) ^ (params.frame * 40503u + 2654435769u); }
+}
+"#;
+
+const CHECKSUM: &str = r#"#version 450
+layout(local_size_x = 256) in;
+layout(std430, binding = 0) readonly buffer Frame { uint words[]; };
+layout(std430, binding = 1) buffer Sums { uint sums[]; };
+uniform uint count;
+uniform uint frame;
+shared uint partial[256];
+void main() {
+    uint i = gl_GlobalInvocationID.x;
+    uint l = gl_LocalInvocationID.x;
+    partial[l] = i < count ? words[i] : 0u;
+    barrier();
+    for (uint s = 128u; s > 0u; s >>= 1) {
+        if (l < s) { partial[l] += partial[l + s]; }
+        barrier();
+    }
+    if (l == 0u) { atomicAdd(sums[frame], partial[0]); }
+}
+"#;
+
+/// The checksum the consumer must find for `frame`.
+fn expected_sum(frame: u32, words: u32) -> u32 {
+    (0..words).fold(0u32, |acc, i| {
+        acc.wrapping_add(
+            i.wrapping_mul(2_654_435_761) ^ frame.wrapping_mul(40503).wrapping_add(2_654_435_769),
+        )
+    })
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let allocator = MemoryAllocator::new()?;
+    let log = allocator.validation_log();
+    let result = pipeline(options, allocator);
+    // Everything is dropped now, devices included: with LAVA_FLOW_VALIDATION=1 any message the
+    // validation layer printed on the way fails the demo.
+    let messages = log.map(|l| l.take()).unwrap_or_default();
+    if !messages.is_empty() {
+        for m in &messages {
+            eprintln!("validation: {m}");
+        }
+        return Err(lava_flow::Error::InvalidArgument(format!("{} validation message(s)", messages.len())));
+    }
+    result
+}
+
+fn pipeline(options: &Options, mut allocator: MemoryAllocator) -> Result<()> {
+    match options.consumer.as_str() {
+        "opengl" | "auto" => {}
+        "cuda" | "opencl" | "vulkan" => {
+            return Err(lava_flow::Error::Unsupported {
+                what: format!("the {} consumer is not built yet; use --consumer opengl", options.consumer),
+            })
+        }
+        other => return Err(lava_flow::Error::InvalidArgument(format!("unknown consumer {other:?}"))),
+    }
+    if options.frames < 2 || options.frame_bytes < 1024 || options.frame_bytes % 4 != 0 {
+        return Err(lava_flow::Error::InvalidArgument(
+            "at least 2 frames of at least 1024 bytes, a multiple of 4".into(),
+        ));
+    }
+    let location = MemoryLocation::GpuVulkan { device_id: options.device_id };
+    let words = (options.frame_bytes / 4) as u32;
+    let frames = [
+        allocator.allocate(options.frame_bytes, location)?,
+        allocator.allocate(options.frame_bytes, location)?,
+    ];
+    let sums = allocator.allocate(u64::from(options.frames) * 4, location)?;
+    sums.write(0, &vec![0; options.frames as usize * 4])?;
+    let produced = allocator.timeline_semaphore(options.device_id)?;
+    let consumed = allocator.timeline_semaphore(options.device_id)?;
+    let gl = GlContext::headless(allocator.device(options.device_id)?)?;
+    let consumer = GlConsumer::new(&gl, &frames, &sums, words)?;
+    let producer = Producer::new(&allocator, options.device_id, &frames, words)?;
+    let gl_produced = gl.import_timeline(&produced)?;
+    let gl_consumed = gl.import_timeline(&consumed)?;
+    println!(
+        "lava-flow demo: {} frames of {} KiB, Vulkan compute → OpenGL compute on {} ({} semaphores)",
+        options.frames,
+        options.frame_bytes / 1024,
+        gl.info().renderer,
+        if gl_produced.is_gpu_path() { "GPU" } else { "host-fallback" }
+    );
+
+    // Zero-copy: the producer runs ahead by at most one buffer.
+    let start = Instant::now();
+    let mut progress = Progress::new(options.frames, "zero-copy");
+    for f in 0..options.frames {
+        let slot = (f % 2) as usize;
+        let after = (f >= 2).then(|| (&consumed, u64::from(f - 1)));
+        producer.produce(&allocator, f, slot, after, (&produced, u64::from(f) + 1))?;
+        gl_produced.wait(u64::from(f) + 1, &[&consumer.frames[slot]], &[])?;
+        consumer.checksum(f, slot)?;
+        gl_consumed.signal(u64::from(f) + 1, &[&consumer.frames[slot], &consumer.sums], &[])?;
+        progress.tick(f + 1);
+    }
+    consumed.wait(u64::from(options.frames), Duration::from_secs(300))?;
+    let zero_copy = start.elapsed();
+    progress.done();
+    let mut got = vec![0u8; options.frames as usize * 4];
+    sums.read(0, &mut got)?;
+    let bad = count_bad(&got, options.frames, words);
+
+    // The same frames through host memory: download from Vulkan, upload to a GL buffer.
+    let staged = Staged::new(&consumer, options.frame_bytes, options.frames)?;
+    let mut host = vec![0u8; options.frame_bytes as usize];
+    let start = Instant::now();
+    let mut progress = Progress::new(options.frames, "staging");
+    for f in 0..options.frames {
+        let value = u64::from(options.frames + f) + 1;
+        producer.produce(&allocator, f, 0, None, (&produced, value))?;
+        produced.wait(value, Duration::from_secs(60))?;
+        frames[0].read(0, &mut host)?;
+        staged.consume(f, &host)?;
+        progress.tick(f + 1);
+    }
+    gl.finish()?;
+    let staging = start.elapsed();
+    progress.done();
+    let staged_bad = count_bad(&staged.sums()?, options.frames, words);
+    drop(staged);
+
+    let bytes = f64::from(options.frames) * options.frame_bytes as f64;
+    let rate = |d: Duration| (f64::from(options.frames) / d.as_secs_f64(), bytes / d.as_secs_f64() / 1e9);
+    let (zfps, zgbs) = rate(zero_copy);
+    let (sfps, sgbs) = rate(staging);
+    println!("zero-copy: {zfps:.1} frames/s, {zgbs:.2} GB/s shared ({:.2?})", zero_copy);
+    println!("staging through host memory: {sfps:.1} frames/s, {sgbs:.2} GB/s ({:.2?})", staging);
+    println!("zero-copy is {:.1}× the staged pipeline", zfps / sfps);
+    drop(consumer);
+    drop((gl_produced, gl_consumed));
+    producer.destroy()?;
+    if bad == 0 && staged_bad == 0 {
+        println!("all {} frame checksums verified, in both pipelines", options.frames);
+        Ok(())
+    } else {
+        Err(lava_flow::Error::InvalidArgument(format!(
+            "wrong frame checksums: {bad} of {} zero-copy, {staged_bad} staged",
+            options.frames
+        )))
+    }
+}
+
+/// How many of the little-endian u32 sums in `got` differ from the expected ones.
+fn count_bad(got: &[u8], frames: u32, words: u32) -> usize {
+    (0..frames)
+        .filter(|&f| {
+            let i = f as usize * 4;
+            u32::from_le_bytes([got[i], got[i + 1], got[i + 2], got[i + 3]]) != expected_sum(f, words)
+        })
+        .count()
+}
+
+/// A text progress bar on stderr.
+struct Progress {
+    total: u32,
+    label: &'static str,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(total: u32, label: &'static str) -> Self {
+        Progress { total, label, last: Instant::now() }
+    }
+
+    fn tick(&mut self, done: u32) {
+        if self.last.elapsed() < Duration::from_millis(100) && done != self.total {
+            return;
+        }
+        self.last = Instant::now();
+        let width = 30;
+        let filled = (done as usize * width) / self.total.max(1) as usize;
+        eprint!(
+            "\r{:>9} [{}{}] {done}/{}",
+            self.label,
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            self.total
+        );
+    }
+
+    fn done(&self) {
+        eprintln!();
+    }
+}
+
+/// The Vulkan compute pipeline that writes frames.
+struct Producer {
+    device: lava_flow::ash::Device,
+    module: vk::ShaderModule,
+    set_layout: vk::DescriptorSetLayout,
+    layout: vk::PipelineLayout,
+    pipeline: vk::Pipeline,
+    descriptor_pool: vk::DescriptorPool,
+    sets: Vec<vk::DescriptorSet>,
+    pool: vk::CommandPool,
+    /// A ring of command buffers; one is re-recorded only when its frame is long done.
+    cmds: Vec<vk::CommandBuffer>,
+    words: u32,
+    device_id: u32,
+}
+
+const RING: usize = 8;
+
+fn compile(source: &str) -> Result<Vec<u32>> {
+    let invalid = |what: String| lava_flow::Error::InvalidArgument(format!("compute shader: {what}"));
+    let module = naga::front::glsl::Frontend::default()
+        .parse(&naga::front::glsl::Options::from(naga::ShaderStage::Compute), source)
+        .map_err(|e| invalid(format!("{e:?}")))?;
+    let info =
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .map_err(|e| invalid(format!("{e:?}")))?;
+    naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// A Vulkan error for the demo's own calls.
+fn vk_err(call: &'static str) -> impl Fn(vk::Result) -> lava_flow::Error {
+    move |r| lava_flow::Error::Ffi {
+        api: lava_flow::Api::Vulkan,
+        call,
+        name: format!("VK_{r:?}"),
+        description: r.to_string(),
+    }
+}
+
+impl Producer {
+    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "plain Vulkan set-up, as users write it")]
+    fn new(allocator: &MemoryAllocator, device_id: u32, frames: &[Buffer; 2], words: u32) -> Result<Self> {
+        let (device, family) = allocator.ash_device(device_id)?;
+        let spirv = compile(PRODUCER)?;
+        // SAFETY: plain object creation on lava-flow's live device with valid parameters; every
+        // object is destroyed in `destroy`.
+        unsafe {
+            let module = device
+                .create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&spirv), None)
+                .map_err(vk_err("vkCreateShaderModule"))?;
+            let binding = [vk::DescriptorSetLayoutBinding::default()
+                .binding(0)
+                .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                .descriptor_count(1)
+                .stage_flags(vk::ShaderStageFlags::COMPUTE)];
+            let set_layout = device
+                .create_descriptor_set_layout(
+                    &vk::DescriptorSetLayoutCreateInfo::default().bindings(&binding),
+                    None,
+                )
+                .map_err(vk_err("vkCreateDescriptorSetLayout"))?;
+            let push = [vk::PushConstantRange::default().stage_flags(vk::ShaderStageFlags::COMPUTE).size(8)];
+            let set_layouts = [set_layout];
+            let layout = device
+                .create_pipeline_layout(
+                    &vk::PipelineLayoutCreateInfo::default()
+                        .set_layouts(&set_layouts)
+                        .push_constant_ranges(&push),
+                    None,
+                )
+                .map_err(vk_err("vkCreatePipelineLayout"))?;
+            let stage = vk::PipelineShaderStageCreateInfo::default()
+                .stage(vk::ShaderStageFlags::COMPUTE)
+                .module(module)
+                .name(c"main");
+            let pipeline = device
+                .create_compute_pipelines(
+                    vk::PipelineCache::null(),
+                    &[vk::ComputePipelineCreateInfo::default().stage(stage).layout(layout)],
+                    None,
+                )
+                .map_err(|(_, e)| vk_err("vkCreateComputePipelines")(e))?[0];
+            let sizes =
+                [vk::DescriptorPoolSize { ty: vk::DescriptorType::STORAGE_BUFFER, descriptor_count: 2 }];
+            let descriptor_pool = device
+                .create_descriptor_pool(
+                    &vk::DescriptorPoolCreateInfo::default().max_sets(2).pool_sizes(&sizes),
+                    None,
+                )
+                .map_err(vk_err("vkCreateDescriptorPool"))?;
+            let layouts = [set_layout, set_layout];
+            let sets = device
+                .allocate_descriptor_sets(
+                    &vk::DescriptorSetAllocateInfo::default()
+                        .descriptor_pool(descriptor_pool)
+                        .set_layouts(&layouts),
+                )
+                .map_err(vk_err("vkAllocateDescriptorSets"))?;
+            for (set, frame) in sets.iter().zip(frames) {
+                let info =
+                    [vk::DescriptorBufferInfo { buffer: frame.vk_buffer(), offset: 0, range: frame.size() }];
+                let write = vk::WriteDescriptorSet::default()
+                    .dst_set(*set)
+                    .dst_binding(0)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .buffer_info(&info);
+                device.update_descriptor_sets(&[write], &[]);
+            }
+            let pool = device
+                .create_command_pool(
+                    &vk::CommandPoolCreateInfo::default()
+                        .queue_family_index(family)
+                        .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER),
+                    None,
+                )
+                .map_err(vk_err("vkCreateCommandPool"))?;
+            let cmds = device
+                .allocate_command_buffers(
+                    &vk::CommandBufferAllocateInfo::default()
+                        .command_pool(pool)
+                        .command_buffer_count(RING as u32),
+                )
+                .map_err(vk_err("vkAllocateCommandBuffers"))?;
+            Ok(Producer {
+                device,
+                module,
+                set_layout,
+                layout,
+                pipeline,
+                descriptor_pool,
+                sets,
+                pool,
+                cmds,
+                words,
+                device_id,
+            })
+        }
+    }
+
+    /// Records and submits frame `f` into `slot`: wait for `after` (the consumer's release of the
+    /// buffer), dispatch, then signal `signal` (a semaphore and its next value).
+    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one command buffer's recording")]
+    fn produce(
+        &self,
+        allocator: &MemoryAllocator,
+        f: u32,
+        slot: usize,
+        after: Option<(&TimelineSemaphore, u64)>,
+        signal: (&TimelineSemaphore, u64),
+    ) -> Result<()> {
+        let (produced, value) = signal;
+        let cmd = self.cmds[(value as usize) % RING];
+        // The ring entry was last used RING submissions ago; in steady state that one is long
+        // done and this returns at once.
+        if value > RING as u64 {
+            produced.wait(value - RING as u64, Duration::from_secs(60))?;
+        }
+        let d = &self.device;
+        let push: Vec<u8> = [f, self.words].iter().flat_map(|w| w.to_le_bytes()).collect();
+        // SAFETY: the command buffer is not pending (its last frame completed, waited above);
+        // every handle belongs to this device.
+        unsafe {
+            d.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default())
+                .map_err(vk_err("vkBeginCommandBuffer"))?;
+            d.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, self.pipeline);
+            d.cmd_bind_descriptor_sets(
+                cmd,
+                vk::PipelineBindPoint::COMPUTE,
+                self.layout,
+                0,
+                &[self.sets[slot]],
+                &[],
+            );
+            d.cmd_push_constants(cmd, self.layout, vk::ShaderStageFlags::COMPUTE, 0, &push);
+            d.cmd_dispatch(cmd, self.words.div_ceil(256), 1, 1);
+            let barrier = vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::SHADER_WRITE)
+                .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
+            d.cmd_pipeline_barrier(
+                cmd,
+                vk::PipelineStageFlags::COMPUTE_SHADER,
+                vk::PipelineStageFlags::ALL_COMMANDS,
+                vk::DependencyFlags::empty(),
+                &[barrier],
+                &[],
+                &[],
+            );
+            d.end_command_buffer(cmd).map_err(vk_err("vkEndCommandBuffer"))?;
+        }
+        let cmds = [cmd];
+        // SAFETY: `cmd` was recorded above on this device and stays valid until `destroy`, which
+        // waits for the device first.
+        let mut submission = unsafe { Submission::new().command_buffers(&cmds) };
+        if let Some((sem, v)) = after {
+            submission = submission.wait(sem, v);
+        }
+        allocator.submit(self.device_id, &submission.signal(produced, value))
+    }
+
+    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "plain Vulkan teardown")]
+    fn destroy(&self) -> Result<()> {
+        let d = &self.device;
+        // SAFETY: the device is idle after the wait; every object was made in `new`.
+        unsafe {
+            d.device_wait_idle().map_err(vk_err("vkDeviceWaitIdle"))?;
+            d.destroy_command_pool(self.pool, None);
+            d.destroy_descriptor_pool(self.descriptor_pool, None);
+            d.destroy_pipeline(self.pipeline, None);
+            d.destroy_pipeline_layout(self.layout, None);
+            d.destroy_descriptor_set_layout(self.set_layout, None);
+            d.destroy_shader_module(self.module, None);
+        }
+        Ok(())
+    }
+}
+
+/// The OpenGL compute program that checksums frames into a sums buffer.
+struct GlConsumer<'a> {
+    gl: glow::Context,
+    program: glow::Program,
+    count: glow::UniformLocation,
+    frame: glow::UniformLocation,
+    frames: [GlBuffer<'a>; 2],
+    sums: GlBuffer<'a>,
+    words: u32,
+}
+
+/// A GL error for the demo's own calls.
+fn gl_check(gl: &glow::Context, call: &'static str) -> Result<()> {
+    // SAFETY: the demo's context is current (lava-flow made it so and nothing else runs here).
+    let code = unsafe { gl.get_error() };
+    if code == glow::NO_ERROR {
+        return Ok(());
+    }
+    Err(lava_flow::Error::Ffi {
+        api: lava_flow::Api::OpenGl,
+        call,
+        name: format!("GL error {code:#x}"),
+        description: "see glGetError".into(),
+    })
+}
+
+/// A GL buffer range to bind: (name, offset, size).
+type Range = (u32, u64, u64);
+
+impl<'a> GlConsumer<'a> {
+    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "plain GL set-up, as users write it")]
+    fn new(ctx: &'a GlContext, frames: &'a [Buffer; 2], sums: &'a Buffer, words: u32) -> Result<Self> {
+        // SAFETY: the context is current on this thread; the loader is its own.
+        let gl = unsafe { glow::Context::from_loader_function(|s| ctx.proc_address(s)) };
+        let failed =
+            |what: String| lava_flow::Error::Unsupported { what: format!("GL checksum program: {what}") };
+        // SAFETY: plain GL calls on the current context.
+        let (program, count, frame) = unsafe {
+            use glow::HasContext;
+            let shader = gl.create_shader(glow::COMPUTE_SHADER).map_err(failed)?;
+            gl.shader_source(shader, CHECKSUM);
+            gl.compile_shader(shader);
+            if !gl.get_shader_compile_status(shader) {
+                return Err(failed(gl.get_shader_info_log(shader)));
+            }
+            let program = gl.create_program().map_err(failed)?;
+            gl.attach_shader(program, shader);
+            gl.link_program(program);
+            gl.delete_shader(shader);
+            if !gl.get_program_link_status(program) {
+                return Err(failed(gl.get_program_info_log(program)));
+            }
+            let count =
+                gl.get_uniform_location(program, "count").ok_or_else(|| failed("no uniform count".into()))?;
+            let frame =
+                gl.get_uniform_location(program, "frame").ok_or_else(|| failed("no uniform frame".into()))?;
+            (program, count, frame)
+        };
+        let frames = [ctx.import_buffer(&frames[0])?, ctx.import_buffer(&frames[1])?];
+        let sums = ctx.import_buffer(sums)?;
+        Ok(GlConsumer { gl, program, count, frame, frames, sums, words })
+    }
+
+    /// Checksums the frame in `slot` into `sums[f]` (zero-copy path).
+    fn checksum(&self, f: u32, slot: usize) -> Result<()> {
+        let frame = &self.frames[slot];
+        let sums = &self.sums;
+        self.dispatch(
+            f,
+            (frame.gl_buffer(), frame.offset(), frame.size()),
+            (sums.gl_buffer(), sums.offset(), sums.size()),
+        )
+    }
+
+    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one dispatch's GL calls")]
+    fn dispatch(&self, f: u32, frame: Range, sums: Range) -> Result<()> {
+        use glow::HasContext;
+        let gl = &self.gl;
+        let name = |n: u32| std::num::NonZeroU32::new(n).map(glow::NativeBuffer);
+        // SAFETY: plain GL calls on the current context; the ranges lie inside their buffers.
+        unsafe {
+            gl.use_program(Some(self.program));
+            gl.uniform_1_u32(Some(&self.count), self.words);
+            gl.uniform_1_u32(Some(&self.frame), f);
+            gl.bind_buffer_range(
+                glow::SHADER_STORAGE_BUFFER,
+                0,
+                name(frame.0),
+                frame.1 as i32,
+                frame.2 as i32,
+            );
+            gl.bind_buffer_range(glow::SHADER_STORAGE_BUFFER, 1, name(sums.0), sums.1 as i32, sums.2 as i32);
+            gl.dispatch_compute(self.words.div_ceil(256), 1, 1);
+            gl.memory_barrier(glow::ALL_BARRIER_BITS);
+        }
+        gl_check(gl, "glDispatchCompute")
+    }
+}
+
+impl Drop for GlConsumer<'_> {
+    fn drop(&mut self) {
+        use glow::HasContext;
+        // SAFETY: the program was made by this context, which is still current.
+        unsafe { self.gl.delete_program(self.program) };
+    }
+}
+
+/// Plain GL buffers for the staged pipeline: one frame, and the staged run's sums.
+struct Staged<'c, 'a> {
+    consumer: &'c GlConsumer<'a>,
+    frame: glow::Buffer,
+    sums: glow::Buffer,
+    frame_bytes: u64,
+    frames: u32,
+}
+
+impl<'c, 'a> Staged<'c, 'a> {
+    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "plain GL set-up")]
+    fn new(consumer: &'c GlConsumer<'a>, frame_bytes: u64, frames: u32) -> Result<Self> {
+        use glow::HasContext;
+        let gl = &consumer.gl;
+        let failed =
+            |what: String| lava_flow::Error::Unsupported { what: format!("GL staging buffers: {what}") };
+        // SAFETY: plain GL calls on the current context.
+        let (frame, sums) = unsafe {
+            let frame = gl.create_buffer().map_err(failed)?;
+            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(frame));
+            gl.buffer_storage(
+                glow::SHADER_STORAGE_BUFFER,
+                frame_bytes as i32,
+                None,
+                glow::DYNAMIC_STORAGE_BIT,
+            );
+            let sums = gl.create_buffer().map_err(failed)?;
+            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(sums));
+            let zeros = vec![0u8; frames as usize * 4];
+            gl.buffer_storage(
+                glow::SHADER_STORAGE_BUFFER,
+                zeros.len() as i32,
+                Some(&zeros),
+                glow::DYNAMIC_STORAGE_BIT,
+            );
+            (frame, sums)
+        };
+        gl_check(gl, "glBufferStorage")?;
+        Ok(Staged { consumer, frame, sums, frame_bytes, frames })
+    }
+
+    /// Uploads a frame from host memory and checksums it into the staged sums.
+    fn consume(&self, f: u32, host: &[u8]) -> Result<()> {
+        use glow::HasContext;
+        let gl = &self.consumer.gl;
+        // SAFETY: the buffer holds `frame_bytes` = `host.len()` bytes.
+        unsafe { gl.named_buffer_sub_data_u8_slice(self.frame, 0, host) };
+        gl_check(gl, "glNamedBufferSubData")?;
+        self.consumer.dispatch(
+            f,
+            (self.frame.0.get(), 0, self.frame_bytes),
+            (self.sums.0.get(), 0, u64::from(self.frames) * 4),
+        )
+    }
+
+    /// The staged run's sums.
+    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one read-back's GL calls")]
+    fn sums(&self) -> Result<Vec<u8>> {
+        use glow::HasContext;
+        let gl = &self.consumer.gl;
+        let mut out = vec![0u8; self.frames as usize * 4];
+        // SAFETY: the buffer holds exactly `out.len()` bytes; the context is current.
+        unsafe {
+            gl.memory_barrier(glow::BUFFER_UPDATE_BARRIER_BIT);
+            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(self.sums));
+            gl.get_buffer_sub_data(glow::SHADER_STORAGE_BUFFER, 0, &mut out);
+        }
+        gl_check(gl, "glGetNamedBufferSubData")?;
+        Ok(out)
+    }
+}
+
+impl Drop for Staged<'_, '_> {
+    fn drop(&mut self) {
+        use glow::HasContext;
+        // SAFETY: both buffers were made by this context, which is still current.
+        unsafe {
+            self.consumer.gl.delete_buffer(self.frame);
+        }
+        // SAFETY: as above.
+        unsafe { self.consumer.gl.delete_buffer(self.sums) };
+    }
+}
