@@ -30,11 +30,13 @@
 
 mod context;
 mod memory;
+mod module;
 mod raw;
 mod semaphore;
 
 pub use context::{device_id_for, devices, ordinal_for, Context, CudaDevice, Stream};
 pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory};
+pub use module::{Function, Module};
 pub use semaphore::CudaTimeline;
 
 /// The raw driver API types (`CUdeviceptr`, `CUstream`, ...) of the cudarc version lava-flow

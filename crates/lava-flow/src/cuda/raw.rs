@@ -43,6 +43,10 @@ const REQUIRED: &[&str] = &[
     "cuSignalExternalSemaphoresAsync",
     "cuWaitExternalSemaphoresAsync",
     "cuDestroyExternalSemaphore",
+    "cuModuleLoadData",
+    "cuModuleGetFunction",
+    "cuModuleUnload",
+    "cuLaunchKernel",
 ];
 
 /// The oldest driver API version lava-flow supports (CUDA 12.0: `cuDeviceGetUuid_v2`).
