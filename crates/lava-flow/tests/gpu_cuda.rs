@@ -218,3 +218,37 @@ fn kernel_between_vulkan_passes_ordered_by_one_timeline() {
         (0..words).flat_map(|i| pattern.wrapping_mul(3).wrapping_add(i).to_le_bytes()).collect();
     assert_bytes_eq(&out, &want, "Vulkan fill → CUDA kernel → Vulkan copy");
 }
+
+#[test]
+fn foreign_pointers_are_borrowed_or_owned_by_type() {
+    let v = Validated::new();
+    let Some(ctx) = cuda_or_skip(&v, "foreign pointers") else { return };
+    let mine = ctx.alloc(1 << 20).expect("cuMemAlloc");
+    let data = random_bytes(1 << 20);
+    mine.copy_from_host(0, &data).expect("upload");
+    // Borrowed: dropping the wrapper leaves the memory alone.
+    // SAFETY: `mine` outlives `borrowed` and is of this context.
+    let borrowed =
+        unsafe { cuda::ForeignMemory::borrowed(&ctx, mine.device_ptr(), mine.size()) }.expect("wrap");
+    assert!(!borrowed.is_owned());
+    let mut out = poisoned(1 << 20);
+    borrowed.copy_to_host(0, &mut out).expect("read through the wrapper");
+    assert_bytes_eq(&out, &data, "borrowed view");
+    drop(borrowed);
+    let mut out = poisoned(1 << 20);
+    mine.copy_to_host(0, &mut out).expect("the memory is still there");
+    assert_bytes_eq(&out, &data, "after the borrowed view was dropped");
+    // Owned: the wrapper frees it (device memory goes back to where it was).
+    let (free_before, _) = ctx.memory_info().expect("info");
+    let raw = ctx.alloc(64 << 20).expect("alloc").into_raw();
+    // SAFETY: `raw` is from cuMemAlloc in this context and nobody else frees it.
+    let owned = unsafe { cuda::ForeignMemory::owned(&ctx, raw, 64 << 20) }.expect("adopt");
+    drop(owned);
+    let (free_after, _) = ctx.memory_info().expect("info");
+    assert!(
+        free_after + (2 << 20) >= free_before,
+        "the owned memory was freed: {free_before} then {free_after}"
+    );
+    // SAFETY: a null pointer is refused before anything else.
+    assert!(unsafe { cuda::ForeignMemory::borrowed(&ctx, 0, 16) }.is_err());
+}

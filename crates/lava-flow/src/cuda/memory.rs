@@ -282,3 +282,105 @@ impl Drop for DeviceBuffer {
         }
     }
 }
+
+/// Device memory lava-flow did not allocate: a pointer from `cuMemAlloc` elsewhere, or a
+/// PyTorch/CuPy tensor's storage. Who frees it is in the type: [`ForeignMemory::borrowed`]
+/// never frees, [`ForeignMemory::owned`] frees with `cuMemFree` on drop.
+pub struct ForeignMemory {
+    ctx: Context,
+    ptr: sys::CUdeviceptr,
+    size: u64,
+    owned: bool,
+}
+
+impl std::fmt::Debug for ForeignMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForeignMemory")
+            .field("ptr", &format_args!("{:#x}", self.ptr))
+            .field("size", &self.size)
+            .field("owned", &self.owned)
+            .finish()
+    }
+}
+
+impl ForeignMemory {
+    /// Wraps `size` bytes at `ptr` without taking ownership: lava-flow never frees them.
+    ///
+    /// Such memory cannot be exported to Vulkan (CUDA can only export memory made with
+    /// `cuMemCreate`); allocate with lava-flow and import into CUDA instead.
+    ///
+    /// # Safety
+    /// `ptr..ptr + size` is device memory of `ctx`'s device that stays allocated while the
+    /// returned value lives.
+    pub unsafe fn borrowed(ctx: &Context, ptr: sys::CUdeviceptr, size: u64) -> Result<Self> {
+        Self::new(ctx, ptr, size, false)
+    }
+
+    /// Takes ownership of `size` bytes at `ptr`, which were allocated with `cuMemAlloc` in
+    /// `ctx`: they are freed with `cuMemFree` when the returned value is dropped.
+    ///
+    /// # Safety
+    /// As for [`ForeignMemory::borrowed`], and nobody else frees `ptr`.
+    pub unsafe fn owned(ctx: &Context, ptr: sys::CUdeviceptr, size: u64) -> Result<Self> {
+        Self::new(ctx, ptr, size, true)
+    }
+
+    fn new(ctx: &Context, ptr: sys::CUdeviceptr, size: u64, owned: bool) -> Result<Self> {
+        if ptr == 0 {
+            return Err(Error::InvalidArgument("a null device pointer".into()));
+        }
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        Ok(ForeignMemory { ctx: ctx.clone(), ptr, size, owned })
+    }
+
+    /// Whether lava-flow frees the memory on drop.
+    pub fn is_owned(&self) -> bool {
+        self.owned
+    }
+
+    /// Gives the pointer back without freeing it (for owned memory: the caller owns it again).
+    pub fn into_raw(self) -> sys::CUdeviceptr {
+        let ptr = self.ptr;
+        std::mem::forget(self);
+        ptr
+    }
+}
+
+impl DeviceMemory for ForeignMemory {
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+    fn device_ptr(&self) -> sys::CUdeviceptr {
+        self.ptr
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for ForeignMemory {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        let freed = self.ctx.bind().and_then(|()| {
+            // SAFETY: owned memory from cuMemAlloc in this context (the `owned` contract), freed
+            // once.
+            check("cuMemFree_v2", unsafe { sys::cuMemFree_v2(self.ptr) })
+        });
+        if let Err(e) = freed {
+            log::error!("{e}");
+        }
+    }
+}
+
+impl DeviceBuffer {
+    /// Gives up ownership: the returned pointer is no longer freed by lava-flow.
+    pub fn into_raw(self) -> sys::CUdeviceptr {
+        let ptr = self.ptr;
+        std::mem::forget(self);
+        ptr
+    }
+}

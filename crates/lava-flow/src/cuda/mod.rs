@@ -35,7 +35,7 @@ mod raw;
 mod semaphore;
 
 pub use context::{device_id_for, devices, ordinal_for, Context, CudaDevice, Stream};
-pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory};
+pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory, ForeignMemory};
 pub use module::{Function, Module};
 pub use semaphore::CudaTimeline;
 
