@@ -252,3 +252,70 @@ fn foreign_pointers_are_borrowed_or_owned_by_type() {
     // SAFETY: a null pointer is refused before anything else.
     assert!(unsafe { cuda::ForeignMemory::borrowed(&ctx, 0, 16) }.is_err());
 }
+
+/// What `surface_write.ptx` writes into a level of `width` × `height` texels of `texel` bytes.
+fn surface_pattern(width: u32, height: u32, texel: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity((width * height * texel) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            let v = (y * width + x).wrapping_mul(0x9E37_79B1);
+            match texel {
+                1 => out.push(v as u8),
+                2 => out.extend_from_slice(&(v as u16).to_le_bytes()),
+                _ => {
+                    for c in 0..texel / 4 {
+                        out.extend_from_slice(&v.wrapping_add(c.wrapping_mul(0x85EB_CA77)).to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every format: Vulkan writes every level and CUDA reads it from the array; CUDA writes a level
+/// and Vulkan reads it; a kernel writes level 0 through a surface object and Vulkan reads it; a
+/// texture object is made over the mipmapped array.
+#[test]
+fn images_of_every_format_through_arrays_surfaces_and_textures() {
+    use lava_flow::{ImageDesc, ImageFormat};
+    let mut v = Validated::new();
+    let Some(ctx) = cuda_or_skip(&v, "images") else { return };
+    let stream = ctx.stream().expect("stream");
+    let module = ctx.load_ptx(include_str!("../examples/kernels/surface_write.ptx")).expect("PTX");
+    for format in ImageFormat::ALL {
+        let desc = ImageDesc::new(format, 67, 33).mip_levels(3);
+        let image = v.allocate_image(0, desc).expect("image");
+        let cuda_image = ctx.import_image(&image).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        for level in 0..3 {
+            let data = common::texel_data(format, desc.level_size(level) as usize);
+            image.write_level(level, &data).expect("Vulkan write");
+            let mut out = poisoned(data.len());
+            cuda_image.level(level).expect("level").copy_to_host(&mut out).expect("CUDA read");
+            assert_bytes_eq(&out, &data, &format!("{format:?} level {level}: Vulkan → CUDA"));
+        }
+        let back = common::texel_data(format, desc.level_size(1) as usize);
+        cuda_image.level(1).expect("level").copy_from_host(&back).expect("CUDA write");
+        ctx.synchronize().expect("sync");
+        let mut out = poisoned(back.len());
+        image.read_level(1, &mut out).expect("Vulkan read");
+        assert_bytes_eq(&out, &back, &format!("{format:?} level 1: CUDA → Vulkan"));
+
+        let texel = format.texel_size();
+        let kernel = module.function(&format!("write_b{}", texel * 8)).expect("kernel");
+        let level0 = cuda_image.level(0).expect("level 0");
+        let surface = level0.surface().expect("surface object");
+        let (mut handle, mut w, mut h) = (surface.raw(), desc.width, desc.height);
+        let mut params =
+            [(&mut handle as *mut u64).cast(), (&mut w as *mut u32).cast(), (&mut h as *mut u32).cast()];
+        // SAFETY: three parameters of the kernel's types; it writes inside the level's extent.
+        unsafe { kernel.launch(&stream, (w.div_ceil(16), h.div_ceil(16), 1), (16, 16, 1), &mut params) }
+            .expect("launch");
+        stream.synchronize().expect("sync");
+        let mut out = poisoned(desc.level_size(0) as usize);
+        image.read_level(0, &mut out).expect("Vulkan read");
+        assert_bytes_eq(&out, &surface_pattern(w, h, texel), &format!("{format:?}: surface write → Vulkan"));
+        drop(surface);
+        drop(cuda_image.texture().expect("texture object"));
+    }
+}

@@ -25,15 +25,16 @@
 //!
 //! **Status:** the CPU tier proves the typed errors without a driver. The GPU tier tests of this
 //! module (`tests/gpu_cuda.rs`) were written without a GPU machine at hand and have not run yet;
-//! mipmapped arrays, surfaces and textures, CUDA-allocated memory in Vulkan and foreign pointers
-//! are not built yet.
+//! memory that CUDA allocates, exported to Vulkan, is not built yet.
 
+mod array;
 mod context;
 mod memory;
 mod module;
 mod raw;
 mod semaphore;
 
+pub use array::{CudaArray, CudaImage, SurfaceObject, TextureObject};
 pub use context::{device_id_for, devices, ordinal_for, Context, CudaDevice, Stream};
 pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory, ForeignMemory};
 pub use module::{Function, Module};

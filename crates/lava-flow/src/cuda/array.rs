@@ -1,0 +1,312 @@
+//! Vulkan images in CUDA: mipmapped arrays, one `CUarray` per level, surface and texture objects.
+
+use std::marker::PhantomData;
+
+use cudarc::driver::sys;
+
+use super::context::Context;
+use super::raw::check;
+use crate::error::{Error, Result};
+use crate::vulkan::{Image, ImageDesc, ImageFormat, ImageTiling};
+
+/// The CUDA array format and channel count of a lava-flow image format.
+fn array_format(format: ImageFormat) -> (sys::CUarray_format, u32) {
+    use sys::CUarray_format as F;
+    match format {
+        ImageFormat::R8Unorm => (F::CU_AD_FORMAT_UNSIGNED_INT8, 1),
+        ImageFormat::Rg8Unorm => (F::CU_AD_FORMAT_UNSIGNED_INT8, 2),
+        ImageFormat::Rgba8Unorm => (F::CU_AD_FORMAT_UNSIGNED_INT8, 4),
+        ImageFormat::R16Float => (F::CU_AD_FORMAT_HALF, 1),
+        ImageFormat::Rgba16Float => (F::CU_AD_FORMAT_HALF, 4),
+        ImageFormat::R32Float => (F::CU_AD_FORMAT_FLOAT, 1),
+        ImageFormat::Rgba32Float => (F::CU_AD_FORMAT_FLOAT, 4),
+        ImageFormat::R32Uint => (F::CU_AD_FORMAT_UNSIGNED_INT32, 1),
+    }
+}
+
+/// A lava-flow [`Image`] in CUDA: its dedicated memory imported
+/// (`CUDA_EXTERNAL_MEMORY_DEDICATED`) and mapped as a mipmapped array with the image's levels,
+/// format and extent (`cuExternalMemoryGetMappedMipmappedArray`, surface load/store allowed).
+/// Borrows the image; levels, surfaces and textures borrow this.
+pub struct CudaImage<'a> {
+    ctx: Context,
+    external: sys::CUexternalMemory,
+    mipmapped: sys::CUmipmappedArray,
+    desc: ImageDesc,
+    _image: PhantomData<&'a Image>,
+}
+
+impl std::fmt::Debug for CudaImage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaImage").field("desc", &self.desc).finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Imports a lava-flow image as a CUDA mipmapped array.
+    ///
+    /// Errors: [`Error::DeviceMismatch`]; [`Error::NotExportable`]; [`Error::Unsupported`] for
+    /// linear tiling (CUDA arrays need the driver's optimal layout); CUDA errors.
+    pub fn import_image<'a>(&self, image: &'a Image) -> Result<CudaImage<'a>> {
+        self.check_device("the image's memory", crate::Uuid(image.device_uuid()))?;
+        let desc = *image.desc();
+        if desc.tiling != ImageTiling::Optimal {
+            return Err(Error::Unsupported {
+                what: "CUDA arrays need images with optimal tiling (ImageTiling::Optimal)".into(),
+            });
+        }
+        let fd = image.export_fd()?;
+        self.bind()?;
+        let mut external = std::ptr::null_mut();
+        let size = image.allocation_size();
+        crate::fd::give_to_driver(fd, |raw| {
+            let handle = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
+                type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
+                handle: sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC_st__bindgen_ty_1 { fd: raw },
+                size,
+                // lava-flow images are always dedicated allocations.
+                flags: sys::CUDA_EXTERNAL_MEMORY_DEDICATED,
+                reserved: [0; 16],
+            };
+            // SAFETY: the context is current; `raw` is the image memory's opaque fd of `size`
+            // bytes on this GPU; CUDA owns it on success.
+            check("cuImportExternalMemory", unsafe { sys::cuImportExternalMemory(&mut external, &handle) })
+        })?;
+        let (format, channels) = array_format(desc.format);
+        let array = sys::CUDA_EXTERNAL_MEMORY_MIPMAPPED_ARRAY_DESC {
+            offset: 0,
+            arrayDesc: sys::CUDA_ARRAY3D_DESCRIPTOR {
+                Width: desc.width as usize,
+                Height: desc.height as usize,
+                Depth: 0,
+                Format: format,
+                NumChannels: channels,
+                Flags: sys::CUDA_ARRAY3D_SURFACE_LDST,
+            },
+            numLevels: desc.mip_levels,
+            reserved: [0; 16],
+        };
+        let mut mipmapped = std::ptr::null_mut();
+        // SAFETY: `external` holds the image's whole allocation; the array description is the
+        // image's own.
+        let mapped =
+            unsafe { sys::cuExternalMemoryGetMappedMipmappedArray(&mut mipmapped, external, &array) };
+        if let Err(e) = check("cuExternalMemoryGetMappedMipmappedArray", mapped) {
+            // SAFETY: imported above and not mapped.
+            let destroyed = unsafe { sys::cuDestroyExternalMemory(external) };
+            if let Err(d) = check("cuDestroyExternalMemory", destroyed) {
+                log::error!("{d}");
+            }
+            return Err(e);
+        }
+        Ok(CudaImage { ctx: self.clone(), external, mipmapped, desc, _image: PhantomData })
+    }
+}
+
+impl CudaImage<'_> {
+    /// The image's description.
+    pub fn desc(&self) -> &ImageDesc {
+        &self.desc
+    }
+
+    /// The raw mipmapped array.
+    pub fn raw(&self) -> sys::CUmipmappedArray {
+        self.mipmapped
+    }
+
+    /// Mip `level` as a `CUarray` (owned by the mipmapped array).
+    pub fn level(&self, level: u32) -> Result<CudaArray<'_>> {
+        if level >= self.desc.mip_levels {
+            return Err(Error::InvalidArgument(format!("mip level {level} of {}", self.desc.mip_levels)));
+        }
+        self.ctx.bind()?;
+        let mut array = std::ptr::null_mut();
+        // SAFETY: the mipmapped array is live; `level` is one of its levels.
+        check("cuMipmappedArrayGetLevel", unsafe {
+            sys::cuMipmappedArrayGetLevel(&mut array, self.mipmapped, level)
+        })?;
+        let (width, height) = self.desc.level_extent(level);
+        Ok(CudaArray { image: self, array, width, height, texel: self.desc.format.texel_size() })
+    }
+
+    /// A texture object over all levels: clamped addressing, point filtering, mip levels
+    /// clamped to the image's. Reads return normalised floats for the unorm formats.
+    pub fn texture(&self) -> Result<TextureObject<'_>> {
+        // SAFETY: all-zero is a valid resource description; its fields are set below.
+        let mut resource: sys::CUDA_RESOURCE_DESC = unsafe { std::mem::zeroed() };
+        resource.resType = sys::CUresourcetype::CU_RESOURCE_TYPE_MIPMAPPED_ARRAY;
+        resource.res.mipmap.hMipmappedArray = self.mipmapped;
+        // SAFETY: all-zero is a valid texture description; its fields are set below.
+        let mut texture: sys::CUDA_TEXTURE_DESC = unsafe { std::mem::zeroed() };
+        texture.addressMode = [sys::CUaddress_mode::CU_TR_ADDRESS_MODE_CLAMP; 3];
+        texture.filterMode = sys::CUfilter_mode::CU_TR_FILTER_MODE_POINT;
+        texture.mipmapFilterMode = sys::CUfilter_mode::CU_TR_FILTER_MODE_POINT;
+        texture.maxMipmapLevelClamp = (self.desc.mip_levels - 1) as f32;
+        if self.desc.format == ImageFormat::R32Uint {
+            texture.flags = sys::CU_TRSF_READ_AS_INTEGER;
+        }
+        self.ctx.bind()?;
+        let mut object = 0;
+        // SAFETY: both descriptions are complete; the array is live.
+        check("cuTexObjectCreate", unsafe {
+            sys::cuTexObjectCreate(&mut object, &resource, &texture, std::ptr::null())
+        })?;
+        Ok(TextureObject { ctx: &self.ctx, object })
+    }
+}
+
+impl Drop for CudaImage<'_> {
+    fn drop(&mut self) {
+        // Reverse order: the array, then the import. Levels, surfaces and textures borrow
+        // `self`, so they are gone already.
+        let destroyed = self.ctx.bind().and_then(|()| {
+            // SAFETY: mapped in `import_image`, destroyed once.
+            check("cuMipmappedArrayDestroy", unsafe { sys::cuMipmappedArrayDestroy(self.mipmapped) })
+        });
+        if let Err(e) = destroyed {
+            log::error!("{e}");
+        }
+        // SAFETY: imported in `import_image`, destroyed once, after its array.
+        let destroyed = unsafe { sys::cuDestroyExternalMemory(self.external) };
+        if let Err(e) = check("cuDestroyExternalMemory", destroyed) {
+            log::error!("{e}");
+        }
+    }
+}
+
+/// One mip level of a [`CudaImage`].
+#[derive(Debug)]
+pub struct CudaArray<'i> {
+    image: &'i CudaImage<'i>,
+    array: sys::CUarray,
+    width: u32,
+    height: u32,
+    texel: u32,
+}
+
+impl CudaArray<'_> {
+    /// The raw `CUarray`.
+    pub fn raw(&self) -> sys::CUarray {
+        self.array
+    }
+
+    /// The level's extent in texels.
+    pub fn extent(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// Copies a tightly packed level from host memory into the array (`cuMemcpy2D`).
+    pub fn copy_from_host(&self, data: &[u8]) -> Result<()> {
+        self.check_len(data.len())?;
+        // SAFETY: all-zero is a valid copy description; the used fields are set below.
+        let mut copy: sys::CUDA_MEMCPY2D = unsafe { std::mem::zeroed() };
+        copy.srcMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_HOST;
+        copy.srcHost = data.as_ptr().cast();
+        copy.srcPitch = self.row_bytes();
+        copy.dstMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_ARRAY;
+        copy.dstArray = self.array;
+        self.copy(copy)
+    }
+
+    /// Copies the level into tightly packed host memory (`cuMemcpy2D`).
+    pub fn copy_to_host(&self, out: &mut [u8]) -> Result<()> {
+        self.check_len(out.len())?;
+        // SAFETY: as in `copy_from_host`.
+        let mut copy: sys::CUDA_MEMCPY2D = unsafe { std::mem::zeroed() };
+        copy.srcMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_ARRAY;
+        copy.srcArray = self.array;
+        copy.dstMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_HOST;
+        copy.dstHost = out.as_mut_ptr().cast();
+        copy.dstPitch = self.row_bytes();
+        self.copy(copy)
+    }
+
+    /// A surface object for `surf2Dread`/`surf2Dwrite` on this level.
+    pub fn surface(&self) -> Result<SurfaceObject<'_>> {
+        // SAFETY: all-zero is a valid resource description; its fields are set below.
+        let mut resource: sys::CUDA_RESOURCE_DESC = unsafe { std::mem::zeroed() };
+        resource.resType = sys::CUresourcetype::CU_RESOURCE_TYPE_ARRAY;
+        resource.res.array.hArray = self.array;
+        self.image.ctx.bind()?;
+        let mut object = 0;
+        // SAFETY: the description is complete; the array is live and allows surface load/store.
+        check("cuSurfObjectCreate", unsafe { sys::cuSurfObjectCreate(&mut object, &resource) })?;
+        Ok(SurfaceObject { ctx: &self.image.ctx, object })
+    }
+
+    fn row_bytes(&self) -> usize {
+        (self.width * self.texel) as usize
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        let want = self.row_bytes() * self.height as usize;
+        if len == want {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "the level holds {want} bytes (tightly packed); {len} were given"
+            )))
+        }
+    }
+
+    fn copy(&self, mut copy: sys::CUDA_MEMCPY2D) -> Result<()> {
+        copy.WidthInBytes = self.row_bytes();
+        copy.Height = self.height as usize;
+        self.image.ctx.bind()?;
+        // SAFETY: the description names a live array of this extent and host memory of exactly
+        // the level's size (checked by the callers).
+        check("cuMemcpy2D_v2", unsafe { sys::cuMemcpy2D_v2(&copy) })
+    }
+}
+
+/// A CUDA surface object on one level, destroyed on drop.
+#[derive(Debug)]
+pub struct SurfaceObject<'a> {
+    ctx: &'a Context,
+    object: sys::CUsurfObject,
+}
+
+impl SurfaceObject<'_> {
+    /// The raw handle, to pass to kernels.
+    pub fn raw(&self) -> sys::CUsurfObject {
+        self.object
+    }
+}
+
+impl Drop for SurfaceObject<'_> {
+    fn drop(&mut self) {
+        let destroyed = self.ctx.bind().and_then(|()| {
+            // SAFETY: created by `surface`, destroyed once.
+            check("cuSurfObjectDestroy", unsafe { sys::cuSurfObjectDestroy(self.object) })
+        });
+        if let Err(e) = destroyed {
+            log::error!("{e}");
+        }
+    }
+}
+
+/// A CUDA texture object over a [`CudaImage`], destroyed on drop.
+#[derive(Debug)]
+pub struct TextureObject<'a> {
+    ctx: &'a Context,
+    object: sys::CUtexObject,
+}
+
+impl TextureObject<'_> {
+    /// The raw handle, to pass to kernels.
+    pub fn raw(&self) -> sys::CUtexObject {
+        self.object
+    }
+}
+
+impl Drop for TextureObject<'_> {
+    fn drop(&mut self) {
+        let destroyed = self.ctx.bind().and_then(|()| {
+            // SAFETY: created by `texture`, destroyed once.
+            check("cuTexObjectDestroy", unsafe { sys::cuTexObjectDestroy(self.object) })
+        });
+        if let Err(e) = destroyed {
+            log::error!("{e}");
+        }
+    }
+}
