@@ -75,6 +75,11 @@ pub struct VulkanGuide;
 #[doc = include_str!("../../../docs/opengl_interop.md")]
 pub struct OpenGlGuide;
 
+/// The guide `docs/cuda_interop.md`, whose examples are compiled and run as doctests.
+#[cfg(all(doctest, feature = "cuda"))]
+#[doc = include_str!("../../../docs/cuda_interop.md")]
+pub struct CudaGuide;
+
 /// The `ash` crate lava-flow is built on, re-exported so that users' raw handles have the same
 /// types.
 pub use ash;
