@@ -62,10 +62,44 @@ fn expected_sum(frame: u32, words: u32) -> u32 {
     })
 }
 
+/// What one run measured.
+pub struct Measured {
+    pub frames: u32,
+    pub frame_bytes: u64,
+    pub renderer: String,
+    pub gpu_semaphores: bool,
+    /// The zero-copy pipeline, all frames.
+    pub zero_copy: Duration,
+    /// The same frames staged through host memory.
+    pub staging: Duration,
+}
+
+impl Measured {
+    /// Frames per second and GB/s for one of the two durations.
+    pub fn rate(&self, d: Duration) -> (f64, f64) {
+        let bytes = f64::from(self.frames) * self.frame_bytes as f64;
+        (f64::from(self.frames) / d.as_secs_f64(), bytes / d.as_secs_f64() / 1e9)
+    }
+}
+
+/// `lava-flow demo`: runs the pipeline and prints what it measured.
 pub fn run(options: &Options) -> Result<()> {
+    let m = measure(options, false)?;
+    let (zfps, zgbs) = m.rate(m.zero_copy);
+    let (sfps, sgbs) = m.rate(m.staging);
+    println!("zero-copy: {zfps:.1} frames/s, {zgbs:.2} GB/s shared ({:.2?})", m.zero_copy);
+    println!("staging through host memory: {sfps:.1} frames/s, {sgbs:.2} GB/s ({:.2?})", m.staging);
+    println!("zero-copy is {:.1}× the staged pipeline", zfps / sfps);
+    println!("all {} frame checksums verified, in both pipelines", m.frames);
+    Ok(())
+}
+
+/// Runs both pipelines, checks every checksum and, with `LAVA_FLOW_VALIDATION=1`, that the
+/// validation layer said nothing.
+pub fn measure(options: &Options, quiet: bool) -> Result<Measured> {
     let allocator = MemoryAllocator::new()?;
     let log = allocator.validation_log();
-    let result = pipeline(options, allocator);
+    let result = pipeline(options, allocator, quiet);
     // Everything is dropped now, devices included: with LAVA_FLOW_VALIDATION=1 any message the
     // validation layer printed on the way fails the demo.
     let messages = log.map(|l| l.take()).unwrap_or_default();
@@ -78,7 +112,7 @@ pub fn run(options: &Options) -> Result<()> {
     result
 }
 
-fn pipeline(options: &Options, mut allocator: MemoryAllocator) -> Result<()> {
+fn pipeline(options: &Options, mut allocator: MemoryAllocator, quiet: bool) -> Result<Measured> {
     match options.consumer.as_str() {
         "opengl" | "auto" => {}
         "cuda" | "opencl" | "vulkan" => {
@@ -108,17 +142,20 @@ fn pipeline(options: &Options, mut allocator: MemoryAllocator) -> Result<()> {
     let producer = Producer::new(&allocator, options.device_id, &frames, words)?;
     let gl_produced = gl.import_timeline(&produced)?;
     let gl_consumed = gl.import_timeline(&consumed)?;
-    println!(
-        "lava-flow demo: {} frames of {} KiB, Vulkan compute → OpenGL compute on {} ({} semaphores)",
-        options.frames,
-        options.frame_bytes / 1024,
-        gl.info().renderer,
-        if gl_produced.is_gpu_path() { "GPU" } else { "host-fallback" }
-    );
+    let gpu_semaphores = gl_produced.is_gpu_path();
+    if !quiet {
+        println!(
+            "lava-flow demo: {} frames of {} KiB, Vulkan compute → OpenGL compute on {} ({} semaphores)",
+            options.frames,
+            options.frame_bytes / 1024,
+            gl.info().renderer,
+            if gpu_semaphores { "GPU" } else { "host-fallback" }
+        );
+    }
 
     // Zero-copy: the producer runs ahead by at most one buffer.
     let start = Instant::now();
-    let mut progress = Progress::new(options.frames, "zero-copy");
+    let mut progress = Progress::new(options.frames, "zero-copy", quiet);
     for f in 0..options.frames {
         let slot = (f % 2) as usize;
         let after = (f >= 2).then(|| (&consumed, u64::from(f - 1)));
@@ -139,7 +176,7 @@ fn pipeline(options: &Options, mut allocator: MemoryAllocator) -> Result<()> {
     let staged = Staged::new(&consumer, options.frame_bytes, options.frames)?;
     let mut host = vec![0u8; options.frame_bytes as usize];
     let start = Instant::now();
-    let mut progress = Progress::new(options.frames, "staging");
+    let mut progress = Progress::new(options.frames, "staging", quiet);
     for f in 0..options.frames {
         let value = u64::from(options.frames + f) + 1;
         producer.produce(&allocator, f, 0, None, (&produced, value))?;
@@ -154,19 +191,16 @@ fn pipeline(options: &Options, mut allocator: MemoryAllocator) -> Result<()> {
     let staged_bad = count_bad(&staged.sums()?, options.frames, words);
     drop(staged);
 
-    let bytes = f64::from(options.frames) * options.frame_bytes as f64;
-    let rate = |d: Duration| (f64::from(options.frames) / d.as_secs_f64(), bytes / d.as_secs_f64() / 1e9);
-    let (zfps, zgbs) = rate(zero_copy);
-    let (sfps, sgbs) = rate(staging);
-    println!("zero-copy: {zfps:.1} frames/s, {zgbs:.2} GB/s shared ({:.2?})", zero_copy);
-    println!("staging through host memory: {sfps:.1} frames/s, {sgbs:.2} GB/s ({:.2?})", staging);
-    println!("zero-copy is {:.1}× the staged pipeline", zfps / sfps);
-    drop(consumer);
-    drop((gl_produced, gl_consumed));
-    producer.destroy()?;
+    let renderer = gl.info().renderer.clone();
     if bad == 0 && staged_bad == 0 {
-        println!("all {} frame checksums verified, in both pipelines", options.frames);
-        Ok(())
+        Ok(Measured {
+            frames: options.frames,
+            frame_bytes: options.frame_bytes,
+            renderer,
+            gpu_semaphores,
+            zero_copy,
+            staging,
+        })
     } else {
         Err(lava_flow::Error::InvalidArgument(format!(
             "wrong frame checksums: {bad} of {} zero-copy, {staged_bad} staged",
@@ -190,15 +224,16 @@ struct Progress {
     total: u32,
     label: &'static str,
     last: Instant,
+    quiet: bool,
 }
 
 impl Progress {
-    fn new(total: u32, label: &'static str) -> Self {
-        Progress { total, label, last: Instant::now() }
+    fn new(total: u32, label: &'static str, quiet: bool) -> Self {
+        Progress { total, label, last: Instant::now(), quiet }
     }
 
     fn tick(&mut self, done: u32) {
-        if self.last.elapsed() < Duration::from_millis(100) && done != self.total {
+        if self.quiet || (self.last.elapsed() < Duration::from_millis(100) && done != self.total) {
             return;
         }
         self.last = Instant::now();
@@ -214,7 +249,9 @@ impl Progress {
     }
 
     fn done(&self) {
-        eprintln!();
+        if !self.quiet {
+            eprintln!();
+        }
     }
 }
 
@@ -418,13 +455,18 @@ impl Producer {
         }
         allocator.submit(self.device_id, &submission.signal(produced, value))
     }
+}
 
+impl Drop for Producer {
     #[allow(clippy::multiple_unsafe_ops_per_block, reason = "plain Vulkan teardown")]
-    fn destroy(&self) -> Result<()> {
+    fn drop(&mut self) {
         let d = &self.device;
-        // SAFETY: the device is idle after the wait; every object was made in `new`.
+        // SAFETY: the device is idle after the wait (on failure, waiting is all that can be
+        // done; destroying is still the least bad); every object was made in `new`.
         unsafe {
-            d.device_wait_idle().map_err(vk_err("vkDeviceWaitIdle"))?;
+            if let Err(e) = d.device_wait_idle() {
+                eprintln!("lava-flow demo: vkDeviceWaitIdle failed: {e}");
+            }
             d.destroy_command_pool(self.pool, None);
             d.destroy_descriptor_pool(self.descriptor_pool, None);
             d.destroy_pipeline(self.pipeline, None);
@@ -432,7 +474,6 @@ impl Producer {
             d.destroy_descriptor_set_layout(self.set_layout, None);
             d.destroy_shader_module(self.module, None);
         }
-        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! `lava-flow`: what this machine can share between Vulkan, CUDA, OpenGL and OpenCL.
 
+mod bench;
 #[cfg(feature = "opengl")]
 mod demo;
 mod info;
@@ -22,6 +23,18 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Each lava-flow path beside its raw-API baseline, in one process: medians and ratios.
+    Bench {
+        /// A short run (fewer repetitions and frames).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// The Vulkan device.
+        #[arg(long, default_value_t = 0)]
+        device: u32,
     },
     /// A double-buffered zero-copy pipeline: Vulkan compute produces frames, a consumer checksums
     /// them in place, timeline semaphores order it all; then the same frames staged through host
@@ -47,6 +60,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { json } => info::run(json),
+        Command::Bench { quick, json, device } => {
+            bench::run(&bench::Options { quick, json, device_id: device })
+        }
         #[cfg(feature = "opengl")]
         Command::Demo { frames, frame_kib, consumer, device } => {
             demo::run(&demo::Options { frames, frame_bytes: frame_kib * 1024, consumer, device_id: device })

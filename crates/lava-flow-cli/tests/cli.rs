@@ -74,3 +74,23 @@ fn demo_refuses_consumers_it_does_not_have() {
     assert!(!ok);
     assert!(err.contains("at least 2 frames"), "{err}");
 }
+
+#[test]
+fn bench_quick_runs_and_writes_json() {
+    let path = std::env::temp_dir().join(format!("lava-flow-bench-{}.json", std::process::id()));
+    let (ok, text, err) = lava_flow(&["bench", "--quick", "--json", path.to_str().expect("utf-8 path")]);
+    assert!(ok, "{text}\n{err}");
+    assert!(text.contains("| path | median | vs baseline |"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the JSON file")).expect("valid JSON");
+    let _ = std::fs::remove_file(&path);
+    let rows = json["rows"].as_array().expect("rows");
+    assert!(rows.len() >= 15, "{json}");
+    for r in rows {
+        assert!(r["value"].as_f64().is_some_and(|v| v > 0.0 && v.is_finite()), "{r}");
+        if !r["baseline"].is_null() {
+            assert!(r["speedup"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+        }
+    }
+    assert!(rows.iter().any(|r| r["group"] == "Vulkan → OpenGL hand-off, 4 MiB frames"), "{json}");
+}

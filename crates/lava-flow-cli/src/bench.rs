@@ -1,0 +1,347 @@
+//! `lava-flow bench`: each lava-flow path beside its raw-API baseline, measured in the same
+//! process; medians and ratios as a table, and as JSON with `--json FILE`.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use lava_flow::ash::{self, vk};
+use lava_flow::{AllocationOptions, Exportable, MemoryAllocator, MemoryLocation, Result};
+use serde::Serialize;
+
+/// One measured path.
+#[derive(Serialize)]
+struct Row {
+    group: &'static str,
+    path: String,
+    /// The median, in `unit`.
+    value: f64,
+    unit: &'static str,
+    /// The path this one is compared with, in the same group.
+    baseline: Option<String>,
+    /// How many times better than the baseline (lower time or higher rate, as `unit` says).
+    speedup: Option<f64>,
+}
+
+/// What to run.
+pub struct Options {
+    pub quick: bool,
+    pub json: Option<std::path::PathBuf>,
+    pub device_id: u32,
+}
+
+#[derive(Serialize)]
+struct Report {
+    device: String,
+    driver: String,
+    quick: bool,
+    rows: Vec<Row>,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let mut allocator = MemoryAllocator::new()?;
+    let info = allocator.device(options.device_id)?.clone();
+    let (iters, reps) = if options.quick { (200, 3) } else { (2000, 7) };
+    let mut rows = Vec::new();
+    println!(
+        "lava-flow bench on device {}: {} ({} {})",
+        info.index, info.name, info.driver_name, info.driver_info
+    );
+    println!("medians of {reps} repetitions; each path beside its baseline, same process\n");
+
+    // Set-up cost per small buffer: allocate + export (+ free), against the raw pattern of one
+    // dedicated exportable allocation per buffer.
+    let location = MemoryLocation::GpuVulkan { device_id: options.device_id };
+    // The raw pattern uses the memory type lava-flow picks for this location.
+    let memory_type = allocator.allocate(4096, location)?.memory_type_index();
+    for size in [4096u64, 65_536, 1 << 20] {
+        let group = "set-up per buffer";
+        let raw =
+            median(reps, || raw_dedicated_export(&allocator, options.device_id, memory_type, size, iters))?;
+        let raw_name = format!(
+            "{}: raw vkCreateBuffer + dedicated exportable vkAllocateMemory + vkGetMemoryFdKHR",
+            human(size)
+        );
+        rows.push(Row {
+            group,
+            path: raw_name.clone(),
+            value: raw,
+            unit: "µs",
+            baseline: None,
+            speedup: None,
+        });
+        for (name, opts, export) in [
+            ("lava-flow sub-allocated: allocate + export_fd", AllocationOptions::default(), true),
+            ("lava-flow sub-allocated: allocate", AllocationOptions::default(), false),
+            ("lava-flow dedicated: allocate + export_fd", AllocationOptions::default().dedicated(true), true),
+            (
+                "lava-flow sub-allocated, not exportable: allocate",
+                AllocationOptions::default().exportable(Exportable::No),
+                false,
+            ),
+        ] {
+            let us = median(reps, || lava(&mut allocator, location, size, iters, opts, export))?;
+            rows.push(Row {
+                group,
+                path: format!("{}: {name}", human(size)),
+                value: us,
+                unit: "µs",
+                baseline: Some(raw_name.clone()),
+                speedup: Some(raw / us),
+            });
+        }
+    }
+
+    // Handing frames from Vulkan to OpenGL: zero-copy (shared buffers, timeline semaphores)
+    // against downloading each frame to host memory and uploading it to GL.
+    #[cfg(feature = "opengl")]
+    {
+        let frames = if options.quick { 20 } else { 120 };
+        let demo = crate::demo::Options {
+            frames,
+            frame_bytes: 4 << 20,
+            consumer: "opengl".into(),
+            device_id: options.device_id,
+        };
+        let mut runs = Vec::new();
+        for _ in 0..if options.quick { 1 } else { 3 } {
+            runs.push(crate::demo::measure(&demo, true)?);
+        }
+        let pick = |f: &dyn Fn(&crate::demo::Measured) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let zero = pick(&|m| m.rate(m.zero_copy).0);
+        let staged = pick(&|m| m.rate(m.staging).0);
+        let m = &runs[0];
+        let group = "Vulkan → OpenGL hand-off, 4 MiB frames";
+        let staged_name =
+            "staged through host memory (vkCmdCopyBuffer → host → glNamedBufferSubData)".to_owned();
+        rows.push(Row {
+            group,
+            path: staged_name.clone(),
+            value: staged,
+            unit: "frames/s",
+            baseline: None,
+            speedup: None,
+        });
+        rows.push(Row {
+            group,
+            path: format!(
+                "zero-copy, {} semaphores ({})",
+                if m.gpu_semaphores { "GPU" } else { "host-fallback" },
+                m.renderer
+            ),
+            value: zero,
+            unit: "frames/s",
+            baseline: Some(staged_name),
+            speedup: Some(zero / staged),
+        });
+    }
+
+    #[cfg(feature = "cuda")]
+    cuda_rows(&mut allocator, options, iters, reps, &mut rows)?;
+
+    print_table(&rows);
+    if let Some(path) = &options.json {
+        let report = Report {
+            device: info.name.clone(),
+            driver: info.driver_info.clone(),
+            quick: options.quick,
+            rows,
+        };
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| lava_flow::Error::InvalidArgument(format!("JSON: {e}")))?;
+        std::fs::write(path, text)
+            .map_err(|e| lava_flow::Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+        println!("\nwritten to {}", path.display());
+    }
+    Ok(())
+}
+
+/// CUDA set-up per small buffer (where CUDA is present): lava-flow's import + map, which shares
+/// one import and mapping per block, against `cuMemAlloc` + `cuMemFree`.
+#[cfg(feature = "cuda")]
+fn cuda_rows(
+    allocator: &mut MemoryAllocator,
+    options: &Options,
+    iters: usize,
+    reps: usize,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    use lava_flow::cuda::{Context, DeviceMemory};
+    let ctx = match Context::for_device(allocator, options.device_id) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("CUDA rows skipped: {e}\n");
+            return Ok(());
+        }
+    };
+    let location = MemoryLocation::GpuVulkan { device_id: options.device_id };
+    for size in [4096u64, 65_536, 1 << 20] {
+        let group = "CUDA set-up per buffer";
+        let raw = median(reps, || {
+            let start = Instant::now();
+            for _ in 0..iters {
+                drop(ctx.alloc(size)?);
+            }
+            Ok(per_iter(start.elapsed(), iters))
+        })?;
+        let raw_name = format!("{}: cuMemAlloc + cuMemFree", human(size));
+        rows.push(Row {
+            group,
+            path: raw_name.clone(),
+            value: raw,
+            unit: "µs",
+            baseline: None,
+            speedup: None,
+        });
+        // Keep one buffer of the block alive, as an application does, so the block's import
+        // and mapping are shared.
+        let keep = allocator.allocate(size, location)?;
+        let _kept = ctx.import_buffer(&keep)?;
+        let us = median(reps, || {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let b = allocator.allocate(size, location)?;
+                let view = ctx.import_buffer(&b)?;
+                std::hint::black_box(view.device_ptr());
+            }
+            Ok(per_iter(start.elapsed(), iters))
+        })?;
+        rows.push(Row {
+            group,
+            path: format!("{}: lava-flow allocate + import + map (sub-allocated)", human(size)),
+            value: us,
+            unit: "µs",
+            baseline: Some(raw_name),
+            speedup: Some(raw / us),
+        });
+    }
+    Ok(())
+}
+
+fn per_iter(d: Duration, iters: usize) -> f64 {
+    d.as_secs_f64() * 1e6 / iters as f64
+}
+
+fn human(size: u64) -> String {
+    if size >= 1 << 20 {
+        format!("{} MiB", size >> 20)
+    } else {
+        format!("{} KiB", size >> 10)
+    }
+}
+
+/// The median of `reps` runs after one warm-up run.
+fn median(reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
+    f()?;
+    let mut v = (0..reps).map(|_| f()).collect::<Result<Vec<f64>>>()?;
+    v.sort_by(f64::total_cmp);
+    Ok(v[v.len() / 2])
+}
+
+/// µs per buffer through lava-flow.
+fn lava(
+    a: &mut MemoryAllocator,
+    location: MemoryLocation,
+    size: u64,
+    iters: usize,
+    options: AllocationOptions,
+    export: bool,
+) -> Result<f64> {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let b = a.allocate_with(size, location, options)?;
+        if export {
+            drop(b.export_fd()?);
+        }
+    }
+    Ok(per_iter(start.elapsed(), iters))
+}
+
+/// µs per buffer for the raw pattern of NVIDIA's samples: a dedicated exportable allocation per
+/// buffer, written directly against `ash` on lava-flow's device.
+#[allow(
+    clippy::multiple_unsafe_ops_per_block,
+    reason = "the raw-API baseline is one plain sequence of Vulkan calls"
+)]
+fn raw_dedicated_export(
+    a: &MemoryAllocator,
+    device_id: u32,
+    memory_type_index: u32,
+    size: u64,
+    iters: usize,
+) -> Result<f64> {
+    let (device, _) = a.ash_device(device_id)?;
+    let instance = a.ash_instance();
+    let fd_loader = ash::khr::external_memory_fd::Device::new(&instance, &device);
+    let err = |call: &'static str| {
+        move |r: vk::Result| lava_flow::Error::Ffi {
+            api: lava_flow::Api::Vulkan,
+            call,
+            name: format!("VK_{r:?}"),
+            description: r.to_string(),
+        }
+    };
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut ext = vk::ExternalMemoryBufferCreateInfo::default()
+            .handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+        let info = vk::BufferCreateInfo::default()
+            .size(size)
+            .usage(vk::BufferUsageFlags::STORAGE_BUFFER | vk::BufferUsageFlags::TRANSFER_DST)
+            .push_next(&mut ext);
+        // SAFETY: plain Vulkan calls on a live device with valid parameters; every object is
+        // destroyed in the same iteration, also when a call fails.
+        unsafe {
+            let buffer = device.create_buffer(&info, None).map_err(err("vkCreateBuffer"))?;
+            let req = device.get_buffer_memory_requirements(buffer);
+            let mut export = vk::ExportMemoryAllocateInfo::default()
+                .handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+            let mut dedicated = vk::MemoryDedicatedAllocateInfo::default().buffer(buffer);
+            let alloc = vk::MemoryAllocateInfo::default()
+                .allocation_size(req.size)
+                .memory_type_index(memory_type_index)
+                .push_next(&mut export)
+                .push_next(&mut dedicated);
+            let memory = match device.allocate_memory(&alloc, None) {
+                Ok(m) => m,
+                Err(e) => {
+                    device.destroy_buffer(buffer, None);
+                    return Err(err("vkAllocateMemory")(e));
+                }
+            };
+            let result = device
+                .bind_buffer_memory(buffer, memory, 0)
+                .map_err(err("vkBindBufferMemory"))
+                .and_then(|()| {
+                    let get = vk::MemoryGetFdInfoKHR::default()
+                        .memory(memory)
+                        .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+                    fd_loader.get_memory_fd(&get).map_err(err("vkGetMemoryFdKHR"))
+                });
+            if let Ok(fd) = &result {
+                drop(OwnedFd::from_raw_fd(*fd));
+            }
+            device.destroy_buffer(buffer, None);
+            device.free_memory(memory, None);
+            result?;
+        }
+    }
+    Ok(per_iter(start.elapsed(), iters))
+}
+
+fn print_table(rows: &[Row]) {
+    let mut group = "";
+    for r in rows {
+        if r.group != group {
+            group = r.group;
+            println!("\n### {group}\n");
+            println!("| path | median | vs baseline |");
+            println!("|---|---|---|");
+        }
+        let speedup = r.speedup.map_or("baseline".to_owned(), |s| format!("{s:.2}×"));
+        println!("| {} | {:.2} {} | {speedup} |", r.path, r.value, r.unit);
+    }
+}
