@@ -40,6 +40,9 @@ pub struct Buffer {
     size: u64,
     placement: Placement,
     location: Option<MemoryLocation>,
+    /// Serialises `write` and `read` through the mapping: `Buffer` is `Sync`, and two threads
+    /// copying into the same mapped bytes at once would be a data race.
+    host_access: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -68,7 +71,7 @@ impl Buffer {
             ctx.dedicated_allocations.fetch_add(1, Ordering::Relaxed);
             ctx.dedicated_bytes.fetch_add(placement.block.size, Ordering::Relaxed);
         }
-        Buffer { ctx, buffer, size, placement, location }
+        Buffer { ctx, buffer, size, placement, location, host_access: std::sync::Mutex::new(()) }
     }
 
     /// Creates an unbound `VkBuffer` of `size` bytes with lava-flow's usage flags.
@@ -251,9 +254,11 @@ impl Buffer {
         if data.is_empty() {
             return Ok(());
         }
+        let _guard = self.host_access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match self.mapped_at(offset) {
             // SAFETY: the range was checked against the buffer's size, which the mapping covers;
-            // `data` cannot alias device memory that lava-flow maps.
+            // `data` cannot alias device memory that lava-flow maps; the lock keeps other threads'
+            // copies through this buffer out.
             Some(p) => unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) },
             None => {
                 self.ctx.device.with_transfer(|t| t.write(&self.ctx.device, self.buffer, offset, data))?
@@ -268,6 +273,7 @@ impl Buffer {
         if out.is_empty() {
             return Ok(());
         }
+        let _guard = self.host_access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match self.mapped_at(offset) {
             // SAFETY: as in `write`.
             Some(p) => unsafe { std::ptr::copy_nonoverlapping(p.cast_const(), out.as_mut_ptr(), out.len()) },
