@@ -6,6 +6,13 @@
 //! whatever the process opened in the meantime (Rust aborts on such a double close).
 //! [`give_to_driver`] makes both behaviours safe: the driver gets a duplicate; after a failure
 //! the duplicate is closed only if it still refers to the same open file.
+//!
+//! Imports are also serialised process-wide. A duplicate shares its file offset with the
+//! original, and Mesa (22.3) imports a memory fd with `lseek(fd, 0, SEEK_SET)` then `read` of a
+//! header: two threads importing the same memory at once (every export of a block is a duplicate
+//! of one fd, and lavapipe's own exports duplicate its memfd) read each other's offsets and one
+//! import fails (`GL_OUT_OF_MEMORY` from llvmpipe; found by the soak test). Imports are rare and
+//! short next to what they save, so one lock costs nothing measurable.
 #![cfg(unix)]
 
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -15,9 +22,13 @@ use crate::error::{Api, Error, Result};
 /// Calls `import` with a duplicate of `fd` that the driver owns if `import` succeeds. `fd`
 /// itself is closed when this returns, whatever the outcome.
 pub(crate) fn give_to_driver<T>(fd: OwnedFd, import: impl FnOnce(RawFd) -> Result<T>) -> Result<T> {
+    static IMPORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let dup = fd.try_clone().map_err(|e| os_error("fcntl(F_DUPFD_CLOEXEC)", &e))?;
     let raw = dup.into_raw_fd();
-    let result = import(raw);
+    let result = {
+        let _one_at_a_time = IMPORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        import(raw)
+    };
     if result.is_err() && same_open_file(fd.as_raw_fd(), raw) {
         // SAFETY: the import failed and `raw` still refers to the file we duplicated it from, so
         // the driver did not close or keep it: it is still ours, and closed exactly once here.
