@@ -59,7 +59,8 @@ fn child_without_vulkan_driver() {
 #[cfg(feature = "opengl")]
 #[test]
 fn no_egl_vendor_gives_typed_errors() {
-    let text = child("child_without_egl_vendor", &[("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent/none.json")]);
+    let text =
+        child("child_without_egl_vendor", &[("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent/none.json")]);
     assert!(text.contains("without an EGL vendor:"), "{text}");
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_bytes_eq, poisoned, random_bytes, Validated};
+use common::{assert_bytes_eq, poisoned, random_bytes, FillThenCopy, Validated};
 use glow::HasContext;
 use lava_flow::opengl::{GlBuffer, GlContext};
 use lava_flow::{AllocationOptions, Buffer, Error, Exportable, MemoryLocation, Submission};
@@ -159,12 +159,7 @@ fn compute_shader_writes_what_vulkan_reads() {
 /// signals 3. Only the final check waits on the host. (On the host fallback GL's wait for 1 is a
 /// host wait; the order is the same.)
 #[test]
-#[allow(
-    clippy::multiple_unsafe_ops_per_block,
-    reason = "one plain sequence of Vulkan calls, as users write it"
-)]
 fn vulkan_gl_vulkan_chain_ordered_by_one_timeline() {
-    use lava_flow::ash::vk;
     let mut v = Validated::new();
     let words = 65_536usize;
     let bytes = (words * 4) as u64;
@@ -176,63 +171,16 @@ fn vulkan_gl_vulkan_chain_ordered_by_one_timeline() {
     let ctx = context(&v);
     let view = ctx.import_buffer(&shared).expect("import");
     let sync = ctx.import_timeline(&timeline).expect("timeline in GL");
-    let (device, family) = v.ash_device(0).expect("device");
     let pattern = 0x0102_0304u32;
-    // SAFETY: plain Vulkan calls on lava-flow's device with valid arguments; every object made
-    // here is destroyed after the final wait, when the GPU is done with it.
-    unsafe {
-        let pool = device
-            .create_command_pool(&vk::CommandPoolCreateInfo::default().queue_family_index(family), None)
-            .expect("pool");
-        let cmds = device
-            .allocate_command_buffers(
-                &vk::CommandBufferAllocateInfo::default().command_pool(pool).command_buffer_count(2),
-            )
-            .expect("command buffers");
-        let begin = vk::CommandBufferBeginInfo::default();
-        let barrier = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
-            .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
-        device.begin_command_buffer(cmds[0], &begin).expect("begin");
-        device.cmd_fill_buffer(cmds[0], shared.vk_buffer(), 0, bytes, pattern);
-        device.cmd_pipeline_barrier(
-            cmds[0],
-            vk::PipelineStageFlags::TRANSFER,
-            vk::PipelineStageFlags::ALL_COMMANDS,
-            vk::DependencyFlags::empty(),
-            &[barrier],
-            &[],
-            &[],
-        );
-        device.end_command_buffer(cmds[0]).expect("end");
-        device.begin_command_buffer(cmds[1], &begin).expect("begin");
-        device.cmd_copy_buffer(
-            cmds[1],
-            shared.vk_buffer(),
-            result.vk_buffer(),
-            &[vk::BufferCopy { src_offset: 0, dst_offset: 0, size: bytes }],
-        );
-        device.cmd_pipeline_barrier(
-            cmds[1],
-            vk::PipelineStageFlags::TRANSFER,
-            vk::PipelineStageFlags::ALL_COMMANDS,
-            vk::DependencyFlags::empty(),
-            &[barrier],
-            &[],
-            &[],
-        );
-        device.end_command_buffer(cmds[1]).expect("end");
-
-        v.submit(0, &Submission::new().command_buffers(&cmds[..1]).signal(&timeline, 1))
-            .expect("submit fill");
-        sync.wait(1, &[&view], &[]).expect("GL waits for the fill");
-        run_compute(&ctx, &view, words, "w * 3u + i");
-        sync.signal(2, &[&view], &[]).expect("GL signals");
-        v.submit(0, &Submission::new().wait(&timeline, 2).command_buffers(&cmds[1..]).signal(&timeline, 3))
-            .expect("submit copy");
-        timeline.wait(3, Duration::from_secs(30)).expect("the chain completes");
-        device.destroy_command_pool(pool, None);
-    }
+    let chain = FillThenCopy::record(&v, &shared, &result, pattern);
+    let (fill, copy) = chain.submissions();
+    v.submit(0, &fill.signal(&timeline, 1)).expect("submit fill");
+    sync.wait(1, &[&view], &[]).expect("GL waits for the fill");
+    run_compute(&ctx, &view, words, "w * 3u + i");
+    sync.signal(2, &[&view], &[]).expect("GL signals");
+    v.submit(0, &copy.wait(&timeline, 2).signal(&timeline, 3)).expect("submit copy");
+    timeline.wait(3, Duration::from_secs(30)).expect("the chain completes");
+    drop(chain);
     let mut out = poisoned(words * 4);
     result.read(0, &mut out).expect("read");
     let want: Vec<u8> =

@@ -37,7 +37,8 @@ fn hundred_thousand_cycles_from_eight_threads_leak_nothing() {
             scope.spawn(move || {
                 let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5eed + t);
                 #[cfg(feature = "opengl")]
-                let gl = lava_flow::opengl::GlContext::headless(allocator.device(0).expect("device")).expect("GL");
+                let gl =
+                    lava_flow::opengl::GlContext::headless(allocator.device(0).expect("device")).expect("GL");
                 let mut live = Vec::new();
                 for i in 0..CYCLES / THREADS {
                     let size = rng.random_range(1..=256 * 1024u64);
@@ -86,5 +87,7 @@ fn hundred_thousand_cycles_from_eight_threads_leak_nothing() {
     assert_eq!(v.stats(), stats, "buffers, blocks and bytes back to the baseline");
     let sampled = verified.load(std::sync::atomic::Ordering::Relaxed);
     assert!(sampled >= CYCLES / 100, "{sampled} samples verified");
-    println!("{CYCLES} cycles from {THREADS} threads, {sampled} samples verified both ways, nothing left behind");
+    println!(
+        "{CYCLES} cycles from {THREADS} threads, {sampled} samples verified both ways, nothing left behind"
+    );
 }

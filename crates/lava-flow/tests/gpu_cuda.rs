@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_bytes_eq, open_fds, poisoned, random_bytes, Validated};
+use common::{assert_bytes_eq, open_fds, poisoned, random_bytes, FillThenCopy, Validated};
 use lava_flow::cuda::{self, Context, DeviceMemory};
 use lava_flow::{AllocationOptions, Buffer, MemoryLocation, Submission};
 
@@ -136,9 +136,7 @@ fn a_thousand_import_map_unmap_cycles_leave_nothing_behind() {
 /// buffer in place and signals 2; Vulkan waits for 2, copies the result to a second buffer and
 /// signals 3. Only the final check waits on the host.
 #[test]
-#[allow(clippy::multiple_unsafe_ops_per_block, reason = "one plain sequence of Vulkan calls")]
 fn kernel_between_vulkan_passes_ordered_by_one_timeline() {
-    use lava_flow::ash::vk;
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "kernel") else { return };
     let words = 1u32 << 18;
@@ -153,65 +151,21 @@ fn kernel_between_vulkan_passes_ordered_by_one_timeline() {
     let stream = ctx.stream().expect("stream");
     let module = ctx.load_ptx(include_str!("../examples/kernels/transform.ptx")).expect("PTX");
     let kernel = module.function("transform").expect("kernel");
-    let (device, family) = v.ash_device(0).expect("device");
     let pattern = 0x0102_0304u32;
-    // SAFETY: plain Vulkan calls on lava-flow's device; everything made here is destroyed after
-    // the final wait.
-    unsafe {
-        let pool = device
-            .create_command_pool(&vk::CommandPoolCreateInfo::default().queue_family_index(family), None)
-            .expect("pool");
-        let cmds = device
-            .allocate_command_buffers(
-                &vk::CommandBufferAllocateInfo::default().command_pool(pool).command_buffer_count(2),
-            )
-            .expect("command buffers");
-        let barrier = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
-            .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
-        let begin = vk::CommandBufferBeginInfo::default();
-        device.begin_command_buffer(cmds[0], &begin).expect("begin");
-        device.cmd_fill_buffer(cmds[0], shared.vk_buffer(), 0, bytes, pattern);
-        device.cmd_pipeline_barrier(
-            cmds[0],
-            vk::PipelineStageFlags::TRANSFER,
-            vk::PipelineStageFlags::ALL_COMMANDS,
-            vk::DependencyFlags::empty(),
-            &[barrier],
-            &[],
-            &[],
-        );
-        device.end_command_buffer(cmds[0]).expect("end");
-        device.begin_command_buffer(cmds[1], &begin).expect("begin");
-        device.cmd_copy_buffer(
-            cmds[1],
-            shared.vk_buffer(),
-            result.vk_buffer(),
-            &[vk::BufferCopy { src_offset: 0, dst_offset: 0, size: bytes }],
-        );
-        device.cmd_pipeline_barrier(
-            cmds[1],
-            vk::PipelineStageFlags::TRANSFER,
-            vk::PipelineStageFlags::ALL_COMMANDS,
-            vk::DependencyFlags::empty(),
-            &[barrier],
-            &[],
-            &[],
-        );
-        device.end_command_buffer(cmds[1]).expect("end");
-
-        v.submit(0, &Submission::new().command_buffers(&cmds[..1]).signal(&timeline, 1)).expect("fill");
-        sync.wait(1, &stream).expect("CUDA waits for the fill");
-        let mut ptr = view.device_ptr();
-        let mut n = words;
-        let mut params = [(&mut ptr as *mut u64).cast(), (&mut n as *mut u32).cast()];
-        kernel.launch(&stream, (words.div_ceil(256), 1, 1), (256, 1, 1), &mut params).expect("launch");
-        sync.signal(2, &stream).expect("CUDA signals");
-        v.submit(0, &Submission::new().wait(&timeline, 2).command_buffers(&cmds[1..]).signal(&timeline, 3))
-            .expect("copy");
-        timeline.wait(3, Duration::from_secs(30)).expect("the chain completes");
-        device.destroy_command_pool(pool, None);
-    }
+    let chain = FillThenCopy::record(&v, &shared, &result, pattern);
+    let (fill, copy) = chain.submissions();
+    v.submit(0, &fill.signal(&timeline, 1)).expect("submit fill");
+    sync.wait(1, &stream).expect("CUDA waits for the fill");
+    let mut ptr = view.device_ptr();
+    let mut n = words;
+    let mut params = [(&mut ptr as *mut u64).cast(), (&mut n as *mut u32).cast()];
+    // SAFETY: two parameters of the kernel's types; it touches `words` words of `view`, which
+    // lives until the chain has completed.
+    unsafe { kernel.launch(&stream, (words.div_ceil(256), 1, 1), (256, 1, 1), &mut params) }.expect("launch");
+    sync.signal(2, &stream).expect("CUDA signals");
+    v.submit(0, &copy.wait(&timeline, 2).signal(&timeline, 3)).expect("submit copy");
+    timeline.wait(3, Duration::from_secs(30)).expect("the chain completes");
+    drop(chain);
     let mut out = poisoned(bytes as usize);
     result.read(0, &mut out).expect("read");
     let want: Vec<u8> =

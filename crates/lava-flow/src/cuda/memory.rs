@@ -72,13 +72,8 @@ impl Drop for ExternalMemory {
     fn drop(&mut self) {
         // Reverse order: the mapping, then the import (the Vulkan memory outlives both: every
         // CudaBuffer borrows its lava-flow Buffer, which holds the block).
-        let result = self.ctx.bind().and_then(|()| {
-            // SAFETY: the mapping made in `import`, freed once; no CudaBuffer uses it any more.
-            check("cuMemFree_v2", unsafe { sys::cuMemFree_v2(self.base) })
-        });
-        if let Err(e) = result {
-            log::error!("{e}");
-        }
+        // SAFETY: the mapping made in `import`, freed once; no CudaBuffer uses it any more.
+        unsafe { free(&self.ctx, self.base) };
         // SAFETY: the import made in `import`, destroyed once, after its mapping.
         let destroyed = unsafe { sys::cuDestroyExternalMemory(self.external) };
         if let Err(e) = check("cuDestroyExternalMemory", destroyed) {
@@ -273,13 +268,22 @@ impl DeviceMemory for DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        let freed = self.ctx.bind().and_then(|()| {
-            // SAFETY: allocated by `Context::alloc`, freed once.
-            check("cuMemFree_v2", unsafe { sys::cuMemFree_v2(self.ptr) })
-        });
-        if let Err(e) = freed {
-            log::error!("{e}");
-        }
+        // SAFETY: allocated by `Context::alloc` in this context, freed once.
+        unsafe { free(&self.ctx, self.ptr) };
+    }
+}
+
+/// `cuMemFree` in `ctx`, logging a failure (it runs in `Drop`).
+///
+/// # Safety
+/// `ptr` was allocated (or mapped) in `ctx`, is freed here once, and nothing uses it any more.
+unsafe fn free(ctx: &Context, ptr: sys::CUdeviceptr) {
+    let freed = ctx.bind().and_then(|()| {
+        // SAFETY: the caller's contract.
+        check("cuMemFree_v2", unsafe { sys::cuMemFree_v2(ptr) })
+    });
+    if let Err(e) = freed {
+        log::error!("{e}");
     }
 }
 
@@ -362,16 +366,9 @@ impl DeviceMemory for ForeignMemory {
 
 impl Drop for ForeignMemory {
     fn drop(&mut self) {
-        if !self.owned {
-            return;
-        }
-        let freed = self.ctx.bind().and_then(|()| {
-            // SAFETY: owned memory from cuMemAlloc in this context (the `owned` contract), freed
-            // once.
-            check("cuMemFree_v2", unsafe { sys::cuMemFree_v2(self.ptr) })
-        });
-        if let Err(e) = freed {
-            log::error!("{e}");
+        if self.owned {
+            // SAFETY: owned memory from cuMemAlloc in this context (the `owned` contract).
+            unsafe { free(&self.ctx, self.ptr) };
         }
     }
 }

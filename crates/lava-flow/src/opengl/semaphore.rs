@@ -88,27 +88,7 @@ impl GlTimeline<'_> {
         let Some(name) = self.gl else {
             return self.semaphore.wait(value, FALLBACK_WAIT_TIMEOUT);
         };
-        let shared = &self.ctx.shared;
-        let gl = shared.current()?;
-        let names: Vec<GLuint> = buffers.iter().map(|b| b.gl_buffer()).collect();
-        let (texture_names, layouts) = texture_barriers(textures);
-        // SAFETY: the context is current; `name` is its timeline semaphore; `value` outlives
-        // the call.
-        unsafe { gl.SemaphoreParameterui64vEXT(name, sys::TIMELINE_SEMAPHORE_VALUE_NV, &value) };
-        shared.check("glSemaphoreParameterui64vEXT(GL_TIMELINE_SEMAPHORE_VALUE_NV)")?;
-        // SAFETY: as above; the lists name live buffers and textures of this context, with one
-        // layout per texture.
-        unsafe {
-            gl.WaitSemaphoreEXT(
-                name,
-                names.len() as u32,
-                names.as_ptr(),
-                texture_names.len() as u32,
-                texture_names.as_ptr(),
-                layouts.as_ptr(),
-            )
-        };
-        shared.check("glWaitSemaphoreEXT")
+        self.semaphore_op(name, value, buffers, textures, Op::Wait)
     }
 
     /// Sets the timeline to `value` once the GL commands issued so far are done. `buffers` and
@@ -124,34 +104,54 @@ impl GlTimeline<'_> {
                 "timeline values must increase: signal({value}) with the counter at {current}"
             )));
         }
+        self.semaphore_op(name, value, buffers, textures, Op::Signal)?;
+        let gl = self.ctx.shared.current()?;
+        // SAFETY: the context is current. The signal must reach the GPU without further GL calls.
+        unsafe { gl.Flush() };
+        self.ctx.shared.check("glFlush")
+    }
+
+    /// Sets the GL semaphore's timeline value, then waits for or signals it with the barriers
+    /// for `buffers` and `textures`.
+    fn semaphore_op(
+        &self,
+        name: GLuint,
+        value: u64,
+        buffers: &[&GlBuffer<'_>],
+        textures: &[&GlTexture<'_>],
+        op: Op,
+    ) -> Result<()> {
         let shared = &self.ctx.shared;
         let gl = shared.current()?;
         let names: Vec<GLuint> = buffers.iter().map(|b| b.gl_buffer()).collect();
-        let (texture_names, layouts) = texture_barriers(textures);
-        // SAFETY: as in `wait`.
+        // lava-flow keeps images in GENERAL layout, so that is what GL is told.
+        let (texture_names, layouts): (Vec<GLuint>, Vec<GLenum>) =
+            textures.iter().map(|t| (t.gl_texture(), sys::LAYOUT_GENERAL_EXT)).unzip();
+        // SAFETY: the context is current; `name` is its timeline semaphore; `value` outlives
+        // the call.
         unsafe { gl.SemaphoreParameterui64vEXT(name, sys::TIMELINE_SEMAPHORE_VALUE_NV, &value) };
         shared.check("glSemaphoreParameterui64vEXT(GL_TIMELINE_SEMAPHORE_VALUE_NV)")?;
-        // SAFETY: as in `wait`.
-        unsafe {
-            gl.SignalSemaphoreEXT(
-                name,
-                names.len() as u32,
-                names.as_ptr(),
-                texture_names.len() as u32,
-                texture_names.as_ptr(),
-                layouts.as_ptr(),
-            )
-        };
-        shared.check("glSignalSemaphoreEXT")?;
-        // SAFETY: the context is current. The signal must reach the GPU without further GL calls.
-        unsafe { gl.Flush() };
-        shared.check("glFlush")
+        let (nb, nt) = (names.len() as u32, texture_names.len() as u32);
+        let (b, t, l) = (names.as_ptr(), texture_names.as_ptr(), layouts.as_ptr());
+        match op {
+            // SAFETY: the lists name live buffers and textures of this context, one layout per
+            // texture; the context is current.
+            Op::Wait => unsafe { gl.WaitSemaphoreEXT(name, nb, b, nt, t, l) },
+            // SAFETY: as above.
+            Op::Signal => unsafe { gl.SignalSemaphoreEXT(name, nb, b, nt, t, l) },
+        }
+        shared.check(match op {
+            Op::Wait => "glWaitSemaphoreEXT",
+            Op::Signal => "glSignalSemaphoreEXT",
+        })
     }
 }
 
-/// Texture names and their layouts (`GL_LAYOUT_GENERAL_EXT`: lava-flow keeps images there).
-fn texture_barriers(textures: &[&GlTexture<'_>]) -> (Vec<GLuint>, Vec<GLenum>) {
-    textures.iter().map(|t| (t.gl_texture(), sys::LAYOUT_GENERAL_EXT)).unzip()
+/// Which side of a semaphore a GL command is on.
+#[derive(Clone, Copy)]
+enum Op {
+    Wait,
+    Signal,
 }
 
 impl Drop for GlTimeline<'_> {

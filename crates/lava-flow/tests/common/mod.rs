@@ -104,3 +104,81 @@ pub fn texel_data(format: lava_flow::ImageFormat, len: usize) -> Vec<u8> {
     }
     v
 }
+
+/// Two recorded command buffers on an allocator's device 0: `fill` writes `pattern` over all of
+/// `src`, `copy` copies `src` into `dst`; each ends with a barrier that makes its writes visible
+/// to later work. The pool is destroyed on drop: drop it only after the work has completed.
+pub struct FillThenCopy {
+    device: lava_flow::ash::Device,
+    pool: lava_flow::ash::vk::CommandPool,
+    pub fill: lava_flow::ash::vk::CommandBuffer,
+    pub copy: lava_flow::ash::vk::CommandBuffer,
+}
+
+impl FillThenCopy {
+    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one plain sequence of Vulkan calls")]
+    pub fn record(
+        allocator: &MemoryAllocator,
+        src: &lava_flow::Buffer,
+        dst: &lava_flow::Buffer,
+        pattern: u32,
+    ) -> Self {
+        use lava_flow::ash::vk;
+        let (device, family) = allocator.ash_device(0).expect("device");
+        let size = src.size();
+        let barrier = vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
+            .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
+        // SAFETY: plain Vulkan calls on lava-flow's device with valid arguments; the buffers
+        // outlive the recorded work (the caller waits for it before dropping anything).
+        unsafe {
+            let pool = device
+                .create_command_pool(&vk::CommandPoolCreateInfo::default().queue_family_index(family), None)
+                .expect("pool");
+            let cmds = device
+                .allocate_command_buffers(
+                    &vk::CommandBufferAllocateInfo::default().command_pool(pool).command_buffer_count(2),
+                )
+                .expect("command buffers");
+            for (i, cmd) in cmds.iter().copied().enumerate() {
+                device.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default()).expect("begin");
+                if i == 0 {
+                    device.cmd_fill_buffer(cmd, src.vk_buffer(), 0, size, pattern);
+                } else {
+                    let region = vk::BufferCopy { src_offset: 0, dst_offset: 0, size };
+                    device.cmd_copy_buffer(cmd, src.vk_buffer(), dst.vk_buffer(), &[region]);
+                }
+                device.cmd_pipeline_barrier(
+                    cmd,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::PipelineStageFlags::ALL_COMMANDS,
+                    vk::DependencyFlags::empty(),
+                    &[barrier],
+                    &[],
+                    &[],
+                );
+                device.end_command_buffer(cmd).expect("end");
+            }
+            FillThenCopy { device, pool, fill: cmds[0], copy: cmds[1] }
+        }
+    }
+}
+
+impl FillThenCopy {
+    /// Submissions of the fill and of the copy, to add waits and signals to.
+    pub fn submissions(&self) -> (lava_flow::Submission<'static>, lava_flow::Submission<'static>) {
+        // SAFETY: both were recorded on this device and live until `self` drops, which callers
+        // do after waiting for the work.
+        let fill = unsafe { lava_flow::Submission::new().command_buffers(&[self.fill]) };
+        // SAFETY: as above.
+        let copy = unsafe { lava_flow::Submission::new().command_buffers(&[self.copy]) };
+        (fill, copy)
+    }
+}
+
+impl Drop for FillThenCopy {
+    fn drop(&mut self) {
+        // SAFETY: the caller waited for the work; the pool frees its command buffers.
+        unsafe { self.device.destroy_command_pool(self.pool, None) };
+    }
+}
