@@ -18,7 +18,6 @@ fn shareable_types_are_send_and_sync() {
         send_sync::<lava_flow::cuda::Context>();
         send_sync::<lava_flow::cuda::Stream>();
         send_sync::<lava_flow::cuda::DeviceBuffer>();
-        send_sync::<lava_flow::cuda::ForeignMemory>();
         send_sync::<lava_flow::cuda::CudaBuffer<'static>>();
         send_sync::<lava_flow::cuda::Module>();
     }

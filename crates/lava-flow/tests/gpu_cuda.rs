@@ -183,7 +183,7 @@ fn foreign_pointers_are_borrowed_or_owned_by_type() {
     // Borrowed: dropping the wrapper leaves the memory alone.
     // SAFETY: `mine` outlives `borrowed` and is of this context.
     let borrowed =
-        unsafe { cuda::ForeignMemory::borrowed(&ctx, mine.device_ptr(), mine.size()) }.expect("wrap");
+        unsafe { cuda::DeviceBuffer::borrowed(&ctx, mine.device_ptr(), mine.size()) }.expect("wrap");
     assert!(!borrowed.is_owned());
     let mut out = poisoned(1 << 20);
     borrowed.copy_to_host(0, &mut out).expect("read through the wrapper");
@@ -196,7 +196,7 @@ fn foreign_pointers_are_borrowed_or_owned_by_type() {
     let (free_before, _) = ctx.memory_info().expect("info");
     let raw = ctx.alloc(64 << 20).expect("alloc").into_raw();
     // SAFETY: `raw` is from cuMemAlloc in this context and nobody else frees it.
-    let owned = unsafe { cuda::ForeignMemory::owned(&ctx, raw, 64 << 20) }.expect("adopt");
+    let owned = unsafe { cuda::DeviceBuffer::owned(&ctx, raw, 64 << 20) }.expect("adopt");
     drop(owned);
     let (free_after, _) = ctx.memory_info().expect("info");
     assert!(
@@ -204,7 +204,7 @@ fn foreign_pointers_are_borrowed_or_owned_by_type() {
         "the owned memory was freed: {free_before} then {free_after}"
     );
     // SAFETY: a null pointer is refused before anything else.
-    assert!(unsafe { cuda::ForeignMemory::borrowed(&ctx, 0, 16) }.is_err());
+    assert!(unsafe { cuda::DeviceBuffer::borrowed(&ctx, 0, 16) }.is_err());
 }
 
 /// What `surface_write.ptx` writes into a level of `width` × `height` texels of `texel` bytes.

@@ -145,7 +145,7 @@ impl Context {
         let mut ptr = 0;
         // SAFETY: the context is current; `ptr` is a valid out-pointer.
         check("cuMemAlloc_v2", unsafe { sys::cuMemAlloc_v2(&mut ptr, size as usize) })?;
-        Ok(DeviceBuffer { ctx: self.clone(), ptr, size })
+        Ok(DeviceBuffer { ctx: self.clone(), ptr, size, owned: true })
     }
 }
 
@@ -238,11 +238,19 @@ impl DeviceMemory for CudaBuffer<'_> {
     }
 }
 
-/// Device memory from `cuMemAlloc`, freed with `cuMemFree` on drop.
+/// Plain CUDA device memory: from [`Context::alloc`] (freed with `cuMemFree` on drop), or a
+/// pointer lava-flow did not allocate (`cuMemAlloc` elsewhere, a PyTorch or CuPy tensor's
+/// storage), wrapped as [`borrowed`](DeviceBuffer::borrowed) (never freed) or
+/// [`owned`](DeviceBuffer::owned) (freed on drop). Who frees it is in the value, not in a
+/// protocol.
+///
+/// Such memory cannot be exported to Vulkan (CUDA exports only `cuMemCreate` memory): allocate
+/// with lava-flow and import into CUDA instead.
 pub struct DeviceBuffer {
     ctx: Context,
     ptr: sys::CUdeviceptr,
     size: u64,
+    owned: bool,
 }
 
 impl std::fmt::Debug for DeviceBuffer {
@@ -250,6 +258,7 @@ impl std::fmt::Debug for DeviceBuffer {
         f.debug_struct("DeviceBuffer")
             .field("ptr", &format_args!("{:#x}", self.ptr))
             .field("size", &self.size)
+            .field("owned", &self.owned)
             .finish()
     }
 }
@@ -268,8 +277,10 @@ impl DeviceMemory for DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        // SAFETY: allocated by `Context::alloc` in this context, freed once.
-        unsafe { free(&self.ctx, self.ptr) };
+        if self.owned {
+            // SAFETY: from `Context::alloc`, or owned by the `owned` contract; freed once.
+            unsafe { free(&self.ctx, self.ptr) };
+        }
     }
 }
 
@@ -287,56 +298,33 @@ unsafe fn free(ctx: &Context, ptr: sys::CUdeviceptr) {
     }
 }
 
-/// Device memory lava-flow did not allocate: a pointer from `cuMemAlloc` elsewhere, or a
-/// PyTorch/CuPy tensor's storage. Who frees it is in the type: [`ForeignMemory::borrowed`]
-/// never frees, [`ForeignMemory::owned`] frees with `cuMemFree` on drop.
-pub struct ForeignMemory {
-    ctx: Context,
-    ptr: sys::CUdeviceptr,
-    size: u64,
-    owned: bool,
-}
-
-impl std::fmt::Debug for ForeignMemory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ForeignMemory")
-            .field("ptr", &format_args!("{:#x}", self.ptr))
-            .field("size", &self.size)
-            .field("owned", &self.owned)
-            .finish()
-    }
-}
-
-impl ForeignMemory {
+impl DeviceBuffer {
     /// Wraps `size` bytes at `ptr` without taking ownership: lava-flow never frees them.
-    ///
-    /// Such memory cannot be exported to Vulkan (CUDA can only export memory made with
-    /// `cuMemCreate`); allocate with lava-flow and import into CUDA instead.
     ///
     /// # Safety
     /// `ptr..ptr + size` is device memory of `ctx`'s device that stays allocated while the
     /// returned value lives.
     pub unsafe fn borrowed(ctx: &Context, ptr: sys::CUdeviceptr, size: u64) -> Result<Self> {
-        Self::new(ctx, ptr, size, false)
+        Self::wrap(ctx, ptr, size, false)
     }
 
-    /// Takes ownership of `size` bytes at `ptr`, which were allocated with `cuMemAlloc` in
-    /// `ctx`: they are freed with `cuMemFree` when the returned value is dropped.
+    /// Takes ownership of `size` bytes at `ptr`, allocated with `cuMemAlloc` in `ctx`: they are
+    /// freed with `cuMemFree` when the returned value is dropped.
     ///
     /// # Safety
-    /// As for [`ForeignMemory::borrowed`], and nobody else frees `ptr`.
+    /// As for [`DeviceBuffer::borrowed`], and nobody else frees `ptr`.
     pub unsafe fn owned(ctx: &Context, ptr: sys::CUdeviceptr, size: u64) -> Result<Self> {
-        Self::new(ctx, ptr, size, true)
+        Self::wrap(ctx, ptr, size, true)
     }
 
-    fn new(ctx: &Context, ptr: sys::CUdeviceptr, size: u64, owned: bool) -> Result<Self> {
+    fn wrap(ctx: &Context, ptr: sys::CUdeviceptr, size: u64, owned: bool) -> Result<Self> {
         if ptr == 0 {
             return Err(Error::InvalidArgument("a null device pointer".into()));
         }
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        Ok(ForeignMemory { ctx: ctx.clone(), ptr, size, owned })
+        Ok(DeviceBuffer { ctx: ctx.clone(), ptr, size, owned })
     }
 
     /// Whether lava-flow frees the memory on drop.
@@ -344,37 +332,7 @@ impl ForeignMemory {
         self.owned
     }
 
-    /// Gives the pointer back without freeing it (for owned memory: the caller owns it again).
-    pub fn into_raw(self) -> sys::CUdeviceptr {
-        let ptr = self.ptr;
-        std::mem::forget(self);
-        ptr
-    }
-}
-
-impl DeviceMemory for ForeignMemory {
-    fn context(&self) -> &Context {
-        &self.ctx
-    }
-    fn device_ptr(&self) -> sys::CUdeviceptr {
-        self.ptr
-    }
-    fn size(&self) -> u64 {
-        self.size
-    }
-}
-
-impl Drop for ForeignMemory {
-    fn drop(&mut self) {
-        if self.owned {
-            // SAFETY: owned memory from cuMemAlloc in this context (the `owned` contract).
-            unsafe { free(&self.ctx, self.ptr) };
-        }
-    }
-}
-
-impl DeviceBuffer {
-    /// Gives up ownership: the returned pointer is no longer freed by lava-flow.
+    /// Gives the pointer back without freeing it: owned memory becomes the caller's again.
     pub fn into_raw(self) -> sys::CUdeviceptr {
         let ptr = self.ptr;
         std::mem::forget(self);

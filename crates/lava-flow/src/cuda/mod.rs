@@ -36,7 +36,7 @@ mod semaphore;
 
 pub use array::{CudaArray, CudaImage, SurfaceObject, TextureObject};
 pub use context::{device_id_for, devices, ordinal_for, Context, CudaDevice, Stream};
-pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory, ForeignMemory};
+pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory};
 pub use module::{Function, Module};
 pub use semaphore::CudaTimeline;
 
