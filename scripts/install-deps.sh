@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what lava-flow's tests and examples need on a Debian or Ubuntu machine that has only
-# Rust: Mesa's Vulkan (lavapipe) and GL (llvmpipe) drivers, the Vulkan/EGL/OpenCL loaders and the
-# Khronos validation layer. Does nothing when everything is present. Needs root or sudo.
+# Rust: Mesa's Vulkan (lavapipe) and GL (llvmpipe) drivers, the Vulkan/EGL/OpenCL loaders, PoCL
+# (an OpenCL platform) and the Khronos validation layer. Does nothing when everything is present. Needs root or sudo.
 set -euo pipefail
 
 packages=(
@@ -10,6 +10,7 @@ packages=(
   vulkan-validationlayers
   libegl1 libegl-mesa0 libgl1-mesa-dri libgl1  # EGL/GL loaders and llvmpipe
   ocl-icd-libopencl1    # the OpenCL ICD loader
+  pocl-opencl-icd       # an OpenCL platform without external memory, as the GPU machine also has
   gcc                   # the linker Rust uses
 )
 

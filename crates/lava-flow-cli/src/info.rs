@@ -130,7 +130,7 @@ fn device_report(d: &DeviceInfo, cuda: &CudaDevices) -> DeviceReport {
         vulkan,
         cuda,
         opengl: opengl_report(d),
-        opencl: ApiReport::missing("lava-flow has no OpenCL support yet"),
+        opencl: opencl_report(d),
     }
 }
 
@@ -148,6 +148,47 @@ fn cuda_devices() -> CudaDevices {
 #[cfg(not(feature = "cuda"))]
 fn cuda_devices() -> CudaDevices {
     Err("this build of lava-flow has no CUDA support (feature `cuda`)".into())
+}
+
+#[cfg(feature = "opencl")]
+fn opencl_report(d: &DeviceInfo) -> ApiReport {
+    use lava_flow::opencl;
+    let devices = match opencl::devices() {
+        Ok(list) => list,
+        Err(e) => return ApiReport::missing(e.to_string()),
+    };
+    match devices.iter().find(|c| c.uuid == Some(d.uuid)) {
+        None => ApiReport::missing(format!(
+            "no OpenCL device has this UUID ({} OpenCL device(s): {})",
+            devices.len(),
+            devices.iter().map(|c| format!("{} on {}", c.name, c.platform)).collect::<Vec<_>>().join(", ")
+        )),
+        Some(c) => {
+            let has = |e: &str| if c.has_extension(e) { "yes" } else { "no" };
+            ApiReport {
+                available: c.has_extension(opencl::EXTERNAL_MEMORY_OPAQUE_FD),
+                detail: format!("{} on {}, same UUID", c.name, c.platform),
+                capabilities: vec![
+                    format!(
+                        "{}: {}",
+                        opencl::EXTERNAL_MEMORY_OPAQUE_FD,
+                        has(opencl::EXTERNAL_MEMORY_OPAQUE_FD)
+                    ),
+                    format!(
+                        "{}: {}",
+                        opencl::EXTERNAL_SEMAPHORE_OPAQUE_FD,
+                        has(opencl::EXTERNAL_SEMAPHORE_OPAQUE_FD)
+                    ),
+                    "imports by lava-flow: not built yet".into(),
+                ],
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "opencl"))]
+fn opencl_report(_: &DeviceInfo) -> ApiReport {
+    ApiReport::missing("this build of lava-flow has no OpenCL support (feature `opencl`)")
 }
 
 #[cfg(feature = "opengl")]

@@ -50,6 +50,8 @@ mod error;
 mod fd;
 pub mod handle;
 mod location;
+#[cfg(feature = "opencl")]
+pub mod opencl;
 #[cfg(feature = "opengl")]
 pub mod opengl;
 mod suballoc;
@@ -79,6 +81,11 @@ pub struct OpenGlGuide;
 #[cfg(all(doctest, feature = "cuda"))]
 #[doc = include_str!("../../../docs/cuda_interop.md")]
 pub struct CudaGuide;
+
+/// The guide `docs/opencl_interop.md`, whose examples are compiled and run as doctests.
+#[cfg(all(doctest, feature = "opencl"))]
+#[doc = include_str!("../../../docs/opencl_interop.md")]
+pub struct OpenClGuide;
 
 /// The `ash` crate lava-flow is built on, re-exported so that users' raw handles have the same
 /// types.

@@ -1,0 +1,128 @@
+//! OpenCL, loaded at run time: the core functions lava-flow calls, from the ICD loader
+//! (`libOpenCL.so.1`); extension functions, which loaders do not export, come from
+//! `clGetExtensionFunctionAddressForPlatform`. Types and constants follow the Khronos headers
+//! (`CL/cl.h`, `CL/cl_ext.h`).
+#![allow(non_camel_case_types, non_snake_case)]
+
+use std::ffi::{c_char, c_void, CString};
+use std::sync::OnceLock;
+
+use crate::error::{Api, Error, Result};
+
+pub type cl_int = i32;
+pub type cl_uint = u32;
+pub type cl_bitfield = u64;
+pub type cl_platform_id = *mut c_void;
+pub type cl_device_id = *mut c_void;
+pub type cl_context = *mut c_void;
+pub type cl_context_properties = isize;
+
+pub const CL_SUCCESS: cl_int = 0;
+pub const CL_PLATFORM_NAME: cl_uint = 0x0902;
+pub const CL_PLATFORM_EXTENSIONS: cl_uint = 0x0904;
+pub const CL_DEVICE_TYPE_ALL: cl_bitfield = 0xFFFF_FFFF;
+pub const CL_DEVICE_NAME: cl_uint = 0x102B;
+pub const CL_DEVICE_EXTENSIONS: cl_uint = 0x1030;
+/// `cl_khr_device_uuid`.
+pub const CL_DEVICE_UUID_KHR: cl_uint = 0x106A;
+pub const CL_CONTEXT_PLATFORM: cl_context_properties = 0x1084;
+
+macro_rules! functions {
+    ($($name:ident: fn($($arg:ty),*) -> $ret:ty;)*) => {
+        /// The core OpenCL functions lava-flow calls.
+        #[allow(non_snake_case)]
+        pub struct Cl {
+            $(pub $name: unsafe extern "C" fn($($arg),*) -> $ret,)*
+            /// Keeps the library loaded while the pointers are used.
+            _library: libloading::Library,
+        }
+
+        impl Cl {
+            /// Looks every function up in `library`.
+            ///
+            /// # Safety
+            /// `library` is an OpenCL ICD loader, whose functions have the Khronos signatures.
+            unsafe fn load(library: libloading::Library) -> std::result::Result<Self, String> {
+                $(
+                    // SAFETY: the caller's contract: the symbol has this signature.
+                    let $name = *unsafe {
+                        library.get::<unsafe extern "C" fn($($arg),*) -> $ret>(concat!(stringify!($name), "\0").as_bytes())
+                    }
+                    .map_err(|e| format!("{}: {e}", stringify!($name)))?;
+                )*
+                Ok(Cl { $($name,)* _library: library })
+            }
+        }
+    };
+}
+
+functions! {
+    clGetPlatformIDs: fn(cl_uint, *mut cl_platform_id, *mut cl_uint) -> cl_int;
+    clGetPlatformInfo: fn(cl_platform_id, cl_uint, usize, *mut c_void, *mut usize) -> cl_int;
+    clGetDeviceIDs: fn(cl_platform_id, cl_bitfield, cl_uint, *mut cl_device_id, *mut cl_uint) -> cl_int;
+    clGetDeviceInfo: fn(cl_device_id, cl_uint, usize, *mut c_void, *mut usize) -> cl_int;
+    clCreateContext: fn(*const cl_context_properties, cl_uint, *const cl_device_id, *const c_void, *mut c_void, *mut cl_int) -> cl_context;
+    clReleaseContext: fn(cl_context) -> cl_int;
+    clGetExtensionFunctionAddressForPlatform: fn(cl_platform_id, *const c_char) -> *mut c_void;
+}
+
+/// The loaded library, or why there is none; looked for once.
+pub(crate) fn cl() -> Result<&'static Cl> {
+    static CL: OnceLock<std::result::Result<Cl, String>> = OnceLock::new();
+    let loaded = CL.get_or_init(|| {
+        // SAFETY: loading the ICD loader runs its initialisers; that is its purpose.
+        let library = unsafe { libloading::Library::new("libOpenCL.so.1") }.map_err(|e| e.to_string())?;
+        // SAFETY: libOpenCL.so.1 is the Khronos ICD loader.
+        unsafe { Cl::load(library) }.map_err(|missing| format!("the OpenCL loader lacks {missing}"))
+    });
+    loaded.as_ref().map_err(|reason| Error::LibraryNotFound {
+        api: Api::OpenCl,
+        library: "libOpenCL.so.1",
+        reason: reason.clone(),
+    })
+}
+
+/// An extension function of `platform`, or `None` where the platform does not provide it.
+pub(crate) fn extension_fn(cl: &Cl, platform: cl_platform_id, name: &str) -> Option<*mut c_void> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: `platform` came from clGetPlatformIDs; `cname` is NUL-terminated.
+    let f = unsafe { (cl.clGetExtensionFunctionAddressForPlatform)(platform, cname.as_ptr()) };
+    (!f.is_null()).then_some(f)
+}
+
+/// Turns an OpenCL status into `Ok` or [`Error::Ffi`] naming `call`.
+pub(crate) fn check(call: &'static str, status: cl_int) -> Result<()> {
+    if status == CL_SUCCESS {
+        return Ok(());
+    }
+    let (name, description) = match status {
+        -1 => ("CL_DEVICE_NOT_FOUND", "no device of the requested type"),
+        -2 => ("CL_DEVICE_NOT_AVAILABLE", "the device is not available"),
+        -4 => ("CL_MEM_OBJECT_ALLOCATION_FAILURE", "memory for the object could not be allocated"),
+        -5 => ("CL_OUT_OF_RESOURCES", "the device ran out of resources"),
+        -6 => ("CL_OUT_OF_HOST_MEMORY", "the host ran out of memory"),
+        -11 => ("CL_BUILD_PROGRAM_FAILURE", "the program failed to build"),
+        -13 => ("CL_MISALIGNED_SUB_BUFFER_OFFSET", "the sub-buffer offset is not aligned for the device"),
+        -30 => ("CL_INVALID_VALUE", "an argument has an invalid value"),
+        -32 => ("CL_INVALID_PLATFORM", "the platform is not valid"),
+        -33 => ("CL_INVALID_DEVICE", "the device is not valid"),
+        -34 => ("CL_INVALID_CONTEXT", "the context is not valid"),
+        -36 => ("CL_INVALID_COMMAND_QUEUE", "the command queue is not valid"),
+        -38 => ("CL_INVALID_MEM_OBJECT", "the memory object is not valid"),
+        -46 => ("CL_INVALID_KERNEL_NAME", "no kernel of that name in the program"),
+        -48 => ("CL_INVALID_KERNEL", "the kernel is not valid"),
+        -51 => ("CL_INVALID_ARG_SIZE", "a kernel argument has the wrong size"),
+        -52 => ("CL_INVALID_KERNEL_ARGS", "kernel arguments are missing"),
+        -59 => ("CL_INVALID_OPERATION", "the operation is not valid in this state"),
+        -61 => ("CL_INVALID_BUFFER_SIZE", "the buffer size is not valid"),
+        -64 => ("CL_INVALID_PROPERTY", "a property is not supported or not valid"),
+        -1001 => ("CL_PLATFORM_NOT_FOUND_KHR", "the ICD loader found no platform"),
+        _ => ("", ""),
+    };
+    let (name, description) = if name.is_empty() {
+        (format!("CL error {status}"), "a status this build does not name".to_owned())
+    } else {
+        (name.to_owned(), description.to_owned())
+    };
+    Err(Error::Ffi { api: Api::OpenCl, call, name, description })
+}
