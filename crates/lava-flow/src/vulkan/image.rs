@@ -151,6 +151,7 @@ pub struct Image {
     image: vk::Image,
     block: Arc<Block>,
     desc: ImageDesc,
+    usage: vk::ImageUsageFlags,
 }
 
 impl std::fmt::Debug for Image {
@@ -190,35 +191,18 @@ impl DeviceContext {
                 info.index, info.name, desc.format, desc.tiling, desc.width, desc.height, desc.mip_levels
             ),
         };
-        // What the driver allows for this combination, exported as an opaque fd.
-        let mut external_info = vk::PhysicalDeviceExternalImageFormatInfo::default()
-            .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
-        let mut format_info = vk::PhysicalDeviceImageFormatInfo2::default()
-            .format(desc.format.vk_format())
-            .ty(vk::ImageType::TYPE_2D)
-            .tiling(tiling)
-            .usage(IMAGE_USAGE);
-        if exportable {
-            format_info = format_info.push_next(&mut external_info);
-        }
-        let mut external_out = vk::ExternalImageFormatProperties::default();
-        let mut out = vk::ImageFormatProperties2::default().push_next(&mut external_out);
-        // SAFETY: a query on this instance's physical device; the structs outlive the call.
-        let r = unsafe {
-            self.device.instance_fns().get_physical_device_image_format_properties2(
-                physical.handle,
-                &format_info,
-                &mut out,
-            )
-        };
-        match r {
-            Ok(()) => {}
-            Err(vk::Result::ERROR_FORMAT_NOT_SUPPORTED) => {
-                return Err(unsupported("the driver does not support this format, tiling and usage".into()))
+        // The first usage set the driver allows for this format and tiling, exported as an
+        // opaque fd: with STORAGE (Vulkan compute can write the image) where possible.
+        let mut found = None;
+        for usage in [IMAGE_USAGE, IMAGE_USAGE & !vk::ImageUsageFlags::STORAGE] {
+            if let Some(props) = self.format_properties(desc, tiling, usage, exportable)? {
+                found = Some((usage, props));
+                break;
             }
-            Err(e) => return Err(Error::vk("vkGetPhysicalDeviceImageFormatProperties2", e)),
         }
-        let limits = out.image_format_properties;
+        let Some((usage, (limits, external_features))) = found else {
+            return Err(unsupported("the driver does not support this format and tiling for export".into()));
+        };
         if desc.width > limits.max_extent.width
             || desc.height > limits.max_extent.height
             || desc.mip_levels > limits.max_mip_levels
@@ -228,11 +212,7 @@ impl DeviceContext {
                 limits.max_extent.width, limits.max_extent.height, limits.max_mip_levels
             )));
         }
-        let exportable = exportable
-            && external_out
-                .external_memory_properties
-                .external_memory_features
-                .contains(vk::ExternalMemoryFeatureFlags::EXPORTABLE);
+        let exportable = exportable && external_features.contains(vk::ExternalMemoryFeatureFlags::EXPORTABLE);
         let mut external = vk::ExternalMemoryImageCreateInfo::default()
             .handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
         let mut create = vk::ImageCreateInfo::default()
@@ -243,7 +223,7 @@ impl DeviceContext {
             .array_layers(1)
             .samples(vk::SampleCountFlags::TYPE_1)
             .tiling(tiling)
-            .usage(IMAGE_USAGE)
+            .usage(usage)
             .sharing_mode(vk::SharingMode::EXCLUSIVE)
             // Exportable images must start UNDEFINED.
             .initial_layout(vk::ImageLayout::UNDEFINED);
@@ -255,7 +235,7 @@ impl DeviceContext {
         let image = unsafe { d.create_image(&create, None) }.vk("vkCreateImage")?;
         match self.bind_image(image, exportable) {
             Ok(block) => {
-                let img = Image { ctx: Arc::clone(self), image, block, desc };
+                let img = Image { ctx: Arc::clone(self), image, block, desc, usage };
                 self.buffers.fetch_add(1, Ordering::Relaxed);
                 self.dedicated_allocations.fetch_add(1, Ordering::Relaxed);
                 self.dedicated_bytes.fetch_add(img.block.size, Ordering::Relaxed);
@@ -275,6 +255,45 @@ impl DeviceContext {
                 unsafe { d.destroy_image(image, None) };
                 Err(e)
             }
+        }
+    }
+
+    /// The driver's limits and external-memory features for a 2D image of `desc`'s format with
+    /// `tiling` and `usage`; `None` where it does not support the combination.
+    fn format_properties(
+        &self,
+        desc: ImageDesc,
+        tiling: vk::ImageTiling,
+        usage: vk::ImageUsageFlags,
+        exportable: bool,
+    ) -> Result<Option<(vk::ImageFormatProperties, vk::ExternalMemoryFeatureFlags)>> {
+        let mut external_info = vk::PhysicalDeviceExternalImageFormatInfo::default()
+            .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+        let mut format_info = vk::PhysicalDeviceImageFormatInfo2::default()
+            .format(desc.format.vk_format())
+            .ty(vk::ImageType::TYPE_2D)
+            .tiling(tiling)
+            .usage(usage);
+        if exportable {
+            format_info = format_info.push_next(&mut external_info);
+        }
+        let mut external_out = vk::ExternalImageFormatProperties::default();
+        let mut out = vk::ImageFormatProperties2::default().push_next(&mut external_out);
+        // SAFETY: a query on this instance's physical device; the structs outlive the call.
+        let r = unsafe {
+            self.device.instance_fns().get_physical_device_image_format_properties2(
+                self.device.physical.handle,
+                &format_info,
+                &mut out,
+            )
+        };
+        match r {
+            Ok(()) => Ok(Some((
+                out.image_format_properties,
+                external_out.external_memory_properties.external_memory_features,
+            ))),
+            Err(vk::Result::ERROR_FORMAT_NOT_SUPPORTED) => Ok(None),
+            Err(e) => Err(Error::vk("vkGetPhysicalDeviceImageFormatProperties2", e)),
         }
     }
 
@@ -312,6 +331,12 @@ impl Image {
     /// What the image is.
     pub fn desc(&self) -> &ImageDesc {
         &self.desc
+    }
+
+    /// The usage the image was created with: `SAMPLED | STORAGE | TRANSFER_SRC | TRANSFER_DST`,
+    /// or without `STORAGE` where the driver cannot export the format with it.
+    pub fn vk_usage(&self) -> vk::ImageUsageFlags {
+        self.usage
     }
 
     /// The raw `VkImage`. Valid while `self` lives; in `VK_IMAGE_LAYOUT_GENERAL` between
