@@ -273,3 +273,22 @@ fn images_of_every_format_through_arrays_surfaces_and_textures() {
         drop(cuda_image.texture().expect("texture object"));
     }
 }
+
+/// The reverse direction: CUDA allocates (`cuMemCreate`), exports, Vulkan imports; data both
+/// ways; the Vulkan buffer outlives the CUDA allocation.
+#[test]
+fn cuda_allocated_memory_is_read_and_written_by_vulkan() {
+    let mut v = Validated::new();
+    let Some(ctx) = cuda_or_skip(&v, "CUDA-owned memory") else { return };
+    let cuda_memory = ctx.alloc_exportable(3_000_001).expect("cuMemCreate");
+    assert!(cuda_memory.allocation_size() >= 3_000_001);
+    let buffer = cuda_memory.import_into(&mut v, 0).expect("import into Vulkan");
+    assert_eq!((buffer.size(), buffer.offset()), (3_000_001, 0));
+    both_directions(&buffer, &cuda_memory, "CUDA-owned memory");
+    let data = random_bytes(3_000_001);
+    cuda_memory.copy_from_host(0, &data).expect("CUDA write");
+    drop(cuda_memory);
+    let mut out = poisoned(data.len());
+    buffer.read(0, &mut out).expect("Vulkan read after CUDA let go");
+    assert_bytes_eq(&out, &data, "the import keeps the memory alive");
+}

@@ -24,11 +24,12 @@
 //! ```
 //!
 //! **Status:** the CPU tier proves the typed errors without a driver. The GPU tier tests of this
-//! module (`tests/gpu_cuda.rs`) were written without a GPU machine at hand and have not run yet;
-//! memory that CUDA allocates, exported to Vulkan, is not built yet.
+//! module (`tests/gpu_cuda.rs`) were written without a GPU machine at hand and have not run yet,
+//! nor has compute-sanitizer.
 
 mod array;
 mod context;
+mod export;
 mod memory;
 mod module;
 mod raw;
@@ -36,6 +37,7 @@ mod semaphore;
 
 pub use array::{CudaArray, CudaImage, SurfaceObject, TextureObject};
 pub use context::{device_id_for, devices, ordinal_for, Context, CudaDevice, Stream};
+pub use export::ExportableAllocation;
 pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory};
 pub use module::{Function, Module};
 pub use semaphore::CudaTimeline;

@@ -300,6 +300,19 @@ impl MemoryAllocator {
         Ok((ctx.device.device.clone(), ctx.device.physical.queue_family))
     }
 
+    /// The memory type lava-flow uses for buffers at `location` (importers of foreign memory,
+    /// such as CUDA's, need it for the descriptor).
+    pub fn memory_type_index(&self, location: MemoryLocation) -> Result<u32> {
+        let slot = self.slot(location.device_id())?;
+        let physical = &slot.physical;
+        conv::choose_memory_type(&physical.memory, !0, location, physical.info.device_type).ok_or_else(|| {
+            Error::LocationUnavailable {
+                location: location.to_string(),
+                reason: conv::location_requirement(location).to_owned(),
+            }
+        })
+    }
+
     /// The `ash` instance lava-flow created, for loading extension functions in users' own code.
     pub fn ash_instance(&self) -> ash::Instance {
         self.shared.instance.instance.clone()

@@ -1,0 +1,168 @@
+//! Memory that CUDA allocates and Vulkan imports: `cuMemCreate` with a POSIX fd handle,
+//! exported (`cuMemExportToShareableHandle`) and imported as a lava-flow [`Buffer`], so that
+//! CUDA-owned data can be read by Vulkan, OpenGL and OpenCL.
+
+#[cfg(unix)]
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use cudarc::driver::sys;
+
+use super::context::Context;
+use super::memory::DeviceMemory;
+use super::raw::check;
+use crate::error::{Error, Result};
+use crate::handle::{ExportedMemory, ExternalHandle, MemoryDescriptor};
+use crate::{Buffer, MemoryAllocator, MemoryLocation};
+
+/// Device memory made by CUDA's virtual memory API so that it can be exported: a physical
+/// allocation (`cuMemCreate`, `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`) mapped read-write at
+/// a reserved address. Unmapped and released on drop; a Vulkan import keeps its own reference
+/// to the memory, so the two may be dropped in any order.
+pub struct ExportableAllocation {
+    ctx: Context,
+    handle: sys::CUmemGenericAllocationHandle,
+    ptr: sys::CUdeviceptr,
+    /// The size asked for.
+    size: u64,
+    /// The size allocated: `size` rounded up to the allocation granularity.
+    allocation_size: u64,
+}
+
+impl std::fmt::Debug for ExportableAllocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportableAllocation")
+            .field("ptr", &format_args!("{:#x}", self.ptr))
+            .field("size", &self.size)
+            .field("allocation_size", &self.allocation_size)
+            .finish()
+    }
+}
+
+impl Context {
+    /// Allocates `size` bytes that can be exported to Vulkan (and other processes).
+    pub fn alloc_exportable(&self, size: u64) -> Result<ExportableAllocation> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        self.bind()?;
+        // SAFETY: all-zero is a valid property block; the used fields are set below.
+        let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+        prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+        prop.requestedHandleTypes = sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+        prop.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+        prop.location.id = self.raw_device();
+        let mut granularity = 0;
+        // SAFETY: `prop` describes a device allocation; `granularity` is a valid out-pointer.
+        check("cuMemGetAllocationGranularity", unsafe {
+            sys::cuMemGetAllocationGranularity(
+                &mut granularity,
+                &prop,
+                sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+            )
+        })?;
+        let allocation_size = size.next_multiple_of(granularity.max(1) as u64);
+        let bytes = allocation_size as usize;
+        let mut handle = 0;
+        // SAFETY: the context is current; `prop` is complete; the size is a granularity multiple.
+        check("cuMemCreate", unsafe { sys::cuMemCreate(&mut handle, bytes, &prop, 0) })?;
+        let mut ptr = 0;
+        // SAFETY: reserves an address range of the allocation's size, any address.
+        let reserved = unsafe { sys::cuMemAddressReserve(&mut ptr, bytes, 0, 0, 0) };
+        if let Err(e) = check("cuMemAddressReserve", reserved) {
+            // SAFETY: created above, used by nothing.
+            let _ = unsafe { sys::cuMemRelease(handle) };
+            return Err(e);
+        }
+        let allocation = ExportableAllocation { ctx: self.clone(), handle, ptr, size, allocation_size };
+        // From here on, dropping `allocation` unmaps (if mapped), frees the range and releases.
+        // SAFETY: the reserved range and the allocation have the same size.
+        check("cuMemMap", unsafe { sys::cuMemMap(ptr, bytes, 0, handle, 0) })?;
+        let access = sys::CUmemAccessDesc {
+            location: prop.location,
+            flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+        };
+        // SAFETY: the range is mapped; one access descriptor.
+        check("cuMemSetAccess", unsafe { sys::cuMemSetAccess(ptr, bytes, &access, 1) })?;
+        Ok(allocation)
+    }
+}
+
+impl ExportableAllocation {
+    /// The size allocated (`size()` rounded up to the allocation granularity): what an importer
+    /// must be given as the allocation size.
+    pub fn allocation_size(&self) -> u64 {
+        self.allocation_size
+    }
+
+    /// A new POSIX fd for the allocation (`cuMemExportToShareableHandle`), owned by the caller.
+    #[cfg(unix)]
+    pub fn export_fd(&self) -> Result<OwnedFd> {
+        self.ctx.bind()?;
+        let mut fd: std::ffi::c_int = -1;
+        // SAFETY: the allocation was created with the POSIX fd handle type; `fd` receives it.
+        check("cuMemExportToShareableHandle", unsafe {
+            sys::cuMemExportToShareableHandle(
+                (&mut fd as *mut std::ffi::c_int).cast(),
+                self.handle,
+                sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+                0,
+            )
+        })?;
+        // SAFETY: a successful export returns a new fd that the caller owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Imports the allocation into lava-flow's Vulkan `device_id` as a [`Buffer`] of `size()`
+    /// bytes (at offset 0 of an allocation of `allocation_size()` bytes), which Vulkan, OpenGL
+    /// and OpenCL can then use. The device must be this context's GPU (same UUID).
+    #[cfg(unix)]
+    pub fn import_into(&self, allocator: &mut MemoryAllocator, device_id: u32) -> Result<Buffer> {
+        let info = allocator.device(device_id)?.clone();
+        self.ctx.check_device("the Vulkan device", info.uuid)?;
+        let location = MemoryLocation::GpuVulkan { device_id };
+        let descriptor = MemoryDescriptor {
+            size: self.size,
+            offset: 0,
+            allocation_size: self.allocation_size,
+            memory_type_index: allocator.memory_type_index(location)?,
+            dedicated: false,
+            device_uuid: info.uuid,
+            driver_uuid: info.driver_uuid,
+        };
+        let fd = self.export_fd()?;
+        allocator
+            .import_memory(device_id, ExportedMemory::from_parts(ExternalHandle::OpaqueFd(fd), descriptor))
+    }
+}
+
+impl DeviceMemory for ExportableAllocation {
+    fn context(&self) -> &Context {
+        &self.ctx
+    }
+    fn device_ptr(&self) -> sys::CUdeviceptr {
+        self.ptr
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for ExportableAllocation {
+    fn drop(&mut self) {
+        let bytes = self.allocation_size as usize;
+        let result = self.ctx.bind().and_then(|()| {
+            // SAFETY: the range was reserved (and maybe mapped) in `alloc_exportable`; unmapping
+            // an unmapped range fails harmlessly and is logged.
+            let unmapped = check("cuMemUnmap", unsafe { sys::cuMemUnmap(self.ptr, bytes) });
+            // SAFETY: reserved in `alloc_exportable`, freed once.
+            let freed = check("cuMemAddressFree", unsafe { sys::cuMemAddressFree(self.ptr, bytes) });
+            // SAFETY: created in `alloc_exportable`, released once; Vulkan imports hold their own
+            // reference to the memory.
+            let released = check("cuMemRelease", unsafe { sys::cuMemRelease(self.handle) });
+            unmapped.and(freed).and(released)
+        });
+        if let Err(e) = result {
+            log::error!("{e}");
+        }
+    }
+}
