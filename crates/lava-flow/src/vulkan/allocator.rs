@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use ash::vk;
 
 use super::buffer::{Buffer, Placement};
-use super::conv;
 use super::device::Device;
 use super::instance::{Instance, PhysicalDevice};
 use super::memory::{Block, Dedicated, MemoryDesc};
@@ -303,14 +302,7 @@ impl MemoryAllocator {
     /// The memory type lava-flow uses for buffers at `location` (importers of foreign memory,
     /// such as CUDA's, need it for the descriptor).
     pub fn memory_type_index(&self, location: MemoryLocation) -> Result<u32> {
-        let slot = self.slot(location.device_id())?;
-        let physical = &slot.physical;
-        conv::choose_memory_type(&physical.memory, !0, location, physical.info.device_type).ok_or_else(|| {
-            Error::LocationUnavailable {
-                location: location.to_string(),
-                reason: conv::location_requirement(location).to_owned(),
-            }
-        })
+        self.slot(location.device_id())?.physical.memory_type(!0, location, "buffers")
     }
 
     /// The `ash` instance lava-flow created, for loading extension functions in users' own code.
@@ -388,16 +380,7 @@ impl DeviceContext {
         let info = &physical.info;
         // Find the location's heap before creating anything, so that absurd sizes are refused
         // with the heap's size instead of a driver error.
-        let memory_type = conv::choose_memory_type(&physical.memory, !0, location, info.device_type)
-            .ok_or_else(|| Error::LocationUnavailable {
-                location: location.to_string(),
-                reason: format!(
-                    "device {} ({}) has {}",
-                    info.index,
-                    info.name,
-                    conv::location_requirement(location)
-                ),
-            })?;
+        let memory_type = physical.memory_type(!0, location, "buffers")?;
         let heap_index = physical.memory.memory_types[memory_type as usize].heap_index;
         let heap_size = physical.memory.memory_heaps[heap_index as usize].size;
         if size > heap_size {
@@ -469,20 +452,7 @@ impl DeviceContext {
         // SAFETY: the buffer is live; the out-structs outlive the call.
         unsafe { d.get_buffer_memory_requirements2(&req_info, &mut req2) };
         let req = req2.memory_requirements;
-        let memory_type_index = conv::choose_memory_type(
-            &physical.memory,
-            req.memory_type_bits,
-            location,
-            physical.info.device_type,
-        )
-        .ok_or_else(|| Error::LocationUnavailable {
-            location: location.to_string(),
-            reason: format!(
-                "no memory type allowed for buffers (memoryTypeBits {:#x}) matches: {}",
-                req.memory_type_bits,
-                conv::location_requirement(location)
-            ),
-        })?;
+        let memory_type_index = physical.memory_type(req.memory_type_bits, location, "this buffer")?;
         let heap = physical.memory.memory_types[memory_type_index as usize].heap_index;
         let block_size = self.options.block_size.min(physical.memory.memory_heaps[heap as usize].size);
         let dedicated = padded

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use ash::vk;
 
 use super::allocator::DeviceContext;
-use super::conv;
 use super::memory::{Block, Dedicated, MemoryDesc};
 use crate::error::{Error, Result, VkResultExt};
 use crate::handle::HandleType;
@@ -303,16 +302,7 @@ impl DeviceContext {
         // SAFETY: the image is live.
         let req = unsafe { d.get_image_memory_requirements(image) };
         let location = MemoryLocation::GpuVulkan { device_id: physical.info.index };
-        let memory_type_index = conv::choose_memory_type(
-            &physical.memory,
-            req.memory_type_bits,
-            location,
-            physical.info.device_type,
-        )
-        .ok_or_else(|| Error::LocationUnavailable {
-            location: location.to_string(),
-            reason: format!("no device-local memory type allowed for images ({:#x})", req.memory_type_bits),
-        })?;
+        let memory_type_index = physical.memory_type(req.memory_type_bits, location, "this image")?;
         let desc = MemoryDesc {
             size: req.size,
             memory_type_index,

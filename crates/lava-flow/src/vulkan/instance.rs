@@ -9,6 +9,7 @@ use super::validation::{self, ValidationLog};
 use crate::device::{self, DeviceInfo, ExternalSupport, HeapInfo, Uuid};
 use crate::error::{Api, Error, Result, VkResultExt};
 use crate::handle::HandleType;
+use crate::location::MemoryLocation;
 
 /// The lowest Vulkan version lava-flow uses (timeline semaphores are core in 1.2).
 pub(crate) const MIN_API_VERSION: u32 = vk::API_VERSION_1_2;
@@ -281,6 +282,22 @@ impl PhysicalDevice {
     /// Whether buffers can be exported as opaque fds (extension present and driver says so).
     pub fn can_export_buffers(&self) -> bool {
         self.has_memory_fd && self.info.buffer_handles.can_export(HandleType::OpaqueFd)
+    }
+
+    /// The memory type for `what` at `location` among `type_bits` (`!0`: any), or
+    /// [`Error::LocationUnavailable`] saying what the device lacks.
+    pub fn memory_type(&self, type_bits: u32, location: MemoryLocation, what: &str) -> Result<u32> {
+        conv::choose_memory_type(&self.memory, type_bits, location, self.info.device_type).ok_or_else(|| {
+            Error::LocationUnavailable {
+                location: location.to_string(),
+                reason: format!(
+                    "device {} ({}), {what} (memoryTypeBits {type_bits:#x}): {}",
+                    self.info.index,
+                    self.info.name,
+                    conv::location_requirement(location)
+                ),
+            }
+        })
     }
 
     /// Whether exported buffers must be dedicated allocations.

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use ash::vk;
 
-use super::conv;
 use super::device::Device;
 use super::memory::{MemoryDesc, RawMemory};
 use crate::error::{Error, Result, VkResultExt};
@@ -137,37 +136,30 @@ impl Transfer {
         // SAFETY: the buffer was just created on this device.
         let req = unsafe { d.get_buffer_memory_requirements(buffer) };
         let host = MemoryLocation::HostVisible { device_id: device.physical.info.index };
-        let memory = conv::choose_memory_type(
-            &device.physical.memory,
-            req.memory_type_bits,
-            host,
-            device.physical.info.device_type,
-        )
-        .ok_or_else(|| Error::LocationUnavailable {
-            location: host.to_string(),
-            reason: format!("staging buffer: {}", conv::location_requirement(host)),
-        })
-        .and_then(|memory_type_index| {
-            let desc = MemoryDesc {
-                size: req.size,
-                memory_type_index,
-                exportable: false,
-                dedicated_to: None,
-                map: true,
-            };
-            RawMemory::allocate(device, desc, None)
-        })
-        .and_then(|memory| {
-            // SAFETY: fresh buffer and memory of a type its requirements allow, offset 0.
-            match unsafe { d.bind_buffer_memory(buffer, memory.memory, 0) } {
-                Ok(()) => Ok(memory),
-                Err(e) => {
-                    // SAFETY: nothing is bound to the memory.
-                    unsafe { memory.free(device) };
-                    Err(Error::vk("vkBindBufferMemory", e))
+        let memory = device
+            .physical
+            .memory_type(req.memory_type_bits, host, "the staging buffer")
+            .and_then(|memory_type_index| {
+                let desc = MemoryDesc {
+                    size: req.size,
+                    memory_type_index,
+                    exportable: false,
+                    dedicated_to: None,
+                    map: true,
+                };
+                RawMemory::allocate(device, desc, None)
+            })
+            .and_then(|memory| {
+                // SAFETY: fresh buffer and memory of a type its requirements allow, offset 0.
+                match unsafe { d.bind_buffer_memory(buffer, memory.memory, 0) } {
+                    Ok(()) => Ok(memory),
+                    Err(e) => {
+                        // SAFETY: nothing is bound to the memory.
+                        unsafe { memory.free(device) };
+                        Err(Error::vk("vkBindBufferMemory", e))
+                    }
                 }
-            }
-        });
+            });
         match memory {
             Ok(memory) => {
                 self.staging = Some(Staging { buffer, memory, size: want });
