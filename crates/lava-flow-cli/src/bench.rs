@@ -22,6 +22,27 @@ struct Row {
     speedup: Option<f64>,
 }
 
+impl Row {
+    /// A baseline row.
+    fn baseline(group: &'static str, path: String, value: f64, unit: &'static str) -> Self {
+        Row { group, path, value, unit, baseline: None, speedup: None }
+    }
+
+    /// A row compared with `baseline` (same group and unit): how many times faster, whether the
+    /// unit is a time (lower is better) or a rate (higher is better).
+    fn against(baseline: &Row, path: String, value: f64) -> Self {
+        let speedup = if baseline.unit == "µs" { baseline.value / value } else { value / baseline.value };
+        Row {
+            group: baseline.group,
+            path,
+            value,
+            unit: baseline.unit,
+            baseline: Some(baseline.path.clone()),
+            speedup: Some(speedup),
+        }
+    }
+}
+
 /// What to run.
 pub struct Options {
     pub quick: bool,
@@ -57,18 +78,16 @@ pub fn run(options: &Options) -> Result<()> {
         let group = "set-up per buffer";
         let raw =
             median(reps, || raw_dedicated_export(&allocator, options.device_id, memory_type, size, iters))?;
-        let raw_name = format!(
-            "{}: raw vkCreateBuffer + dedicated exportable vkAllocateMemory + vkGetMemoryFdKHR",
-            human(size)
-        );
-        rows.push(Row {
+        let base = Row::baseline(
             group,
-            path: raw_name.clone(),
-            value: raw,
-            unit: "µs",
-            baseline: None,
-            speedup: None,
-        });
+            format!(
+                "{}: raw vkCreateBuffer + dedicated exportable vkAllocateMemory + vkGetMemoryFdKHR",
+                human(size)
+            ),
+            raw,
+            "µs",
+        );
+        let mut compared = Vec::new();
         for (name, opts, export) in [
             ("lava-flow sub-allocated: allocate + export_fd", AllocationOptions::default(), true),
             ("lava-flow sub-allocated: allocate", AllocationOptions::default(), false),
@@ -80,15 +99,10 @@ pub fn run(options: &Options) -> Result<()> {
             ),
         ] {
             let us = median(reps, || lava(&mut allocator, location, size, iters, opts, export))?;
-            rows.push(Row {
-                group,
-                path: format!("{}: {name}", human(size)),
-                value: us,
-                unit: "µs",
-                baseline: Some(raw_name.clone()),
-                speedup: Some(raw / us),
-            });
+            compared.push(Row::against(&base, format!("{}: {name}", human(size)), us));
         }
+        rows.push(base);
+        rows.append(&mut compared);
     }
 
     // Handing frames from Vulkan to OpenGL: zero-copy (shared buffers, timeline semaphores)
@@ -115,28 +129,20 @@ pub fn run(options: &Options) -> Result<()> {
         let staged = pick(&|m| m.rate(m.staging).0);
         let m = &runs[0];
         let group = "Vulkan → OpenGL hand-off, 4 MiB frames";
-        let staged_name =
-            "staged through host memory (vkCmdCopyBuffer → host → glNamedBufferSubData)".to_owned();
-        rows.push(Row {
+        let base = Row::baseline(
             group,
-            path: staged_name.clone(),
-            value: staged,
-            unit: "frames/s",
-            baseline: None,
-            speedup: None,
-        });
-        rows.push(Row {
-            group,
-            path: format!(
-                "zero-copy, {} semaphores ({})",
-                if m.gpu_semaphores { "GPU" } else { "host-fallback" },
-                m.renderer
-            ),
-            value: zero,
-            unit: "frames/s",
-            baseline: Some(staged_name),
-            speedup: Some(zero / staged),
-        });
+            "staged through host memory (vkCmdCopyBuffer → host → glNamedBufferSubData)".to_owned(),
+            staged,
+            "frames/s",
+        );
+        let path = format!(
+            "zero-copy, {} semaphores ({})",
+            if m.gpu_semaphores { "GPU" } else { "host-fallback" },
+            m.renderer
+        );
+        let zero_copy = Row::against(&base, path, zero);
+        rows.push(base);
+        rows.push(zero_copy);
     }
 
     #[cfg(feature = "cuda")]
@@ -187,15 +193,7 @@ fn cuda_rows(
             }
             Ok(per_iter(start.elapsed(), iters))
         })?;
-        let raw_name = format!("{}: cuMemAlloc + cuMemFree", human(size));
-        rows.push(Row {
-            group,
-            path: raw_name.clone(),
-            value: raw,
-            unit: "µs",
-            baseline: None,
-            speedup: None,
-        });
+        let base = Row::baseline(group, format!("{}: cuMemAlloc + cuMemFree", human(size)), raw, "µs");
         // Keep one buffer of the block alive, as an application does, so the block's import
         // and mapping are shared.
         let keep = allocator.allocate(size, location)?;
@@ -209,14 +207,13 @@ fn cuda_rows(
             }
             Ok(per_iter(start.elapsed(), iters))
         })?;
-        rows.push(Row {
-            group,
-            path: format!("{}: lava-flow allocate + import + map (sub-allocated)", human(size)),
-            value: us,
-            unit: "µs",
-            baseline: Some(raw_name),
-            speedup: Some(raw / us),
-        });
+        let lava = Row::against(
+            &base,
+            format!("{}: lava-flow allocate + import + map (sub-allocated)", human(size)),
+            us,
+        );
+        rows.push(base);
+        rows.push(lava);
     }
     Ok(())
 }

@@ -146,6 +146,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// Checks that `len` bytes at `offset` fit in `size` bytes, or [`Error::OutOfRange`].
+    pub(crate) fn check_range(offset: u64, len: usize, size: u64) -> Result<()> {
+        let len = len as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::OutOfRange { offset, len, size }),
+        }
+    }
+
     /// Builds [`Error::Ffi`] for a failed Vulkan call.
     pub(crate) fn vk(call: &'static str, result: ash::vk::Result) -> Self {
         let name = format!("VK_{result:?}");

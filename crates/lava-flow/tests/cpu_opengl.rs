@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_bytes_eq, poisoned, random_bytes, FillThenCopy, Validated};
+use common::{assert_bytes_eq, poisoned, random_bytes, FillThenCopy, Side, Validated};
 use glow::HasContext;
 use lava_flow::opengl::{GlBuffer, GlContext};
 use lava_flow::{AllocationOptions, Buffer, Error, Exportable, MemoryLocation, Submission};
@@ -38,17 +38,12 @@ fn context(v: &Validated) -> GlContext {
 
 /// Vulkan writes, GL reads; GL writes, Vulkan reads; every byte, random data, poisoned outputs.
 fn check_both_directions(buffer: &Buffer, view: &GlBuffer<'_>, what: &str) {
-    let size = buffer.size() as usize;
-    let data = random_bytes(size);
-    buffer.write(0, &data).expect("Vulkan write");
-    let mut out = poisoned(size);
-    view.read(0, &mut out).expect("GL read");
-    assert_bytes_eq(&out, &data, &format!("{what}: Vulkan → GL"));
-    let back = random_bytes(size);
-    view.write(0, &back).expect("GL write");
-    let mut out = poisoned(size);
-    buffer.read(0, &mut out).expect("Vulkan read");
-    assert_bytes_eq(&out, &back, &format!("{what}: GL → Vulkan"));
+    let gl = Side {
+        name: "GL",
+        write: Box::new(|d| view.write(0, d).expect("GL write")),
+        read: Box::new(|o| view.read(0, o).expect("GL read")),
+    };
+    common::check_both_ways(buffer.size() as usize, what, Side::buffer("Vulkan", buffer), gl);
 }
 
 #[test]

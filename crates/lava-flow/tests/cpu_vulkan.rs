@@ -6,7 +6,7 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use common::{assert_bytes_eq, poisoned, random_bytes, Validated, TEST_BLOCK_SIZE};
+use common::{assert_bytes_eq, poisoned, random_bytes, Side, Validated, TEST_BLOCK_SIZE};
 use lava_flow::{AllocationOptions, Error, Exportable, HandleType, MemoryLocation, Submission, Uuid};
 
 const DEV0: MemoryLocation = MemoryLocation::GpuVulkan { device_id: 0 };
@@ -103,17 +103,12 @@ fn host_visible_locations_are_mapped_and_round_trip() {
 
 /// Writes random bytes on one side, reads them on the other, and then the reverse.
 fn check_both_directions(a: &lava_flow::Buffer, b: &lava_flow::Buffer, what: &str) {
-    let size = a.size() as usize;
-    let data = random_bytes(size);
-    a.write(0, &data).expect("write on the exporter");
-    let mut out = poisoned(size);
-    b.read(0, &mut out).expect("read on the importer");
-    assert_bytes_eq(&out, &data, &format!("{what}: exporter → importer"));
-    let back = random_bytes(size);
-    b.write(0, &back).expect("write on the importer");
-    let mut out = poisoned(size);
-    a.read(0, &mut out).expect("read on the exporter");
-    assert_bytes_eq(&out, &back, &format!("{what}: importer → exporter"));
+    common::check_both_ways(
+        a.size() as usize,
+        what,
+        Side::buffer("exporter", a),
+        Side::buffer("importer", b),
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_bytes_eq, open_fds, poisoned, random_bytes, FillThenCopy, Validated};
+use common::{assert_bytes_eq, open_fds, poisoned, random_bytes, FillThenCopy, Side, Validated};
 use lava_flow::cuda::{self, Context, DeviceMemory};
 use lava_flow::{AllocationOptions, Buffer, MemoryLocation, Submission};
 
@@ -26,18 +26,14 @@ fn cuda_or_skip(v: &Validated, test: &str) -> Option<Context> {
     }
 }
 
+/// Vulkan writes, CUDA reads; CUDA writes, Vulkan reads; every byte.
 fn both_directions(buffer: &Buffer, view: &dyn DeviceMemory, what: &str) {
-    let size = buffer.size() as usize;
-    let data = random_bytes(size);
-    buffer.write(0, &data).expect("Vulkan write");
-    let mut out = poisoned(size);
-    view.copy_to_host(0, &mut out).expect("CUDA read");
-    assert_bytes_eq(&out, &data, &format!("{what}: Vulkan → CUDA"));
-    let back = random_bytes(size);
-    view.copy_from_host(0, &back).expect("CUDA write");
-    let mut out = poisoned(size);
-    buffer.read(0, &mut out).expect("Vulkan read");
-    assert_bytes_eq(&out, &back, &format!("{what}: CUDA → Vulkan"));
+    let cuda = Side {
+        name: "CUDA",
+        write: Box::new(|d| view.copy_from_host(0, d).expect("CUDA write")),
+        read: Box::new(|o| view.copy_to_host(0, o).expect("CUDA read")),
+    };
+    common::check_both_ways(buffer.size() as usize, what, Side::buffer("Vulkan", buffer), cuda);
 }
 
 #[test]

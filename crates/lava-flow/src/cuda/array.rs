@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use cudarc::driver::sys;
 
 use super::context::Context;
+use super::memory::{destroy_external, import_external};
 use super::raw::check;
 use crate::error::{Error, Result};
 use crate::vulkan::{Image, ImageDesc, ImageFormat, ImageTiling};
@@ -48,30 +49,14 @@ impl Context {
     /// Errors: [`Error::DeviceMismatch`]; [`Error::NotExportable`]; [`Error::Unsupported`] for
     /// linear tiling (CUDA arrays need the driver's optimal layout); CUDA errors.
     pub fn import_image<'a>(&self, image: &'a Image) -> Result<CudaImage<'a>> {
-        self.check_device("the image's memory", crate::Uuid(image.device_uuid()))?;
         let desc = *image.desc();
         if desc.tiling != ImageTiling::Optimal {
             return Err(Error::Unsupported {
                 what: "CUDA arrays need images with optimal tiling (ImageTiling::Optimal)".into(),
             });
         }
-        let fd = image.export_fd()?;
-        self.bind()?;
-        let mut external = std::ptr::null_mut();
-        let size = image.allocation_size();
-        crate::fd::give_to_driver(fd, |raw| {
-            let handle = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
-                type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
-                handle: sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC_st__bindgen_ty_1 { fd: raw },
-                size,
-                // lava-flow images are always dedicated allocations.
-                flags: sys::CUDA_EXTERNAL_MEMORY_DEDICATED,
-                reserved: [0; 16],
-            };
-            // SAFETY: the context is current; `raw` is the image memory's opaque fd of `size`
-            // bytes on this GPU; CUDA owns it on success.
-            check("cuImportExternalMemory", unsafe { sys::cuImportExternalMemory(&mut external, &handle) })
-        })?;
+        // lava-flow images are always dedicated allocations, imported as such.
+        let external = import_external(self, image.block(), "the image")?;
         let (format, channels) = array_format(desc.format);
         let array = sys::CUDA_EXTERNAL_MEMORY_MIPMAPPED_ARRAY_DESC {
             offset: 0,
@@ -93,10 +78,7 @@ impl Context {
             unsafe { sys::cuExternalMemoryGetMappedMipmappedArray(&mut mipmapped, external, &array) };
         if let Err(e) = check("cuExternalMemoryGetMappedMipmappedArray", mapped) {
             // SAFETY: imported above and not mapped.
-            let destroyed = unsafe { sys::cuDestroyExternalMemory(external) };
-            if let Err(d) = check("cuDestroyExternalMemory", destroyed) {
-                log::error!("{d}");
-            }
+            unsafe { destroy_external(self, external) };
             return Err(e);
         }
         Ok(CudaImage { ctx: self.clone(), external, mipmapped, desc, _image: PhantomData })
@@ -159,18 +141,11 @@ impl Drop for CudaImage<'_> {
     fn drop(&mut self) {
         // Reverse order: the array, then the import. Levels, surfaces and textures borrow
         // `self`, so they are gone already.
-        let destroyed = self.ctx.bind().and_then(|()| {
-            // SAFETY: mapped in `import_image`, destroyed once.
-            check("cuMipmappedArrayDestroy", unsafe { sys::cuMipmappedArrayDestroy(self.mipmapped) })
-        });
-        if let Err(e) = destroyed {
-            log::error!("{e}");
-        }
+        // SAFETY: mapped in `import_image`, destroyed once.
+        self.ctx
+            .release("cuMipmappedArrayDestroy", || unsafe { sys::cuMipmappedArrayDestroy(self.mipmapped) });
         // SAFETY: imported in `import_image`, destroyed once, after its array.
-        let destroyed = unsafe { sys::cuDestroyExternalMemory(self.external) };
-        if let Err(e) = check("cuDestroyExternalMemory", destroyed) {
-            log::error!("{e}");
-        }
+        unsafe { destroy_external(&self.ctx, self.external) };
     }
 }
 
@@ -275,13 +250,8 @@ impl SurfaceObject<'_> {
 
 impl Drop for SurfaceObject<'_> {
     fn drop(&mut self) {
-        let destroyed = self.ctx.bind().and_then(|()| {
-            // SAFETY: created by `surface`, destroyed once.
-            check("cuSurfObjectDestroy", unsafe { sys::cuSurfObjectDestroy(self.object) })
-        });
-        if let Err(e) = destroyed {
-            log::error!("{e}");
-        }
+        // SAFETY: created by `surface`, destroyed once.
+        self.ctx.release("cuSurfObjectDestroy", || unsafe { sys::cuSurfObjectDestroy(self.object) });
     }
 }
 
@@ -301,12 +271,7 @@ impl TextureObject<'_> {
 
 impl Drop for TextureObject<'_> {
     fn drop(&mut self) {
-        let destroyed = self.ctx.bind().and_then(|()| {
-            // SAFETY: created by `texture`, destroyed once.
-            check("cuTexObjectDestroy", unsafe { sys::cuTexObjectDestroy(self.object) })
-        });
-        if let Err(e) = destroyed {
-            log::error!("{e}");
-        }
+        // SAFETY: created by `texture`, destroyed once.
+        self.ctx.release("cuTexObjectDestroy", || unsafe { sys::cuTexObjectDestroy(self.object) });
     }
 }

@@ -228,6 +228,14 @@ impl Context {
         Ok(Stream { ctx: self.clone(), stream, owned: true })
     }
 
+    /// Makes the context current and runs `release`, a driver call that destroys or frees
+    /// something, logging a failure: for `Drop`, which cannot return it.
+    pub(crate) fn release(&self, call: &'static str, release: impl FnOnce() -> sys::CUresult) {
+        if let Err(e) = self.bind().and_then(|()| check(call, release())) {
+            log::error!("{e}");
+        }
+    }
+
     /// Checks that an object of the device `uuid` can be used here.
     pub(crate) fn check_device(&self, what: &'static str, uuid: Uuid) -> Result<()> {
         if uuid == self.inner.uuid {
@@ -284,12 +292,7 @@ impl Drop for Stream {
         if !self.owned {
             return;
         }
-        let destroyed = self.ctx.bind().and_then(|()| {
-            // SAFETY: our own stream, destroyed once; pending work still completes.
-            check("cuStreamDestroy_v2", unsafe { sys::cuStreamDestroy_v2(self.stream) })
-        });
-        if let Err(e) = destroyed {
-            log::error!("{e}");
-        }
+        // SAFETY: our own stream, destroyed once; pending work still completes.
+        self.ctx.release("cuStreamDestroy_v2", || unsafe { sys::cuStreamDestroy_v2(self.stream) });
     }
 }

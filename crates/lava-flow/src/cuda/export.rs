@@ -150,19 +150,13 @@ impl DeviceMemory for ExportableAllocation {
 impl Drop for ExportableAllocation {
     fn drop(&mut self) {
         let bytes = self.allocation_size as usize;
-        let result = self.ctx.bind().and_then(|()| {
-            // SAFETY: the range was reserved (and maybe mapped) in `alloc_exportable`; unmapping
-            // an unmapped range fails harmlessly and is logged.
-            let unmapped = check("cuMemUnmap", unsafe { sys::cuMemUnmap(self.ptr, bytes) });
-            // SAFETY: reserved in `alloc_exportable`, freed once.
-            let freed = check("cuMemAddressFree", unsafe { sys::cuMemAddressFree(self.ptr, bytes) });
-            // SAFETY: created in `alloc_exportable`, released once; Vulkan imports hold their own
-            // reference to the memory.
-            let released = check("cuMemRelease", unsafe { sys::cuMemRelease(self.handle) });
-            unmapped.and(freed).and(released)
-        });
-        if let Err(e) = result {
-            log::error!("{e}");
-        }
+        // SAFETY: the range was reserved (and maybe mapped) in `alloc_exportable`; unmapping an
+        // unmapped range fails harmlessly and is logged.
+        self.ctx.release("cuMemUnmap", || unsafe { sys::cuMemUnmap(self.ptr, bytes) });
+        // SAFETY: reserved in `alloc_exportable`, freed once.
+        self.ctx.release("cuMemAddressFree", || unsafe { sys::cuMemAddressFree(self.ptr, bytes) });
+        // SAFETY: created in `alloc_exportable`, released once; Vulkan imports hold their own
+        // reference to the memory.
+        self.ctx.release("cuMemRelease", || unsafe { sys::cuMemRelease(self.handle) });
     }
 }

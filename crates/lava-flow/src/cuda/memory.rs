@@ -30,21 +30,7 @@ unsafe impl Sync for ExternalMemory {}
 
 impl ExternalMemory {
     fn import(ctx: &Context, block: &Block) -> Result<Self> {
-        let fd = block.export_fd()?;
-        ctx.bind()?;
-        let mut external = std::ptr::null_mut();
-        crate::fd::give_to_driver(fd, |raw| {
-            let desc = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
-                type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
-                handle: sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC_st__bindgen_ty_1 { fd: raw },
-                size: block.size,
-                flags: if block.dedicated { sys::CUDA_EXTERNAL_MEMORY_DEDICATED } else { 0 },
-                reserved: [0; 16],
-            };
-            // SAFETY: the context is current; `raw` is an open opaque fd of exactly `size` bytes
-            // of this GPU's memory (UUID checked by the caller); CUDA owns it on success.
-            check("cuImportExternalMemory", unsafe { sys::cuImportExternalMemory(&mut external, &desc) })
-        })?;
+        let external = import_external(ctx, block, "the buffer")?;
         let desc = sys::CUDA_EXTERNAL_MEMORY_BUFFER_DESC {
             offset: 0,
             size: block.size,
@@ -58,10 +44,7 @@ impl ExternalMemory {
         });
         if let Err(e) = mapped {
             // SAFETY: imported above and not mapped.
-            let destroyed = unsafe { sys::cuDestroyExternalMemory(external) };
-            if let Err(d) = check("cuDestroyExternalMemory", destroyed) {
-                log::error!("{d}");
-            }
+            unsafe { destroy_external(ctx, external) };
             return Err(e);
         }
         Ok(ExternalMemory { ctx: ctx.clone(), external, base })
@@ -75,10 +58,7 @@ impl Drop for ExternalMemory {
         // SAFETY: the mapping made in `import`, freed once; no CudaBuffer uses it any more.
         unsafe { free(&self.ctx, self.base) };
         // SAFETY: the import made in `import`, destroyed once, after its mapping.
-        let destroyed = unsafe { sys::cuDestroyExternalMemory(self.external) };
-        if let Err(e) = check("cuDestroyExternalMemory", destroyed) {
-            log::error!("{e}");
-        }
+        unsafe { destroy_external(&self.ctx, self.external) };
     }
 }
 
@@ -110,12 +90,6 @@ impl Context {
     /// Errors: [`Error::DeviceMismatch`] for a buffer of another GPU; [`Error::NotExportable`];
     /// CUDA errors as [`Error::Ffi`].
     pub fn import_buffer<'a>(&self, buffer: &'a Buffer) -> Result<CudaBuffer<'a>> {
-        self.check_device("the buffer's memory", crate::Uuid(buffer.device_uuid()))?;
-        if !buffer.is_exportable() {
-            return Err(Error::NotExportable {
-                reason: "the buffer was allocated without export, so CUDA cannot import it".into(),
-            });
-        }
         let memory = self.import_block(buffer.block())?;
         Ok(CudaBuffer {
             ptr: memory.base + buffer.offset(),
@@ -220,10 +194,8 @@ pub fn fill_async(
 }
 
 fn range(size: u64, offset: u64, len: usize) -> Result<u64> {
-    match offset.checked_add(len as u64) {
-        Some(end) if end <= size => Ok(offset),
-        _ => Err(Error::OutOfRange { offset, len: len as u64, size }),
-    }
+    Error::check_range(offset, len, size)?;
+    Ok(offset)
 }
 
 impl DeviceMemory for CudaBuffer<'_> {
@@ -289,13 +261,50 @@ impl Drop for DeviceBuffer {
 /// # Safety
 /// `ptr` was allocated (or mapped) in `ctx`, is freed here once, and nothing uses it any more.
 unsafe fn free(ctx: &Context, ptr: sys::CUdeviceptr) {
-    let freed = ctx.bind().and_then(|()| {
-        // SAFETY: the caller's contract.
-        check("cuMemFree_v2", unsafe { sys::cuMemFree_v2(ptr) })
-    });
-    if let Err(e) = freed {
-        log::error!("{e}");
+    // SAFETY: the caller's contract.
+    ctx.release("cuMemFree_v2", || unsafe { sys::cuMemFree_v2(ptr) });
+}
+
+/// Imports all of `block` (the memory of `what`) into `ctx`: `cuImportExternalMemory` with an
+/// opaque fd, the allocation size, and `CUDA_EXTERNAL_MEMORY_DEDICATED` exactly when the
+/// allocation is dedicated; after checking that the block is this GPU's and exportable.
+pub(crate) fn import_external(
+    ctx: &Context,
+    block: &Block,
+    what: &'static str,
+) -> Result<sys::CUexternalMemory> {
+    ctx.check_device(what, block.device.physical.info.uuid)?;
+    if !block.exportable {
+        return Err(Error::NotExportable {
+            reason: format!("{what} was allocated without export, so CUDA cannot import it"),
+        });
     }
+    let fd = block.export_fd()?;
+    ctx.bind()?;
+    let mut external = std::ptr::null_mut();
+    crate::fd::give_to_driver(fd, |raw| {
+        let desc = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
+            type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
+            handle: sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC_st__bindgen_ty_1 { fd: raw },
+            size: block.size,
+            flags: if block.dedicated { sys::CUDA_EXTERNAL_MEMORY_DEDICATED } else { 0 },
+            reserved: [0; 16],
+        };
+        // SAFETY: the context is current; `raw` is an open opaque fd of exactly `size` bytes of
+        // this GPU's memory (checked above); CUDA owns it on success.
+        check("cuImportExternalMemory", unsafe { sys::cuImportExternalMemory(&mut external, &desc) })
+    })?;
+    Ok(external)
+}
+
+/// `cuDestroyExternalMemory`, logging a failure.
+///
+/// # Safety
+/// `external` was imported in `ctx`, is destroyed here once, and nothing mapped from it is used
+/// any more.
+pub(crate) unsafe fn destroy_external(ctx: &Context, external: sys::CUexternalMemory) {
+    // SAFETY: the caller's contract.
+    ctx.release("cuDestroyExternalMemory", || unsafe { sys::cuDestroyExternalMemory(external) });
 }
 
 impl DeviceBuffer {

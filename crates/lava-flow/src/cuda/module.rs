@@ -100,12 +100,7 @@ impl Function<'_> {
 
 impl Drop for Module {
     fn drop(&mut self) {
-        let unloaded = self.ctx.bind().and_then(|()| {
-            // SAFETY: loaded by `load_ptx`, unloaded once.
-            check("cuModuleUnload", unsafe { sys::cuModuleUnload(self.module) })
-        });
-        if let Err(e) = unloaded {
-            log::error!("{e}");
-        }
+        // SAFETY: loaded by `load_ptx`, unloaded once.
+        self.ctx.release("cuModuleUnload", || unsafe { sys::cuModuleUnload(self.module) });
     }
 }

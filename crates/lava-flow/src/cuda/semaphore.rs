@@ -87,12 +87,9 @@ impl CudaTimeline<'_> {
 
 impl Drop for CudaTimeline<'_> {
     fn drop(&mut self) {
-        let destroyed = self.ctx.bind().and_then(|()| {
-            // SAFETY: imported by `import_timeline`, destroyed once.
-            check("cuDestroyExternalSemaphore", unsafe { sys::cuDestroyExternalSemaphore(self.external) })
+        // SAFETY: imported by `import_timeline`, destroyed once.
+        self.ctx.release("cuDestroyExternalSemaphore", || unsafe {
+            sys::cuDestroyExternalSemaphore(self.external)
         });
-        if let Err(e) = destroyed {
-            log::error!("{e}");
-        }
     }
 }

@@ -145,18 +145,7 @@ impl GlContext {
     /// the context; [`Error::NotExportable`] if it was allocated without export;
     /// [`Error::Unsupported`] without `GL_EXT_memory_object_fd`.
     pub fn import_buffer<'a>(&'a self, buffer: &'a Buffer) -> Result<GlBuffer<'a>> {
-        self.require(EXT_MEMORY_OBJECT_FD, "importing Vulkan memory")?;
-        self.check_device(
-            "the buffer's memory",
-            crate::Uuid(buffer.device_uuid()),
-            crate::Uuid(buffer.driver_uuid()),
-        )?;
-        if !buffer.is_exportable() {
-            return Err(Error::NotExportable {
-                reason: "the buffer was allocated without export, so OpenGL cannot import it".into(),
-            });
-        }
-        let memory = self.memory_for(buffer.block())?;
+        let memory = self.memory_for(buffer.block(), "the buffer")?;
         let (own, name, offset) = if self.shared.info.ignores_memory_offset {
             (0, memory.whole_block_buffer()?, buffer.offset())
         } else {
@@ -166,8 +155,18 @@ impl GlContext {
         Ok(GlBuffer { memory, own, name, offset, size: buffer.size(), _borrows: PhantomData })
     }
 
-    /// The memory object of `block` in this context, imported on first use.
-    pub(crate) fn memory_for(&self, block: &Block) -> Result<Rc<MemoryObject>> {
+    /// The memory object of `block` (the memory of `what`) in this context, imported on first
+    /// use once the context can import it: the extension, the same device and driver, an
+    /// exportable allocation.
+    pub(crate) fn memory_for(&self, block: &Block, what: &'static str) -> Result<Rc<MemoryObject>> {
+        self.require(EXT_MEMORY_OBJECT_FD, "importing Vulkan memory")?;
+        let info = &block.device.physical.info;
+        self.check_device(what, info.uuid, info.driver_uuid)?;
+        if !block.exportable {
+            return Err(Error::NotExportable {
+                reason: format!("{what} was allocated without export, so OpenGL cannot import it"),
+            });
+        }
         let id = block.id;
         if let Some(m) = self.memories.borrow().get(&id).and_then(std::rc::Weak::upgrade) {
             return Ok(m);
@@ -217,10 +216,8 @@ impl GlBuffer<'_> {
 
     /// The GL-buffer offset of `offset..offset + len`, checked against the buffer's size.
     fn range(&self, offset: u64, len: usize) -> Result<isize> {
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= self.size => Ok((self.offset + offset) as isize),
-            _ => Err(Error::OutOfRange { offset, len: len as u64, size: self.size }),
-        }
+        Error::check_range(offset, len, self.size)?;
+        Ok((self.offset + offset) as isize)
     }
 }
 

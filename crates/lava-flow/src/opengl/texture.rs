@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 use std::rc::Rc;
 
-use super::context::{GlContext, EXT_MEMORY_OBJECT_FD};
+use super::context::GlContext;
 use super::memory::MemoryObject;
 use super::sys::{self, GLenum, GLint, GLuint};
 use crate::error::{Error, Result};
@@ -46,17 +46,8 @@ impl GlContext {
     /// [`Error::NotExportable`]; [`Error::Unsupported`] without `GL_EXT_memory_object_fd`, or when
     /// the driver does not list the image's tiling for its format (`GL_TILING_TYPES_EXT`).
     pub fn import_image<'a>(&'a self, image: &'a Image) -> Result<GlTexture<'a>> {
-        self.require(EXT_MEMORY_OBJECT_FD, "importing Vulkan images")?;
-        self.check_device(
-            "the image's memory",
-            crate::Uuid(image.device_uuid()),
-            crate::Uuid(image.driver_uuid()),
-        )?;
-        if !image.is_exportable() {
-            return Err(Error::NotExportable {
-                reason: "the image cannot be exported, so OpenGL cannot import it".into(),
-            });
-        }
+        // Checks the extension, the device and exportability before anything else.
+        let memory = self.memory_for(image.block(), "the image")?;
         let desc = *image.desc();
         let (internal, _, _) = gl_format(desc.format);
         let tiling = match desc.tiling {
@@ -72,7 +63,6 @@ impl GlContext {
                 ),
             });
         }
-        let memory = self.memory_for(image.block())?;
         let shared = &self.shared;
         let gl = shared.current()?;
         let mut name = 0;

@@ -288,11 +288,7 @@ impl Buffer {
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<()> {
-        let len = len as u64;
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(Error::OutOfRange { offset, len, size: self.size }),
-        }
+        Error::check_range(offset, len, self.size)
     }
 
     /// A new file descriptor for the whole `VkDeviceMemory` holding this buffer

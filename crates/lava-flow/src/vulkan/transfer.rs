@@ -245,15 +245,7 @@ impl Transfer {
             // SAFETY: the staging buffer holds at least `rows × row_bytes` bytes and is idle.
             unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), mapped, chunk.len()) };
             let region = image_region(level, extent.0, i as u32 * rows, (chunk.len() / row_bytes) as u32);
-            let staging = self.staging.as_ref().map(|s| s.buffer).unwrap_or_default();
-            self.run(device, |d, cmd| {
-                let dst = vk::ImageLayout::TRANSFER_DST_OPTIMAL;
-                level_barrier(d, cmd, image, level, vk::ImageLayout::GENERAL, dst);
-                // SAFETY: a recording command buffer; the region lies inside the level and the
-                // staging buffer, and the level is in TRANSFER_DST_OPTIMAL layout.
-                unsafe { d.cmd_copy_buffer_to_image(cmd, staging, image, dst, &[region]) };
-                level_barrier(d, cmd, image, level, dst, vk::ImageLayout::GENERAL);
-            })?;
+            self.copy_level(device, Direction::ToDevice, image, level, region)?;
         }
         Ok(())
     }
@@ -272,20 +264,48 @@ impl Transfer {
         let row_bytes = (extent.0 * texel) as usize;
         for (i, chunk) in out.chunks_mut(rows as usize * row_bytes).enumerate() {
             let region = image_region(level, extent.0, i as u32 * rows, (chunk.len() / row_bytes) as u32);
-            let staging = self.staging.as_ref().map(|s| s.buffer).unwrap_or_default();
-            self.run(device, |d, cmd| {
-                let src = vk::ImageLayout::TRANSFER_SRC_OPTIMAL;
-                level_barrier(d, cmd, image, level, vk::ImageLayout::GENERAL, src);
-                // SAFETY: as in `write_image`, with the level in TRANSFER_SRC_OPTIMAL layout.
-                unsafe { d.cmd_copy_image_to_buffer(cmd, image, src, staging, &[region]) };
-                level_barrier(d, cmd, image, level, src, vk::ImageLayout::GENERAL);
-                host_read_barrier(d, cmd);
-            })?;
+            self.copy_level(device, Direction::ToHost, image, level, region)?;
             let mapped = self.mapped(device)?;
             // SAFETY: the copy completed and was made visible to the host.
             unsafe { std::ptr::copy_nonoverlapping(mapped.cast_const(), chunk.as_mut_ptr(), chunk.len()) };
         }
         Ok(())
+    }
+
+    /// Copies `region` of mip `level` between the staging buffer and `image` (in `GENERAL`
+    /// layout between copies), through the transfer layout the direction needs, and waits.
+    fn copy_level(
+        &mut self,
+        device: &Device,
+        dir: Direction,
+        image: vk::Image,
+        level: u32,
+        region: vk::BufferImageCopy,
+    ) -> Result<()> {
+        let staging = self.staging.as_ref().map(|s| s.buffer).unwrap_or_default();
+        self.run(device, |d, cmd| {
+            let general = vk::ImageLayout::GENERAL;
+            let layout = match dir {
+                Direction::ToDevice => vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                Direction::ToHost => vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
+            };
+            level_barrier(d, cmd, image, level, general, layout);
+            match dir {
+                // SAFETY: a recording command buffer; the region lies inside the level and the
+                // staging buffer, and the level is in the layout the copy names.
+                Direction::ToDevice => unsafe {
+                    d.cmd_copy_buffer_to_image(cmd, staging, image, layout, &[region])
+                },
+                // SAFETY: as above.
+                Direction::ToHost => unsafe {
+                    d.cmd_copy_image_to_buffer(cmd, image, layout, staging, &[region])
+                },
+            }
+            level_barrier(d, cmd, image, level, layout, general);
+            if dir == Direction::ToHost {
+                host_read_barrier(d, cmd);
+            }
+        })
     }
 
     /// Makes a staging buffer for an image level and returns how many rows fit in it at once.

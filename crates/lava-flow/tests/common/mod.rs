@@ -182,3 +182,38 @@ impl Drop for FillThenCopy {
         unsafe { self.device.destroy_command_pool(self.pool, None) };
     }
 }
+
+/// Writes all of a shared buffer from host bytes, through one API.
+pub type WriteAll<'a> = Box<dyn Fn(&[u8]) + 'a>;
+/// Reads all of a shared buffer into host bytes, through one API.
+pub type ReadAll<'a> = Box<dyn Fn(&mut [u8]) + 'a>;
+
+/// One API's view of a shared buffer, as the both-ways check uses it.
+pub struct Side<'a> {
+    pub name: &'a str,
+    pub write: WriteAll<'a>,
+    pub read: ReadAll<'a>,
+}
+
+impl<'a> Side<'a> {
+    /// A lava-flow buffer, written and read from offset 0 through lava-flow.
+    pub fn buffer(name: &'a str, b: &'a lava_flow::Buffer) -> Self {
+        Side {
+            name,
+            write: Box::new(move |d| b.write(0, d).unwrap_or_else(|e| panic!("{name} write: {e}"))),
+            read: Box::new(move |o| b.read(0, o).unwrap_or_else(|e| panic!("{name} read: {e}"))),
+        }
+    }
+}
+
+/// Random bytes written by `a` and read by `b` into a poisoned destination, every byte compared;
+/// then the same from `b` to `a`.
+pub fn check_both_ways(size: usize, what: &str, a: Side<'_>, b: Side<'_>) {
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let data = random_bytes(size);
+        (from.write)(&data);
+        let mut out = poisoned(size);
+        (to.read)(&mut out);
+        assert_bytes_eq(&out, &data, &format!("{what}: {} → {}", from.name, to.name));
+    }
+}
