@@ -239,14 +239,7 @@ impl DeviceContext {
                 self.dedicated_allocations.fetch_add(1, Ordering::Relaxed);
                 self.dedicated_bytes.fetch_add(img.block.size, Ordering::Relaxed);
                 // From UNDEFINED to GENERAL once; every later copy keeps GENERAL.
-                let all = vk::ImageSubresourceRange {
-                    aspect_mask: vk::ImageAspectFlags::COLOR,
-                    base_mip_level: 0,
-                    level_count: desc.mip_levels,
-                    base_array_layer: 0,
-                    layer_count: 1,
-                };
-                self.device.with_transfer(|t| t.initialize_image(&self.device, image, all))?;
+                self.device.with_transfer(|t| t.initialize_image(&self.device, image, desc.mip_levels))?;
                 Ok(img)
             }
             Err(e) => {

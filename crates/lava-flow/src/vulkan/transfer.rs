@@ -197,34 +197,9 @@ impl Transfer {
     }
 
     /// Moves every level of a fresh image from `UNDEFINED` to `GENERAL`.
-    pub fn initialize_image(
-        &mut self,
-        device: &Device,
-        image: vk::Image,
-        range: vk::ImageSubresourceRange,
-    ) -> Result<()> {
+    pub fn initialize_image(&mut self, device: &Device, image: vk::Image, levels: u32) -> Result<()> {
         self.run(device, |d, cmd| {
-            let barrier = vk::ImageMemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::empty())
-                .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE)
-                .old_layout(vk::ImageLayout::UNDEFINED)
-                .new_layout(vk::ImageLayout::GENERAL)
-                .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
-                .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
-                .image(image)
-                .subresource_range(range);
-            // SAFETY: a recording command buffer; the image is live and not in use.
-            unsafe {
-                d.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TOP_OF_PIPE,
-                    vk::PipelineStageFlags::ALL_COMMANDS,
-                    vk::DependencyFlags::empty(),
-                    &[],
-                    &[],
-                    &[barrier],
-                )
-            };
+            layout_barrier(d, cmd, image, (0, levels), vk::ImageLayout::UNDEFINED, vk::ImageLayout::GENERAL);
         })
     }
 
@@ -289,7 +264,7 @@ impl Transfer {
                 Direction::ToDevice => vk::ImageLayout::TRANSFER_DST_OPTIMAL,
                 Direction::ToHost => vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
             };
-            level_barrier(d, cmd, image, level, general, layout);
+            layout_barrier(d, cmd, image, (level, 1), general, layout);
             match dir {
                 // SAFETY: a recording command buffer; the region lies inside the level and the
                 // staging buffer, and the level is in the layout the copy names.
@@ -301,7 +276,7 @@ impl Transfer {
                     d.cmd_copy_image_to_buffer(cmd, image, layout, staging, &[region])
                 },
             }
-            level_barrier(d, cmd, image, level, layout, general);
+            layout_barrier(d, cmd, image, (level, 1), layout, general);
             if dir == Direction::ToHost {
                 host_read_barrier(d, cmd);
             }
@@ -381,12 +356,12 @@ fn host_read_barrier(d: &ash::Device, cmd: vk::CommandBuffer) {
     };
 }
 
-/// Moves one mip level between layouts, making all earlier memory access available to all later.
-fn level_barrier(
+/// Moves mip levels `base..base + count` between layouts, making all earlier memory access available to all later.
+fn layout_barrier(
     d: &ash::Device,
     cmd: vk::CommandBuffer,
     image: vk::Image,
-    level: u32,
+    (base_mip_level, level_count): (u32, u32),
     from: vk::ImageLayout,
     to: vk::ImageLayout,
 ) {
@@ -400,8 +375,8 @@ fn level_barrier(
         .image(image)
         .subresource_range(vk::ImageSubresourceRange {
             aspect_mask: vk::ImageAspectFlags::COLOR,
-            base_mip_level: level,
-            level_count: 1,
+            base_mip_level,
+            level_count,
             base_array_layer: 0,
             layer_count: 1,
         });
