@@ -267,6 +267,7 @@ struct Producer {
     pool: vk::CommandPool,
     /// A ring of command buffers; one is re-recorded only when its frame is long done.
     cmds: Vec<vk::CommandBuffer>,
+    fences: Vec<vk::Fence>,
     words: u32,
     device_id: u32,
 }
@@ -380,6 +381,10 @@ impl Producer {
                         .command_buffer_count(RING as u32),
                 )
                 .map_err(vk_err("vkAllocateCommandBuffers"))?;
+            let signalled = vk::FenceCreateInfo::default().flags(vk::FenceCreateFlags::SIGNALED);
+            let fences = (0..RING)
+                .map(|_| device.create_fence(&signalled, None).map_err(vk_err("vkCreateFence")))
+                .collect::<Result<Vec<_>>>()?;
             Ok(Producer {
                 device,
                 module,
@@ -390,6 +395,7 @@ impl Producer {
                 sets,
                 pool,
                 cmds,
+                fences,
                 words,
                 device_id,
             })
@@ -408,15 +414,20 @@ impl Producer {
         signal: (&TimelineSemaphore, u64),
     ) -> Result<()> {
         let (produced, value) = signal;
-        let cmd = self.cmds[(value as usize) % RING];
-        // The ring entry was last used RING submissions ago; in steady state that one is long
-        // done and this returns at once.
-        if value > RING as u64 {
-            produced.wait(value - RING as u64, Duration::from_secs(60))?;
-        }
+        let ring = (value as usize) % RING;
+        let (cmd, fence) = (self.cmds[ring], self.fences[ring]);
         let d = &self.device;
+        // The ring entry was last used RING submissions ago; in steady state that one is long
+        // done and this returns at once. Its fence (not only the timeline value) tells the
+        // validation layer that the command buffer may be recorded again.
+        // SAFETY: the fence belongs to this device and is not in use by a pending submission once
+        // waited for.
+        unsafe {
+            d.wait_for_fences(&[fence], true, 60_000_000_000).map_err(vk_err("vkWaitForFences"))?;
+            d.reset_fences(&[fence]).map_err(vk_err("vkResetFences"))?;
+        }
         let push: Vec<u8> = [f, self.words].iter().flat_map(|w| w.to_le_bytes()).collect();
-        // SAFETY: the command buffer is not pending (its last frame completed, waited above);
+        // SAFETY: the command buffer is not pending (its last frame's fence was waited for above);
         // every handle belongs to this device.
         unsafe {
             d.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default())
@@ -447,9 +458,9 @@ impl Producer {
             d.end_command_buffer(cmd).map_err(vk_err("vkEndCommandBuffer"))?;
         }
         let cmds = [cmd];
-        // SAFETY: `cmd` was recorded above on this device and stays valid until `destroy`, which
-        // waits for the device first.
-        let mut submission = unsafe { Submission::new().command_buffers(&cmds) };
+        // SAFETY: `cmd` was recorded above on this device and `fence` reset; both stay valid until
+        // `drop`, which waits for the device first.
+        let mut submission = unsafe { Submission::new().command_buffers(&cmds).fence(fence) };
         if let Some((sem, v)) = after {
             submission = submission.wait(sem, v);
         }
@@ -466,6 +477,9 @@ impl Drop for Producer {
         unsafe {
             if let Err(e) = d.device_wait_idle() {
                 eprintln!("lava-flow demo: vkDeviceWaitIdle failed: {e}");
+            }
+            for fence in &self.fences {
+                d.destroy_fence(*fence, None);
             }
             d.destroy_command_pool(self.pool, None);
             d.destroy_descriptor_pool(self.descriptor_pool, None);

@@ -13,6 +13,15 @@ use lava_flow::{AllocationOptions, Buffer, Error, Exportable, MemoryLocation, Su
 
 const DEV0: MemoryLocation = MemoryLocation::GpuVulkan { device_id: 0 };
 
+/// One test at a time in this binary. With these tests in parallel threads, NVIDIA's driver
+/// (580.159.04) deadlocked inside `vkDestroyDevice`: the destroying thread joins a driver worker
+/// thread that waits for a lock the destroying thread holds (backtraces in docs/RELIABILITY.md).
+/// Each test alone passes, and GL contexts on several threads of one device pass.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn require_gpu() -> bool {
     std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|v| v == "1")
 }
@@ -48,6 +57,7 @@ fn check_both_directions(buffer: &Buffer, view: &GlBuffer<'_>, what: &str) {
 
 #[test]
 fn buffers_are_shared_both_ways_at_offsets_and_dedicated() {
+    let _serial = serial();
     let mut v = Validated::new();
     let first = v.allocate(70_000, DEV0).expect("first");
     let second = v.allocate(123_457, DEV0).expect("second");
@@ -130,6 +140,7 @@ fn words_of(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
 /// A GL compute shader transforms Vulkan-written data in place; Vulkan checks every word.
 #[test]
 fn compute_shader_writes_what_vulkan_reads() {
+    let _serial = serial();
     let mut v = Validated::new();
     let _pad = v.allocate(4096, DEV0).expect("pad");
     let words = 40_000usize;
@@ -155,6 +166,7 @@ fn compute_shader_writes_what_vulkan_reads() {
 /// host wait; the order is the same.)
 #[test]
 fn vulkan_gl_vulkan_chain_ordered_by_one_timeline() {
+    let _serial = serial();
     let mut v = Validated::new();
     let words = 65_536usize;
     let bytes = (words * 4) as u64;
@@ -185,6 +197,7 @@ fn vulkan_gl_vulkan_chain_ordered_by_one_timeline() {
 
 #[test]
 fn timeline_orders_vulkan_and_gl_both_ways() {
+    let _serial = serial();
     let mut v = Validated::new();
     let buffer = v.allocate(300_001, DEV0).expect("buffer");
     let timeline = v.timeline_semaphore(0).expect("semaphore");
@@ -214,10 +227,14 @@ fn timeline_orders_vulkan_and_gl_both_ways() {
     view.read(0, &mut out).expect("GL read");
     assert_bytes_eq(&out, &back, "Vulkan → GL, ordered by the timeline");
     assert!(matches!(sync.signal(2, &[], &[]), Err(Error::InvalidArgument(_))), "values must increase");
+    // Only GL observed the queue's signal of 2: a fenced wait tells the validation layer that
+    // the submission is done before the semaphore is destroyed.
+    v.wait_idle(0).expect("queue idle");
 }
 
 #[test]
 fn non_exportable_memory_is_refused() {
+    let _serial = serial();
     let mut v = Validated::new();
     let plain = v
         .allocate_with(4096, DEV0, AllocationOptions::default().exportable(Exportable::No))
@@ -233,6 +250,7 @@ fn non_exportable_memory_is_refused() {
 
 #[test]
 fn many_buffers_share_one_memory_object_and_all_are_released() {
+    let _serial = serial();
     let mut v = Validated::new();
     let ctx = context(&v);
     for round in 0..3 {
@@ -248,6 +266,7 @@ fn many_buffers_share_one_memory_object_and_all_are_released() {
 /// reads it (`glGetTextureImage`); GL writes each level (`glTextureSubImage2D`) and Vulkan reads it.
 #[test]
 fn textures_of_every_format_and_tiling_round_trip() {
+    let _serial = serial();
     use lava_flow::{ImageDesc, ImageFormat, ImageTiling};
     let mut v = Validated::new();
     let ctx = context(&v);
@@ -297,6 +316,7 @@ fn textures_of_every_format_and_tiling_round_trip() {
 /// `eglTerminate` on the shared display crashed the others).
 #[test]
 fn contexts_on_several_threads_at_once() {
+    let _serial = serial();
     let v = Validated::new();
     std::thread::scope(|scope| {
         for t in 0..4 {

@@ -12,6 +12,18 @@ use lava_flow::{AllocationOptions, Buffer, MemoryLocation, Submission};
 
 const DEV0: MemoryLocation = MemoryLocation::GpuVulkan { device_id: 0 };
 
+/// Tests that measure process-wide quantities (open fds, free device memory) run alone; the
+/// others run in parallel with each other.
+static MEASURING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    MEASURING.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MEASURING.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The CUDA context of device 0, or `None` (with the reason printed) where there is no CUDA.
 fn cuda_or_skip(v: &Validated, test: &str) -> Option<Context> {
     match Context::for_device(v, 0) {
@@ -38,6 +50,7 @@ fn both_directions(buffer: &Buffer, view: &dyn DeviceMemory, what: &str) {
 
 #[test]
 fn buffers_in_shared_blocks_and_dedicated_allocations_both_ways() {
+    let _measuring = shared();
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "buffers") else { return };
     let first = v.allocate(70_000, DEV0).expect("first");
@@ -64,6 +77,7 @@ fn buffers_in_shared_blocks_and_dedicated_allocations_both_ways() {
 
 #[test]
 fn a_stream_waits_for_vulkan_and_vulkan_waits_for_the_stream() {
+    let _measuring = shared();
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "semaphores") else { return };
     let buffer = v.allocate(1 << 20, DEV0).expect("buffer");
@@ -86,6 +100,7 @@ fn a_stream_waits_for_vulkan_and_vulkan_waits_for_the_stream() {
 
 #[test]
 fn ten_thousand_semaphore_round_trips_without_host_waits() {
+    let _measuring = shared();
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "round trips") else { return };
     let timeline = v.timeline_semaphore(0).expect("timeline");
@@ -103,6 +118,9 @@ fn ten_thousand_semaphore_round_trips_without_host_waits() {
             .expect("Vulkan");
     }
     timeline.wait(2 * n, Duration::from_secs(120)).expect("all round trips");
+    // The validation layer cannot tell from the timeline that submissions which waited for
+    // CUDA's values are done; a fenced wait tells it before the semaphore is destroyed.
+    v.wait_idle(0).expect("queue idle");
     println!(
         "{n} Vulkan → CUDA → Vulkan round trips: {:.1} µs each",
         start.elapsed().as_secs_f64() * 1e6 / n as f64
@@ -111,10 +129,13 @@ fn ten_thousand_semaphore_round_trips_without_host_waits() {
 
 #[test]
 fn a_thousand_import_map_unmap_cycles_leave_nothing_behind() {
+    let _measuring = exclusive();
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "import cycles") else { return };
+    // 8 MiB: 1,000 leaked imports would hold 8 GiB, far above what the tests running beside
+    // this one allocate meanwhile (cuMemGetInfo sees the whole device).
     let buffer =
-        v.allocate_with(1 << 20, DEV0, AllocationOptions::default().dedicated(true)).expect("buffer");
+        v.allocate_with(8 << 20, DEV0, AllocationOptions::default().dedicated(true)).expect("buffer");
     drop(ctx.import_buffer(&buffer).expect("warm-up"));
     let (free, _) = ctx.memory_info().expect("cuMemGetInfo");
     let fds = open_fds();
@@ -125,7 +146,7 @@ fn a_thousand_import_map_unmap_cycles_leave_nothing_behind() {
     ctx.synchronize().expect("sync");
     assert_eq!(open_fds(), fds, "fds back to the baseline");
     let (after, _) = ctx.memory_info().expect("cuMemGetInfo");
-    assert!(after + (2 << 20) >= free, "device memory back to the baseline: {free} then {after}");
+    assert!(after + (1 << 30) >= free, "device memory back to the baseline: {free} then {after}");
 }
 
 /// Vulkan fills a buffer and signals 1; a CUDA kernel waits for 1 on its stream, transforms the
@@ -133,6 +154,7 @@ fn a_thousand_import_map_unmap_cycles_leave_nothing_behind() {
 /// signals 3. Only the final check waits on the host.
 #[test]
 fn kernel_between_vulkan_passes_ordered_by_one_timeline() {
+    let _measuring = shared();
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "kernel") else { return };
     let words = 1u32 << 18;
@@ -171,6 +193,7 @@ fn kernel_between_vulkan_passes_ordered_by_one_timeline() {
 
 #[test]
 fn foreign_pointers_are_borrowed_or_owned_by_type() {
+    let _measuring = exclusive();
     let v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "foreign pointers") else { return };
     let mine = ctx.alloc(1 << 20).expect("cuMemAlloc");
@@ -228,6 +251,7 @@ fn surface_pattern(width: u32, height: u32, texel: u32) -> Vec<u8> {
 /// texture object is made over the mipmapped array.
 #[test]
 fn images_of_every_format_through_arrays_surfaces_and_textures() {
+    let _measuring = shared();
     use lava_flow::{ImageDesc, ImageFormat};
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "images") else { return };
@@ -274,6 +298,7 @@ fn images_of_every_format_through_arrays_surfaces_and_textures() {
 /// ways; the Vulkan buffer outlives the CUDA allocation.
 #[test]
 fn cuda_allocated_memory_is_read_and_written_by_vulkan() {
+    let _measuring = shared();
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "CUDA-owned memory") else { return };
     let cuda_memory = ctx.alloc_exportable(3_000_001).expect("cuMemCreate");

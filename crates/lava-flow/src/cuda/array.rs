@@ -173,27 +173,13 @@ impl CudaArray<'_> {
     /// Copies a tightly packed level from host memory into the array (`cuMemcpy2D`).
     pub fn copy_from_host(&self, data: &[u8]) -> Result<()> {
         self.check_len(data.len())?;
-        // SAFETY: all-zero is a valid copy description; the used fields are set below.
-        let mut copy: sys::CUDA_MEMCPY2D = unsafe { std::mem::zeroed() };
-        copy.srcMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_HOST;
-        copy.srcHost = data.as_ptr().cast();
-        copy.srcPitch = self.row_bytes();
-        copy.dstMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_ARRAY;
-        copy.dstArray = self.array;
-        self.copy(copy)
+        self.copy(Copy2d::FromHost(data.as_ptr()))
     }
 
     /// Copies the level into tightly packed host memory (`cuMemcpy2D`).
     pub fn copy_to_host(&self, out: &mut [u8]) -> Result<()> {
         self.check_len(out.len())?;
-        // SAFETY: as in `copy_from_host`.
-        let mut copy: sys::CUDA_MEMCPY2D = unsafe { std::mem::zeroed() };
-        copy.srcMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_ARRAY;
-        copy.srcArray = self.array;
-        copy.dstMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_HOST;
-        copy.dstHost = out.as_mut_ptr().cast();
-        copy.dstPitch = self.row_bytes();
-        self.copy(copy)
+        self.copy(Copy2d::ToHost(out.as_mut_ptr()))
     }
 
     /// A surface object for `surf2Dread`/`surf2Dwrite` on this level.
@@ -224,14 +210,47 @@ impl CudaArray<'_> {
         }
     }
 
-    fn copy(&self, mut copy: sys::CUDA_MEMCPY2D) -> Result<()> {
-        copy.WidthInBytes = self.row_bytes();
-        copy.Height = self.height as usize;
+    /// One `cuMemcpy2D` of the whole level between the array and tightly packed host memory.
+    /// The description is written out in full: it holds enums without a zero value, so an
+    /// all-zero start would not be a valid value.
+    fn copy(&self, direction: Copy2d) -> Result<()> {
+        let pitch = self.row_bytes();
+        let (host, array) = (sys::CUmemorytype::CU_MEMORYTYPE_HOST, sys::CUmemorytype::CU_MEMORYTYPE_ARRAY);
+        let (src_type, src_host, src_array, dst_type, dst_host, dst_array) = match direction {
+            Copy2d::FromHost(p) => {
+                (host, p.cast(), std::ptr::null_mut(), array, std::ptr::null_mut(), self.array)
+            }
+            Copy2d::ToHost(p) => (array, std::ptr::null(), self.array, host, p.cast(), std::ptr::null_mut()),
+        };
+        let copy = sys::CUDA_MEMCPY2D {
+            srcXInBytes: 0,
+            srcY: 0,
+            srcMemoryType: src_type,
+            srcHost: src_host,
+            srcDevice: 0,
+            srcArray: src_array,
+            srcPitch: pitch,
+            dstXInBytes: 0,
+            dstY: 0,
+            dstMemoryType: dst_type,
+            dstHost: dst_host,
+            dstDevice: 0,
+            dstArray: dst_array,
+            dstPitch: pitch,
+            WidthInBytes: pitch,
+            Height: self.height as usize,
+        };
         self.image.ctx.bind()?;
         // SAFETY: the description names a live array of this extent and host memory of exactly
         // the level's size (checked by the callers).
         check("cuMemcpy2D_v2", unsafe { sys::cuMemcpy2D_v2(&copy) })
     }
+}
+
+/// Which way a level copy goes, with the host memory of exactly the level's size.
+enum Copy2d {
+    FromHost(*const u8),
+    ToHost(*mut u8),
 }
 
 /// A CUDA surface object on one level, destroyed on drop.

@@ -195,13 +195,21 @@ impl GlBuffer<'_> {
         self.size
     }
 
-    /// Uploads `data` at `offset` (relative to the lava-flow buffer) with `glNamedBufferSubData`.
+    /// Uploads `data` at `offset` (relative to the lava-flow buffer) with `glNamedBufferSubData`
+    /// and returns once the bytes are in the memory (`glFinish`), visible to Vulkan, CUDA and
+    /// OpenCL. (GL runs the upload asynchronously; on NVIDIA, Vulkan read the old bytes without
+    /// the finish.) To upload without the host wait, call `glNamedBufferSubData` yourself and
+    /// order it with [`GlTimeline::signal`](super::GlTimeline::signal).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         let at = self.range(offset, data.len())?;
-        let gl = self.memory.shared.current()?;
+        let shared = &self.memory.shared;
+        let gl = shared.current()?;
         // SAFETY: the context is current; the range lies inside the GL buffer (checked).
         unsafe { gl.NamedBufferSubData(self.name, at, data.len() as isize, data.as_ptr().cast()) };
-        self.memory.shared.check("glNamedBufferSubData")
+        shared.check("glNamedBufferSubData")?;
+        // SAFETY: the context is current.
+        unsafe { gl.Finish() };
+        shared.check("glFinish")
     }
 
     /// Reads `out.len()` bytes at `offset` with `glGetNamedBufferSubData`.

@@ -152,7 +152,8 @@ impl GlTexture<'_> {
         shared.check("glGetTextureImage")
     }
 
-    /// Uploads mip `level` with `glTextureSubImage2D`, tightly packed.
+    /// Uploads mip `level` with `glTextureSubImage2D`, tightly packed, and returns once the
+    /// texels are in the image (`glFinish`), as [`GlBuffer::write`](super::GlBuffer::write).
     pub fn write_level(&self, level: u32, data: &[u8]) -> Result<()> {
         self.check_level(level, data.len())?;
         let (_, format, ty) = gl_format(self.desc.format);
@@ -175,7 +176,10 @@ impl GlTexture<'_> {
                 data.as_ptr().cast(),
             );
         }
-        shared.check("glTextureSubImage2D")
+        shared.check("glTextureSubImage2D")?;
+        // SAFETY: the context is current.
+        unsafe { gl.Finish() };
+        shared.check("glFinish")
     }
 
     fn check_level(&self, level: u32, len: usize) -> Result<()> {

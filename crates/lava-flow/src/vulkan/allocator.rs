@@ -292,6 +292,17 @@ impl MemoryAllocator {
         submission.submit(&ctx.device)
     }
 
+    /// Waits until all work submitted to `device_id`'s queue so far has completed, for at most
+    /// 60 s ([`Error::Timeout`] after that, e.g. when a submission waits for a value nobody
+    /// signals). It submits an empty batch with a fence and waits for the fence, so the
+    /// validation layer, too, knows that the earlier work is done — waiting for a timeline value
+    /// that another API signalled does not tell it that. Call it before dropping semaphores or
+    /// command buffers whose last use was only observed by CUDA, GL or OpenCL.
+    pub fn wait_idle(&self, device_id: u32) -> Result<()> {
+        let ctx = self.context(device_id)?;
+        ctx.device.with_transfer(|t| t.wait_idle(&ctx.device))
+    }
+
     /// The `ash` device behind `device_id` and its queue family, for users who record their own
     /// command buffers (submit them with [`MemoryAllocator::submit`]).
     pub fn ash_device(&self, device_id: u32) -> Result<(ash::Device, u32)> {

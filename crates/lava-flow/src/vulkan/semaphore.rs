@@ -229,6 +229,7 @@ pub struct Submission<'a> {
     waits: Vec<(&'a TimelineSemaphore, u64)>,
     signals: Vec<(&'a TimelineSemaphore, u64)>,
     command_buffers: Vec<vk::CommandBuffer>,
+    fence: vk::Fence,
 }
 
 impl<'a> Submission<'a> {
@@ -256,6 +257,19 @@ impl<'a> Submission<'a> {
     /// stay valid, with everything it uses, until the submission's work has completed.
     pub unsafe fn command_buffers(mut self, command_buffers: &[vk::CommandBuffer]) -> Self {
         self.command_buffers.extend_from_slice(command_buffers);
+        self
+    }
+
+    /// Also signals `fence` when the submission's work is done: the usual way to know that its
+    /// command buffers may be recorded again. (Waiting for a timeline value orders the work just
+    /// as well, but the Khronos validation layer cannot always tell from it that a command buffer
+    /// has completed — for one, when the submission waited for a value another API signalled.)
+    ///
+    /// # Safety
+    /// `fence` must be an unsignalled fence of the submission's device, not used by another
+    /// pending submission, and stay valid until the work has completed.
+    pub unsafe fn fence(mut self, fence: vk::Fence) -> Self {
+        self.fence = fence;
         self
     }
 
@@ -297,7 +311,7 @@ impl<'a> Submission<'a> {
             .signal_semaphores(&signal_sems)
             .push_next(&mut timeline);
         // SAFETY: the semaphores belong to `device` (checked above) and are borrowed for 'a; the
-        // command buffers are the caller's promise (`command_buffers` is unsafe).
-        unsafe { device.submit(&[submit], vk::Fence::null()) }
+        // command buffers and the fence are the caller's promise (both setters are unsafe).
+        unsafe { device.submit(&[submit], self.fence) }
     }
 }

@@ -295,6 +295,12 @@ impl Transfer {
         Ok(u32::try_from(size / row_bytes).unwrap_or(u32::MAX).clamp(1, extent.1))
     }
 
+    /// Waits until everything submitted to the queue before this call has completed: an empty
+    /// batch with the fence, which signals only after every earlier batch on the queue.
+    pub fn wait_idle(&mut self, device: &Device) -> Result<()> {
+        self.run(device, |_, _| {})
+    }
+
     /// Records commands with `record`, submits them and waits for them.
     fn run(&mut self, device: &Device, record: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<()> {
         let d = &device.device;

@@ -109,6 +109,7 @@ pub fn texel_data(format: lava_flow::ImageFormat, len: usize) -> Vec<u8> {
 /// `src`, `copy` copies `src` into `dst`; each ends with a barrier that makes its writes visible
 /// to later work. The pool is destroyed on drop: drop it only after the work has completed.
 pub struct FillThenCopy {
+    allocator: MemoryAllocator,
     device: lava_flow::ash::Device,
     pool: lava_flow::ash::vk::CommandPool,
     pub fill: lava_flow::ash::vk::CommandBuffer,
@@ -159,7 +160,7 @@ impl FillThenCopy {
                 );
                 device.end_command_buffer(cmd).expect("end");
             }
-            FillThenCopy { device, pool, fill: cmds[0], copy: cmds[1] }
+            FillThenCopy { allocator: allocator.clone(), device, pool, fill: cmds[0], copy: cmds[1] }
         }
     }
 }
@@ -178,7 +179,12 @@ impl FillThenCopy {
 
 impl Drop for FillThenCopy {
     fn drop(&mut self) {
-        // SAFETY: the caller waited for the work; the pool frees its command buffers.
+        // The caller waited for the work through a timeline value; a fenced wait also tells the
+        // validation layer, which cannot follow values signalled by CUDA or GL.
+        if let Err(e) = self.allocator.wait_idle(0) {
+            eprintln!("FillThenCopy: {e}");
+        }
+        // SAFETY: the work is done; the pool frees its command buffers.
         unsafe { self.device.destroy_command_pool(self.pool, None) };
     }
 }
