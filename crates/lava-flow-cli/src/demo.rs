@@ -112,21 +112,47 @@ pub fn measure(options: &Options, quiet: bool) -> Result<Measured> {
     result
 }
 
+/// One consumer of the frames: OpenGL or CUDA.
+trait Consumer {
+    /// What consumes, for the report (e.g. "OpenGL compute on <renderer>").
+    fn describe(&self) -> String;
+    /// Whether the semaphores are waited for and signalled on the GPU (not the host fallback).
+    fn gpu_semaphores(&self) -> bool;
+    /// Zero-copy: queues "wait until `produced` reaches `f + 1`, checksum the shared frame in
+    /// `slot` into shared `sums[f]`, then set `consumed` to `f + 1`", without waiting on the host.
+    fn consume(&mut self, f: u32, slot: usize) -> Result<()>;
+    /// Staged: uploads frame `f` from host memory into the consumer's own memory and checksums it
+    /// into its own sums.
+    fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()>;
+    /// Waits for the staged work and returns its sums.
+    fn staged_sums(&mut self) -> Result<Vec<u8>>;
+}
+
 fn pipeline(options: &Options, mut allocator: MemoryAllocator, quiet: bool) -> Result<Measured> {
-    match options.consumer.as_str() {
-        "opengl" | "auto" => {}
-        "cuda" | "opencl" | "vulkan" => {
-            return Err(lava_flow::Error::Unsupported {
-                what: format!("the {} consumer is not built yet; use --consumer opengl", options.consumer),
-            })
-        }
-        other => return Err(lava_flow::Error::InvalidArgument(format!("unknown consumer {other:?}"))),
-    }
     if options.frames < 2 || options.frame_bytes < 1024 || options.frame_bytes % 4 != 0 {
         return Err(lava_flow::Error::InvalidArgument(
             "at least 2 frames of at least 1024 bytes, a multiple of 4".into(),
         ));
     }
+    let consumer = match options.consumer.as_str() {
+        "auto" => {
+            if cfg!(feature = "cuda") && cuda_present(&allocator, options.device_id) {
+                "cuda"
+            } else {
+                "opengl"
+            }
+        }
+        "opengl" | "cuda" => options.consumer.as_str(),
+        "opencl" | "vulkan" => {
+            return Err(lava_flow::Error::Unsupported {
+                what: format!(
+                    "the {} consumer is not built yet; use --consumer opengl or cuda",
+                    options.consumer
+                ),
+            })
+        }
+        other => return Err(lava_flow::Error::InvalidArgument(format!("unknown consumer {other:?}"))),
+    };
     let location = MemoryLocation::GpuVulkan { device_id: options.device_id };
     let words = (options.frame_bytes / 4) as u32;
     let frames = [
@@ -137,19 +163,61 @@ fn pipeline(options: &Options, mut allocator: MemoryAllocator, quiet: bool) -> R
     sums.write(0, &vec![0; options.frames as usize * 4])?;
     let produced = allocator.timeline_semaphore(options.device_id)?;
     let consumed = allocator.timeline_semaphore(options.device_id)?;
-    let gl = GlContext::headless(allocator.device(options.device_id)?)?;
-    let consumer = GlConsumer::new(&gl, &frames, &sums, words)?;
+    let shared = Shared { frames: &frames, sums: &sums, produced: &produced, consumed: &consumed, words };
     let producer = Producer::new(&allocator, options.device_id, &frames, words)?;
-    let gl_produced = gl.import_timeline(&produced)?;
-    let gl_consumed = gl.import_timeline(&consumed)?;
-    let gpu_semaphores = gl_produced.is_gpu_path();
+    match consumer {
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            let mut c = cuda::CudaConsumer::new(&allocator, options, &shared)?;
+            run_frames(options, &allocator, &producer, &shared, &mut c, quiet)
+        }
+        _ => {
+            let gl = GlContext::headless(allocator.device(options.device_id)?)?;
+            let mut c = GlSide::new(&gl, &shared, options.frames, options.frame_bytes)?;
+            run_frames(options, &allocator, &producer, &shared, &mut c, quiet)
+        }
+    }
+}
+
+/// Whether CUDA has a device with this device's UUID.
+fn cuda_present(allocator: &MemoryAllocator, device_id: u32) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        lava_flow::cuda::Context::for_device(allocator, device_id).is_ok()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (allocator, device_id);
+        false
+    }
+}
+
+/// What producer and consumer share: two frame buffers, the sums, and the two timelines.
+struct Shared<'a> {
+    frames: &'a [Buffer; 2],
+    sums: &'a Buffer,
+    produced: &'a TimelineSemaphore,
+    consumed: &'a TimelineSemaphore,
+    words: u32,
+}
+
+/// Both pipelines with one consumer: zero-copy, then staged through host memory.
+fn run_frames(
+    options: &Options,
+    allocator: &MemoryAllocator,
+    producer: &Producer,
+    shared: &Shared<'_>,
+    consumer: &mut dyn Consumer,
+    quiet: bool,
+) -> Result<Measured> {
+    let (produced, consumed) = (shared.produced, shared.consumed);
     if !quiet {
         println!(
-            "lava-flow demo: {} frames of {} KiB, Vulkan compute → OpenGL compute on {} ({} semaphores)",
+            "lava-flow demo: {} frames of {} KiB, Vulkan compute → {} ({} semaphores)",
             options.frames,
             options.frame_bytes / 1024,
-            gl.info().renderer,
-            if gpu_semaphores { "GPU" } else { "host-fallback" }
+            consumer.describe(),
+            if consumer.gpu_semaphores() { "GPU" } else { "host-fallback" }
         );
     }
 
@@ -158,46 +226,44 @@ fn pipeline(options: &Options, mut allocator: MemoryAllocator, quiet: bool) -> R
     let mut progress = Progress::new(options.frames, "zero-copy", quiet);
     for f in 0..options.frames {
         let slot = (f % 2) as usize;
-        let after = (f >= 2).then(|| (&consumed, u64::from(f - 1)));
-        producer.produce(&allocator, f, slot, after, (&produced, u64::from(f) + 1))?;
-        gl_produced.wait(u64::from(f) + 1, &[&consumer.frames[slot]], &[])?;
-        consumer.checksum(f, slot)?;
-        gl_consumed.signal(u64::from(f) + 1, &[&consumer.frames[slot], &consumer.sums], &[])?;
+        let after = (f >= 2).then(|| (consumed, u64::from(f - 1)));
+        producer.produce(allocator, f, slot, after, (produced, u64::from(f) + 1))?;
+        consumer.consume(f, slot)?;
         progress.tick(f + 1);
     }
     consumed.wait(u64::from(options.frames), Duration::from_secs(300))?;
     let zero_copy = start.elapsed();
     progress.done();
     let mut got = vec![0u8; options.frames as usize * 4];
-    sums.read(0, &mut got)?;
-    let bad = count_bad(&got, options.frames, words);
+    shared.sums.read(0, &mut got)?;
+    let bad = count_bad(&got, options.frames, shared.words);
 
-    // The same frames through host memory: download from Vulkan, upload to a GL buffer.
-    let staged = Staged::new(&consumer, options.frame_bytes, options.frames)?;
+    // The same frames through host memory: download from Vulkan, upload to the consumer.
     let mut host = vec![0u8; options.frame_bytes as usize];
     let start = Instant::now();
     let mut progress = Progress::new(options.frames, "staging", quiet);
     for f in 0..options.frames {
         let value = u64::from(options.frames + f) + 1;
-        producer.produce(&allocator, f, 0, None, (&produced, value))?;
+        producer.produce(allocator, f, 0, None, (produced, value))?;
         produced.wait(value, Duration::from_secs(60))?;
-        frames[0].read(0, &mut host)?;
-        staged.consume(f, &host)?;
+        shared.frames[0].read(0, &mut host)?;
+        consumer.consume_staged(f, &host)?;
         progress.tick(f + 1);
     }
-    gl.finish()?;
+    let staged_sums = consumer.staged_sums()?;
     let staging = start.elapsed();
     progress.done();
-    let staged_bad = count_bad(&staged.sums()?, options.frames, words);
-    drop(staged);
+    let staged_bad = count_bad(&staged_sums, options.frames, shared.words);
+    // Submissions waited for values the consumer signalled: a fenced wait lets the validation
+    // layer see them complete before the semaphores go.
+    allocator.wait_idle(options.device_id)?;
 
-    let renderer = gl.info().renderer.clone();
     if bad == 0 && staged_bad == 0 {
         Ok(Measured {
             frames: options.frames,
             frame_bytes: options.frame_bytes,
-            renderer,
-            gpu_semaphores,
+            renderer: consumer.describe(),
+            gpu_semaphores: consumer.gpu_semaphores(),
             zero_copy,
             staging,
         })
@@ -491,17 +557,6 @@ impl Drop for Producer {
     }
 }
 
-/// The OpenGL compute program that checksums frames into a sums buffer.
-struct GlConsumer<'a> {
-    gl: glow::Context,
-    program: glow::Program,
-    count: glow::UniformLocation,
-    frame: glow::UniformLocation,
-    frames: [GlBuffer<'a>; 2],
-    sums: GlBuffer<'a>,
-    words: u32,
-}
-
 /// A GL error for the demo's own calls.
 fn gl_check(gl: &glow::Context, call: &'static str) -> Result<()> {
     // SAFETY: the demo's context is current (lava-flow made it so and nothing else runs here).
@@ -520,16 +575,34 @@ fn gl_check(gl: &glow::Context, call: &'static str) -> Result<()> {
 /// A GL buffer range to bind: (name, offset, size).
 type Range = (u32, u64, u64);
 
-impl<'a> GlConsumer<'a> {
+/// The OpenGL consumer: a compute program that checksums frames, the shared buffers and
+/// timelines imported into GL, and plain GL buffers for the staged pipeline.
+struct GlSide<'a> {
+    ctx: &'a GlContext,
+    gl: glow::Context,
+    program: glow::Program,
+    count: glow::UniformLocation,
+    frame: glow::UniformLocation,
+    frames: [GlBuffer<'a>; 2],
+    sums: GlBuffer<'a>,
+    produced: lava_flow::opengl::GlTimeline<'a>,
+    consumed: lava_flow::opengl::GlTimeline<'a>,
+    staged_frame: glow::Buffer,
+    staged_sums: glow::Buffer,
+    frame_count: u32,
+    frame_bytes: u64,
+    words: u32,
+}
+
+impl<'a> GlSide<'a> {
     #[allow(clippy::multiple_unsafe_ops_per_block, reason = "plain GL set-up, as users write it")]
-    fn new(ctx: &'a GlContext, frames: &'a [Buffer; 2], sums: &'a Buffer, words: u32) -> Result<Self> {
+    fn new(ctx: &'a GlContext, shared: &Shared<'a>, frame_count: u32, frame_bytes: u64) -> Result<Self> {
         // SAFETY: the context is current on this thread; the loader is its own.
         let gl = unsafe { glow::Context::from_loader_function(|s| ctx.proc_address(s)) };
-        let failed =
-            |what: String| lava_flow::Error::Unsupported { what: format!("GL checksum program: {what}") };
-        // SAFETY: plain GL calls on the current context.
-        let (program, count, frame) = unsafe {
-            use glow::HasContext;
+        let failed = |what: String| lava_flow::Error::Unsupported { what: format!("GL consumer: {what}") };
+        // SAFETY: plain GL calls on the current context; every object is deleted on drop (or
+        // with the context, on an early error).
+        let (program, count, frame, staged_frame, staged_sums) = unsafe {
             let shader = gl.create_shader(glow::COMPUTE_SHADER).map_err(failed)?;
             gl.shader_source(shader, CHECKSUM);
             gl.compile_shader(shader);
@@ -547,27 +620,46 @@ impl<'a> GlConsumer<'a> {
                 gl.get_uniform_location(program, "count").ok_or_else(|| failed("no uniform count".into()))?;
             let frame =
                 gl.get_uniform_location(program, "frame").ok_or_else(|| failed("no uniform frame".into()))?;
-            (program, count, frame)
+            let staged_frame = gl.create_buffer().map_err(failed)?;
+            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(staged_frame));
+            gl.buffer_storage(
+                glow::SHADER_STORAGE_BUFFER,
+                frame_bytes as i32,
+                None,
+                glow::DYNAMIC_STORAGE_BIT,
+            );
+            let staged_sums = gl.create_buffer().map_err(failed)?;
+            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(staged_sums));
+            let zeros = vec![0u8; frame_count as usize * 4];
+            gl.buffer_storage(
+                glow::SHADER_STORAGE_BUFFER,
+                zeros.len() as i32,
+                Some(&zeros),
+                glow::DYNAMIC_STORAGE_BIT,
+            );
+            (program, count, frame, staged_frame, staged_sums)
         };
-        let frames = [ctx.import_buffer(&frames[0])?, ctx.import_buffer(&frames[1])?];
-        let sums = ctx.import_buffer(sums)?;
-        Ok(GlConsumer { gl, program, count, frame, frames, sums, words })
-    }
-
-    /// Checksums the frame in `slot` into `sums[f]` (zero-copy path).
-    fn checksum(&self, f: u32, slot: usize) -> Result<()> {
-        let frame = &self.frames[slot];
-        let sums = &self.sums;
-        self.dispatch(
-            f,
-            (frame.gl_buffer(), frame.offset(), frame.size()),
-            (sums.gl_buffer(), sums.offset(), sums.size()),
-        )
+        gl_check(&gl, "glBufferStorage")?;
+        Ok(GlSide {
+            ctx,
+            gl,
+            program,
+            count,
+            frame,
+            frames: [ctx.import_buffer(&shared.frames[0])?, ctx.import_buffer(&shared.frames[1])?],
+            sums: ctx.import_buffer(shared.sums)?,
+            produced: ctx.import_timeline(shared.produced)?,
+            consumed: ctx.import_timeline(shared.consumed)?,
+            staged_frame,
+            staged_sums,
+            frame_count,
+            frame_bytes,
+            words: shared.words,
+        })
     }
 
     #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one dispatch's GL calls")]
     fn dispatch(&self, f: u32, frame: Range, sums: Range) -> Result<()> {
-        use glow::HasContext;
         let gl = &self.gl;
         let name = |n: u32| std::num::NonZeroU32::new(n).map(glow::NativeBuffer);
         // SAFETY: plain GL calls on the current context; the ranges lie inside their buffers.
@@ -590,94 +682,167 @@ impl<'a> GlConsumer<'a> {
     }
 }
 
-impl Drop for GlConsumer<'_> {
-    fn drop(&mut self) {
-        use glow::HasContext;
-        // SAFETY: the program was made by this context, which is still current.
-        unsafe { self.gl.delete_program(self.program) };
-    }
-}
-
-/// Plain GL buffers for the staged pipeline: one frame, and the staged run's sums.
-struct Staged<'c, 'a> {
-    consumer: &'c GlConsumer<'a>,
-    frame: glow::Buffer,
-    sums: glow::Buffer,
-    frame_bytes: u64,
-    frames: u32,
-}
-
-impl<'c, 'a> Staged<'c, 'a> {
-    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "plain GL set-up")]
-    fn new(consumer: &'c GlConsumer<'a>, frame_bytes: u64, frames: u32) -> Result<Self> {
-        use glow::HasContext;
-        let gl = &consumer.gl;
-        let failed =
-            |what: String| lava_flow::Error::Unsupported { what: format!("GL staging buffers: {what}") };
-        // SAFETY: plain GL calls on the current context.
-        let (frame, sums) = unsafe {
-            let frame = gl.create_buffer().map_err(failed)?;
-            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(frame));
-            gl.buffer_storage(
-                glow::SHADER_STORAGE_BUFFER,
-                frame_bytes as i32,
-                None,
-                glow::DYNAMIC_STORAGE_BIT,
-            );
-            let sums = gl.create_buffer().map_err(failed)?;
-            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(sums));
-            let zeros = vec![0u8; frames as usize * 4];
-            gl.buffer_storage(
-                glow::SHADER_STORAGE_BUFFER,
-                zeros.len() as i32,
-                Some(&zeros),
-                glow::DYNAMIC_STORAGE_BIT,
-            );
-            (frame, sums)
-        };
-        gl_check(gl, "glBufferStorage")?;
-        Ok(Staged { consumer, frame, sums, frame_bytes, frames })
+impl Consumer for GlSide<'_> {
+    fn describe(&self) -> String {
+        format!("OpenGL compute on {}", self.ctx.info().renderer)
     }
 
-    /// Uploads a frame from host memory and checksums it into the staged sums.
-    fn consume(&self, f: u32, host: &[u8]) -> Result<()> {
-        use glow::HasContext;
-        let gl = &self.consumer.gl;
-        // SAFETY: the buffer holds `frame_bytes` = `host.len()` bytes.
-        unsafe { gl.named_buffer_sub_data_u8_slice(self.frame, 0, host) };
-        gl_check(gl, "glNamedBufferSubData")?;
-        self.consumer.dispatch(
+    fn gpu_semaphores(&self) -> bool {
+        self.produced.is_gpu_path()
+    }
+
+    fn consume(&mut self, f: u32, slot: usize) -> Result<()> {
+        let (frame, sums) = (&self.frames[slot], &self.sums);
+        self.produced.wait(u64::from(f) + 1, &[frame], &[])?;
+        self.dispatch(
             f,
-            (self.frame.0.get(), 0, self.frame_bytes),
-            (self.sums.0.get(), 0, u64::from(self.frames) * 4),
+            (frame.gl_buffer(), frame.offset(), frame.size()),
+            (sums.gl_buffer(), sums.offset(), sums.size()),
+        )?;
+        self.consumed.signal(u64::from(f) + 1, &[frame, sums], &[])
+    }
+
+    fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
+        // SAFETY: the buffer holds `frame_bytes` = `host.len()` bytes; the context is current.
+        unsafe { self.gl.named_buffer_sub_data_u8_slice(self.staged_frame, 0, host) };
+        gl_check(&self.gl, "glNamedBufferSubData")?;
+        self.dispatch(
+            f,
+            (self.staged_frame.0.get(), 0, self.frame_bytes),
+            (self.staged_sums.0.get(), 0, u64::from(self.frame_count) * 4),
         )
     }
 
-    /// The staged run's sums.
     #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one read-back's GL calls")]
-    fn sums(&self) -> Result<Vec<u8>> {
-        use glow::HasContext;
-        let gl = &self.consumer.gl;
-        let mut out = vec![0u8; self.frames as usize * 4];
-        // SAFETY: the buffer holds exactly `out.len()` bytes; the context is current.
+    fn staged_sums(&mut self) -> Result<Vec<u8>> {
+        let gl = &self.gl;
+        let mut out = vec![0u8; self.frame_count as usize * 4];
+        // SAFETY: the buffer holds exactly `out.len()` bytes; the context is current. The read
+        // waits for the dispatches.
         unsafe {
             gl.memory_barrier(glow::BUFFER_UPDATE_BARRIER_BIT);
-            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(self.sums));
+            gl.bind_buffer(glow::SHADER_STORAGE_BUFFER, Some(self.staged_sums));
             gl.get_buffer_sub_data(glow::SHADER_STORAGE_BUFFER, 0, &mut out);
         }
-        gl_check(gl, "glGetNamedBufferSubData")?;
+        gl_check(gl, "glGetBufferSubData")?;
         Ok(out)
     }
 }
 
-impl Drop for Staged<'_, '_> {
+impl Drop for GlSide<'_> {
     fn drop(&mut self) {
-        use glow::HasContext;
-        // SAFETY: both buffers were made by this context, which is still current.
+        // SAFETY: the program and buffers were made by this context, which is still current.
         unsafe {
-            self.consumer.gl.delete_buffer(self.frame);
+            self.gl.delete_program(self.program);
         }
         // SAFETY: as above.
-        unsafe { self.consumer.gl.delete_buffer(self.sums) };
+        unsafe { self.gl.delete_buffer(self.staged_frame) };
+        // SAFETY: as above.
+        unsafe { self.gl.delete_buffer(self.staged_sums) };
+    }
+}
+
+/// The CUDA consumer: a PTX checksum kernel on the shared buffers, ordered by the timelines
+/// imported into CUDA; for the staged pipeline, memory from `cuMemAlloc`.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::ffi::c_void;
+
+    use lava_flow::cuda::{Context, CudaBuffer, CudaTimeline, DeviceBuffer, DeviceMemory, Module, Stream};
+    use lava_flow::{MemoryAllocator, Result};
+
+    use super::{Consumer, Options, Shared};
+
+    /// The demo's and the benchmark's kernels (PTX, JIT-compiled by the driver).
+    pub const KERNELS: &str = include_str!("kernels.ptx");
+
+    /// Threads per block of the kernels (a multiple of 32: the checksum reduces per warp).
+    const BLOCK: u32 = 256;
+
+    /// Queues `checksum(words, count, sum)`: `*sum += words[0] + ... + words[count - 1]`.
+    pub fn launch_checksum(module: &Module, stream: &Stream, words: u64, count: u32, sum: u64) -> Result<()> {
+        let function = module.function("checksum")?;
+        let (mut words, mut count, mut sum) = (words, count, sum);
+        let mut params = [
+            (&raw mut words).cast::<c_void>(),
+            (&raw mut count).cast::<c_void>(),
+            (&raw mut sum).cast::<c_void>(),
+        ];
+        let grid = count.div_ceil(BLOCK).clamp(1, 4096);
+        // SAFETY: one pointer per parameter, of the kernel's types (u64, u32, u64); the caller's
+        // `words` (count u32s) and `sum` (one u32) are device memory that outlives the launch.
+        unsafe { function.launch(stream, (grid, 1, 1), (BLOCK, 1, 1), &mut params) }
+    }
+
+    pub struct CudaConsumer<'a> {
+        ctx: Context,
+        stream: Stream,
+        module: Module,
+        frames: [CudaBuffer<'a>; 2],
+        sums: CudaBuffer<'a>,
+        produced: CudaTimeline<'a>,
+        consumed: CudaTimeline<'a>,
+        staged_frame: DeviceBuffer,
+        staged_sums: DeviceBuffer,
+        frame_count: u32,
+        words: u32,
+    }
+
+    impl<'a> CudaConsumer<'a> {
+        pub fn new(allocator: &MemoryAllocator, options: &Options, shared: &Shared<'a>) -> Result<Self> {
+            let ctx = Context::for_device(allocator, options.device_id)?;
+            let staged_sums = ctx.alloc(u64::from(options.frames) * 4)?;
+            staged_sums.fill(0, options.frames as usize * 4, 0)?;
+            Ok(CudaConsumer {
+                stream: ctx.stream()?,
+                module: ctx.load_ptx(KERNELS)?,
+                frames: [ctx.import_buffer(&shared.frames[0])?, ctx.import_buffer(&shared.frames[1])?],
+                sums: ctx.import_buffer(shared.sums)?,
+                produced: ctx.import_timeline(shared.produced)?,
+                consumed: ctx.import_timeline(shared.consumed)?,
+                staged_frame: ctx.alloc(options.frame_bytes)?,
+                staged_sums,
+                frame_count: options.frames,
+                words: shared.words,
+                ctx,
+            })
+        }
+    }
+
+    impl Consumer for CudaConsumer<'_> {
+        fn describe(&self) -> String {
+            let name = lava_flow::cuda::devices()
+                .ok()
+                .and_then(|d| d.into_iter().find(|d| d.uuid == self.ctx.uuid()))
+                .map_or_else(|| "?".to_owned(), |d| d.name);
+            format!("CUDA kernel on {name}")
+        }
+
+        fn gpu_semaphores(&self) -> bool {
+            true
+        }
+
+        fn consume(&mut self, f: u32, slot: usize) -> Result<()> {
+            self.produced.wait(u64::from(f) + 1, &self.stream)?;
+            let sum = self.sums.device_ptr() + u64::from(f) * 4;
+            launch_checksum(&self.module, &self.stream, self.frames[slot].device_ptr(), self.words, sum)?;
+            self.consumed.signal(u64::from(f) + 1, &self.stream)
+        }
+
+        fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
+            // The previous frame's kernel reads the staging memory: let it finish first
+            // (cuMemcpyHtoD is not ordered with a non-blocking stream).
+            self.stream.synchronize()?;
+            self.staged_frame.copy_from_host(0, host)?;
+            let sum = self.staged_sums.device_ptr() + u64::from(f) * 4;
+            launch_checksum(&self.module, &self.stream, self.staged_frame.device_ptr(), self.words, sum)
+        }
+
+        fn staged_sums(&mut self) -> Result<Vec<u8>> {
+            self.stream.synchronize()?;
+            let mut out = vec![0u8; self.frame_count as usize * 4];
+            self.staged_sums.copy_to_host(0, &mut out)?;
+            Ok(out)
+        }
     }
 }

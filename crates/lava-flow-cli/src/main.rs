@@ -47,7 +47,8 @@ enum Command {
         /// Frame size in KiB.
         #[arg(long, default_value_t = 4096)]
         frame_kib: u64,
-        /// The consumer: opengl (cuda, opencl and vulkan consumers are not built yet).
+        /// The consumer: auto (CUDA where it has this device, else OpenGL), cuda or opengl. (The
+        /// opencl and vulkan consumers are not built yet.)
         #[arg(long, default_value = "auto")]
         consumer: String,
         /// The Vulkan device.

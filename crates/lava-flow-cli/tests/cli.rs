@@ -63,26 +63,59 @@ fn unknown_commands_fail_with_usage() {
     assert!(err.contains("Usage"), "{err}");
 }
 
-#[test]
-fn demo_verifies_every_frame_under_validation() {
+/// Runs the demo with `consumer` under the validation layer; the output, when it succeeded.
+fn demo(consumer: &str) -> Result<String, String> {
     let out = Command::new(exe())
-        .args(["demo", "--frames", "12", "--frame-kib", "256"])
+        .args(["demo", "--frames", "12", "--frame-kib", "256", "--consumer", consumer])
         .env("LAVA_FLOW_VALIDATION", "1")
         .output()
         .expect("run lava-flow demo");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}\n{err}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(format!("{text}\n{err}"));
+    }
     assert!(text.contains("all 12 frame checksums verified, in both pipelines"), "{text}");
     assert!(text.contains("frames/s") && text.contains("staging through host memory"), "{text}");
     assert!(!err.contains("validation:"), "{err}");
+    Ok(text)
+}
+
+fn require_gpu() -> bool {
+    std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+#[test]
+fn demo_verifies_every_frame_under_validation() {
+    let text = demo("opengl").unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.contains("→ OpenGL compute on"), "{text}");
+    // The default picks CUDA where it has the device, else OpenGL.
+    let text = demo("auto").unwrap_or_else(|e| panic!("{e}"));
+    if require_gpu() {
+        assert!(text.contains("→ CUDA kernel on"), "{text}");
+    }
+}
+
+#[test]
+fn demo_with_the_cuda_consumer() {
+    match demo("cuda") {
+        Ok(text) => assert!(text.contains("→ CUDA kernel on") && text.contains("(GPU semaphores)"), "{text}"),
+        Err(e) if !require_gpu() => {
+            assert!(e.contains("CUDA is not available"), "a typed error without CUDA: {e}");
+            println!("skipped: no CUDA here: {e}");
+        }
+        Err(e) => panic!("the GPU tier needs the CUDA consumer: {e}"),
+    }
 }
 
 #[test]
 fn demo_refuses_consumers_it_does_not_have() {
-    let (ok, _, err) = lava_flow(&["demo", "--consumer", "cuda", "--frames", "2"]);
+    let (ok, _, err) = lava_flow(&["demo", "--consumer", "opencl", "--frames", "2"]);
     assert!(!ok);
-    assert!(err.contains("the cuda consumer is not built yet"), "{err}");
+    assert!(err.contains("the opencl consumer is not built yet"), "{err}");
+    let (ok, _, err) = lava_flow(&["demo", "--consumer", "metal", "--frames", "2"]);
+    assert!(!ok);
+    assert!(err.contains("unknown consumer"), "{err}");
     let (ok, _, err) = lava_flow(&["demo", "--frames", "1"]);
     assert!(!ok);
     assert!(err.contains("at least 2 frames"), "{err}");

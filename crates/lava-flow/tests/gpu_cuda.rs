@@ -98,6 +98,44 @@ fn a_stream_waits_for_vulkan_and_vulkan_waits_for_the_stream() {
     assert!(out.iter().all(|&b| b == 0x5A), "CUDA's fill, ordered by the timeline, is what Vulkan reads");
 }
 
+/// A user's stream ordered after lava-flow's with an event: lava-flow's stream waits for
+/// Vulkan's value 1; the user's stream, told to follow it, fills the buffer; nothing runs until
+/// Vulkan signals. Timing events measure the fill.
+#[test]
+fn a_users_stream_follows_lava_flows_through_an_event() {
+    let _measuring = shared();
+    let mut v = Validated::new();
+    let Some(ctx) = cuda_or_skip(&v, "events") else { return };
+    let buffer = v.allocate(1 << 20, DEV0).expect("buffer");
+    buffer.write(0, &poisoned(1 << 20)).expect("poison");
+    let timeline = v.timeline_semaphore(0).expect("timeline");
+    let view = ctx.import_buffer(&buffer).expect("import");
+    let sync = ctx.import_timeline(&timeline).expect("import timeline");
+    let (lava, mine) = (ctx.stream().expect("stream"), ctx.stream().expect("stream"));
+    sync.wait(1, &lava).expect("wait");
+    mine.wait_for(&lava).expect("ordered after lava-flow's stream");
+    let (start, end) = (ctx.event(true).expect("event"), ctx.event(true).expect("event"));
+    start.record(&mine).expect("record");
+    cuda::fill_async(&view, 0, 1 << 20, 0x3C, &mine).expect("fill");
+    end.record(&mine).expect("record");
+    std::thread::sleep(Duration::from_millis(50));
+    let mut out = poisoned(1 << 20);
+    buffer.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &poisoned(1 << 20), "nothing ran before Vulkan's signal");
+    timeline.signal(1).expect("host signals 1");
+    end.synchronize().expect("the user's stream completes");
+    buffer.read(0, &mut out).expect("read");
+    assert!(out.iter().all(|&b| b == 0x3C), "the user's fill ran after the wait");
+    let took = end.elapsed_since(&start).expect("elapsed");
+    println!("1 MiB fill on the user's stream: {took:?} of GPU time");
+    assert!(took < Duration::from_secs(5), "GPU time of the fill alone, not the wait: {took:?}");
+    let untimed = ctx.event(false).expect("event");
+    untimed.record(&mine).expect("record");
+    untimed.synchronize().expect("sync");
+    let refused = untimed.elapsed_since(&start).expect_err("no timing on a non-timing event");
+    assert!(refused.to_string().contains("cuEventElapsedTime_v2"), "{refused}");
+}
+
 #[test]
 fn ten_thousand_semaphore_round_trips_without_host_waits() {
     let _measuring = shared();

@@ -29,6 +29,7 @@
 
 mod array;
 mod context;
+mod event;
 mod export;
 mod memory;
 mod module;
@@ -37,6 +38,7 @@ mod semaphore;
 
 pub use array::{CudaArray, CudaImage, SurfaceObject, TextureObject};
 pub use context::{device_id_for, devices, ordinal_for, Context, CudaDevice, Stream};
+pub use event::Event;
 pub use export::ExportableAllocation;
 pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory};
 pub use module::{Function, Module};

@@ -28,6 +28,11 @@ const REQUIRED: &[&str] = &[
     "cuStreamCreate",
     "cuStreamDestroy_v2",
     "cuStreamSynchronize",
+    "cuStreamWaitEvent",
+    "cuEventCreate",
+    "cuEventRecord",
+    "cuEventSynchronize",
+    "cuEventDestroy_v2",
     "cuMemAlloc_v2",
     "cuMemFree_v2",
     "cuMemsetD8_v2",
@@ -121,6 +126,16 @@ fn init() -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Whether the loaded driver has `name`, for functions newer than [`MIN_DRIVER_VERSION`] that
+/// only some features need. Only call it once [`driver`] succeeded.
+pub(crate) fn has_function(name: &str) -> bool {
+    let symbol = format!("{name}\0");
+    // SAFETY: libcuda is loaded ([`driver`] succeeded), so `culib` finds it.
+    let lib = unsafe { sys::culib() };
+    // SAFETY: a symbol lookup; the pointer is not called.
+    unsafe { lib.get::<*const ()>(symbol.as_bytes()) }.is_ok()
 }
 
 /// Turns a `CUresult` into `Ok` or [`Error::Ffi`] naming `call`, the result's name and its
