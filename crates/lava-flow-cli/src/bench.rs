@@ -10,7 +10,7 @@ use serde::Serialize;
 
 /// One measured path.
 #[derive(Serialize)]
-struct Row {
+pub struct Row {
     group: &'static str,
     path: String,
     /// The median, in `unit`.
@@ -24,14 +24,18 @@ struct Row {
 
 impl Row {
     /// A baseline row.
-    fn baseline(group: &'static str, path: String, value: f64, unit: &'static str) -> Self {
+    pub fn baseline(group: &'static str, path: String, value: f64, unit: &'static str) -> Self {
         Row { group, path, value, unit, baseline: None, speedup: None }
     }
 
     /// A row compared with `baseline` (same group and unit): how many times faster, whether the
     /// unit is a time (lower is better) or a rate (higher is better).
-    fn against(baseline: &Row, path: String, value: f64) -> Self {
-        let speedup = if baseline.unit == "µs" { baseline.value / value } else { value / baseline.value };
+    pub fn against(baseline: &Row, path: String, value: f64) -> Self {
+        let speedup = if matches!(baseline.unit, "µs" | "ms") {
+            baseline.value / value
+        } else {
+            value / baseline.value
+        };
         Row {
             group: baseline.group,
             path,
@@ -145,8 +149,8 @@ pub fn run(options: &Options) -> Result<()> {
         rows.push(zero_copy);
     }
 
-    #[cfg(feature = "cuda")]
-    cuda_rows(&mut allocator, options, iters, reps, &mut rows)?;
+    #[cfg(all(feature = "cuda", feature = "opengl"))]
+    crate::bench_cuda::rows(&mut allocator, options, iters, reps, &mut rows)?;
 
     print_table(&rows);
     if let Some(path) = &options.json {
@@ -165,64 +169,11 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// CUDA set-up per small buffer (where CUDA is present): lava-flow's import + map, which shares
-/// one import and mapping per block, against `cuMemAlloc` + `cuMemFree`.
-#[cfg(feature = "cuda")]
-fn cuda_rows(
-    allocator: &mut MemoryAllocator,
-    options: &Options,
-    iters: usize,
-    reps: usize,
-    rows: &mut Vec<Row>,
-) -> Result<()> {
-    use lava_flow::cuda::{Context, DeviceMemory};
-    let ctx = match Context::for_device(allocator, options.device_id) {
-        Ok(c) => c,
-        Err(e) => {
-            println!("CUDA rows skipped: {e}\n");
-            return Ok(());
-        }
-    };
-    let location = MemoryLocation::GpuVulkan { device_id: options.device_id };
-    for size in [4096u64, 65_536, 1 << 20] {
-        let group = "CUDA set-up per buffer";
-        let raw = median(reps, || {
-            let start = Instant::now();
-            for _ in 0..iters {
-                drop(ctx.alloc(size)?);
-            }
-            Ok(per_iter(start.elapsed(), iters))
-        })?;
-        let base = Row::baseline(group, format!("{}: cuMemAlloc + cuMemFree", human(size)), raw, "µs");
-        // Keep one buffer of the block alive, as an application does, so the block's import
-        // and mapping are shared.
-        let keep = allocator.allocate(size, location)?;
-        let _kept = ctx.import_buffer(&keep)?;
-        let us = median(reps, || {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let b = allocator.allocate(size, location)?;
-                let view = ctx.import_buffer(&b)?;
-                std::hint::black_box(view.device_ptr());
-            }
-            Ok(per_iter(start.elapsed(), iters))
-        })?;
-        let lava = Row::against(
-            &base,
-            format!("{}: lava-flow allocate + import + map (sub-allocated)", human(size)),
-            us,
-        );
-        rows.push(base);
-        rows.push(lava);
-    }
-    Ok(())
-}
-
-fn per_iter(d: Duration, iters: usize) -> f64 {
+pub fn per_iter(d: Duration, iters: usize) -> f64 {
     d.as_secs_f64() * 1e6 / iters as f64
 }
 
-fn human(size: u64) -> String {
+pub fn human(size: u64) -> String {
     if size >= 1 << 20 {
         format!("{} MiB", size >> 20)
     } else {
@@ -231,7 +182,7 @@ fn human(size: u64) -> String {
 }
 
 /// The median of `reps` runs after one warm-up run.
-fn median(reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
+pub fn median(reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
     f()?;
     let mut v = (0..reps).map(|_| f()).collect::<Result<Vec<f64>>>()?;
     v.sort_by(f64::total_cmp);

@@ -72,6 +72,10 @@ pub struct Measured {
     pub zero_copy: Duration,
     /// The same frames staged through host memory.
     pub staging: Duration,
+    /// The producer alone, no consumer, the same number of frames.
+    pub producer_alone: Duration,
+    /// The consumer alone (no producer, no semaphores), the same number of frames.
+    pub consumer_alone: Duration,
 }
 
 impl Measured {
@@ -90,6 +94,13 @@ pub fn run(options: &Options) -> Result<()> {
     println!("zero-copy: {zfps:.1} frames/s, {zgbs:.2} GB/s shared ({:.2?})", m.zero_copy);
     println!("staging through host memory: {sfps:.1} frames/s, {sgbs:.2} GB/s ({:.2?})", m.staging);
     println!("zero-copy is {:.1}× the staged pipeline", zfps / sfps);
+    let (pfps, _) = m.rate(m.producer_alone);
+    let (cfps, _) = m.rate(m.consumer_alone);
+    println!(
+        "producer alone: {pfps:.1} frames/s, consumer alone: {cfps:.1} frames/s; the pipeline runs at \
+         {:.2}× the slower of the two",
+        zfps / pfps.min(cfps)
+    );
     println!("all {} frame checksums verified, in both pipelines", m.frames);
     Ok(())
 }
@@ -126,6 +137,10 @@ trait Consumer {
     fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()>;
     /// Waits for the staged work and returns its sums.
     fn staged_sums(&mut self) -> Result<Vec<u8>>;
+    /// The consumer alone: checksums the shared frame in `slot` with no semaphore.
+    fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()>;
+    /// Waits until the consumer's queued work is done.
+    fn finish(&mut self) -> Result<()>;
 }
 
 fn pipeline(options: &Options, mut allocator: MemoryAllocator, quiet: bool) -> Result<Measured> {
@@ -254,6 +269,21 @@ fn run_frames(
     let staging = start.elapsed();
     progress.done();
     let staged_bad = count_bad(&staged_sums, options.frames, shared.words);
+
+    // Each side alone, for how close the pipeline comes to the slower one.
+    let start = Instant::now();
+    for f in 0..options.frames {
+        let value = u64::from(2 * options.frames + f) + 1;
+        producer.produce(allocator, f, (f % 2) as usize, None, (produced, value))?;
+    }
+    produced.wait(u64::from(3 * options.frames), Duration::from_secs(300))?;
+    let producer_alone = start.elapsed();
+    let start = Instant::now();
+    for f in 0..options.frames {
+        consumer.consume_alone(f, (f % 2) as usize)?;
+    }
+    consumer.finish()?;
+    let consumer_alone = start.elapsed();
     // Submissions waited for values the consumer signalled: a fenced wait lets the validation
     // layer see them complete before the semaphores go.
     allocator.wait_idle(options.device_id)?;
@@ -266,6 +296,8 @@ fn run_frames(
             gpu_semaphores: consumer.gpu_semaphores(),
             zero_copy,
             staging,
+            producer_alone,
+            consumer_alone,
         })
     } else {
         Err(lava_flow::Error::InvalidArgument(format!(
@@ -727,6 +759,19 @@ impl Consumer for GlSide<'_> {
         gl_check(gl, "glGetBufferSubData")?;
         Ok(out)
     }
+
+    fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()> {
+        let (frame, sums) = (&self.frames[slot], &self.sums);
+        self.dispatch(
+            f,
+            (frame.gl_buffer(), frame.offset(), frame.size()),
+            (sums.gl_buffer(), sums.offset(), sums.size()),
+        )
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.ctx.finish()
+    }
 }
 
 impl Drop for GlSide<'_> {
@@ -745,7 +790,7 @@ impl Drop for GlSide<'_> {
 /// The CUDA consumer: a PTX checksum kernel on the shared buffers, ordered by the timelines
 /// imported into CUDA; for the staged pipeline, memory from `cuMemAlloc`.
 #[cfg(feature = "cuda")]
-mod cuda {
+pub mod cuda {
     use std::ffi::c_void;
 
     use lava_flow::cuda::{Context, CudaBuffer, CudaTimeline, DeviceBuffer, DeviceMemory, Module, Stream};
@@ -774,7 +819,7 @@ mod cuda {
         unsafe { function.launch(stream, (grid, 1, 1), (BLOCK, 1, 1), &mut params) }
     }
 
-    pub struct CudaConsumer<'a> {
+    pub(super) struct CudaConsumer<'a> {
         ctx: Context,
         stream: Stream,
         module: Module,
@@ -789,7 +834,11 @@ mod cuda {
     }
 
     impl<'a> CudaConsumer<'a> {
-        pub fn new(allocator: &MemoryAllocator, options: &Options, shared: &Shared<'a>) -> Result<Self> {
+        pub(super) fn new(
+            allocator: &MemoryAllocator,
+            options: &Options,
+            shared: &Shared<'a>,
+        ) -> Result<Self> {
             let ctx = Context::for_device(allocator, options.device_id)?;
             let staged_sums = ctx.alloc(u64::from(options.frames) * 4)?;
             staged_sums.fill(0, options.frames as usize * 4, 0)?;
@@ -843,6 +892,15 @@ mod cuda {
             let mut out = vec![0u8; self.frame_count as usize * 4];
             self.staged_sums.copy_to_host(0, &mut out)?;
             Ok(out)
+        }
+
+        fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()> {
+            let sum = self.sums.device_ptr() + u64::from(f) * 4;
+            launch_checksum(&self.module, &self.stream, self.frames[slot].device_ptr(), self.words, sum)
+        }
+
+        fn finish(&mut self) -> Result<()> {
+            self.stream.synchronize()
         }
     }
 }

@@ -1,6 +1,8 @@
 //! `lava-flow`: what this machine can share between Vulkan, CUDA, OpenGL and OpenCL.
 
 mod bench;
+#[cfg(all(feature = "cuda", feature = "opengl"))]
+mod bench_cuda;
 #[cfg(feature = "opengl")]
 mod demo;
 mod info;
