@@ -116,6 +116,7 @@ pub fn run(options: &Options) -> Result<()> {
         let frames = if options.quick { 20 } else { 120 };
         let demo = crate::demo::Options {
             frames,
+            buffers: 2,
             frame_bytes: 4 << 20,
             consumer: "opengl".into(),
             device_id: options.device_id,

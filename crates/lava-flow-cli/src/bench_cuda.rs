@@ -461,45 +461,53 @@ fn libc_close(fd: i32) {
     drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
 }
 
-/// e. The demo's ping-pong pipeline with the CUDA consumer against its producer alone and its
-/// consumer alone (frames/s).
+/// e. The demo's pipeline with the CUDA consumer, ping-pong (2 buffers) and a ring of 8,
+/// against its producer alone and its consumer alone (frames/s).
 fn pipeline_rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
-    let demo = crate::demo::Options {
-        frames: if options.quick { 30 } else { 300 },
-        frame_bytes: 4 << 20,
-        consumer: "cuda".into(),
-        device_id: options.device_id,
+    let measure = |buffers: u32| -> Result<Vec<crate::demo::Measured>> {
+        let demo = crate::demo::Options {
+            frames: if options.quick { 30 } else { 300 },
+            buffers,
+            frame_bytes: 4 << 20,
+            consumer: "cuda".into(),
+            device_id: options.device_id,
+        };
+        (0..reps.min(3)).map(|_| crate::demo::measure(&demo, true)).collect()
     };
-    let mut runs = Vec::new();
-    for _ in 0..reps.min(3) {
-        runs.push(crate::demo::measure(&demo, true)?);
-    }
-    let pick = |f: &dyn Fn(&crate::demo::Measured) -> f64| {
+    let pick = |runs: &[crate::demo::Measured], f: &dyn Fn(&crate::demo::Measured) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let producer = pick(&|m| m.rate(m.producer_alone).0);
-    let consumer = pick(&|m| m.rate(m.consumer_alone).0);
-    let pipeline = pick(&|m| m.rate(m.zero_copy).0);
-    let staged = pick(&|m| m.rate(m.staging).0);
-    let group = "Vulkan → CUDA ping-pong, 4 MiB frames";
-    let slower = if producer <= consumer {
-        Row::baseline(group, "Vulkan producer alone (the slower side)".into(), producer, "frames/s")
+    let (two, eight) = (measure(2)?, measure(8)?);
+    let producer = pick(&two, &|m| m.rate(m.producer_alone).0);
+    let consumer = pick(&two, &|m| m.rate(m.consumer_alone).0);
+    let group = "Vulkan → CUDA pipeline, 4 MiB frames";
+    let (slower, other, other_rate) = if producer <= consumer {
+        ("Vulkan producer alone (the slower side)", "CUDA consumer alone", consumer)
     } else {
-        Row::baseline(group, "CUDA consumer alone (the slower side)".into(), consumer, "frames/s")
+        ("CUDA consumer alone (the slower side)", "Vulkan producer alone", producer)
     };
-    let (other, other_rate) = if producer <= consumer {
-        ("CUDA consumer alone", consumer)
-    } else {
-        ("Vulkan producer alone", producer)
-    };
-    let other = Row::against(&slower, other.into(), other_rate);
-    let pipe = Row::against(&slower, "zero-copy pipeline, both running, GPU semaphores".into(), pipeline);
-    let staged = Row::against(&slower, "the same frames staged through host memory".into(), staged);
-    rows.push(slower);
-    rows.push(other);
-    rows.push(pipe);
-    rows.push(staged);
+    let base = Row::baseline(group, slower.into(), producer.min(consumer), "frames/s");
+    let mut compared = vec![
+        Row::against(&base, other.into(), other_rate),
+        Row::against(
+            &base,
+            "zero-copy ping-pong (2 buffers), GPU semaphores".into(),
+            pick(&two, &|m| m.rate(m.zero_copy).0),
+        ),
+        Row::against(
+            &base,
+            "zero-copy ring of 8 buffers, GPU semaphores".into(),
+            pick(&eight, &|m| m.rate(m.zero_copy).0),
+        ),
+        Row::against(
+            &base,
+            "the same frames staged through host memory".into(),
+            pick(&two, &|m| m.rate(m.staging).0),
+        ),
+    ];
+    rows.push(base);
+    rows.append(&mut compared);
     Ok(())
 }

@@ -1,12 +1,13 @@
-//! `lava-flow demo`: a double-buffered zero-copy pipeline.
+//! `lava-flow demo`: a zero-copy pipeline over a ring of shared buffers (two by default:
+//! ping-pong).
 //!
-//! A Vulkan compute shader produces frame `f` into shared buffer `f % 2`; the consumer (OpenGL)
-//! checksums it in place with a compute shader and writes the checksum into a results buffer
-//! that is shared too. One timeline semaphore per direction orders it all: the producer's frame
-//! `f` waits until the consumer is done with frame `f - 2` (same buffer); the consumer's frame
-//! `f` waits until the producer is done with it. Every checksum is checked on the CPU at the end.
-//! Then the same frames go through host memory (download, upload), the way it is done without
-//! sharing, and both are timed in the same run.
+//! A Vulkan compute shader produces frame `f` into shared buffer `f % n`; the consumer (CUDA or
+//! OpenGL) checksums it in place and writes the checksum into a results buffer that is shared
+//! too. One timeline semaphore per direction orders it all: the producer's frame `f` waits until
+//! the consumer is done with frame `f - n` (same buffer); the consumer's frame `f` waits until the
+//! producer is done with it. Every checksum is checked on the CPU at the end. Then the same frames
+//! go through host memory (download, upload), the way it is done without sharing, and each side
+//! runs alone; all timed in the same run.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ use lava_flow::{Buffer, MemoryAllocator, MemoryLocation, Result, Submission, Tim
 /// What to run.
 pub struct Options {
     pub frames: u32,
+    /// Shared frame buffers in the ring (2: ping-pong).
+    pub buffers: u32,
     pub frame_bytes: u64,
     pub consumer: String,
     pub device_id: u32,
@@ -149,6 +152,9 @@ fn pipeline(options: &Options, mut allocator: MemoryAllocator, quiet: bool) -> R
             "at least 2 frames of at least 1024 bytes, a multiple of 4".into(),
         ));
     }
+    if !(2..=16).contains(&options.buffers) {
+        return Err(lava_flow::Error::InvalidArgument("2 to 16 shared buffers".into()));
+    }
     let consumer = match options.consumer.as_str() {
         "auto" => {
             if cfg!(feature = "cuda") && cuda_present(&allocator, options.device_id) {
@@ -170,10 +176,9 @@ fn pipeline(options: &Options, mut allocator: MemoryAllocator, quiet: bool) -> R
     };
     let location = MemoryLocation::GpuVulkan { device_id: options.device_id };
     let words = (options.frame_bytes / 4) as u32;
-    let frames = [
-        allocator.allocate(options.frame_bytes, location)?,
-        allocator.allocate(options.frame_bytes, location)?,
-    ];
+    let frames = (0..options.buffers)
+        .map(|_| allocator.allocate(options.frame_bytes, location))
+        .collect::<Result<Vec<_>>>()?;
     let sums = allocator.allocate(u64::from(options.frames) * 4, location)?;
     sums.write(0, &vec![0; options.frames as usize * 4])?;
     let produced = allocator.timeline_semaphore(options.device_id)?;
@@ -209,7 +214,7 @@ fn cuda_present(allocator: &MemoryAllocator, device_id: u32) -> bool {
 
 /// What producer and consumer share: two frame buffers, the sums, and the two timelines.
 struct Shared<'a> {
-    frames: &'a [Buffer; 2],
+    frames: &'a [Buffer],
     sums: &'a Buffer,
     produced: &'a TimelineSemaphore,
     consumed: &'a TimelineSemaphore,
@@ -226,11 +231,13 @@ fn run_frames(
     quiet: bool,
 ) -> Result<Measured> {
     let (produced, consumed) = (shared.produced, shared.consumed);
+    let buffers = options.buffers;
     if !quiet {
         println!(
-            "lava-flow demo: {} frames of {} KiB, Vulkan compute → {} ({} semaphores)",
+            "lava-flow demo: {} frames of {} KiB in {} shared buffers, Vulkan compute → {} ({} semaphores)",
             options.frames,
             options.frame_bytes / 1024,
+            options.buffers,
             consumer.describe(),
             if consumer.gpu_semaphores() { "GPU" } else { "host-fallback" }
         );
@@ -240,8 +247,9 @@ fn run_frames(
     let start = Instant::now();
     let mut progress = Progress::new(options.frames, "zero-copy", quiet);
     for f in 0..options.frames {
-        let slot = (f % 2) as usize;
-        let after = (f >= 2).then(|| (consumed, u64::from(f - 1)));
+        let slot = (f % buffers) as usize;
+        // The slot's previous frame, `f - buffers`, must be consumed before it is overwritten.
+        let after = (f >= buffers).then(|| (consumed, u64::from(f - buffers + 1)));
         producer.produce(allocator, f, slot, after, (produced, u64::from(f) + 1))?;
         consumer.consume(f, slot)?;
         progress.tick(f + 1);
@@ -274,13 +282,13 @@ fn run_frames(
     let start = Instant::now();
     for f in 0..options.frames {
         let value = u64::from(2 * options.frames + f) + 1;
-        producer.produce(allocator, f, (f % 2) as usize, None, (produced, value))?;
+        producer.produce(allocator, f, (f % buffers) as usize, None, (produced, value))?;
     }
     produced.wait(u64::from(3 * options.frames), Duration::from_secs(300))?;
     let producer_alone = start.elapsed();
     let start = Instant::now();
     for f in 0..options.frames {
-        consumer.consume_alone(f, (f % 2) as usize)?;
+        consumer.consume_alone(f, (f % buffers) as usize)?;
     }
     consumer.finish()?;
     let consumer_alone = start.elapsed();
@@ -397,7 +405,8 @@ fn vk_err(call: &'static str) -> impl Fn(vk::Result) -> lava_flow::Error {
 
 impl Producer {
     #[allow(clippy::multiple_unsafe_ops_per_block, reason = "plain Vulkan set-up, as users write it")]
-    fn new(allocator: &MemoryAllocator, device_id: u32, frames: &[Buffer; 2], words: u32) -> Result<Self> {
+    fn new(allocator: &MemoryAllocator, device_id: u32, frames: &[Buffer], words: u32) -> Result<Self> {
+        let n = frames.len() as u32;
         let (device, family) = allocator.ash_device(device_id)?;
         let spirv = compile(PRODUCER)?;
         // SAFETY: plain object creation on lava-flow's live device with valid parameters; every
@@ -439,14 +448,14 @@ impl Producer {
                 )
                 .map_err(|(_, e)| vk_err("vkCreateComputePipelines")(e))?[0];
             let sizes =
-                [vk::DescriptorPoolSize { ty: vk::DescriptorType::STORAGE_BUFFER, descriptor_count: 2 }];
+                [vk::DescriptorPoolSize { ty: vk::DescriptorType::STORAGE_BUFFER, descriptor_count: n }];
             let descriptor_pool = device
                 .create_descriptor_pool(
-                    &vk::DescriptorPoolCreateInfo::default().max_sets(2).pool_sizes(&sizes),
+                    &vk::DescriptorPoolCreateInfo::default().max_sets(n).pool_sizes(&sizes),
                     None,
                 )
                 .map_err(vk_err("vkCreateDescriptorPool"))?;
-            let layouts = [set_layout, set_layout];
+            let layouts = vec![set_layout; frames.len()];
             let sets = device
                 .allocate_descriptor_sets(
                     &vk::DescriptorSetAllocateInfo::default()
@@ -615,7 +624,7 @@ struct GlSide<'a> {
     program: glow::Program,
     count: glow::UniformLocation,
     frame: glow::UniformLocation,
-    frames: [GlBuffer<'a>; 2],
+    frames: Vec<GlBuffer<'a>>,
     sums: GlBuffer<'a>,
     produced: lava_flow::opengl::GlTimeline<'a>,
     consumed: lava_flow::opengl::GlTimeline<'a>,
@@ -678,7 +687,7 @@ impl<'a> GlSide<'a> {
             program,
             count,
             frame,
-            frames: [ctx.import_buffer(&shared.frames[0])?, ctx.import_buffer(&shared.frames[1])?],
+            frames: shared.frames.iter().map(|b| ctx.import_buffer(b)).collect::<Result<_>>()?,
             sums: ctx.import_buffer(shared.sums)?,
             produced: ctx.import_timeline(shared.produced)?,
             consumed: ctx.import_timeline(shared.consumed)?,
@@ -823,7 +832,7 @@ pub mod cuda {
         ctx: Context,
         stream: Stream,
         module: Module,
-        frames: [CudaBuffer<'a>; 2],
+        frames: Vec<CudaBuffer<'a>>,
         sums: CudaBuffer<'a>,
         produced: CudaTimeline<'a>,
         consumed: CudaTimeline<'a>,
@@ -845,7 +854,7 @@ pub mod cuda {
             Ok(CudaConsumer {
                 stream: ctx.stream()?,
                 module: ctx.load_ptx(KERNELS)?,
-                frames: [ctx.import_buffer(&shared.frames[0])?, ctx.import_buffer(&shared.frames[1])?],
+                frames: shared.frames.iter().map(|b| ctx.import_buffer(b)).collect::<Result<_>>()?,
                 sums: ctx.import_buffer(shared.sums)?,
                 produced: ctx.import_timeline(shared.produced)?,
                 consumed: ctx.import_timeline(shared.consumed)?,

@@ -46,6 +46,10 @@ enum Command {
         /// Frames to produce.
         #[arg(long, default_value_t = 300)]
         frames: u32,
+        /// Shared frame buffers in the ring (2 to 16; 2 is ping-pong). More buffers hide the
+        /// latency of each cross-API semaphore hand-off.
+        #[arg(long, default_value_t = 2)]
+        buffers: u32,
         /// Frame size in KiB.
         #[arg(long, default_value_t = 4096)]
         frame_kib: u64,
@@ -67,9 +71,13 @@ fn main() -> std::process::ExitCode {
             bench::run(&bench::Options { quick, json, device_id: device })
         }
         #[cfg(feature = "opengl")]
-        Command::Demo { frames, frame_kib, consumer, device } => {
-            demo::run(&demo::Options { frames, frame_bytes: frame_kib * 1024, consumer, device_id: device })
-        }
+        Command::Demo { frames, buffers, frame_kib, consumer, device } => demo::run(&demo::Options {
+            frames,
+            buffers,
+            frame_bytes: frame_kib * 1024,
+            consumer,
+            device_id: device,
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

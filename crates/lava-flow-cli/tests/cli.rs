@@ -64,9 +64,10 @@ fn unknown_commands_fail_with_usage() {
 }
 
 /// Runs the demo with `consumer` under the validation layer; the output, when it succeeded.
-fn demo(consumer: &str) -> Result<String, String> {
+fn demo(consumer: &str, buffers: u32) -> Result<String, String> {
     let out = Command::new(exe())
         .args(["demo", "--frames", "12", "--frame-kib", "256", "--consumer", consumer])
+        .args(["--buffers", &buffers.to_string()])
         .env("LAVA_FLOW_VALIDATION", "1")
         .output()
         .expect("run lava-flow demo");
@@ -87,10 +88,11 @@ fn require_gpu() -> bool {
 
 #[test]
 fn demo_verifies_every_frame_under_validation() {
-    let text = demo("opengl").unwrap_or_else(|e| panic!("{e}"));
+    let text = demo("opengl", 2).unwrap_or_else(|e| panic!("{e}"));
     assert!(text.contains("→ OpenGL compute on"), "{text}");
-    // The default picks CUDA where it has the device, else OpenGL.
-    let text = demo("auto").unwrap_or_else(|e| panic!("{e}"));
+    // The default picks CUDA where it has the device, else OpenGL; a ring of 5 buffers.
+    let text = demo("auto", 5).unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.contains("in 5 shared buffers"), "{text}");
     if require_gpu() {
         assert!(text.contains("→ CUDA kernel on"), "{text}");
     }
@@ -98,7 +100,7 @@ fn demo_verifies_every_frame_under_validation() {
 
 #[test]
 fn demo_with_the_cuda_consumer() {
-    match demo("cuda") {
+    match demo("cuda", 2) {
         Ok(text) => assert!(text.contains("→ CUDA kernel on") && text.contains("(GPU semaphores)"), "{text}"),
         Err(e) if !require_gpu() => {
             assert!(e.contains("CUDA is not available"), "a typed error without CUDA: {e}");
@@ -116,6 +118,9 @@ fn demo_refuses_consumers_it_does_not_have() {
     let (ok, _, err) = lava_flow(&["demo", "--consumer", "metal", "--frames", "2"]);
     assert!(!ok);
     assert!(err.contains("unknown consumer"), "{err}");
+    let (ok, _, err) = lava_flow(&["demo", "--buffers", "1"]);
+    assert!(!ok);
+    assert!(err.contains("2 to 16 shared buffers"), "{err}");
     let (ok, _, err) = lava_flow(&["demo", "--frames", "1"]);
     assert!(!ok);
     assert!(err.contains("at least 2 frames"), "{err}");
