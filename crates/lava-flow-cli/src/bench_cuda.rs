@@ -145,8 +145,26 @@ fn copy_bandwidth(
         Ok(2.0 * bytes as f64 * f64::from(launches) / t.as_secs_f64() / 1e9)
     };
     let group = "CUDA copy-kernel bandwidth";
-    let raw = median(reps, || rate(rdst.device_ptr(), rsrc.device_ptr()))?;
-    let lava = median(reps, || rate(vdst.device_ptr(), vsrc.device_ptr()))?;
+    // Interleaved, the order swapped every repetition, so that clocks and temperature drift
+    // evenly over both.
+    let (raw_at, lava_at) = ((rdst.device_ptr(), rsrc.device_ptr()), (vdst.device_ptr(), vsrc.device_ptr()));
+    rate(raw_at.0, raw_at.1)?;
+    rate(lava_at.0, lava_at.1)?;
+    let (mut raw, mut lava) = (Vec::new(), Vec::new());
+    for r in 0..reps {
+        if r % 2 == 0 {
+            raw.push(rate(raw_at.0, raw_at.1)?);
+            lava.push(rate(lava_at.0, lava_at.1)?);
+        } else {
+            lava.push(rate(lava_at.0, lava_at.1)?);
+            raw.push(rate(raw_at.0, raw_at.1)?);
+        }
+    }
+    let middle = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (raw, lava) = (middle(raw), middle(lava));
     let base = Row::baseline(group, format!("{}: on cuMemAlloc memory", human(bytes)), raw, "GB/s");
     let row = Row::against(&base, format!("{}: on lava-flow memory imported into CUDA", human(bytes)), lava);
     rows.push(base);
