@@ -16,7 +16,12 @@
 //! # Ok(()) }
 //! ```
 
+mod memory;
+mod program;
 mod sys;
+
+pub use memory::{ClBuffer, Queue};
+pub use program::{Kernel, Program};
 
 use std::ffi::c_void;
 
@@ -169,6 +174,10 @@ fn info_string(query: impl Fn(usize, *mut c_void, *mut usize) -> sys::cl_int) ->
 pub struct Context {
     device: ClDevice,
     context: sys::cl_context,
+    /// `clEnqueueAcquireExternalMemObjectsKHR` of the device's platform.
+    acquire: sys::ExternalMemObjectsFn,
+    /// `clEnqueueReleaseExternalMemObjectsKHR` of the device's platform.
+    release: sys::ExternalMemObjectsFn,
 }
 
 // SAFETY: OpenCL contexts are thread-safe handles (the OpenCL API is thread-safe apart from
@@ -213,16 +222,22 @@ impl Context {
             });
         };
         let cl = cl()?;
-        if !device.has_extension(EXTERNAL_MEMORY_OPAQUE_FD)
-            || sys::extension_fn(cl, device.platform_id, "clEnqueueAcquireExternalMemObjectsKHR").is_none()
-        {
+        let acquire = sys::extension_fn(cl, device.platform_id, "clEnqueueAcquireExternalMemObjectsKHR");
+        let release = sys::extension_fn(cl, device.platform_id, "clEnqueueReleaseExternalMemObjectsKHR");
+        let (Some(acquire), Some(release), true) =
+            (acquire, release, device.has_extension(EXTERNAL_MEMORY_OPAQUE_FD))
+        else {
             return Err(Error::Unsupported {
                 what: format!(
                     "OpenCL device {} on {} cannot import Vulkan memory: it lacks {EXTERNAL_MEMORY_OPAQUE_FD}",
                     device.name, device.platform
                 ),
             });
-        }
+        };
+        // SAFETY: the platform's entry point of this name has the Khronos signature.
+        let acquire = unsafe { std::mem::transmute::<*mut c_void, sys::ExternalMemObjectsFn>(acquire) };
+        // SAFETY: as above.
+        let release = unsafe { std::mem::transmute::<*mut c_void, sys::ExternalMemObjectsFn>(release) };
         let properties = [sys::CL_CONTEXT_PLATFORM, device.platform_id as sys::cl_context_properties, 0];
         let mut status = 0;
         // SAFETY: a zero-terminated property list naming the device's platform; one device; no
@@ -238,7 +253,7 @@ impl Context {
             )
         };
         check("clCreateContext", status)?;
-        Ok(Context { device: device.clone(), context })
+        Ok(Context { device: device.clone(), context, acquire, release })
     }
 
     /// The OpenCL device.

@@ -16,6 +16,13 @@ pub type cl_platform_id = *mut c_void;
 pub type cl_device_id = *mut c_void;
 pub type cl_context = *mut c_void;
 pub type cl_context_properties = isize;
+pub type cl_command_queue = *mut c_void;
+pub type cl_mem = *mut c_void;
+pub type cl_program = *mut c_void;
+pub type cl_kernel = *mut c_void;
+pub type cl_event = *mut c_void;
+pub type cl_mem_properties = u64;
+pub type cl_queue_properties = u64;
 
 pub const CL_SUCCESS: cl_int = 0;
 pub const CL_PLATFORM_NAME: cl_uint = 0x0902;
@@ -26,6 +33,34 @@ pub const CL_DEVICE_EXTENSIONS: cl_uint = 0x1030;
 /// `cl_khr_device_uuid`.
 pub const CL_DEVICE_UUID_KHR: cl_uint = 0x106A;
 pub const CL_CONTEXT_PLATFORM: cl_context_properties = 0x1084;
+/// Bits; the alignment of sub-buffer origins.
+pub const CL_DEVICE_MEM_BASE_ADDR_ALIGN: cl_uint = 0x1019;
+pub const CL_MEM_READ_WRITE: cl_bitfield = 1;
+pub const CL_BUFFER_CREATE_TYPE_REGION: cl_uint = 0x1220;
+pub const CL_PROGRAM_BUILD_LOG: cl_uint = 0x1183;
+pub const CL_TRUE: cl_uint = 1;
+/// `cl_khr_external_memory`: the devices an imported object is for.
+pub const CL_DEVICE_HANDLE_LIST_KHR: cl_mem_properties = 0x2051;
+pub const CL_DEVICE_HANDLE_LIST_END_KHR: cl_mem_properties = 0;
+/// `cl_khr_external_memory_opaque_fd`.
+pub const CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR: cl_mem_properties = 0x2060;
+
+/// `cl_buffer_region`.
+#[repr(C)]
+pub struct cl_buffer_region {
+    pub origin: usize,
+    pub size: usize,
+}
+
+/// `clEnqueueAcquireExternalMemObjectsKHR` and `clEnqueueReleaseExternalMemObjectsKHR`.
+pub type ExternalMemObjectsFn = unsafe extern "C" fn(
+    cl_command_queue,
+    cl_uint,
+    *const cl_mem,
+    cl_uint,
+    *const cl_event,
+    *mut cl_event,
+) -> cl_int;
 
 macro_rules! functions {
     ($($name:ident: fn($($arg:ty),*) -> $ret:ty;)*) => {
@@ -64,6 +99,22 @@ functions! {
     clCreateContext: fn(*const cl_context_properties, cl_uint, *const cl_device_id, *const c_void, *mut c_void, *mut cl_int) -> cl_context;
     clReleaseContext: fn(cl_context) -> cl_int;
     clGetExtensionFunctionAddressForPlatform: fn(cl_platform_id, *const c_char) -> *mut c_void;
+    clCreateCommandQueueWithProperties: fn(cl_context, cl_device_id, *const cl_queue_properties, *mut cl_int) -> cl_command_queue;
+    clReleaseCommandQueue: fn(cl_command_queue) -> cl_int;
+    clFinish: fn(cl_command_queue) -> cl_int;
+    clCreateBufferWithProperties: fn(cl_context, *const cl_mem_properties, cl_bitfield, usize, *mut c_void, *mut cl_int) -> cl_mem;
+    clCreateSubBuffer: fn(cl_mem, cl_bitfield, cl_uint, *const c_void, *mut cl_int) -> cl_mem;
+    clReleaseMemObject: fn(cl_mem) -> cl_int;
+    clEnqueueReadBuffer: fn(cl_command_queue, cl_mem, cl_uint, usize, usize, *mut c_void, cl_uint, *const cl_event, *mut cl_event) -> cl_int;
+    clEnqueueWriteBuffer: fn(cl_command_queue, cl_mem, cl_uint, usize, usize, *const c_void, cl_uint, *const cl_event, *mut cl_event) -> cl_int;
+    clCreateProgramWithSource: fn(cl_context, cl_uint, *const *const c_char, *const usize, *mut cl_int) -> cl_program;
+    clBuildProgram: fn(cl_program, cl_uint, *const cl_device_id, *const c_char, *const c_void, *mut c_void) -> cl_int;
+    clGetProgramBuildInfo: fn(cl_program, cl_device_id, cl_uint, usize, *mut c_void, *mut usize) -> cl_int;
+    clReleaseProgram: fn(cl_program) -> cl_int;
+    clCreateKernel: fn(cl_program, *const c_char, *mut cl_int) -> cl_kernel;
+    clReleaseKernel: fn(cl_kernel) -> cl_int;
+    clSetKernelArg: fn(cl_kernel, cl_uint, usize, *const c_void) -> cl_int;
+    clEnqueueNDRangeKernel: fn(cl_command_queue, cl_kernel, cl_uint, *const usize, *const usize, *const usize, cl_uint, *const cl_event, *mut cl_event) -> cl_int;
 }
 
 /// The loaded library, or why there is none; looked for once.
@@ -109,10 +160,14 @@ pub(crate) fn check(call: &'static str, status: cl_int) -> Result<()> {
         -34 => ("CL_INVALID_CONTEXT", "the context is not valid"),
         -36 => ("CL_INVALID_COMMAND_QUEUE", "the command queue is not valid"),
         -38 => ("CL_INVALID_MEM_OBJECT", "the memory object is not valid"),
+        -44 => ("CL_INVALID_PROGRAM", "the program is not valid"),
+        -45 => ("CL_INVALID_PROGRAM_EXECUTABLE", "the program has no executable for the device"),
         -46 => ("CL_INVALID_KERNEL_NAME", "no kernel of that name in the program"),
         -48 => ("CL_INVALID_KERNEL", "the kernel is not valid"),
         -51 => ("CL_INVALID_ARG_SIZE", "a kernel argument has the wrong size"),
         -52 => ("CL_INVALID_KERNEL_ARGS", "kernel arguments are missing"),
+        -54 => ("CL_INVALID_WORK_GROUP_SIZE", "the work-group size is not valid"),
+        -63 => ("CL_INVALID_GLOBAL_WORK_SIZE", "the global work size is not valid"),
         -59 => ("CL_INVALID_OPERATION", "the operation is not valid in this state"),
         -61 => ("CL_INVALID_BUFFER_SIZE", "the buffer size is not valid"),
         -64 => ("CL_INVALID_PROPERTY", "a property is not supported or not valid"),

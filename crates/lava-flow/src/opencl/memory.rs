@@ -1,0 +1,309 @@
+//! lava-flow buffers as OpenCL memory objects, and the command queue that uses them.
+
+use std::ffi::c_void;
+use std::marker::PhantomData;
+
+use super::sys::{self, check, cl};
+use super::Context;
+use crate::error::{Error, Result};
+use crate::Buffer;
+
+/// An in-order OpenCL command queue of a [`Context`], released on drop.
+#[derive(Debug)]
+pub struct Queue<'c> {
+    pub(super) ctx: &'c Context,
+    pub(super) queue: sys::cl_command_queue,
+}
+
+// SAFETY: OpenCL command queues are thread-safe handles.
+unsafe impl Send for Queue<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Queue<'_> {}
+
+impl Context {
+    /// A new in-order command queue on the context's device.
+    pub fn queue(&self) -> Result<Queue<'_>> {
+        let cl = cl()?;
+        let mut status = 0;
+        // SAFETY: the context and device are live; no properties (an empty, zero-terminated list).
+        let queue = unsafe {
+            (cl.clCreateCommandQueueWithProperties)(
+                self.context,
+                self.device.device_id,
+                [0u64].as_ptr(),
+                &mut status,
+            )
+        };
+        check("clCreateCommandQueueWithProperties", status)?;
+        Ok(Queue { ctx: self, queue })
+    }
+
+    /// Makes `buffer` an OpenCL memory object of this context.
+    ///
+    /// The buffer's `VkDeviceMemory` (its block, or its dedicated allocation) is imported whole
+    /// (`clCreateBufferWithProperties` with `CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR`, size =
+    /// `allocation_size()`): `cl_khr_external_memory` has no offset, so the buffer is reached as
+    /// a sub-buffer (`clCreateSubBuffer`) where its offset is a multiple of the device's
+    /// `CL_DEVICE_MEM_BASE_ADDR_ALIGN`, and otherwise as the whole import plus
+    /// [`ClBuffer::offset`], which kernels must add (as with GL on llvmpipe). Each call imports
+    /// once; keep the view for as long as you use it.
+    ///
+    /// Errors: [`Error::DeviceMismatch`] for another device's buffer,
+    /// [`Error::NotExportable`], OpenCL errors.
+    pub fn import_buffer<'a>(&'a self, buffer: &'a Buffer) -> Result<ClBuffer<'a>> {
+        let cl = cl()?;
+        let found = crate::Uuid(buffer.device_uuid());
+        match self.device.uuid {
+            Some(expected) if expected != found => {
+                return Err(Error::DeviceMismatch { what: "the buffer", expected, found })
+            }
+            _ => {}
+        }
+        let fd = buffer.export_fd()?;
+        let whole = buffer.allocation_size();
+        let imported = crate::fd::give_to_driver(fd, |raw| {
+            let properties = [
+                sys::CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR,
+                raw as sys::cl_mem_properties,
+                sys::CL_DEVICE_HANDLE_LIST_KHR,
+                self.device.device_id as sys::cl_mem_properties,
+                sys::CL_DEVICE_HANDLE_LIST_END_KHR,
+                0,
+            ];
+            let mut status = 0;
+            // SAFETY: a zero-terminated property list with an opaque fd of memory of this
+            // device (checked above) and this context's device; no host pointer.
+            let mem = unsafe {
+                (cl.clCreateBufferWithProperties)(
+                    self.context,
+                    properties.as_ptr(),
+                    sys::CL_MEM_READ_WRITE,
+                    whole as usize,
+                    std::ptr::null_mut(),
+                    &mut status,
+                )
+            };
+            check("clCreateBufferWithProperties", status).map(|()| mem)
+        })?;
+        let mut view = ClBuffer {
+            ctx: self,
+            imported,
+            sub: std::ptr::null_mut(),
+            offset: buffer.offset(),
+            size: buffer.size(),
+            _buffer: PhantomData,
+        };
+        if buffer.offset() % self.base_align()? == 0 {
+            let region =
+                sys::cl_buffer_region { origin: buffer.offset() as usize, size: buffer.size() as usize };
+            let mut status = 0;
+            // SAFETY: the region lies inside the import (offset + size <= allocation size) and its
+            // origin is aligned as the device requires (checked above).
+            let sub = unsafe {
+                (cl.clCreateSubBuffer)(
+                    imported,
+                    sys::CL_MEM_READ_WRITE,
+                    sys::CL_BUFFER_CREATE_TYPE_REGION,
+                    (&raw const region).cast(),
+                    &mut status,
+                )
+            };
+            check("clCreateSubBuffer", status)?; // `view`'s drop releases the import
+            view.sub = sub;
+            view.offset = 0;
+        }
+        Ok(view)
+    }
+
+    /// `CL_DEVICE_MEM_BASE_ADDR_ALIGN` in bytes.
+    fn base_align(&self) -> Result<u64> {
+        let cl = cl()?;
+        let mut bits: sys::cl_uint = 0;
+        // SAFETY: a cl_uint query into a cl_uint.
+        check("clGetDeviceInfo(CL_DEVICE_MEM_BASE_ADDR_ALIGN)", unsafe {
+            (cl.clGetDeviceInfo)(
+                self.device.device_id,
+                sys::CL_DEVICE_MEM_BASE_ADDR_ALIGN,
+                std::mem::size_of::<sys::cl_uint>(),
+                (&raw mut bits).cast(),
+                std::ptr::null_mut(),
+            )
+        })?;
+        Ok(u64::from(bits / 8).max(1))
+    }
+}
+
+/// A lava-flow [`Buffer`] as an OpenCL memory object; borrows the buffer and the context, so
+/// neither can go first. Commands that use it must come between [`Queue::acquire`] and
+/// [`Queue::release`] (`cl_khr_external_memory`); [`ClBuffer::read`] and [`ClBuffer::write`] do
+/// that themselves.
+#[derive(Debug)]
+pub struct ClBuffer<'a> {
+    ctx: &'a Context,
+    /// The whole imported allocation.
+    imported: sys::cl_mem,
+    /// The sub-buffer that is exactly the lava-flow buffer, where the offset allowed one.
+    sub: sys::cl_mem,
+    offset: u64,
+    size: u64,
+    _buffer: PhantomData<&'a Buffer>,
+}
+
+// SAFETY: OpenCL memory objects are thread-safe handles; the borrowed buffer is Sync.
+unsafe impl Send for ClBuffer<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for ClBuffer<'_> {}
+
+impl ClBuffer<'_> {
+    /// The memory object to pass to kernels: the sub-buffer that is exactly the lava-flow
+    /// buffer, or the whole import when [`offset`](ClBuffer::offset) is not 0.
+    pub fn mem(&self) -> *mut c_void {
+        if self.sub.is_null() {
+            self.imported
+        } else {
+            self.sub
+        }
+    }
+
+    /// Where the lava-flow buffer starts inside [`mem`](ClBuffer::mem): 0 for a sub-buffer.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The lava-flow buffer's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the view is a sub-buffer (the offset was aligned for the device).
+    pub fn is_sub_buffer(&self) -> bool {
+        !self.sub.is_null()
+    }
+
+    /// Copies `data` to `offset` (relative to the lava-flow buffer) and waits for it.
+    pub fn write(&self, queue: &Queue<'_>, offset: u64, data: &[u8]) -> Result<()> {
+        Error::check_range(offset, data.len(), self.size)?;
+        self.with_acquired(queue, |cl, q| {
+            // SAFETY: the range lies inside the memory object (checked); blocking, so `data`
+            // outlives the copy.
+            check("clEnqueueWriteBuffer", unsafe {
+                (cl.clEnqueueWriteBuffer)(
+                    q,
+                    self.mem(),
+                    sys::CL_TRUE,
+                    (self.offset + offset) as usize,
+                    data.len(),
+                    data.as_ptr().cast(),
+                    0,
+                    std::ptr::null(),
+                    std::ptr::null_mut(),
+                )
+            })
+        })
+    }
+
+    /// Copies `out.len()` bytes from `offset` and waits for them.
+    pub fn read(&self, queue: &Queue<'_>, offset: u64, out: &mut [u8]) -> Result<()> {
+        Error::check_range(offset, out.len(), self.size)?;
+        self.with_acquired(queue, |cl, q| {
+            // SAFETY: as in `write`; `out` has room for the bytes.
+            check("clEnqueueReadBuffer", unsafe {
+                (cl.clEnqueueReadBuffer)(
+                    q,
+                    self.mem(),
+                    sys::CL_TRUE,
+                    (self.offset + offset) as usize,
+                    out.len(),
+                    out.as_mut_ptr().cast(),
+                    0,
+                    std::ptr::null(),
+                    std::ptr::null_mut(),
+                )
+            })
+        })
+    }
+
+    /// Acquires the memory on `queue`, runs `f`, releases it and waits for the queue.
+    fn with_acquired(
+        &self,
+        queue: &Queue<'_>,
+        f: impl FnOnce(&sys::Cl, sys::cl_command_queue) -> Result<()>,
+    ) -> Result<()> {
+        let cl = cl()?;
+        queue.acquire(&[self])?;
+        let result = f(cl, queue.queue);
+        let released = queue.release(&[self]);
+        let finished = queue.finish();
+        result.and(released).and(finished)
+    }
+}
+
+impl Drop for ClBuffer<'_> {
+    fn drop(&mut self) {
+        let Ok(cl) = cl() else { return };
+        for (what, mem) in [("sub-buffer", self.sub), ("import", self.imported)] {
+            if mem.is_null() {
+                continue;
+            }
+            // SAFETY: made in `import_buffer`, released once; the sub-buffer goes first.
+            if let Err(e) = check("clReleaseMemObject", unsafe { (cl.clReleaseMemObject)(mem) }) {
+                log::error!("OpenCL {what}: {e}");
+            }
+        }
+    }
+}
+
+impl Queue<'_> {
+    /// Enqueues `clEnqueueAcquireExternalMemObjectsKHR` for `buffers`: commands enqueued after
+    /// it may use them.
+    pub fn acquire(&self, buffers: &[&ClBuffer<'_>]) -> Result<()> {
+        self.external(buffers, self.ctx.acquire, "clEnqueueAcquireExternalMemObjectsKHR")
+    }
+
+    /// Enqueues `clEnqueueReleaseExternalMemObjectsKHR` for `buffers`, after the commands that
+    /// used them.
+    pub fn release(&self, buffers: &[&ClBuffer<'_>]) -> Result<()> {
+        self.external(buffers, self.ctx.release, "clEnqueueReleaseExternalMemObjectsKHR")
+    }
+
+    fn external(
+        &self,
+        buffers: &[&ClBuffer<'_>],
+        f: sys::ExternalMemObjectsFn,
+        call: &'static str,
+    ) -> Result<()> {
+        for b in buffers {
+            if !std::ptr::eq(b.ctx, self.ctx) {
+                return Err(Error::InvalidArgument(format!("{call}: a buffer of another OpenCL context")));
+            }
+        }
+        let mems: Vec<sys::cl_mem> = buffers.iter().map(|b| b.imported).collect();
+        // SAFETY: the extension function of this context's platform; live memory objects of
+        // this context, imported from external memory; no events.
+        check(call, unsafe {
+            f(self.queue, mems.len() as u32, mems.as_ptr(), 0, std::ptr::null(), std::ptr::null_mut())
+        })
+    }
+
+    /// Waits until everything enqueued has completed (`clFinish`).
+    pub fn finish(&self) -> Result<()> {
+        let cl = cl()?;
+        // SAFETY: a live queue.
+        check("clFinish", unsafe { (cl.clFinish)(self.queue) })
+    }
+
+    /// The raw `cl_command_queue`, for the caller's own OpenCL code.
+    pub fn raw(&self) -> *mut c_void {
+        self.queue
+    }
+}
+
+impl Drop for Queue<'_> {
+    fn drop(&mut self) {
+        let Ok(cl) = cl() else { return };
+        // SAFETY: made in `Context::queue`, released once (pending work still completes).
+        if let Err(e) = check("clReleaseCommandQueue", unsafe { (cl.clReleaseCommandQueue)(self.queue) }) {
+            log::error!("{e}");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! OpenCL imports on the GPU tier: lava-flow buffers as OpenCL memory objects on NVIDIA's
+//! platform (found by UUID beside PoCL). Without an OpenCL platform that can import Vulkan
+//! memory the tests check the typed error and skip; under `LAVA_FLOW_REQUIRE_GPU=1` they fail.
+#![cfg(feature = "opencl")]
+
+mod common;
+
+use common::{assert_bytes_eq, open_fds, poisoned, random_bytes, Validated};
+use lava_flow::opencl::{self, ClBuffer, Context, Queue};
+use lava_flow::{AllocationOptions, Buffer, Error, MemoryLocation};
+
+const DEV0: MemoryLocation = MemoryLocation::GpuVulkan { device_id: 0 };
+
+/// The OpenCL context of device 0, or `None` (with the reason printed) where there is none.
+fn opencl_or_skip(v: &Validated, test: &str) -> Option<Context> {
+    match Context::for_device(v, 0) {
+        Ok(c) => Some(c),
+        Err(e) if std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|x| x == "1") => {
+            panic!("{test}: the GPU tier needs OpenCL imports: {e}")
+        }
+        Err(e) => {
+            assert!(
+                matches!(e, Error::Unsupported { .. } | Error::LibraryNotFound { .. }),
+                "a typed error without OpenCL imports: {e}"
+            );
+            println!("{test}: skipped: {e}");
+            None
+        }
+    }
+}
+
+/// `words[offset + i] = words[offset + i] * 3 + i` for `i < n`.
+const TRANSFORM: &str = r#"
+__kernel void transform(__global uint* words, ulong offset, uint n) {
+    uint i = get_global_id(0);
+    if (i < n) { words[offset + i] = words[offset + i] * 3u + i; }
+}
+"#;
+
+fn words_of(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect()
+}
+
+/// Vulkan writes random words; an OpenCL kernel built from source transforms them in place;
+/// Vulkan checks every word. Then both directions byte for byte with poisoned destinations.
+fn check_buffer(
+    queue: &Queue<'_>,
+    program: &opencl::Program<'_>,
+    buffer: &Buffer,
+    view: &ClBuffer<'_>,
+    what: &str,
+) {
+    let data = random_bytes(buffer.size() as usize);
+    buffer.write(0, &data).expect("Vulkan write");
+    let n = (buffer.size() / 4) as u32;
+    let mut kernel = program.kernel("transform").expect("kernel");
+    kernel.arg_buffer(0, view).expect("arg 0");
+    kernel.arg_u64(1, view.offset() / 4).expect("arg 1");
+    kernel.arg_u32(2, n).expect("arg 2");
+    queue.acquire(&[view]).expect("acquire");
+    queue.launch(&kernel, n as usize).expect("launch");
+    queue.release(&[view]).expect("release");
+    queue.finish().expect("finish");
+    let mut out = poisoned(data.len());
+    buffer.read(0, &mut out).expect("Vulkan read");
+    let want: Vec<u32> =
+        words_of(&data).iter().enumerate().map(|(i, w)| w.wrapping_mul(3).wrapping_add(i as u32)).collect();
+    assert_eq!(words_of(&out), want, "{what}: OpenCL kernel on Vulkan's data");
+    // Both directions, every byte.
+    let from_cl = random_bytes(data.len());
+    view.write(queue, 0, &from_cl).expect("OpenCL write");
+    let mut out = poisoned(data.len());
+    buffer.read(0, &mut out).expect("Vulkan read");
+    assert_bytes_eq(&out, &from_cl, &format!("{what}: OpenCL → Vulkan"));
+    let from_vk = random_bytes(data.len());
+    buffer.write(0, &from_vk).expect("Vulkan write");
+    let mut out = poisoned(data.len());
+    view.read(queue, 0, &mut out).expect("OpenCL read");
+    assert_bytes_eq(&out, &from_vk, &format!("{what}: Vulkan → OpenCL"));
+}
+
+#[test]
+fn kernels_transform_vulkan_buffers_at_offsets_and_dedicated() {
+    let mut v = Validated::new();
+    let Some(ctx) = opencl_or_skip(&v, "kernels") else { return };
+    println!("OpenCL device: {} on {}", ctx.device().name, ctx.device().platform);
+    let queue = ctx.queue().expect("queue");
+    let program = ctx.build(TRANSFORM).expect("build");
+    // Buffers at several offsets of one block (some aligned for sub-buffers, some not), and a
+    // dedicated allocation.
+    let buffers: Vec<Buffer> = (0..6).map(|i| v.allocate(1000 + 300 * i, DEV0).expect("allocate")).collect();
+    let dedicated =
+        v.allocate_with(123_456, DEV0, AllocationOptions::default().dedicated(true)).expect("dedicated");
+    let (mut subs, mut offsets) = (0, 0);
+    for (i, b) in buffers.iter().chain([&dedicated]).enumerate() {
+        let view = ctx.import_buffer(b).expect("import");
+        if view.is_sub_buffer() {
+            subs += 1;
+        } else {
+            offsets += 1;
+            assert_eq!(view.offset(), b.offset());
+        }
+        check_buffer(&queue, &program, b, &view, &format!("buffer {i} at offset {}", b.offset()));
+    }
+    println!("{subs} sub-buffers, {offsets} whole imports with an offset");
+    assert!(buffers.iter().any(|b| b.offset() != 0), "some buffers at non-zero offsets");
+    // Range checks are typed.
+    let view = ctx.import_buffer(&buffers[1]).expect("import");
+    assert!(matches!(
+        view.read(&queue, 1, &mut vec![0; buffers[1].size() as usize]),
+        Err(Error::OutOfRange { .. })
+    ));
+    // A build error carries the compiler's log.
+    let e = ctx.build("__kernel void broken( {").expect_err("a syntax error");
+    assert!(e.to_string().contains("clBuildProgram"), "{e}");
+}
+
+#[test]
+fn a_thousand_import_release_cycles_leak_nothing() {
+    let mut v = Validated::new();
+    let Some(ctx) = opencl_or_skip(&v, "import cycles") else { return };
+    let queue = ctx.queue().expect("queue");
+    let buffer = v.allocate(1 << 20, DEV0).expect("buffer");
+    drop(ctx.import_buffer(&buffer).expect("warm-up"));
+    let fds = open_fds();
+    let held: Vec<ClBuffer<'_>> = (0..10).map(|_| ctx.import_buffer(&buffer).expect("import")).collect();
+    println!("fds with 10 imports alive: {:+}", open_fds() as i64 - fds as i64);
+    drop(held);
+    for i in 0..1000u32 {
+        let view = ctx.import_buffer(&buffer).expect("import");
+        view.write(&queue, 0, &i.to_le_bytes()).expect("use it");
+    }
+    let after = open_fds();
+    assert_eq!(after, fds, "fds back to the baseline after 1,000 imports ({:+})", after as i64 - fds as i64);
+    let mut out = [0u8; 4];
+    buffer.read(0, &mut out).expect("read");
+    assert_eq!(u32::from_le_bytes(out), 999, "the last write is what Vulkan sees");
+}
