@@ -130,52 +130,75 @@ fn copy_bandwidth(
     let bytes: u64 = if options.quick { 64 << 20 } else { 256 << 20 };
     let launches = if options.quick { 5 } else { 20 };
     let location = MemoryLocation::GpuVulkan { device_id: options.device_id };
+    // Two lava-flow pairs: buffers of `bytes` (a dedicated allocation of `bytes` plus lava-flow's
+    // 256-byte tail) and of `bytes - 256` (an allocation of exactly `bytes`), to see whether the
+    // allocation's size changes how the driver maps it. Every copy moves `bytes - 256` bytes.
+    let copied = bytes - 256;
     let (src, dst) = (allocator.allocate(bytes, location)?, allocator.allocate(bytes, location)?);
     let (vsrc, vdst) = (ctx.import_buffer(&src)?, ctx.import_buffer(&dst)?);
+    let (esrc, edst) = (allocator.allocate(copied, location)?, allocator.allocate(copied, location)?);
+    let (xsrc, xdst) = (ctx.import_buffer(&esrc)?, ctx.import_buffer(&edst)?);
     let (rsrc, rdst) = (ctx.alloc(bytes)?, ctx.alloc(bytes)?);
+    println!(
+        "copy bandwidth: lava-flow allocations of {} and {} bytes",
+        src.allocation_size(),
+        esrc.allocation_size()
+    );
     let (start, end) = (ctx.event(true)?, ctx.event(true)?);
-    let rate = |d: u64, s: u64| -> Result<f64> {
+    let rate = |(d, s): (u64, u64)| -> Result<f64> {
         start.record(stream)?;
         for _ in 0..launches {
-            launch_copy(module, stream, d, s, bytes)?;
+            launch_copy(module, stream, d, s, copied)?;
         }
         end.record(stream)?;
         end.synchronize()?;
         let t = end.elapsed_since(&start)?;
-        Ok(2.0 * bytes as f64 * f64::from(launches) / t.as_secs_f64() / 1e9)
+        Ok(2.0 * copied as f64 * f64::from(launches) / t.as_secs_f64() / 1e9)
     };
     let group = "CUDA copy-kernel bandwidth";
-    // Interleaved, the order swapped every repetition, so that clocks and temperature drift
-    // evenly over both.
-    let (raw_at, lava_at) = ((rdst.device_ptr(), rsrc.device_ptr()), (vdst.device_ptr(), vsrc.device_ptr()));
-    rate(raw_at.0, raw_at.1)?;
-    rate(lava_at.0, lava_at.1)?;
-    let (mut raw, mut lava) = (Vec::new(), Vec::new());
+    // Interleaved, the order rotated every repetition, so that clocks and temperature drift
+    // evenly over all three.
+    let pairs = [
+        (rdst.device_ptr(), rsrc.device_ptr()),
+        (vdst.device_ptr(), vsrc.device_ptr()),
+        (xdst.device_ptr(), xsrc.device_ptr()),
+    ];
+    for p in pairs {
+        rate(p)?;
+    }
+    let mut results = [Vec::new(), Vec::new(), Vec::new()];
     for r in 0..reps {
-        if r % 2 == 0 {
-            raw.push(rate(raw_at.0, raw_at.1)?);
-            lava.push(rate(lava_at.0, lava_at.1)?);
-        } else {
-            lava.push(rate(lava_at.0, lava_at.1)?);
-            raw.push(rate(raw_at.0, raw_at.1)?);
+        for k in 0..3 {
+            let i = (r + k) % 3;
+            results[i].push(rate(pairs[i])?);
         }
     }
-    let middle = |mut v: Vec<f64>| {
+    let [raw, lava, exact] = results.map(|mut v| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
-    };
-    let (raw, lava) = (middle(raw), middle(lava));
-    let base = Row::baseline(group, format!("{}: on cuMemAlloc memory", human(bytes)), raw, "GB/s");
-    let row = Row::against(&base, format!("{}: on lava-flow memory imported into CUDA", human(bytes)), lava);
+    });
+    let size = human(bytes);
+    let base = Row::baseline(group, format!("{size}: on cuMemAlloc memory"), raw, "GB/s");
+    let row = Row::against(
+        &base,
+        format!("{size}: on lava-flow memory imported into CUDA (allocation {size} + 256 B)"),
+        lava,
+    );
+    let exact = Row::against(
+        &base,
+        format!("{size} − 256 B: on lava-flow memory imported into CUDA (allocation exactly {size})"),
+        exact,
+    );
     rows.push(base);
     rows.push(row);
+    rows.push(exact);
     // The copies moved the bytes: check a sample.
     let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
-    src.write(bytes - 4096, &pattern)?;
-    launch_copy(module, stream, vdst.device_ptr(), vsrc.device_ptr(), bytes)?;
+    src.write(copied - 4096, &pattern)?;
+    launch_copy(module, stream, vdst.device_ptr(), vsrc.device_ptr(), copied)?;
     stream.synchronize()?;
     let mut out = vec![0u8; 4096];
-    dst.read(bytes - 4096, &mut out)?;
+    dst.read(copied - 4096, &mut out)?;
     if out != pattern {
         return Err(lava_flow::Error::InvalidArgument("the copy kernel copied wrong bytes".into()));
     }

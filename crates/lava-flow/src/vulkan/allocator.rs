@@ -20,14 +20,16 @@ use crate::handle::{ExportedSemaphore, ExternalHandle};
 use crate::location::MemoryLocation;
 use crate::suballoc::{SubAllocator, SubRange, UNIT};
 
-/// Spare bytes after every buffer's last byte inside its `VkDeviceMemory`: dedicated buffers'
-/// `VkBuffer`s are this much larger than asked for, and the last 256 bytes of every block are never
-/// handed out.
+/// Spare bytes after every buffer's last byte inside its `VkDeviceMemory` on CPU devices
+/// (see [`DeviceInfo::dedicated_tail`](crate::DeviceInfo::dedicated_tail)): dedicated buffers'
+/// `VkBuffer`s are this much larger than asked for there; and the last 256 bytes of every block
+/// are never handed out, on every device.
 ///
 /// Mesa's llvmpipe refuses a GL buffer on imported memory (`glNamedBufferStorageMemEXT`,
 /// `GL_OUT_OF_MEMORY`) unless the memory is at least 48 bytes larger than the GL buffer; with the
 /// tail, a GL buffer can cover any lava-flow buffer. An importer that makes its own dedicated
-/// `VkBuffer` for this memory must use `size + DEDICATED_TAIL` (lava-flow's `import_memory` does).
+/// `VkBuffer` for this memory must use `size + dedicated_tail()` (lava-flow's `import_memory`
+/// does).
 pub const DEDICATED_TAIL: u64 = 256;
 
 /// The default size of a sub-allocation block: 64 MiB.
@@ -415,14 +417,14 @@ impl DeviceContext {
                 })
             }
         };
-        // Dedicated buffers get `DEDICATED_TAIL` spare bytes (see there). Whether a buffer is
+        // Dedicated buffers get the device's `dedicated_tail()` spare bytes. Whether a buffer is
         // dedicated is known for sure only from its memory requirements, so a buffer that turns
         // out to need it after all is made again, padded.
         let mut padded = options.dedicated
             || (exportable && physical.export_needs_dedicated())
             || size >= self.options.dedicated_threshold;
         loop {
-            let vk_size = if padded { size.saturating_add(DEDICATED_TAIL) } else { size };
+            let vk_size = if padded { size.saturating_add(physical.info.dedicated_tail()) } else { size };
             let buffer = Buffer::create_raw(&self.device, vk_size, exportable)?;
             // From here on, `buffer` must be destroyed on every path that does not keep it.
             match self.place(buffer, location, exportable, padded) {

@@ -115,15 +115,14 @@ impl Buffer {
             )));
         }
         // A dedicated allocation must be imported for a buffer identical to the exporter's, which
-        // lava-flow pads by `DEDICATED_TAIL`.
-        let vk_size = if desc.dedicated { desc.size + super::allocator::DEDICATED_TAIL } else { desc.size };
+        // lava-flow pads by the device's `dedicated_tail()` (the same device: UUIDs checked).
+        let tail = device.physical.info.dedicated_tail();
+        let vk_size = if desc.dedicated { desc.size + tail } else { desc.size };
         if desc.dedicated && desc.offset + vk_size > desc.allocation_size {
             return Err(Error::InvalidArgument(format!(
                 "a dedicated allocation of {} bytes cannot hold a lava-flow buffer of {} bytes \
                  (plus its {}-byte tail)",
-                desc.allocation_size,
-                desc.size,
-                super::allocator::DEDICATED_TAIL
+                desc.allocation_size, desc.size, tail
             )));
         }
         let buffer = Self::create_raw(device, vk_size, true)?;
