@@ -131,9 +131,9 @@ impl DeviceInfo {
     /// its own dedicated `VkBuffer` for such memory uses `size + dedicated_tail()`.
     ///
     /// Not on GPUs because it costs there: on an H100 a copy kernel ran at 0.91× the bandwidth
-    /// of `cuMemAlloc` memory on an allocation of 256 MiB + 256 B, and at 1.00× on one of
-    /// exactly 256 MiB (the driver maps sizes that are not a multiple of its large page with
-    /// small pages).
+    /// of `cuMemAlloc` memory on an allocation of 256 MiB + 256 B, and at 1.00× on allocations
+    /// of 256 MiB and of 256 MiB − 256 B (why the allocation just past 256 MiB is slower is not
+    /// known).
     pub fn dedicated_tail(&self) -> u64 {
         if self.device_type == DeviceType::Cpu {
             crate::DEDICATED_TAIL
