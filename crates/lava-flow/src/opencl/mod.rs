@@ -1,10 +1,7 @@
-//! OpenCL (feature `opencl`): finding the OpenCL device that is a lava-flow device, by UUID,
-//! across every platform.
-//!
-//! **Status (2026-11-23):** device discovery, UUID matching and the typed errors are built and
-//! tested (with Mesa/PoCL present and with no OpenCL at all). Importing memory and semaphores
-//! (`cl_khr_external_memory_opaque_fd`, `cl_khr_external_semaphore_opaque_fd`) is not built yet:
-//! it needs the GPU machine, whose NVIDIA platform is the only one here with those extensions.
+//! OpenCL (feature `opencl`): the OpenCL device that is a lava-flow device, found by UUID across
+//! every platform; lava-flow buffers as OpenCL memory objects ([`Context::import_buffer`]);
+//! queues, programs built from source and kernels to use them. Semaphores
+//! (`cl_khr_external_semaphore_opaque_fd`) are not built yet. The guide is docs/opencl_interop.md.
 //!
 //! ```
 //! # fn main() -> lava_flow::Result<()> {
