@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 pub struct Event {
     ctx: Context,
     event: sys::CUevent,
+    timing: bool,
 }
 
 // SAFETY: a CUevent is a driver handle usable from any thread with its context current.
@@ -44,7 +45,7 @@ impl Context {
         let mut event = std::ptr::null_mut();
         // SAFETY: the context is current; `event` is a valid out-pointer.
         check("cuEventCreate", unsafe { sys::cuEventCreate(&mut event, flags) })?;
-        Ok(Event { ctx: self.clone(), event })
+        Ok(Event { ctx: self.clone(), event, timing })
     }
 }
 
@@ -65,10 +66,15 @@ impl Event {
     }
 
     /// GPU time from `start`'s capture to this one's (`cuEventElapsedTime_v2`, CUDA 12.8 drivers
-    /// and newer; [`Error::Unsupported`] before); both must be timing events, recorded and
-    /// completed.
+    /// and newer; [`Error::Unsupported`] before); both must be timing events
+    /// ([`Error::InvalidArgument`] otherwise, before any driver call), recorded and completed.
     pub fn elapsed_since(&self, start: &Event) -> Result<Duration> {
         self.ctx.check_device("the start event", start.ctx.uuid())?;
+        if !(self.timing && start.timing) {
+            return Err(Error::InvalidArgument(
+                "cuEventElapsedTime_v2 needs two timing events (Context::event(true))".into(),
+            ));
+        }
         if !has_function("cuEventElapsedTime_v2") {
             return Err(Error::Unsupported {
                 what: "cuEventElapsedTime_v2 (a CUDA 12.8 driver or newer) for event timing".into(),
