@@ -56,6 +56,29 @@ void main() {
 }
 "#;
 
+/// The Vulkan consumer's checksum, with push constants for Vulkan: one workgroup sums the whole
+/// frame (strided loads, then a reduction in shared memory) and writes `sums[frame]`. One
+/// workgroup because naga's GLSL front end, which compiles the demo's shaders, has no `atomicAdd`.
+const VK_CHECKSUM: &str = r#"#version 450
+layout(local_size_x = 256) in;
+layout(std430, set = 0, binding = 0) readonly buffer Frame { uint words[]; };
+layout(std430, set = 0, binding = 1) buffer Sums { uint sums[]; };
+layout(push_constant) uniform Params { uint frame; uint count; } params;
+shared uint partial[256];
+void main() {
+    uint l = gl_LocalInvocationID.x;
+    uint acc = 0u;
+    for (uint i = l; i < params.count; i += 256u) { acc += words[i]; }
+    partial[l] = acc;
+    barrier();
+    for (uint s = 128u; s > 0u; s >>= 1) {
+        if (l < s) { partial[l] += partial[l + s]; }
+        barrier();
+    }
+    if (l == 0u) { sums[params.frame] = partial[0]; }
+}
+"#;
+
 /// The checksum the consumer must find for `frame`.
 fn expected_sum(frame: u32, words: u32) -> u32 {
     (0..words).fold(0u32, |acc, i| {
@@ -112,11 +135,11 @@ pub fn run(options: &Options) -> Result<()> {
 /// validation layer said nothing.
 pub fn measure(options: &Options, quiet: bool) -> Result<Measured> {
     let allocator = MemoryAllocator::new()?;
-    let log = allocator.validation_log();
-    let result = pipeline(options, allocator, quiet);
+    let mut logs = vec![allocator.validation_log()];
+    let result = pipeline(options, allocator, quiet, &mut logs);
     // Everything is dropped now, devices included: with LAVA_FLOW_VALIDATION=1 any message the
-    // validation layer printed on the way fails the demo.
-    let messages = log.map(|l| l.take()).unwrap_or_default();
+    // validation layer printed on the way (for any device the demo made) fails the demo.
+    let messages: Vec<String> = logs.iter().flatten().flat_map(|l| l.take()).collect();
     if !messages.is_empty() {
         for m in &messages {
             eprintln!("validation: {m}");
@@ -126,7 +149,7 @@ pub fn measure(options: &Options, quiet: bool) -> Result<Measured> {
     result
 }
 
-/// One consumer of the frames: OpenGL or CUDA.
+/// One consumer of the frames: CUDA, OpenGL, OpenCL or Vulkan.
 trait Consumer {
     /// What consumes, for the report (e.g. "OpenGL compute on <renderer>").
     fn describe(&self) -> String;
@@ -146,7 +169,12 @@ trait Consumer {
     fn finish(&mut self) -> Result<()>;
 }
 
-fn pipeline(options: &Options, mut allocator: MemoryAllocator, quiet: bool) -> Result<Measured> {
+fn pipeline(
+    options: &Options,
+    mut allocator: MemoryAllocator,
+    quiet: bool,
+    logs: &mut Vec<Option<lava_flow::ValidationLog>>,
+) -> Result<Measured> {
     if options.frames < 2 || options.frame_bytes < 1024 || options.frame_bytes % 4 != 0 {
         return Err(lava_flow::Error::InvalidArgument(
             "at least 2 frames of at least 1024 bytes, a multiple of 4".into(),
@@ -163,15 +191,7 @@ fn pipeline(options: &Options, mut allocator: MemoryAllocator, quiet: bool) -> R
                 "opengl"
             }
         }
-        "opengl" | "cuda" => options.consumer.as_str(),
-        "opencl" | "vulkan" => {
-            return Err(lava_flow::Error::Unsupported {
-                what: format!(
-                    "the {} consumer is not built yet; use --consumer opengl or cuda",
-                    options.consumer
-                ),
-            })
-        }
+        "opengl" | "cuda" | "opencl" | "vulkan" => options.consumer.as_str(),
         other => return Err(lava_flow::Error::InvalidArgument(format!("unknown consumer {other:?}"))),
     };
     let location = MemoryLocation::GpuVulkan { device_id: options.device_id };
@@ -189,6 +209,24 @@ fn pipeline(options: &Options, mut allocator: MemoryAllocator, quiet: bool) -> R
         #[cfg(feature = "cuda")]
         "cuda" => {
             let mut c = cuda::CudaConsumer::new(&allocator, options, &shared)?;
+            run_frames(options, &allocator, &producer, &shared, &mut c, quiet)
+        }
+        #[cfg(feature = "opencl")]
+        "opencl" => {
+            let cl = lava_flow::opencl::Context::for_device(&allocator, options.device_id)?;
+            let staged = [
+                allocator.allocate(options.frame_bytes, location)?,
+                allocator.allocate(u64::from(options.frames) * 4, location)?,
+            ];
+            let mut c = opencl::ClSide::new(&cl, &shared, &staged, options)?;
+            run_frames(options, &allocator, &producer, &shared, &mut c, quiet)
+        }
+        #[cfg(not(feature = "opencl"))]
+        "opencl" => Err(lava_flow::Error::Unsupported { what: "built without the opencl feature".into() }),
+        "vulkan" => {
+            let other = MemoryAllocator::new()?;
+            logs.push(other.validation_log());
+            let mut c = VkSide::new(other, &shared, options)?;
             run_frames(options, &allocator, &producer, &shared, &mut c, quiet)
         }
         _ => {
@@ -361,8 +399,10 @@ impl Progress {
     }
 }
 
-/// The Vulkan compute pipeline that writes frames.
-struct Producer {
+/// A Vulkan compute pass: one shader, one descriptor set per slot (binding `i` of a set is its
+/// `i`-th buffer), two `uint` push constants, and a ring of command buffers with fences. The
+/// producer writes frames with it; the Vulkan consumer checksums them.
+struct Compute {
     device: lava_flow::ash::Device,
     module: vk::ShaderModule,
     set_layout: vk::DescriptorSetLayout,
@@ -374,7 +414,8 @@ struct Producer {
     /// A ring of command buffers; one is re-recorded only when its frame is long done.
     cmds: Vec<vk::CommandBuffer>,
     fences: Vec<vk::Fence>,
-    words: u32,
+    /// Workgroups per dispatch.
+    groups: u32,
     device_id: u32,
 }
 
@@ -403,23 +444,34 @@ fn vk_err(call: &'static str) -> impl Fn(vk::Result) -> lava_flow::Error {
     }
 }
 
-impl Producer {
+impl Compute {
     #[allow(clippy::multiple_unsafe_ops_per_block, reason = "plain Vulkan set-up, as users write it")]
-    fn new(allocator: &MemoryAllocator, device_id: u32, frames: &[Buffer], words: u32) -> Result<Self> {
-        let n = frames.len() as u32;
+    fn new(
+        allocator: &MemoryAllocator,
+        device_id: u32,
+        source: &str,
+        slots: &[Vec<&Buffer>],
+        groups: u32,
+    ) -> Result<Self> {
+        let n = slots.len() as u32;
+        let per_set = slots.first().map_or(0, Vec::len) as u32;
         let (device, family) = allocator.ash_device(device_id)?;
-        let spirv = compile(PRODUCER)?;
+        let spirv = compile(source)?;
         // SAFETY: plain object creation on lava-flow's live device with valid parameters; every
         // object is destroyed in `destroy`.
         unsafe {
             let module = device
                 .create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&spirv), None)
                 .map_err(vk_err("vkCreateShaderModule"))?;
-            let binding = [vk::DescriptorSetLayoutBinding::default()
-                .binding(0)
-                .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                .descriptor_count(1)
-                .stage_flags(vk::ShaderStageFlags::COMPUTE)];
+            let binding: Vec<_> = (0..per_set)
+                .map(|b| {
+                    vk::DescriptorSetLayoutBinding::default()
+                        .binding(b)
+                        .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                        .descriptor_count(1)
+                        .stage_flags(vk::ShaderStageFlags::COMPUTE)
+                })
+                .collect();
             let set_layout = device
                 .create_descriptor_set_layout(
                     &vk::DescriptorSetLayoutCreateInfo::default().bindings(&binding),
@@ -447,15 +499,17 @@ impl Producer {
                     None,
                 )
                 .map_err(|(_, e)| vk_err("vkCreateComputePipelines")(e))?[0];
-            let sizes =
-                [vk::DescriptorPoolSize { ty: vk::DescriptorType::STORAGE_BUFFER, descriptor_count: n }];
+            let sizes = [vk::DescriptorPoolSize {
+                ty: vk::DescriptorType::STORAGE_BUFFER,
+                descriptor_count: n * per_set,
+            }];
             let descriptor_pool = device
                 .create_descriptor_pool(
                     &vk::DescriptorPoolCreateInfo::default().max_sets(n).pool_sizes(&sizes),
                     None,
                 )
                 .map_err(vk_err("vkCreateDescriptorPool"))?;
-            let layouts = vec![set_layout; frames.len()];
+            let layouts = vec![set_layout; slots.len()];
             let sets = device
                 .allocate_descriptor_sets(
                     &vk::DescriptorSetAllocateInfo::default()
@@ -463,15 +517,20 @@ impl Producer {
                         .set_layouts(&layouts),
                 )
                 .map_err(vk_err("vkAllocateDescriptorSets"))?;
-            for (set, frame) in sets.iter().zip(frames) {
-                let info =
-                    [vk::DescriptorBufferInfo { buffer: frame.vk_buffer(), offset: 0, range: frame.size() }];
-                let write = vk::WriteDescriptorSet::default()
-                    .dst_set(*set)
-                    .dst_binding(0)
-                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                    .buffer_info(&info);
-                device.update_descriptor_sets(&[write], &[]);
+            for (set, buffers) in sets.iter().zip(slots) {
+                for (b, buffer) in buffers.iter().enumerate() {
+                    let info = [vk::DescriptorBufferInfo {
+                        buffer: buffer.vk_buffer(),
+                        offset: 0,
+                        range: buffer.size(),
+                    }];
+                    let write = vk::WriteDescriptorSet::default()
+                        .dst_set(*set)
+                        .dst_binding(b as u32)
+                        .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                        .buffer_info(&info);
+                    device.update_descriptor_sets(&[write], &[]);
+                }
             }
             let pool = device
                 .create_command_pool(
@@ -492,7 +551,7 @@ impl Producer {
             let fences = (0..RING)
                 .map(|_| device.create_fence(&signalled, None).map_err(vk_err("vkCreateFence")))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(Producer {
+            Ok(Compute {
                 device,
                 module,
                 set_layout,
@@ -503,19 +562,20 @@ impl Producer {
                 pool,
                 cmds,
                 fences,
-                words,
+                groups,
                 device_id,
             })
         }
     }
 
-    /// Records and submits frame `f` into `slot`: wait for `after` (the consumer's release of the
-    /// buffer), dispatch, then signal `signal` (a semaphore and its next value).
+    /// Records and submits one dispatch with `push` constants over the buffers of `slot`: wait
+    /// for `after` (e.g. the consumer's release of the buffer), dispatch, then signal `signal` (a
+    /// semaphore and its next value, which also picks the ring entry).
     #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one command buffer's recording")]
-    fn produce(
+    fn run(
         &self,
         allocator: &MemoryAllocator,
-        f: u32,
+        push: [u32; 2],
         slot: usize,
         after: Option<(&TimelineSemaphore, u64)>,
         signal: (&TimelineSemaphore, u64),
@@ -533,7 +593,7 @@ impl Producer {
             d.wait_for_fences(&[fence], true, 60_000_000_000).map_err(vk_err("vkWaitForFences"))?;
             d.reset_fences(&[fence]).map_err(vk_err("vkResetFences"))?;
         }
-        let push: Vec<u8> = [f, self.words].iter().flat_map(|w| w.to_le_bytes()).collect();
+        let push: Vec<u8> = push.iter().flat_map(|w| w.to_le_bytes()).collect();
         // SAFETY: the command buffer is not pending (its last frame's fence was waited for above);
         // every handle belongs to this device.
         unsafe {
@@ -549,7 +609,7 @@ impl Producer {
                 &[],
             );
             d.cmd_push_constants(cmd, self.layout, vk::ShaderStageFlags::COMPUTE, 0, &push);
-            d.cmd_dispatch(cmd, self.words.div_ceil(256), 1, 1);
+            d.cmd_dispatch(cmd, self.groups, 1, 1);
             let barrier = vk::MemoryBarrier::default()
                 .src_access_mask(vk::AccessFlags::SHADER_WRITE)
                 .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
@@ -575,7 +635,33 @@ impl Producer {
     }
 }
 
-impl Drop for Producer {
+/// The Vulkan producer: a compute pass writing frame `f` into the frame buffer of its slot.
+struct Producer {
+    pass: Compute,
+    words: u32,
+}
+
+impl Producer {
+    fn new(allocator: &MemoryAllocator, device_id: u32, frames: &[Buffer], words: u32) -> Result<Self> {
+        let slots: Vec<Vec<&Buffer>> = frames.iter().map(|f| vec![f]).collect();
+        let pass = Compute::new(allocator, device_id, PRODUCER, &slots, words.div_ceil(256))?;
+        Ok(Producer { pass, words })
+    }
+
+    /// Frame `f` into `slot`, after `after`, then `signal`.
+    fn produce(
+        &self,
+        allocator: &MemoryAllocator,
+        f: u32,
+        slot: usize,
+        after: Option<(&TimelineSemaphore, u64)>,
+        signal: (&TimelineSemaphore, u64),
+    ) -> Result<()> {
+        self.pass.run(allocator, [f, self.words], slot, after, signal)
+    }
+}
+
+impl Drop for Compute {
     #[allow(clippy::multiple_unsafe_ops_per_block, reason = "plain Vulkan teardown")]
     fn drop(&mut self) {
         let d = &self.device;
@@ -910,6 +996,261 @@ pub mod cuda {
 
         fn finish(&mut self) -> Result<()> {
             self.stream.synchronize()
+        }
+    }
+}
+
+/// The Vulkan consumer: a second `VkDevice` on the same GPU (its own `MemoryAllocator`, as another
+/// process would have) imports the frames and the sums (`export` → `import_memory`) and the two
+/// timelines where the driver exports them, and checksums with a compute shader. Where timelines
+/// cannot be exported (lavapipe), it orders through the host, as the GL fallback does.
+struct VkSide<'a> {
+    other: MemoryAllocator,
+    pass: Compute,
+    /// The frames and the sums as the second device sees them (kept alive for the pass).
+    _imported: Vec<Buffer>,
+    staged_frame: Buffer,
+    staged_sums: Buffer,
+    /// The timelines imported into the second device, or `None` for the host fallback.
+    imported_timelines: Option<(TimelineSemaphore, TimelineSemaphore)>,
+    /// The shared timelines, for the host fallback.
+    produced: &'a TimelineSemaphore,
+    consumed: &'a TimelineSemaphore,
+    /// The second device's own timeline, for work it waits for itself.
+    done: TimelineSemaphore,
+    next: u64,
+    frame_count: u32,
+    words: u32,
+    staged_slot: usize,
+}
+
+impl<'a> VkSide<'a> {
+    fn new(mut other: MemoryAllocator, shared: &Shared<'a>, options: &Options) -> Result<Self> {
+        let id = options.device_id;
+        let mut imported = Vec::new();
+        for b in shared.frames.iter().chain([shared.sums]) {
+            imported.push(other.import_memory(id, b.export()?)?);
+        }
+        let location = MemoryLocation::GpuVulkan { device_id: id };
+        let staged_frame = other.allocate(options.frame_bytes, location)?;
+        let staged_sums = other.allocate(u64::from(options.frames) * 4, location)?;
+        staged_sums.write(0, &vec![0; options.frames as usize * 4])?;
+        let (frames, sums) = imported.split_at(imported.len() - 1);
+        let mut slots: Vec<Vec<&Buffer>> = frames.iter().map(|f| vec![f, &sums[0]]).collect();
+        slots.push(vec![&staged_frame, &staged_sums]);
+        let staged_slot = slots.len() - 1;
+        let pass = Compute::new(&other, id, VK_CHECKSUM, &slots, 1)?;
+        let mut import = |t: &TimelineSemaphore| -> Result<Option<TimelineSemaphore>> {
+            match t.export() {
+                Ok(e) => other.import_timeline_semaphore(id, e).map(Some),
+                Err(lava_flow::Error::Unsupported { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let imported_timelines = match (import(shared.produced)?, import(shared.consumed)?) {
+            (Some(p), Some(c)) => Some((p, c)),
+            _ => None,
+        };
+        let done = other.timeline_semaphore(id)?;
+        Ok(VkSide {
+            other,
+            pass,
+            _imported: imported,
+            staged_frame,
+            staged_sums,
+            imported_timelines,
+            produced: shared.produced,
+            consumed: shared.consumed,
+            done,
+            next: 0,
+            frame_count: options.frames,
+            words: shared.words,
+            staged_slot,
+        })
+    }
+
+    /// A checksum of `slot` into `sums[f]` signalling the second device's own timeline; returns
+    /// the value it signals.
+    fn dispatch_alone(&mut self, f: u32, slot: usize) -> Result<u64> {
+        self.next += 1;
+        self.pass.run(&self.other, [f, self.words], slot, None, (&self.done, self.next))?;
+        Ok(self.next)
+    }
+}
+
+impl Consumer for VkSide<'_> {
+    fn describe(&self) -> String {
+        let name = self.other.device(self.pass.device_id).map_or_else(|_| "?".to_owned(), |d| d.name.clone());
+        format!("Vulkan compute on a second VkDevice of {name}")
+    }
+
+    fn gpu_semaphores(&self) -> bool {
+        self.imported_timelines.is_some()
+    }
+
+    fn consume(&mut self, f: u32, slot: usize) -> Result<()> {
+        let value = u64::from(f) + 1;
+        if let Some((produced, consumed)) = &self.imported_timelines {
+            return self.pass.run(
+                &self.other,
+                [f, self.words],
+                slot,
+                Some((produced, value)),
+                (consumed, value),
+            );
+        }
+        self.produced.wait(value, Duration::from_secs(60))?;
+        let done = self.dispatch_alone(f, slot)?;
+        self.done.wait(done, Duration::from_secs(60))?;
+        self.consumed.signal(value)
+    }
+
+    fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
+        // The previous staged dispatch reads the staging frame: it is waited for before the next
+        // upload (as the other consumers' staged paths do).
+        self.staged_frame.write(0, host)?;
+        let done = self.dispatch_alone(f, self.staged_slot)?;
+        self.done.wait(done, Duration::from_secs(60))
+    }
+
+    fn staged_sums(&mut self) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.frame_count as usize * 4];
+        self.staged_sums.read(0, &mut out)?;
+        Ok(out)
+    }
+
+    fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()> {
+        self.dispatch_alone(f, slot).map(|_| ())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.done.wait(self.next, Duration::from_secs(60))?;
+        // Submissions that waited for the first device's values: a fenced wait lets the
+        // validation layer see them complete.
+        self.other.wait_idle(self.pass.device_id)
+    }
+}
+
+/// The OpenCL consumer: the shared buffers imported into OpenCL, a kernel built from source at run
+/// time. Its semaphores are not built yet (lava-flow's OpenCL has no semaphore import), so each
+/// frame is ordered through the host: wait for the producer's value, run, `clFinish`, signal.
+#[cfg(feature = "opencl")]
+mod opencl {
+    use std::time::Duration;
+
+    use lava_flow::opencl::{ClBuffer, Context, Program, Queue};
+    use lava_flow::{Buffer, Result, TimelineSemaphore};
+
+    use super::{Consumer, Options, Shared};
+
+    const CHECKSUM: &str = r#"
+__kernel void checksum(__global const uint* words, ulong offset, uint count,
+                       __global uint* sums, ulong sums_offset, uint frame) {
+    __local uint partial[256];
+    uint i = get_global_id(0);
+    uint l = get_local_id(0);
+    partial[l] = i < count ? words[offset + i] : 0u;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = 128; s > 0; s >>= 1) {
+        if (l < s) { partial[l] += partial[l + s]; }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (l == 0) { atomic_add(&sums[sums_offset + frame], partial[0]); }
+}
+"#;
+
+    pub(super) struct ClSide<'c> {
+        cl: &'c Context,
+        queue: Queue<'c>,
+        program: Program<'c>,
+        frames: Vec<ClBuffer<'c>>,
+        sums: ClBuffer<'c>,
+        staged_frame: ClBuffer<'c>,
+        staged_sums: ClBuffer<'c>,
+        produced: &'c TimelineSemaphore,
+        consumed: &'c TimelineSemaphore,
+        frame_count: u32,
+        words: u32,
+    }
+
+    impl<'c> ClSide<'c> {
+        /// `staged` is a frame-sized and a sums-sized lava-flow buffer for the staged pipeline
+        /// (written from host memory through OpenCL there, never shared with Vulkan).
+        pub(super) fn new(
+            cl: &'c Context,
+            shared: &Shared<'c>,
+            staged: &'c [Buffer; 2],
+            options: &Options,
+        ) -> Result<Self> {
+            let queue = cl.queue()?;
+            let staged_sums = cl.import_buffer(&staged[1])?;
+            staged_sums.write(&queue, 0, &vec![0; options.frames as usize * 4])?;
+            Ok(ClSide {
+                program: cl.build(CHECKSUM)?,
+                frames: shared.frames.iter().map(|b| cl.import_buffer(b)).collect::<Result<_>>()?,
+                sums: cl.import_buffer(shared.sums)?,
+                staged_frame: cl.import_buffer(&staged[0])?,
+                staged_sums,
+                produced: shared.produced,
+                consumed: shared.consumed,
+                frame_count: options.frames,
+                words: shared.words,
+                queue,
+                cl,
+            })
+        }
+
+        /// Queues the checksum of `frame` into `sums[f]`, between acquire and release.
+        fn checksum(&self, f: u32, frame: &ClBuffer<'_>, sums: &ClBuffer<'_>) -> Result<()> {
+            let mut kernel = self.program.kernel("checksum")?;
+            kernel.arg_buffer(0, frame)?;
+            kernel.arg_u64(1, frame.offset() / 4)?;
+            kernel.arg_u32(2, self.words)?;
+            kernel.arg_buffer(3, sums)?;
+            kernel.arg_u64(4, sums.offset() / 4)?;
+            kernel.arg_u32(5, f)?;
+            self.queue.acquire(&[frame, sums])?;
+            let global = self.words.div_ceil(256) as usize * 256;
+            self.queue.launch(&kernel, global, Some(256))?;
+            self.queue.release(&[frame, sums])
+        }
+    }
+
+    impl Consumer for ClSide<'_> {
+        fn describe(&self) -> String {
+            format!("OpenCL kernel on {} ({})", self.cl.device().name, self.cl.device().platform)
+        }
+
+        fn gpu_semaphores(&self) -> bool {
+            false
+        }
+
+        fn consume(&mut self, f: u32, slot: usize) -> Result<()> {
+            let value = u64::from(f) + 1;
+            self.produced.wait(value, Duration::from_secs(60))?;
+            self.checksum(f, &self.frames[slot], &self.sums)?;
+            self.queue.finish()?;
+            self.consumed.signal(value)
+        }
+
+        fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
+            // A blocking write: the previous frame's kernel, queued before it, is done first.
+            self.staged_frame.write(&self.queue, 0, host)?;
+            self.checksum(f, &self.staged_frame, &self.staged_sums)
+        }
+
+        fn staged_sums(&mut self) -> Result<Vec<u8>> {
+            let mut out = vec![0u8; self.frame_count as usize * 4];
+            self.staged_sums.read(&self.queue, 0, &mut out)?;
+            Ok(out)
+        }
+
+        fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()> {
+            self.checksum(f, &self.frames[slot], &self.sums)
+        }
+
+        fn finish(&mut self) -> Result<()> {
+            self.queue.finish()
         }
     }
 }

@@ -53,8 +53,9 @@ enum Command {
         /// Frame size in KiB.
         #[arg(long, default_value_t = 4096)]
         frame_kib: u64,
-        /// The consumer: auto (CUDA where it has this device, else OpenGL), cuda or opengl. (The
-        /// opencl and vulkan consumers are not built yet.)
+        /// The consumer: auto (CUDA where it has this device, else OpenGL), cuda, opengl, opencl
+        /// (ordered through the host: its semaphores are not built yet) or vulkan (a second
+        /// VkDevice importing the buffers and timelines).
         #[arg(long, default_value = "auto")]
         consumer: String,
         /// The Vulkan device.

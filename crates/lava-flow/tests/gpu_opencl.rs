@@ -58,7 +58,7 @@ fn check_buffer(
     kernel.arg_u64(1, view.offset() / 4).expect("arg 1");
     kernel.arg_u32(2, n).expect("arg 2");
     queue.acquire(&[view]).expect("acquire");
-    queue.launch(&kernel, n as usize).expect("launch");
+    queue.launch(&kernel, n as usize, None).expect("launch");
     queue.release(&[view]).expect("release");
     queue.finish().expect("finish");
     let mut out = poisoned(data.len());

@@ -124,9 +124,10 @@ impl Kernel<'_> {
 }
 
 impl Queue<'_> {
-    /// Enqueues `kernel` over `global` work items (1-D, the driver picks the work-group size).
-    /// Memory objects it uses must be acquired ([`Queue::acquire`]).
-    pub fn launch(&self, kernel: &Kernel<'_>, global: usize) -> Result<()> {
+    /// Enqueues `kernel` over `global` work items (1-D) in work-groups of `local` items, or of a
+    /// size the driver picks for `None` (`global` must then be a multiple of `local`). Memory
+    /// objects it uses must be acquired ([`Queue::acquire`]).
+    pub fn launch(&self, kernel: &Kernel<'_>, global: usize, local: Option<usize>) -> Result<()> {
         let cl = cl()?;
         // SAFETY: a kernel of this queue's context with its arguments set (OpenCL reports
         // missing ones); one dimension.
@@ -137,7 +138,7 @@ impl Queue<'_> {
                 1,
                 std::ptr::null(),
                 &global,
-                std::ptr::null(),
+                local.as_ref().map_or(std::ptr::null(), std::ptr::from_ref),
                 0,
                 std::ptr::null(),
                 std::ptr::null_mut(),
