@@ -56,26 +56,30 @@ void main() {
 }
 "#;
 
-/// The Vulkan consumer's checksum, with push constants for Vulkan: one workgroup sums the whole
-/// frame (strided loads, then a reduction in shared memory) and writes `sums[frame]`. One
-/// workgroup because naga's GLSL front end, which compiles the demo's shaders, has no `atomicAdd`.
-const VK_CHECKSUM: &str = r#"#version 450
-layout(local_size_x = 256) in;
-layout(std430, set = 0, binding = 0) readonly buffer Frame { uint words[]; };
-layout(std430, set = 0, binding = 1) buffer Sums { uint sums[]; };
-layout(push_constant) uniform Params { uint frame; uint count; } params;
-shared uint partial[256];
-void main() {
-    uint l = gl_LocalInvocationID.x;
-    uint acc = 0u;
-    for (uint i = l; i < params.count; i += 256u) { acc += words[i]; }
-    partial[l] = acc;
-    barrier();
-    for (uint s = 128u; s > 0u; s >>= 1) {
-        if (l < s) { partial[l] += partial[l + s]; }
-        barrier();
+/// The Vulkan consumer's checksum, in WGSL: naga's GLSL front end turns `barrier()` into a
+/// subgroup-scoped barrier (every barrier flag set, which its SPIR-V writer maps to the subgroup
+/// execution scope), so a GLSL workgroup reduction summed wrong on NVIDIA (right on lavapipe);
+/// WGSL's `workgroupBarrier()` is workgroup-scoped, and WGSL has `atomicAdd` (push constants are
+/// naga 30's `var<immediate>`).
+const VK_CHECKSUM: &str = r#"
+struct Params { frame: u32, count: u32 }
+@group(0) @binding(0) var<storage, read> words: array<u32>;
+@group(0) @binding(1) var<storage, read_write> sums: array<atomic<u32>>;
+var<immediate> params: Params;
+var<workgroup> partial: array<u32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let l = lid.x;
+    var v = 0u;
+    if (gid.x < params.count) { v = words[gid.x]; }
+    partial[l] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (l < s) { partial[l] = partial[l] + partial[l + s]; }
+        workgroupBarrier();
     }
-    if (l == 0u) { sums[params.frame] = partial[0]; }
+    if (l == 0u) { atomicAdd(&sums[params.frame], partial[0]); }
 }
 "#;
 
@@ -421,11 +425,22 @@ struct Compute {
 
 const RING: usize = 8;
 
-fn compile(source: &str) -> Result<Vec<u32>> {
+/// A compute shader's source, GLSL or WGSL (naga compiles both to SPIR-V).
+enum Shader<'s> {
+    Glsl(&'s str),
+    Wgsl(&'s str),
+}
+
+fn compile(source: Shader<'_>) -> Result<Vec<u32>> {
     let invalid = |what: String| lava_flow::Error::InvalidArgument(format!("compute shader: {what}"));
-    let module = naga::front::glsl::Frontend::default()
-        .parse(&naga::front::glsl::Options::from(naga::ShaderStage::Compute), source)
-        .map_err(|e| invalid(format!("{e:?}")))?;
+    let module = match source {
+        Shader::Glsl(text) => naga::front::glsl::Frontend::default()
+            .parse(&naga::front::glsl::Options::from(naga::ShaderStage::Compute), text)
+            .map_err(|e| invalid(format!("{e:?}")))?,
+        Shader::Wgsl(text) => {
+            naga::front::wgsl::parse_str(text).map_err(|e| invalid(e.emit_to_string(text)))?
+        }
+    };
     let info =
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
             .validate(&module)
@@ -449,7 +464,7 @@ impl Compute {
     fn new(
         allocator: &MemoryAllocator,
         device_id: u32,
-        source: &str,
+        source: Shader<'_>,
         slots: &[Vec<&Buffer>],
         groups: u32,
     ) -> Result<Self> {
@@ -644,7 +659,7 @@ struct Producer {
 impl Producer {
     fn new(allocator: &MemoryAllocator, device_id: u32, frames: &[Buffer], words: u32) -> Result<Self> {
         let slots: Vec<Vec<&Buffer>> = frames.iter().map(|f| vec![f]).collect();
-        let pass = Compute::new(allocator, device_id, PRODUCER, &slots, words.div_ceil(256))?;
+        let pass = Compute::new(allocator, device_id, Shader::Glsl(PRODUCER), &slots, words.div_ceil(256))?;
         Ok(Producer { pass, words })
     }
 
@@ -1039,7 +1054,7 @@ impl<'a> VkSide<'a> {
         let mut slots: Vec<Vec<&Buffer>> = frames.iter().map(|f| vec![f, &sums[0]]).collect();
         slots.push(vec![&staged_frame, &staged_sums]);
         let staged_slot = slots.len() - 1;
-        let pass = Compute::new(&other, id, VK_CHECKSUM, &slots, 1)?;
+        let pass = Compute::new(&other, id, Shader::Wgsl(VK_CHECKSUM), &slots, shared.words.div_ceil(256))?;
         let mut import = |t: &TimelineSemaphore| -> Result<Option<TimelineSemaphore>> {
             match t.export() {
                 Ok(e) => other.import_timeline_semaphore(id, e).map(Some),
