@@ -93,3 +93,21 @@ fn child_without_platforms() {
         Err(e) => panic!("expected an empty list, got: {e}"),
     }
 }
+
+/// Eight threads list the OpenCL devices at once: PoCL's lazy device set-up crashed when another
+/// thread queried a device meanwhile, before lava-flow enumerated one thread at a time.
+#[test]
+fn devices_are_listed_from_many_threads_at_once() {
+    let lists: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8).map(|_| scope.spawn(opencl::devices)).collect();
+        handles.into_iter().map(|h| h.join().expect("no panic")).collect()
+    });
+    let first = lists[0].as_ref().map(|d| d.len()).map_err(|e| e.to_string());
+    for list in &lists {
+        assert_eq!(
+            list.as_ref().map(|d| d.len()).map_err(|e| e.to_string()),
+            first,
+            "the same from every thread"
+        );
+    }
+}

@@ -237,6 +237,43 @@ fn devices_are_described_and_ordered() {
     assert!(lava_flow::device::find_by_uuid(&devices, devices[0].uuid).is_some());
 }
 
+/// Binary semaphores order queue submissions: a fill signals one, the copy waits for it and
+/// signals a timeline the host waits for. Where the driver exports them, an fd imported into a
+/// second device shares the payload; elsewhere export is a typed `Unsupported`.
+#[test]
+fn binary_semaphores_order_submissions_and_export_where_the_driver_can() {
+    let mut v = Validated::new();
+    let src = v.allocate(64 * 1024, DEV0).expect("src");
+    let dst = v.allocate(64 * 1024, DEV0).expect("dst");
+    dst.write(0, &poisoned(64 * 1024)).expect("poison");
+    let chain = common::FillThenCopy::record(&v, &src, &dst, 0xA1B2_C3D4);
+    let (fill, copy) = chain.submissions();
+    let binary = v.binary_semaphore(0).expect("binary semaphore");
+    let done = v.timeline_semaphore(0).expect("timeline");
+    v.submit(0, &fill.signal_binary(&binary)).expect("fill, then signal");
+    v.submit(0, &copy.wait_binary(&binary).signal(&done, 1)).expect("wait, copy, signal");
+    done.wait(1, Duration::from_secs(10)).expect("the chain completes");
+    let mut out = poisoned(64 * 1024);
+    dst.read(0, &mut out).expect("read");
+    let want: Vec<u8> = (0..16 * 1024).flat_map(|_| 0xA1B2_C3D4u32.to_le_bytes()).collect();
+    assert_bytes_eq(&out, &want, "fill → binary semaphore → copy");
+    drop(chain);
+    if binary.is_exportable() {
+        let mut other = lava_flow::MemoryAllocator::new().expect("second device");
+        let imported = other.import_binary_semaphore(0, binary.export().expect("export")).expect("import");
+        assert_eq!(imported.device_uuid(), binary.device_uuid());
+    } else {
+        match binary.export_fd() {
+            Err(e @ Error::Unsupported { .. }) => assert!(e.to_string().contains("binary semaphores"), "{e}"),
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+    let mut other = Validated::new();
+    let foreign = other.binary_semaphore(0).expect("another allocator's semaphore");
+    let e = v.submit(0, &Submission::new().signal_binary(&foreign)).expect_err("another device");
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+}
+
 #[test]
 fn timeline_semaphore_host_and_queue_operations() {
     let mut v = Validated::new();

@@ -136,3 +136,99 @@ fn a_thousand_import_release_cycles_leak_nothing() {
     buffer.read(0, &mut out).expect("read");
     assert_eq!(u32::from_le_bytes(out), 999, "the last write is what Vulkan sees");
 }
+
+/// A binary semaphore shared with OpenCL, and the handle Vulkan uses for it: imported from the
+/// semaphore's own fd, so that the validation layer knows another API signals and waits on the
+/// payload (it follows only what Vulkan does with semaphores it made).
+fn shared_binary(v: &mut Validated) -> (lava_flow::BinarySemaphore, lava_flow::BinarySemaphore) {
+    let semaphore = v.binary_semaphore(0).expect("binary semaphore");
+    let for_vulkan = v.import_binary_semaphore(0, semaphore.export().expect("export")).expect("import");
+    (semaphore, for_vulkan)
+}
+
+/// Vulkan fills a buffer and signals A; OpenCL waits for A, transforms the buffer with a kernel
+/// and signals B; Vulkan waits for B, copies the result and signals a timeline. Only the final
+/// check waits on the host.
+#[test]
+fn vulkan_opencl_vulkan_ordered_by_binary_semaphores() {
+    let mut v = Validated::new();
+    let Some(ctx) = opencl_or_skip(&v, "binary semaphores") else { return };
+    let words = 65_536usize;
+    let _pad = v.allocate(8192, DEV0).expect("pad");
+    let shared = v.allocate((words * 4) as u64, DEV0).expect("shared");
+    let result = v.allocate((words * 4) as u64, DEV0).expect("result");
+    result.write(0, &poisoned(words * 4)).expect("poison");
+    let ((a, a_vk), (b, b_vk)) = (shared_binary(&mut v), shared_binary(&mut v));
+    let done = v.timeline_semaphore(0).expect("timeline");
+    let queue = ctx.queue().expect("queue");
+    let program = ctx.build(TRANSFORM).expect("build");
+    let view = ctx.import_buffer(&shared).expect("import");
+    let (cl_a, cl_b) =
+        (ctx.import_semaphore(&a).expect("import A"), ctx.import_semaphore(&b).expect("import B"));
+    let pattern = 0x0102_0304u32;
+    let chain = common::FillThenCopy::record(&v, &shared, &result, pattern);
+    let (fill, copy) = chain.submissions();
+    v.submit(0, &fill.signal_binary(&a_vk)).expect("Vulkan fills, signals A");
+    let mut kernel = program.kernel("transform").expect("kernel");
+    kernel.arg_buffer(0, &view).expect("arg");
+    kernel.arg_u64(1, view.offset() / 4).expect("arg");
+    kernel.arg_u32(2, words as u32).expect("arg");
+    queue.wait_semaphore(&cl_a).expect("OpenCL waits for A");
+    queue.acquire(&[&view]).expect("acquire");
+    queue.launch(&kernel, words, None).expect("launch");
+    queue.release(&[&view]).expect("release");
+    queue.signal_semaphore(&cl_b).expect("OpenCL signals B");
+    v.submit(0, &copy.wait_binary(&b_vk).signal(&done, 1)).expect("Vulkan waits for B, copies");
+    done.wait(1, std::time::Duration::from_secs(30)).expect("the chain completes");
+    queue.finish().expect("finish");
+    drop(chain);
+    let mut out = poisoned(words * 4);
+    result.read(0, &mut out).expect("read");
+    let want: Vec<u32> = (0..words as u32).map(|i| pattern.wrapping_mul(3).wrapping_add(i)).collect();
+    assert_eq!(words_of(&out), want, "Vulkan fill → OpenCL kernel → Vulkan copy");
+}
+
+/// 1,000 Vulkan → OpenCL → Vulkan hand-offs on two binary semaphores, no host wait until the end.
+#[test]
+fn a_thousand_binary_semaphore_round_trips() {
+    let mut v = Validated::new();
+    let Some(ctx) = opencl_or_skip(&v, "semaphore round trips") else { return };
+    let ((a, a_vk), (b, b_vk)) = (shared_binary(&mut v), shared_binary(&mut v));
+    let done = v.timeline_semaphore(0).expect("timeline");
+    let queue = ctx.queue().expect("queue");
+    let (cl_a, cl_b) =
+        (ctx.import_semaphore(&a).expect("import A"), ctx.import_semaphore(&b).expect("import B"));
+    let n = 1000;
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        let submission = lava_flow::Submission::new().signal_binary(&a_vk);
+        let submission = if i > 0 { submission.wait_binary(&b_vk) } else { submission };
+        v.submit(0, &submission).expect("Vulkan");
+        queue.wait_semaphore(&cl_a).expect("OpenCL waits");
+        queue.signal_semaphore(&cl_b).expect("OpenCL signals");
+    }
+    v.submit(0, &lava_flow::Submission::new().wait_binary(&b_vk).signal(&done, 1)).expect("last");
+    done.wait(1, std::time::Duration::from_secs(60)).expect("all round trips");
+    println!(
+        "{n} Vulkan → OpenCL → Vulkan round trips: {:.1} µs each",
+        start.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    queue.finish().expect("finish");
+    v.wait_idle(0).expect("queue idle");
+}
+
+#[test]
+fn semaphores_without_opencl_support_are_typed_errors() {
+    let mut v = Validated::new();
+    let binary = v.binary_semaphore(0).expect("binary semaphore");
+    match Context::for_device(&v, 0) {
+        Ok(ctx) => {
+            // With OpenCL imports (the GPU tier) the import works or says why not.
+            match ctx.import_semaphore(&binary) {
+                Ok(_) => {}
+                Err(e) => assert!(matches!(e, Error::Unsupported { .. }), "{e}"),
+            }
+        }
+        Err(e) => assert!(matches!(e, Error::Unsupported { .. } | Error::LibraryNotFound { .. }), "{e}"),
+    }
+}

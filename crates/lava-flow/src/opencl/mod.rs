@@ -15,10 +15,12 @@
 
 mod memory;
 mod program;
+mod semaphore;
 mod sys;
 
 pub use memory::{ClBuffer, Queue};
 pub use program::{Kernel, Program};
+pub use semaphore::ClSemaphore;
 
 use std::ffi::c_void;
 
@@ -63,6 +65,11 @@ unsafe impl Sync for ClDevice {}
 /// Every OpenCL device of every platform. No platform at all is an empty list; no OpenCL
 /// loader is [`Error::LibraryNotFound`].
 pub fn devices() -> Result<Vec<ClDevice>> {
+    // One enumeration at a time in the process: PoCL 5 initialises its devices lazily inside
+    // `clGetDeviceIDs` and crashed (SIGSEGV in `clGetDeviceInfo`) when another thread queried a
+    // device meanwhile (found by the OpenCL tests running in parallel).
+    static ENUMERATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = ENUMERATION.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let cl = cl()?;
     let mut count = 0;
     // SAFETY: a count query.
@@ -175,6 +182,8 @@ pub struct Context {
     acquire: sys::ExternalMemObjectsFn,
     /// `clEnqueueReleaseExternalMemObjectsKHR` of the device's platform.
     release: sys::ExternalMemObjectsFn,
+    /// The platform's semaphore entry points, where it has them.
+    semaphores: Option<semaphore::SemaphoreFns>,
 }
 
 // SAFETY: OpenCL contexts are thread-safe handles (the OpenCL API is thread-safe apart from
@@ -235,6 +244,7 @@ impl Context {
         let acquire = unsafe { std::mem::transmute::<*mut c_void, sys::ExternalMemObjectsFn>(acquire) };
         // SAFETY: as above.
         let release = unsafe { std::mem::transmute::<*mut c_void, sys::ExternalMemObjectsFn>(release) };
+        let semaphores = semaphore_fns(cl, device.platform_id);
         let properties = [sys::CL_CONTEXT_PLATFORM, device.platform_id as sys::cl_context_properties, 0];
         let mut status = 0;
         // SAFETY: a zero-terminated property list naming the device's platform; one device; no
@@ -250,7 +260,7 @@ impl Context {
             )
         };
         check("clCreateContext", status)?;
-        Ok(Context { device: device.clone(), context, acquire, release })
+        Ok(Context { device: device.clone(), context, acquire, release, semaphores })
     }
 
     /// The OpenCL device.
@@ -262,6 +272,26 @@ impl Context {
     pub fn raw(&self) -> *mut c_void {
         self.context
     }
+}
+
+/// The platform's four semaphore entry points, or `None` if it lacks any.
+fn semaphore_fns(cl: &Cl, platform: sys::cl_platform_id) -> Option<semaphore::SemaphoreFns> {
+    let get = |name| sys::extension_fn(cl, platform, name);
+    let (create, wait, signal, release) = (
+        get("clCreateSemaphoreWithPropertiesKHR")?,
+        get("clEnqueueWaitSemaphoresKHR")?,
+        get("clEnqueueSignalSemaphoresKHR")?,
+        get("clReleaseSemaphoreKHR")?,
+    );
+    // SAFETY: the platform's entry points of these names have the Khronos signatures.
+    let create = unsafe { std::mem::transmute::<*mut c_void, sys::CreateSemaphoreFn>(create) };
+    // SAFETY: as above.
+    let wait = unsafe { std::mem::transmute::<*mut c_void, sys::EnqueueSemaphoresFn>(wait) };
+    // SAFETY: as above.
+    let signal = unsafe { std::mem::transmute::<*mut c_void, sys::EnqueueSemaphoresFn>(signal) };
+    // SAFETY: as above.
+    let release = unsafe { std::mem::transmute::<*mut c_void, sys::ReleaseSemaphoreFn>(release) };
+    Some(semaphore::SemaphoreFns { create, wait, signal, release })
 }
 
 impl Drop for Context {

@@ -23,6 +23,8 @@ pub type cl_kernel = *mut c_void;
 pub type cl_event = *mut c_void;
 pub type cl_mem_properties = u64;
 pub type cl_queue_properties = u64;
+pub type cl_semaphore_khr = *mut c_void;
+pub type cl_semaphore_properties_khr = u64;
 
 pub const CL_SUCCESS: cl_int = 0;
 pub const CL_PLATFORM_NAME: cl_uint = 0x0902;
@@ -44,6 +46,28 @@ pub const CL_DEVICE_HANDLE_LIST_KHR: cl_mem_properties = 0x2051;
 pub const CL_DEVICE_HANDLE_LIST_END_KHR: cl_mem_properties = 0;
 /// `cl_khr_external_memory_opaque_fd`.
 pub const CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR: cl_mem_properties = 0x2060;
+
+/// `cl_khr_semaphore`: the semaphore's type, and the binary type (the only one).
+pub const CL_SEMAPHORE_TYPE_KHR: cl_semaphore_properties_khr = 0x203D;
+pub const CL_SEMAPHORE_TYPE_BINARY_KHR: cl_semaphore_properties_khr = 1;
+/// `cl_khr_external_semaphore_opaque_fd`.
+pub const CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR: cl_semaphore_properties_khr = 0x2055;
+
+/// `clCreateSemaphoreWithPropertiesKHR`.
+pub type CreateSemaphoreFn =
+    unsafe extern "C" fn(cl_context, *const cl_semaphore_properties_khr, *mut cl_int) -> cl_semaphore_khr;
+/// `clEnqueueWaitSemaphoresKHR` and `clEnqueueSignalSemaphoresKHR`.
+pub type EnqueueSemaphoresFn = unsafe extern "C" fn(
+    cl_command_queue,
+    cl_uint,
+    *const cl_semaphore_khr,
+    *const u64,
+    cl_uint,
+    *const cl_event,
+    *mut cl_event,
+) -> cl_int;
+/// `clReleaseSemaphoreKHR`.
+pub type ReleaseSemaphoreFn = unsafe extern "C" fn(cl_semaphore_khr) -> cl_int;
 
 /// `cl_buffer_region`.
 #[repr(C)]
@@ -102,6 +126,7 @@ functions! {
     clCreateCommandQueueWithProperties: fn(cl_context, cl_device_id, *const cl_queue_properties, *mut cl_int) -> cl_command_queue;
     clReleaseCommandQueue: fn(cl_command_queue) -> cl_int;
     clFinish: fn(cl_command_queue) -> cl_int;
+    clFlush: fn(cl_command_queue) -> cl_int;
     clCreateBufferWithProperties: fn(cl_context, *const cl_mem_properties, cl_bitfield, usize, *mut c_void, *mut cl_int) -> cl_mem;
     clCreateSubBuffer: fn(cl_mem, cl_bitfield, cl_uint, *const c_void, *mut cl_int) -> cl_mem;
     clReleaseMemObject: fn(cl_mem) -> cl_int;
@@ -172,6 +197,7 @@ pub(crate) fn check(call: &'static str, status: cl_int) -> Result<()> {
         -61 => ("CL_INVALID_BUFFER_SIZE", "the buffer size is not valid"),
         -64 => ("CL_INVALID_PROPERTY", "a property is not supported or not valid"),
         -1001 => ("CL_PLATFORM_NOT_FOUND_KHR", "the ICD loader found no platform"),
+        -1142 => ("CL_INVALID_SEMAPHORE_KHR", "the semaphore is not valid"),
         _ => ("", ""),
     };
     let (name, description) = if name.is_empty() {

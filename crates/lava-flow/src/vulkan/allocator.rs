@@ -10,7 +10,7 @@ use super::buffer::{Buffer, Placement};
 use super::device::Device;
 use super::instance::{Instance, PhysicalDevice};
 use super::memory::{Block, Dedicated, MemoryDesc};
-use super::semaphore::{Submission, TimelineSemaphore};
+use super::semaphore::{BinarySemaphore, Submission, TimelineSemaphore};
 use super::validation::ValidationLog;
 use crate::device::DeviceInfo;
 use crate::error::{Error, Result, VkResultExt};
@@ -271,6 +271,28 @@ impl MemoryAllocator {
     pub fn timeline_semaphore(&mut self, device_id: u32) -> Result<TimelineSemaphore> {
         let ctx = self.context(device_id)?;
         TimelineSemaphore::new(&ctx.device, None)
+    }
+
+    /// Creates a binary semaphore, exportable where the device allows it (what OpenCL imports).
+    pub fn binary_semaphore(&mut self, device_id: u32) -> Result<BinarySemaphore> {
+        let ctx = self.context(device_id)?;
+        BinarySemaphore::new(&ctx.device, None)
+    }
+
+    /// Imports a binary semaphore exported by lava-flow (here or in another process). Waiting
+    /// through an imported handle is also how Vulkan waits for another API's signal without the
+    /// validation layer calling the wait unsignalled: it knows it cannot follow imported payloads.
+    #[cfg(unix)]
+    pub fn import_binary_semaphore(
+        &mut self,
+        device_id: u32,
+        exported: ExportedSemaphore,
+    ) -> Result<BinarySemaphore> {
+        let ctx = self.context(device_id)?;
+        let info = &ctx.device.physical.info;
+        info.check_same_device("the exported semaphore", exported.device_uuid, exported.driver_uuid)?;
+        let ExternalHandle::OpaqueFd(fd) = exported.handle;
+        BinarySemaphore::new(&ctx.device, Some(fd))
     }
 
     /// Imports a timeline semaphore exported by lava-flow (here or in another process).

@@ -22,17 +22,145 @@ use crate::handle::{ExportedSemaphore, ExternalHandle, HandleType};
 /// NVIDIA's driver a blocking wait for a value that another API (CUDA) signals sleeps about
 /// 10 ms, where polling sees the value microseconds after the signal.
 pub struct TimelineSemaphore {
+    raw: Raw,
+}
+
+/// A Vulkan binary semaphore, exportable as an opaque fd where the driver can: what OpenCL's
+/// `cl_khr_external_semaphore` imports (it has no timelines). Only queue submissions signal and
+/// wait for it ([`Submission::signal_binary`], [`Submission::wait_binary`]), and a wait must be
+/// submitted after the signal it consumes — in any API — has been submitted.
+pub struct BinarySemaphore {
+    raw: Raw,
+}
+
+/// What both kinds of semaphore are made of.
+struct Raw {
     device: Arc<Device>,
     semaphore: vk::Semaphore,
     exportable: bool,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Timeline,
+    Binary,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Timeline => "timeline",
+            Kind::Binary => "binary",
+        }
+    }
+
+    fn handles(self, info: &crate::DeviceInfo) -> &crate::device::ExternalSupport {
+        match self {
+            Kind::Timeline => &info.timeline_semaphore_handles,
+            Kind::Binary => &info.binary_semaphore_handles,
+        }
+    }
 }
 
 impl std::fmt::Debug for TimelineSemaphore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TimelineSemaphore")
-            .field("device", &self.device.physical.info.index)
-            .field("exportable", &self.exportable)
+            .field("device", &self.raw.device.physical.info.index)
+            .field("exportable", &self.raw.exportable)
             .finish()
+    }
+}
+
+impl std::fmt::Debug for BinarySemaphore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BinarySemaphore")
+            .field("device", &self.raw.device.physical.info.index)
+            .field("exportable", &self.raw.exportable)
+            .finish()
+    }
+}
+
+impl Raw {
+    /// A semaphore of `kind` (a timeline at 0), exportable where the device can; with `import`,
+    /// one that takes over the payload of that fd instead.
+    #[cfg(unix)]
+    fn new(device: &Arc<Device>, kind: Kind, import: Option<OwnedFd>) -> Result<Self> {
+        let handles = kind.handles(&device.physical.info);
+        let exportable =
+            import.is_none() && device.semaphore_fd.is_some() && handles.can_export(HandleType::OpaqueFd);
+        if import.is_some() && (device.semaphore_fd.is_none() || !handles.can_import(HandleType::OpaqueFd)) {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "device {} ({}) cannot import {} semaphores from opaque fds",
+                    device.physical.info.index,
+                    device.physical.info.name,
+                    kind.name()
+                ),
+            });
+        }
+        let semaphore = create(device, kind, exportable)?;
+        let raw = Raw { device: Arc::clone(device), semaphore, exportable, kind };
+        if let (Some(fd), Some(loader)) = (import, device.semaphore_fd.as_ref()) {
+            crate::fd::give_to_driver(fd, |fd| {
+                let info = vk::ImportSemaphoreFdInfoKHR::default()
+                    .semaphore(semaphore)
+                    .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD)
+                    .fd(fd);
+                // SAFETY: the semaphore is fresh and unused; `fd` is an open fd the driver may
+                // keep. On failure `raw` is dropped (destroyed).
+                unsafe { loader.import_semaphore_fd(&info) }.vk("vkImportSemaphoreFdKHR")
+            })?;
+        }
+        Ok(raw)
+    }
+
+    /// A semaphore of `kind` (no fds off Unix, so never exportable there).
+    #[cfg(not(unix))]
+    fn new(device: &Arc<Device>, kind: Kind, _import: Option<std::convert::Infallible>) -> Result<Self> {
+        let semaphore = create(device, kind, false)?;
+        Ok(Raw { device: Arc::clone(device), semaphore, exportable: false, kind })
+    }
+
+    #[cfg(unix)]
+    fn export_fd(&self) -> Result<OwnedFd> {
+        let info = &self.device.physical.info;
+        let loader = match self.device.semaphore_fd.as_ref() {
+            Some(l) if self.exportable => l,
+            _ => {
+                return Err(Error::Unsupported {
+                    what: format!(
+                        "device {} ({}) cannot export {} semaphores as opaque fds{}",
+                        info.index,
+                        info.name,
+                        self.kind.name(),
+                        if self.device.semaphore_fd.is_none() {
+                            " (no VK_KHR_external_semaphore_fd)"
+                        } else {
+                            " (vkGetPhysicalDeviceExternalSemaphoreProperties reports no export)"
+                        }
+                    ),
+                })
+            }
+        };
+        let get = vk::SemaphoreGetFdInfoKHR::default()
+            .semaphore(self.semaphore)
+            .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
+        // SAFETY: the semaphore was created exportable as OPAQUE_FD.
+        let fd = unsafe { loader.get_semaphore_fd(&get) }.vk("vkGetSemaphoreFdKHR")?;
+        // SAFETY: vkGetSemaphoreFdKHR returns a new fd owned by the caller.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    #[cfg(unix)]
+    fn export(&self) -> Result<ExportedSemaphore> {
+        let fd = self.export_fd()?;
+        let info = &self.device.physical.info;
+        Ok(ExportedSemaphore {
+            handle: ExternalHandle::OpaqueFd(fd),
+            device_uuid: info.uuid,
+            driver_uuid: info.driver_uuid,
+        })
     }
 }
 
@@ -41,64 +169,39 @@ impl TimelineSemaphore {
     /// semaphore that takes over the payload of that fd instead.
     #[cfg(unix)]
     pub(crate) fn new(device: &Arc<Device>, import: Option<OwnedFd>) -> Result<Self> {
-        let handles = &device.physical.info.timeline_semaphore_handles;
-        let exportable =
-            import.is_none() && device.semaphore_fd.is_some() && handles.can_export(HandleType::OpaqueFd);
-        if import.is_some() && (device.semaphore_fd.is_none() || !handles.can_import(HandleType::OpaqueFd)) {
-            return Err(Error::Unsupported {
-                what: format!(
-                    "device {} ({}) cannot import timeline semaphores from opaque fds",
-                    device.physical.info.index, device.physical.info.name
-                ),
-            });
-        }
-        let semaphore = create(device, exportable)?;
-        let sem = TimelineSemaphore { device: Arc::clone(device), semaphore, exportable };
-        if let (Some(fd), Some(loader)) = (import, device.semaphore_fd.as_ref()) {
-            crate::fd::give_to_driver(fd, |raw| {
-                let info = vk::ImportSemaphoreFdInfoKHR::default()
-                    .semaphore(semaphore)
-                    .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD)
-                    .fd(raw);
-                // SAFETY: the semaphore is fresh and unused; `raw` is an open fd the driver may
-                // keep. On failure `sem` is dropped (destroyed).
-                unsafe { loader.import_semaphore_fd(&info) }.vk("vkImportSemaphoreFdKHR")
-            })?;
-        }
-        Ok(sem)
+        Raw::new(device, Kind::Timeline, import).map(|raw| TimelineSemaphore { raw })
     }
 
     /// Creates a timeline semaphore at 0 (no fds off Unix, so never exportable there).
     #[cfg(not(unix))]
-    pub(crate) fn new(device: &Arc<Device>, _import: Option<std::convert::Infallible>) -> Result<Self> {
-        let semaphore = create(device, false)?;
-        Ok(TimelineSemaphore { device: Arc::clone(device), semaphore, exportable: false })
+    pub(crate) fn new(device: &Arc<Device>, import: Option<std::convert::Infallible>) -> Result<Self> {
+        Raw::new(device, Kind::Timeline, import).map(|raw| TimelineSemaphore { raw })
     }
 
     /// Whether [`export_fd`](TimelineSemaphore::export_fd) can succeed.
     pub fn is_exportable(&self) -> bool {
-        self.exportable
+        self.raw.exportable
     }
 
     /// The UUID of the device the semaphore belongs to.
     pub fn device_uuid(&self) -> [u8; 16] {
-        self.device.physical.info.uuid.0
+        self.raw.device.physical.info.uuid.0
     }
 
     /// The UUID of that device's driver.
     pub fn driver_uuid(&self) -> [u8; 16] {
-        self.device.physical.info.driver_uuid.0
+        self.raw.device.physical.info.driver_uuid.0
     }
 
     /// The raw `VkSemaphore`. Valid while `self` lives.
     pub fn vk_semaphore(&self) -> vk::Semaphore {
-        self.semaphore
+        self.raw.semaphore
     }
 
     /// The counter's current value.
     pub fn value(&self) -> Result<u64> {
         // SAFETY: the semaphore is a live timeline semaphore of this device.
-        unsafe { self.device.device.get_semaphore_counter_value(self.semaphore) }
+        unsafe { self.raw.device.device.get_semaphore_counter_value(self.raw.semaphore) }
             .vk("vkGetSemaphoreCounterValue")
     }
 
@@ -111,9 +214,9 @@ impl TimelineSemaphore {
                 "timeline values must increase: signal({value}) with the counter at {current}"
             )));
         }
-        let info = vk::SemaphoreSignalInfo::default().semaphore(self.semaphore).value(value);
+        let info = vk::SemaphoreSignalInfo::default().semaphore(self.raw.semaphore).value(value);
         // SAFETY: a live timeline semaphore of this device; the value is greater than the current.
-        unsafe { self.device.device.signal_semaphore(&info) }.vk("vkSignalSemaphore")
+        unsafe { self.raw.device.device.signal_semaphore(&info) }.vk("vkSignalSemaphore")
     }
 
     /// Waits on the host until the counter reaches `value`, or fails with [`Error::Timeout`].
@@ -145,53 +248,74 @@ impl TimelineSemaphore {
     /// cannot export timeline semaphores (Mesa's lavapipe, for one).
     #[cfg(unix)]
     pub fn export_fd(&self) -> Result<OwnedFd> {
-        let info = &self.device.physical.info;
-        let loader = match self.device.semaphore_fd.as_ref() {
-            Some(l) if self.exportable => l,
-            _ => {
-                return Err(Error::Unsupported {
-                    what: format!(
-                        "device {} ({}) cannot export timeline semaphores as opaque fds{}",
-                        info.index,
-                        info.name,
-                        if self.device.semaphore_fd.is_none() {
-                            " (no VK_KHR_external_semaphore_fd)"
-                        } else {
-                            " (vkGetPhysicalDeviceExternalSemaphoreProperties reports no export)"
-                        }
-                    ),
-                })
-            }
-        };
-        let get = vk::SemaphoreGetFdInfoKHR::default()
-            .semaphore(self.semaphore)
-            .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
-        // SAFETY: the semaphore was created exportable as OPAQUE_FD.
-        let fd = unsafe { loader.get_semaphore_fd(&get) }.vk("vkGetSemaphoreFdKHR")?;
-        // SAFETY: vkGetSemaphoreFdKHR returns a new fd owned by the caller.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        self.raw.export_fd()
     }
 
     /// A new fd with the device's identity, for an importer elsewhere.
     #[cfg(unix)]
     pub fn export(&self) -> Result<ExportedSemaphore> {
-        let fd = self.export_fd()?;
-        let info = &self.device.physical.info;
-        Ok(ExportedSemaphore {
-            handle: ExternalHandle::OpaqueFd(fd),
-            device_uuid: info.uuid,
-            driver_uuid: info.driver_uuid,
-        })
+        self.raw.export()
     }
 
     pub(crate) fn device(&self) -> &Arc<Device> {
-        &self.device
+        &self.raw.device
     }
 }
 
-fn create(device: &Device, exportable: bool) -> Result<vk::Semaphore> {
-    let mut type_info =
-        vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE).initial_value(0);
+impl BinarySemaphore {
+    /// Creates a binary semaphore (unsignalled), exportable where the device can; with `import`,
+    /// one that takes over the payload of that fd instead.
+    #[cfg(unix)]
+    pub(crate) fn new(device: &Arc<Device>, import: Option<OwnedFd>) -> Result<Self> {
+        Raw::new(device, Kind::Binary, import).map(|raw| BinarySemaphore { raw })
+    }
+
+    /// Creates a binary semaphore (no fds off Unix, so never exportable there).
+    #[cfg(not(unix))]
+    pub(crate) fn new(device: &Arc<Device>, import: Option<std::convert::Infallible>) -> Result<Self> {
+        Raw::new(device, Kind::Binary, import).map(|raw| BinarySemaphore { raw })
+    }
+
+    /// Whether [`export_fd`](BinarySemaphore::export_fd) can succeed.
+    pub fn is_exportable(&self) -> bool {
+        self.raw.exportable
+    }
+
+    /// The UUID of the device the semaphore belongs to.
+    pub fn device_uuid(&self) -> [u8; 16] {
+        self.raw.device.physical.info.uuid.0
+    }
+
+    /// The raw `VkSemaphore`. Valid while `self` lives.
+    pub fn vk_semaphore(&self) -> vk::Semaphore {
+        self.raw.semaphore
+    }
+
+    /// A new opaque fd for the semaphore, which OpenCL imports. Fails with
+    /// [`Error::Unsupported`] where the driver cannot export binary semaphores.
+    #[cfg(unix)]
+    pub fn export_fd(&self) -> Result<OwnedFd> {
+        self.raw.export_fd()
+    }
+
+    /// A new fd with the device's identity, for an importer elsewhere.
+    #[cfg(unix)]
+    pub fn export(&self) -> Result<ExportedSemaphore> {
+        self.raw.export()
+    }
+
+    pub(crate) fn device(&self) -> &Arc<Device> {
+        &self.raw.device
+    }
+}
+
+fn create(device: &Device, kind: Kind, exportable: bool) -> Result<vk::Semaphore> {
+    let mut type_info = vk::SemaphoreTypeCreateInfo::default()
+        .semaphore_type(match kind {
+            Kind::Timeline => vk::SemaphoreType::TIMELINE,
+            Kind::Binary => vk::SemaphoreType::BINARY,
+        })
+        .initial_value(0);
     let mut export = vk::ExportSemaphoreCreateInfo::default()
         .handle_types(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
     let mut info = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
@@ -202,7 +326,7 @@ fn create(device: &Device, exportable: bool) -> Result<vk::Semaphore> {
     unsafe { device.device.create_semaphore(&info, None) }.vk("vkCreateSemaphore")
 }
 
-impl Drop for TimelineSemaphore {
+impl Drop for Raw {
     fn drop(&mut self) {
         // SAFETY: the semaphore belongs to this device. Pending queue operations on it are the
         // user's to wait for, as with any Vulkan object.
@@ -210,7 +334,8 @@ impl Drop for TimelineSemaphore {
     }
 }
 
-/// One queue submission: wait for timeline values, run command buffers, signal timeline values.
+/// One queue submission: wait for timeline values (and binary semaphores), run command buffers,
+/// signal timeline values (and binary semaphores).
 ///
 /// ```
 /// # fn main() -> lava_flow::Result<()> {
@@ -228,6 +353,8 @@ impl Drop for TimelineSemaphore {
 pub struct Submission<'a> {
     waits: Vec<(&'a TimelineSemaphore, u64)>,
     signals: Vec<(&'a TimelineSemaphore, u64)>,
+    binary_waits: Vec<&'a BinarySemaphore>,
+    binary_signals: Vec<&'a BinarySemaphore>,
     command_buffers: Vec<vk::CommandBuffer>,
     fence: vk::Fence,
 }
@@ -247,6 +374,19 @@ impl<'a> Submission<'a> {
     /// Sets `semaphore` to `value` once the submission's work is done.
     pub fn signal(mut self, semaphore: &'a TimelineSemaphore, value: u64) -> Self {
         self.signals.push((semaphore, value));
+        self
+    }
+
+    /// Waits (at all pipeline stages) for `semaphore`'s signal, which must have been submitted
+    /// already — by Vulkan or by the API that signals it (OpenCL: enqueued and flushed).
+    pub fn wait_binary(mut self, semaphore: &'a BinarySemaphore) -> Self {
+        self.binary_waits.push(semaphore);
+        self
+    }
+
+    /// Signals `semaphore` once the submission's work is done.
+    pub fn signal_binary(mut self, semaphore: &'a BinarySemaphore) -> Self {
+        self.binary_signals.push(semaphore);
         self
     }
 
@@ -296,11 +436,27 @@ impl<'a> Submission<'a> {
                 )));
             }
         }
-        let wait_sems: Vec<vk::Semaphore> = self.waits.iter().map(|(s, _)| s.semaphore).collect();
-        let wait_values: Vec<u64> = self.waits.iter().map(|(_, v)| *v).collect();
-        let wait_stages = vec![vk::PipelineStageFlags::ALL_COMMANDS; self.waits.len()];
-        let signal_sems: Vec<vk::Semaphore> = self.signals.iter().map(|(s, _)| s.semaphore).collect();
-        let signal_values: Vec<u64> = self.signals.iter().map(|(_, v)| *v).collect();
+        for sem in self.binary_waits.iter().chain(&self.binary_signals) {
+            if !Arc::ptr_eq(sem.device(), device) {
+                return Err(Error::InvalidArgument(format!(
+                    "a binary semaphore of device {} was submitted to device {}",
+                    sem.device().physical.info.index,
+                    device.physical.info.index
+                )));
+            }
+        }
+        // Timeline entries first, then binary ones, whose values Vulkan ignores.
+        let wait_sems: Vec<vk::Semaphore> = (self.waits.iter().map(|(s, _)| s.raw.semaphore))
+            .chain(self.binary_waits.iter().map(|s| s.raw.semaphore))
+            .collect();
+        let wait_values: Vec<u64> =
+            self.waits.iter().map(|(_, v)| *v).chain(self.binary_waits.iter().map(|_| 0)).collect();
+        let wait_stages = vec![vk::PipelineStageFlags::ALL_COMMANDS; wait_sems.len()];
+        let signal_sems: Vec<vk::Semaphore> = (self.signals.iter().map(|(s, _)| s.raw.semaphore))
+            .chain(self.binary_signals.iter().map(|s| s.raw.semaphore))
+            .collect();
+        let signal_values: Vec<u64> =
+            self.signals.iter().map(|(_, v)| *v).chain(self.binary_signals.iter().map(|_| 0)).collect();
         let mut timeline = vk::TimelineSemaphoreSubmitInfo::default()
             .wait_semaphore_values(&wait_values)
             .signal_semaphore_values(&signal_values);

@@ -1,0 +1,134 @@
+//! lava-flow binary semaphores imported into OpenCL (`cl_khr_external_semaphore_opaque_fd`).
+
+use std::marker::PhantomData;
+
+use super::memory::Queue;
+use super::sys::{self, check};
+use super::Context;
+use crate::error::{Error, Result};
+use crate::BinarySemaphore;
+
+/// The platform's semaphore entry points, looked up with
+/// `clGetExtensionFunctionAddressForPlatform` (ICD loaders do not export them).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SemaphoreFns {
+    pub create: sys::CreateSemaphoreFn,
+    pub wait: sys::EnqueueSemaphoresFn,
+    pub signal: sys::EnqueueSemaphoresFn,
+    pub release: sys::ReleaseSemaphoreFn,
+}
+
+/// A lava-flow [`BinarySemaphore`] imported into an OpenCL context; borrows the semaphore and
+/// the context. Binary: every wait consumes one signal, and a wait must be enqueued after the
+/// signal it consumes has been submitted (by Vulkan, or by OpenCL and flushed).
+#[derive(Debug)]
+pub struct ClSemaphore<'a> {
+    ctx: &'a Context,
+    semaphore: sys::cl_semaphore_khr,
+    _vulkan: PhantomData<&'a BinarySemaphore>,
+}
+
+// SAFETY: OpenCL semaphores are thread-safe handles.
+unsafe impl Send for ClSemaphore<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for ClSemaphore<'_> {}
+
+impl Context {
+    /// Imports `semaphore` (`clCreateSemaphoreWithPropertiesKHR`, binary, opaque fd, this
+    /// context's device). Errors: [`Error::Unsupported`] without
+    /// `cl_khr_external_semaphore_opaque_fd` or where Vulkan cannot export the semaphore;
+    /// [`Error::DeviceMismatch`]; OpenCL errors.
+    pub fn import_semaphore<'a>(&'a self, semaphore: &'a BinarySemaphore) -> Result<ClSemaphore<'a>> {
+        let fns = self.semaphore_fns()?;
+        let found = crate::Uuid(semaphore.device_uuid());
+        if let Some(expected) = self.device.uuid.filter(|u| *u != found) {
+            return Err(Error::DeviceMismatch { what: "the semaphore", expected, found });
+        }
+        let fd = semaphore.export_fd()?;
+        let created = crate::fd::give_to_driver(fd, |raw| {
+            let properties = [
+                sys::CL_SEMAPHORE_TYPE_KHR,
+                sys::CL_SEMAPHORE_TYPE_BINARY_KHR,
+                sys::CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR,
+                raw as sys::cl_semaphore_properties_khr,
+                sys::CL_DEVICE_HANDLE_LIST_KHR,
+                self.device.device_id as sys::cl_semaphore_properties_khr,
+                sys::CL_DEVICE_HANDLE_LIST_END_KHR,
+                0,
+            ];
+            let mut status = 0;
+            // SAFETY: the platform's entry point; a zero-terminated property list with an opaque
+            // fd of a binary semaphore of this device and this context's device.
+            let sem = unsafe { (fns.create)(self.context, properties.as_ptr(), &mut status) };
+            check("clCreateSemaphoreWithPropertiesKHR", status).map(|()| sem)
+        })?;
+        Ok(ClSemaphore { ctx: self, semaphore: created, _vulkan: PhantomData })
+    }
+
+    fn semaphore_fns(&self) -> Result<SemaphoreFns> {
+        match (self.semaphores, self.device.has_extension(super::EXTERNAL_SEMAPHORE_OPAQUE_FD)) {
+            (Some(fns), true) => Ok(fns),
+            _ => Err(Error::Unsupported {
+                what: format!(
+                    "OpenCL device {} on {} cannot import Vulkan semaphores: it lacks {}",
+                    self.device.name,
+                    self.device.platform,
+                    super::EXTERNAL_SEMAPHORE_OPAQUE_FD
+                ),
+            }),
+        }
+    }
+}
+
+impl Queue<'_> {
+    /// Makes commands enqueued after this wait for `semaphore`'s signal
+    /// (`clEnqueueWaitSemaphoresKHR`).
+    pub fn wait_semaphore(&self, semaphore: &ClSemaphore<'_>) -> Result<()> {
+        let fns = self.ctx.semaphore_fns()?;
+        self.semaphore_op(semaphore, fns.wait, "clEnqueueWaitSemaphoresKHR")
+    }
+
+    /// Signals `semaphore` after the commands enqueued so far (`clEnqueueSignalSemaphoresKHR`),
+    /// then flushes the queue (`clFlush`) so that a Vulkan wait may be submitted after it.
+    pub fn signal_semaphore(&self, semaphore: &ClSemaphore<'_>) -> Result<()> {
+        let fns = self.ctx.semaphore_fns()?;
+        self.semaphore_op(semaphore, fns.signal, "clEnqueueSignalSemaphoresKHR")?;
+        let cl = sys::cl()?;
+        // SAFETY: a live queue.
+        check("clFlush", unsafe { (cl.clFlush)(self.queue) })
+    }
+
+    fn semaphore_op(
+        &self,
+        semaphore: &ClSemaphore<'_>,
+        f: sys::EnqueueSemaphoresFn,
+        call: &'static str,
+    ) -> Result<()> {
+        if !std::ptr::eq(semaphore.ctx, self.ctx) {
+            return Err(Error::InvalidArgument(format!("{call}: a semaphore of another OpenCL context")));
+        }
+        // SAFETY: the platform's entry point; one live semaphore of this queue's context; no
+        // payloads (binary); no events.
+        check(call, unsafe {
+            f(
+                self.queue,
+                1,
+                &semaphore.semaphore,
+                std::ptr::null(),
+                0,
+                std::ptr::null(),
+                std::ptr::null_mut(),
+            )
+        })
+    }
+}
+
+impl Drop for ClSemaphore<'_> {
+    fn drop(&mut self) {
+        let Some(fns) = self.ctx.semaphores else { return };
+        // SAFETY: made by `import_semaphore`, released once.
+        if let Err(e) = check("clReleaseSemaphoreKHR", unsafe { (fns.release)(self.semaphore) }) {
+            log::error!("{e}");
+        }
+    }
+}
