@@ -9,6 +9,7 @@ fn shareable_types_are_send_and_sync() {
     send_sync::<lava_flow::Buffer>();
     send_sync::<lava_flow::Image>();
     send_sync::<lava_flow::TimelineSemaphore>();
+    send_sync::<lava_flow::BinarySemaphore>();
     send_sync::<lava_flow::ExportedMemory>();
     send_sync::<lava_flow::ExportedSemaphore>();
     send_sync::<lava_flow::ValidationLog>();
@@ -20,5 +21,14 @@ fn shareable_types_are_send_and_sync() {
         send_sync::<lava_flow::cuda::DeviceBuffer>();
         send_sync::<lava_flow::cuda::CudaBuffer<'static>>();
         send_sync::<lava_flow::cuda::Module>();
+        send_sync::<lava_flow::cuda::Event>();
+    }
+    #[cfg(feature = "opencl")]
+    {
+        send_sync::<lava_flow::opencl::Context>();
+        send_sync::<lava_flow::opencl::Queue<'static>>();
+        send_sync::<lava_flow::opencl::ClBuffer<'static>>();
+        send_sync::<lava_flow::opencl::ClSemaphore<'static>>();
+        send_sync::<lava_flow::opencl::Program<'static>>();
     }
 }
