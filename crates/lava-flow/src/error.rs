@@ -86,6 +86,30 @@ pub enum Error {
         /// That heap's size.
         heap_size: u64,
     },
+    /// A heap is full: the driver refused the allocation (`VK_ERROR_OUT_OF_DEVICE_MEMORY` or
+    /// `VK_ERROR_OUT_OF_HOST_MEMORY`), or lava-flow's own use of the heap would pass
+    /// [`AllocatorOptions::heap_budget`](crate::AllocatorOptions::heap_budget). Nothing was
+    /// allocated; freeing buffers (and [`MemoryAllocator::trim`](crate::MemoryAllocator::trim))
+    /// makes room again.
+    #[error(
+        "out of memory on heap {heap_index} of device {device_id} ({heap_size} bytes): an allocation \
+         of {requested} bytes {cause}; lava-flow holds {in_use} bytes of that heap"
+    )]
+    OutOfMemory {
+        /// The `VkDeviceMemory` size that was asked for (a block or a dedicated allocation).
+        requested: u64,
+        /// The device.
+        device_id: u32,
+        /// The heap.
+        heap_index: u32,
+        /// That heap's size.
+        heap_size: u64,
+        /// Bytes of that heap lava-flow's allocations held at the time.
+        in_use: u64,
+        /// What refused it, e.g. `was refused by vkAllocateMemory (VK_ERROR_OUT_OF_DEVICE_MEMORY)`
+        /// or `would pass the heap budget of 1048576 bytes`.
+        cause: String,
+    },
     /// No Vulkan device has this `device_id`.
     #[error("unknown device_id {device_id}: {device_count} Vulkan device(s) found")]
     UnknownDevice {

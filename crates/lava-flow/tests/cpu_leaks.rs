@@ -1,11 +1,12 @@
 //! CPU tier: allocate/export/free cycles and refused imports leave no fd, buffer or block
-//! behind. The tests of this binary count the process's fds, so they take turns (`FD_COUNT`).
+//! behind; exhausting a heap budget is a typed error that loses nothing. The tests of this binary
+//! count the process's fds, so they take turns (`FD_COUNT`).
 
 mod common;
 
 use std::sync::Mutex;
 
-use common::{open_fds, Validated};
+use common::{assert_bytes_eq, open_fds, poisoned, random_bytes, Validated};
 use lava_flow::{AllocationOptions, Error, ExportedMemory, ExternalHandle, MemoryLocation, Uuid};
 
 /// Held by every test here: no other test opens or closes fds while one counts.
@@ -89,4 +90,48 @@ fn refused_imports_close_their_fds() {
 
     assert_eq!(open_fds(), fds, "every refused import closed its fd");
     assert_eq!(v.stats(), stats, "no buffer or allocation is left from the refused imports");
+}
+
+/// Exhaustion, on any machine: a heap budget of 40 MiB is filled with 1 MiB buffers of random
+/// data until allocation fails; the error is typed and names the heap and the budget; every
+/// buffer allocated before still reads back; freeing half makes room for as many again.
+#[test]
+fn exhausting_a_heap_budget_is_typed_keeps_data_and_recovers() {
+    let _turn = FD_COUNT.lock().unwrap_or_else(|e| e.into_inner());
+    let budget = 40u64 << 20;
+    let mut v = Validated::with_options(|o| o.heap_budget = Some(budget));
+    let heaps = v.device(0).expect("device 0").heaps.len();
+    let (mut kept, mut data) = (Vec::new(), Vec::new());
+    let error = loop {
+        match v.allocate(1 << 20, DEV0) {
+            Ok(b) => {
+                let d = random_bytes(1 << 20);
+                b.write(0, &d).expect("write");
+                kept.push(b);
+                data.push(d);
+            }
+            Err(e) => break e,
+        }
+        assert!(kept.len() < 64, "a 40 MiB budget holds fewer than 64 buffers of 1 MiB");
+    };
+    match &error {
+        Error::OutOfMemory { heap_index, device_id: 0, cause, .. } => {
+            assert!((*heap_index as usize) < heaps, "{error}");
+            assert!(cause.contains(&format!("heap budget of {budget} bytes")), "{error}");
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    println!("{} buffers of 1 MiB before: {error}", kept.len());
+    assert!(kept.len() >= 20, "the budget holds at least 20 of them: {}", kept.len());
+    for (i, (b, d)) in kept.iter().zip(&data).enumerate() {
+        let mut out = poisoned(d.len());
+        b.read(0, &mut out).expect("read");
+        assert_bytes_eq(&out, d, &format!("buffer {i} after exhaustion"));
+    }
+    let n = kept.len() / 2;
+    kept.truncate(n);
+    v.trim();
+    let again: Vec<_> =
+        (0..n).map(|_| v.allocate(1 << 20, DEV0).expect("room again after freeing")).collect();
+    assert_eq!(again.len(), n);
 }

@@ -354,3 +354,51 @@ fn cuda_allocated_memory_is_read_and_written_by_vulkan() {
     buffer.read(0, &mut out).expect("Vulkan read after CUDA let go");
     assert_bytes_eq(&out, &data, "the import keeps the memory alive");
 }
+
+/// Exhaustion of the real device heap (GPU tier only: on the CPU tier the "device" heap is the
+/// machine's RAM). 1 GiB dedicated buffers until the driver refuses one: the error is
+/// `OutOfMemory` naming the heap; a sample of every earlier buffer still reads back; after
+/// freeing them a 1 GiB buffer fits again. Runs alone (it fills the GPU).
+#[test]
+fn exhausting_the_device_heap_is_typed_keeps_data_and_recovers() {
+    let _measuring = exclusive();
+    let mut v = Validated::new();
+    let info = v.device(0).expect("device 0").clone();
+    if info.device_type == lava_flow::DeviceType::Cpu {
+        assert!(!std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|x| x == "1"), "the GPU tier has a GPU");
+        println!("heap exhaustion: skipped on a CPU device ({})", info.name);
+        return;
+    }
+    let size = 1u64 << 30;
+    let options = AllocationOptions::default().dedicated(true);
+    let (mut kept, mut samples) = (Vec::new(), Vec::new());
+    let error = loop {
+        match v.allocate_with(size, DEV0, options) {
+            Ok(b) => {
+                let sample = random_bytes(4096);
+                b.write(size - 4096, &sample).expect("write a sample");
+                kept.push(b);
+                samples.push(sample);
+            }
+            Err(e) => break e,
+        }
+        assert!(kept.len() < 1024, "a GPU heap of less than 1 TiB");
+    };
+    println!("{} GiB allocated before: {error}", kept.len());
+    match &error {
+        lava_flow::Error::OutOfMemory { heap_index, cause, .. } => {
+            assert!((*heap_index as usize) < info.heaps.len(), "{error}");
+            assert!(cause.contains("vkAllocateMemory"), "{error}");
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    for (i, (b, sample)) in kept.iter().zip(&samples).enumerate() {
+        let mut out = poisoned(4096);
+        b.read(size - 4096, &mut out).expect("read");
+        assert_bytes_eq(&out, sample, &format!("buffer {i} after exhaustion"));
+    }
+    drop(kept);
+    v.trim();
+    let again = v.allocate_with(size, DEV0, options).expect("room again after freeing");
+    assert_eq!(again.size(), size);
+}

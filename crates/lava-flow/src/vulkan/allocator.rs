@@ -48,6 +48,11 @@ pub struct AllocatorOptions {
     /// environment variable `LAVA_FLOW_VALIDATION` is `1`). See
     /// [`MemoryAllocator::validation_log`].
     pub validation: bool,
+    /// At most this many bytes of new `VkDeviceMemory` per heap and device (blocks, dedicated
+    /// allocations and staging; imports are not counted), or no limit (`None`, the default).
+    /// Past it, allocations fail with [`Error::OutOfMemory`] as they do when the driver runs
+    /// out: a way to leave room for others on a shared GPU, and to test exhaustion anywhere.
+    pub heap_budget: Option<u64>,
 }
 
 impl Default for AllocatorOptions {
@@ -56,6 +61,7 @@ impl Default for AllocatorOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             dedicated_threshold: DEFAULT_BLOCK_SIZE / 2,
             validation: std::env::var("LAVA_FLOW_VALIDATION").is_ok_and(|v| v == "1"),
+            heap_budget: None,
         }
     }
 }
@@ -390,7 +396,11 @@ impl MemoryAllocator {
         if let Some(ctx) = guard.as_ref() {
             return Ok(Arc::clone(ctx));
         }
-        let device = Device::new(Arc::clone(&self.shared.instance), slot.physical.clone())?;
+        let device = Device::new(
+            Arc::clone(&self.shared.instance),
+            slot.physical.clone(),
+            self.shared.options.heap_budget,
+        )?;
         let ctx = Arc::new(DeviceContext {
             device,
             pools: Mutex::new(HashMap::new()),

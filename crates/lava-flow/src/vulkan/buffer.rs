@@ -104,27 +104,11 @@ impl Buffer {
                 ),
             });
         }
-        let fits = desc.size > 0
-            && desc.offset.checked_add(desc.size).is_some_and(|end| end <= desc.allocation_size);
-        let type_count = device.physical.memory.memory_type_count;
-        if !fits || desc.memory_type_index >= type_count {
-            return Err(Error::InvalidArgument(format!(
-                "memory descriptor does not describe a buffer: {} bytes at offset {} of {} bytes, \
-                 memory type {} of {type_count}",
-                desc.size, desc.offset, desc.allocation_size, desc.memory_type_index
-            )));
-        }
-        // A dedicated allocation must be imported for a buffer identical to the exporter's, which
-        // lava-flow pads by the device's `dedicated_tail()` (the same device: UUIDs checked).
-        let tail = device.physical.info.dedicated_tail();
-        let vk_size = if desc.dedicated { desc.size + tail } else { desc.size };
-        if desc.dedicated && desc.offset + vk_size > desc.allocation_size {
-            return Err(Error::InvalidArgument(format!(
-                "a dedicated allocation of {} bytes cannot hold a lava-flow buffer of {} bytes \
-                 (plus its {}-byte tail)",
-                desc.allocation_size, desc.size, tail
-            )));
-        }
+        let vk_size = import_size(
+            &desc,
+            device.physical.memory.memory_type_count,
+            device.physical.info.dedicated_tail(),
+        )?;
         let buffer = Self::create_raw(device, vk_size, true)?;
         match Self::bind_imported(ctx, buffer, handle, &desc) {
             Ok(placement) => Ok(Buffer::new(Arc::clone(ctx), buffer, desc.size, None, placement)),
@@ -347,6 +331,82 @@ impl Drop for Buffer {
             None => {
                 self.ctx.dedicated_allocations.fetch_sub(1, Ordering::Relaxed);
                 self.ctx.dedicated_bytes.fetch_sub(self.placement.block.size, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The `VkBuffer` size an import of `desc` needs, after checking that the descriptor describes a
+/// buffer inside its allocation: at least 1 byte, inside the allocation, of one of `type_count`
+/// memory types, and — for a dedicated allocation, which must be imported for a buffer identical
+/// to the exporter's, padded by the device's `tail` — with room for the tail. Checked arithmetic
+/// throughout: descriptors may come from another process.
+pub(crate) fn import_size(desc: &crate::MemoryDescriptor, type_count: u32, tail: u64) -> Result<u64> {
+    let fits =
+        desc.size > 0 && desc.offset.checked_add(desc.size).is_some_and(|end| end <= desc.allocation_size);
+    if !fits || desc.memory_type_index >= type_count {
+        return Err(Error::InvalidArgument(format!(
+            "memory descriptor does not describe a buffer: {} bytes at offset {} of {} bytes, \
+             memory type {} of {type_count}",
+            desc.size, desc.offset, desc.allocation_size, desc.memory_type_index
+        )));
+    }
+    if !desc.dedicated {
+        return Ok(desc.size);
+    }
+    match desc.size.checked_add(tail) {
+        Some(vk_size) if desc.offset.checked_add(vk_size).is_some_and(|end| end <= desc.allocation_size) => {
+            Ok(vk_size)
+        }
+        _ => Err(Error::InvalidArgument(format!(
+            "a dedicated allocation of {} bytes cannot hold a lava-flow buffer of {} bytes at offset {} \
+             (plus its {tail}-byte tail)",
+            desc.allocation_size, desc.size, desc.offset
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::import_size;
+    use crate::{MemoryDescriptor, Uuid};
+    use proptest::prelude::*;
+
+    fn sizes() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(256),
+            Just(u64::MAX),
+            Just(u64::MAX - 255),
+            any::<u64>(),
+            0u64..1 << 30
+        ]
+    }
+
+    proptest! {
+        /// Any descriptor, however absurd: no panic or overflow, and accepted exactly when it
+        /// describes a buffer inside its allocation (with room for the tail when dedicated).
+        #[test]
+        fn descriptors_are_checked_without_overflow(
+            size in sizes(), offset in sizes(), allocation_size in sizes(),
+            memory_type_index in 0u32..40, dedicated in any::<bool>(), tail in prop_oneof![Just(0u64), Just(256)],
+        ) {
+            let desc = MemoryDescriptor {
+                size, offset, allocation_size, memory_type_index, dedicated,
+                device_uuid: Uuid([0; 16]), driver_uuid: Uuid([0; 16]),
+            };
+            let end = u128::from(offset) + u128::from(size) + if dedicated { u128::from(tail) } else { 0 };
+            let valid = size > 0 && memory_type_index < 32 && end <= u128::from(allocation_size);
+            match import_size(&desc, 32, tail) {
+                Ok(vk_size) => {
+                    prop_assert!(valid, "accepted {desc:?}");
+                    prop_assert_eq!(u128::from(vk_size), u128::from(size) + if dedicated { u128::from(tail) } else { 0 });
+                }
+                Err(e) => {
+                    prop_assert!(!valid, "refused {desc:?}: {e}");
+                    prop_assert!(matches!(e, crate::Error::InvalidArgument(_)));
+                }
             }
         }
     }

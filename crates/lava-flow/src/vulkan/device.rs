@@ -23,11 +23,19 @@ pub(crate) struct Device {
     queue: Mutex<vk::Queue>,
     /// Staging resources for `Buffer::write`/`read`, made on first use.
     transfer: Mutex<Option<Transfer>>,
+    /// `AllocatorOptions::heap_budget`.
+    pub heap_budget: Option<u64>,
+    /// Bytes of each heap held by memory lava-flow allocated (not imported) on this device.
+    pub heap_used: Vec<std::sync::atomic::AtomicU64>,
 }
 
 impl Device {
     /// Creates the logical device with timeline semaphores and the fd extensions it has.
-    pub fn new(instance: Arc<Instance>, physical: PhysicalDevice) -> Result<Arc<Self>> {
+    pub fn new(
+        instance: Arc<Instance>,
+        physical: PhysicalDevice,
+        heap_budget: Option<u64>,
+    ) -> Result<Arc<Self>> {
         let priorities = [1.0f32];
         let queue_info = [vk::DeviceQueueCreateInfo::default()
             .queue_family_index(physical.queue_family)
@@ -57,12 +65,14 @@ impl Device {
             .then(|| ash::khr::external_semaphore_fd::Device::new(&instance.instance, &device));
         Ok(Arc::new(Device {
             instance,
-            physical,
             device,
             memory_fd,
             semaphore_fd,
             queue: Mutex::new(queue),
             transfer: Mutex::new(None),
+            heap_budget,
+            heap_used: (0..physical.memory.memory_heap_count).map(|_| Default::default()).collect(),
+            physical,
         }))
     }
 

@@ -46,6 +46,8 @@ pub(crate) enum Dedicated {
 pub(crate) struct RawMemory {
     pub memory: vk::DeviceMemory,
     pub mapped: Option<MappedPtr>,
+    /// The heap and bytes charged to the device's heap use (allocations, not imports).
+    charged: Option<(usize, u64)>,
 }
 
 impl RawMemory {
@@ -53,12 +55,23 @@ impl RawMemory {
     ///
     /// On success the fd belongs to the driver; on failure it is closed here.
     pub fn allocate(device: &Device, desc: MemoryDesc, import: Option<ImportFd>) -> Result<Self> {
-        let memory = match import {
-            None => allocate_memory(device, &desc, None)?,
+        let (memory, charged) = match import {
+            None => {
+                let heap = charge(device, &desc)?;
+                match allocate_memory(device, &desc, None) {
+                    Ok(memory) => (memory, Some((heap, desc.size))),
+                    Err(e) => {
+                        uncharge(device, heap, desc.size);
+                        return Err(out_of_memory(device, &desc, e));
+                    }
+                }
+            }
             #[cfg(unix)]
-            Some(fd) => crate::fd::give_to_driver(fd, |raw| allocate_memory(device, &desc, Some(raw)))?,
+            Some(fd) => {
+                (crate::fd::give_to_driver(fd, |raw| allocate_memory(device, &desc, Some(raw)))?, None)
+            }
         };
-        let mut raw = RawMemory { memory, mapped: None };
+        let mut raw = RawMemory { memory, mapped: None, charged };
         if desc.map {
             // SAFETY: the memory was just allocated from a HOST_VISIBLE type (the caller's
             // choice) and is not mapped yet.
@@ -91,6 +104,59 @@ impl RawMemory {
     pub unsafe fn free(&self, device: &Device) {
         // SAFETY: the caller's contract.
         unsafe { device.device.free_memory(self.memory, None) };
+        if let Some((heap, size)) = self.charged {
+            uncharge(device, heap, size);
+        }
+    }
+}
+
+/// The heap of `desc`'s memory type.
+fn heap_of(device: &Device, desc: &MemoryDesc) -> usize {
+    device.physical.memory.memory_types[desc.memory_type_index as usize].heap_index as usize
+}
+
+/// Adds `desc.size` to its heap's use, or fails with [`Error::OutOfMemory`] if that passes the
+/// heap budget. Returns the heap.
+fn charge(device: &Device, desc: &MemoryDesc) -> Result<usize> {
+    use std::sync::atomic::Ordering;
+    let heap = heap_of(device, desc);
+    let used = &device.heap_used[heap];
+    let before = used.fetch_add(desc.size, Ordering::Relaxed);
+    match device.heap_budget {
+        Some(budget) if before.saturating_add(desc.size) > budget => {
+            used.fetch_sub(desc.size, Ordering::Relaxed);
+            Err(oom(device, desc, before, format!("would pass the heap budget of {budget} bytes")))
+        }
+        _ => Ok(heap),
+    }
+}
+
+fn uncharge(device: &Device, heap: usize, size: u64) {
+    device.heap_used[heap].fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A driver's out-of-memory result as [`Error::OutOfMemory`]; other errors unchanged.
+fn out_of_memory(device: &Device, desc: &MemoryDesc, e: Error) -> Error {
+    match e {
+        Error::Ffi { name, .. }
+            if name == "VK_ERROR_OUT_OF_DEVICE_MEMORY" || name == "VK_ERROR_OUT_OF_HOST_MEMORY" =>
+        {
+            let in_use = device.heap_used[heap_of(device, desc)].load(std::sync::atomic::Ordering::Relaxed);
+            oom(device, desc, in_use, format!("was refused by vkAllocateMemory ({name})"))
+        }
+        other => other,
+    }
+}
+
+fn oom(device: &Device, desc: &MemoryDesc, in_use: u64, cause: String) -> Error {
+    let heap = heap_of(device, desc);
+    Error::OutOfMemory {
+        requested: desc.size,
+        device_id: device.physical.info.index,
+        heap_index: heap as u32,
+        heap_size: device.physical.memory.memory_heaps[heap].size,
+        in_use,
+        cause,
     }
 }
 

@@ -22,10 +22,19 @@ impl Validated {
     }
 
     pub fn with_block_size(block_size: u64) -> Self {
+        Self::with_options(|o| {
+            o.block_size = block_size;
+            o.dedicated_threshold = block_size / 2;
+        })
+    }
+
+    /// Validation on, the test block size, then `adjust`.
+    pub fn with_options(adjust: impl FnOnce(&mut AllocatorOptions)) -> Self {
         let mut options = AllocatorOptions::default();
         options.validation = true;
-        options.block_size = block_size;
-        options.dedicated_threshold = block_size / 2;
+        options.block_size = TEST_BLOCK_SIZE;
+        options.dedicated_threshold = TEST_BLOCK_SIZE / 2;
+        adjust(&mut options);
         let allocator = MemoryAllocator::with_options(options).unwrap_or_else(|e| {
             panic!("the CPU tier needs Vulkan (Mesa lavapipe) and the validation layer: {e}")
         });
