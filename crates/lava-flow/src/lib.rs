@@ -62,9 +62,9 @@ pub use error::{Api, Error, Result};
 pub use handle::{ExportedMemory, ExportedSemaphore, ExternalHandle, HandleType, MemoryDescriptor};
 pub use location::MemoryLocation;
 pub use vulkan::{
-    AllocationOptions, AllocatorOptions, AllocatorStats, BinarySemaphore, Buffer, Exportable, Image,
-    ImageDesc, ImageFormat, ImageTiling, MemoryAllocator, Submission, TimelineSemaphore, ValidationLog,
-    DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
+    AllocationOptions, AllocatorOptions, AllocatorStats, BinarySemaphore, Buffer, Exportable, HeapUsage,
+    Image, ImageDesc, ImageFormat, ImageTiling, MemoryAllocator, Submission, TimelineSemaphore,
+    ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
 };
 
 /// The guide `docs/vulkan.md`, whose examples are compiled and run as doctests.

@@ -23,6 +23,7 @@ fn ten_thousand_allocate_export_free_cycles_leak_nothing() {
     v.trim();
     let fds = open_fds();
     let stats = v.stats();
+    let heaps = v.heap_usage(0).expect("heap usage");
     for i in 0..10_000u64 {
         let size = 1 + (i * 7919) % 65_536;
         let options = AllocationOptions::default().dedicated(i % 10 == 0);
@@ -37,6 +38,15 @@ fn ten_thousand_allocate_export_free_cycles_leak_nothing() {
     v.trim();
     assert_eq!(open_fds(), fds, "every exported fd was closed");
     assert_eq!(v.stats(), stats, "buffers, blocks and bytes are back to the baseline");
+    let after = v.heap_usage(0).expect("heap usage");
+    for (i, (a, b)) in heaps.iter().zip(&after).enumerate() {
+        assert_eq!(a.lava_flow, b.lava_flow, "heap {i}: lava-flow's memory back to the baseline");
+        // The driver's own count (VK_EXT_memory_budget), where it has one.
+        if let (Some(x), Some(y)) = (a.driver_usage, b.driver_usage) {
+            println!("heap {i}: driver usage {x} before, {y} after");
+            assert!(y <= x + (4 << 20), "heap {i}: the driver's usage back to the baseline: {x} then {y}");
+        }
+    }
 }
 
 #[test]
@@ -122,6 +132,8 @@ fn exhausting_a_heap_budget_is_typed_keeps_data_and_recovers() {
         other => panic!("expected OutOfMemory, got {other:?}"),
     }
     println!("{} buffers of 1 MiB before: {error}", kept.len());
+    let full: u64 = v.heap_usage(0).expect("heap usage").iter().map(|h| h.lava_flow).max().unwrap_or(0);
+    assert!(full <= budget, "lava-flow holds {full} bytes of a heap, within the {budget}-byte budget");
     assert!(kept.len() >= 20, "the budget holds at least 20 of them: {}", kept.len());
     for (i, (b, d)) in kept.iter().zip(&data).enumerate() {
         let mut out = poisoned(d.len());

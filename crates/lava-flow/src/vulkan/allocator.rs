@@ -66,6 +66,21 @@ impl Default for AllocatorOptions {
     }
 }
 
+/// One memory heap's use, from [`MemoryAllocator::heap_usage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeapUsage {
+    /// The heap's size.
+    pub size: u64,
+    /// Bytes of `VkDeviceMemory` lava-flow allocated on it (blocks, dedicated allocations,
+    /// staging; not imports) — what [`AllocatorOptions::heap_budget`] limits.
+    pub lava_flow: u64,
+    /// The driver's count of this process's use (`VK_EXT_memory_budget`), where it has one.
+    pub driver_usage: Option<u64>,
+    /// The budget the driver grants this process (`VK_EXT_memory_budget`), where it has one.
+    pub driver_budget: Option<u64>,
+}
+
 /// Whether an allocation is made exportable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -361,6 +376,32 @@ impl MemoryAllocator {
                 }
             }
         }
+    }
+
+    /// Each memory heap of `device_id`: its size, what lava-flow's own allocations hold of it,
+    /// and — where the driver has `VK_EXT_memory_budget` — the driver's count of the whole
+    /// process's use and the budget it grants (other processes' use lowers it).
+    pub fn heap_usage(&self, device_id: u32) -> Result<Vec<HeapUsage>> {
+        let ctx = self.context(device_id)?;
+        let device = &ctx.device;
+        let physical = &device.physical;
+        let mut budget = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
+        let driver = physical.has_memory_budget.then(|| {
+            let mut props = vk::PhysicalDeviceMemoryProperties2::default().push_next(&mut budget);
+            // SAFETY: the physical device belongs to the instance, which has Vulkan 1.1+; the
+            // chained structure's extension is supported (checked when probing).
+            unsafe {
+                device.instance_fns().get_physical_device_memory_properties2(physical.handle, &mut props)
+            };
+        });
+        Ok((0..physical.memory.memory_heap_count as usize)
+            .map(|i| HeapUsage {
+                size: physical.memory.memory_heaps[i].size,
+                lava_flow: device.heap_used[i].load(Ordering::Relaxed),
+                driver_usage: driver.map(|()| budget.heap_usage[i]),
+                driver_budget: driver.map(|()| budget.heap_budget[i]),
+            })
+            .collect())
     }
 
     /// Counts of what is held now, over all devices.

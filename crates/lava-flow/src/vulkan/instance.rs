@@ -125,6 +125,7 @@ impl Instance {
         let has_ext = |name: &CStr| extensions.iter().any(|e| e.extension_name_as_c_str().ok() == Some(name));
         let has_memory_fd = has_ext(ash::khr::external_memory_fd::NAME);
         let has_semaphore_fd = has_ext(ash::khr::external_semaphore_fd::NAME);
+        let has_memory_budget = has_ext(ash::ext::memory_budget::NAME);
         // SAFETY: as above.
         let families = unsafe { inst.get_physical_device_queue_family_properties(handle) };
         let Some(queue_family) = families
@@ -173,6 +174,7 @@ impl Instance {
             queue_family: u32::try_from(queue_family).unwrap_or(0),
             has_memory_fd,
             has_semaphore_fd,
+            has_memory_budget,
         }))
     }
 
@@ -276,6 +278,8 @@ pub(crate) struct PhysicalDevice {
     pub queue_family: u32,
     pub has_memory_fd: bool,
     pub has_semaphore_fd: bool,
+    /// `VK_EXT_memory_budget`: the driver's view of each heap's use and budget.
+    pub has_memory_budget: bool,
 }
 
 impl PhysicalDevice {

@@ -13,8 +13,8 @@ mod transfer;
 mod validation;
 
 pub use allocator::{
-    AllocationOptions, AllocatorOptions, AllocatorStats, Exportable, MemoryAllocator, DEDICATED_TAIL,
-    DEFAULT_BLOCK_SIZE,
+    AllocationOptions, AllocatorOptions, AllocatorStats, Exportable, HeapUsage, MemoryAllocator,
+    DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
 };
 pub use buffer::Buffer;
 pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};
