@@ -1147,8 +1147,9 @@ impl Consumer for VkSide<'_> {
 }
 
 /// The OpenCL consumer: the shared buffers imported into OpenCL, a kernel built from source at run
-/// time. Its semaphores are not built yet (lava-flow's OpenCL has no semaphore import), so each
-/// frame is ordered through the host: wait for the producer's value, run, `clFinish`, signal.
+/// time. The demo orders frames with timelines, which OpenCL cannot import (its semaphores are
+/// binary), so each frame is ordered through the host: wait for the producer's value, run,
+/// `clFinish`, signal.
 #[cfg(feature = "opencl")]
 mod opencl {
     use std::time::Duration;

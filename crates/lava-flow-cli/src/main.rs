@@ -54,7 +54,7 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         frame_kib: u64,
         /// The consumer: auto (CUDA where it has this device, else OpenGL), cuda, opengl, opencl
-        /// (ordered through the host: its semaphores are not built yet) or vulkan (a second
+        /// (ordered through the host: OpenCL has no timelines) or vulkan (a second
         /// VkDevice importing the buffers and timelines).
         #[arg(long, default_value = "auto")]
         consumer: String,
