@@ -179,7 +179,7 @@ fn opencl_report(d: &DeviceInfo) -> ApiReport {
                         opencl::EXTERNAL_SEMAPHORE_OPAQUE_FD,
                         has(opencl::EXTERNAL_SEMAPHORE_OPAQUE_FD)
                     ),
-                    "lava-flow imports: buffers (whole allocation, sub-buffer where aligned); semaphores not built yet".into(),
+                    "lava-flow imports: buffers (whole allocation, sub-buffer where aligned), binary semaphores".into(),
                 ],
             }
         }
