@@ -147,3 +147,34 @@ fn exhausting_a_heap_budget_is_typed_keeps_data_and_recovers() {
         (0..n).map(|_| v.allocate(1 << 20, DEV0).expect("room again after freeing")).collect();
     assert_eq!(again.len(), n);
 }
+
+/// A handle of the wrong type: a semaphore's fd offered as memory. Refused with a typed error,
+/// and the fd closed. (Where the driver cannot export semaphores, a plain file stands in.)
+#[test]
+fn a_semaphore_fd_offered_as_memory_is_refused_and_closed() {
+    let _turn = FD_COUNT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut v = Validated::new();
+    let b = v.allocate(4096, DEV0).expect("allocate");
+    drop(b.export_fd().expect("export"));
+    let semaphore = v.binary_semaphore(0).expect("binary semaphore");
+    let fds = open_fds();
+    let (_, descriptor) = b.export().expect("export").into_parts();
+    let wrong = match semaphore.export_fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            println!("semaphores do not export here ({e}); a plain file stands in");
+            std::fs::File::open("/proc/self/status").expect("a file").into()
+        }
+    };
+    match v.import_memory(0, ExportedMemory::from_parts(ExternalHandle::OpaqueFd(wrong), descriptor)) {
+        Err(e @ Error::Ffi { .. }) => {
+            assert!(e.to_string().starts_with("Vulkan vkAllocateMemory failed: VK_"), "{e}")
+        }
+        other => panic!("expected the driver to refuse a non-memory fd, got {other:?}"),
+    }
+    // The layer relays the driver's refusal (Mesa's `[ERROR GENERAL] VK_ERROR_...`); that, and
+    // only that, is expected here.
+    let messages = v.validation_log().expect("validation is on").take();
+    assert!(messages.iter().all(|m| m.contains("GENERAL") && m.contains("VK_ERROR_")), "{messages:?}");
+    assert_eq!(open_fds(), fds, "the refused fd was closed");
+}
