@@ -143,7 +143,7 @@ pub fn run(options: &Options) -> Result<()> {
         let path = format!(
             "zero-copy, {} semaphores ({})",
             if m.gpu_semaphores { "GPU" } else { "host-fallback" },
-            m.renderer
+            m.consumer
         );
         let zero_copy = Row::against(&base, path, zero);
         rows.push(base);
@@ -225,14 +225,7 @@ fn raw_dedicated_export(
     let (device, _) = a.ash_device(device_id)?;
     let instance = a.ash_instance();
     let fd_loader = ash::khr::external_memory_fd::Device::new(&instance, &device);
-    let err = |call: &'static str| {
-        move |r: vk::Result| lava_flow::Error::Ffi {
-            api: lava_flow::Api::Vulkan,
-            call,
-            name: format!("VK_{r:?}"),
-            description: r.to_string(),
-        }
-    };
+    let err = crate::vk::vk_err;
     let start = Instant::now();
     for _ in 0..iters {
         let mut ext = vk::ExternalMemoryBufferCreateInfo::default()

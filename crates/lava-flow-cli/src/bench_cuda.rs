@@ -6,34 +6,13 @@ use std::os::fd::IntoRawFd;
 use std::time::{Duration, Instant};
 
 use lava_flow::ash::vk;
-use lava_flow::cuda::{sys, Context, DeviceMemory, Module, Stream};
+use lava_flow::cuda::{check, sys, Context, DeviceMemory, Module, Stream};
+
+use crate::vk::vk_err;
 use lava_flow::{Buffer, MemoryAllocator, MemoryLocation, Result, Submission, TimelineSemaphore};
 
 use crate::bench::{human, median, per_iter, Options, Row};
 use crate::demo::cuda::{launch_checksum, KERNELS};
-
-/// A `CUresult` of the raw baselines as lava-flow's error.
-fn cu(call: &'static str, result: sys::CUresult) -> Result<()> {
-    if result == sys::CUresult::CUDA_SUCCESS {
-        Ok(())
-    } else {
-        Err(lava_flow::Error::Ffi {
-            api: lava_flow::Api::Cuda,
-            call,
-            name: format!("{result:?}"),
-            description: "raw baseline call".into(),
-        })
-    }
-}
-
-fn vk_err(call: &'static str) -> impl Fn(vk::Result) -> lava_flow::Error {
-    move |r| lava_flow::Error::Ffi {
-        api: lava_flow::Api::Vulkan,
-        call,
-        name: format!("VK_{r:?}"),
-        description: r.to_string(),
-    }
-}
 
 /// All CUDA rows, where CUDA has the device; a printed reason otherwise.
 pub fn rows(
@@ -232,17 +211,11 @@ impl VkFill {
                 .begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default())
                 .map_err(vk_err("vkBeginCommandBuffer"))?;
             device.cmd_fill_buffer(cmd, buffer.vk_buffer(), 0, buffer.size(), pattern);
-            let barrier = vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
-            device.cmd_pipeline_barrier(
+            crate::vk::barrier_to_all(
+                &device,
                 cmd,
                 vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::ALL_COMMANDS,
-                vk::DependencyFlags::empty(),
-                &[barrier],
-                &[],
-                &[],
+                vk::AccessFlags::TRANSFER_WRITE,
             );
             device.end_command_buffer(cmd).map_err(vk_err("vkEndCommandBuffer"))?;
             Ok(fill)
@@ -331,7 +304,7 @@ fn hand_off(
     check_sum(&sums, pattern, words, launches, "staged, pageable")?;
     ctx.bind()?;
     // SAFETY: `host` is a live allocation of `bytes` bytes, unregistered below before it goes.
-    cu("cuMemHostRegister_v2", unsafe {
+    check("cuMemHostRegister_v2", unsafe {
         sys::cuMemHostRegister_v2(host.as_mut_ptr().cast(), host.len(), 0)
     })?;
     sums.fill(0, 4, 0)?;
@@ -339,7 +312,7 @@ fn hand_off(
     let registered = median(reps, || staged_run(&mut host, &mut launches, &mut value));
     ctx.bind()?;
     // SAFETY: registered above.
-    cu("cuMemHostUnregister", unsafe { sys::cuMemHostUnregister(host.as_mut_ptr().cast()) })?;
+    check("cuMemHostUnregister", unsafe { sys::cuMemHostUnregister(host.as_mut_ptr().cast()) })?;
     let registered = registered?;
     check_sum(&sums, pattern, words, launches, "staged, registered")?;
     allocator.wait_idle(options.device_id)?;
@@ -443,7 +416,7 @@ fn raw_round_trips(
             reserved: [0; 16],
         };
         let mut ext = std::ptr::null_mut();
-        if let Err(e) = cu("cuImportExternalSemaphore", sys::cuImportExternalSemaphore(&mut ext, &desc)) {
+        if let Err(e) = check("cuImportExternalSemaphore", sys::cuImportExternalSemaphore(&mut ext, &desc)) {
             libc_close(fd);
             return Err(e);
         }
@@ -455,14 +428,14 @@ fn raw_round_trips(
         for i in 0..n {
             if i > 0 {
                 wait.params.fence.value = 2 * i;
-                result = cu(
+                result = check(
                     "cuWaitExternalSemaphoresAsync",
                     sys::cuWaitExternalSemaphoresAsync(&ext, &wait, 1, stream.raw()),
                 );
             }
             signal.params.fence.value = 2 * i + 1;
             result = result.and_then(|()| {
-                cu(
+                check(
                     "cuSignalExternalSemaphoresAsync",
                     sys::cuSignalExternalSemaphoresAsync(&ext, &signal, 1, stream.raw()),
                 )
@@ -488,7 +461,7 @@ fn raw_round_trips(
         let waited = result.and_then(|()| timeline.wait(2 * n, Duration::from_secs(120)));
         let us = per_iter(start.elapsed(), n as usize);
         let _ = stream.synchronize();
-        let destroyed = cu("cuDestroyExternalSemaphore", sys::cuDestroyExternalSemaphore(ext));
+        let destroyed = check("cuDestroyExternalSemaphore", sys::cuDestroyExternalSemaphore(ext));
         waited.and(destroyed)?;
         allocator.wait_idle(device_id)?;
         Ok(us)

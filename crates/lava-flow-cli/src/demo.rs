@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use glow::HasContext;
 use lava_flow::ash::vk;
+
+use crate::vk::vk_err;
 use lava_flow::opengl::{GlBuffer, GlContext};
 use lava_flow::{Buffer, MemoryAllocator, MemoryLocation, Result, Submission, TimelineSemaphore};
 
@@ -96,7 +98,8 @@ fn expected_sum(frame: u32, words: u32) -> u32 {
 pub struct Measured {
     pub frames: u32,
     pub frame_bytes: u64,
-    pub renderer: String,
+    /// The consumer, as it describes itself.
+    pub consumer: String,
     pub gpu_semaphores: bool,
     /// The zero-copy pipeline, all frames.
     pub zero_copy: Duration,
@@ -342,7 +345,7 @@ fn run_frames(
         Ok(Measured {
             frames: options.frames,
             frame_bytes: options.frame_bytes,
-            renderer: consumer.describe(),
+            consumer: consumer.describe(),
             gpu_semaphores: consumer.gpu_semaphores(),
             zero_copy,
             staging,
@@ -447,16 +450,6 @@ fn compile(source: Shader<'_>) -> Result<Vec<u32>> {
             .map_err(|e| invalid(format!("{e:?}")))?;
     naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None)
         .map_err(|e| invalid(e.to_string()))
-}
-
-/// A Vulkan error for the demo's own calls.
-fn vk_err(call: &'static str) -> impl Fn(vk::Result) -> lava_flow::Error {
-    move |r| lava_flow::Error::Ffi {
-        api: lava_flow::Api::Vulkan,
-        call,
-        name: format!("VK_{r:?}"),
-        description: r.to_string(),
-    }
 }
 
 impl Compute {
@@ -625,17 +618,11 @@ impl Compute {
             );
             d.cmd_push_constants(cmd, self.layout, vk::ShaderStageFlags::COMPUTE, 0, &push);
             d.cmd_dispatch(cmd, self.groups, 1, 1);
-            let barrier = vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::SHADER_WRITE)
-                .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
-            d.cmd_pipeline_barrier(
+            crate::vk::barrier_to_all(
+                d,
                 cmd,
                 vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::PipelineStageFlags::ALL_COMMANDS,
-                vk::DependencyFlags::empty(),
-                &[barrier],
-                &[],
-                &[],
+                vk::AccessFlags::SHADER_WRITE,
             );
             d.end_command_buffer(cmd).map_err(vk_err("vkEndCommandBuffer"))?;
         }

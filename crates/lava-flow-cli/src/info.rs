@@ -81,28 +81,15 @@ fn device_report(d: &DeviceInfo, cuda: &CudaDevices) -> DeviceReport {
             "Vulkan {}.{}.{}, {} {}",
             d.api_version.0, d.api_version.1, d.api_version.2, d.driver_name, d.driver_info
         ),
-        capabilities: vec![
-            format!(
-                "buffers: export {}; import {}",
-                handles(&d.buffer_handles.export),
-                handles(&d.buffer_handles.import)
-            ),
-            format!(
-                "images: export {}; import {}",
-                handles(&d.image_handles.export),
-                handles(&d.image_handles.import)
-            ),
-            format!(
-                "timeline semaphores: export {}; import {}",
-                handles(&d.timeline_semaphore_handles.export),
-                handles(&d.timeline_semaphore_handles.import)
-            ),
-            format!(
-                "binary semaphores: export {}; import {}",
-                handles(&d.binary_semaphore_handles.export),
-                handles(&d.binary_semaphore_handles.import)
-            ),
-        ],
+        capabilities: [
+            ("buffers", &d.buffer_handles),
+            ("images", &d.image_handles),
+            ("timeline semaphores", &d.timeline_semaphore_handles),
+            ("binary semaphores", &d.binary_semaphore_handles),
+        ]
+        .into_iter()
+        .map(|(what, h)| format!("{what}: export {}; import {}", handles(&h.export), handles(&h.import)))
+        .collect(),
     };
     let cuda = match cuda {
         Err(why) => ApiReport::missing(why.clone()),

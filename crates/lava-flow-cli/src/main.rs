@@ -6,6 +6,7 @@ mod bench_cuda;
 #[cfg(feature = "opengl")]
 mod demo;
 mod info;
+mod vk;
 
 use clap::{Parser, Subcommand};
 

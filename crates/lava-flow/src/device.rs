@@ -167,6 +167,21 @@ impl DeviceInfo {
         };
         Err(crate::Error::DeviceMismatch { what, expected, found })
     }
+
+    /// [`Error::Unsupported`](crate::Error::Unsupported) for another API (`api`, e.g. "CUDA")
+    /// that has no device with this device's UUID, listing the devices it does have (`none`
+    /// where it has none).
+    pub(crate) fn no_device_in(&self, api: &str, found: &[String], none: &str) -> crate::Error {
+        crate::Error::Unsupported {
+            what: format!(
+                "no {api} device has the UUID of device {} ({}, {}); {api} devices: {}",
+                self.index,
+                self.name,
+                self.uuid,
+                if found.is_empty() { none.to_owned() } else { found.join("; ") }
+            ),
+        }
+    }
 }
 
 /// Finds the device with `uuid` in `devices` (the way other APIs are matched to Vulkan).

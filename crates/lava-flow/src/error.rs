@@ -179,8 +179,11 @@ impl Error {
         }
     }
 
-    /// Builds [`Error::Ffi`] for a failed Vulkan call.
-    pub(crate) fn vk(call: &'static str, result: ash::vk::Result) -> Self {
+    /// Builds [`Error::Ffi`] for a failed Vulkan call: the call, the result's name and the
+    /// registry's description. For users' own calls on lava-flow's device
+    /// ([`MemoryAllocator::ash_device`](crate::MemoryAllocator::ash_device)) too:
+    /// `.map_err(|r| Error::vk("vkCreateShaderModule", r))`.
+    pub fn vk(call: &'static str, result: ash::vk::Result) -> Self {
         let name = format!("VK_{result:?}");
         let description = result.to_string();
         let description = if description == format!("{result:?}") {

@@ -72,21 +72,10 @@ pub fn device_id_for(allocator: &MemoryAllocator, ordinal: i32) -> Result<u32> {
 
 fn find(info: &DeviceInfo) -> Result<CudaDevice> {
     let cuda = devices()?;
-    cuda.iter().find(|d| d.uuid == info.uuid).cloned().ok_or_else(|| Error::Unsupported {
-        what: format!(
-            "no CUDA device has the UUID of device {} ({}, {}); CUDA devices: {}",
-            info.index,
-            info.name,
-            info.uuid,
-            if cuda.is_empty() {
-                "none".to_owned()
-            } else {
-                cuda.iter()
-                    .map(|d| format!("{} {} {}", d.ordinal, d.name, d.uuid))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        ),
+    cuda.iter().find(|d| d.uuid == info.uuid).cloned().ok_or_else(|| {
+        let found: Vec<String> =
+            cuda.iter().map(|d| format!("{} {} {}", d.ordinal, d.name, d.uuid)).collect();
+        info.no_device_in("CUDA", &found, "none")
     })
 }
 

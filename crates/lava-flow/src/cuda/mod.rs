@@ -42,6 +42,7 @@ pub use event::Event;
 pub use export::ExportableAllocation;
 pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory};
 pub use module::{Function, Module};
+pub use raw::check;
 pub use semaphore::CudaTimeline;
 
 /// The raw driver API types (`CUdeviceptr`, `CUstream`, ...) of the cudarc version lava-flow

@@ -139,8 +139,10 @@ pub(crate) fn has_function(name: &str) -> bool {
 }
 
 /// Turns a `CUresult` into `Ok` or [`Error::Ffi`] naming `call`, the result's name and its
-/// description. Only call it once [`driver`] succeeded (it asks the driver for the names).
-pub(crate) fn check(call: &'static str, result: sys::CUresult) -> Result<()> {
+/// description (`cuGetErrorName`, `cuGetErrorString`). Public for users' own driver calls
+/// ([`sys`](super::sys)) beside lava-flow's; call it only once a [`Context`](super::Context)
+/// exists (it asks the loaded driver for the names).
+pub fn check(call: &'static str, result: sys::CUresult) -> Result<()> {
     if result == sys::CUresult::CUDA_SUCCESS {
         return Ok(());
     }

@@ -52,13 +52,7 @@ impl Context {
     /// [`Error::NotExportable`], OpenCL errors.
     pub fn import_buffer<'a>(&'a self, buffer: &'a Buffer) -> Result<ClBuffer<'a>> {
         let cl = cl()?;
-        let found = crate::Uuid(buffer.device_uuid());
-        match self.device.uuid {
-            Some(expected) if expected != found => {
-                return Err(Error::DeviceMismatch { what: "the buffer", expected, found })
-            }
-            _ => {}
-        }
+        self.check_device("the buffer", crate::Uuid(buffer.device_uuid()))?;
         let fd = buffer.export_fd()?;
         let whole = buffer.allocation_size();
         let imported = crate::fd::give_to_driver(fd, |raw| {

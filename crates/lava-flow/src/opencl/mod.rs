@@ -203,29 +203,14 @@ impl Context {
         let info = allocator.device(device_id)?;
         let all = devices()?;
         let Some(device) = all.iter().find(|d| d.uuid == Some(info.uuid)) else {
-            return Err(Error::Unsupported {
-                what: format!(
-                    "no OpenCL device has the UUID of device {} ({}, {}); OpenCL devices: {}",
-                    info.index,
-                    info.name,
-                    info.uuid,
-                    if all.is_empty() {
-                        "none (no platform)".to_owned()
-                    } else {
-                        all.iter()
-                            .map(|d| {
-                                format!(
-                                    "{} on {} ({})",
-                                    d.name,
-                                    d.platform,
-                                    d.uuid.map_or("no cl_khr_device_uuid".to_owned(), |u| u.to_string())
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    }
-                ),
-            });
+            let found: Vec<String> = all
+                .iter()
+                .map(|d| {
+                    let uuid = d.uuid.map_or("no cl_khr_device_uuid".to_owned(), |u| u.to_string());
+                    format!("{} on {} ({uuid})", d.name, d.platform)
+                })
+                .collect();
+            return Err(info.no_device_in("OpenCL", &found, "none (no platform)"));
         };
         let cl = cl()?;
         let acquire = sys::extension_fn(cl, device.platform_id, "clEnqueueAcquireExternalMemObjectsKHR");
@@ -271,6 +256,16 @@ impl Context {
     /// The raw `cl_context`, for the caller's own OpenCL code.
     pub fn raw(&self) -> *mut c_void {
         self.context
+    }
+}
+
+impl Context {
+    /// Checks that an object of the Vulkan device `found` can be used here.
+    fn check_device(&self, what: &'static str, found: Uuid) -> Result<()> {
+        match self.device.uuid {
+            Some(expected) if expected != found => Err(Error::DeviceMismatch { what, expected, found }),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -40,10 +40,7 @@ impl Context {
     /// [`Error::DeviceMismatch`]; OpenCL errors.
     pub fn import_semaphore<'a>(&'a self, semaphore: &'a BinarySemaphore) -> Result<ClSemaphore<'a>> {
         let fns = self.semaphore_fns()?;
-        let found = crate::Uuid(semaphore.device_uuid());
-        if let Some(expected) = self.device.uuid.filter(|u| *u != found) {
-            return Err(Error::DeviceMismatch { what: "the semaphore", expected, found });
-        }
+        self.check_device("the semaphore", crate::Uuid(semaphore.device_uuid()))?;
         let fd = semaphore.export_fd()?;
         let created = crate::fd::give_to_driver(fd, |raw| {
             let properties = [

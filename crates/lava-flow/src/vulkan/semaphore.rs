@@ -63,24 +63,6 @@ impl Kind {
     }
 }
 
-impl std::fmt::Debug for TimelineSemaphore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TimelineSemaphore")
-            .field("device", &self.raw.device.physical.info.index)
-            .field("exportable", &self.raw.exportable)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for BinarySemaphore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BinarySemaphore")
-            .field("device", &self.raw.device.physical.info.index)
-            .field("exportable", &self.raw.exportable)
-            .finish()
-    }
-}
-
 impl Raw {
     /// A semaphore of `kind` (a timeline at 0), exportable where the device can; with `import`,
     /// one that takes over the payload of that fd instead.
@@ -164,40 +146,79 @@ impl Raw {
     }
 }
 
+/// What timeline and binary semaphores share: creation, identity, the raw handle, export, and
+/// `Debug`; written once for both.
+macro_rules! semaphore_common {
+    ($ty:ident, $kind:expr, $name:literal) => {
+        impl $ty {
+            #[doc = concat!("Creates a ", $name, " semaphore (a timeline starts at 0), exportable where the device")]
+            /// can; with `import`, one that takes over the payload of that fd instead.
+            #[cfg(unix)]
+            pub(crate) fn new(device: &Arc<Device>, import: Option<OwnedFd>) -> Result<Self> {
+                Raw::new(device, $kind, import).map(|raw| $ty { raw })
+            }
+
+            #[doc = concat!("Creates a ", $name, " semaphore (no fds off Unix, so never exportable there).")]
+            #[cfg(not(unix))]
+            pub(crate) fn new(device: &Arc<Device>, import: Option<std::convert::Infallible>) -> Result<Self> {
+                Raw::new(device, $kind, import).map(|raw| $ty { raw })
+            }
+
+            #[doc = concat!("Whether [`export_fd`](", stringify!($ty), "::export_fd) can succeed.")]
+            pub fn is_exportable(&self) -> bool {
+                self.raw.exportable
+            }
+
+            /// The UUID of the device the semaphore belongs to.
+            pub fn device_uuid(&self) -> [u8; 16] {
+                self.raw.device.physical.info.uuid.0
+            }
+
+            /// The UUID of that device's driver.
+            pub fn driver_uuid(&self) -> [u8; 16] {
+                self.raw.device.physical.info.driver_uuid.0
+            }
+
+            /// The raw `VkSemaphore`. Valid while `self` lives.
+            pub fn vk_semaphore(&self) -> vk::Semaphore {
+                self.raw.semaphore
+            }
+
+            /// A new opaque fd for the semaphore (`VK_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD_BIT`),
+            /// which CUDA, OpenCL and OpenGL import (each the kinds it knows). Fails with
+            #[doc = concat!("[`Error::Unsupported`] where the driver cannot export ", $name, " semaphores (Mesa's")]
+            /// lavapipe, for one).
+            #[cfg(unix)]
+            pub fn export_fd(&self) -> Result<OwnedFd> {
+                self.raw.export_fd()
+            }
+
+            /// A new fd with the device's identity, for an importer elsewhere.
+            #[cfg(unix)]
+            pub fn export(&self) -> Result<ExportedSemaphore> {
+                self.raw.export()
+            }
+
+            pub(crate) fn device(&self) -> &Arc<Device> {
+                &self.raw.device
+            }
+        }
+
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("device", &self.raw.device.physical.info.index)
+                    .field("exportable", &self.raw.exportable)
+                    .finish()
+            }
+        }
+    };
+}
+
+semaphore_common!(TimelineSemaphore, Kind::Timeline, "timeline");
+semaphore_common!(BinarySemaphore, Kind::Binary, "binary");
+
 impl TimelineSemaphore {
-    /// Creates a timeline semaphore at 0, exportable where the device can; with `import`, a
-    /// semaphore that takes over the payload of that fd instead.
-    #[cfg(unix)]
-    pub(crate) fn new(device: &Arc<Device>, import: Option<OwnedFd>) -> Result<Self> {
-        Raw::new(device, Kind::Timeline, import).map(|raw| TimelineSemaphore { raw })
-    }
-
-    /// Creates a timeline semaphore at 0 (no fds off Unix, so never exportable there).
-    #[cfg(not(unix))]
-    pub(crate) fn new(device: &Arc<Device>, import: Option<std::convert::Infallible>) -> Result<Self> {
-        Raw::new(device, Kind::Timeline, import).map(|raw| TimelineSemaphore { raw })
-    }
-
-    /// Whether [`export_fd`](TimelineSemaphore::export_fd) can succeed.
-    pub fn is_exportable(&self) -> bool {
-        self.raw.exportable
-    }
-
-    /// The UUID of the device the semaphore belongs to.
-    pub fn device_uuid(&self) -> [u8; 16] {
-        self.raw.device.physical.info.uuid.0
-    }
-
-    /// The UUID of that device's driver.
-    pub fn driver_uuid(&self) -> [u8; 16] {
-        self.raw.device.physical.info.driver_uuid.0
-    }
-
-    /// The raw `VkSemaphore`. Valid while `self` lives.
-    pub fn vk_semaphore(&self) -> vk::Semaphore {
-        self.raw.semaphore
-    }
-
     /// The counter's current value.
     pub fn value(&self) -> Result<u64> {
         // SAFETY: the semaphore is a live timeline semaphore of this device.
@@ -241,71 +262,6 @@ impl TimelineSemaphore {
                 sleep = (sleep * 2).min(Duration::from_millis(1));
             }
         }
-    }
-
-    /// A new opaque fd for the semaphore (`VK_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_FD_BIT`),
-    /// which CUDA, OpenCL and OpenGL import. Fails with [`Error::Unsupported`] where the driver
-    /// cannot export timeline semaphores (Mesa's lavapipe, for one).
-    #[cfg(unix)]
-    pub fn export_fd(&self) -> Result<OwnedFd> {
-        self.raw.export_fd()
-    }
-
-    /// A new fd with the device's identity, for an importer elsewhere.
-    #[cfg(unix)]
-    pub fn export(&self) -> Result<ExportedSemaphore> {
-        self.raw.export()
-    }
-
-    pub(crate) fn device(&self) -> &Arc<Device> {
-        &self.raw.device
-    }
-}
-
-impl BinarySemaphore {
-    /// Creates a binary semaphore (unsignalled), exportable where the device can; with `import`,
-    /// one that takes over the payload of that fd instead.
-    #[cfg(unix)]
-    pub(crate) fn new(device: &Arc<Device>, import: Option<OwnedFd>) -> Result<Self> {
-        Raw::new(device, Kind::Binary, import).map(|raw| BinarySemaphore { raw })
-    }
-
-    /// Creates a binary semaphore (no fds off Unix, so never exportable there).
-    #[cfg(not(unix))]
-    pub(crate) fn new(device: &Arc<Device>, import: Option<std::convert::Infallible>) -> Result<Self> {
-        Raw::new(device, Kind::Binary, import).map(|raw| BinarySemaphore { raw })
-    }
-
-    /// Whether [`export_fd`](BinarySemaphore::export_fd) can succeed.
-    pub fn is_exportable(&self) -> bool {
-        self.raw.exportable
-    }
-
-    /// The UUID of the device the semaphore belongs to.
-    pub fn device_uuid(&self) -> [u8; 16] {
-        self.raw.device.physical.info.uuid.0
-    }
-
-    /// The raw `VkSemaphore`. Valid while `self` lives.
-    pub fn vk_semaphore(&self) -> vk::Semaphore {
-        self.raw.semaphore
-    }
-
-    /// A new opaque fd for the semaphore, which OpenCL imports. Fails with
-    /// [`Error::Unsupported`] where the driver cannot export binary semaphores.
-    #[cfg(unix)]
-    pub fn export_fd(&self) -> Result<OwnedFd> {
-        self.raw.export_fd()
-    }
-
-    /// A new fd with the device's identity, for an importer elsewhere.
-    #[cfg(unix)]
-    pub fn export(&self) -> Result<ExportedSemaphore> {
-        self.raw.export()
-    }
-
-    pub(crate) fn device(&self) -> &Arc<Device> {
-        &self.raw.device
     }
 }
 
