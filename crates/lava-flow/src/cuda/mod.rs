@@ -23,9 +23,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! **Status:** the CPU tier proves the typed errors without a driver. The GPU tier tests of this
-//! module (`tests/gpu_cuda.rs`) were written without a GPU machine at hand and have not run yet,
-//! nor has compute-sanitizer.
+//! **Status:** the CPU tier proves the typed errors without a driver; the GPU tier tests of this
+//! module (`tests/gpu_cuda.rs`) pass on an NVIDIA H100, also under compute-sanitizer.
 
 mod array;
 mod context;

@@ -48,9 +48,9 @@ impl Context {
                 sys::CL_SEMAPHORE_TYPE_BINARY_KHR,
                 sys::CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR,
                 raw as sys::cl_semaphore_properties_khr,
-                sys::CL_DEVICE_HANDLE_LIST_KHR,
+                sys::CL_SEMAPHORE_DEVICE_HANDLE_LIST_KHR,
                 self.device.device_id as sys::cl_semaphore_properties_khr,
-                sys::CL_DEVICE_HANDLE_LIST_END_KHR,
+                sys::CL_SEMAPHORE_DEVICE_HANDLE_LIST_END_KHR,
                 0,
             ];
             let mut status = 0;

@@ -50,6 +50,9 @@ pub const CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR: cl_mem_properties = 0x2060;
 /// `cl_khr_semaphore`: the semaphore's type, and the binary type (the only one).
 pub const CL_SEMAPHORE_TYPE_KHR: cl_semaphore_properties_khr = 0x203D;
 pub const CL_SEMAPHORE_TYPE_BINARY_KHR: cl_semaphore_properties_khr = 1;
+/// `cl_khr_semaphore`: the devices a semaphore is for (its own property, not the memory one).
+pub const CL_SEMAPHORE_DEVICE_HANDLE_LIST_KHR: cl_semaphore_properties_khr = 0x2053;
+pub const CL_SEMAPHORE_DEVICE_HANDLE_LIST_END_KHR: cl_semaphore_properties_khr = 0;
 /// `cl_khr_external_semaphore_opaque_fd`.
 pub const CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR: cl_semaphore_properties_khr = 0x2055;
 
