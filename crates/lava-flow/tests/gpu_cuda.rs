@@ -98,6 +98,41 @@ fn a_stream_waits_for_vulkan_and_vulkan_waits_for_the_stream() {
     assert!(out.iter().all(|&b| b == 0x5A), "CUDA's fill, ordered by the timeline, is what Vulkan reads");
 }
 
+/// Views that own their Vulkan objects (`import_buffer_owned`, `import_timeline_owned`, what the
+/// Python module builds on): the caller's handles are dropped first, the views still work, and
+/// the buffer is freed only when its view goes.
+#[test]
+fn owned_views_keep_the_buffer_and_the_timeline_alive() {
+    let _measuring = shared();
+    let mut v = Validated::new();
+    let Some(ctx) = cuda_or_skip(&v, "owned views") else { return };
+    let buffer = std::sync::Arc::new(v.allocate(300_000, DEV0).expect("buffer"));
+    let timeline = std::sync::Arc::new(v.timeline_semaphore(0).expect("timeline"));
+    let data = random_bytes(300_000);
+    buffer.write(0, &data).expect("Vulkan write");
+    let view = ctx.import_buffer_owned(std::sync::Arc::clone(&buffer)).expect("import owned");
+    let sync = ctx.import_timeline_owned(std::sync::Arc::clone(&timeline)).expect("import timeline owned");
+    let live = v.stats().buffers;
+    drop(buffer);
+    drop(timeline);
+    assert_eq!(v.stats().buffers, live, "the view keeps the buffer");
+    // The view moves to another thread (what a DLPack deleter may do), and works there.
+    let (view, sync) = std::thread::spawn(move || {
+        let mut out = poisoned(300_000);
+        view.copy_to_host(0, &mut out).expect("CUDA read");
+        assert_bytes_eq(&out, &data, "Vulkan's bytes through the owned view");
+        let stream = ctx.stream().expect("stream");
+        sync.signal(5, &stream).expect("signal through the owned import");
+        stream.synchronize().expect("synchronize");
+        (view, sync)
+    })
+    .join()
+    .expect("thread");
+    drop(sync);
+    drop(view);
+    assert_eq!(v.stats().buffers, live - 1, "dropping the view frees the buffer");
+}
+
 /// A user's stream ordered after lava-flow's with an event: lava-flow's stream waits for
 /// Vulkan's value 1; the user's stream, told to follow it, fills the buffer; nothing runs until
 /// Vulkan signals. Timing events measure the fill.

@@ -64,14 +64,18 @@ impl Drop for ExternalMemory {
 
 /// A lava-flow buffer mapped into CUDA: a device pointer to its bytes, zero-copy.
 ///
-/// It borrows the lava-flow [`Buffer`], so the Vulkan memory cannot be freed while CUDA may use
-/// it; dropping the last `CudaBuffer` of a block unmaps and releases the block's import. Work
-/// still queued on it must be finished (or ordered with a semaphore) before it is dropped.
+/// It borrows the lava-flow [`Buffer`] ([`Context::import_buffer`]) or holds an `Arc` of it
+/// ([`Context::import_buffer_owned`], a `CudaBuffer<'static>`), so the Vulkan memory cannot be
+/// freed while CUDA may use it; dropping the last `CudaBuffer` of a block unmaps and releases
+/// the block's import. Work still queued on it must be finished (or ordered with a semaphore)
+/// before it is dropped.
 pub struct CudaBuffer<'a> {
+    // Field order is drop order: the mapping and import go before the Buffer they map.
     memory: Arc<ExternalMemory>,
     ptr: sys::CUdeviceptr,
     size: u64,
     _buffer: PhantomData<&'a Buffer>,
+    _owner: Option<Arc<Buffer>>,
 }
 
 impl std::fmt::Debug for CudaBuffer<'_> {
@@ -96,6 +100,22 @@ impl Context {
             memory,
             size: buffer.size(),
             _buffer: PhantomData,
+            _owner: None,
+        })
+    }
+
+    /// As [`import_buffer`](Context::import_buffer), for a buffer shared through an `Arc`: the
+    /// view keeps the buffer alive, so it has no lifetime to outlive (what Python's DLPack
+    /// capsules and anything stored in a long-lived struct need). The mapping is released before
+    /// the buffer when the view is dropped.
+    pub fn import_buffer_owned(&self, buffer: Arc<Buffer>) -> Result<CudaBuffer<'static>> {
+        let memory = self.import_block(buffer.block())?;
+        Ok(CudaBuffer {
+            ptr: memory.base + buffer.offset(),
+            memory,
+            size: buffer.size(),
+            _buffer: PhantomData,
+            _owner: Some(buffer),
         })
     }
 

@@ -1,6 +1,7 @@
 //! lava-flow timeline semaphores waited for and signalled on CUDA streams.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use cudarc::driver::sys;
 
@@ -11,13 +12,35 @@ use crate::vulkan::TimelineSemaphore;
 
 /// A lava-flow [`TimelineSemaphore`] imported into CUDA
 /// (`CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD`): streams wait for and signal its
-/// values with no host involvement. It borrows the semaphore.
+/// values with no host involvement. It borrows the semaphore ([`Context::import_timeline`]) or
+/// holds an `Arc` of it ([`Context::import_timeline_owned`], a `CudaTimeline<'static>`). It may
+/// move to another thread, but is used from one thread at a time (`!Sync`).
 pub struct CudaTimeline<'a> {
     ctx: Context,
-    semaphore: &'a TimelineSemaphore,
+    semaphore: Holder<'a>,
     external: sys::CUexternalSemaphore,
-    _not_sync: PhantomData<*const ()>,
+    _not_sync: PhantomData<std::cell::Cell<()>>,
 }
+
+/// How a [`CudaTimeline`] keeps its semaphore alive.
+enum Holder<'a> {
+    Borrowed(&'a TimelineSemaphore),
+    Shared(Arc<TimelineSemaphore>),
+}
+
+impl std::ops::Deref for Holder<'_> {
+    type Target = TimelineSemaphore;
+    fn deref(&self) -> &TimelineSemaphore {
+        match self {
+            Holder::Borrowed(s) => s,
+            Holder::Shared(s) => s,
+        }
+    }
+}
+
+// SAFETY: the imported semaphore is a driver handle usable from any thread: every call binds the
+// context first. `Sync` stays off (`_not_sync`): one thread at a time.
+unsafe impl Send for CudaTimeline<'_> {}
 
 impl std::fmt::Debug for CudaTimeline<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -29,6 +52,16 @@ impl Context {
     /// Imports `semaphore` into this context. Errors: [`Error::DeviceMismatch`];
     /// [`Error::Unsupported`] if the Vulkan driver cannot export it; CUDA errors.
     pub fn import_timeline<'a>(&self, semaphore: &'a TimelineSemaphore) -> Result<CudaTimeline<'a>> {
+        self.import_held(Holder::Borrowed(semaphore))
+    }
+
+    /// As [`import_timeline`](Context::import_timeline), for a semaphore shared through an
+    /// `Arc`: the import keeps it alive and has no lifetime to outlive.
+    pub fn import_timeline_owned(&self, semaphore: Arc<TimelineSemaphore>) -> Result<CudaTimeline<'static>> {
+        self.import_held(Holder::Shared(semaphore))
+    }
+
+    fn import_held<'a>(&self, semaphore: Holder<'a>) -> Result<CudaTimeline<'a>> {
         self.check_device("the timeline semaphore", crate::Uuid(semaphore.device_uuid()))?;
         let fd = semaphore.export_fd()?;
         self.bind()?;
