@@ -101,6 +101,24 @@ fn host_visible_locations_are_mapped_and_round_trip() {
     }
 }
 
+/// A host-visible buffer allocated after a device-local one of the same memory type (every
+/// type is host-visible on lavapipe) gets a mapped block of its own, not a place in the unmapped
+/// one. (Found by the Python module's DLPack export of host memory.)
+#[test]
+fn host_visible_buffers_never_share_an_unmapped_block() {
+    let mut v = Validated::new();
+    let device_local = v.allocate(4096, DEV0).expect("device-local first");
+    for location in [MemoryLocation::HostVisible { device_id: 0 }, MemoryLocation::GpuMappable { device_id: 0 }] {
+        let b = match v.allocate(4096, location) {
+            Ok(b) => b,
+            Err(Error::LocationUnavailable { .. }) => continue,
+            Err(e) => panic!("{location}: {e}"),
+        };
+        assert!(b.mapped_ptr().is_some(), "{location} after a GpuVulkan buffer is mapped");
+    }
+    assert!(device_local.mapped_ptr().is_none(), "GpuVulkan memory is not mapped");
+}
+
 /// Writes random bytes on one side, reads them on the other, and then the reverse.
 fn check_both_directions(a: &lava_flow::Buffer, b: &lava_flow::Buffer, what: &str) {
     common::check_both_ways(

@@ -181,6 +181,9 @@ pub(crate) struct DeviceContext {
 struct PoolKey {
     memory_type_index: u32,
     exportable: bool,
+    /// Whether the pool's blocks are mapped: a host-visible location's buffer must not land in
+    /// an unmapped block of the same memory type (on lavapipe every type is host-visible).
+    mapped: bool,
 }
 
 struct PoolBlock {
@@ -564,7 +567,7 @@ impl DeviceContext {
             unsafe { d.bind_buffer_memory(buffer, block.raw.memory, 0) }.vk("vkBindBufferMemory")?;
             return Ok(Some(Placement { block, offset: 0, range: None }));
         }
-        let key = PoolKey { memory_type_index, exportable };
+        let key = PoolKey { memory_type_index, exportable, mapped: map };
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         let blocks = pools.entry(key).or_default();
         let found = blocks
@@ -604,7 +607,11 @@ impl DeviceContext {
 
     /// Gives a buffer's range back to its block (the buffer is already destroyed).
     pub(crate) fn release(&self, block: &Arc<Block>, range: SubRange) {
-        let key = PoolKey { memory_type_index: block.memory_type_index, exportable: block.exportable };
+        let key = PoolKey {
+            memory_type_index: block.memory_type_index,
+            exportable: block.exportable,
+            mapped: block.raw.mapped.is_some(),
+        };
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(blocks) = pools.get_mut(&key) {
             release_range(blocks, block, range);
