@@ -14,6 +14,11 @@ packages=(
   gcc                   # the linker Rust uses
 )
 
+# Python with venv, for the Python module's tests (any python3 that can make a venv will do).
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  packages+=(python3 python3-venv)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

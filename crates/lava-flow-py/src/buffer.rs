@@ -1,0 +1,311 @@
+//! `lava_flow.Buffer` and its typed views, `lava_flow.ArrayView`.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use lava_flow::cuda::CudaBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::allocator::{CudaDevice, MemoryLocation, Shared};
+use crate::dtype::DType;
+use crate::errors::OrRaise;
+use crate::{bytes, dlpack};
+
+/// A buffer of GPU memory allocated through Vulkan: readable and writable from Python,
+/// exportable as an fd, and shared without copies with PyTorch, CuPy and JAX (`__dlpack__`,
+/// `__cuda_array_interface__`) as bytes, or typed through `as_array`.
+#[pyclass(module = "lava_flow", frozen)]
+pub struct Buffer {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) inner: Arc<lava_flow::Buffer>,
+    /// The buffer mapped into CUDA, made on the first export and kept: every capsule shares it.
+    cuda: Mutex<Option<Arc<CudaBuffer<'static>>>>,
+}
+
+/// Where a view's bytes are for DLPack: CUDA device memory, or host memory (host-visible
+/// buffers).
+pub enum Placement {
+    /// A CUDA device pointer of this device, and the mapping that keeps it valid.
+    Cuda(Arc<CudaDevice>, Arc<CudaBuffer<'static>>),
+    /// The host address of the Vulkan mapping, and the buffer that keeps it valid.
+    Host(*mut u8, Arc<lava_flow::Buffer>),
+}
+
+impl Buffer {
+    pub(crate) fn new(shared: Arc<Shared>, buffer: lava_flow::Buffer) -> Self {
+        Buffer { shared, inner: Arc::new(buffer), cuda: Mutex::new(None) }
+    }
+
+    fn host_visible(&self) -> bool {
+        matches!(self.inner.location(), Some(lava_flow::MemoryLocation::HostVisible { .. }))
+    }
+
+    /// Where DLPack and the CUDA array interface find the bytes: host memory for host-visible
+    /// buffers, otherwise the buffer mapped into CUDA (on first use).
+    pub(crate) fn placement(&self) -> lava_flow::Result<Placement> {
+        if self.host_visible() {
+            let ptr = self.inner.mapped_ptr().ok_or_else(|| lava_flow::Error::Unsupported {
+                what: "this host-visible buffer has no host mapping".into(),
+            })?;
+            return Ok(Placement::Host(ptr.as_ptr(), Arc::clone(&self.inner)));
+        }
+        let device = self.shared.cuda(self.inner.device_id())?;
+        let mut cached = self.cuda.lock().unwrap_or_else(PoisonError::into_inner);
+        let view = match &*cached {
+            Some(view) => Arc::clone(view),
+            None => {
+                let view = Arc::new(device.ctx.import_buffer_owned(Arc::clone(&self.inner))?);
+                *cached = Some(Arc::clone(&view));
+                view
+            }
+        };
+        Ok(Placement::Cuda(device, view))
+    }
+
+    /// The whole buffer as one dimension of bytes.
+    fn bytes_layout(&self) -> dlpack::Layout {
+        dlpack::Layout {
+            dtype: DType::BYTES,
+            shape: vec![self.inner.size() as i64],
+            strides: vec![1],
+            offset: 0,
+        }
+    }
+}
+
+#[pymethods]
+impl Buffer {
+    /// The size in bytes.
+    #[getter]
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    /// The offset of the buffer in its `VkDeviceMemory` (what importers add).
+    #[getter]
+    fn offset(&self) -> u64 {
+        self.inner.offset()
+    }
+
+    /// The size of the `VkDeviceMemory` an export refers to.
+    #[getter]
+    fn allocation_size(&self) -> u64 {
+        self.inner.allocation_size()
+    }
+
+    /// Whether the buffer has a `VkDeviceMemory` of its own.
+    #[getter]
+    fn dedicated(&self) -> bool {
+        self.inner.is_dedicated()
+    }
+
+    /// Whether the memory can be exported.
+    #[getter]
+    fn exportable(&self) -> bool {
+        self.inner.is_exportable()
+    }
+
+    /// The Vulkan device.
+    #[getter]
+    fn device_id(&self) -> u32 {
+        self.inner.device_id()
+    }
+
+    /// Where the buffer was allocated.
+    #[getter]
+    fn location(&self) -> Option<MemoryLocation> {
+        self.inner.location().and_then(MemoryLocation::from_rust)
+    }
+
+    /// Copies `data` (bytes, a numpy array, anything with the buffer protocol, C-contiguous) to
+    /// `offset`; the copy has landed when this returns.
+    #[pyo3(signature = (data, offset = 0))]
+    fn write(&self, data: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
+        bytes::with_bytes(data, |b| self.inner.write(offset, b))?.or_raise()
+    }
+
+    /// Reads `size` bytes (default: to the end) from `offset`, as `bytes`.
+    #[pyo3(signature = (size = None, offset = 0))]
+    fn read<'py>(&self, py: Python<'py>, size: Option<u64>, offset: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let size = match size {
+            Some(s) => s,
+            None => self.inner.size().checked_sub(offset).ok_or_else(|| {
+                crate::errors::to_py(lava_flow::Error::OutOfRange { offset, len: 0, size: self.inner.size() })
+            })?,
+        };
+        let len = usize::try_from(size).map_err(|_| PyValueError::new_err("size too large"))?;
+        let mut result = Ok(());
+        let out = PyBytes::new_with(py, len, |b| {
+            result = self.inner.read(offset, b);
+            Ok(())
+        })?;
+        result.or_raise()?;
+        Ok(out)
+    }
+
+    /// Reads into `out` (a writable bytes-like object, e.g. a numpy array), from `offset`, as
+    /// many bytes as `out` holds.
+    #[pyo3(signature = (out, offset = 0))]
+    fn read_into(&self, out: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
+        bytes::with_bytes_mut(out, |b| self.inner.read(offset, b))?.or_raise()
+    }
+
+    /// A new file descriptor of the buffer's whole `VkDeviceMemory` (opaque fd): yours to pass
+    /// on or to close (`os.close`). Importers need `descriptor()` too.
+    fn export_fd(&self) -> PyResult<i32> {
+        use std::os::fd::IntoRawFd;
+        Ok(self.inner.export_fd().or_raise()?.into_raw_fd())
+    }
+
+    /// What an importer needs beside the fd: `offset`, `size`, `allocation_size`,
+    /// `memory_type_index`, `dedicated`, `device_uuid`, `driver_uuid`.
+    fn descriptor<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let desc = self.inner.descriptor();
+        let d = PyDict::new(py);
+        d.set_item("offset", desc.offset)?;
+        d.set_item("size", desc.size)?;
+        d.set_item("allocation_size", desc.allocation_size)?;
+        d.set_item("memory_type_index", desc.memory_type_index)?;
+        d.set_item("dedicated", desc.dedicated)?;
+        d.set_item("device_uuid", desc.device_uuid.to_string())?;
+        d.set_item("driver_uuid", desc.driver_uuid.to_string())?;
+        Ok(d)
+    }
+
+    /// A typed view of the bytes: `dtype` (`"float32"`, `numpy.float32`, `torch.float32`, ...),
+    /// `shape`, `strides` in elements (default: C order) and a byte `offset` (a multiple of the
+    /// element size). Checked against the buffer's size; the view keeps the buffer alive.
+    #[pyo3(signature = (dtype, shape, strides = None, offset = 0))]
+    fn as_array(
+        slf: &Bound<'_, Self>,
+        dtype: &Bound<'_, PyAny>,
+        shape: Vec<i64>,
+        strides: Option<Vec<i64>>,
+        offset: u64,
+    ) -> PyResult<ArrayView> {
+        let layout =
+            dlpack::Layout::new(DType::from_py(dtype)?, shape, strides, offset, slf.get().inner.size())?;
+        Ok(ArrayView { buffer: slf.clone().unbind(), layout })
+    }
+
+    /// DLPack export of the whole buffer as bytes (uint8); see `ArrayView.__dlpack__`.
+    #[pyo3(signature = (*, stream = None, max_version = None, dl_device = None, copy = None))]
+    fn __dlpack__(
+        &self,
+        py: Python<'_>,
+        stream: Option<Bound<'_, PyAny>>,
+        max_version: Option<(u32, u32)>,
+        dl_device: Option<(u32, i32)>,
+        copy: Option<bool>,
+    ) -> PyResult<Py<PyAny>> {
+        dlpack::export(py, self, &self.bytes_layout(), stream.as_ref(), max_version, dl_device, copy)
+    }
+
+    /// `(device_type, device_id)`: `(2, ordinal)` (CUDA) for GPU memory, `(1, 0)` (CPU) for
+    /// host-visible memory.
+    fn __dlpack_device__(&self) -> PyResult<(u32, i32)> {
+        dlpack::device(self)
+    }
+
+    /// Version 3 of the CUDA array interface, of the whole buffer as bytes.
+    #[getter]
+    fn __cuda_array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        dlpack::cuda_array_interface(py, self, &self.bytes_layout())
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.size() as usize
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Buffer(size={}, offset={}, location={}, dedicated={})",
+            self.inner.size(),
+            self.inner.offset(),
+            self.location().map_or("None (imported)".into(), |l| l.python_repr()),
+            if self.inner.is_dedicated() { "True" } else { "False" }
+        )
+    }
+}
+
+/// A typed view of a `Buffer` (`Buffer.as_array`): what DLPack and the CUDA array interface
+/// describe to consumers. It keeps the buffer alive.
+#[pyclass(module = "lava_flow", frozen)]
+pub struct ArrayView {
+    buffer: Py<Buffer>,
+    layout: dlpack::Layout,
+}
+
+#[pymethods]
+impl ArrayView {
+    /// The buffer viewed.
+    #[getter]
+    fn buffer(&self, py: Python<'_>) -> Py<Buffer> {
+        self.buffer.clone_ref(py)
+    }
+
+    /// The element type's name.
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.layout.dtype.name
+    }
+
+    /// The shape.
+    #[getter]
+    fn shape(&self) -> Vec<i64> {
+        self.layout.shape.clone()
+    }
+
+    /// The strides, in elements.
+    #[getter]
+    fn strides(&self) -> Vec<i64> {
+        self.layout.strides.clone()
+    }
+
+    /// The byte offset in the buffer.
+    #[getter]
+    fn offset(&self) -> u64 {
+        self.layout.offset
+    }
+
+    /// A DLPack capsule of the view, per the Python array API: `max_version` of `(1, x)` or more
+    /// gets a versioned capsule (`dltensor_versioned`), otherwise the legacy one (`dltensor`).
+    /// `stream` (CUDA): `None` orders the legacy default stream after lava-flow's pending work
+    /// (`TimelineSemaphore.cuda_wait` with no stream), `-1` orders nothing, `0` is refused, any
+    /// other value is a stream made to wait for that work with an event. The capsule keeps the
+    /// CUDA mapping, the external memory and the Vulkan memory alive until its consumer lets go.
+    /// Without CUDA (for GPU memory) it raises `BufferError` saying why.
+    #[pyo3(signature = (*, stream = None, max_version = None, dl_device = None, copy = None))]
+    fn __dlpack__(
+        &self,
+        py: Python<'_>,
+        stream: Option<Bound<'_, PyAny>>,
+        max_version: Option<(u32, u32)>,
+        dl_device: Option<(u32, i32)>,
+        copy: Option<bool>,
+    ) -> PyResult<Py<PyAny>> {
+        dlpack::export(py, self.buffer.get(), &self.layout, stream.as_ref(), max_version, dl_device, copy)
+    }
+
+    /// As `Buffer.__dlpack_device__`.
+    fn __dlpack_device__(&self) -> PyResult<(u32, i32)> {
+        dlpack::device(self.buffer.get())
+    }
+
+    /// Version 3 of the CUDA array interface: the device pointer, shape, `typestr`, strides in
+    /// bytes (`None` when C-contiguous) and `stream`: lava-flow's stream, which the consumer
+    /// synchronizes with. `AttributeError` (so `hasattr` is false) for host memory or without
+    /// CUDA, saying why.
+    #[getter]
+    fn __cuda_array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        dlpack::cuda_array_interface(py, self.buffer.get(), &self.layout)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ArrayView(dtype={}, shape={:?}, strides={:?}, offset={})",
+            self.layout.dtype.name, self.layout.shape, self.layout.strides, self.layout.offset
+        )
+    }
+}

@@ -1,0 +1,29 @@
+//! The Python module `lava_flow`: lava-flow's allocator, buffers and timeline semaphores, and
+//! zero-copy sharing of its buffers with PyTorch, CuPy and JAX through DLPack and the CUDA array
+//! interface. Guide: `docs/python.md`; tests: `crates/lava-flow-py/tests` (pytest).
+
+mod allocator;
+mod buffer;
+mod bytes;
+mod cuda_view;
+mod dlpack;
+mod dtype;
+mod errors;
+mod semaphore;
+mod stream;
+
+use pyo3::prelude::*;
+
+/// The module.
+#[pymodule(name = "lava_flow")]
+fn lava_flow_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<allocator::MemoryAllocator>()?;
+    m.add_class::<allocator::MemoryLocation>()?;
+    m.add_class::<buffer::Buffer>()?;
+    m.add_class::<buffer::ArrayView>()?;
+    m.add_class::<semaphore::TimelineSemaphore>()?;
+    m.add_class::<cuda_view::CudaView>()?;
+    errors::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,183 @@
+"""GPU tier: lava-flow buffers in PyTorch, CuPy and JAX without copies, in both directions,
+ordered by timeline semaphores on the GPU. Skips where CUDA or a library is missing; fails
+instead under LAVA_FLOW_REQUIRE_GPU=1."""
+
+import gc
+import os
+import time
+
+import pytest
+
+import lava_flow
+from conftest import assert_bytes_equal, import_or_need, need, poison, random_bytes
+
+# JAX would otherwise take 75% of the GPU at its first use, beside torch and cupy.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+np = pytest.importorskip("numpy")
+
+
+@pytest.fixture
+def torch(cuda_allocator):
+    torch = import_or_need("torch")
+    need(None if torch.cuda.is_available() else "torch.cuda.is_available() is False", "no CUDA in torch")
+    return torch
+
+
+def plus_one(data: bytes) -> bytes:
+    return (np.frombuffer(data, np.uint8) + np.uint8(1)).tobytes()
+
+
+def test_vulkan_writes_torch_reads_torch_writes_vulkan_reads(cuda_allocator, torch):
+    n = 1 << 20
+    buffer = cuda_allocator.allocate(n)
+    buffer.write(poison(n))
+    data = random_bytes(n)
+    buffer.write(data)
+    t = torch.from_dlpack(buffer)
+    assert t.device.type == "cuda" and t.dtype == torch.uint8 and tuple(t.shape) == (n,)
+    assert t.data_ptr() == buffer.__cuda_array_interface__["data"][0], "zero-copy: the same memory"
+    assert_bytes_equal(t.cpu().numpy().tobytes(), data, "Vulkan → torch")
+    t.add_(1)
+    torch.cuda.synchronize()
+    assert_bytes_equal(buffer.read(), plus_one(data), "torch add_ → Vulkan")
+
+
+def test_typed_views_at_offsets_in_torch(cuda_allocator, torch):
+    buffer = cuda_allocator.allocate(256 + 4 * 64 * 64 + 256)
+    buffer.write(poison(buffer.size))
+    values = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32)
+    buffer.write(values, 256)
+    t = torch.from_dlpack(buffer.as_array(torch.float32, [64, 64], offset=256))
+    np.testing.assert_array_equal(t.cpu().numpy(), values)
+    transposed = torch.from_dlpack(buffer.as_array("float32", [64, 64], strides=[1, 64], offset=256))
+    np.testing.assert_array_equal(transposed.cpu().numpy(), values.T)
+    t.mul_(3)
+    torch.cuda.synchronize()
+    out = np.empty((64, 64), np.float32)
+    buffer.read_into(out, 256)
+    np.testing.assert_array_equal(out, values * np.float32(3))
+    assert_bytes_equal(buffer.read(256), poison(256), "the bytes before the view")
+    assert_bytes_equal(buffer.read(256, 256 + 4 * 64 * 64), poison(256), "the bytes after the view")
+
+
+def test_the_tensor_outlives_the_python_buffer(cuda_allocator, torch):
+    before = cuda_allocator.stats()["buffers"]
+    buffer = cuda_allocator.allocate(1 << 20, dedicated=True)
+    data = random_bytes(1 << 20)
+    buffer.write(data)
+    t = torch.from_dlpack(buffer.as_array("uint8", [1 << 20]))
+    del buffer
+    gc.collect()
+    assert cuda_allocator.stats()["buffers"] == before + 1, "the capsule's consumer holds the buffer"
+    t.add_(1)
+    torch.cuda.synchronize()
+    assert_bytes_equal(t.cpu().numpy().tobytes(), plus_one(data), "used after the buffer's Python object died")
+    del t
+    gc.collect()
+    torch.cuda.synchronize()
+    assert cuda_allocator.stats()["buffers"] == before, "the last consumer gone, the memory is freed"
+
+
+def test_a_non_default_torch_stream_is_ordered_by_a_timeline(cuda_allocator, torch):
+    n = 1 << 22
+    buffer = cuda_allocator.allocate(n)
+    buffer.write(poison(n))
+    sem = cuda_allocator.timeline_semaphore()
+    # Before anything waits for the host: creating a stream synchronizes the device (see
+    # docs/python.md, "Waiting on the GPU for the host").
+    s = torch.cuda.Stream()
+    sem.cuda_wait(1)  # lava-flow's stream waits, on the GPU, for value 1
+    with torch.cuda.stream(s):
+        t = torch.from_dlpack(buffer)  # passes s: s is made to wait for lava-flow's stream
+        copy = t.clone()  # queued on s
+    time.sleep(0.2)
+    assert not s.query(), "the torch stream waits for the semaphore"
+    data = random_bytes(n)
+    buffer.write(data)  # Vulkan writes
+    sem.signal(1)
+    s.synchronize()
+    assert_bytes_equal(copy.cpu().numpy().tobytes(), data, "the clone ran after Vulkan's write")
+    # The other way: torch writes on s, signals on s; the host (Vulkan) waits, then reads.
+    with torch.cuda.stream(s):
+        t.fill_(7)
+        sem.cuda_signal(2, s)
+    sem.wait(2, timeout=10)
+    assert_bytes_equal(buffer.read(), bytes([7]) * n, "Vulkan reads after torch's signal")
+
+
+def test_stream_arguments_follow_the_array_api(cuda_allocator):
+    buffer = cuda_allocator.allocate(4096)
+    buffer.__dlpack__(stream=-1)
+    buffer.__dlpack__(stream=None)
+    buffer.__dlpack__(stream=1, max_version=(1, 0))
+    with pytest.raises(ValueError, match="0"):
+        buffer.__dlpack__(stream=0)
+    assert buffer.__dlpack_device__()[0] == 2
+    cai = buffer.as_array("float32", [32, 32]).__cuda_array_interface__
+    assert cai["version"] == 3 and cai["shape"] == (32, 32) and cai["typestr"] == "<f4" and cai["strides"] is None
+    assert cai["stream"] not in (None, 0)
+    assert buffer.as_array("float32", [32, 32], strides=[1, 32]).__cuda_array_interface__["strides"] == (4, 128)
+
+
+def test_semaphores_export_on_the_gpu(cuda_allocator):
+    fd = cuda_allocator.timeline_semaphore().export_fd()
+    os.fstat(fd)
+    os.close(fd)
+
+
+def test_cupy_through_dlpack_and_the_cuda_array_interface(cuda_allocator):
+    cp = import_or_need("cupy")
+    buffer = cuda_allocator.allocate(4 * 1000)
+    values = np.random.default_rng(5).standard_normal(1000).astype(np.float32)
+    buffer.write(values)
+    a = cp.from_dlpack(buffer.as_array("float32", [1000]))
+    np.testing.assert_array_equal(cp.asnumpy(a), values)
+    b = cp.asarray(buffer.as_array("float32", [1000]))  # __cuda_array_interface__
+    assert b.data.ptr == a.data.ptr, "both zero-copy"
+    b += 1
+    cp.cuda.runtime.deviceSynchronize()
+    out = np.empty(1000, np.float32)
+    buffer.read_into(out)
+    np.testing.assert_array_equal(out, values + np.float32(1))
+    # CuPy's memory as a borrowed view, copied into Vulkan memory on the GPU.
+    src = cp.arange(1000, dtype=cp.float32)
+    view = cuda_allocator.wrap_cuda(src)
+    view.copy_to(buffer)
+    buffer.read_into(out)
+    np.testing.assert_array_equal(out, np.arange(1000, dtype=np.float32))
+
+
+def test_jax_reads_vulkan_memory(cuda_allocator):
+    jax = import_or_need("jax")
+    import jax.dlpack
+
+    need(None if jax.devices()[0].platform == "gpu" else f"JAX runs on {jax.devices()[0].platform}", "no GPU in JAX")
+    buffer = cuda_allocator.allocate(4 * 1024)
+    values = np.random.default_rng(9).standard_normal(1024).astype(np.float32)
+    buffer.write(values)
+    x = jax.dlpack.from_dlpack(buffer.as_array("float32", [1024]))
+    np.testing.assert_array_equal(np.asarray(x), values)
+    np.testing.assert_array_equal(np.asarray((x * 2).block_until_ready()), values * np.float32(2))
+
+
+def test_a_torch_tensor_is_a_borrowed_view_that_cannot_go_to_vulkan(cuda_allocator, torch):
+    src = torch.randint(0, 256, (100_000,), dtype=torch.uint8, device="cuda")
+    view = cuda_allocator.wrap_cuda(src)
+    assert view.ptr == src.data_ptr() and view.size == 100_000 and view.device_id == 0
+    with pytest.raises(lava_flow.UnsupportedError, match="cannot be exported to Vulkan.*from_dlpack"):
+        view.export_fd()
+    buffer = cuda_allocator.allocate(100_000)
+    buffer.write(poison(100_000))
+    view.copy_to(buffer)
+    assert_bytes_equal(buffer.read(), src.cpu().numpy().tobytes(), "torch → Vulkan, GPU copy")
+    data = random_bytes(100_000)
+    buffer.write(data)
+    view.copy_from(buffer)
+    torch.cuda.synchronize()
+    assert_bytes_equal(src.cpu().numpy().tobytes(), data, "Vulkan → torch, GPU copy")
+    del src
+    gc.collect()
+    assert_bytes_equal(view.read(), data, "the view keeps the tensor alive")
+    with pytest.raises(BufferError, match="C-contiguous"):
+        cuda_allocator.wrap_cuda(torch.zeros((10, 10), device="cuda").t())
