@@ -166,7 +166,7 @@ fn opencl_report(d: &DeviceInfo) -> ApiReport {
                         opencl::EXTERNAL_SEMAPHORE_OPAQUE_FD,
                         has(opencl::EXTERNAL_SEMAPHORE_OPAQUE_FD)
                     ),
-                    "lava-flow imports: buffers (whole allocation, sub-buffer where aligned), binary semaphores".into(),
+                    "lava-flow imports: buffers (whole allocation, sub-buffer where aligned), 2-D images of one level, binary semaphores".into(),
                 ],
             }
         }

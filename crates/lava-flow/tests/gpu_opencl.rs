@@ -115,6 +115,90 @@ fn kernels_transform_vulkan_buffers_at_offsets_and_dedicated() {
     assert!(e.to_string().contains("clBuildProgram"), "{e}");
 }
 
+/// Copies an image texel by texel through `read_image*` and `write_image*`, over `n` texels of
+/// rows `width` long (1-D launch).
+const IMAGE_COPY: &str = r#"
+__constant sampler_t nearest = CLK_NORMALIZED_COORDS_FALSE | CLK_ADDRESS_NONE | CLK_FILTER_NEAREST;
+__kernel void copy_f(__read_only image2d_t src, __write_only image2d_t dst, uint width, uint n) {
+    uint i = get_global_id(0);
+    if (i < n) { int2 p = (int2)(i % width, i / width); write_imagef(dst, p, read_imagef(src, nearest, p)); }
+}
+__kernel void copy_u(__read_only image2d_t src, __write_only image2d_t dst, uint width, uint n) {
+    uint i = get_global_id(0);
+    if (i < n) { int2 p = (int2)(i % width, i / width); write_imageui(dst, p, read_imageui(src, nearest, p)); }
+}
+"#;
+
+/// Every format OpenCL has: Vulkan writes an image and OpenCL reads it; OpenCL writes it and
+/// Vulkan reads it; a kernel copies it into a second image through `read_image*`/`write_image*`
+/// and Vulkan reads that. Every byte, poisoned destinations. What OpenCL cannot import is a
+/// typed error that says why.
+#[test]
+fn images_of_every_format_both_ways_and_through_a_kernel() {
+    use lava_flow::{ImageDesc, ImageFormat, ImageTiling};
+    let mut v = Validated::new();
+    let Some(ctx) = opencl_or_skip(&v, "images") else { return };
+    let queue = ctx.queue().expect("queue");
+    let program = ctx.build(IMAGE_COPY).expect("build");
+    let (width, height) = (67u32, 33u32);
+    let mut imported = Vec::new();
+    for format in ImageFormat::ALL {
+        let desc = ImageDesc::new(format, width, height);
+        let (a, b) = (v.allocate_image(0, desc).expect("image"), v.allocate_image(0, desc).expect("image"));
+        let (cl_a, cl_b) = match (ctx.import_image(&a), ctx.import_image(&b)) {
+            (Ok(x), Ok(y)) => (x, y),
+            (Err(e), _) | (_, Err(e)) => {
+                assert!(matches!(e, Error::Unsupported { .. }), "{format:?}: a typed error: {e}");
+                // OpenCL requires every other format of this list for read-write images.
+                assert_eq!(format, ImageFormat::Rg8Unorm, "{format:?} must import: {e}");
+                println!("{format:?}: {e}");
+                continue;
+            }
+        };
+        let len = desc.level_size(0) as usize;
+        let data = common::texel_data(format, len);
+        a.write_level(0, &data).expect("Vulkan write");
+        let mut out = poisoned(len);
+        cl_a.read(&queue, &mut out).expect("OpenCL read");
+        assert_bytes_eq(&out, &data, &format!("{format:?}: Vulkan → OpenCL"));
+        let data = common::texel_data(format, len);
+        cl_a.write(&queue, &data).expect("OpenCL write");
+        let mut out = poisoned(len);
+        a.read_level(0, &mut out).expect("Vulkan read");
+        assert_bytes_eq(&out, &data, &format!("{format:?}: OpenCL → Vulkan"));
+        b.write_level(0, &poisoned(len)).expect("poison");
+        let name = if format == ImageFormat::R32Uint { "copy_u" } else { "copy_f" };
+        let mut kernel = program.kernel(name).expect("kernel");
+        kernel.arg_image(0, &cl_a).expect("arg 0");
+        kernel.arg_image(1, &cl_b).expect("arg 1");
+        kernel.arg_u32(2, width).expect("arg 2");
+        kernel.arg_u32(3, width * height).expect("arg 3");
+        queue.acquire(&[&cl_a, &cl_b]).expect("acquire");
+        queue.launch(&kernel, (width * height) as usize, None).expect("launch");
+        queue.release(&[&cl_a, &cl_b]).expect("release");
+        queue.finish().expect("finish");
+        let mut out = poisoned(len);
+        b.read_level(0, &mut out).expect("Vulkan read");
+        assert_bytes_eq(&out, &data, &format!("{format:?}: OpenCL kernel copy → Vulkan"));
+        // A write of the wrong size is refused before OpenCL sees it.
+        assert!(matches!(cl_a.write(&queue, &data[1..]), Err(Error::InvalidArgument(_))));
+        imported.push(format);
+    }
+    println!("OpenCL imported {imported:?}");
+    // Levels and the other tiling are refused with a reason.
+    let mipped =
+        v.allocate_image(0, ImageDesc::new(ImageFormat::Rgba8Unorm, 64, 64).mip_levels(3)).expect("image");
+    let e = ctx.import_image(&mipped).expect_err("mip levels");
+    assert!(matches!(e, Error::Unsupported { .. }) && e.to_string().contains("mip levels"), "{e}");
+    let linear = ImageDesc::new(ImageFormat::Rgba8Unorm, 64, 64).tiling(ImageTiling::Linear);
+    if let Ok(linear) = v.allocate_image(0, linear) {
+        match ctx.import_image(&linear) {
+            Ok(_) => println!("the device imports opaque-fd images as linear ones"),
+            Err(e) => assert!(e.to_string().contains("tiling"), "{e}"),
+        }
+    }
+}
+
 #[test]
 fn a_thousand_import_release_cycles_leak_nothing() {
     let mut v = Validated::new();

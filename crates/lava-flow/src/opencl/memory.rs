@@ -247,31 +247,59 @@ impl Drop for ClBuffer<'_> {
     }
 }
 
+/// An OpenCL memory object made from lava-flow memory ([`ClBuffer`], [`ClImage`]): what
+/// [`Queue::acquire`] and [`Queue::release`] take. Sealed: only lava-flow's imports are.
+pub trait ExternalObject: sealed::Sealed {
+    /// The context and the memory object that was imported.
+    #[doc(hidden)]
+    fn imported(&self) -> (&Context, sys::cl_mem);
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::ClBuffer<'_> {}
+    impl Sealed for super::super::ClImage<'_> {}
+}
+
+impl ExternalObject for ClBuffer<'_> {
+    fn imported(&self) -> (&Context, sys::cl_mem) {
+        (self.ctx, self.imported)
+    }
+}
+
+impl ExternalObject for super::ClImage<'_> {
+    fn imported(&self) -> (&Context, sys::cl_mem) {
+        (self.ctx, self.mem)
+    }
+}
+
 impl Queue<'_> {
-    /// Enqueues `clEnqueueAcquireExternalMemObjectsKHR` for `buffers`: commands enqueued after
-    /// it may use them.
-    pub fn acquire(&self, buffers: &[&ClBuffer<'_>]) -> Result<()> {
-        self.external(buffers, self.ctx.acquire, "clEnqueueAcquireExternalMemObjectsKHR")
+    /// Enqueues `clEnqueueAcquireExternalMemObjectsKHR` for `objects` (buffers and images):
+    /// commands enqueued after it may use them.
+    pub fn acquire(&self, objects: &[&dyn ExternalObject]) -> Result<()> {
+        self.external(objects, self.ctx.acquire, "clEnqueueAcquireExternalMemObjectsKHR")
     }
 
-    /// Enqueues `clEnqueueReleaseExternalMemObjectsKHR` for `buffers`, after the commands that
+    /// Enqueues `clEnqueueReleaseExternalMemObjectsKHR` for `objects`, after the commands that
     /// used them.
-    pub fn release(&self, buffers: &[&ClBuffer<'_>]) -> Result<()> {
-        self.external(buffers, self.ctx.release, "clEnqueueReleaseExternalMemObjectsKHR")
+    pub fn release(&self, objects: &[&dyn ExternalObject]) -> Result<()> {
+        self.external(objects, self.ctx.release, "clEnqueueReleaseExternalMemObjectsKHR")
     }
 
     fn external(
         &self,
-        buffers: &[&ClBuffer<'_>],
+        objects: &[&dyn ExternalObject],
         f: sys::ExternalMemObjectsFn,
         call: &'static str,
     ) -> Result<()> {
-        for b in buffers {
-            if !std::ptr::eq(b.ctx, self.ctx) {
-                return Err(Error::InvalidArgument(format!("{call}: a buffer of another OpenCL context")));
+        let mut mems = Vec::with_capacity(objects.len());
+        for o in objects {
+            let (ctx, mem) = o.imported();
+            if !std::ptr::eq(ctx, self.ctx) {
+                return Err(Error::InvalidArgument(format!("{call}: an object of another OpenCL context")));
             }
+            mems.push(mem);
         }
-        let mems: Vec<sys::cl_mem> = buffers.iter().map(|b| b.imported).collect();
         // SAFETY: the extension function of this context's platform; live memory objects of
         // this context, imported from external memory; no events.
         check(call, unsafe {

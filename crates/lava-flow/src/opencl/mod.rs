@@ -13,12 +13,14 @@
 //! # Ok(()) }
 //! ```
 
+mod image;
 mod memory;
 mod program;
 mod semaphore;
 mod sys;
 
-pub use memory::{ClBuffer, Queue};
+pub use image::ClImage;
+pub use memory::{ClBuffer, ExternalObject, Queue};
 pub use program::{Kernel, Program};
 pub use semaphore::ClSemaphore;
 

@@ -105,6 +105,13 @@ impl Kernel<'_> {
         self.set(index, std::mem::size_of::<sys::cl_mem>(), (&raw const mem).cast())
     }
 
+    /// Sets argument `index` to `image` (an `image2d_t` parameter).
+    pub fn arg_image(&mut self, index: u32, image: &super::ClImage<'_>) -> Result<()> {
+        let mem = image.mem();
+        // SAFETY: a `cl_mem` argument by pointer to a live image object.
+        self.set(index, std::mem::size_of::<sys::cl_mem>(), (&raw const mem).cast())
+    }
+
     /// Sets argument `index` to a `uint`.
     pub fn arg_u32(&mut self, index: u32, value: u32) -> Result<()> {
         self.set(index, 4, (&raw const value).cast())

@@ -47,6 +47,43 @@ pub const CL_DEVICE_HANDLE_LIST_END_KHR: cl_mem_properties = 0;
 /// `cl_khr_external_memory_opaque_fd`.
 pub const CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR: cl_mem_properties = 0x2060;
 
+/// Images (`CL/cl.h`): the device query, the 2-D type, channel orders and data types.
+pub const CL_DEVICE_IMAGE_SUPPORT: cl_uint = 0x1016;
+pub const CL_MEM_OBJECT_IMAGE2D: cl_uint = 0x10F1;
+pub const CL_R: cl_uint = 0x10B0;
+pub const CL_RG: cl_uint = 0x10B2;
+pub const CL_RGBA: cl_uint = 0x10B5;
+pub const CL_UNORM_INT8: cl_uint = 0x10D2;
+pub const CL_UNSIGNED_INT32: cl_uint = 0x10DC;
+pub const CL_HALF_FLOAT: cl_uint = 0x10DD;
+pub const CL_FLOAT: cl_uint = 0x10DE;
+/// `cl_khr_external_memory`: the handle types a device imports images of as linear ones (all
+/// others are imported in the implementation's optimal layout).
+pub const CL_DEVICE_EXTERNAL_MEMORY_IMPORT_ASSUME_LINEAR_IMAGES_HANDLE_TYPES_KHR: cl_uint = 0x2052;
+
+/// `cl_image_format`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct cl_image_format {
+    pub image_channel_order: cl_uint,
+    pub image_channel_data_type: cl_uint,
+}
+
+/// `cl_image_desc` (its last member is a union of `buffer` and `mem_object`).
+#[repr(C)]
+pub struct cl_image_desc {
+    pub image_type: cl_uint,
+    pub image_width: usize,
+    pub image_height: usize,
+    pub image_depth: usize,
+    pub image_array_size: usize,
+    pub image_row_pitch: usize,
+    pub image_slice_pitch: usize,
+    pub num_mip_levels: cl_uint,
+    pub num_samples: cl_uint,
+    pub mem_object: cl_mem,
+}
+
 /// `cl_khr_semaphore`: the semaphore's type, and the binary type (the only one).
 pub const CL_SEMAPHORE_TYPE_KHR: cl_semaphore_properties_khr = 0x203D;
 pub const CL_SEMAPHORE_TYPE_BINARY_KHR: cl_semaphore_properties_khr = 1;
@@ -143,6 +180,10 @@ functions! {
     clReleaseKernel: fn(cl_kernel) -> cl_int;
     clSetKernelArg: fn(cl_kernel, cl_uint, usize, *const c_void) -> cl_int;
     clEnqueueNDRangeKernel: fn(cl_command_queue, cl_kernel, cl_uint, *const usize, *const usize, *const usize, cl_uint, *const cl_event, *mut cl_event) -> cl_int;
+    clCreateImageWithProperties: fn(cl_context, *const cl_mem_properties, cl_bitfield, *const cl_image_format, *const cl_image_desc, *mut c_void, *mut cl_int) -> cl_mem;
+    clGetSupportedImageFormats: fn(cl_context, cl_bitfield, cl_uint, cl_uint, *mut cl_image_format, *mut cl_uint) -> cl_int;
+    clEnqueueReadImage: fn(cl_command_queue, cl_mem, cl_uint, *const usize, *const usize, usize, usize, *mut c_void, cl_uint, *const cl_event, *mut cl_event) -> cl_int;
+    clEnqueueWriteImage: fn(cl_command_queue, cl_mem, cl_uint, *const usize, *const usize, usize, usize, *const c_void, cl_uint, *const cl_event, *mut cl_event) -> cl_int;
 }
 
 /// The loaded library, or why there is none; looked for once.
@@ -181,6 +222,7 @@ pub(crate) fn check(call: &'static str, status: cl_int) -> Result<()> {
         -5 => ("CL_OUT_OF_RESOURCES", "the device ran out of resources"),
         -6 => ("CL_OUT_OF_HOST_MEMORY", "the host ran out of memory"),
         -11 => ("CL_BUILD_PROGRAM_FAILURE", "the program failed to build"),
+        -10 => ("CL_IMAGE_FORMAT_NOT_SUPPORTED", "the device does not support this image format"),
         -13 => ("CL_MISALIGNED_SUB_BUFFER_OFFSET", "the sub-buffer offset is not aligned for the device"),
         -30 => ("CL_INVALID_VALUE", "an argument has an invalid value"),
         -32 => ("CL_INVALID_PLATFORM", "the platform is not valid"),
@@ -188,6 +230,8 @@ pub(crate) fn check(call: &'static str, status: cl_int) -> Result<()> {
         -34 => ("CL_INVALID_CONTEXT", "the context is not valid"),
         -36 => ("CL_INVALID_COMMAND_QUEUE", "the command queue is not valid"),
         -38 => ("CL_INVALID_MEM_OBJECT", "the memory object is not valid"),
+        -39 => ("CL_INVALID_IMAGE_FORMAT_DESCRIPTOR", "the image format is not valid"),
+        -40 => ("CL_INVALID_IMAGE_SIZE", "the image size is not supported"),
         -44 => ("CL_INVALID_PROGRAM", "the program is not valid"),
         -45 => ("CL_INVALID_PROGRAM_EXECUTABLE", "the program has no executable for the device"),
         -46 => ("CL_INVALID_KERNEL_NAME", "no kernel of that name in the program"),
@@ -199,6 +243,7 @@ pub(crate) fn check(call: &'static str, status: cl_int) -> Result<()> {
         -59 => ("CL_INVALID_OPERATION", "the operation is not valid in this state"),
         -61 => ("CL_INVALID_BUFFER_SIZE", "the buffer size is not valid"),
         -64 => ("CL_INVALID_PROPERTY", "a property is not supported or not valid"),
+        -65 => ("CL_INVALID_IMAGE_DESCRIPTOR", "the image descriptor is not valid"),
         -1001 => ("CL_PLATFORM_NOT_FOUND_KHR", "the ICD loader found no platform"),
         -1142 => ("CL_INVALID_SEMAPHORE_KHR", "the semaphore is not valid"),
         _ => ("", ""),
