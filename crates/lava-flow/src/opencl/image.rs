@@ -65,7 +65,7 @@ impl Context {
                 self.device.name, desc.format
             ),
         };
-        if !self.device_bool(sys::CL_DEVICE_IMAGE_SUPPORT)? {
+        if !self.device_bool(sys::CL_DEVICE_IMAGE_SUPPORT, "clGetDeviceInfo(CL_DEVICE_IMAGE_SUPPORT)")? {
             return Err(unsupported("the device has no image support".into()));
         }
         if desc.mip_levels != 1 {
@@ -131,11 +131,11 @@ impl Context {
     }
 
     /// A `cl_bool` device query.
-    fn device_bool(&self, what: sys::cl_uint) -> Result<bool> {
+    fn device_bool(&self, what: sys::cl_uint, call: &'static str) -> Result<bool> {
         let cl = cl()?;
         let mut value: sys::cl_uint = 0;
         // SAFETY: a cl_bool (cl_uint) query into a cl_uint.
-        check("clGetDeviceInfo", unsafe {
+        check(call, unsafe {
             (cl.clGetDeviceInfo)(
                 self.device.device_id,
                 what,
@@ -155,13 +155,14 @@ impl Context {
         // SAFETY: a size query.
         let status =
             unsafe { (cl.clGetDeviceInfo)(self.device.device_id, query, 0, std::ptr::null_mut(), &mut size) };
-        if status != sys::CL_SUCCESS {
-            // Devices that predate the query assume no linear images.
+        if status != sys::CL_SUCCESS || size < std::mem::size_of::<sys::cl_uint>() {
+            // An empty list (NVIDIA's), or a device that predates the query: no linear images.
             return Ok(false);
         }
         let mut types = vec![0 as sys::cl_uint; size / 4];
+        let call = "clGetDeviceInfo(CL_DEVICE_EXTERNAL_MEMORY_IMPORT_ASSUME_LINEAR_IMAGES_HANDLE_TYPES_KHR)";
         // SAFETY: `types` has room for `size` bytes.
-        check("clGetDeviceInfo", unsafe {
+        let status = unsafe {
             (cl.clGetDeviceInfo)(
                 self.device.device_id,
                 query,
@@ -169,7 +170,8 @@ impl Context {
                 types.as_mut_ptr().cast(),
                 std::ptr::null_mut(),
             )
-        })?;
+        };
+        check(call, status)?;
         Ok(types.contains(&(sys::CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR as sys::cl_uint)))
     }
 
