@@ -117,6 +117,7 @@ pub fn run(options: &Options) -> Result<()> {
         let demo = crate::demo::Options {
             frames,
             buffers: 2,
+            batch: 1,
             frame_bytes: 4 << 20,
             consumer: "opengl".into(),
             device_id: options.device_id,

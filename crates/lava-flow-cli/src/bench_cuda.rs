@@ -474,13 +474,15 @@ fn libc_close(fd: i32) {
     drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
 }
 
-/// e. The demo's pipeline with the CUDA consumer, ping-pong (2 buffers) and a ring of 8,
-/// against its producer alone and its consumer alone (frames/s).
+/// e. The demo's pipeline with the CUDA consumer, ping-pong (2 buffers), a ring of 8, and a
+/// ring of 16 with one hand-off per 8 frames, against its producer alone and its consumer alone
+/// (frames/s).
 fn pipeline_rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
-    let measure = |buffers: u32| -> Result<Vec<crate::demo::Measured>> {
+    let measure = |buffers: u32, batch: u32| -> Result<Vec<crate::demo::Measured>> {
         let demo = crate::demo::Options {
-            frames: if options.quick { 30 } else { 300 },
+            frames: if options.quick { 32 } else { 304 },
             buffers,
+            batch,
             frame_bytes: 4 << 20,
             consumer: "cuda".into(),
             device_id: options.device_id,
@@ -492,7 +494,7 @@ fn pipeline_rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (two, eight) = (measure(2)?, measure(8)?);
+    let (two, eight, batched) = (measure(2, 1)?, measure(8, 1)?, measure(16, 8)?);
     let producer = pick(&two, &|m| m.rate(m.producer_alone).0);
     let consumer = pick(&two, &|m| m.rate(m.consumer_alone).0);
     let group = "Vulkan → CUDA pipeline, 4 MiB frames";
@@ -513,6 +515,11 @@ fn pipeline_rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<
             &base,
             "zero-copy ring of 8 buffers, GPU semaphores".into(),
             pick(&eight, &|m| m.rate(m.zero_copy).0),
+        ),
+        Row::against(
+            &base,
+            "zero-copy ring of 16 buffers, one hand-off per 8 frames".into(),
+            pick(&batched, &|m| m.rate(m.zero_copy).0),
         ),
         Row::against(
             &base,

@@ -23,6 +23,9 @@ pub struct Options {
     pub frames: u32,
     /// Shared frame buffers in the ring (2: ping-pong).
     pub buffers: u32,
+    /// Frames per hand-off: the producer signals, and the consumer waits, once per this many
+    /// frames (1: every frame). `buffers` must be a multiple of it.
+    pub batch: u32,
     pub frame_bytes: u64,
     pub consumer: String,
     pub device_id: u32,
@@ -156,6 +159,16 @@ pub fn measure(options: &Options, quiet: bool) -> Result<Measured> {
     result
 }
 
+/// Where a frame's hand-off happens: the consumer waits for the producer's timeline before the
+/// first frame of a batch, and signals its own after the last.
+#[derive(Debug, Clone, Copy)]
+struct Handoff {
+    /// Wait until `produced` reaches this value first.
+    wait: Option<u64>,
+    /// Signal `consumed` to this value after the frame.
+    signal: Option<u64>,
+}
+
 /// One consumer of the frames: CUDA, OpenGL, OpenCL or Vulkan.
 trait Consumer {
     /// What consumes, for the report (e.g. "OpenGL compute on <renderer>").
@@ -164,7 +177,7 @@ trait Consumer {
     fn gpu_semaphores(&self) -> bool;
     /// Zero-copy: queues "wait until `produced` reaches `f + 1`, checksum the shared frame in
     /// `slot` into shared `sums[f]`, then set `consumed` to `f + 1`", without waiting on the host.
-    fn consume(&mut self, f: u32, slot: usize) -> Result<()>;
+    fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()>;
     /// Staged: uploads frame `f` from host memory into the consumer's own memory and checksums it
     /// into its own sums.
     fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()>;
@@ -189,6 +202,12 @@ fn pipeline(
     }
     if !(2..=16).contains(&options.buffers) {
         return Err(lava_flow::Error::InvalidArgument("2 to 16 shared buffers".into()));
+    }
+    if options.batch == 0 || options.buffers % options.batch != 0 {
+        return Err(lava_flow::Error::InvalidArgument(format!(
+            "--batch {} must divide --buffers {} (a hand-off covers whole groups of buffers)",
+            options.batch, options.buffers
+        )));
     }
     let consumer = match options.consumer.as_str() {
         "auto" => {
@@ -288,16 +307,30 @@ fn run_frames(
         );
     }
 
-    // Zero-copy: the producer runs ahead by at most one buffer.
+    // Zero-copy: the producer runs ahead by at most the ring. One hand-off per batch of frames:
+    // the producer signals after a batch's last frame, the consumer waits before its first. A
+    // batch's frames are all submitted to the producer before the consumer's (consumers that
+    // order through the host wait there for the batch's end).
+    let (batch, frames) = (options.batch, options.frames);
     let start = Instant::now();
-    let mut progress = Progress::new(options.frames, "zero-copy", quiet);
-    for f in 0..options.frames {
-        let slot = (f % buffers) as usize;
-        // The slot's previous frame, `f - buffers`, must be consumed before it is overwritten.
-        let after = (f >= buffers).then(|| (consumed, u64::from(f - buffers + 1)));
-        producer.produce(allocator, f, slot, after, (produced, u64::from(f) + 1))?;
-        consumer.consume(f, slot)?;
-        progress.tick(f + 1);
+    let mut progress = Progress::new(frames, "zero-copy", quiet);
+    for first in (0..frames).step_by(batch as usize) {
+        let end = (first + batch).min(frames);
+        for f in first..end {
+            // The batch that used these slots before, ending at `first - buffers + batch`, must
+            // be consumed before they are overwritten.
+            let after = (f == first && f >= buffers).then(|| (consumed, u64::from(f - buffers + batch)));
+            let signal = (f + 1 == end).then(|| (produced, u64::from(end)));
+            producer.produce(allocator, f, (f % buffers) as usize, after, signal)?;
+        }
+        for f in first..end {
+            let handoff = Handoff {
+                wait: (f == first).then(|| u64::from(end)),
+                signal: (f + 1 == end).then(|| u64::from(end)),
+            };
+            consumer.consume(f, (f % buffers) as usize, handoff)?;
+        }
+        progress.tick(end);
     }
     consumed.wait(u64::from(options.frames), Duration::from_secs(300))?;
     let zero_copy = start.elapsed();
@@ -312,7 +345,7 @@ fn run_frames(
     let mut progress = Progress::new(options.frames, "staging", quiet);
     for f in 0..options.frames {
         let value = u64::from(options.frames + f) + 1;
-        producer.produce(allocator, f, 0, None, (produced, value))?;
+        producer.produce(allocator, f, 0, None, Some((produced, value)))?;
         produced.wait(value, Duration::from_secs(60))?;
         shared.frames[0].read(0, &mut host)?;
         consumer.consume_staged(f, &host)?;
@@ -327,7 +360,7 @@ fn run_frames(
     let start = Instant::now();
     for f in 0..options.frames {
         let value = u64::from(2 * options.frames + f) + 1;
-        producer.produce(allocator, f, (f % buffers) as usize, None, (produced, value))?;
+        producer.produce(allocator, f, (f % buffers) as usize, None, Some((produced, value)))?;
     }
     produced.wait(u64::from(3 * options.frames), Duration::from_secs(300))?;
     let producer_alone = start.elapsed();
@@ -424,6 +457,8 @@ struct Compute {
     /// Workgroups per dispatch.
     groups: u32,
     device_id: u32,
+    /// Submissions so far: which ring entry the next one uses.
+    submitted: std::sync::atomic::AtomicUsize,
 }
 
 const RING: usize = 8;
@@ -572,6 +607,7 @@ impl Compute {
                 fences,
                 groups,
                 device_id,
+                submitted: std::sync::atomic::AtomicUsize::new(0),
             })
         }
     }
@@ -586,10 +622,9 @@ impl Compute {
         push: [u32; 2],
         slot: usize,
         after: Option<(&TimelineSemaphore, u64)>,
-        signal: (&TimelineSemaphore, u64),
+        signal: Option<(&TimelineSemaphore, u64)>,
     ) -> Result<()> {
-        let (produced, value) = signal;
-        let ring = (value as usize) % RING;
+        let ring = self.submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % RING;
         let (cmd, fence) = (self.cmds[ring], self.fences[ring]);
         let d = &self.device;
         // The ring entry was last used RING submissions ago; in steady state that one is long
@@ -633,7 +668,10 @@ impl Compute {
         if let Some((sem, v)) = after {
             submission = submission.wait(sem, v);
         }
-        allocator.submit(self.device_id, &submission.signal(produced, value))
+        if let Some((sem, v)) = signal {
+            submission = submission.signal(sem, v);
+        }
+        allocator.submit(self.device_id, &submission)
     }
 }
 
@@ -657,7 +695,7 @@ impl Producer {
         f: u32,
         slot: usize,
         after: Option<(&TimelineSemaphore, u64)>,
-        signal: (&TimelineSemaphore, u64),
+        signal: Option<(&TimelineSemaphore, u64)>,
     ) -> Result<()> {
         self.pass.run(allocator, [f, self.words], slot, after, signal)
     }
@@ -820,15 +858,22 @@ impl Consumer for GlSide<'_> {
         self.produced.is_gpu_path()
     }
 
-    fn consume(&mut self, f: u32, slot: usize) -> Result<()> {
+    fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()> {
         let (frame, sums) = (&self.frames[slot], &self.sums);
-        self.produced.wait(u64::from(f) + 1, &[frame], &[])?;
+        // A batch's wait and signal cover every frame buffer (the batch's are among them).
+        let all: Vec<&GlBuffer<'_>> = self.frames.iter().chain([sums]).collect();
+        if let Some(v) = handoff.wait {
+            self.produced.wait(v, &all[..all.len() - 1], &[])?;
+        }
         self.dispatch(
             f,
             (frame.gl_buffer(), frame.offset(), frame.size()),
             (sums.gl_buffer(), sums.offset(), sums.size()),
         )?;
-        self.consumed.signal(u64::from(f) + 1, &[frame, sums], &[])
+        match handoff.signal {
+            Some(v) => self.consumed.signal(v, &all, &[]),
+            None => Ok(()),
+        }
     }
 
     fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
@@ -893,7 +938,7 @@ pub mod cuda {
     use lava_flow::cuda::{Context, CudaBuffer, CudaTimeline, DeviceBuffer, DeviceMemory, Module, Stream};
     use lava_flow::{MemoryAllocator, Result};
 
-    use super::{Consumer, Options, Shared};
+    use super::{Consumer, Handoff, Options, Shared};
 
     /// The demo's and the benchmark's kernels (PTX, JIT-compiled by the driver).
     pub const KERNELS: &str = include_str!("kernels.ptx");
@@ -968,11 +1013,16 @@ pub mod cuda {
             true
         }
 
-        fn consume(&mut self, f: u32, slot: usize) -> Result<()> {
-            self.produced.wait(u64::from(f) + 1, &self.stream)?;
+        fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()> {
+            if let Some(v) = handoff.wait {
+                self.produced.wait(v, &self.stream)?;
+            }
             let sum = self.sums.device_ptr() + u64::from(f) * 4;
             launch_checksum(&self.module, &self.stream, self.frames[slot].device_ptr(), self.words, sum)?;
-            self.consumed.signal(u64::from(f) + 1, &self.stream)
+            match handoff.signal {
+                Some(v) => self.consumed.signal(v, &self.stream),
+                None => Ok(()),
+            }
         }
 
         fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
@@ -1075,7 +1125,7 @@ impl<'a> VkSide<'a> {
     /// the value it signals.
     fn dispatch_alone(&mut self, f: u32, slot: usize) -> Result<u64> {
         self.next += 1;
-        self.pass.run(&self.other, [f, self.words], slot, None, (&self.done, self.next))?;
+        self.pass.run(&self.other, [f, self.words], slot, None, Some((&self.done, self.next)))?;
         Ok(self.next)
     }
 }
@@ -1090,21 +1140,25 @@ impl Consumer for VkSide<'_> {
         self.imported_timelines.is_some()
     }
 
-    fn consume(&mut self, f: u32, slot: usize) -> Result<()> {
-        let value = u64::from(f) + 1;
+    fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()> {
         if let Some((produced, consumed)) = &self.imported_timelines {
             return self.pass.run(
                 &self.other,
                 [f, self.words],
                 slot,
-                Some((produced, value)),
-                (consumed, value),
+                handoff.wait.map(|v| (produced, v)),
+                handoff.signal.map(|v| (consumed, v)),
             );
         }
-        self.produced.wait(value, Duration::from_secs(60))?;
+        if let Some(v) = handoff.wait {
+            self.produced.wait(v, Duration::from_secs(60))?;
+        }
         let done = self.dispatch_alone(f, slot)?;
-        self.done.wait(done, Duration::from_secs(60))?;
-        self.consumed.signal(value)
+        if let Some(v) = handoff.signal {
+            self.done.wait(done, Duration::from_secs(60))?;
+            self.consumed.signal(v)?;
+        }
+        Ok(())
     }
 
     fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
@@ -1144,7 +1198,7 @@ mod opencl {
     use lava_flow::opencl::{ClBuffer, Context, Program, Queue};
     use lava_flow::{Buffer, Result, TimelineSemaphore};
 
-    use super::{Consumer, Options, Shared};
+    use super::{Consumer, Handoff, Options, Shared};
 
     const CHECKSUM: &str = r#"
 __kernel void checksum(__global const uint* words, ulong offset, uint count,
@@ -1228,12 +1282,18 @@ __kernel void checksum(__global const uint* words, ulong offset, uint count,
             false
         }
 
-        fn consume(&mut self, f: u32, slot: usize) -> Result<()> {
-            let value = u64::from(f) + 1;
-            self.produced.wait(value, Duration::from_secs(60))?;
+        fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()> {
+            if let Some(v) = handoff.wait {
+                self.produced.wait(v, Duration::from_secs(60))?;
+            }
             self.checksum(f, &self.frames[slot], &self.sums)?;
-            self.queue.finish()?;
-            self.consumed.signal(value)
+            match handoff.signal {
+                Some(v) => {
+                    self.queue.finish()?;
+                    self.consumed.signal(v)
+                }
+                None => Ok(()),
+            }
         }
 
         fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {

@@ -51,6 +51,11 @@ enum Command {
         /// latency of each cross-API semaphore hand-off.
         #[arg(long, default_value_t = 2)]
         buffers: u32,
+        /// Frames per hand-off: the producer signals and the consumer waits once per this many
+        /// frames (1: every frame); must divide --buffers. Batches amortise the cost of each
+        /// cross-API semaphore hand-off.
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
         /// Frame size in KiB.
         #[arg(long, default_value_t = 4096)]
         frame_kib: u64,
@@ -73,9 +78,10 @@ fn main() -> std::process::ExitCode {
             bench::run(&bench::Options { quick, json, device_id: device })
         }
         #[cfg(feature = "opengl")]
-        Command::Demo { frames, buffers, frame_kib, consumer, device } => demo::run(&demo::Options {
+        Command::Demo { frames, buffers, batch, frame_kib, consumer, device } => demo::run(&demo::Options {
             frames,
             buffers,
+            batch,
             frame_bytes: frame_kib * 1024,
             consumer,
             device_id: device,

@@ -65,9 +65,14 @@ fn unknown_commands_fail_with_usage() {
 
 /// Runs the demo with `consumer` under the validation layer; the output, when it succeeded.
 fn demo(consumer: &str, buffers: u32) -> Result<String, String> {
+    demo_batched(consumer, buffers, 1)
+}
+
+/// As `demo`, with one hand-off per `batch` frames.
+fn demo_batched(consumer: &str, buffers: u32, batch: u32) -> Result<String, String> {
     let out = Command::new(exe())
         .args(["demo", "--frames", "12", "--frame-kib", "256", "--consumer", consumer])
-        .args(["--buffers", &buffers.to_string()])
+        .args(["--buffers", &buffers.to_string(), "--batch", &batch.to_string()])
         .env("LAVA_FLOW_VALIDATION", "1")
         .output()
         .expect("run lava-flow demo");
@@ -131,6 +136,18 @@ fn demo_with_the_opencl_consumer() {
     }
 }
 
+/// One semaphore hand-off per batch of frames, each frame still verified: with the OpenGL and
+/// the second-Vulkan-device consumers everywhere, and the default (CUDA on the GPU tier).
+#[test]
+fn demo_hands_off_once_per_batch() {
+    demo_batched("opengl", 8, 4).unwrap_or_else(|e| panic!("{e}"));
+    demo_batched("vulkan", 4, 2).unwrap_or_else(|e| panic!("{e}"));
+    let text = demo_batched("auto", 16, 8).unwrap_or_else(|e| panic!("{e}"));
+    if require_gpu() {
+        assert!(text.contains("→ CUDA kernel on"), "{text}");
+    }
+}
+
 #[test]
 fn demo_refuses_consumers_it_does_not_have() {
     let (ok, _, err) = lava_flow(&["demo", "--consumer", "metal", "--frames", "2"]);
@@ -139,6 +156,9 @@ fn demo_refuses_consumers_it_does_not_have() {
     let (ok, _, err) = lava_flow(&["demo", "--buffers", "1"]);
     assert!(!ok);
     assert!(err.contains("2 to 16 shared buffers"), "{err}");
+    let (ok, _, err) = lava_flow(&["demo", "--buffers", "6", "--batch", "4"]);
+    assert!(!ok);
+    assert!(err.contains("must divide --buffers 6"), "{err}");
     let (ok, _, err) = lava_flow(&["demo", "--frames", "1"]);
     assert!(!ok);
     assert!(err.contains("at least 2 frames"), "{err}");
