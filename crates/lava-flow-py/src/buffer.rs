@@ -3,7 +3,6 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use lava_flow::cuda::CudaBuffer;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -134,14 +133,7 @@ impl Buffer {
                 crate::errors::to_py(lava_flow::Error::OutOfRange { offset, len: 0, size: self.inner.size() })
             })?,
         };
-        let len = usize::try_from(size).map_err(|_| PyValueError::new_err("size too large"))?;
-        let mut result = Ok(());
-        let out = PyBytes::new_with(py, len, |b| {
-            result = self.inner.read(offset, b);
-            Ok(())
-        })?;
-        result.or_raise()?;
-        Ok(out)
+        bytes::new_bytes(py, size, |b| self.inner.read(offset, b))
     }
 
     /// Reads into `out` (a writable bytes-like object, e.g. a numpy array), from `offset`, as

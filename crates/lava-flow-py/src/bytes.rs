@@ -27,6 +27,23 @@ fn byte_view(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<PyBuffer<u8>> {
     PyBuffer::<u8>::get(&bytes)
 }
 
+/// A new `bytes` of `len` bytes that `fill` writes (a read from GPU memory); its error as the
+/// Python exception of its kind.
+pub fn new_bytes<'py>(
+    py: Python<'py>,
+    len: u64,
+    fill: impl FnOnce(&mut [u8]) -> lava_flow::Result<()>,
+) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    let len = usize::try_from(len).map_err(|_| pyo3::exceptions::PyValueError::new_err("size too large"))?;
+    let mut result = Ok(());
+    let out = pyo3::types::PyBytes::new_with(py, len, |b| {
+        result = fill(b);
+        Ok(())
+    })?;
+    result.map_err(crate::errors::to_py)?;
+    Ok(out)
+}
+
 /// Calls `f` with the bytes of `obj`. The GIL stays held, so no Python code changes them
 /// meanwhile.
 pub fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {

@@ -152,13 +152,7 @@ impl CudaView {
     #[pyo3(signature = (size = None, offset = 0))]
     fn read<'py>(&self, py: Python<'py>, size: Option<u64>, offset: u64) -> PyResult<Bound<'py, PyBytes>> {
         let size = size.unwrap_or_else(|| self.memory.size().saturating_sub(offset));
-        let mut result = Ok(());
-        let out = PyBytes::new_with(py, size as usize, |b| {
-            result = self.memory.copy_to_host(offset, b);
-            Ok(())
-        })?;
-        result.or_raise()?;
-        Ok(out)
+        crate::bytes::new_bytes(py, size, |b| self.memory.copy_to_host(offset, b))
     }
 
     /// Copies `data` (bytes-like) to `offset` from the host.

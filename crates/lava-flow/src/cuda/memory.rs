@@ -94,14 +94,7 @@ impl Context {
     /// Errors: [`Error::DeviceMismatch`] for a buffer of another GPU; [`Error::NotExportable`];
     /// CUDA errors as [`Error::Ffi`].
     pub fn import_buffer<'a>(&self, buffer: &'a Buffer) -> Result<CudaBuffer<'a>> {
-        let memory = self.import_block(buffer.block())?;
-        Ok(CudaBuffer {
-            ptr: memory.base + buffer.offset(),
-            memory,
-            size: buffer.size(),
-            _buffer: PhantomData,
-            _owner: None,
-        })
+        self.view(buffer, None)
     }
 
     /// As [`import_buffer`](Context::import_buffer), for a buffer shared through an `Arc`: the
@@ -109,13 +102,18 @@ impl Context {
     /// capsules and anything stored in a long-lived struct need). The mapping is released before
     /// the buffer when the view is dropped.
     pub fn import_buffer_owned(&self, buffer: Arc<Buffer>) -> Result<CudaBuffer<'static>> {
+        self.view(&Arc::clone(&buffer), Some(buffer))
+    }
+
+    /// `buffer` in its block's mapping; `owner` (the same buffer) kept alive by the view.
+    fn view<'a>(&self, buffer: &Buffer, owner: Option<Arc<Buffer>>) -> Result<CudaBuffer<'a>> {
         let memory = self.import_block(buffer.block())?;
         Ok(CudaBuffer {
             ptr: memory.base + buffer.offset(),
             memory,
             size: buffer.size(),
             _buffer: PhantomData,
-            _owner: Some(buffer),
+            _owner: owner,
         })
     }
 

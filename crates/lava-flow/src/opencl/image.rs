@@ -102,14 +102,7 @@ impl Context {
         };
         let fd = image.export_fd()?;
         let mem = crate::fd::give_to_driver(fd, |raw| {
-            let properties = [
-                sys::CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR,
-                raw as sys::cl_mem_properties,
-                sys::CL_DEVICE_HANDLE_LIST_KHR,
-                self.device.device_id as sys::cl_mem_properties,
-                sys::CL_DEVICE_HANDLE_LIST_END_KHR,
-                0,
-            ];
+            let properties = self.import_properties(raw);
             let mut status = 0;
             // SAFETY: a zero-terminated property list with an opaque fd of this device's image
             // memory (checked above); format and descriptor are live locals describing that

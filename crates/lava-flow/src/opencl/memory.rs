@@ -56,14 +56,7 @@ impl Context {
         let fd = buffer.export_fd()?;
         let whole = buffer.allocation_size();
         let imported = crate::fd::give_to_driver(fd, |raw| {
-            let properties = [
-                sys::CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR,
-                raw as sys::cl_mem_properties,
-                sys::CL_DEVICE_HANDLE_LIST_KHR,
-                self.device.device_id as sys::cl_mem_properties,
-                sys::CL_DEVICE_HANDLE_LIST_END_KHR,
-                0,
-            ];
+            let properties = self.import_properties(raw);
             let mut status = 0;
             // SAFETY: a zero-terminated property list with an opaque fd of memory of this
             // device (checked above) and this context's device; no host pointer.
@@ -107,6 +100,19 @@ impl Context {
             view.offset = 0;
         }
         Ok(view)
+    }
+
+    /// The property list of an import of memory (buffer or image) from the opaque fd `raw`, for
+    /// this context's device; zero-terminated.
+    pub(super) fn import_properties(&self, raw: std::os::fd::RawFd) -> [sys::cl_mem_properties; 6] {
+        [
+            sys::CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR,
+            raw as sys::cl_mem_properties,
+            sys::CL_DEVICE_HANDLE_LIST_KHR,
+            self.device.device_id as sys::cl_mem_properties,
+            sys::CL_DEVICE_HANDLE_LIST_END_KHR,
+            0,
+        ]
     }
 
     /// `CL_DEVICE_MEM_BASE_ADDR_ALIGN` in bytes.
