@@ -253,7 +253,7 @@ impl Drop for ClBuffer<'_> {
     }
 }
 
-/// An OpenCL memory object made from lava-flow memory ([`ClBuffer`], [`ClImage`]): what
+/// An OpenCL memory object made from lava-flow memory ([`ClBuffer`], [`ClImage`](super::ClImage)): what
 /// [`Queue::acquire`] and [`Queue::release`] take. Sealed: only lava-flow's imports are.
 pub trait ExternalObject: sealed::Sealed {
     /// The context and the memory object that was imported.
