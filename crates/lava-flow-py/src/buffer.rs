@@ -27,8 +27,9 @@ pub struct Buffer {
 pub enum Placement {
     /// A CUDA device pointer of this device, and the mapping that keeps it valid.
     Cuda(Arc<CudaDevice>, Arc<CudaBuffer<'static>>),
-    /// The host address of the Vulkan mapping, and the buffer that keeps it valid.
-    Host(*mut u8, Arc<lava_flow::Buffer>),
+    /// The host address of the Vulkan mapping (an address, not a pointer: nothing is read
+    /// through it here), and the buffer that keeps it valid.
+    Host(usize, Arc<lava_flow::Buffer>),
 }
 
 impl Buffer {
@@ -47,7 +48,7 @@ impl Buffer {
             let ptr = self.inner.mapped_ptr().ok_or_else(|| lava_flow::Error::Unsupported {
                 what: "this host-visible buffer has no host mapping".into(),
             })?;
-            return Ok(Placement::Host(ptr.as_ptr(), Arc::clone(&self.inner)));
+            return Ok(Placement::Host(ptr.as_ptr() as usize, Arc::clone(&self.inner)));
         }
         let device = self.shared.cuda(self.inner.device_id())?;
         let mut cached = self.cuda.lock().unwrap_or_else(PoisonError::into_inner);

@@ -125,7 +125,7 @@ impl Exporter<'_> {
     fn make<M: ManagedTensorBase>(&self) -> PyResult<Managed<M>> {
         let (base, keep) = match &self.placement {
             Placement::Cuda(_, view) => (view.device_ptr() as usize, Keep::Cuda(Arc::clone(view))),
-            Placement::Host(ptr, buffer) => (*ptr as usize, Keep::Host(Arc::clone(buffer))),
+            Placement::Host(address, buffer) => (*address, Keep::Host(Arc::clone(buffer))),
         };
         let mut tensor = Dynamic::new(self.layout.shape.clone(), self.layout.strides.clone())
             .initialize_as::<M>(Box::new(keep))
@@ -176,14 +176,6 @@ impl DlpackExporter for Exporter<'_> {
     }
 }
 
-/// A [`Placement`] carried out of `Python::detach`: its host pointer is into memory that the
-/// `Arc` beside it keeps mapped, valid on any thread.
-struct SendPlacement(Placement);
-
-// SAFETY: both variants hold `Send + Sync` values besides the host pointer, which addresses
-// mapped memory (not thread-bound) kept alive by the buffer's `Arc` in the same variant.
-unsafe impl Send for SendPlacement {}
-
 /// `__dlpack__` of `layout` over `buffer`.
 pub fn export(
     py: Python<'_>,
@@ -197,7 +189,7 @@ pub fn export(
     let request = ExportRequest::parse(stream, max_version, dl_device, copy)?;
     // The first export maps the buffer into CUDA, which may wait for the GPU: without the GIL,
     // so that a Python thread that signals what the GPU waits for can run.
-    let placement = py.detach(|| buffer.placement().map(SendPlacement)).map(|p| p.0).map_err(|e| {
+    let placement = py.detach(|| buffer.placement()).map_err(|e| {
         PyBufferError::new_err(format!("lava_flow cannot export this buffer through DLPack: {e}"))
     })?;
     export_dlpack(&Exporter { placement, layout }, py, request)
@@ -221,7 +213,7 @@ pub fn cuda_array_interface<'py>(
     layout: &Layout,
 ) -> PyResult<Bound<'py, PyDict>> {
     let no = |why: String| PyAttributeError::new_err(format!("no __cuda_array_interface__: {why}"));
-    let (device, view) = match py.detach(|| buffer.placement().map(SendPlacement)).map(|p| p.0) {
+    let (device, view) = match py.detach(|| buffer.placement()) {
         Ok(Placement::Cuda(device, view)) => (device, view),
         Ok(Placement::Host(..)) => {
             return Err(no(

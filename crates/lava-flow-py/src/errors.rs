@@ -9,28 +9,90 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
-/// The exception classes, by name, with their documentation.
-const CLASSES: [(&str, &str); 9] = [
-    ("LavaFlowError", "Base class of every lava_flow error."),
-    ("DriverError", "A Vulkan, CUDA, OpenCL or GL call failed: the message names the call and the error."),
-    ("UnsupportedError", "The driver or device cannot do this (an export, an import, a location)."),
-    ("LibraryNotFoundError", "A driver library (libvulkan, libcuda, ...) could not be loaded."),
-    ("InvalidArgumentError", "A bad argument: a size of 0 or past the heap, a range outside the buffer, ..."),
-    ("UnknownDeviceError", "No Vulkan device has this device_id."),
-    ("DeviceMismatchError", "An object of one GPU was given to another GPU's API object."),
-    ("OutOfMemoryError", "The heap (or the allocator's heap budget) is full: the message names the heap."),
-    ("TimeoutError", "A wait ran out of time."),
+/// The built-in exception a class also derives from.
+#[derive(Clone, Copy)]
+enum Builtin {
+    Exception,
+    Value,
+    Memory,
+    Timeout,
+}
+
+/// One exception class: its name, its lava_flow parent (`None` for the root), the built-in it
+/// also derives from, and its documentation. Parents come before their children.
+struct Class {
+    name: &'static str,
+    parent: Option<&'static str>,
+    builtin: Option<Builtin>,
+    doc: &'static str,
+}
+
+const fn class(
+    name: &'static str,
+    parent: Option<&'static str>,
+    builtin: Option<Builtin>,
+    doc: &'static str,
+) -> Class {
+    Class { name, parent, builtin, doc }
+}
+
+const ROOT: Option<&str> = Some("LavaFlowError");
+
+const CLASSES: [Class; 9] = [
+    class("LavaFlowError", None, Some(Builtin::Exception), "Base class of every lava_flow error."),
+    class(
+        "DriverError",
+        ROOT,
+        None,
+        "A Vulkan, CUDA, OpenCL or GL call failed: the message names the call and the error.",
+    ),
+    class(
+        "UnsupportedError",
+        ROOT,
+        None,
+        "The driver or device cannot do this (an export, an import, a location).",
+    ),
+    class(
+        "LibraryNotFoundError",
+        Some("UnsupportedError"),
+        None,
+        "A driver library (libvulkan, libcuda, ...) could not be loaded.",
+    ),
+    class(
+        "InvalidArgumentError",
+        ROOT,
+        Some(Builtin::Value),
+        "A bad argument: a size of 0 or past the heap, a range outside the buffer, ...",
+    ),
+    class("UnknownDeviceError", ROOT, Some(Builtin::Value), "No Vulkan device has this device_id."),
+    class(
+        "DeviceMismatchError",
+        ROOT,
+        Some(Builtin::Value),
+        "An object of one GPU was given to another GPU's API object.",
+    ),
+    class(
+        "OutOfMemoryError",
+        ROOT,
+        Some(Builtin::Memory),
+        "The heap (or the allocator's heap budget) is full: the message names the heap.",
+    ),
+    class("TimeoutError", ROOT, Some(Builtin::Timeout), "A wait ran out of time."),
 ];
 
 static TYPES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
+
+fn index(name: &str) -> usize {
+    CLASSES.iter().position(|c| c.name == name).unwrap_or(0)
+}
 
 /// Creates the classes (`type(name, bases, namespace)`, since some have two bases) and adds them
 /// to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     let types = TYPES.get_or_try_init(py, || create(py))?;
-    for ((name, _), ty) in CLASSES.iter().zip(types) {
-        m.add(*name, ty.bind(py))?;
+    for (class, ty) in CLASSES.iter().zip(types) {
+        m.add(class.name, ty.bind(py))?;
     }
     Ok(())
 }
@@ -38,55 +100,51 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 fn create(py: Python<'_>) -> PyResult<Vec<Py<PyType>>> {
     let metatype = py.get_type::<PyType>();
     let mut types: Vec<Py<PyType>> = Vec::with_capacity(CLASSES.len());
-    for (i, (name, doc)) in CLASSES.iter().enumerate() {
-        let bases = if i == 0 {
-            PyTuple::new(py, [py.get_type::<PyException>()])?
-        } else {
-            let base = types[0].bind(py).clone();
-            match *name {
-                "InvalidArgumentError" | "UnknownDeviceError" | "DeviceMismatchError" => {
-                    PyTuple::new(py, [base, py.get_type::<PyValueError>()])?
-                }
-                "OutOfMemoryError" => PyTuple::new(py, [base, py.get_type::<PyMemoryError>()])?,
-                "TimeoutError" => PyTuple::new(py, [base, py.get_type::<PyTimeoutError>()])?,
-                "LibraryNotFoundError" => PyTuple::new(py, [types[2].bind(py).clone()])?,
-                _ => PyTuple::new(py, [base])?,
-            }
-        };
+    for class in &CLASSES {
+        let mut bases = Vec::new();
+        if let Some(parent) = class.parent {
+            bases.push(types[index(parent)].bind(py).clone());
+        }
+        bases.extend(class.builtin.map(|b| match b {
+            Builtin::Exception => py.get_type::<PyException>(),
+            Builtin::Value => py.get_type::<PyValueError>(),
+            Builtin::Memory => py.get_type::<PyMemoryError>(),
+            Builtin::Timeout => py.get_type::<PyTimeoutError>(),
+        }));
         let namespace = PyDict::new(py);
         namespace.set_item("__module__", "lava_flow")?;
-        namespace.set_item("__doc__", *doc)?;
-        let ty = metatype.call1((*name, bases, namespace))?.cast_into::<PyType>()?;
+        namespace.set_item("__doc__", class.doc)?;
+        let ty = metatype.call1((class.name, PyTuple::new(py, bases)?, namespace))?.cast_into::<PyType>()?;
         types.push(ty.unbind());
     }
     Ok(types)
 }
 
-/// The class of `error`'s kind.
-fn class_of(error: &Error) -> usize {
+/// The name of the class of `error`'s kind.
+fn class_of(error: &Error) -> &'static str {
     match error {
-        Error::Ffi { .. } => 1,
+        Error::Ffi { .. } => "DriverError",
         Error::Unsupported { .. }
         | Error::NotExportable { .. }
         | Error::LocationUnavailable { .. }
-        | Error::ValidationLayerMissing => 2,
-        Error::LibraryNotFound { .. } => 3,
+        | Error::ValidationLayerMissing => "UnsupportedError",
+        Error::LibraryNotFound { .. } => "LibraryNotFoundError",
         Error::ZeroSize
         | Error::SizeExceedsHeap { .. }
         | Error::OutOfRange { .. }
-        | Error::InvalidArgument(_) => 4,
-        Error::UnknownDevice { .. } => 5,
-        Error::DeviceMismatch { .. } => 6,
-        Error::OutOfMemory { .. } => 7,
-        Error::Timeout(..) => 8,
-        _ => 0,
+        | Error::InvalidArgument(_) => "InvalidArgumentError",
+        Error::UnknownDevice { .. } => "UnknownDeviceError",
+        Error::DeviceMismatch { .. } => "DeviceMismatchError",
+        Error::OutOfMemory { .. } => "OutOfMemoryError",
+        Error::Timeout(..) => "TimeoutError",
+        _ => "LavaFlowError",
     }
 }
 
 /// `error` as the Python exception of its kind, with its message.
 pub fn to_py(error: Error) -> PyErr {
     Python::attach(|py| match TYPES.get_or_try_init(py, || create(py)) {
-        Ok(types) => PyErr::from_type(types[class_of(&error)].bind(py).clone(), error.to_string()),
+        Ok(types) => PyErr::from_type(types[index(class_of(&error))].bind(py).clone(), error.to_string()),
         Err(e) => e,
     })
 }

@@ -33,10 +33,10 @@ impl TimelineSemaphore {
     ) -> PyResult<R> {
         let device = self.shared.cuda(self.device_id).or_raise()?;
         let mut cached = self.cuda.lock().unwrap_or_else(PoisonError::into_inner);
-        if cached.is_none() {
-            *cached = Some(device.ctx.import_timeline_owned(Arc::clone(&self.inner)).or_raise()?);
-        }
-        let timeline = cached.as_ref().ok_or_else(|| PyValueError::new_err("no CUDA import"))?;
+        let timeline = match &mut *cached {
+            Some(timeline) => timeline,
+            slot @ None => slot.insert(device.ctx.import_timeline_owned(Arc::clone(&self.inner)).or_raise()?),
+        };
         f(timeline, &device).or_raise()
     }
 }

@@ -11,7 +11,7 @@ use lava_flow::{cuda, Api, Error, MemoryLocation};
 #[test]
 fn entry_points_without_libcuda_give_typed_errors_and_with_it_work() {
     let mut v = Validated::new();
-    let require_gpu = std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|x| x == "1");
+    let require_gpu = common::require_gpu();
     let buffer = v.allocate(4096, MemoryLocation::GpuVulkan { device_id: 0 }).expect("allocate");
     let timeline = v.timeline_semaphore(0).expect("semaphore");
     match cuda::devices() {

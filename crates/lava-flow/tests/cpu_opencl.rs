@@ -9,17 +9,13 @@ mod common;
 use common::Validated;
 use lava_flow::{opencl, Api, Error};
 
-fn require_gpu() -> bool {
-    std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|x| x == "1")
-}
-
 #[test]
 fn the_device_is_found_by_uuid_or_a_typed_error_says_why() {
     let v = Validated::new();
     let devices = match opencl::devices() {
         Ok(d) => d,
         Err(e @ Error::LibraryNotFound { api: Api::OpenCl, .. }) => {
-            assert!(!require_gpu(), "the GPU tier has OpenCL: {e}");
+            assert!(!common::require_gpu(), "the GPU tier has OpenCL: {e}");
             println!("no OpenCL loader: {e}");
             assert!(matches!(opencl::Context::for_device(&v, 0), Err(Error::LibraryNotFound { .. })));
             return;
@@ -43,7 +39,7 @@ fn the_device_is_found_by_uuid_or_a_typed_error_says_why() {
             assert!(!ctx.raw().is_null());
         }
         Err(e @ Error::Unsupported { .. }) => {
-            assert!(!require_gpu(), "the GPU tier's NVIDIA platform imports Vulkan memory: {e}");
+            assert!(!common::require_gpu(), "the GPU tier's NVIDIA platform imports Vulkan memory: {e}");
             let text = e.to_string();
             let matched = devices.iter().any(|d| d.uuid == Some(uuid));
             if matched {

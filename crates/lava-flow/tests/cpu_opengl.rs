@@ -22,10 +22,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn require_gpu() -> bool {
-    std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|v| v == "1")
-}
-
 fn context(v: &Validated) -> GlContext {
     let ctx = GlContext::headless(v.device(0).expect("device 0")).expect("a headless GL context on device 0");
     let info = ctx.info();
@@ -39,7 +35,7 @@ fn context(v: &Validated) -> GlContext {
         info.has_extension("GL_EXT_semaphore_fd")
     );
     assert!(info.has_extension("GL_EXT_memory_object_fd"), "both tiers' GL drivers import opaque fds");
-    if require_gpu() {
+    if common::require_gpu() {
         assert!(!info.ignores_memory_offset, "NVIDIA takes the plain path");
     }
     ctx
@@ -205,7 +201,7 @@ fn timeline_orders_vulkan_and_gl_both_ways() {
     let view = ctx.import_buffer(&buffer).expect("import");
     let sync = ctx.import_timeline(&timeline).expect("timeline in GL");
     println!("GL timeline on the {} path", if sync.is_gpu_path() { "GPU" } else { "host fallback" });
-    if require_gpu() {
+    if common::require_gpu() {
         assert!(sync.is_gpu_path(), "NVIDIA imports timeline semaphores into GL");
     }
     // GL writes, then signals 1; Vulkan waits for 1 (queue: then signals 2), then reads.

@@ -26,16 +26,7 @@ fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
 
 /// The CUDA context of device 0, or `None` (with the reason printed) where there is no CUDA.
 fn cuda_or_skip(v: &Validated, test: &str) -> Option<Context> {
-    match Context::for_device(v, 0) {
-        Ok(c) => Some(c),
-        Err(e) if std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|x| x == "1") => {
-            panic!("{test}: the GPU tier needs CUDA: {e}")
-        }
-        Err(e) => {
-            println!("{test}: skipped, no CUDA: {e}");
-            None
-        }
-    }
+    common::or_skip(Context::for_device(v, 0), test, "CUDA")
 }
 
 /// Vulkan writes, CUDA reads; CUDA writes, Vulkan reads; every byte.
@@ -400,7 +391,7 @@ fn exhausting_the_device_heap_is_typed_keeps_data_and_recovers() {
     let mut v = Validated::new();
     let info = v.device(0).expect("device 0").clone();
     if info.device_type == lava_flow::DeviceType::Cpu {
-        assert!(!std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|x| x == "1"), "the GPU tier has a GPU");
+        assert!(!common::require_gpu(), "the GPU tier has a GPU");
         println!("heap exhaustion: skipped on a CPU device ({})", info.name);
         return;
     }

@@ -13,20 +13,14 @@ const DEV0: MemoryLocation = MemoryLocation::GpuVulkan { device_id: 0 };
 
 /// The OpenCL context of device 0, or `None` (with the reason printed) where there is none.
 fn opencl_or_skip(v: &Validated, test: &str) -> Option<Context> {
-    match Context::for_device(v, 0) {
-        Ok(c) => Some(c),
-        Err(e) if std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|x| x == "1") => {
-            panic!("{test}: the GPU tier needs OpenCL imports: {e}")
-        }
-        Err(e) => {
-            assert!(
-                matches!(e, Error::Unsupported { .. } | Error::LibraryNotFound { .. }),
-                "a typed error without OpenCL imports: {e}"
-            );
-            println!("{test}: skipped: {e}");
-            None
-        }
+    let made = Context::for_device(v, 0);
+    if let Err(e) = &made {
+        assert!(
+            matches!(e, Error::Unsupported { .. } | Error::LibraryNotFound { .. }),
+            "a typed error without OpenCL imports: {e}"
+        );
     }
+    common::or_skip(made, test, "OpenCL imports")
 }
 
 /// `words[offset + i] = words[offset + i] * 3 + i` for `i < n`.

@@ -4,6 +4,25 @@
 use lava_flow::{AllocatorOptions, MemoryAllocator, ValidationLog};
 use rand::RngCore;
 
+/// Whether this is the GPU tier (`LAVA_FLOW_REQUIRE_GPU=1`), where a test that would skip for
+/// missing hardware or drivers fails instead.
+pub fn require_gpu() -> bool {
+    std::env::var("LAVA_FLOW_REQUIRE_GPU").is_ok_and(|x| x == "1")
+}
+
+/// The value of `made`, or `None` with the reason printed where `what` is missing; on the GPU
+/// tier a missing `what` fails the test.
+pub fn or_skip<T>(made: lava_flow::Result<T>, test: &str, what: &str) -> Option<T> {
+    match made {
+        Ok(t) => Some(t),
+        Err(e) if require_gpu() => panic!("{test}: the GPU tier needs {what}: {e}"),
+        Err(e) => {
+            println!("{test}: skipped, no {what}: {e}");
+            None
+        }
+    }
+}
+
 /// Small blocks, so that tests cross block boundaries and exercise the block policy.
 pub const TEST_BLOCK_SIZE: u64 = 4 << 20;
 
