@@ -55,11 +55,49 @@ impl ExternalHandle {
     }
 }
 
+/// The identity of one exported `VkDeviceMemory`: the same in every export of it, in every
+/// process that receives one, and never the same for two allocations.
+///
+/// Importers keep one import per memory and context (CUDA, OpenGL), keyed by this value: two
+/// buffers of one block, or two receipts of the same memory, share one import. Ids are made from
+/// a random per-process base and a counter, so ids made in different processes do not collide.
+/// An importer trusts the id it is given, as it trusts the rest of the descriptor: a peer that
+/// sends the id of other memory than its fd refers to gets the memory the id names, with the
+/// sizes checked (see `docs/processes.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemoryId(pub u64);
+
+impl MemoryId {
+    /// A new id, different from every other made in this process and (with overwhelming
+    /// probability) in any other: for descriptors of memory that lava-flow did not allocate.
+    pub fn new_unique() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+        static BASE: OnceLock<u64> = OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let base = *BASE.get_or_init(|| {
+            // std's hasher keys are random per process (from the OS's random source).
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish()
+        });
+        MemoryId(base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+impl std::fmt::Display for MemoryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 /// Everything an importer needs to know about exported memory, besides the handle itself.
 ///
 /// Plain data: it can be sent to another process next to the file descriptor (which travels over
-/// a Unix socket with `SCM_RIGHTS`), and put back together with
-/// [`ExportedMemory::from_parts`].
+/// a Unix socket with `SCM_RIGHTS`, see [`ipc`](crate::ipc)), and put back together with
+/// [`ExportedMemory::from_parts`]. [`to_bytes`](MemoryDescriptor::to_bytes) and
+/// [`from_bytes`](MemoryDescriptor::from_bytes) are its wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MemoryDescriptor {
     /// The buffer's size in bytes.
@@ -72,12 +110,40 @@ pub struct MemoryDescriptor {
     /// The Vulkan memory type index of the allocation (the importer must use the same one).
     pub memory_type_index: u32,
     /// Whether the allocation is dedicated to this one buffer (`VkMemoryDedicatedAllocateInfo`):
-    /// importers must then pass their "dedicated" flag.
+    /// importers must then pass their "dedicated" flag. A dedicated allocation holds one buffer
+    /// at offset 0.
     pub dedicated: bool,
     /// The UUID of the device that owns the memory.
     pub device_uuid: Uuid,
     /// The UUID of its driver: opaque handles are only understood by the same driver.
     pub driver_uuid: Uuid,
+    /// Which `VkDeviceMemory` this is (importers share one import per memory).
+    pub memory_id: MemoryId,
+}
+
+impl MemoryDescriptor {
+    /// Checks that the descriptor describes a buffer inside its allocation: at least 1 byte,
+    /// `offset + size <= allocation_size` (checked arithmetic: descriptors may come from another
+    /// process), and a dedicated allocation holding its one buffer at offset 0. Every importer
+    /// calls this before anything else; importers add their own rules (the memory type, a
+    /// dedicated buffer's exact size, the device).
+    pub fn check_layout(&self) -> crate::Result<()> {
+        let fits =
+            self.size > 0 && self.offset.checked_add(self.size).is_some_and(|end| end <= self.allocation_size);
+        if !fits {
+            return Err(crate::Error::InvalidArgument(format!(
+                "memory descriptor does not describe a buffer: {} bytes at offset {} of {} bytes",
+                self.size, self.offset, self.allocation_size
+            )));
+        }
+        if self.dedicated && self.offset != 0 {
+            return Err(crate::Error::InvalidArgument(format!(
+                "a dedicated allocation holds one buffer at offset 0, not at offset {}",
+                self.offset
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Exported memory: an owned handle and its [`MemoryDescriptor`].
@@ -110,13 +176,118 @@ impl ExportedMemory {
     }
 }
 
-/// An exported timeline semaphore: an owned handle and the device it belongs to.
-#[derive(Debug)]
-pub struct ExportedSemaphore {
-    /// The handle.
-    pub handle: ExternalHandle,
+/// The two kinds of exportable Vulkan semaphores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SemaphoreKind {
+    /// A timeline semaphore (a 64-bit counter): Vulkan, CUDA, OpenGL (`GL_NV_timeline_semaphore`).
+    Timeline,
+    /// A binary semaphore: what OpenCL's `cl_khr_external_semaphore` imports.
+    Binary,
+}
+
+/// What an importer needs to know about an exported semaphore, besides its handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SemaphoreDescriptor {
+    /// Timeline or binary.
+    pub kind: SemaphoreKind,
     /// The UUID of the device that created the semaphore.
     pub device_uuid: Uuid,
     /// The UUID of its driver.
     pub driver_uuid: Uuid,
+}
+
+/// An exported semaphore: an owned handle and its [`SemaphoreDescriptor`].
+#[derive(Debug)]
+pub struct ExportedSemaphore {
+    handle: ExternalHandle,
+    descriptor: SemaphoreDescriptor,
+}
+
+impl ExportedSemaphore {
+    /// Puts a handle and its descriptor back together. Nothing is checked until the import.
+    pub fn from_parts(handle: ExternalHandle, descriptor: SemaphoreDescriptor) -> Self {
+        ExportedSemaphore { handle, descriptor }
+    }
+
+    /// The handle's metadata.
+    pub fn descriptor(&self) -> &SemaphoreDescriptor {
+        &self.descriptor
+    }
+
+    /// The handle.
+    pub fn handle(&self) -> &ExternalHandle {
+        &self.handle
+    }
+
+    /// Splits into the owned handle and its descriptor.
+    pub fn into_parts(self) -> (ExternalHandle, SemaphoreDescriptor) {
+        (self.handle, self.descriptor)
+    }
+}
+
+/// What an importer needs to know about an exported image: its memory (always a dedicated
+/// allocation) and the image's description, which the importer must recreate exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ImageDescriptor {
+    /// The image's memory.
+    pub memory: MemoryDescriptor,
+    /// Format, extent, mip levels and tiling.
+    pub image: crate::ImageDesc,
+}
+
+impl ImageDescriptor {
+    /// Checks what every importer of an image relies on: a dedicated allocation (lava-flow
+    /// images always are) described by a valid [`MemoryDescriptor`], a non-empty extent, and
+    /// between 1 and [`max_mip_levels`](crate::ImageDesc::max_mip_levels) levels.
+    pub fn check(&self) -> crate::Result<()> {
+        self.memory.check_layout()?;
+        let image = &self.image;
+        let bad = |why: String| Err(crate::Error::InvalidArgument(format!("image descriptor: {why}")));
+        if !self.memory.dedicated {
+            return bad("an image's memory is a dedicated allocation".into());
+        }
+        if image.width == 0 || image.height == 0 {
+            return bad(format!("an extent of {}x{} texels", image.width, image.height));
+        }
+        if image.mip_levels == 0 || image.mip_levels > image.max_mip_levels() {
+            return bad(format!(
+                "{} mip levels for a {}x{} image (1 to {})",
+                image.mip_levels,
+                image.width,
+                image.height,
+                image.max_mip_levels()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An exported image: an owned handle to its memory and its [`ImageDescriptor`].
+#[derive(Debug)]
+pub struct ExportedImage {
+    handle: ExternalHandle,
+    descriptor: ImageDescriptor,
+}
+
+impl ExportedImage {
+    /// Puts a handle and its descriptor back together. Nothing is checked until the import.
+    pub fn from_parts(handle: ExternalHandle, descriptor: ImageDescriptor) -> Self {
+        ExportedImage { handle, descriptor }
+    }
+
+    /// The handle's metadata.
+    pub fn descriptor(&self) -> &ImageDescriptor {
+        &self.descriptor
+    }
+
+    /// The handle.
+    pub fn handle(&self) -> &ExternalHandle {
+        &self.handle
+    }
+
+    /// Splits into the owned handle and its descriptor.
+    pub fn into_parts(self) -> (ExternalHandle, ImageDescriptor) {
+        (self.handle, self.descriptor)
+    }
 }

@@ -59,7 +59,10 @@ mod vulkan;
 
 pub use device::{DeviceInfo, DeviceType, Uuid};
 pub use error::{Api, Error, Result};
-pub use handle::{ExportedMemory, ExportedSemaphore, ExternalHandle, HandleType, MemoryDescriptor};
+pub use handle::{
+    ExportedImage, ExportedMemory, ExportedSemaphore, ExternalHandle, HandleType, ImageDescriptor, MemoryDescriptor,
+    MemoryId, SemaphoreDescriptor, SemaphoreKind,
+};
 pub use location::MemoryLocation;
 pub use vulkan::{
     AllocationOptions, AllocatorOptions, AllocatorStats, BinarySemaphore, Buffer, Exportable, HeapUsage,

@@ -8,6 +8,9 @@ use super::context::Context;
 use super::memory::{destroy_external, import_external};
 use super::raw::check;
 use crate::error::{Error, Result};
+use std::os::fd::OwnedFd;
+
+use crate::handle::{ExportedImage, ExternalHandle, ImageDescriptor};
 use crate::vulkan::{Image, ImageDesc, ImageFormat, ImageTiling};
 
 /// The CUDA array format and channel count of a lava-flow image format.
@@ -28,7 +31,8 @@ fn array_format(format: ImageFormat) -> (sys::CUarray_format, u32) {
 /// A lava-flow [`Image`] in CUDA: its dedicated memory imported
 /// (`CUDA_EXTERNAL_MEMORY_DEDICATED`) and mapped as a mipmapped array with the image's levels,
 /// format and extent (`cuExternalMemoryGetMappedMipmappedArray`, surface load/store allowed).
-/// Borrows the image; levels, surfaces and textures borrow this.
+/// Borrows the image ([`Context::import_image`]) or owns its import
+/// ([`Context::import_exported_image`], `'static`); levels, surfaces and textures borrow this.
 pub struct CudaImage<'a> {
     ctx: Context,
     external: sys::CUexternalMemory,
@@ -44,19 +48,37 @@ impl std::fmt::Debug for CudaImage<'_> {
 }
 
 impl Context {
-    /// Imports a lava-flow image as a CUDA mipmapped array.
+    /// Imports a lava-flow image of this process as a CUDA mipmapped array: the same path as
+    /// [`import_exported_image`](Context::import_exported_image) with the image's export.
     ///
     /// Errors: [`Error::DeviceMismatch`]; [`Error::NotExportable`]; [`Error::Unsupported`] for
     /// linear tiling (CUDA arrays need the driver's optimal layout); CUDA errors.
     pub fn import_image<'a>(&self, image: &'a Image) -> Result<CudaImage<'a>> {
-        let desc = *image.desc();
+        self.image_from(&image.descriptor(), || image.export_fd())
+    }
+
+    /// Imports an exported image — from this process or another — as a CUDA mipmapped array
+    /// that owns its import: no Vulkan object is needed here. The descriptor is checked first
+    /// ([`ImageDescriptor::check`], the device, optimal tiling); the fd is CUDA's once the
+    /// import succeeds and closed otherwise.
+    #[cfg(unix)]
+    pub fn import_exported_image(&self, exported: ExportedImage) -> Result<CudaImage<'static>> {
+        let (handle, descriptor) = exported.into_parts();
+        let ExternalHandle::OpaqueFd(fd) = handle;
+        self.image_from(&descriptor, || Ok(fd))
+    }
+
+    fn image_from<'a>(&self, descriptor: &ImageDescriptor, fd: impl FnOnce() -> Result<OwnedFd>) -> Result<CudaImage<'a>> {
+        descriptor.check()?;
+        self.check_device("the image", descriptor.memory.device_uuid)?;
+        let desc = descriptor.image;
         if desc.tiling != ImageTiling::Optimal {
             return Err(Error::Unsupported {
                 what: "CUDA arrays need images with optimal tiling (ImageTiling::Optimal)".into(),
             });
         }
-        // lava-flow images are always dedicated allocations, imported as such.
-        let external = import_external(self, image.block(), "the image")?;
+        // lava-flow images are always dedicated allocations (checked), imported as such.
+        let external = import_external(self, fd()?, descriptor.memory.allocation_size, true)?;
         let (format, channels) = array_format(desc.format);
         let array = sys::CUDA_EXTERNAL_MEMORY_MIPMAPPED_ARRAY_DESC {
             offset: 0,

@@ -85,8 +85,8 @@ pub(crate) struct Inner {
     pub uuid: Uuid,
     /// Whether lava-flow retained the primary context (and so releases it).
     retained: bool,
-    /// One import per block, shared by every buffer of it mapped in this context.
-    pub imports: Mutex<HashMap<u64, Weak<ExternalMemory>>>,
+    /// One import per memory, shared by every buffer of it mapped in this context.
+    pub imports: Mutex<HashMap<crate::MemoryId, Weak<ExternalMemory>>>,
 }
 
 // SAFETY: a CUcontext is a handle the driver API lets any thread use (made current with

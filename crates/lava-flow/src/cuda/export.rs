@@ -26,6 +26,8 @@ pub struct ExportableAllocation {
     size: u64,
     /// The size allocated: `size` rounded up to the allocation granularity.
     allocation_size: u64,
+    /// The identity every export of it carries.
+    memory_id: crate::MemoryId,
 }
 
 impl std::fmt::Debug for ExportableAllocation {
@@ -73,7 +75,14 @@ impl Context {
             let _ = unsafe { sys::cuMemRelease(handle) };
             return Err(e);
         }
-        let allocation = ExportableAllocation { ctx: self.clone(), handle, ptr, size, allocation_size };
+        let allocation = ExportableAllocation {
+            ctx: self.clone(),
+            handle,
+            ptr,
+            size,
+            allocation_size,
+            memory_id: crate::MemoryId::new_unique(),
+        };
         // From here on, dropping `allocation` unmaps (if mapped), frees the range and releases.
         // SAFETY: the reserved range and the allocation have the same size.
         check("cuMemMap", unsafe { sys::cuMemMap(ptr, bytes, 0, handle, 0) })?;
@@ -128,6 +137,7 @@ impl ExportableAllocation {
             dedicated: false,
             device_uuid: info.uuid,
             driver_uuid: info.driver_uuid,
+            memory_id: self.memory_id,
         };
         let fd = self.export_fd()?;
         allocator

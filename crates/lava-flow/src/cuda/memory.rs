@@ -9,7 +9,9 @@ use cudarc::driver::sys;
 use super::context::Context;
 use super::raw::check;
 use crate::error::{Error, Result};
-use crate::vulkan::{Block, Buffer};
+use crate::handle::{ExportedMemory, ExternalHandle, MemoryDescriptor};
+use crate::vulkan::Buffer;
+use std::os::fd::OwnedFd;
 
 /// A block of Vulkan memory imported into a CUDA context (`cuImportExternalMemory`, opaque fd,
 /// the whole allocation size, `CUDA_EXTERNAL_MEMORY_DEDICATED` exactly when the allocation is
@@ -21,6 +23,9 @@ pub(crate) struct ExternalMemory {
     ctx: Context,
     external: sys::CUexternalMemory,
     base: sys::CUdeviceptr,
+    /// What was imported: a later descriptor of the same memory must say the same.
+    allocation_size: u64,
+    dedicated: bool,
 }
 
 // SAFETY: driver handles, usable from any thread with the context current (done before use).
@@ -29,32 +34,40 @@ unsafe impl Send for ExternalMemory {}
 unsafe impl Sync for ExternalMemory {}
 
 impl ExternalMemory {
-    fn import(ctx: &Context, block: &Block) -> Result<Self> {
-        let external = import_external(ctx, block, "the buffer")?;
-        let desc = sys::CUDA_EXTERNAL_MEMORY_BUFFER_DESC {
+    /// Imports the memory `desc` describes from `fd` and maps all of it.
+    fn import(ctx: &Context, desc: &MemoryDescriptor, fd: OwnedFd) -> Result<Self> {
+        let external = import_external(ctx, fd, desc.allocation_size, desc.dedicated)?;
+        let buffer = sys::CUDA_EXTERNAL_MEMORY_BUFFER_DESC {
             offset: 0,
-            size: block.size,
+            size: desc.allocation_size,
             flags: 0,
             reserved: [0; 16],
         };
         let mut base = 0;
-        // SAFETY: `external` was just imported with `block.size` bytes; the range is all of it.
+        // SAFETY: `external` was just imported with `allocation_size` bytes; the range is all
+        // of it.
         let mapped = check("cuExternalMemoryGetMappedBuffer", unsafe {
-            sys::cuExternalMemoryGetMappedBuffer(&mut base, external, &desc)
+            sys::cuExternalMemoryGetMappedBuffer(&mut base, external, &buffer)
         });
         if let Err(e) = mapped {
             // SAFETY: imported above and not mapped.
             unsafe { destroy_external(ctx, external) };
             return Err(e);
         }
-        Ok(ExternalMemory { ctx: ctx.clone(), external, base })
+        Ok(ExternalMemory {
+            ctx: ctx.clone(),
+            external,
+            base,
+            allocation_size: desc.allocation_size,
+            dedicated: desc.dedicated,
+        })
     }
 }
 
 impl Drop for ExternalMemory {
     fn drop(&mut self) {
-        // Reverse order: the mapping, then the import (the Vulkan memory outlives both: every
-        // CudaBuffer borrows its lava-flow Buffer, which holds the block).
+        // Reverse order: the mapping, then the import. The import holds the memory by itself
+        // (CUDA owns its fd), so it may outlive the Vulkan buffer it came from.
         // SAFETY: the mapping made in `import`, freed once; no CudaBuffer uses it any more.
         unsafe { free(&self.ctx, self.base) };
         // SAFETY: the import made in `import`, destroyed once, after its mapping.
@@ -64,11 +77,13 @@ impl Drop for ExternalMemory {
 
 /// A lava-flow buffer mapped into CUDA: a device pointer to its bytes, zero-copy.
 ///
-/// It borrows the lava-flow [`Buffer`] ([`Context::import_buffer`]) or holds an `Arc` of it
-/// ([`Context::import_buffer_owned`], a `CudaBuffer<'static>`), so the Vulkan memory cannot be
-/// freed while CUDA may use it; dropping the last `CudaBuffer` of a block unmaps and releases
-/// the block's import. Work still queued on it must be finished (or ordered with a semaphore)
-/// before it is dropped.
+/// From an exported handle ([`Context::import_memory`], a `CudaBuffer<'static>` that owns its
+/// import: the memory stays alive while it lives, whatever happens to the exporter), or from a
+/// lava-flow [`Buffer`] of this process, borrowed ([`Context::import_buffer`]) or held in an
+/// `Arc` ([`Context::import_buffer_owned`]). Either way the memory is imported and mapped once
+/// per context and [`MemoryId`](crate::MemoryId): dropping the last `CudaBuffer` of it unmaps
+/// and releases the import. Work still queued on it must be finished (or ordered with a
+/// semaphore) before it is dropped.
 pub struct CudaBuffer<'a> {
     // Field order is drop order: the mapping and import go before the Buffer they map.
     memory: Arc<ExternalMemory>,
@@ -88,13 +103,34 @@ impl std::fmt::Debug for CudaBuffer<'_> {
 }
 
 impl Context {
-    /// Maps a lava-flow buffer into this context. The block is imported and mapped once per
-    /// context and shared by every buffer of it.
+    /// Imports exported memory — from this process or another, from lava-flow or any exporter
+    /// that fills a [`MemoryDescriptor`] — and maps the described buffer: no Vulkan object is
+    /// needed in this process (a consumer that only has CUDA never loads Vulkan).
+    ///
+    /// The whole allocation is imported (`cuImportExternalMemory`, opaque fd,
+    /// `allocation_size` bytes, `CUDA_EXTERNAL_MEMORY_DEDICATED` exactly when the descriptor
+    /// says dedicated) and mapped once per context and memory id; the view points at `offset`.
+    /// The fd is CUDA's once the import succeeds; it is closed if anything fails, and not needed
+    /// (closed) when this context already holds an import of that memory.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a descriptor that describes no buffer, or that
+    /// disagrees with an import of the same memory already held (size, dedicated flag);
+    /// [`Error::DeviceMismatch`] for memory of another GPU; CUDA errors as [`Error::Ffi`].
+    #[cfg(unix)]
+    pub fn import_memory(&self, exported: ExportedMemory) -> Result<CudaBuffer<'static>> {
+        let (handle, desc) = exported.into_parts();
+        let ExternalHandle::OpaqueFd(fd) = handle;
+        self.view_of(&desc, || Ok(fd), None)
+    }
+
+    /// Maps a lava-flow buffer of this process into this context: the same path as
+    /// [`import_memory`](Context::import_memory) with the buffer's export, which it skips when
+    /// the memory is imported here already (every buffer of a block shares one import).
     ///
     /// Errors: [`Error::DeviceMismatch`] for a buffer of another GPU; [`Error::NotExportable`];
     /// CUDA errors as [`Error::Ffi`].
     pub fn import_buffer<'a>(&self, buffer: &'a Buffer) -> Result<CudaBuffer<'a>> {
-        self.view(buffer, None)
+        self.view_of(&buffer.descriptor(), || buffer.export_fd(), None)
     }
 
     /// As [`import_buffer`](Context::import_buffer), for a buffer shared through an `Arc`: the
@@ -102,29 +138,40 @@ impl Context {
     /// capsules and anything stored in a long-lived struct need). The mapping is released before
     /// the buffer when the view is dropped.
     pub fn import_buffer_owned(&self, buffer: Arc<Buffer>) -> Result<CudaBuffer<'static>> {
-        self.view(&Arc::clone(&buffer), Some(buffer))
+        self.view_of(&buffer.descriptor(), || buffer.export_fd(), Some(Arc::clone(&buffer)))
     }
 
-    /// `buffer` in its block's mapping; `owner` (the same buffer) kept alive by the view.
-    fn view<'a>(&self, buffer: &Buffer, owner: Option<Arc<Buffer>>) -> Result<CudaBuffer<'a>> {
-        let memory = self.import_block(buffer.block())?;
-        Ok(CudaBuffer {
-            ptr: memory.base + buffer.offset(),
-            memory,
-            size: buffer.size(),
-            _buffer: PhantomData,
-            _owner: owner,
-        })
+    /// The buffer `desc` describes, in this context's import of its memory (made from `fd()`
+    /// on first use); `owner` kept alive by the view.
+    fn view_of<'a>(
+        &self,
+        desc: &MemoryDescriptor,
+        fd: impl FnOnce() -> Result<OwnedFd>,
+        owner: Option<Arc<Buffer>>,
+    ) -> Result<CudaBuffer<'a>> {
+        let memory = self.external_memory(desc, fd)?;
+        Ok(CudaBuffer { ptr: memory.base + desc.offset, memory, size: desc.size, _buffer: PhantomData, _owner: owner })
     }
 
-    fn import_block(&self, block: &Block) -> Result<Arc<ExternalMemory>> {
+    /// This context's import of the memory `desc` describes, made from `fd()` on first use.
+    /// The one place where CUDA imports buffers' memory, after the one set of checks.
+    fn external_memory(&self, desc: &MemoryDescriptor, fd: impl FnOnce() -> Result<OwnedFd>) -> Result<Arc<ExternalMemory>> {
+        desc.check_layout()?;
+        self.check_device("the memory", desc.device_uuid)?;
         let mut imports = self.inner.imports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(m) = imports.get(&block.id).and_then(std::sync::Weak::upgrade) {
+        if let Some(m) = imports.get(&desc.memory_id).and_then(std::sync::Weak::upgrade) {
+            if m.allocation_size != desc.allocation_size || m.dedicated != desc.dedicated {
+                return Err(Error::InvalidArgument(format!(
+                    "memory {} is imported here as {} bytes (dedicated: {}), but the descriptor says \
+                     {} bytes (dedicated: {})",
+                    desc.memory_id, m.allocation_size, m.dedicated, desc.allocation_size, desc.dedicated
+                )));
+            }
             return Ok(m);
         }
-        let m = Arc::new(ExternalMemory::import(self, block)?);
+        let m = Arc::new(ExternalMemory::import(self, desc, fd()?)?);
         imports.retain(|_, w| w.strong_count() > 0);
-        imports.insert(block.id, Arc::downgrade(&m));
+        imports.insert(desc.memory_id, Arc::downgrade(&m));
         Ok(m)
     }
 
@@ -283,34 +330,31 @@ unsafe fn free(ctx: &Context, ptr: sys::CUdeviceptr) {
     ctx.release("cuMemFree_v2", || unsafe { sys::cuMemFree_v2(ptr) });
 }
 
-/// Imports all of `block` (the memory of `what`) into `ctx`: `cuImportExternalMemory` with an
-/// opaque fd, the allocation size, and `CUDA_EXTERNAL_MEMORY_DEDICATED` exactly when the
-/// allocation is dedicated; after checking that the block is this GPU's and exportable.
+/// Imports `allocation_size` bytes of memory from the opaque fd `fd` into `ctx`
+/// (`cuImportExternalMemory`, `CUDA_EXTERNAL_MEMORY_DEDICATED` exactly when `dedicated`). The fd
+/// is CUDA's on success and closed on failure.
 pub(crate) fn import_external(
     ctx: &Context,
-    block: &Block,
-    what: &'static str,
+    fd: OwnedFd,
+    allocation_size: u64,
+    dedicated: bool,
 ) -> Result<sys::CUexternalMemory> {
-    ctx.check_device(what, block.device.physical.info.uuid)?;
-    if !block.exportable {
-        return Err(Error::NotExportable {
-            reason: format!("{what} was allocated without export, so CUDA cannot import it"),
-        });
-    }
-    let fd = block.export_fd()?;
     ctx.bind()?;
     let mut external = std::ptr::null_mut();
     crate::fd::give_to_driver(fd, |raw| {
         let desc = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
             type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
             handle: sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC_st__bindgen_ty_1 { fd: raw },
-            size: block.size,
-            flags: if block.dedicated { sys::CUDA_EXTERNAL_MEMORY_DEDICATED } else { 0 },
+            size: allocation_size,
+            flags: if dedicated { sys::CUDA_EXTERNAL_MEMORY_DEDICATED } else { 0 },
             reserved: [0; 16],
         };
-        // SAFETY: the context is current; `raw` is an open opaque fd of exactly `size` bytes of
-        // this GPU's memory (checked above); CUDA owns it on success.
-        check("cuImportExternalMemory", unsafe { sys::cuImportExternalMemory(&mut external, &desc) })
+        // SAFETY: the context is current; `raw` is an open fd that the caller says is opaque
+        // memory of this GPU of `allocation_size` bytes (the driver checks what it can and
+        // refuses the rest); CUDA owns it on success.
+        crate::fd::spec_rule(check("cuImportExternalMemory", unsafe {
+            sys::cuImportExternalMemory(&mut external, &desc)
+        }))
     })?;
     Ok(external)
 }

@@ -75,9 +75,10 @@ impl Context {
             };
             // SAFETY: the context is current; `raw` is an opaque fd of a timeline semaphore of
             // this GPU; CUDA owns it on success.
-            check("cuImportExternalSemaphore", unsafe {
+            crate::fd::spec_rule(check("cuImportExternalSemaphore", unsafe {
                 sys::cuImportExternalSemaphore(&mut external, &desc)
-            })
+            }))
+
         })?;
         Ok(CudaTimeline { ctx: self.clone(), semaphore, external, _not_sync: PhantomData })
     }

@@ -118,7 +118,7 @@ impl Context {
                     &mut status,
                 )
             };
-            check("clCreateImageWithProperties", status).map(|()| mem)
+            crate::fd::spec_rule(check("clCreateImageWithProperties", status).map(|()| mem))
         })?;
         Ok(ClImage { ctx: self, mem, desc, _image: PhantomData })
     }

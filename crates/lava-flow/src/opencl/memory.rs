@@ -70,7 +70,7 @@ impl Context {
                     &mut status,
                 )
             };
-            check("clCreateBufferWithProperties", status).map(|()| mem)
+            crate::fd::spec_rule(check("clCreateBufferWithProperties", status).map(|()| mem))
         })?;
         let mut view = ClBuffer {
             ctx: self,

@@ -57,7 +57,7 @@ impl Context {
             // SAFETY: the platform's entry point; a zero-terminated property list with an opaque
             // fd of a binary semaphore of this device and this context's device.
             let sem = unsafe { (fns.create)(self.context, properties.as_ptr(), &mut status) };
-            check("clCreateSemaphoreWithPropertiesKHR", status).map(|()| sem)
+            crate::fd::spec_rule(check("clCreateSemaphoreWithPropertiesKHR", status).map(|()| sem))
         })?;
         Ok(ClSemaphore { ctx: self, semaphore: created, _vulkan: PhantomData })
     }

@@ -56,6 +56,19 @@ pub struct GlInfo {
 }
 
 impl GlInfo {
+    /// Who owns the fd of an import GL refused. Mesa's `glImportMemoryFdEXT` and
+    /// `glImportSemaphoreFdEXT` close the fd once they have the memory object or semaphore,
+    /// whatever happens next, and lava-flow only calls them with a valid object and handle type;
+    /// other drivers keep the rule that a refused fd is the caller's.
+    #[cfg(unix)]
+    pub(crate) fn refused_fd(&self) -> crate::fd::Refused {
+        if self.version.contains("Mesa") {
+            crate::fd::Refused::TakenByDriver
+        } else {
+            crate::fd::Refused::StillOurs
+        }
+    }
+
     /// Whether the context lists `extension` (e.g. `GL_EXT_memory_object_fd`).
     ///
     /// Support is decided from this list alone: glvnd returns a function pointer for any `gl*`
@@ -134,7 +147,7 @@ impl Shared {
 pub struct GlContext {
     pub(crate) shared: Rc<Shared>,
     /// One memory object per imported block, shared by the buffers in it.
-    pub(crate) memories: RefCell<HashMap<u64, Weak<MemoryObject>>>,
+    pub(crate) memories: RefCell<HashMap<crate::MemoryId, Weak<MemoryObject>>>,
 }
 
 impl std::fmt::Debug for GlContext {

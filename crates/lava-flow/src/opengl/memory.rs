@@ -7,7 +7,10 @@ use std::rc::Rc;
 use super::context::{GlContext, Shared, EXT_MEMORY_OBJECT_FD};
 use super::sys::{self, GLuint};
 use crate::error::{Error, Result};
-use crate::vulkan::{Block, Buffer};
+use std::os::fd::OwnedFd;
+
+use crate::handle::{ExportedMemory, ExternalHandle, MemoryDescriptor};
+use crate::vulkan::Buffer;
 use crate::DEDICATED_TAIL;
 
 /// One `VkDeviceMemory` imported into GL (`glImportMemoryFdEXT`), shared by every GL buffer and
@@ -16,16 +19,17 @@ pub(crate) struct MemoryObject {
     pub shared: Rc<Shared>,
     pub name: GLuint,
     pub allocation_size: u64,
+    pub dedicated: bool,
     /// The GL buffer over the whole block, for drivers that ignore buffer offsets (made on
     /// first use; 0 until then).
     whole_block: Cell<GLuint>,
 }
 
 impl MemoryObject {
-    /// Imports `block` (its whole size, dedicated flag as the allocation).
-    fn import(ctx: &GlContext, block: &Block) -> Result<Rc<Self>> {
+    /// Imports the memory `desc` describes from `fd` (its whole allocation size, dedicated flag
+    /// as the descriptor says).
+    fn import(ctx: &GlContext, desc: &MemoryDescriptor, fd: OwnedFd) -> Result<Rc<Self>> {
         let shared = &ctx.shared;
-        let fd = block.export_fd()?;
         let gl = shared.current()?;
         let mut name = 0;
         // SAFETY: the context is current; `name` is a valid out-pointer for one name.
@@ -34,20 +38,22 @@ impl MemoryObject {
         let memory = MemoryObject {
             shared: Rc::clone(shared),
             name,
-            allocation_size: block.size,
+            allocation_size: desc.allocation_size,
+            dedicated: desc.dedicated,
             whole_block: Cell::new(0),
         };
-        if block.dedicated {
+        if desc.dedicated {
             let on = i32::from(sys::TRUE);
             // SAFETY: a fresh memory object of this context; `on` outlives the call.
             unsafe { gl.MemoryObjectParameterivEXT(name, sys::DEDICATED_MEMORY_OBJECT_EXT, &on) };
             shared.check("glMemoryObjectParameterivEXT(GL_DEDICATED_MEMORY_OBJECT_EXT)")?;
         }
         crate::fd::give_to_driver(fd, |raw| {
-            // SAFETY: `raw` is an open opaque fd for exactly `allocation_size` bytes of memory
-            // of this context's device (UUIDs checked by the caller); GL owns it on success.
-            unsafe { gl.ImportMemoryFdEXT(name, block.size, sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
-            shared.check("glImportMemoryFdEXT")
+            // SAFETY: `raw` is an open fd that the caller says is opaque memory of
+            // `allocation_size` bytes of this context's device (UUIDs checked by the caller);
+            // GL owns it on success.
+            unsafe { gl.ImportMemoryFdEXT(name, desc.allocation_size, sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
+            shared.check("glImportMemoryFdEXT").map_err(|e| (e, shared.info.refused_fd()))
         })?;
         Ok(Rc::new(memory))
     }
@@ -112,7 +118,9 @@ fn create_buffer_on(shared: &Shared, memory: GLuint, size: u64, offset: u64) -> 
 /// `offset()` is 0. On Mesa's llvmpipe, which ignores it, the GL buffer spans the whole block and
 /// `offset()` is the buffer's offset in it ([`GlInfo::ignores_memory_offset`](super::GlInfo)).
 ///
-/// It borrows both the context and the lava-flow buffer, so neither can be dropped first.
+/// It borrows the context, and the lava-flow buffer it was imported from
+/// ([`GlContext::import_buffer`]), so neither can be dropped first; one made from an exported
+/// handle ([`GlContext::import_memory`]) holds its memory through the GL memory object.
 pub struct GlBuffer<'a> {
     memory: Rc<MemoryObject>,
     /// Our own GL buffer, or 0 when we use the memory object's whole-block buffer.
@@ -134,47 +142,73 @@ impl std::fmt::Debug for GlBuffer<'_> {
 }
 
 impl GlContext {
-    /// Imports a lava-flow buffer into this context, without copying: GL reads and writes the
-    /// same bytes Vulkan does.
+    /// Imports exported memory — from this process or another, from lava-flow or any exporter
+    /// that fills a [`MemoryDescriptor`] — as a GL buffer, without copying: no Vulkan object is
+    /// needed in this process.
     ///
-    /// The block's memory is imported once per context (`glImportMemoryFdEXT` with the whole
-    /// allocation size, `GL_DEDICATED_MEMORY_OBJECT_EXT` exactly when dedicated) and shared by
-    /// every buffer of that block imported here.
+    /// The memory is imported once per context and [`MemoryId`](crate::MemoryId)
+    /// (`glImportMemoryFdEXT` with the whole allocation size, `GL_DEDICATED_MEMORY_OBJECT_EXT`
+    /// exactly when dedicated) and shared by every buffer of it imported here; the memory object
+    /// holds the memory while any of them lives. The fd is GL's once the import succeeds, closed
+    /// if anything fails, and not needed (closed) when the memory is imported here already.
     ///
-    /// Errors: [`Error::DeviceMismatch`] if the buffer lives on another device (or driver) than
-    /// the context; [`Error::NotExportable`] if it was allocated without export;
-    /// [`Error::Unsupported`] without `GL_EXT_memory_object_fd`.
-    pub fn import_buffer<'a>(&'a self, buffer: &'a Buffer) -> Result<GlBuffer<'a>> {
-        let memory = self.memory_for(buffer.block(), "the buffer")?;
-        let (own, name, offset) = if self.shared.info.ignores_memory_offset {
-            (0, memory.whole_block_buffer()?, buffer.offset())
-        } else {
-            let own = create_buffer_on(&self.shared, memory.name, buffer.size(), buffer.offset())?;
-            (own, own, 0)
-        };
-        Ok(GlBuffer { memory, own, name, offset, size: buffer.size(), _borrows: PhantomData })
+    /// Errors: [`Error::InvalidArgument`] for a descriptor that describes no buffer or disagrees
+    /// with an import of the same memory held here; [`Error::DeviceMismatch`] for memory of
+    /// another device (or driver); [`Error::Unsupported`] without `GL_EXT_memory_object_fd`.
+    #[cfg(unix)]
+    pub fn import_memory(&self, exported: ExportedMemory) -> Result<GlBuffer<'_>> {
+        let (handle, desc) = exported.into_parts();
+        let ExternalHandle::OpaqueFd(fd) = handle;
+        self.buffer_of(&desc, || Ok(fd))
     }
 
-    /// The memory object of `block` (the memory of `what`) in this context, imported on first
-    /// use once the context can import it: the extension, the same device and driver, an
-    /// exportable allocation.
-    pub(crate) fn memory_for(&self, block: &Block, what: &'static str) -> Result<Rc<MemoryObject>> {
+    /// Imports a lava-flow buffer of this process: the same path as
+    /// [`import_memory`](GlContext::import_memory) with the buffer's export, which it skips when
+    /// the memory is imported here already.
+    ///
+    /// Errors: as [`import_memory`](GlContext::import_memory), and [`Error::NotExportable`] if
+    /// the buffer was allocated without export.
+    pub fn import_buffer<'a>(&'a self, buffer: &'a Buffer) -> Result<GlBuffer<'a>> {
+        self.buffer_of(&buffer.descriptor(), || buffer.export_fd())
+    }
+
+    fn buffer_of<'a>(&'a self, desc: &MemoryDescriptor, fd: impl FnOnce() -> Result<OwnedFd>) -> Result<GlBuffer<'a>> {
+        let memory = self.memory_for(desc, "the buffer", fd)?;
+        let (own, name, offset) = if self.shared.info.ignores_memory_offset {
+            (0, memory.whole_block_buffer()?, desc.offset)
+        } else {
+            let own = create_buffer_on(&self.shared, memory.name, desc.size, desc.offset)?;
+            (own, own, 0)
+        };
+        Ok(GlBuffer { memory, own, name, offset, size: desc.size, _borrows: PhantomData })
+    }
+
+    /// The memory object of the memory `desc` describes (the memory of `what`) in this context,
+    /// imported from `fd()` on first use once the context can import it: the extension, a valid
+    /// descriptor, the same device and driver. The one place where GL imports memory.
+    pub(crate) fn memory_for(
+        &self,
+        desc: &MemoryDescriptor,
+        what: &'static str,
+        fd: impl FnOnce() -> Result<OwnedFd>,
+    ) -> Result<Rc<MemoryObject>> {
         self.require(EXT_MEMORY_OBJECT_FD, "importing Vulkan memory")?;
-        let info = &block.device.physical.info;
-        self.check_device(what, info.uuid, info.driver_uuid)?;
-        if !block.exportable {
-            return Err(Error::NotExportable {
-                reason: format!("{what} was allocated without export, so OpenGL cannot import it"),
-            });
-        }
-        let id = block.id;
-        if let Some(m) = self.memories.borrow().get(&id).and_then(std::rc::Weak::upgrade) {
+        desc.check_layout()?;
+        self.check_device(what, desc.device_uuid, desc.driver_uuid)?;
+        if let Some(m) = self.memories.borrow().get(&desc.memory_id).and_then(std::rc::Weak::upgrade) {
+            if m.allocation_size != desc.allocation_size || m.dedicated != desc.dedicated {
+                return Err(Error::InvalidArgument(format!(
+                    "memory {} is imported here as {} bytes (dedicated: {}), but the descriptor says \
+                     {} bytes (dedicated: {})",
+                    desc.memory_id, m.allocation_size, m.dedicated, desc.allocation_size, desc.dedicated
+                )));
+            }
             return Ok(m);
         }
-        let m = MemoryObject::import(self, block)?;
+        let m = MemoryObject::import(self, desc, fd()?)?;
         let mut memories = self.memories.borrow_mut();
         memories.retain(|_, w| w.strong_count() > 0);
-        memories.insert(id, Rc::downgrade(&m));
+        memories.insert(desc.memory_id, Rc::downgrade(&m));
         Ok(m)
     }
 }

@@ -60,7 +60,7 @@ impl GlContext {
                     // SAFETY: a fresh timeline semaphore of this context; `raw` is an opaque fd of
                     // a timeline semaphore of the same device (checked above).
                     unsafe { gl.ImportSemaphoreFdEXT(name, sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
-                    shared.check("glImportSemaphoreFdEXT")
+                    shared.check("glImportSemaphoreFdEXT").map_err(|e| (e, shared.info.refused_fd()))
                 });
                 if let Err(e) = imported {
                     // SAFETY: made above, used by nothing.

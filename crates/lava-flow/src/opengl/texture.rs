@@ -1,12 +1,14 @@
 //! GL textures on the memory of exportable lava-flow images.
 
 use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 use super::context::GlContext;
 use super::memory::MemoryObject;
 use super::sys::{self, GLenum, GLint, GLuint};
 use crate::error::{Error, Result};
+use crate::handle::{ExportedImage, ExternalHandle, ImageDescriptor};
 use crate::vulkan::{Image, ImageDesc, ImageFormat, ImageTiling};
 
 /// The GL internal format, pixel format and pixel type of a lava-flow image format.
@@ -40,15 +42,36 @@ impl std::fmt::Debug for GlTexture<'_> {
 }
 
 impl GlContext {
-    /// Imports a lava-flow image as a GL texture, without copying.
+    /// Imports a lava-flow image of this process as a GL texture, without copying: the same
+    /// path as [`import_exported_image`](GlContext::import_exported_image) with the image's
+    /// export.
     ///
     /// Errors: [`Error::DeviceMismatch`] for an image of another device or driver;
     /// [`Error::NotExportable`]; [`Error::Unsupported`] without `GL_EXT_memory_object_fd`, or when
     /// the driver does not list the image's tiling for its format (`GL_TILING_TYPES_EXT`).
     pub fn import_image<'a>(&'a self, image: &'a Image) -> Result<GlTexture<'a>> {
-        // Checks the extension, the device and exportability before anything else.
-        let memory = self.memory_for(image.block(), "the image")?;
-        let desc = *image.desc();
+        self.texture_of(&image.descriptor(), || image.export_fd())
+    }
+
+    /// Imports an exported image — from this process or another — as a GL texture that holds
+    /// its memory through the GL memory object: no Vulkan object is needed here. The
+    /// descriptor is checked first ([`ImageDescriptor::check`](crate::ImageDescriptor::check)).
+    #[cfg(unix)]
+    pub fn import_exported_image(&self, exported: ExportedImage) -> Result<GlTexture<'_>> {
+        let (handle, descriptor) = exported.into_parts();
+        let ExternalHandle::OpaqueFd(fd) = handle;
+        self.texture_of(&descriptor, || Ok(fd))
+    }
+
+    fn texture_of<'a>(
+        &'a self,
+        descriptor: &ImageDescriptor,
+        fd: impl FnOnce() -> Result<OwnedFd>,
+    ) -> Result<GlTexture<'a>> {
+        descriptor.check()?;
+        // Checks the extension, the device and the descriptor before anything else.
+        let memory = self.memory_for(&descriptor.memory, "the image", fd)?;
+        let desc = descriptor.image;
         let (internal, _, _) = gl_format(desc.format);
         let tiling = match desc.tiling {
             ImageTiling::Optimal => sys::OPTIMAL_TILING_EXT,

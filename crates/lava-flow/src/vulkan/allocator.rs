@@ -16,7 +16,7 @@ use crate::device::DeviceInfo;
 use crate::error::{Error, Result, VkResultExt};
 use crate::handle::ExportedMemory;
 #[cfg(unix)]
-use crate::handle::{ExportedSemaphore, ExternalHandle};
+use crate::handle::{ExportedSemaphore, ExternalHandle, SemaphoreKind};
 use crate::location::MemoryLocation;
 use crate::suballoc::{SubAllocator, SubRange, UNIT};
 
@@ -313,9 +313,7 @@ impl MemoryAllocator {
         exported: ExportedSemaphore,
     ) -> Result<BinarySemaphore> {
         let ctx = self.context(device_id)?;
-        let info = &ctx.device.physical.info;
-        info.check_same_device("the exported semaphore", exported.device_uuid, exported.driver_uuid)?;
-        let ExternalHandle::OpaqueFd(fd) = exported.handle;
+        let fd = check_semaphore(&ctx, exported, SemaphoreKind::Binary)?;
         BinarySemaphore::new(&ctx.device, Some(fd))
     }
 
@@ -327,9 +325,7 @@ impl MemoryAllocator {
         exported: ExportedSemaphore,
     ) -> Result<TimelineSemaphore> {
         let ctx = self.context(device_id)?;
-        let info = &ctx.device.physical.info;
-        info.check_same_device("the exported semaphore", exported.device_uuid, exported.driver_uuid)?;
-        let ExternalHandle::OpaqueFd(fd) = exported.handle;
+        let fd = check_semaphore(&ctx, exported, SemaphoreKind::Timeline)?;
         TimelineSemaphore::new(&ctx.device, Some(fd))
     }
 
@@ -562,7 +558,7 @@ impl DeviceContext {
                 dedicated_to: Some(Dedicated::Buffer(buffer)),
                 map,
             };
-            let block = Arc::new(Block::new(&self.device, desc, None)?);
+            let block = Arc::new(Block::new(&self.device, desc)?);
             // SAFETY: fresh buffer, memory made for it, offset 0.
             unsafe { d.bind_buffer_memory(buffer, block.raw.memory, 0) }.vk("vkBindBufferMemory")?;
             return Ok(Some(Placement { block, offset: 0, range: None }));
@@ -578,7 +574,7 @@ impl DeviceContext {
             None => {
                 let desc =
                     MemoryDesc { size: block_size, memory_type_index, exportable, dedicated_to: None, map };
-                let block = Arc::new(Block::new(&self.device, desc, None)?);
+                let block = Arc::new(Block::new(&self.device, desc)?);
                 // The block's last unit is never handed out (see `DEDICATED_TAIL`).
                 let mut sub = SubAllocator::new(block_size - UNIT).ok_or_else(|| {
                     Error::InvalidArgument(format!("block size {block_size} cannot be sub-allocated"))
@@ -631,4 +627,25 @@ fn release_range(blocks: &mut Vec<PoolBlock>, block: &Arc<Block>, range: SubRang
         // The memory is freed when the last `Arc<Block>` (this one, or a live clone) drops.
         blocks.swap_remove(i);
     }
+}
+
+/// The fd of `exported` after checking that it is a semaphore of `kind` on `ctx`'s device and
+/// driver (the fd is closed if not).
+#[cfg(unix)]
+fn check_semaphore(
+    ctx: &DeviceContext,
+    exported: ExportedSemaphore,
+    kind: SemaphoreKind,
+) -> Result<std::os::fd::OwnedFd> {
+    let (handle, desc) = exported.into_parts();
+    let info = &ctx.device.physical.info;
+    info.check_same_device("the exported semaphore", desc.device_uuid, desc.driver_uuid)?;
+    if desc.kind != kind {
+        return Err(Error::InvalidArgument(format!(
+            "the exported semaphore is a {:?} semaphore, not a {kind:?} one",
+            desc.kind
+        )));
+    }
+    let ExternalHandle::OpaqueFd(fd) = handle;
+    Ok(fd)
 }

@@ -129,6 +129,15 @@ impl Buffer {
         let device = &ctx.device;
         // SAFETY: the buffer is live.
         let req = unsafe { device.device.get_buffer_memory_requirements(buffer) };
+        if desc.dedicated && req.size != desc.allocation_size {
+            // VUID-VkMemoryDedicatedAllocateInfo-buffer-01435: a dedicated import is for a buffer
+            // whose memory requirements are exactly the allocation: the exporter's buffer.
+            return Err(Error::InvalidArgument(format!(
+                "a dedicated allocation of {} bytes is not the memory of a {}-byte buffer, which \
+                 needs {} bytes",
+                desc.allocation_size, desc.size, req.size
+            )));
+        }
         if req.memory_type_bits & (1 << desc.memory_type_index) == 0 || desc.offset % req.alignment != 0 {
             return Err(Error::InvalidArgument(format!(
                 "memory type {} at offset {} cannot back this buffer (allowed types {:#x}, alignment {})",
@@ -143,17 +152,11 @@ impl Buffer {
             map: false,
         };
         let ExternalHandle::OpaqueFd(import) = handle;
-        let block = Arc::new(Block::new(device, mem, Some(import))?);
+        let block = Arc::new(Block::import(device, mem, import, desc.memory_id)?);
         // SAFETY: the memory was imported for this buffer; the offset is aligned and in range.
         unsafe { device.device.bind_buffer_memory(buffer, block.raw.memory, desc.offset) }
             .vk("vkBindBufferMemory")?;
         Ok(Placement { block, offset: desc.offset, range: None })
-    }
-
-    /// The `VkDeviceMemory` holding the buffer, for importers in this process.
-    #[cfg_attr(not(any(feature = "opengl", feature = "cuda")), allow(dead_code))]
-    pub(crate) fn block(&self) -> &Arc<Block> {
-        &self.placement.block
     }
 
     /// The buffer's size in bytes, as asked for.
@@ -316,6 +319,7 @@ impl Buffer {
             dedicated: self.is_dedicated(),
             device_uuid: info.uuid,
             driver_uuid: info.driver_uuid,
+            memory_id: self.placement.block.id,
         }
     }
 }
@@ -342,26 +346,22 @@ impl Drop for Buffer {
 /// to the exporter's, padded by the device's `tail` — with room for the tail. Checked arithmetic
 /// throughout: descriptors may come from another process.
 pub(crate) fn import_size(desc: &crate::MemoryDescriptor, type_count: u32, tail: u64) -> Result<u64> {
-    let fits =
-        desc.size > 0 && desc.offset.checked_add(desc.size).is_some_and(|end| end <= desc.allocation_size);
-    if !fits || desc.memory_type_index >= type_count {
+    desc.check_layout()?;
+    if desc.memory_type_index >= type_count {
         return Err(Error::InvalidArgument(format!(
-            "memory descriptor does not describe a buffer: {} bytes at offset {} of {} bytes, \
-             memory type {} of {type_count}",
-            desc.size, desc.offset, desc.allocation_size, desc.memory_type_index
+            "memory descriptor names memory type {} of {type_count}",
+            desc.memory_type_index
         )));
     }
     if !desc.dedicated {
         return Ok(desc.size);
     }
     match desc.size.checked_add(tail) {
-        Some(vk_size) if desc.offset.checked_add(vk_size).is_some_and(|end| end <= desc.allocation_size) => {
-            Ok(vk_size)
-        }
+        Some(vk_size) if vk_size <= desc.allocation_size => Ok(vk_size),
         _ => Err(Error::InvalidArgument(format!(
-            "a dedicated allocation of {} bytes cannot hold a lava-flow buffer of {} bytes at offset {} \
-             (plus its {tail}-byte tail)",
-            desc.allocation_size, desc.size, desc.offset
+            "a dedicated allocation of {} bytes cannot hold a lava-flow buffer of {} bytes (plus its \
+             {tail}-byte tail)",
+            desc.allocation_size, desc.size
         ))),
     }
 }
@@ -394,10 +394,11 @@ mod tests {
         ) {
             let desc = MemoryDescriptor {
                 size, offset, allocation_size, memory_type_index, dedicated,
-                device_uuid: Uuid([0; 16]), driver_uuid: Uuid([0; 16]),
+                device_uuid: Uuid([0; 16]), driver_uuid: Uuid([0; 16]), memory_id: crate::MemoryId(7),
             };
             let end = u128::from(offset) + u128::from(size) + if dedicated { u128::from(tail) } else { 0 };
-            let valid = size > 0 && memory_type_index < 32 && end <= u128::from(allocation_size);
+            let valid = size > 0 && memory_type_index < 32 && end <= u128::from(allocation_size)
+                && (!dedicated || offset == 0);
             match import_size(&desc, 32, tail) {
                 Ok(vk_size) => {
                     prop_assert!(valid, "accepted {desc:?}");

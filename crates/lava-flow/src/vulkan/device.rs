@@ -26,7 +26,7 @@ pub(crate) struct Device {
     /// `AllocatorOptions::heap_budget`.
     pub heap_budget: Option<u64>,
     /// Bytes of each heap held by memory lava-flow allocated (not imported) on this device.
-    pub heap_used: Vec<std::sync::atomic::AtomicU64>,
+    pub heap_used: Arc<[std::sync::atomic::AtomicU64]>,
 }
 
 impl Device {

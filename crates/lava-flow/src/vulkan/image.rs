@@ -10,7 +10,7 @@ use ash::vk;
 use super::allocator::DeviceContext;
 use super::memory::{Block, Dedicated, MemoryDesc};
 use crate::error::{Error, Result, VkResultExt};
-use crate::handle::HandleType;
+use crate::handle::{ExportedImage, ExternalHandle, HandleType, ImageDescriptor, MemoryDescriptor};
 use crate::location::MemoryLocation;
 
 /// The texel formats lava-flow images can have; each maps to one Vulkan, CUDA and GL format.
@@ -303,7 +303,7 @@ impl DeviceContext {
             dedicated_to: Some(Dedicated::Image(image)),
             map: false,
         };
-        let block = Arc::new(Block::new(&self.device, desc, None)?);
+        let block = Arc::new(Block::new(&self.device, desc)?);
         // SAFETY: fresh image, memory made for it, offset 0.
         unsafe { d.bind_image_memory(image, block.raw.memory, 0) }.vk("vkBindImageMemory")?;
         Ok(block)
@@ -358,9 +358,29 @@ impl Image {
         self.ctx.device.physical.info.driver_uuid.0
     }
 
-    #[cfg_attr(not(any(feature = "opengl", feature = "cuda")), allow(dead_code))]
-    pub(crate) fn block(&self) -> &Arc<Block> {
-        &self.block
+    /// What an importer needs besides the handle: the memory's descriptor and the image's.
+    pub fn descriptor(&self) -> ImageDescriptor {
+        let info = &self.ctx.device.physical.info;
+        ImageDescriptor {
+            memory: MemoryDescriptor {
+                size: self.block.size,
+                offset: 0,
+                allocation_size: self.block.size,
+                memory_type_index: self.block.memory_type_index,
+                dedicated: true,
+                device_uuid: info.uuid,
+                driver_uuid: info.driver_uuid,
+                memory_id: self.block.id,
+            },
+            image: self.desc,
+        }
+    }
+
+    /// A new handle to the image's memory and its [`ImageDescriptor`], for an importer in this
+    /// process or another.
+    #[cfg(unix)]
+    pub fn export(&self) -> Result<ExportedImage> {
+        Ok(ExportedImage::from_parts(ExternalHandle::OpaqueFd(self.export_fd()?), self.descriptor()))
     }
 
     /// A new opaque fd for the image's memory (always a dedicated allocation): see

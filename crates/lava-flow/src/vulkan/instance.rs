@@ -175,6 +175,7 @@ impl Instance {
             has_memory_fd,
             has_semaphore_fd,
             has_memory_budget,
+            closes_refused_memory_fds: driver.driver_id == vk::DriverId::MESA_LLVMPIPE,
         }))
     }
 
@@ -280,6 +281,8 @@ pub(crate) struct PhysicalDevice {
     pub has_semaphore_fd: bool,
     /// `VK_EXT_memory_budget`: the driver's view of each heap's use and budget.
     pub has_memory_budget: bool,
+    /// Mesa's lavapipe: closes the fd of a refused memory import (see `fd.rs`).
+    pub closes_refused_memory_fds: bool,
 }
 
 impl PhysicalDevice {

@@ -3,12 +3,14 @@
 #[cfg(unix)]
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ash::vk;
 
 use super::device::Device;
 use crate::error::{Error, Result, VkResultExt};
+use crate::handle::MemoryId;
 
 /// A pointer to persistently mapped device memory.
 #[derive(Debug, Clone, Copy)]
@@ -41,72 +43,108 @@ pub(crate) enum Dedicated {
     Image(vk::Image),
 }
 
-/// A `VkDeviceMemory` without an owner: freed explicitly with [`RawMemory::free`].
-#[derive(Debug)]
+/// One `VkDeviceMemory`, freed — and uncharged from its heap's use — by its `Drop`, the one
+/// place where lava-flow frees memory.
+///
+/// It keeps only what the free needs (the device handle, `vkFreeMemory` and the heap counters),
+/// not the `Device`, so that the device's own staging memory can be one too; its owners
+/// ([`Block`], the staging context) guarantee that the device outlives it and that nothing
+/// bound to it is in use when it is dropped.
 pub(crate) struct RawMemory {
     pub memory: vk::DeviceMemory,
     pub mapped: Option<MappedPtr>,
-    /// The heap and bytes charged to the device's heap use (allocations, not imports).
-    charged: Option<(usize, u64)>,
+    device: vk::Device,
+    free_memory: vk::PFN_vkFreeMemory,
+    /// The heap counters and the bytes charged to one heap (allocations, not imports).
+    charged: Option<(Arc<[AtomicU64]>, usize, u64)>,
+}
+
+impl std::fmt::Debug for RawMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawMemory").field("memory", &self.memory).field("mapped", &self.mapped).finish()
+    }
 }
 
 impl RawMemory {
     /// Allocates memory as `desc` says; with `import`, imports that fd instead.
     ///
-    /// On success the fd belongs to the driver; on failure it is closed here.
+    /// On success the fd belongs to the driver; on failure it is closed here (or by the driver,
+    /// see `fd.rs`).
     pub fn allocate(device: &Device, desc: MemoryDesc, import: Option<ImportFd>) -> Result<Self> {
         let (memory, charged) = match import {
             None => {
                 let heap = charge(device, &desc)?;
                 match allocate_memory(device, &desc, None) {
-                    Ok(memory) => (memory, Some((heap, desc.size))),
+                    Ok(memory) => (memory, Some((Arc::clone(&device.heap_used), heap, desc.size))),
                     Err(e) => {
-                        uncharge(device, heap, desc.size);
+                        uncharge(&device.heap_used, heap, desc.size);
                         return Err(out_of_memory(device, &desc, e));
                     }
                 }
             }
             #[cfg(unix)]
-            Some(fd) => {
-                (crate::fd::give_to_driver(fd, |raw| allocate_memory(device, &desc, Some(raw)))?, None)
-            }
+            Some(fd) => (
+                crate::fd::give_to_driver(fd, |raw| {
+                    allocate_memory(device, &desc, Some(raw)).map_err(|e| {
+                        let refused = refused_import(device, &e);
+                        (e, refused)
+                    })
+                })?,
+                None,
+            ),
         };
-        let mut raw = RawMemory { memory, mapped: None, charged };
+        let mut raw = RawMemory {
+            memory,
+            mapped: None,
+            device: device.device.handle(),
+            free_memory: device.device.fp_v1_0().free_memory,
+            charged,
+        };
         if desc.map {
             // SAFETY: the memory was just allocated from a HOST_VISIBLE type (the caller's
-            // choice) and is not mapped yet.
+            // choice) and is not mapped yet. On failure `raw`'s drop frees it.
             let ptr =
                 unsafe { device.device.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) };
             match ptr.map(|p| NonNull::new(p.cast::<u8>())) {
                 Ok(Some(p)) => raw.mapped = Some(MappedPtr(p)),
-                failed => {
-                    // SAFETY: allocated above and used by nothing else.
-                    unsafe { raw.free(device) };
-                    return Err(match failed {
-                        Err(e) => Error::vk("vkMapMemory", e),
-                        Ok(_) => Error::Ffi {
-                            api: crate::Api::Vulkan,
-                            call: "vkMapMemory",
-                            name: "VK_SUCCESS".into(),
-                            description: "the driver returned a null pointer".into(),
-                        },
-                    });
+                Err(e) => return Err(Error::vk("vkMapMemory", e)),
+                Ok(None) => {
+                    return Err(Error::Ffi {
+                        api: crate::Api::Vulkan,
+                        call: "vkMapMemory",
+                        name: "VK_SUCCESS".into(),
+                        description: "the driver returned a null pointer".into(),
+                    })
                 }
             }
         }
         Ok(raw)
     }
+}
 
-    /// Frees the memory (unmapping it implicitly).
-    ///
-    /// # Safety
-    /// The memory belongs to `device`, and nothing bound to it is in use or alive.
-    pub unsafe fn free(&self, device: &Device) {
-        // SAFETY: the caller's contract.
-        unsafe { device.device.free_memory(self.memory, None) };
-        if let Some((heap, size)) = self.charged {
-            uncharge(device, heap, size);
+impl Drop for RawMemory {
+    fn drop(&mut self) {
+        // SAFETY: the memory belongs to `self.device`, which its owner keeps alive past this
+        // drop; whatever was bound to it is gone (owners drop their buffers and images first)
+        // and it is freed exactly once, here. Freeing unmaps it implicitly.
+        unsafe { (self.free_memory)(self.device, self.memory, std::ptr::null()) };
+        if let Some((heaps, heap, size)) = &self.charged {
+            uncharge(heaps, *heap, *size);
         }
+    }
+}
+
+#[cfg(unix)]
+/// Who owns the fd of a memory import `vkAllocateMemory` refused with `e`. Mesa's lavapipe
+/// closes it on every refusal but a failed allocation of its own bookkeeping, which comes before
+/// it looks at the fd (`lvp_AllocateMemory`: `VK_ERROR_OUT_OF_HOST_MEMORY`); other drivers keep
+/// the specification's rule.
+fn refused_import(device: &Device, e: &Error) -> crate::fd::Refused {
+    let before_the_fd = matches!(e, Error::Ffi { name, .. } if name == "VK_ERROR_OUT_OF_HOST_MEMORY");
+    if device.physical.closes_refused_memory_fds && !before_the_fd {
+        crate::fd::Refused::TakenByDriver
+    } else {
+        crate::fd::Refused::StillOurs
     }
 }
 
@@ -118,21 +156,20 @@ fn heap_of(device: &Device, desc: &MemoryDesc) -> usize {
 /// Adds `desc.size` to its heap's use, or fails with [`Error::OutOfMemory`] if that passes the
 /// heap budget. Returns the heap.
 fn charge(device: &Device, desc: &MemoryDesc) -> Result<usize> {
-    use std::sync::atomic::Ordering;
     let heap = heap_of(device, desc);
     let used = &device.heap_used[heap];
     let before = used.fetch_add(desc.size, Ordering::Relaxed);
     match device.heap_budget {
         Some(budget) if before.saturating_add(desc.size) > budget => {
-            used.fetch_sub(desc.size, Ordering::Relaxed);
+            uncharge(&device.heap_used, heap, desc.size);
             Err(oom(device, desc, before, format!("would pass the heap budget of {budget} bytes")))
         }
         _ => Ok(heap),
     }
 }
 
-fn uncharge(device: &Device, heap: usize, size: u64) {
-    device.heap_used[heap].fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+fn uncharge(heaps: &[AtomicU64], heap: usize, size: u64) {
+    heaps[heap].fetch_sub(size, Ordering::Relaxed);
 }
 
 /// A driver's out-of-memory result as [`Error::OutOfMemory`]; other errors unchanged.
@@ -200,36 +237,53 @@ fn allocate_memory(device: &Device, desc: &MemoryDesc, import_fd: Option<i32>) -
 /// import. Freed when the last buffer using it is dropped.
 #[derive(Debug)]
 pub(crate) struct Block {
-    /// Unique in the process, never reused: importers cache their imports by it.
-    #[cfg_attr(not(any(feature = "opengl", feature = "cuda")), allow(dead_code))]
-    pub id: u64,
-    pub device: Arc<Device>,
+    // Field order is drop order: the memory is freed before the device reference goes.
     pub raw: RawMemory,
+    /// Which memory this is, in every process: importers cache their imports by it. An import
+    /// has the id of the memory it imported.
+    pub id: MemoryId,
+    pub device: Arc<Device>,
     pub size: u64,
     pub memory_type_index: u32,
+    /// Whether [`export_fd`](Block::export_fd) can succeed: allocated with export, or imported
+    /// (then the exports are duplicates of the imported fd).
     pub exportable: bool,
     pub dedicated: bool,
-    /// The fd of the first export, duplicated for every later one (see `export_fd`).
+    /// The fd of the first export (or a duplicate of the imported fd), duplicated for every
+    /// export (see `export_fd`).
     #[cfg(unix)]
     exported: std::sync::Mutex<Option<OwnedFd>>,
 }
 
 impl Block {
-    /// Allocates (or imports) a block as `desc` says.
-    pub fn new(device: &Arc<Device>, desc: MemoryDesc, import: Option<ImportFd>) -> Result<Self> {
-        let raw = RawMemory::allocate(device, desc, import)?;
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        Ok(Block {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            device: Arc::clone(device),
+    /// Allocates a block as `desc` says.
+    pub fn new(device: &Arc<Device>, desc: MemoryDesc) -> Result<Self> {
+        let raw = RawMemory::allocate(device, desc, None)?;
+        Ok(Self::with(device, raw, &desc, MemoryId::new_unique(), None))
+    }
+
+    /// Imports memory `id` from `fd` as `desc` says. The block keeps a duplicate of the fd, so
+    /// that what was imported can be exported again (to CUDA, OpenGL, OpenCL, another process):
+    /// the duplicate refers to the same memory.
+    #[cfg(unix)]
+    pub fn import(device: &Arc<Device>, desc: MemoryDesc, fd: ImportFd, id: MemoryId) -> Result<Self> {
+        let kept = fd.try_clone().map_err(|e| crate::fd::os_error("fcntl(F_DUPFD_CLOEXEC)", &e))?;
+        let raw = RawMemory::allocate(device, desc, Some(fd))?;
+        Ok(Self::with(device, raw, &desc, id, Some(kept)))
+    }
+
+    fn with(device: &Arc<Device>, raw: RawMemory, desc: &MemoryDesc, id: MemoryId, kept: Option<ImportFd>) -> Self {
+        Block {
             raw,
+            id,
+            device: Arc::clone(device),
             size: desc.size,
             memory_type_index: desc.memory_type_index,
-            exportable: desc.exportable,
+            exportable: desc.exportable || kept.is_some(),
             dedicated: desc.dedicated_to.is_some(),
             #[cfg(unix)]
-            exported: std::sync::Mutex::new(None),
-        })
+            exported: std::sync::Mutex::new(kept),
+        }
     }
 
     /// A new opaque fd referring to the whole block.
@@ -237,18 +291,21 @@ impl Block {
     /// The first call asks the driver (`vkGetMemoryFdKHR`, about 40 µs on NVIDIA's driver) and
     /// keeps that fd; every call returns a duplicate of it (`dup`, about 1 µs), which refers to
     /// the same memory. So exporting many buffers of one block costs one driver call, and the
-    /// block holds one extra fd until it is freed.
+    /// block holds one extra fd until it is freed. An imported block holds a duplicate of the
+    /// fd it was imported from instead.
     #[cfg(unix)]
     pub fn export_fd(&self) -> Result<OwnedFd> {
-        let Some(loader) = self.device.memory_fd.as_ref().filter(|_| self.exportable) else {
-            return Err(Error::NotExportable {
-                reason: "the memory was allocated without VkExportMemoryAllocateInfo".into(),
-            });
+        let not_exportable = || Error::NotExportable {
+            reason: "the memory was allocated without VkExportMemoryAllocateInfo".into(),
         };
+        if !self.exportable {
+            return Err(not_exportable());
+        }
         let mut cached = self.exported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let fd = match cached.as_ref() {
             Some(fd) => fd,
             None => {
+                let loader = self.device.memory_fd.as_ref().ok_or_else(not_exportable)?;
                 let info = vk::MemoryGetFdInfoKHR::default()
                     .memory(self.raw.memory)
                     .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
@@ -259,14 +316,6 @@ impl Block {
             }
         };
         fd.try_clone().map_err(|e| crate::fd::os_error("fcntl(F_DUPFD_CLOEXEC)", &e))
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        // SAFETY: buffers bound to the block hold an `Arc<Block>`; the last is gone, and the
-        // buffers destroyed their `VkBuffer`s first.
-        unsafe { self.raw.free(&self.device) };
     }
 }
 

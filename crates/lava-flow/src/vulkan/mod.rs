@@ -18,7 +18,5 @@ pub use allocator::{
 };
 pub use buffer::Buffer;
 pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};
-#[cfg(any(feature = "opengl", feature = "cuda"))]
-pub(crate) use memory::Block;
 pub use semaphore::{BinarySemaphore, Submission, TimelineSemaphore};
 pub use validation::ValidationLog;

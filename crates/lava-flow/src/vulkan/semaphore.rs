@@ -10,7 +10,7 @@ use ash::vk;
 use super::device::Device;
 use crate::error::{Error, Result, VkResultExt};
 #[cfg(unix)]
-use crate::handle::{ExportedSemaphore, ExternalHandle, HandleType};
+use crate::handle::{ExportedSemaphore, ExternalHandle, HandleType, SemaphoreDescriptor, SemaphoreKind};
 
 /// A Vulkan timeline semaphore: a 64-bit counter that only grows, signalled and waited for by
 /// the host and by queue submissions, and (where the driver can) exported to CUDA, OpenCL,
@@ -91,7 +91,9 @@ impl Raw {
                     .fd(fd);
                 // SAFETY: the semaphore is fresh and unused; `fd` is an open fd the driver may
                 // keep. On failure `raw` is dropped (destroyed).
-                unsafe { loader.import_semaphore_fd(&info) }.vk("vkImportSemaphoreFdKHR")
+                unsafe { loader.import_semaphore_fd(&info) }
+                    .vk("vkImportSemaphoreFdKHR")
+                    .map_err(|e| (e, crate::fd::Refused::StillOurs))
             })?;
         }
         Ok(raw)
@@ -138,11 +140,15 @@ impl Raw {
     fn export(&self) -> Result<ExportedSemaphore> {
         let fd = self.export_fd()?;
         let info = &self.device.physical.info;
-        Ok(ExportedSemaphore {
-            handle: ExternalHandle::OpaqueFd(fd),
+        let descriptor = SemaphoreDescriptor {
+            kind: match self.kind {
+                Kind::Timeline => SemaphoreKind::Timeline,
+                Kind::Binary => SemaphoreKind::Binary,
+            },
             device_uuid: info.uuid,
             driver_uuid: info.driver_uuid,
-        })
+        };
+        Ok(ExportedSemaphore::from_parts(ExternalHandle::OpaqueFd(fd), descriptor))
     }
 }
 

@@ -153,11 +153,8 @@ impl Transfer {
                 // SAFETY: fresh buffer and memory of a type its requirements allow, offset 0.
                 match unsafe { d.bind_buffer_memory(buffer, memory.memory, 0) } {
                     Ok(()) => Ok(memory),
-                    Err(e) => {
-                        // SAFETY: nothing is bound to the memory.
-                        unsafe { memory.free(device) };
-                        Err(Error::vk("vkBindBufferMemory", e))
-                    }
+                    // `memory` is freed by its drop: nothing is bound to it.
+                    Err(e) => Err(Error::vk("vkBindBufferMemory", e)),
                 }
             });
         match memory {
@@ -426,6 +423,6 @@ fn staging_len(size: u64) -> usize {
 unsafe fn destroy_staging(d: &ash::Device, s: Staging) {
     // SAFETY: the caller's contract.
     unsafe { d.destroy_buffer(s.buffer, None) };
-    // SAFETY: the caller's contract; the buffer bound to it is gone.
-    unsafe { d.free_memory(s.memory.memory, None) };
+    // The memory is freed (and uncharged) by its drop, now that its buffer is gone.
+    drop(s.memory);
 }
