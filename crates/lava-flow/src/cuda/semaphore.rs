@@ -7,7 +7,10 @@ use cudarc::driver::sys;
 
 use super::context::{Context, Stream};
 use super::raw::check;
+use std::os::fd::OwnedFd;
+
 use crate::error::{Error, Result};
+use crate::handle::{ExportedSemaphore, ExternalHandle, SemaphoreKind};
 use crate::vulkan::TimelineSemaphore;
 
 /// A lava-flow [`TimelineSemaphore`] imported into CUDA
@@ -19,6 +22,9 @@ pub struct CudaTimeline<'a> {
     ctx: Context,
     semaphore: Holder<'a>,
     external: sys::CUexternalSemaphore,
+    /// The last value signalled through this import, for the increasing-values rule where
+    /// there is no Vulkan semaphore to read the counter from.
+    last_signal: std::cell::Cell<u64>,
     _not_sync: PhantomData<std::cell::Cell<()>>,
 }
 
@@ -26,14 +32,17 @@ pub struct CudaTimeline<'a> {
 enum Holder<'a> {
     Borrowed(&'a TimelineSemaphore),
     Shared(Arc<TimelineSemaphore>),
+    /// Imported from an exported handle: CUDA's import holds the payload; no Vulkan object
+    /// here to read the counter from.
+    Handle,
 }
 
-impl std::ops::Deref for Holder<'_> {
-    type Target = TimelineSemaphore;
-    fn deref(&self) -> &TimelineSemaphore {
+impl Holder<'_> {
+    fn vulkan(&self) -> Option<&TimelineSemaphore> {
         match self {
-            Holder::Borrowed(s) => s,
-            Holder::Shared(s) => s,
+            Holder::Borrowed(s) => Some(s),
+            Holder::Shared(s) => Some(s),
+            Holder::Handle => None,
         }
     }
 }
@@ -52,18 +61,43 @@ impl Context {
     /// Imports `semaphore` into this context. Errors: [`Error::DeviceMismatch`];
     /// [`Error::Unsupported`] if the Vulkan driver cannot export it; CUDA errors.
     pub fn import_timeline<'a>(&self, semaphore: &'a TimelineSemaphore) -> Result<CudaTimeline<'a>> {
-        self.import_held(Holder::Borrowed(semaphore))
+        self.import_held(semaphore, Holder::Borrowed(semaphore))
     }
 
     /// As [`import_timeline`](Context::import_timeline), for a semaphore shared through an
     /// `Arc`: the import keeps it alive and has no lifetime to outlive.
     pub fn import_timeline_owned(&self, semaphore: Arc<TimelineSemaphore>) -> Result<CudaTimeline<'static>> {
-        self.import_held(Holder::Shared(semaphore))
+        self.import_held(&semaphore, Holder::Shared(Arc::clone(&semaphore)))
     }
 
-    fn import_held<'a>(&self, semaphore: Holder<'a>) -> Result<CudaTimeline<'a>> {
+    /// Imports an exported timeline semaphore — from this process or another — with no Vulkan
+    /// object needed here: CUDA's import holds the payload. Errors: [`Error::DeviceMismatch`];
+    /// [`Error::InvalidArgument`] for a binary semaphore (this imports timelines); CUDA errors.
+    ///
+    /// [`signal`](CudaTimeline::signal) then checks its values against the last value signalled
+    /// through this import (there is no counter to read here); ordering signals made elsewhere
+    /// is the caller's part.
+    #[cfg(unix)]
+    pub fn import_exported_semaphore(&self, exported: ExportedSemaphore) -> Result<CudaTimeline<'static>> {
+        let (handle, desc) = exported.into_parts();
+        let ExternalHandle::OpaqueFd(fd) = handle;
+        self.check_device("the timeline semaphore", desc.device_uuid)?;
+        if desc.kind != SemaphoreKind::Timeline {
+            return Err(Error::InvalidArgument(format!(
+                "CUDA imports timeline semaphores here; this one is {:?}",
+                desc.kind
+            )));
+        }
+        self.timeline_of(Holder::Handle, fd)
+    }
+
+    /// Imports `semaphore`, which `holder` keeps alive.
+    fn import_held<'a>(&self, semaphore: &TimelineSemaphore, holder: Holder<'a>) -> Result<CudaTimeline<'a>> {
         self.check_device("the timeline semaphore", crate::Uuid(semaphore.device_uuid()))?;
-        let fd = semaphore.export_fd()?;
+        self.timeline_of(holder, semaphore.export_fd()?)
+    }
+
+    fn timeline_of<'a>(&self, semaphore: Holder<'a>, fd: OwnedFd) -> Result<CudaTimeline<'a>> {
         self.bind()?;
         let mut external = std::ptr::null_mut();
         crate::fd::give_to_driver(fd, |raw| {
@@ -80,7 +114,13 @@ impl Context {
             }))
 
         })?;
-        Ok(CudaTimeline { ctx: self.clone(), semaphore, external, _not_sync: PhantomData })
+        Ok(CudaTimeline {
+            ctx: self.clone(),
+            semaphore,
+            external,
+            last_signal: std::cell::Cell::new(0),
+            _not_sync: PhantomData,
+        })
     }
 }
 
@@ -102,12 +142,11 @@ impl CudaTimeline<'_> {
     /// must be above the current one.
     pub fn signal(&self, value: u64, stream: &Stream) -> Result<()> {
         self.ctx.check_device("the stream", stream.ctx.uuid())?;
-        let current = self.semaphore.value()?;
-        if value <= current {
-            return Err(Error::InvalidArgument(format!(
-                "timeline values must increase: signal({value}) with the counter at {current}"
-            )));
-        }
+        let current = match self.semaphore.vulkan() {
+            Some(vulkan) => vulkan.value()?,
+            None => self.last_signal.get(),
+        };
+        crate::vulkan::check_increasing(value, current)?;
         self.ctx.bind()?;
         // SAFETY: as in `wait`.
         let mut params: sys::CUDA_EXTERNAL_SEMAPHORE_SIGNAL_PARAMS = unsafe { std::mem::zeroed() };
@@ -115,7 +154,9 @@ impl CudaTimeline<'_> {
         // SAFETY: as in `wait`.
         check("cuSignalExternalSemaphoresAsync", unsafe {
             sys::cuSignalExternalSemaphoresAsync(&self.external, &params, 1, stream.stream)
-        })
+        })?;
+        self.last_signal.set(value);
+        Ok(())
     }
 }
 

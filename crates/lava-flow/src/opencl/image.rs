@@ -3,11 +3,13 @@
 
 use std::ffi::c_void;
 use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
 
 use super::memory::Queue;
 use super::sys::{self, check, cl};
 use super::Context;
 use crate::error::{Error, Result};
+use crate::handle::{ExportedImage, ExternalHandle, ImageDescriptor};
 use crate::{Image, ImageDesc, ImageFormat, ImageTiling};
 
 /// A lava-flow [`Image`] (one level, 2-D) as an OpenCL image of this context; borrows the image
@@ -56,9 +58,24 @@ impl Context {
     /// `CL_DEVICE_EXTERNAL_MEMORY_IMPORT_ASSUME_LINEAR_IMAGES_HANDLE_TYPES_KHR`, then linear.
     /// Also [`Error::DeviceMismatch`], [`Error::NotExportable`], OpenCL errors.
     pub fn import_image<'a>(&'a self, image: &'a Image) -> Result<ClImage<'a>> {
+        self.image_of(&image.descriptor(), || image.export_fd())
+    }
+
+    /// Imports an exported image — from this process or another — as an OpenCL image of this
+    /// context that holds its memory through the import: no Vulkan object is needed here. The
+    /// descriptor is checked first ([`ImageDescriptor::check`]); then as
+    /// [`import_image`](Context::import_image).
+    pub fn import_exported_image(&self, exported: ExportedImage) -> Result<ClImage<'_>> {
+        let (handle, descriptor) = exported.into_parts();
+        let ExternalHandle::OpaqueFd(fd) = handle;
+        self.image_of(&descriptor, || Ok(fd))
+    }
+
+    fn image_of<'a>(&'a self, descriptor: &ImageDescriptor, fd: impl FnOnce() -> Result<OwnedFd>) -> Result<ClImage<'a>> {
         let cl = cl()?;
-        self.check_device("the image", crate::Uuid(image.device_uuid()))?;
-        let desc = *image.desc();
+        descriptor.check()?;
+        self.check_device("the image", descriptor.memory.device_uuid)?;
+        let desc = descriptor.image;
         let unsupported = |why: String| Error::Unsupported {
             what: format!(
                 "OpenCL device {} cannot import this {:?} image: {why}",
@@ -100,8 +117,7 @@ impl Context {
             num_samples: 0,
             mem_object: std::ptr::null_mut(),
         };
-        let fd = image.export_fd()?;
-        let mem = crate::fd::give_to_driver(fd, |raw| {
+        let mem = crate::fd::give_to_driver(fd()?, |raw| {
             let properties = self.import_properties(raw);
             let mut status = 0;
             // SAFETY: a zero-terminated property list with an opaque fd of this device's image

@@ -6,7 +6,9 @@ use std::marker::PhantomData;
 use super::sys::{self, check, cl};
 use super::Context;
 use crate::error::{Error, Result};
+use crate::handle::{ExportedMemory, ExternalHandle, MemoryDescriptor};
 use crate::Buffer;
+use std::os::fd::OwnedFd;
 
 /// An in-order OpenCL command queue of a [`Context`], released on drop.
 #[derive(Debug)]
@@ -38,34 +40,54 @@ impl Context {
         Ok(Queue { ctx: self, queue })
     }
 
-    /// Makes `buffer` an OpenCL memory object of this context.
+    /// Makes exported memory — from this process or another, from lava-flow or any exporter
+    /// that fills a [`MemoryDescriptor`] — an OpenCL memory object of this context: no Vulkan
+    /// object is needed in this process. The view holds the import, which holds the memory.
     ///
-    /// The buffer's `VkDeviceMemory` (its block, or its dedicated allocation) is imported whole
-    /// (`clCreateBufferWithProperties` with `CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR`, size =
-    /// `allocation_size()`): `cl_khr_external_memory` has no offset, so the buffer is reached as
-    /// a sub-buffer (`clCreateSubBuffer`) where its offset is a multiple of the device's
+    /// The whole allocation is imported (`clCreateBufferWithProperties` with
+    /// `CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR`, size = `allocation_size`):
+    /// `cl_khr_external_memory` has no offset, so the buffer is reached as a sub-buffer
+    /// (`clCreateSubBuffer`) where its offset is a multiple of the device's
     /// `CL_DEVICE_MEM_BASE_ADDR_ALIGN`, and otherwise as the whole import plus
     /// [`ClBuffer::offset`], which kernels must add (as with GL on llvmpipe). Each call imports
-    /// once; keep the view for as long as you use it.
+    /// once (ADR 0006); keep the view for as long as you use it. The fd is OpenCL's once the
+    /// import succeeds and closed otherwise.
     ///
-    /// Errors: [`Error::DeviceMismatch`] for another device's buffer,
-    /// [`Error::NotExportable`], OpenCL errors.
+    /// Errors: [`Error::InvalidArgument`] for a descriptor that describes no buffer;
+    /// [`Error::DeviceMismatch`] for memory of another device; OpenCL errors.
+    pub fn import_memory(&self, exported: ExportedMemory) -> Result<ClBuffer<'_>> {
+        let (handle, desc) = exported.into_parts();
+        let ExternalHandle::OpaqueFd(fd) = handle;
+        self.buffer_of(&desc, || Ok(fd))
+    }
+
+    /// Makes a lava-flow buffer of this process an OpenCL memory object of this context: the
+    /// same path as [`import_memory`](Context::import_memory) with the buffer's export.
+    ///
+    /// Errors: as [`import_memory`](Context::import_memory), and [`Error::NotExportable`].
     pub fn import_buffer<'a>(&'a self, buffer: &'a Buffer) -> Result<ClBuffer<'a>> {
+        self.buffer_of(&buffer.descriptor(), || buffer.export_fd())
+    }
+
+    /// The one place where OpenCL imports buffer memory, after the one set of checks.
+    fn buffer_of<'a>(&'a self, desc: &MemoryDescriptor, fd: impl FnOnce() -> Result<OwnedFd>) -> Result<ClBuffer<'a>> {
         let cl = cl()?;
-        self.check_device("the buffer", crate::Uuid(buffer.device_uuid()))?;
-        let fd = buffer.export_fd()?;
-        let whole = buffer.allocation_size();
-        let imported = crate::fd::give_to_driver(fd, |raw| {
+        desc.check_layout()?;
+        self.check_device("the memory", desc.device_uuid)?;
+        let whole = usize::try_from(desc.allocation_size)
+            .map_err(|_| Error::InvalidArgument(format!("{} bytes do not fit size_t", desc.allocation_size)))?;
+        let imported = crate::fd::give_to_driver(fd()?, |raw| {
             let properties = self.import_properties(raw);
             let mut status = 0;
-            // SAFETY: a zero-terminated property list with an opaque fd of memory of this
-            // device (checked above) and this context's device; no host pointer.
+            // SAFETY: a zero-terminated property list with an fd that the caller says is
+            // opaque memory of this device (UUID checked above) and this context's device; no
+            // host pointer.
             let mem = unsafe {
                 (cl.clCreateBufferWithProperties)(
                     self.context,
                     properties.as_ptr(),
                     sys::CL_MEM_READ_WRITE,
-                    whole as usize,
+                    whole,
                     std::ptr::null_mut(),
                     &mut status,
                 )
@@ -76,13 +98,12 @@ impl Context {
             ctx: self,
             imported,
             sub: std::ptr::null_mut(),
-            offset: buffer.offset(),
-            size: buffer.size(),
+            offset: desc.offset,
+            size: desc.size,
             _buffer: PhantomData,
         };
-        if buffer.offset() % self.base_align()? == 0 {
-            let region =
-                sys::cl_buffer_region { origin: buffer.offset() as usize, size: buffer.size() as usize };
+        if desc.offset % self.base_align()? == 0 {
+            let region = sys::cl_buffer_region { origin: desc.offset as usize, size: desc.size as usize };
             let mut status = 0;
             // SAFETY: the region lies inside the import (offset + size <= allocation size) and its
             // origin is aligned as the device requires (checked above).
@@ -133,8 +154,9 @@ impl Context {
     }
 }
 
-/// A lava-flow [`Buffer`] as an OpenCL memory object; borrows the buffer and the context, so
-/// neither can go first. Commands that use it must come between [`Queue::acquire`] and
+/// A lava-flow [`Buffer`] as an OpenCL memory object; borrows the context, and the buffer it
+/// was imported from ([`Context::import_buffer`]), so neither can go first; one made from an
+/// exported handle ([`Context::import_memory`]) holds its memory through the import. Commands that use it must come between [`Queue::acquire`] and
 /// [`Queue::release`] (`cl_khr_external_memory`); [`ClBuffer::read`] and [`ClBuffer::write`] do
 /// that themselves.
 #[derive(Debug)]

@@ -1,11 +1,13 @@
 //! lava-flow binary semaphores imported into OpenCL (`cl_khr_external_semaphore_opaque_fd`).
 
 use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
 
 use super::memory::Queue;
 use super::sys::{self, check};
 use super::Context;
 use crate::error::{Error, Result};
+use crate::handle::{ExportedSemaphore, ExternalHandle, SemaphoreKind};
 use crate::BinarySemaphore;
 
 /// The platform's semaphore entry points, looked up with
@@ -18,8 +20,9 @@ pub(super) struct SemaphoreFns {
     pub release: sys::ReleaseSemaphoreFn,
 }
 
-/// A lava-flow [`BinarySemaphore`] imported into an OpenCL context; borrows the semaphore and
-/// the context. Binary: every wait consumes one signal, and a wait must be enqueued after the
+/// A lava-flow [`BinarySemaphore`] imported into an OpenCL context; borrows the context, and
+/// the semaphore it was imported from ([`Context::import_semaphore`]; one from an exported
+/// handle holds its payload itself). Binary: every wait consumes one signal, and a wait must be enqueued after the
 /// signal it consumes has been submitted (by Vulkan, or by OpenCL and flushed).
 #[derive(Debug)]
 pub struct ClSemaphore<'a> {
@@ -41,7 +44,28 @@ impl Context {
     pub fn import_semaphore<'a>(&'a self, semaphore: &'a BinarySemaphore) -> Result<ClSemaphore<'a>> {
         let fns = self.semaphore_fns()?;
         self.check_device("the semaphore", crate::Uuid(semaphore.device_uuid()))?;
-        let fd = semaphore.export_fd()?;
+        self.semaphore_of(fns, semaphore.export_fd()?)
+    }
+
+    /// Imports an exported binary semaphore — from this process or another — with no Vulkan
+    /// object needed here; the OpenCL semaphore holds its payload. Errors: as
+    /// [`import_semaphore`](Context::import_semaphore), and [`Error::InvalidArgument`] for a
+    /// timeline semaphore (OpenCL imports binary ones).
+    pub fn import_exported_semaphore(&self, exported: ExportedSemaphore) -> Result<ClSemaphore<'_>> {
+        let (handle, desc) = exported.into_parts();
+        let ExternalHandle::OpaqueFd(fd) = handle;
+        let fns = self.semaphore_fns()?;
+        self.check_device("the semaphore", desc.device_uuid)?;
+        if desc.kind != SemaphoreKind::Binary {
+            return Err(Error::InvalidArgument(format!(
+                "OpenCL imports binary semaphores; this one is {:?}",
+                desc.kind
+            )));
+        }
+        self.semaphore_of(fns, fd)
+    }
+
+    fn semaphore_of(&self, fns: SemaphoreFns, fd: OwnedFd) -> Result<ClSemaphore<'_>> {
         let created = crate::fd::give_to_driver(fd, |raw| {
             let properties = [
                 sys::CL_SEMAPHORE_TYPE_KHR,

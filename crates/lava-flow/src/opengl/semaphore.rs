@@ -7,7 +7,10 @@ use super::context::{GlContext, EXT_SEMAPHORE_FD};
 use super::memory::GlBuffer;
 use super::sys::{self, GLenum, GLuint};
 use super::texture::GlTexture;
+use std::os::fd::OwnedFd;
+
 use crate::error::{Error, Result};
+use crate::handle::{ExportedSemaphore, ExternalHandle, SemaphoreKind};
 use crate::vulkan::TimelineSemaphore;
 
 /// How long the host-side fallback waits for a value before giving up.
@@ -26,16 +29,29 @@ pub const FALLBACK_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 ///   the CPU waits.
 pub struct GlTimeline<'a> {
     ctx: &'a GlContext,
-    semaphore: &'a TimelineSemaphore,
-    /// The imported GL semaphore, on the GPU path.
-    gl: Option<GLuint>,
+    path: Path<'a>,
+    /// The last value signalled through this import, for the increasing-values rule where
+    /// there is no Vulkan semaphore to read the counter from.
+    last_signal: std::cell::Cell<u64>,
     _not_send: PhantomData<*const ()>,
 }
 
 impl std::fmt::Debug for GlTimeline<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GlTimeline").field("gl_semaphore", &self.gl).finish_non_exhaustive()
+        let gl = match self.path {
+            Path::Gpu { name, .. } => Some(name),
+            Path::Host(_) => None,
+        };
+        f.debug_struct("GlTimeline").field("gl_semaphore", &gl).finish_non_exhaustive()
     }
+}
+
+/// How a [`GlTimeline`] orders GL work.
+enum Path<'a> {
+    /// An imported GL semaphore; the Vulkan semaphore where it lives in this process.
+    Gpu { name: GLuint, vulkan: Option<&'a TimelineSemaphore> },
+    /// The host fallback, on the Vulkan semaphore.
+    Host(&'a TimelineSemaphore),
 }
 
 impl GlContext {
@@ -47,68 +63,111 @@ impl GlContext {
             crate::Uuid(semaphore.device_uuid()),
             crate::Uuid(semaphore.driver_uuid()),
         )?;
-        let shared = &self.shared;
-        let gpu_path = semaphore.is_exportable() && shared.info.has_extension(EXT_SEMAPHORE_FD);
-        let gl = match (gpu_path, shared.nv_timeline.as_ref()) {
-            (true, Some(nv)) => {
-                let fd = semaphore.export_fd()?;
-                let gl = shared.current()?;
-                // SAFETY: the context is current and lists GL_NV_timeline_semaphore.
-                let name = unsafe { nv.create_timeline() };
-                shared.check("glCreateSemaphoresNV")?;
-                let imported = crate::fd::give_to_driver(fd, |raw| {
-                    // SAFETY: a fresh timeline semaphore of this context; `raw` is an opaque fd of
-                    // a timeline semaphore of the same device (checked above).
-                    unsafe { gl.ImportSemaphoreFdEXT(name, sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
-                    shared.check("glImportSemaphoreFdEXT").map_err(|e| (e, shared.info.refused_fd()))
-                });
-                if let Err(e) = imported {
-                    // SAFETY: made above, used by nothing.
-                    unsafe { gl.DeleteSemaphoresEXT(1, &name) };
-                    return Err(e);
-                }
-                Some(name)
-            }
-            _ => None,
+        let gpu_path = semaphore.is_exportable()
+            && self.shared.info.has_extension(EXT_SEMAPHORE_FD)
+            && self.shared.nv_timeline.is_some();
+        let path = if gpu_path {
+            Path::Gpu { name: self.gl_timeline(semaphore.export_fd()?)?, vulkan: Some(semaphore) }
+        } else {
+            Path::Host(semaphore)
         };
-        Ok(GlTimeline { ctx: self, semaphore, gl, _not_send: PhantomData })
+        Ok(GlTimeline { ctx: self, path, last_signal: Default::default(), _not_send: PhantomData })
+    }
+
+    /// Imports an exported timeline semaphore — from this process or another — on the GPU path
+    /// (there is no Vulkan object here for the fallback to wait on). Errors:
+    /// [`Error::Unsupported`] without `GL_EXT_semaphore_fd` and `GL_NV_timeline_semaphore`;
+    /// [`Error::DeviceMismatch`]; [`Error::InvalidArgument`] for a binary semaphore.
+    ///
+    /// [`signal`](GlTimeline::signal) then checks its values against the last value signalled
+    /// through this import; ordering signals made elsewhere is the caller's part.
+    #[cfg(unix)]
+    pub fn import_exported_semaphore(&self, exported: ExportedSemaphore) -> Result<GlTimeline<'_>> {
+        let (handle, desc) = exported.into_parts();
+        let ExternalHandle::OpaqueFd(fd) = handle;
+        self.require(EXT_SEMAPHORE_FD, "importing Vulkan semaphores")?;
+        if self.shared.nv_timeline.is_none() {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{} has no GL_NV_timeline_semaphore, so it cannot import a timeline semaphore",
+                    self.shared.info.renderer
+                ),
+            });
+        }
+        self.check_device("the timeline semaphore", desc.device_uuid, desc.driver_uuid)?;
+        if desc.kind != SemaphoreKind::Timeline {
+            return Err(Error::InvalidArgument(format!(
+                "GL imports timeline semaphores here; this one is {:?}",
+                desc.kind
+            )));
+        }
+        let path = Path::Gpu { name: self.gl_timeline(fd)?, vulkan: None };
+        Ok(GlTimeline { ctx: self, path, last_signal: Default::default(), _not_send: PhantomData })
+    }
+
+    /// A GL timeline semaphore imported from `fd` (`GL_NV_timeline_semaphore` present).
+    fn gl_timeline(&self, fd: OwnedFd) -> Result<GLuint> {
+        let shared = &self.shared;
+        let nv = shared.nv_timeline.as_ref().ok_or_else(|| Error::Unsupported {
+            what: format!("{} has no GL_NV_timeline_semaphore", shared.info.renderer),
+        })?;
+        let gl = shared.current()?;
+        // SAFETY: the context is current and lists GL_NV_timeline_semaphore.
+        let name = unsafe { nv.create_timeline() };
+        shared.check("glCreateSemaphoresNV")?;
+        let imported = crate::fd::give_to_driver(fd, |raw| {
+            // SAFETY: a fresh timeline semaphore of this context; `raw` is an fd the caller says
+            // is an opaque fd of a timeline semaphore of the same device (checked by the caller).
+            unsafe { gl.ImportSemaphoreFdEXT(name, sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
+            shared.check("glImportSemaphoreFdEXT").map_err(|e| (e, shared.info.refused_fd()))
+        });
+        if let Err(e) = imported {
+            // SAFETY: made above, used by nothing.
+            unsafe { gl.DeleteSemaphoresEXT(1, &name) };
+            return Err(e);
+        }
+        Ok(name)
     }
 }
 
 impl GlTimeline<'_> {
     /// Whether GL waits and signals on the GPU (`true`) or through the host fallback.
     pub fn is_gpu_path(&self) -> bool {
-        self.gl.is_some()
+        matches!(self.path, Path::Gpu { .. })
     }
 
     /// Makes GL commands issued after this call wait until the timeline reaches `value`.
     /// `buffers` and `textures` are what those commands use (GL_EXT_semaphore makes them
     /// available; lava-flow images are in `GENERAL` layout, which is what GL is told).
     pub fn wait(&self, value: u64, buffers: &[&GlBuffer<'_>], textures: &[&GlTexture<'_>]) -> Result<()> {
-        let Some(name) = self.gl else {
-            return self.semaphore.wait(value, FALLBACK_WAIT_TIMEOUT);
-        };
-        self.semaphore_op(name, value, buffers, textures, Op::Wait)
+        match self.path {
+            Path::Gpu { name, .. } => self.semaphore_op(name, value, buffers, textures, Op::Wait),
+            Path::Host(semaphore) => semaphore.wait(value, FALLBACK_WAIT_TIMEOUT),
+        }
     }
 
     /// Sets the timeline to `value` once the GL commands issued so far are done. `buffers` and
     /// `textures` are what those commands wrote (left in `GENERAL` layout for Vulkan).
     pub fn signal(&self, value: u64, buffers: &[&GlBuffer<'_>], textures: &[&GlTexture<'_>]) -> Result<()> {
-        let Some(name) = self.gl else {
-            self.ctx.finish()?;
-            return self.semaphore.signal(value);
+        let (name, vulkan) = match self.path {
+            Path::Gpu { name, vulkan } => (name, vulkan),
+            Path::Host(semaphore) => {
+                self.ctx.finish()?;
+                return semaphore.signal(value);
+            }
         };
-        let current = self.semaphore.value()?;
-        if value <= current {
-            return Err(Error::InvalidArgument(format!(
-                "timeline values must increase: signal({value}) with the counter at {current}"
-            )));
-        }
+        let current = match vulkan {
+            Some(vulkan) => vulkan.value()?,
+            None => self.last_signal.get(),
+        };
+        crate::vulkan::check_increasing(value, current)?;
         self.semaphore_op(name, value, buffers, textures, Op::Signal)?;
         let gl = self.ctx.shared.current()?;
         // SAFETY: the context is current. The signal must reach the GPU without further GL calls.
         unsafe { gl.Flush() };
-        self.ctx.shared.check("glFlush")
+        self.ctx.shared.check("glFlush")?;
+        self.last_signal.set(value);
+        Ok(())
     }
 
     /// Sets the GL semaphore's timeline value, then waits for or signals it with the barriers
@@ -156,7 +215,7 @@ enum Op {
 
 impl Drop for GlTimeline<'_> {
     fn drop(&mut self) {
-        if let Some(name) = self.gl {
+        if let Path::Gpu { name, .. } = self.path {
             match self.ctx.shared.current() {
                 // SAFETY: our semaphore, made by this context.
                 Ok(gl) => unsafe { gl.DeleteSemaphoresEXT(1, &name) },

@@ -18,5 +18,6 @@ pub use allocator::{
 };
 pub use buffer::Buffer;
 pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};
+pub(crate) use semaphore::check_increasing;
 pub use semaphore::{BinarySemaphore, Submission, TimelineSemaphore};
 pub use validation::ValidationLog;

@@ -224,6 +224,17 @@ macro_rules! semaphore_common {
 semaphore_common!(TimelineSemaphore, Kind::Timeline, "timeline");
 semaphore_common!(BinarySemaphore, Kind::Binary, "binary");
 
+/// The one rule of timeline signals, for every API that signals: a value above `current` (the
+/// counter, or the last value signalled through an import that cannot read the counter).
+pub(crate) fn check_increasing(value: u64, current: u64) -> Result<()> {
+    if value <= current {
+        return Err(Error::InvalidArgument(format!(
+            "timeline values must increase: a signal of {value} with the counter at {current}"
+        )));
+    }
+    Ok(())
+}
+
 impl TimelineSemaphore {
     /// The counter's current value.
     pub fn value(&self) -> Result<u64> {
@@ -235,12 +246,7 @@ impl TimelineSemaphore {
     /// Sets the counter to `value` from the host. The value must be greater than the current
     /// one (and than any pending signal: that part is the caller's to keep).
     pub fn signal(&self, value: u64) -> Result<()> {
-        let current = self.value()?;
-        if value <= current {
-            return Err(Error::InvalidArgument(format!(
-                "timeline values must increase: signal({value}) with the counter at {current}"
-            )));
-        }
+        check_increasing(value, self.value()?)?;
         let info = vk::SemaphoreSignalInfo::default().semaphore(self.raw.semaphore).value(value);
         // SAFETY: a live timeline semaphore of this device; the value is greater than the current.
         unsafe { self.raw.device.device.signal_semaphore(&info) }.vk("vkSignalSemaphore")
@@ -391,12 +397,7 @@ impl<'a> Submission<'a> {
             }
         }
         for (sem, value) in &self.signals {
-            let current = sem.value()?;
-            if *value <= current {
-                return Err(Error::InvalidArgument(format!(
-                    "timeline values must increase: a signal of {value} with the counter at {current}"
-                )));
-            }
+            check_increasing(*value, sem.value()?)?;
         }
         for sem in self.binary_waits.iter().chain(&self.binary_signals) {
             if !Arc::ptr_eq(sem.device(), device) {
