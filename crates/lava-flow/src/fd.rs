@@ -150,12 +150,15 @@ mod tests {
         let original: OwnedFd = std::fs::File::open("/dev/null").expect("open").into();
         let mut other_threads_fd = None;
         let r: Result<()> = give_to_driver(original.try_clone().expect("dup"), |raw| {
-            // SAFETY: `raw` is the duplicate handed to this "driver", which closes it...
-            drop(unsafe { OwnedFd::from_raw_fd(raw) });
-            // ...and "another thread" duplicates the same file into the lowest free number:
-            let reused = original.try_clone().expect("dup");
-            assert_eq!(reused.as_raw_fd(), raw, "the kernel reuses the lowest free number");
-            other_threads_fd = Some(reused);
+            // The "driver" closes `raw` and "another thread" duplicates the same file into that
+            // number at once: `dup2` does both atomically (so no other test thread can take the
+            // number in between).
+            // SAFETY: `raw` is the duplicate handed to this "driver"; dup2 closes it and makes
+            // `raw` a new fd of the same file, which "the other thread" owns from here on.
+            let reused = unsafe { libc::dup2(original.as_raw_fd(), raw) };
+            assert_eq!(reused, raw, "dup2");
+            // SAFETY: a new fd, owned by nobody else.
+            other_threads_fd = Some(unsafe { OwnedFd::from_raw_fd(reused) });
             Err((Error::ZeroSize, Refused::TakenByDriver))
         });
         assert!(r.is_err());

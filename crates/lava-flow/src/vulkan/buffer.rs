@@ -284,12 +284,14 @@ impl Buffer {
     /// Importers also need [`offset`](Buffer::offset), [`size`](Buffer::size),
     /// [`allocation_size`](Buffer::allocation_size) and [`is_dedicated`](Buffer::is_dedicated):
     /// [`export`](Buffer::export) returns all of it in one value.
+    ///
+    /// A buffer made by [`MemoryAllocator::import_memory`](crate::MemoryAllocator::import_memory)
+    /// exports too: a duplicate of the fd it was imported from, with the same descriptor (and
+    /// [`MemoryId`](crate::MemoryId)), so what arrived from elsewhere can be passed on to CUDA,
+    /// OpenGL, OpenCL or another process.
     #[cfg(unix)]
     pub fn export_fd(&self) -> Result<OwnedFd> {
         self.placement.block.export_fd().map_err(|e| match e {
-            Error::NotExportable { .. } if self.location.is_none() => Error::NotExportable {
-                reason: "imported memory is not exported again by lava-flow; export the original".into(),
-            },
             Error::NotExportable { .. } => Error::NotExportable {
                 reason: format!(
                     "this buffer was allocated without export (Exportable::No, or device {} cannot \
