@@ -214,4 +214,40 @@ mod opengl {
         );
         assert_eq!(open_fds(), before, "the fd of the refused import is closed");
     }
+
+    /// A timeline by its exported handle orders GL after Vulkan and Vulkan after GL. Lavapipe
+    /// cannot export timelines (the test says so and skips on the CPU tier); NVIDIA can.
+    #[test]
+    fn gl_orders_work_with_an_exported_timeline() {
+        let _serial = serial();
+        let mut v = Validated::new();
+        let ctx = context(&v);
+        let timeline = v.timeline_semaphore(0).expect("timeline");
+        let test = "GL exported timeline";
+        let Some(exported) = common::or_skip(timeline.export(), test, "exportable timeline semaphores") else {
+            return;
+        };
+        let Some(sync) = common::or_skip(ctx.import_exported_semaphore(exported), test, "GL timeline imports")
+        else {
+            return;
+        };
+        assert!(sync.is_gpu_path());
+        let buffer = v.allocate(65_536, DEV0).expect("allocate");
+        let view = ctx.import_memory(buffer.export().expect("export")).expect("GL import");
+        buffer.write(0, &poisoned(65_536)).expect("poison");
+        let data = random_bytes(65_536);
+        v.submit(0, &lava_flow::Submission::new().signal(&timeline, 1)).expect("Vulkan signals 1");
+        sync.wait(1, &[&view], &[]).expect("GL waits for 1");
+        view.write(0, &data).expect("GL write");
+        sync.signal(2, &[&view], &[]).expect("GL signals 2");
+        assert!(
+            matches!(sync.signal(2, &[&view], &[]), Err(Error::InvalidArgument(_))),
+            "values signalled through the import must increase"
+        );
+        timeline.wait(2, std::time::Duration::from_secs(10)).expect("Vulkan sees GL's 2");
+        let mut out = poisoned(65_536);
+        buffer.read(0, &mut out).expect("Vulkan read");
+        assert_bytes_eq(&out, &data, "GL → Vulkan ordered by the exported timeline");
+        v.wait_idle(0).expect("idle");
+    }
 }

@@ -428,3 +428,80 @@ fn exhausting_the_device_heap_is_typed_keeps_data_and_recovers() {
     let again = v.allocate_with(size, DEV0, options).expect("room again after freeing");
     assert_eq!(again.size(), size);
 }
+
+/// Issue 13: CUDA reached by exported handles alone — a context found by UUID (no allocator),
+/// buffers at an offset and dedicated, memory that Vulkan itself imported, an image and a
+/// timeline semaphore — and the imports outlive the Vulkan objects they came from.
+#[test]
+fn exported_handles_alone_reach_cuda() {
+    let _measuring = shared();
+    let mut v = Validated::new();
+    let mut relay = Validated::new();
+    let uuid = v.device(0).expect("device 0").uuid;
+    let Some(ctx) = common::or_skip(Context::for_uuid(uuid), "exported handles", "CUDA") else { return };
+    let _first = v.allocate(4096, DEV0).expect("first");
+    let shared_block = v.allocate(123_457, DEV0).expect("at an offset");
+    let dedicated =
+        v.allocate_with(1 << 20, DEV0, AllocationOptions::default().dedicated(true)).expect("dedicated");
+    assert_ne!(shared_block.offset(), 0);
+    for (buffer, what) in [(&shared_block, "shared block"), (&dedicated, "dedicated")] {
+        let view = ctx.import_memory(buffer.export().expect("export")).expect("import_memory");
+        both_directions(buffer, &view, what);
+    }
+    // Memory Vulkan imported goes on to CUDA.
+    let relayed = relay.import_memory(0, shared_block.export().expect("export")).expect("relay");
+    let through_relay = ctx.import_memory(relayed.export().expect("re-export")).expect("import re-export");
+    both_directions(&shared_block, &through_relay, "through a Vulkan import");
+    // The CUDA import holds the memory once the Vulkan buffer is gone.
+    let data = random_bytes(dedicated.size() as usize);
+    dedicated.write(0, &data).expect("write");
+    let held = ctx.import_memory(dedicated.export().expect("export")).expect("import");
+    v.wait_idle(0).expect("idle");
+    drop(dedicated);
+    v.trim();
+    let mut out = poisoned(data.len());
+    held.copy_to_host(0, &mut out).expect("CUDA read after the Vulkan buffer is gone");
+    assert_bytes_eq(&out, &data, "CUDA's import outlives the Vulkan buffer");
+
+    // An image by its exported handle.
+    let desc = lava_flow::ImageDesc::new(lava_flow::ImageFormat::Rgba8Unorm, 61, 29).mip_levels(2);
+    let image = v.allocate_image(0, desc).expect("image");
+    let cuda_image = ctx.import_exported_image(image.export().expect("export image")).expect("import image");
+    for level in 0..2 {
+        let data = common::texel_data(desc.format, desc.level_size(level) as usize);
+        image.write_level(level, &data).expect("Vulkan write");
+        let mut out = poisoned(data.len());
+        cuda_image.level(level).expect("level").copy_to_host(&mut out).expect("CUDA read");
+        assert_bytes_eq(&out, &data, &format!("exported image level {level}: Vulkan → CUDA"));
+    }
+
+    // A timeline by its exported handle orders CUDA and Vulkan both ways.
+    let timeline = v.timeline_semaphore(0).expect("timeline");
+    let sync = ctx.import_exported_semaphore(timeline.export().expect("export timeline")).expect("import");
+    let view = ctx.import_memory(shared_block.export().expect("export")).expect("import");
+    shared_block.write(0, &poisoned(shared_block.size() as usize)).expect("poison");
+    let stream = ctx.stream().expect("stream");
+    sync.wait(1, &stream).expect("wait");
+    cuda::fill_async(&view, 0, shared_block.size() as usize, 0x3C, &stream).expect("fill");
+    sync.signal(2, &stream).expect("signal");
+    assert!(
+        matches!(sync.signal(2, &stream), Err(lava_flow::Error::InvalidArgument(_))),
+        "values signalled through the import must increase"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(timeline.value().expect("value"), 0, "CUDA waits for Vulkan's 1");
+    v.submit(0, &Submission::new().signal(&timeline, 1)).expect("Vulkan signals 1");
+    timeline.wait(2, Duration::from_secs(10)).expect("CUDA signals 2");
+    let mut out = poisoned(shared_block.size() as usize);
+    shared_block.read(0, &mut out).expect("read");
+    assert!(out.iter().all(|&b| b == 0x3C), "CUDA's fill, ordered by the exported timeline");
+    stream.synchronize().expect("sync");
+    drop(sync);
+    drop(cuda_image);
+    v.wait_idle(0).expect("idle");
+
+    // A binary semaphore is not a timeline.
+    let binary = v.binary_semaphore(0).expect("binary");
+    let refused = ctx.import_exported_semaphore(binary.export().expect("export binary"));
+    assert!(matches!(refused, Err(lava_flow::Error::InvalidArgument(_))), "{refused:?}");
+}

@@ -310,3 +310,55 @@ fn semaphores_without_opencl_support_are_typed_errors() {
         Err(e) => assert!(matches!(e, Error::Unsupported { .. } | Error::LibraryNotFound { .. }), "{e}"),
     }
 }
+
+/// Issue 13: OpenCL reached by exported handles alone — buffers at an offset and dedicated
+/// through a kernel and both ways, memory Vulkan itself imported, and a binary semaphore that
+/// orders Vulkan → OpenCL → Vulkan; the OpenCL import outlives the Vulkan buffer.
+#[test]
+fn exported_handles_alone_reach_opencl() {
+    let mut v = Validated::new();
+    let mut relay = Validated::new();
+    let Some(ctx) = opencl_or_skip(&v, "exported handles") else { return };
+    let queue = ctx.queue().expect("queue");
+    let program = ctx.build(TRANSFORM).expect("build");
+    let _pad = v.allocate(4096, DEV0).expect("pad");
+    let at_offset = v.allocate(40_000, DEV0).expect("at an offset");
+    let dedicated =
+        v.allocate_with(123_456, DEV0, AllocationOptions::default().dedicated(true)).expect("dedicated");
+    for (buffer, what) in [(&at_offset, "exported, at an offset"), (&dedicated, "exported, dedicated")] {
+        let view = ctx.import_memory(buffer.export().expect("export")).expect("import_memory");
+        check_buffer(&queue, &program, buffer, &view, what);
+    }
+    let relayed = relay.import_memory(0, at_offset.export().expect("export")).expect("relay");
+    let view = ctx.import_memory(relayed.export().expect("re-export")).expect("import re-export");
+    check_buffer(&queue, &program, &at_offset, &view, "through a Vulkan import");
+    drop(view);
+
+    let data = random_bytes(dedicated.size() as usize);
+    dedicated.write(0, &data).expect("write");
+    let held = ctx.import_memory(dedicated.export().expect("export")).expect("import");
+    v.wait_idle(0).expect("idle");
+    drop(dedicated);
+    v.trim();
+    let mut out = poisoned(data.len());
+    held.read(&queue, 0, &mut out).expect("OpenCL read after the Vulkan buffer is gone");
+    assert_bytes_eq(&out, &data, "OpenCL's import outlives the Vulkan buffer");
+
+    // A binary semaphore by its exported handle: Vulkan signals, OpenCL waits and signals a
+    // second one, Vulkan waits for that.
+    let (a, a_vk) = shared_binary(&mut v);
+    let (b, b_vk) = shared_binary(&mut v);
+    let cl_a = ctx.import_exported_semaphore(a.export().expect("export A")).expect("import A");
+    let cl_b = ctx.import_exported_semaphore(b.export().expect("export B")).expect("import B");
+    let done = v.timeline_semaphore(0).expect("timeline");
+    v.submit(0, &lava_flow::Submission::new().signal_binary(&a_vk)).expect("Vulkan signals A");
+    queue.wait_semaphore(&cl_a).expect("OpenCL waits for A");
+    queue.signal_semaphore(&cl_b).expect("OpenCL signals B");
+    v.submit(0, &lava_flow::Submission::new().wait_binary(&b_vk).signal(&done, 1)).expect("Vulkan waits");
+    done.wait(1, std::time::Duration::from_secs(30)).expect("the chain completes");
+    queue.finish().expect("finish");
+    let timeline = v.timeline_semaphore(0).expect("timeline");
+    let refused = ctx.import_exported_semaphore(timeline.export().expect("export timeline"));
+    assert!(matches!(refused, Err(Error::InvalidArgument(_))), "OpenCL imports binary semaphores: {refused:?}");
+    v.wait_idle(0).expect("idle");
+}

@@ -130,9 +130,34 @@ impl Context {
     /// too old or no CUDA device with that UUID (the message lists the CUDA devices).
     pub fn for_device(allocator: &MemoryAllocator, device_id: u32) -> Result<Self> {
         let info = allocator.device(device_id)?;
-        let cuda = find(info)?;
+        Self::primary(find(info)?)
+    }
+
+    /// The primary context of the CUDA device with this UUID — the device UUID in a
+    /// [`MemoryDescriptor`](crate::MemoryDescriptor) received from another process, say. Loads
+    /// only libcuda: a consumer that imports exported handles into CUDA never loads Vulkan.
+    ///
+    /// Errors: [`Error::LibraryNotFound`] without libcuda; [`Error::Unsupported`] for a driver
+    /// too old or no CUDA device with that UUID (the message lists the CUDA devices).
+    pub fn for_uuid(uuid: Uuid) -> Result<Self> {
+        let cuda = devices()?;
+        let device = cuda.iter().find(|d| d.uuid == uuid).cloned().ok_or_else(|| {
+            let found: Vec<String> =
+                cuda.iter().map(|d| format!("{} {} {}", d.ordinal, d.name, d.uuid)).collect();
+            Error::Unsupported {
+                what: format!(
+                    "no CUDA device has the UUID {uuid}; CUDA devices: {}",
+                    if found.is_empty() { "none".to_owned() } else { found.join("; ") }
+                ),
+            }
+        })?;
+        Self::primary(device)
+    }
+
+    /// Retains the primary context of `cuda`.
+    fn primary(cuda: CudaDevice) -> Result<Self> {
         let mut device = 0;
-        // SAFETY: the driver is initialised (by `find`); the ordinal exists.
+        // SAFETY: the driver is initialised (by `devices`); the ordinal exists.
         check("cuDeviceGet", unsafe { sys::cuDeviceGet(&mut device, cuda.ordinal) })?;
         let mut context = std::ptr::null_mut();
         // SAFETY: `device` is valid; `context` is a valid out-pointer.
