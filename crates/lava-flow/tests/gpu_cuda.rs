@@ -495,7 +495,14 @@ fn exported_handles_alone_reach_cuda() {
     let mut out = poisoned(shared_block.size() as usize);
     shared_block.read(0, &mut out).expect("read");
     assert!(out.iter().all(|&b| b == 0x3C), "CUDA's fill, ordered by the exported timeline");
+    // A timeline Vulkan imported goes on to CUDA too.
+    let relayed =
+        relay.import_timeline_semaphore(0, timeline.export().expect("export")).expect("relay the timeline");
+    let through = ctx.import_timeline(&relayed).expect("CUDA imports an imported timeline");
+    through.signal(3, &stream).expect("signal 3");
+    timeline.wait(3, Duration::from_secs(10)).expect("the original sees CUDA's 3 through the relay");
     stream.synchronize().expect("sync");
+    drop(through);
     drop(sync);
     drop(cuda_image);
     v.wait_idle(0).expect("idle");

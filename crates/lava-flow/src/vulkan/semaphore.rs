@@ -39,6 +39,10 @@ struct Raw {
     semaphore: vk::Semaphore,
     exportable: bool,
     kind: Kind,
+    /// For an imported semaphore, a duplicate of the fd it was imported from: its exports are
+    /// duplicates of it, which refer to the same payload, so what arrived can be passed on.
+    #[cfg(unix)]
+    kept: Option<OwnedFd>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -82,7 +86,11 @@ impl Raw {
             });
         }
         let semaphore = create(device, kind, exportable)?;
-        let raw = Raw { device: Arc::clone(device), semaphore, exportable, kind };
+        let kept = match &import {
+            Some(fd) => Some(fd.try_clone().map_err(|e| crate::fd::os_error("fcntl(F_DUPFD_CLOEXEC)", &e))?),
+            None => None,
+        };
+        let raw = Raw { device: Arc::clone(device), semaphore, exportable: exportable || kept.is_some(), kind, kept };
         if let (Some(fd), Some(loader)) = (import, device.semaphore_fd.as_ref()) {
             crate::fd::give_to_driver(fd, |fd| {
                 let info = vk::ImportSemaphoreFdInfoKHR::default()
@@ -108,6 +116,9 @@ impl Raw {
 
     #[cfg(unix)]
     fn export_fd(&self) -> Result<OwnedFd> {
+        if let Some(kept) = &self.kept {
+            return kept.try_clone().map_err(|e| crate::fd::os_error("fcntl(F_DUPFD_CLOEXEC)", &e));
+        }
         let info = &self.device.physical.info;
         let loader = match self.device.semaphore_fd.as_ref() {
             Some(l) if self.exportable => l,
