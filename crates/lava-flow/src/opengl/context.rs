@@ -165,6 +165,17 @@ impl GlContext {
     /// display gives a GL 4.5 context on a device with that UUID (the message lists what was
     /// found).
     pub fn headless(device: &DeviceInfo) -> Result<Self> {
+        Self::headless_on(device.uuid, || format!("device {} ({}, UUID {})", device.index, device.name, device.uuid))
+    }
+
+    /// As [`headless`](GlContext::headless), for the GPU with this UUID — the device UUID in a
+    /// [`MemoryDescriptor`](crate::MemoryDescriptor) received from another process, say. Loads
+    /// only EGL and GL: no Vulkan.
+    pub fn for_uuid(uuid: Uuid) -> Result<Self> {
+        Self::headless_on(uuid, || format!("the device with UUID {uuid}"))
+    }
+
+    fn headless_on(uuid: Uuid, describe: impl FnOnce() -> String) -> Result<Self> {
         let egl = load_egl()?;
         let client = egl
             .query_string(None, khronos_egl::EXTENSIONS)
@@ -181,7 +192,7 @@ impl GlContext {
         for (platform, native) in candidates {
             let counted = client.contains("EGL_KHR_display_reference");
             match try_display(load_egl()?, platform, native, counted) {
-                Ok(shared) if shared.info.device_uuids.contains(&device.uuid) => {
+                Ok(shared) if shared.info.device_uuids.contains(&uuid) => {
                     return Ok(GlContext { shared: Rc::new(shared), memories: RefCell::default() });
                 }
                 // Dropping `shared` destroys that context and display.
@@ -195,10 +206,8 @@ impl GlContext {
         }
         Err(Error::Unsupported {
             what: format!(
-                "no EGL display gives an OpenGL 4.5 context on device {} ({}, UUID {}); tried: {}",
-                device.index,
-                device.name,
-                device.uuid,
+                "no EGL display gives an OpenGL 4.5 context on {}; tried: {}",
+                describe(),
                 if seen.is_empty() {
                     "no EGL device or surfaceless platform".into()
                 } else {
