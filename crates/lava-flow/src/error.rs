@@ -167,6 +167,23 @@ pub enum Error {
     /// A wait ran out of time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(std::time::Duration, &'static str),
+    /// Bytes received from elsewhere (a descriptor's wire form, an [`ipc`](crate::ipc) message)
+    /// that do not decode: wrong magic or version, wrong length, unknown codes, values that break
+    /// the descriptor's rules, or a message with the wrong kind or number of file descriptors.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// What was being decoded, e.g. "memory descriptor".
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The peer of a socket closed the connection (end of stream, or a reset) before a whole
+    /// message was exchanged.
+    #[error("the peer closed the connection {during}")]
+    Disconnected {
+        /// When, e.g. "before a message" or "in the middle of a message".
+        during: &'static str,
+    },
 }
 
 impl Error {

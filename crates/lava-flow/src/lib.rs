@@ -49,6 +49,8 @@ mod error;
 #[cfg(unix)]
 mod fd;
 pub mod handle;
+#[cfg(unix)]
+pub mod ipc;
 mod location;
 #[cfg(feature = "opencl")]
 pub mod opencl;
@@ -56,6 +58,7 @@ pub mod opencl;
 pub mod opengl;
 mod suballoc;
 mod vulkan;
+mod wire;
 
 pub use device::{DeviceInfo, DeviceType, Uuid};
 pub use error::{Api, Error, Result};
