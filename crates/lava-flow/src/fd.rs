@@ -52,7 +52,8 @@ pub(crate) fn give_to_driver<T>(
     drop(fd);
     let raw = dup.into_raw_fd();
     let result = {
-        let _same_file_one_at_a_time = lock.as_ref().map(|l| l.lock().unwrap_or_else(PoisonError::into_inner));
+        let _same_file_one_at_a_time =
+            lock.as_ref().map(|l| l.lock().unwrap_or_else(PoisonError::into_inner));
         import(raw)
     };
     result.map_err(|(error, refused)| {
@@ -68,7 +69,9 @@ pub(crate) fn give_to_driver<T>(
 /// The lock of `fd`'s file, shared by every import of that file; `None` if it cannot be
 /// identified (then the import runs unlocked: `fstat` failing means the driver will refuse it).
 fn file_lock(fd: &OwnedFd) -> Option<Arc<Mutex<()>>> {
-    static LOCKS: Mutex<Option<HashMap<(u64, u64), std::sync::Weak<Mutex<()>>>>> = Mutex::new(None);
+    /// One lock per file (device, inode), alive while an import of that file runs.
+    type Locks = HashMap<(u64, u64), std::sync::Weak<Mutex<()>>>;
+    static LOCKS: Mutex<Option<Locks>> = Mutex::new(None);
     let key = stat(fd.as_raw_fd())?;
     let mut locks = LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
     let locks = locks.get_or_insert_with(HashMap::new);
@@ -109,45 +112,66 @@ fn stat(fd: RawFd) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
-    /// The tests count the process's fds: one at a time.
-    static FDS: Mutex<()> = Mutex::new(());
+    /// A file of this test's own: counting the fds open on it is not disturbed by other tests
+    /// opening and closing fds in parallel threads.
+    struct Probe(std::path::PathBuf, (u64, u64));
 
-    fn open_count() -> usize {
-        std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    impl Probe {
+        fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("lava-flow-fd-{name}-{}", std::process::id()));
+            let meta = std::fs::File::create(&path).and_then(|f| f.metadata()).expect("a temp file");
+            Probe(path, (meta.dev(), meta.ino()))
+        }
+
+        fn open(&self) -> OwnedFd {
+            std::fs::File::open(&self.0).expect("open").into()
+        }
+
+        /// How many of this process's fds are open on the file.
+        fn open_fds(&self) -> usize {
+            std::fs::read_dir("/proc/self/fd")
+                .expect("/proc/self/fd")
+                .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+                .filter(|m| (m.dev(), m.ino()) == self.1)
+                .count()
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 
     #[test]
     fn failure_that_keeps_the_fd_closes_it_once() {
-        let _turn = FDS.lock().unwrap_or_else(PoisonError::into_inner);
-        let fd: OwnedFd = std::fs::File::open("/dev/null").expect("open").into();
-        let before = open_count() - 1;
-        let r: Result<()> = give_to_driver(fd, |_| Err((Error::ZeroSize, Refused::StillOurs)));
+        let probe = Probe::new("keeps");
+        let r: Result<()> = give_to_driver(probe.open(), |_| Err((Error::ZeroSize, Refused::StillOurs)));
         assert!(r.is_err());
-        assert_eq!(open_count(), before);
+        assert_eq!(probe.open_fds(), 0, "the original and the duplicate are closed");
     }
 
     #[test]
     fn failure_that_closes_the_fd_is_not_closed_twice() {
-        let _turn = FDS.lock().unwrap_or_else(PoisonError::into_inner);
-        let fd: OwnedFd = std::fs::File::open("/dev/null").expect("open").into();
-        let before = open_count() - 1;
-        let r: Result<()> = give_to_driver(fd, |raw| {
+        let probe = Probe::new("closes");
+        let r: Result<()> = give_to_driver(probe.open(), |raw| {
             // A driver that closes the fd it refuses.
             // SAFETY: `raw` is the duplicate handed to this "driver".
             drop(unsafe { OwnedFd::from_raw_fd(raw) });
             Err((Error::ZeroSize, Refused::TakenByDriver))
         });
         assert!(r.is_err(), "no abort for a double close");
-        assert_eq!(open_count(), before);
+        assert_eq!(probe.open_fds(), 0);
     }
 
     /// The race of issue 18: a driver closes the refused fd, another thread opens the same
     /// file into the freed number at once. The old same-file check closed that thread's fd.
     #[test]
     fn a_number_freed_by_the_driver_and_reused_for_the_same_file_is_left_alone() {
-        let _turn = FDS.lock().unwrap_or_else(PoisonError::into_inner);
-        let original: OwnedFd = std::fs::File::open("/dev/null").expect("open").into();
+        let probe = Probe::new("reused");
+        let original = probe.open();
         let mut other_threads_fd = None;
         let r: Result<()> = give_to_driver(original.try_clone().expect("dup"), |raw| {
             // The "driver" closes `raw` and "another thread" duplicates the same file into that
@@ -163,39 +187,44 @@ mod tests {
         });
         assert!(r.is_err());
         let reused = other_threads_fd.expect("the closure ran");
-        // Still open: fcntl succeeds. (Dropping it would abort if it had been closed for us.)
-        // SAFETY: F_GETFD only reads the flags of a number.
-        assert_ne!(unsafe { libc::fcntl(reused.as_raw_fd(), libc::F_GETFD) }, -1, "the other fd was closed");
-        drop(reused);
+        assert_eq!(probe.open_fds(), 2, "the other thread's fd is still open, beside the original");
+        drop(reused); // would abort if it had been closed for us
+        drop(original);
+        assert_eq!(probe.open_fds(), 0);
     }
 
     #[test]
     fn success_leaves_the_duplicate_to_the_driver() {
-        let _turn = FDS.lock().unwrap_or_else(PoisonError::into_inner);
-        let fd: OwnedFd = std::fs::File::open("/dev/null").expect("open").into();
-        let kept = give_to_driver(fd, Ok).expect("success");
+        let probe = Probe::new("success");
+        let kept = give_to_driver(probe.open(), Ok).expect("success");
+        assert_eq!(probe.open_fds(), 1, "only the driver's duplicate");
         // The "driver" owns `kept`; give it back to Rust to close it.
         // SAFETY: the duplicate is open and owned by nobody else.
         drop(unsafe { OwnedFd::from_raw_fd(kept) });
+        assert_eq!(probe.open_fds(), 0);
     }
 
-    /// A stuck import of one file does not hold up imports of another.
+    /// A stuck import of one file does not hold up imports of another (the lock was one for the
+    /// whole process: this test hung).
     #[test]
     fn imports_of_other_files_do_not_wait_for_a_stuck_one() {
+        let (stuck_probe, free_probe) = (Probe::new("stuck"), Probe::new("free"));
+        let stuck_fd = stuck_probe.open();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
         let stuck = std::thread::spawn(move || {
-            let fd: OwnedFd = std::fs::File::open("/dev/zero").expect("open").into();
-            let _: Result<()> = give_to_driver(fd, |_| {
+            let _: Result<()> = give_to_driver(stuck_fd, |_| {
+                entered_tx.send(()).ok();
                 rx.recv().ok();
                 Err((Error::ZeroSize, Refused::StillOurs))
             });
         });
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let fd: OwnedFd = std::fs::File::open("/dev/null").expect("open").into();
-        let done = give_to_driver(fd, |raw| Ok(raw)).expect("not blocked");
+        entered.recv().expect("the stuck import started");
+        let done = give_to_driver(free_probe.open(), Ok).expect("not blocked");
         // SAFETY: the "driver" gives its fd back to be closed.
         drop(unsafe { OwnedFd::from_raw_fd(done) });
         tx.send(()).expect("release");
         stuck.join().expect("join");
+        assert_eq!(stuck_probe.open_fds() + free_probe.open_fds(), 0);
     }
 }

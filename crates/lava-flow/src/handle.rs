@@ -128,8 +128,8 @@ impl MemoryDescriptor {
     /// calls this before anything else; importers add their own rules (the memory type, a
     /// dedicated buffer's exact size, the device).
     pub fn check_layout(&self) -> crate::Result<()> {
-        let fits =
-            self.size > 0 && self.offset.checked_add(self.size).is_some_and(|end| end <= self.allocation_size);
+        let fits = self.size > 0
+            && self.offset.checked_add(self.size).is_some_and(|end| end <= self.allocation_size);
         if !fits {
             return Err(crate::Error::InvalidArgument(format!(
                 "memory descriptor does not describe a buffer: {} bytes at offset {} of {} bytes",

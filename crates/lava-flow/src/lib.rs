@@ -63,8 +63,8 @@ mod wire;
 pub use device::{DeviceInfo, DeviceType, Uuid};
 pub use error::{Api, Error, Result};
 pub use handle::{
-    ExportedImage, ExportedMemory, ExportedSemaphore, ExternalHandle, HandleType, ImageDescriptor, MemoryDescriptor,
-    MemoryId, SemaphoreDescriptor, SemaphoreKind,
+    ExportedImage, ExportedMemory, ExportedSemaphore, ExternalHandle, HandleType, ImageDescriptor,
+    MemoryDescriptor, MemoryId, SemaphoreDescriptor, SemaphoreKind,
 };
 pub use location::MemoryLocation;
 pub use vulkan::{
@@ -92,6 +92,11 @@ pub struct CudaGuide;
 #[cfg(all(doctest, feature = "opencl"))]
 #[doc = include_str!("../../../docs/opencl_interop.md")]
 pub struct OpenClGuide;
+
+/// The guide `docs/processes.md`, whose examples are compiled and run as doctests.
+#[cfg(all(doctest, unix, feature = "cuda"))]
+#[doc = include_str!("../../../docs/processes.md")]
+pub struct ProcessesGuide;
 
 /// The `ash` crate lava-flow is built on, re-exported so that users' raw handles have the same
 /// types.

@@ -59,7 +59,10 @@ fn tampered_dedicated_descriptors_are_refused_before_the_driver() {
         other.import_memory(0, ExportedMemory::from_parts(handle, desc))
     };
     let at_an_offset = tamper(&|d| d.dedicated = true);
-    assert!(matches!(at_an_offset, Err(Error::InvalidArgument(ref m)) if m.contains("offset 0")), "{at_an_offset:?}");
+    assert!(
+        matches!(at_an_offset, Err(Error::InvalidArgument(ref m)) if m.contains("offset 0")),
+        "{at_an_offset:?}"
+    );
     let not_its_size = tamper(&|d| {
         d.dedicated = true;
         d.offset = 0;
@@ -136,7 +139,10 @@ fn staging_memory_is_uncharged_when_it_is_replaced() {
     }
     v.trim();
     let held = heap(&v);
-    assert!(held <= (16 << 20) + (1 << 20), "after trim lava-flow holds {held} bytes: more than the staging buffer");
+    assert!(
+        held <= (16 << 20) + (1 << 20),
+        "after trim lava-flow holds {held} bytes: more than the staging buffer"
+    );
 }
 
 #[cfg(feature = "opengl")]
@@ -165,7 +171,12 @@ mod opengl {
                 write: Box::new(|d| view.write(0, d).expect("GL write")),
                 read: Box::new(|o| view.read(0, o).expect("GL read")),
             };
-            common::check_both_ways(100_003, &format!("dedicated {dedicated}"), Side::buffer("Vulkan", &buffer), gl);
+            common::check_both_ways(
+                100_003,
+                &format!("dedicated {dedicated}"),
+                Side::buffer("Vulkan", &buffer),
+                gl,
+            );
             let data = random_bytes(100_003);
             buffer.write(0, &data).expect("Vulkan write");
             v.wait_idle(0).expect("idle");
@@ -192,7 +203,12 @@ mod opengl {
             write: Box::new(|d| view.write(0, d).expect("GL write")),
             read: Box::new(|o| view.read(0, o).expect("GL read")),
         };
-        common::check_both_ways(65_536, "producer ↔ GL through an import", Side::buffer("producer", &original), gl);
+        common::check_both_ways(
+            65_536,
+            "producer ↔ GL through an import",
+            Side::buffer("producer", &original),
+            gl,
+        );
     }
 
     /// A descriptor that disagrees with the import of the same memory already held is refused,
@@ -224,10 +240,12 @@ mod opengl {
         let ctx = context(&v);
         let timeline = v.timeline_semaphore(0).expect("timeline");
         let test = "GL exported timeline";
-        let Some(exported) = common::or_skip(timeline.export(), test, "exportable timeline semaphores") else {
+        let Some(exported) = common::or_skip(timeline.export(), test, "exportable timeline semaphores")
+        else {
             return;
         };
-        let Some(sync) = common::or_skip(ctx.import_exported_semaphore(exported), test, "GL timeline imports")
+        let Some(sync) =
+            common::or_skip(ctx.import_exported_semaphore(exported), test, "GL timeline imports")
         else {
             return;
         };

@@ -359,6 +359,9 @@ fn exported_handles_alone_reach_opencl() {
     queue.finish().expect("finish");
     let timeline = v.timeline_semaphore(0).expect("timeline");
     let refused = ctx.import_exported_semaphore(timeline.export().expect("export timeline"));
-    assert!(matches!(refused, Err(Error::InvalidArgument(_))), "OpenCL imports binary semaphores: {refused:?}");
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "OpenCL imports binary semaphores: {refused:?}"
+    );
     v.wait_idle(0).expect("idle");
 }

@@ -68,7 +68,11 @@ impl Context {
         self.image_from(&descriptor, || Ok(fd))
     }
 
-    fn image_from<'a>(&self, descriptor: &ImageDescriptor, fd: impl FnOnce() -> Result<OwnedFd>) -> Result<CudaImage<'a>> {
+    fn image_from<'a>(
+        &self,
+        descriptor: &ImageDescriptor,
+        fd: impl FnOnce() -> Result<OwnedFd>,
+    ) -> Result<CudaImage<'a>> {
         descriptor.check()?;
         self.check_device("the image", descriptor.memory.device_uuid)?;
         let desc = descriptor.image;

@@ -150,12 +150,22 @@ impl Context {
         owner: Option<Arc<Buffer>>,
     ) -> Result<CudaBuffer<'a>> {
         let memory = self.external_memory(desc, fd)?;
-        Ok(CudaBuffer { ptr: memory.base + desc.offset, memory, size: desc.size, _buffer: PhantomData, _owner: owner })
+        Ok(CudaBuffer {
+            ptr: memory.base + desc.offset,
+            memory,
+            size: desc.size,
+            _buffer: PhantomData,
+            _owner: owner,
+        })
     }
 
     /// This context's import of the memory `desc` describes, made from `fd()` on first use.
     /// The one place where CUDA imports buffers' memory, after the one set of checks.
-    fn external_memory(&self, desc: &MemoryDescriptor, fd: impl FnOnce() -> Result<OwnedFd>) -> Result<Arc<ExternalMemory>> {
+    fn external_memory(
+        &self,
+        desc: &MemoryDescriptor,
+        fd: impl FnOnce() -> Result<OwnedFd>,
+    ) -> Result<Arc<ExternalMemory>> {
         desc.check_layout()?;
         self.check_device("the memory", desc.device_uuid)?;
         let mut imports = self.inner.imports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

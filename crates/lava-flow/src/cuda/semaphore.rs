@@ -112,7 +112,6 @@ impl Context {
             crate::fd::spec_rule(check("cuImportExternalSemaphore", unsafe {
                 sys::cuImportExternalSemaphore(&mut external, &desc)
             }))
-
         })?;
         Ok(CudaTimeline {
             ctx: self.clone(),

@@ -71,7 +71,11 @@ impl Context {
         self.image_of(&descriptor, || Ok(fd))
     }
 
-    fn image_of<'a>(&'a self, descriptor: &ImageDescriptor, fd: impl FnOnce() -> Result<OwnedFd>) -> Result<ClImage<'a>> {
+    fn image_of<'a>(
+        &'a self,
+        descriptor: &ImageDescriptor,
+        fd: impl FnOnce() -> Result<OwnedFd>,
+    ) -> Result<ClImage<'a>> {
         let cl = cl()?;
         descriptor.check()?;
         self.check_device("the image", descriptor.memory.device_uuid)?;

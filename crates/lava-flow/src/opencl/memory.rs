@@ -70,12 +70,17 @@ impl Context {
     }
 
     /// The one place where OpenCL imports buffer memory, after the one set of checks.
-    fn buffer_of<'a>(&'a self, desc: &MemoryDescriptor, fd: impl FnOnce() -> Result<OwnedFd>) -> Result<ClBuffer<'a>> {
+    fn buffer_of<'a>(
+        &'a self,
+        desc: &MemoryDescriptor,
+        fd: impl FnOnce() -> Result<OwnedFd>,
+    ) -> Result<ClBuffer<'a>> {
         let cl = cl()?;
         desc.check_layout()?;
         self.check_device("the memory", desc.device_uuid)?;
-        let whole = usize::try_from(desc.allocation_size)
-            .map_err(|_| Error::InvalidArgument(format!("{} bytes do not fit size_t", desc.allocation_size)))?;
+        let whole = usize::try_from(desc.allocation_size).map_err(|_| {
+            Error::InvalidArgument(format!("{} bytes do not fit size_t", desc.allocation_size))
+        })?;
         let imported = crate::fd::give_to_driver(fd()?, |raw| {
             let properties = self.import_properties(raw);
             let mut status = 0;

@@ -165,7 +165,9 @@ impl GlContext {
     /// display gives a GL 4.5 context on a device with that UUID (the message lists what was
     /// found).
     pub fn headless(device: &DeviceInfo) -> Result<Self> {
-        Self::headless_on(device.uuid, || format!("device {} ({}, UUID {})", device.index, device.name, device.uuid))
+        Self::headless_on(device.uuid, || {
+            format!("device {} ({}, UUID {})", device.index, device.name, device.uuid)
+        })
     }
 
     /// As [`headless`](GlContext::headless), for the GPU with this UUID — the device UUID in a

@@ -172,7 +172,11 @@ impl GlContext {
         self.buffer_of(&buffer.descriptor(), || buffer.export_fd())
     }
 
-    fn buffer_of<'a>(&'a self, desc: &MemoryDescriptor, fd: impl FnOnce() -> Result<OwnedFd>) -> Result<GlBuffer<'a>> {
+    fn buffer_of<'a>(
+        &'a self,
+        desc: &MemoryDescriptor,
+        fd: impl FnOnce() -> Result<OwnedFd>,
+    ) -> Result<GlBuffer<'a>> {
         let memory = self.memory_for(desc, "the buffer", fd)?;
         let (own, name, offset) = if self.shared.info.ignores_memory_offset {
             (0, memory.whole_block_buffer()?, desc.offset)

@@ -272,7 +272,13 @@ impl Block {
         Ok(Self::with(device, raw, &desc, id, Some(kept)))
     }
 
-    fn with(device: &Arc<Device>, raw: RawMemory, desc: &MemoryDesc, id: MemoryId, kept: Option<ImportFd>) -> Self {
+    fn with(
+        device: &Arc<Device>,
+        raw: RawMemory,
+        desc: &MemoryDesc,
+        id: MemoryId,
+        kept: Option<ImportFd>,
+    ) -> Self {
         Block {
             raw,
             id,

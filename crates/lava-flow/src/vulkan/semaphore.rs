@@ -90,7 +90,13 @@ impl Raw {
             Some(fd) => Some(fd.try_clone().map_err(|e| crate::fd::os_error("fcntl(F_DUPFD_CLOEXEC)", &e))?),
             None => None,
         };
-        let raw = Raw { device: Arc::clone(device), semaphore, exportable: exportable || kept.is_some(), kind, kept };
+        let raw = Raw {
+            device: Arc::clone(device),
+            semaphore,
+            exportable: exportable || kept.is_some(),
+            kind,
+            kept,
+        };
         if let (Some(fd), Some(loader)) = (import, device.semaphore_fd.as_ref()) {
             crate::fd::give_to_driver(fd, |fd| {
                 let info = vk::ImportSemaphoreFdInfoKHR::default()
