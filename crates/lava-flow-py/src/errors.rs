@@ -4,7 +4,7 @@
 //! Rust error's message.
 
 use lava_flow::Error;
-use pyo3::exceptions::{PyException, PyMemoryError, PyTimeoutError, PyValueError};
+use pyo3::exceptions::{PyConnectionError, PyException, PyMemoryError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -16,6 +16,7 @@ enum Builtin {
     Value,
     Memory,
     Timeout,
+    Connection,
 }
 
 /// One exception class: its name, its lava_flow parent (`None` for the root), the built-in it
@@ -38,7 +39,7 @@ const fn class(
 
 const ROOT: Option<&str> = Some("LavaFlowError");
 
-const CLASSES: [Class; 9] = [
+const CLASSES: [Class; 11] = [
     class("LavaFlowError", None, Some(Builtin::Exception), "Base class of every lava_flow error."),
     class(
         "DriverError",
@@ -78,6 +79,18 @@ const CLASSES: [Class; 9] = [
         "The heap (or the allocator's heap budget) is full: the message names the heap.",
     ),
     class("TimeoutError", ROOT, Some(Builtin::Timeout), "A wait ran out of time."),
+    class(
+        "MalformedError",
+        ROOT,
+        Some(Builtin::Value),
+        "A message or descriptor from elsewhere is not what lava-flow sends: the message says why.",
+    ),
+    class(
+        "DisconnectedError",
+        ROOT,
+        Some(Builtin::Connection),
+        "The other process closed the connection before a whole message was sent or received.",
+    ),
 ];
 
 static TYPES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
@@ -110,6 +123,7 @@ fn create(py: Python<'_>) -> PyResult<Vec<Py<PyType>>> {
             Builtin::Value => py.get_type::<PyValueError>(),
             Builtin::Memory => py.get_type::<PyMemoryError>(),
             Builtin::Timeout => py.get_type::<PyTimeoutError>(),
+            Builtin::Connection => py.get_type::<PyConnectionError>(),
         }));
         let namespace = PyDict::new(py);
         namespace.set_item("__module__", "lava_flow")?;
@@ -137,6 +151,8 @@ fn class_of(error: &Error) -> &'static str {
         Error::DeviceMismatch { .. } => "DeviceMismatchError",
         Error::OutOfMemory { .. } => "OutOfMemoryError",
         Error::Timeout(..) => "TimeoutError",
+        Error::Malformed { .. } => "MalformedError",
+        Error::Disconnected { .. } => "DisconnectedError",
         _ => "LavaFlowError",
     }
 }

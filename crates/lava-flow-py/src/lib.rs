@@ -9,6 +9,7 @@ mod cuda_view;
 mod dlpack;
 mod dtype;
 mod errors;
+mod ipc;
 mod semaphore;
 mod stream;
 
@@ -25,5 +26,6 @@ fn lava_flow_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<semaphore::TimelineSemaphore>()?;
     m.add_class::<cuda_view::CudaView>()?;
     errors::register(m)?;
+    ipc::register(m)?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::errors::OrRaise;
 pub struct TimelineSemaphore {
     shared: Arc<Shared>,
     device_id: u32,
-    inner: Arc<lava_flow::TimelineSemaphore>,
+    pub(crate) inner: Arc<lava_flow::TimelineSemaphore>,
     /// Its CUDA import, made on first use.
     cuda: Mutex<Option<CudaTimeline<'static>>>,
 }

@@ -166,6 +166,38 @@ pub fn recv_image(stream: &UnixStream) -> Result<ExportedImage> {
     Ok(ExportedImage::from_parts(ExternalHandle::OpaqueFd(fd), descriptor))
 }
 
+/// One message of any kind, as [`recv`] returns it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Message {
+    /// What [`send_memory`] sent.
+    Memory(ExportedMemory),
+    /// What [`send_semaphore`] sent.
+    Semaphore(ExportedSemaphore),
+    /// What [`send_image`] sent.
+    Image(ExportedImage),
+}
+
+/// Receives the next message whatever its kind: for a receiver that does not know what comes
+/// next (the Python module's `lava_flow.ipc.recv`). Errors as for [`recv_memory`], but any
+/// kind is accepted.
+pub fn recv(stream: &UnixStream) -> Result<Message> {
+    let (kind, fd, payload) = recv_any(stream, None)?;
+    let handle = ExternalHandle::OpaqueFd(fd);
+    Ok(match kind {
+        Kind::Memory => {
+            Message::Memory(ExportedMemory::from_parts(handle, MemoryDescriptor::from_bytes(&payload)?))
+        }
+        Kind::Semaphore => Message::Semaphore(ExportedSemaphore::from_parts(
+            handle,
+            SemaphoreDescriptor::from_bytes(&payload)?,
+        )),
+        Kind::Image => {
+            Message::Image(ExportedImage::from_parts(handle, ImageDescriptor::from_bytes(&payload)?))
+        }
+    })
+}
+
 fn fd_of(handle: &ExternalHandle) -> BorrowedFd<'_> {
     match handle {
         ExternalHandle::OpaqueFd(fd) => fd.as_fd(),
@@ -245,6 +277,12 @@ struct Received {
 
 /// Receives one whole message of `expected` kind: its one fd and its payload.
 fn recv_message(stream: &UnixStream, expected: Kind) -> Result<(OwnedFd, Vec<u8>)> {
+    recv_any(stream, Some(expected)).map(|(_, fd, payload)| (fd, payload))
+}
+
+/// Receives one whole message of any kind, or of `expected` kind: its kind, its one fd and its
+/// payload.
+fn recv_any(stream: &UnixStream, expected: Option<Kind>) -> Result<(Kind, OwnedFd, Vec<u8>)> {
     let mut received = Received::default();
     let mut header = [0u8; HEADER_LEN];
     recv_exact(stream, &mut header, &mut received, true)?;
@@ -265,7 +303,7 @@ fn recv_message(stream: &UnixStream, expected: Kind) -> Result<(OwnedFd, Vec<u8>
     recv_exact(stream, &mut payload, &mut received, false)?;
 
     let kind = Kind::from_code(kind).ok_or_else(|| malformed(format!("unknown message kind {kind}")))?;
-    if kind != expected {
+    if let Some(expected) = expected.filter(|&e| e != kind) {
         return Err(malformed(format!(
             "a {} message where a {} message was expected",
             kind.name(),
@@ -282,7 +320,7 @@ fn recv_message(stream: &UnixStream, expected: Kind) -> Result<(OwnedFd, Vec<u8>
     }
     let count = received.fds.len();
     match received.fds.pop() {
-        Some(fd) if count == 1 => Ok((fd, payload)),
+        Some(fd) if count == 1 => Ok((kind, fd, payload)),
         _ => Err(malformed(format!("{count} fds arrived with it, a message carries exactly 1"))),
     }
 }
@@ -561,6 +599,26 @@ mod tests {
         }
         drop((memory, semaphore, image));
         assert_eq!(file.open_fds(), 1);
+    }
+
+    /// `recv` takes any kind and says which it was.
+    #[test]
+    fn recv_takes_any_kind() {
+        let _turn = FDS.lock().unwrap_or_else(PoisonError::into_inner);
+        let file = TempFile::new();
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        let memory = ExportedMemory::from_parts(ExternalHandle::OpaqueFd(file.fd()), memory_descriptor());
+        let semaphore =
+            ExportedSemaphore::from_parts(ExternalHandle::OpaqueFd(file.fd()), semaphore_descriptor());
+        let image = ExportedImage::from_parts(ExternalHandle::OpaqueFd(file.fd()), image_descriptor());
+        send_semaphore(&a, &semaphore).expect("send");
+        send_image(&a, &image).expect("send");
+        send_memory(&a, &memory).expect("send");
+        assert!(matches!(recv(&b), Ok(Message::Semaphore(s)) if *s.descriptor() == semaphore_descriptor()));
+        assert!(matches!(recv(&b), Ok(Message::Image(i)) if *i.descriptor() == image_descriptor()));
+        assert!(matches!(recv(&b), Ok(Message::Memory(m)) if *m.descriptor() == memory_descriptor()));
+        drop((memory, semaphore, image));
+        assert_eq!(file.open_fds(), 1, "every received fd was closed with its message");
     }
 
     /// A message delivered in pieces, its fd with a later piece, is received whole.

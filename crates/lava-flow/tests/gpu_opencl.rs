@@ -11,6 +11,18 @@ use lava_flow::{AllocationOptions, Buffer, Error, MemoryLocation};
 
 const DEV0: MemoryLocation = MemoryLocation::GpuVulkan { device_id: 0 };
 
+/// Tests that count this process's fds run alone; the others run in parallel with each other
+/// (each opens devices, and NVIDIA's driver opens fds as it goes).
+static MEASURING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    MEASURING.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MEASURING.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The OpenCL context of device 0, or `None` (with the reason printed) where there is none.
 fn opencl_or_skip(v: &Validated, test: &str) -> Option<Context> {
     let made = Context::for_device(v, 0);
@@ -75,6 +87,7 @@ fn check_buffer(
 
 #[test]
 fn kernels_transform_vulkan_buffers_at_offsets_and_dedicated() {
+    let _measuring = shared();
     let mut v = Validated::new();
     let Some(ctx) = opencl_or_skip(&v, "kernels") else { return };
     println!("OpenCL device: {} on {}", ctx.device().name, ctx.device().platform);
@@ -129,6 +142,7 @@ __kernel void copy_u(__read_only image2d_t src, __write_only image2d_t dst, uint
 /// typed error that says why.
 #[test]
 fn images_of_every_format_both_ways_and_through_a_kernel() {
+    let _measuring = shared();
     use lava_flow::{ImageDesc, ImageFormat, ImageTiling};
     let mut v = Validated::new();
     let Some(ctx) = opencl_or_skip(&v, "images") else { return };
@@ -195,6 +209,7 @@ fn images_of_every_format_both_ways_and_through_a_kernel() {
 
 #[test]
 fn a_thousand_import_release_cycles_leak_nothing() {
+    let _measuring = exclusive();
     let mut v = Validated::new();
     let Some(ctx) = opencl_or_skip(&v, "import cycles") else { return };
     let queue = ctx.queue().expect("queue");
@@ -229,6 +244,7 @@ fn shared_binary(v: &mut Validated) -> (lava_flow::BinarySemaphore, lava_flow::B
 /// check waits on the host.
 #[test]
 fn vulkan_opencl_vulkan_ordered_by_binary_semaphores() {
+    let _measuring = shared();
     let mut v = Validated::new();
     let Some(ctx) = opencl_or_skip(&v, "binary semaphores") else { return };
     let words = 65_536usize;
@@ -269,6 +285,7 @@ fn vulkan_opencl_vulkan_ordered_by_binary_semaphores() {
 /// 1,000 Vulkan → OpenCL → Vulkan hand-offs on two binary semaphores, no host wait until the end.
 #[test]
 fn a_thousand_binary_semaphore_round_trips() {
+    let _measuring = shared();
     let mut v = Validated::new();
     let Some(ctx) = opencl_or_skip(&v, "semaphore round trips") else { return };
     let ((a, a_vk), (b, b_vk)) = (shared_binary(&mut v), shared_binary(&mut v));
@@ -297,6 +314,7 @@ fn a_thousand_binary_semaphore_round_trips() {
 
 #[test]
 fn semaphores_without_opencl_support_are_typed_errors() {
+    let _measuring = shared();
     let mut v = Validated::new();
     let binary = v.binary_semaphore(0).expect("binary semaphore");
     match Context::for_device(&v, 0) {
@@ -316,6 +334,7 @@ fn semaphores_without_opencl_support_are_typed_errors() {
 /// orders Vulkan → OpenCL → Vulkan; the OpenCL import outlives the Vulkan buffer.
 #[test]
 fn exported_handles_alone_reach_opencl() {
+    let _measuring = shared();
     let mut v = Validated::new();
     let mut relay = Validated::new();
     let Some(ctx) = opencl_or_skip(&v, "exported handles") else { return };
