@@ -153,6 +153,8 @@ pub fn run(options: &Options) -> Result<()> {
 
     #[cfg(all(feature = "cuda", feature = "opengl"))]
     crate::bench_cuda::rows(&mut allocator, options, iters, reps, &mut rows)?;
+    #[cfg(feature = "cuda")]
+    crate::bench_processes::rows(&mut allocator, options, reps, &mut rows)?;
 
     print_table(&rows);
     if let Some(path) = &options.json {

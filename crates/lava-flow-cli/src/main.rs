@@ -3,6 +3,8 @@
 mod bench;
 #[cfg(all(feature = "cuda", feature = "opengl"))]
 mod bench_cuda;
+#[cfg(feature = "cuda")]
+mod bench_processes;
 #[cfg(feature = "opengl")]
 mod demo;
 mod info;
@@ -38,6 +40,13 @@ enum Command {
         /// The Vulkan device.
         #[arg(long, default_value_t = 0)]
         device: u32,
+    },
+    /// The peer process of `bench`'s cross-process rows (started by `bench` itself).
+    #[cfg(feature = "cuda")]
+    #[command(hide = true)]
+    BenchPeer {
+        /// The Unix socket `bench` listens on.
+        socket: std::path::PathBuf,
     },
     /// A double-buffered zero-copy pipeline: Vulkan compute produces frames, a consumer checksums
     /// them in place, timeline semaphores order it all; then the same frames staged through host
@@ -77,6 +86,8 @@ fn main() -> std::process::ExitCode {
         Command::Bench { quick, json, device } => {
             bench::run(&bench::Options { quick, json, device_id: device })
         }
+        #[cfg(feature = "cuda")]
+        Command::BenchPeer { socket } => bench_processes::peer(&socket),
         #[cfg(feature = "opengl")]
         Command::Demo { frames, buffers, batch, frame_kib, consumer, device } => demo::run(&demo::Options {
             frames,
