@@ -121,6 +121,7 @@ pub fn run(options: &Options) -> Result<()> {
             frame_bytes: 4 << 20,
             consumer: "opengl".into(),
             device_id: options.device_id,
+            processes: 1,
         };
         let mut runs = Vec::new();
         for _ in 0..if options.quick { 1 } else { 3 } {

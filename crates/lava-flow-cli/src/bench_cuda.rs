@@ -486,6 +486,7 @@ fn pipeline_rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<
             frame_bytes: 4 << 20,
             consumer: "cuda".into(),
             device_id: options.device_id,
+            processes: 1,
         };
         (0..reps.min(3)).map(|_| crate::demo::measure(&demo, true)).collect()
     };

@@ -29,6 +29,8 @@ pub struct Options {
     pub frame_bytes: u64,
     pub consumer: String,
     pub device_id: u32,
+    /// 2: the consumer runs in a child process that receives the ring over a Unix socket.
+    pub processes: u32,
 }
 
 const PRODUCER: &str = r#"#version 450
@@ -162,15 +164,15 @@ pub fn measure(options: &Options, quiet: bool) -> Result<Measured> {
 /// Where a frame's hand-off happens: the consumer waits for the producer's timeline before the
 /// first frame of a batch, and signals its own after the last.
 #[derive(Debug, Clone, Copy)]
-struct Handoff {
+pub(crate) struct Handoff {
     /// Wait until `produced` reaches this value first.
-    wait: Option<u64>,
+    pub wait: Option<u64>,
     /// Signal `consumed` to this value after the frame.
-    signal: Option<u64>,
+    pub signal: Option<u64>,
 }
 
 /// One consumer of the frames: CUDA, OpenGL, OpenCL or Vulkan.
-trait Consumer {
+pub(crate) trait Consumer {
     /// What consumes, for the report (e.g. "OpenGL compute on <renderer>").
     fn describe(&self) -> String;
     /// Whether the semaphores are waited for and signalled on the GPU (not the host fallback).
@@ -209,6 +211,9 @@ fn pipeline(
             options.batch, options.buffers
         )));
     }
+    if !(1..=2).contains(&options.processes) {
+        return Err(lava_flow::Error::InvalidArgument("--processes is 1 or 2".into()));
+    }
     let consumer = match options.consumer.as_str() {
         "auto" => {
             if cfg!(feature = "cuda") && cuda_present(&allocator, options.device_id) {
@@ -231,6 +236,22 @@ fn pipeline(
     let consumed = allocator.timeline_semaphore(options.device_id)?;
     let shared = Shared { frames: &frames, sums: &sums, produced: &produced, consumed: &consumed, words };
     let producer = Producer::new(&allocator, options.device_id, &frames, words)?;
+    if options.processes == 2 {
+        #[cfg(feature = "cuda")]
+        if consumer == "cuda" {
+            // The typed reason (no libcuda, no device with this UUID) before a child is started.
+            lava_flow::cuda::Context::for_device(&allocator, options.device_id)?;
+            let mut c = crate::demo_process::ProcessConsumer::spawn(options, &shared)?;
+            return run_frames(options, &allocator, &producer, &shared, &mut c, quiet);
+        }
+        return Err(lava_flow::Error::Unsupported {
+            what: format!(
+                "--processes 2 runs the CUDA consumer in a child process; the {consumer} consumer runs \
+                 in this one (CUDA is {})",
+                if cuda_present(&allocator, options.device_id) { "present" } else { "not available here" }
+            ),
+        });
+    }
     match consumer {
         #[cfg(feature = "cuda")]
         "cuda" => {
@@ -277,12 +298,12 @@ fn cuda_present(allocator: &MemoryAllocator, device_id: u32) -> bool {
 }
 
 /// What producer and consumer share: two frame buffers, the sums, and the two timelines.
-struct Shared<'a> {
-    frames: &'a [Buffer],
-    sums: &'a Buffer,
-    produced: &'a TimelineSemaphore,
-    consumed: &'a TimelineSemaphore,
-    words: u32,
+pub(crate) struct Shared<'a> {
+    pub frames: &'a [Buffer],
+    pub sums: &'a Buffer,
+    pub produced: &'a TimelineSemaphore,
+    pub consumed: &'a TimelineSemaphore,
+    pub words: u32,
 }
 
 /// Both pipelines with one consumer: zero-copy, then staged through host memory.
@@ -961,7 +982,15 @@ pub mod cuda {
         unsafe { function.launch(stream, (grid, 1, 1), (BLOCK, 1, 1), &mut params) }
     }
 
-    pub(super) struct CudaConsumer<'a> {
+    /// What the CUDA consumer uses, imported into its context.
+    pub struct Imports<'a> {
+        pub frames: Vec<CudaBuffer<'a>>,
+        pub sums: CudaBuffer<'a>,
+        pub produced: CudaTimeline<'a>,
+        pub consumed: CudaTimeline<'a>,
+    }
+
+    pub struct CudaConsumer<'a> {
         ctx: Context,
         stream: Stream,
         module: Module,
@@ -982,19 +1011,37 @@ pub mod cuda {
             shared: &Shared<'a>,
         ) -> Result<Self> {
             let ctx = Context::for_device(allocator, options.device_id)?;
-            let staged_sums = ctx.alloc(u64::from(options.frames) * 4)?;
-            staged_sums.fill(0, options.frames as usize * 4, 0)?;
-            Ok(CudaConsumer {
-                stream: ctx.stream()?,
-                module: ctx.load_ptx(KERNELS)?,
+            let imports = Imports {
                 frames: shared.frames.iter().map(|b| ctx.import_buffer(b)).collect::<Result<_>>()?,
                 sums: ctx.import_buffer(shared.sums)?,
                 produced: ctx.import_timeline(shared.produced)?,
                 consumed: ctx.import_timeline(shared.consumed)?,
-                staged_frame: ctx.alloc(options.frame_bytes)?,
+            };
+            Self::from_imports(ctx, imports, options.frames, options.frame_bytes, shared.words)
+        }
+
+        /// The consumer over memory and timelines already imported into `ctx` (from this
+        /// process's buffers, or from handles another process sent).
+        pub fn from_imports(
+            ctx: Context,
+            imports: Imports<'a>,
+            frame_count: u32,
+            frame_bytes: u64,
+            words: u32,
+        ) -> Result<Self> {
+            let staged_sums = ctx.alloc(u64::from(frame_count) * 4)?;
+            staged_sums.fill(0, frame_count as usize * 4, 0)?;
+            Ok(CudaConsumer {
+                stream: ctx.stream()?,
+                module: ctx.load_ptx(KERNELS)?,
+                frames: imports.frames,
+                sums: imports.sums,
+                produced: imports.produced,
+                consumed: imports.consumed,
+                staged_frame: ctx.alloc(frame_bytes)?,
                 staged_sums,
-                frame_count: options.frames,
-                words: shared.words,
+                frame_count,
+                words,
                 ctx,
             })
         }

@@ -7,6 +7,8 @@ mod bench_cuda;
 mod bench_processes;
 #[cfg(feature = "opengl")]
 mod demo;
+#[cfg(all(feature = "cuda", feature = "opengl"))]
+mod demo_process;
 mod info;
 mod vk;
 
@@ -76,6 +78,17 @@ enum Command {
         /// The Vulkan device.
         #[arg(long, default_value_t = 0)]
         device: u32,
+        /// 2: the consumer runs in a child process that receives the ring and the timelines over
+        /// a Unix socket and imports them by their handles alone (CUDA consumer).
+        #[arg(long, default_value_t = 1)]
+        processes: u32,
+    },
+    /// The consumer process of `demo --processes 2` (started by `demo` itself).
+    #[cfg(all(feature = "cuda", feature = "opengl"))]
+    #[command(hide = true)]
+    DemoPeer {
+        /// The Unix socket `demo` listens on.
+        socket: std::path::PathBuf,
     },
 }
 
@@ -88,15 +101,20 @@ fn main() -> std::process::ExitCode {
         }
         #[cfg(feature = "cuda")]
         Command::BenchPeer { socket } => bench_processes::peer(&socket),
+        #[cfg(all(feature = "cuda", feature = "opengl"))]
+        Command::DemoPeer { socket } => demo_process::peer(&socket),
         #[cfg(feature = "opengl")]
-        Command::Demo { frames, buffers, batch, frame_kib, consumer, device } => demo::run(&demo::Options {
-            frames,
-            buffers,
-            batch,
-            frame_bytes: frame_kib * 1024,
-            consumer,
-            device_id: device,
-        }),
+        Command::Demo { frames, buffers, batch, frame_kib, consumer, device, processes } => {
+            demo::run(&demo::Options {
+                frames,
+                buffers,
+                batch,
+                frame_bytes: frame_kib * 1024,
+                consumer,
+                device_id: device,
+                processes,
+            })
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

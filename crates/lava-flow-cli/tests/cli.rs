@@ -70,9 +70,15 @@ fn demo(consumer: &str, buffers: u32) -> Result<String, String> {
 
 /// As `demo`, with one hand-off per `batch` frames.
 fn demo_batched(consumer: &str, buffers: u32, batch: u32) -> Result<String, String> {
+    demo_with(consumer, buffers, batch, 1)
+}
+
+/// As `demo_batched`, with the consumer in `processes` processes' worth (1, or 2: a child).
+fn demo_with(consumer: &str, buffers: u32, batch: u32, processes: u32) -> Result<String, String> {
     let out = Command::new(exe())
         .args(["demo", "--frames", "12", "--frame-kib", "256", "--consumer", consumer])
         .args(["--buffers", &buffers.to_string(), "--batch", &batch.to_string()])
+        .args(["--processes", &processes.to_string()])
         .env("LAVA_FLOW_VALIDATION", "1")
         .output()
         .expect("run lava-flow demo");
@@ -113,6 +119,24 @@ fn demo_with_the_cuda_consumer() {
         }
         Err(e) => panic!("the GPU tier needs the CUDA consumer: {e}"),
     }
+}
+
+/// `--processes 2`: the CUDA consumer in a child process that gets the ring and the timelines
+/// over a Unix socket; every checksum verified. Without CUDA, the typed reason.
+#[test]
+fn demo_with_the_consumer_in_another_process() {
+    match demo_with("cuda", 4, 2, 2) {
+        Ok(text) => {
+            assert!(text.contains("in a child process") && text.contains("(GPU semaphores)"), "{text}")
+        }
+        Err(e) if !require_gpu() => {
+            assert!(e.contains("CUDA is not available"), "a typed error without CUDA: {e}");
+            println!("skipped: no CUDA here: {e}");
+        }
+        Err(e) => panic!("the GPU tier needs the consumer process: {e}"),
+    }
+    let other = demo_with("opengl", 2, 1, 2).expect_err("only the CUDA consumer runs in a child process");
+    assert!(other.contains("--processes 2 runs the CUDA consumer"), "{other}");
 }
 
 #[test]

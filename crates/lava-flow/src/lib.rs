@@ -33,6 +33,13 @@
 //! [dedicated](Buffer::is_dedicated), and the device and driver UUIDs that an importing API must
 //! match (never the device index).
 //!
+//! ## Handles from anywhere
+//! Every importer — [`MemoryAllocator::import_memory`], `cuda::Context::import_memory`,
+//! `opengl::GlContext::import_memory`, `opencl::Context::import_memory`, and their image and
+//! semaphore twins — takes the exported handle and its descriptor, so memory can come from
+//! another process ([`ipc`] sends both over a Unix socket) or another library. What was imported
+//! exports again. The guide: `docs/processes.md`.
+//!
 //! ## Platforms
 //! Linux, with opaque fds. Windows' `export_handle()` (an NT `HANDLE`) is **not provided yet**:
 //! the handle types leave room for it ([`HandleType::OpaqueWin32`]).

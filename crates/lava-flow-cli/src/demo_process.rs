@@ -1,0 +1,206 @@
+//! `lava-flow demo --processes 2`: the CUDA consumer in a child process (this program again, as
+//! the hidden `demo-peer` command), which receives the ring of frame buffers, the sums buffer and
+//! both timelines over a Unix socket (`lava_flow::ipc`), imports them into CUDA by their handles
+//! alone (it never creates a Vulkan device), and then takes one small command per frame.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use lava_flow::cuda::Context;
+use lava_flow::{ipc, Error, Result};
+
+use crate::demo::cuda::{CudaConsumer, Imports};
+use crate::demo::{Consumer, Handoff, Options, Shared};
+
+/// The commands, one fixed-size record each: op, frame, slot, wait, signal.
+const CONSUME: u8 = b'C';
+const STAGED: u8 = b'S';
+const STAGED_SUMS: u8 = b'G';
+const ALONE: u8 = b'A';
+const FINISH: u8 = b'F';
+const QUIT: u8 = b'Q';
+const RECORD: usize = 1 + 4 + 4 + 8 + 8;
+
+fn io(call: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::Ffi {
+        api: lava_flow::Api::Os,
+        call,
+        name: e.raw_os_error().map_or_else(|| format!("{:?}", e.kind()), |c| format!("errno {c}")),
+        description: e.to_string(),
+    }
+}
+
+fn put(stream: &UnixStream, bytes: &[u8]) -> Result<()> {
+    (&*stream).write_all(bytes).map_err(io("write"))
+}
+
+fn get(stream: &UnixStream, buf: &mut [u8]) -> Result<()> {
+    (&*stream).read_exact(buf).map_err(io("read"))
+}
+
+fn record(op: u8, f: u32, slot: usize, handoff: Handoff) -> [u8; RECORD] {
+    let mut r = [0u8; RECORD];
+    r[0] = op;
+    r[1..5].copy_from_slice(&f.to_le_bytes());
+    r[5..9].copy_from_slice(&(slot as u32).to_le_bytes());
+    r[9..17].copy_from_slice(&handoff.wait.unwrap_or(0).to_le_bytes());
+    r[17..25].copy_from_slice(&handoff.signal.unwrap_or(0).to_le_bytes());
+    r
+}
+
+const NO_HANDOFF: Handoff = Handoff { wait: None, signal: None };
+
+/// The parent's side: a [`Consumer`] whose every call is a command to the child.
+pub struct ProcessConsumer {
+    child: Child,
+    stream: UnixStream,
+    description: String,
+    frames: u32,
+}
+
+impl ProcessConsumer {
+    /// Starts the child and sends it the ring, the sums and the two timelines.
+    pub fn spawn(options: &Options, shared: &Shared<'_>) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("lava-flow-demo-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(io("bind"))?;
+        let child = Command::new(std::env::current_exe().map_err(io("current_exe"))?)
+            .arg("demo-peer")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(io("spawn"))?;
+        let accepted = listener.accept().map_err(io("accept"));
+        let _ = std::fs::remove_file(&path);
+        let mut consumer = ProcessConsumer {
+            child,
+            stream: accepted?.0,
+            description: String::new(),
+            frames: options.frames,
+        };
+        let s = &consumer.stream;
+        put(s, &(shared.frames.len() as u32).to_le_bytes())?;
+        put(s, &options.frames.to_le_bytes())?;
+        put(s, &options.frame_bytes.to_le_bytes())?;
+        put(s, &shared.words.to_le_bytes())?;
+        for frame in shared.frames {
+            ipc::send_memory(s, &frame.export()?)?;
+        }
+        ipc::send_memory(s, &shared.sums.export()?)?;
+        ipc::send_semaphore(s, &shared.produced.export()?)?;
+        ipc::send_semaphore(s, &shared.consumed.export()?)?;
+        let mut len = [0u8; 4];
+        get(s, &mut len)?;
+        let mut text = vec![0u8; u32::from_le_bytes(len) as usize];
+        get(s, &mut text)?;
+        consumer.description = format!("{} in a child process", String::from_utf8_lossy(&text));
+        Ok(consumer)
+    }
+}
+
+impl Consumer for ProcessConsumer {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn gpu_semaphores(&self) -> bool {
+        true
+    }
+
+    fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()> {
+        put(&self.stream, &record(CONSUME, f, slot, handoff))
+    }
+
+    /// The staged path across processes: the frame's bytes through the socket.
+    fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
+        put(&self.stream, &record(STAGED, f, 0, NO_HANDOFF))?;
+        put(&self.stream, host)
+    }
+
+    fn staged_sums(&mut self) -> Result<Vec<u8>> {
+        put(&self.stream, &record(STAGED_SUMS, 0, 0, NO_HANDOFF))?;
+        let mut sums = vec![0u8; self.frames as usize * 4];
+        get(&self.stream, &mut sums)?;
+        Ok(sums)
+    }
+
+    fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()> {
+        put(&self.stream, &record(ALONE, f, slot, NO_HANDOFF))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        put(&self.stream, &record(FINISH, 0, 0, NO_HANDOFF))?;
+        let mut ack = [0u8; 1];
+        get(&self.stream, &mut ack)
+    }
+}
+
+impl Drop for ProcessConsumer {
+    fn drop(&mut self) {
+        let _ = put(&self.stream, &record(QUIT, 0, 0, NO_HANDOFF));
+        match self.child.wait() {
+            Ok(status) if !status.success() => eprintln!("demo consumer process: {status}"),
+            Err(e) => eprintln!("demo consumer process: {e}"),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The child: `lava-flow demo-peer SOCKET`. CUDA only.
+pub fn peer(socket: &Path) -> Result<()> {
+    let stream = UnixStream::connect(socket).map_err(io("connect"))?;
+    let mut word = [0u8; 4];
+    let mut long = [0u8; 8];
+    get(&stream, &mut word)?;
+    let buffers = u32::from_le_bytes(word);
+    get(&stream, &mut word)?;
+    let frames = u32::from_le_bytes(word);
+    get(&stream, &mut long)?;
+    let frame_bytes = u64::from_le_bytes(long);
+    get(&stream, &mut word)?;
+    let words = u32::from_le_bytes(word);
+    let received: Vec<_> = (0..buffers).map(|_| ipc::recv_memory(&stream)).collect::<Result<_>>()?;
+    let sums = ipc::recv_memory(&stream)?;
+    let (produced, consumed) = (ipc::recv_semaphore(&stream)?, ipc::recv_semaphore(&stream)?);
+    let ctx = Context::for_uuid(sums.descriptor().device_uuid)?;
+    let imports = Imports {
+        frames: received.into_iter().map(|m| ctx.import_memory(m)).collect::<Result<_>>()?,
+        sums: ctx.import_memory(sums)?,
+        produced: ctx.import_exported_semaphore(produced)?,
+        consumed: ctx.import_exported_semaphore(consumed)?,
+    };
+    let mut consumer = CudaConsumer::from_imports(ctx, imports, frames, frame_bytes, words)?;
+    let description = consumer.describe();
+    put(&stream, &(description.len() as u32).to_le_bytes())?;
+    put(&stream, description.as_bytes())?;
+    let mut host = vec![0u8; frame_bytes as usize];
+    loop {
+        let mut r = [0u8; RECORD];
+        get(&stream, &mut r)?;
+        let field = |a: usize, b: usize| r[a..b].iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
+        let (f, slot) = (field(1, 5) as u32, field(5, 9) as usize);
+        let optional = |v: u64| (v != 0).then_some(v);
+        let handoff = Handoff { wait: optional(field(9, 17)), signal: optional(field(17, 25)) };
+        match r[0] {
+            CONSUME => consumer.consume(f, slot, handoff)?,
+            STAGED => {
+                get(&stream, &mut host)?;
+                consumer.consume_staged(f, &host)?;
+            }
+            STAGED_SUMS => put(&stream, &consumer.staged_sums()?)?,
+            ALONE => consumer.consume_alone(f, slot)?,
+            FINISH => {
+                consumer.finish()?;
+                put(&stream, b"k")?;
+            }
+            QUIT => return consumer.finish(),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "demo consumer process: unknown command {other:#x}"
+                )))
+            }
+        }
+    }
+}
