@@ -59,30 +59,31 @@ impl ExternalHandle {
 /// process that receives one, and never the same for two allocations.
 ///
 /// Importers keep one import per memory and context (CUDA, OpenGL), keyed by this value: two
-/// buffers of one block, or two receipts of the same memory, share one import. Ids are made from
-/// a random per-process base and a counter, so ids made in different processes do not collide.
-/// An importer trusts the id it is given, as it trusts the rest of the descriptor: a peer that
-/// sends the id of other memory than its fd refers to gets the memory the id names, with the
-/// sizes checked (see `docs/processes.md`).
+/// buffers of one block, or two receipts of the same memory, share one import. Ids are a keyed
+/// hash of a counter with a random key per process: unpredictable, and different from every
+/// other id but by chance (2^-64 for a pair). An importer trusts the id it is given, as it trusts
+/// the rest of the descriptor: a peer that sends the id of other memory than its fd refers to
+/// gets the memory the id names, with the sizes checked (see `docs/processes.md`) — but it can
+/// name only ids it was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemoryId(pub u64);
 
 impl MemoryId {
-    /// A new id, different from every other made in this process and (with overwhelming
-    /// probability) in any other: for descriptors of memory that lava-flow did not allocate.
+    /// A new id, unpredictable and (with overwhelming probability) different from every other:
+    /// for descriptors of memory that lava-flow did not allocate.
     pub fn new_unique() -> Self {
         use std::hash::{BuildHasher, Hasher};
         use std::sync::atomic::{AtomicU64, Ordering};
         use std::sync::OnceLock;
-        static BASE: OnceLock<u64> = OnceLock::new();
+        // std's hasher keys are random per process (from the OS's random source): ids are a
+        // keyed hash (SipHash) of a counter, so a peer that was sent some ids cannot guess the
+        // others (an importer's cache trusts ids), and ids of different processes do not collide
+        // but by chance (2^-64 a pair).
+        static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let base = *BASE.get_or_init(|| {
-            // std's hasher keys are random per process (from the OS's random source).
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u32(std::process::id());
-            h.finish()
-        });
-        MemoryId(base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)))
+        let mut h = KEY.get_or_init(std::collections::hash_map::RandomState::new).build_hasher();
+        h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+        MemoryId(h.finish())
     }
 }
 

@@ -269,8 +269,12 @@ fn send_message(stream: &UnixStream, kind: Kind, payload: &[u8], fd: BorrowedFd<
 /// What has arrived with the pieces of one message so far.
 #[derive(Default)]
 struct Received {
-    /// Every fd that came with any piece, owned (closed when dropped).
-    fds: Vec<OwnedFd>,
+    /// The first fd that came with any piece, owned (closed when dropped). Later ones are
+    /// counted and closed at once: a peer that trickles a message with fds in every piece pins
+    /// no more than one fd here.
+    fd: Option<OwnedFd>,
+    /// How many fds came with the message's pieces.
+    fds: usize,
     /// Whether the kernel dropped ancillary data that did not fit (`MSG_CTRUNC`).
     truncated: bool,
 }
@@ -312,16 +316,16 @@ fn recv_any(stream: &UnixStream, expected: Option<Kind>) -> Result<(Kind, OwnedF
     }
     if received.truncated {
         return Err(malformed(format!(
-            "the kernel truncated its ancillary data (more than the {MAX_FDS} fds a receiver has room for)"
+            "the kernel truncated its ancillary data (more than the {MAX_FDS} fds a receiver has room for \
+             in one piece, or no fd numbers left in this process)"
         )));
     }
     if fd_count != 1 {
         return Err(malformed(format!("its header announces {fd_count} fds, a message carries 1")));
     }
-    let count = received.fds.len();
-    match received.fds.pop() {
-        Some(fd) if count == 1 => Ok((kind, fd, payload)),
-        _ => Err(malformed(format!("{count} fds arrived with it, a message carries exactly 1"))),
+    match (received.fd, received.fds) {
+        (Some(fd), 1) => Ok((kind, fd, payload)),
+        (_, count) => Err(malformed(format!("{count} fds arrived with it, a message carries exactly 1"))),
     }
 }
 
@@ -339,7 +343,12 @@ fn recv_exact(stream: &UnixStream, buf: &mut [u8], received: &mut Received, at_s
         // Own the fds before anything else can fail.
         for message in control.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = message {
-                received.fds.extend(fds);
+                for fd in fds {
+                    received.fds += 1;
+                    if received.fd.is_none() {
+                        received.fd = Some(fd);
+                    } // else dropped (closed) here
+                }
             }
         }
         match result {
@@ -490,6 +499,30 @@ mod tests {
         let sent = rustix::net::sendmsg(stream, &[IoSlice::new(bytes)], &mut control, SendFlags::empty())
             .expect("sendmsg");
         assert_eq!(sent, bytes.len());
+    }
+
+    /// A peer that trickles a message one byte a piece with fds in every piece pins one fd in
+    /// the receiver while it waits, not all of them (issue 13's outside review: 4,124).
+    #[test]
+    fn a_trickled_message_pins_one_fd() {
+        let _turn = FDS.lock().unwrap_or_else(PoisonError::into_inner);
+        let file = TempFile::new();
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        let receiver = std::thread::spawn(move || recv_memory(&b).map(drop));
+        let fds: Vec<OwnedFd> = (0..4).map(|_| file.fd()).collect();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        for byte in &MAGIC {
+            send_raw(&a, &[*byte], &borrowed);
+        }
+        drop(fds);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(file.open_fds(), 2, "the file itself and the receiver's one fd, of 16 sent");
+        drop(a);
+        match receiver.join().expect("receiver") {
+            Err(Error::Disconnected { during }) => assert_eq!(during, "in the middle of a message"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(file.open_fds(), 1);
     }
 
     fn expect_malformed(e: Error, what: &str, words: &[&str]) {

@@ -351,7 +351,7 @@ pub(crate) fn import_external(
 ) -> Result<sys::CUexternalMemory> {
     ctx.bind()?;
     let mut external = std::ptr::null_mut();
-    crate::fd::give_to_driver(fd, |raw| {
+    crate::fd::give_to_driver(fd, crate::fd::Payload::Memory { allocation_size }, |raw| {
         let desc = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
             type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
             handle: sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC_st__bindgen_ty_1 { fd: raw },

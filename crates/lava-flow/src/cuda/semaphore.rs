@@ -100,7 +100,7 @@ impl Context {
     fn timeline_of<'a>(&self, semaphore: Holder<'a>, fd: OwnedFd) -> Result<CudaTimeline<'a>> {
         self.bind()?;
         let mut external = std::ptr::null_mut();
-        crate::fd::give_to_driver(fd, |raw| {
+        crate::fd::give_to_driver(fd, crate::fd::Payload::Semaphore, |raw| {
             let desc = sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC {
                 type_: sys::CUexternalSemaphoreHandleType::CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD,
                 handle: sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC_st__bindgen_ty_1 { fd: raw },

@@ -121,25 +121,29 @@ impl Context {
             num_samples: 0,
             mem_object: std::ptr::null_mut(),
         };
-        let mem = crate::fd::give_to_driver(fd()?, |raw| {
-            let properties = self.import_properties(raw);
-            let mut status = 0;
-            // SAFETY: a zero-terminated property list with an opaque fd of this device's image
-            // memory (checked above); format and descriptor are live locals describing that
-            // image; no host pointer.
-            let mem = unsafe {
-                (cl.clCreateImageWithProperties)(
-                    self.context,
-                    properties.as_ptr(),
-                    sys::CL_MEM_READ_WRITE,
-                    &format,
-                    &cl_desc,
-                    std::ptr::null_mut(),
-                    &mut status,
-                )
-            };
-            crate::fd::spec_rule(check("clCreateImageWithProperties", status).map(|()| mem))
-        })?;
+        let mem = crate::fd::give_to_driver(
+            fd()?,
+            crate::fd::Payload::Memory { allocation_size: descriptor.memory.allocation_size },
+            |raw| {
+                let properties = self.import_properties(raw);
+                let mut status = 0;
+                // SAFETY: a zero-terminated property list with an opaque fd of this device's image
+                // memory (checked above); format and descriptor are live locals describing that
+                // image; no host pointer.
+                let mem = unsafe {
+                    (cl.clCreateImageWithProperties)(
+                        self.context,
+                        properties.as_ptr(),
+                        sys::CL_MEM_READ_WRITE,
+                        &format,
+                        &cl_desc,
+                        std::ptr::null_mut(),
+                        &mut status,
+                    )
+                };
+                crate::fd::spec_rule(check("clCreateImageWithProperties", status).map(|()| mem))
+            },
+        )?;
         Ok(ClImage { ctx: self, mem, desc, _image: PhantomData })
     }
 

@@ -81,24 +81,28 @@ impl Context {
         let whole = usize::try_from(desc.allocation_size).map_err(|_| {
             Error::InvalidArgument(format!("{} bytes do not fit size_t", desc.allocation_size))
         })?;
-        let imported = crate::fd::give_to_driver(fd()?, |raw| {
-            let properties = self.import_properties(raw);
-            let mut status = 0;
-            // SAFETY: a zero-terminated property list with an fd that the caller says is
-            // opaque memory of this device (UUID checked above) and this context's device; no
-            // host pointer.
-            let mem = unsafe {
-                (cl.clCreateBufferWithProperties)(
-                    self.context,
-                    properties.as_ptr(),
-                    sys::CL_MEM_READ_WRITE,
-                    whole,
-                    std::ptr::null_mut(),
-                    &mut status,
-                )
-            };
-            crate::fd::spec_rule(check("clCreateBufferWithProperties", status).map(|()| mem))
-        })?;
+        let imported = crate::fd::give_to_driver(
+            fd()?,
+            crate::fd::Payload::Memory { allocation_size: desc.allocation_size },
+            |raw| {
+                let properties = self.import_properties(raw);
+                let mut status = 0;
+                // SAFETY: a zero-terminated property list with an fd that the caller says is
+                // opaque memory of this device (UUID checked above) and this context's device; no
+                // host pointer.
+                let mem = unsafe {
+                    (cl.clCreateBufferWithProperties)(
+                        self.context,
+                        properties.as_ptr(),
+                        sys::CL_MEM_READ_WRITE,
+                        whole,
+                        std::ptr::null_mut(),
+                        &mut status,
+                    )
+                };
+                crate::fd::spec_rule(check("clCreateBufferWithProperties", status).map(|()| mem))
+            },
+        )?;
         let mut view = ClBuffer {
             ctx: self,
             imported,

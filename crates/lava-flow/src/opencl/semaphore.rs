@@ -66,7 +66,7 @@ impl Context {
     }
 
     fn semaphore_of(&self, fns: SemaphoreFns, fd: OwnedFd) -> Result<ClSemaphore<'_>> {
-        let created = crate::fd::give_to_driver(fd, |raw| {
+        let created = crate::fd::give_to_driver(fd, crate::fd::Payload::Semaphore, |raw| {
             let properties = [
                 sys::CL_SEMAPHORE_TYPE_KHR,
                 sys::CL_SEMAPHORE_TYPE_BINARY_KHR,

@@ -48,23 +48,40 @@ impl MemoryObject {
             unsafe { gl.MemoryObjectParameterivEXT(name, sys::DEDICATED_MEMORY_OBJECT_EXT, &on) };
             shared.check("glMemoryObjectParameterivEXT(GL_DEDICATED_MEMORY_OBJECT_EXT)")?;
         }
-        crate::fd::give_to_driver(fd, |raw| {
-            // SAFETY: `raw` is an open fd that the caller says is opaque memory of
-            // `allocation_size` bytes of this context's device (UUIDs checked by the caller);
-            // GL owns it on success.
-            unsafe { gl.ImportMemoryFdEXT(name, desc.allocation_size, sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
-            shared.check("glImportMemoryFdEXT").map_err(|e| (e, shared.info.refused_fd()))
-        })?;
+        crate::fd::give_to_driver(
+            fd,
+            crate::fd::Payload::Memory { allocation_size: desc.allocation_size },
+            |raw| {
+                // SAFETY: `raw` is an open fd that the caller says is opaque memory of
+                // `allocation_size` bytes of this context's device (UUIDs checked by the caller);
+                // GL owns it on success.
+                unsafe {
+                    gl.ImportMemoryFdEXT(name, desc.allocation_size, sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw)
+                };
+                shared.check("glImportMemoryFdEXT").map_err(|e| (e, shared.info.refused_fd()))
+            },
+        )?;
         Ok(Rc::new(memory))
     }
 
-    /// The GL buffer over the whole block (all but its reserved tail), made once.
-    fn whole_block_buffer(&self) -> Result<GLuint> {
+    /// The GL buffer over the whole block but its last [`DEDICATED_TAIL`] bytes (llvmpipe refuses
+    /// a GL buffer that reaches the end of imported memory), made once; `range` (offset, size)
+    /// must lie inside it: lava-flow never places buffers there, other exporters may.
+    fn whole_block_buffer(&self, (offset, size): (u64, u64)) -> Result<GLuint> {
+        let reachable = self.allocation_size.saturating_sub(DEDICATED_TAIL);
+        if offset.checked_add(size).is_none_or(|end| end > reachable) {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{} binds imported memory only whole and cannot reach its last {DEDICATED_TAIL} bytes: \
+                     {size} bytes at offset {offset} of a {}-byte allocation",
+                    self.shared.info.renderer, self.allocation_size
+                ),
+            });
+        }
         if self.whole_block.get() != 0 {
             return Ok(self.whole_block.get());
         }
-        let size = self.allocation_size - DEDICATED_TAIL;
-        let name = create_buffer_on(&self.shared, self.name, size, 0)?;
+        let name = create_buffer_on(&self.shared, self.name, reachable, 0)?;
         self.whole_block.set(name);
         Ok(name)
     }
@@ -179,7 +196,7 @@ impl GlContext {
     ) -> Result<GlBuffer<'a>> {
         let memory = self.memory_for(desc, "the buffer", fd)?;
         let (own, name, offset) = if self.shared.info.ignores_memory_offset {
-            (0, memory.whole_block_buffer()?, desc.offset)
+            (0, memory.whole_block_buffer((desc.offset, desc.size))?, desc.offset)
         } else {
             let own = create_buffer_on(&self.shared, memory.name, desc.size, desc.offset)?;
             (own, own, 0)

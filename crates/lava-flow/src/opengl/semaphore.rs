@@ -115,7 +115,7 @@ impl GlContext {
         // SAFETY: the context is current and lists GL_NV_timeline_semaphore.
         let name = unsafe { nv.create_timeline() };
         shared.check("glCreateSemaphoresNV")?;
-        let imported = crate::fd::give_to_driver(fd, |raw| {
+        let imported = crate::fd::give_to_driver(fd, crate::fd::Payload::Semaphore, |raw| {
             // SAFETY: a fresh timeline semaphore of this context; `raw` is an fd the caller says
             // is an opaque fd of a timeline semaphore of the same device (checked by the caller).
             unsafe { gl.ImportSemaphoreFdEXT(name, sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };

@@ -84,12 +84,16 @@ impl RawMemory {
             }
             #[cfg(unix)]
             Some(fd) => (
-                crate::fd::give_to_driver(fd, |raw| {
-                    allocate_memory(device, &desc, Some(raw)).map_err(|e| {
-                        let refused = refused_import(device, &e);
-                        (e, refused)
-                    })
-                })?,
+                crate::fd::give_to_driver(
+                    fd,
+                    crate::fd::Payload::Memory { allocation_size: desc.size },
+                    |raw| {
+                        allocate_memory(device, &desc, Some(raw)).map_err(|e| {
+                            let refused = refused_import(device, &e);
+                            (e, refused)
+                        })
+                    },
+                )?,
                 None,
             ),
         };

@@ -98,7 +98,7 @@ impl Raw {
             kept,
         };
         if let (Some(fd), Some(loader)) = (import, device.semaphore_fd.as_ref()) {
-            crate::fd::give_to_driver(fd, |fd| {
+            crate::fd::give_to_driver(fd, crate::fd::Payload::Semaphore, |fd| {
                 let info = vk::ImportSemaphoreFdInfoKHR::default()
                     .semaphore(semaphore)
                     .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD)
