@@ -378,6 +378,11 @@ impl ImageDescriptor {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    /// `PROPTEST_CASES` where set (CI's fuzzing step), else `default`.
+    fn cases(default: u32) -> u32 {
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
     use super::*;
     use proptest::prelude::*;
 
@@ -524,7 +529,7 @@ pub(crate) mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(cases(2000)))]
 
         #[test]
         fn memory_descriptors_round_trip(d in memory_descriptor()) {

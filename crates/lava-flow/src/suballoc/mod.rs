@@ -164,7 +164,12 @@ mod tests {
 
     fn config() -> ProptestConfig {
         ProptestConfig {
-            cases: if cfg!(miri) { 4 } else { 256 },
+            // `PROPTEST_CASES` where set (CI's fuzzing step).
+            cases: if cfg!(miri) {
+                4
+            } else {
+                std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+            },
             failure_persistence: None,
             ..ProptestConfig::default()
         }
