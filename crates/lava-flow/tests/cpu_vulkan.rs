@@ -459,3 +459,46 @@ fn bad_image_requests_get_typed_errors() {
     assert!(matches!(image.write_level(0, &[0; 255]), Err(Error::InvalidArgument(_))));
     assert!(matches!(image.read_level(1, &mut [0; 64]), Err(Error::InvalidArgument(_))));
 }
+
+/// An image whose memory needs more than its heap holds is refused as buffers are, with the
+/// heap's size, before `vkAllocateMemory` (which the layer reported as
+/// VUID-vkAllocateMemory-pAllocateInfo-01713 before); nothing is left behind, and an image that
+/// fits is made and round-trips afterwards.
+#[test]
+fn images_larger_than_their_heap_get_a_typed_error() {
+    use lava_flow::{ImageDesc, ImageFormat};
+    let mut v = Validated::new();
+    let heaps = v.devices()[0].heaps.clone();
+    let largest = heaps.iter().filter(|h| h.device_local).map(|h| h.size).max().expect("a device-local heap");
+    // 16384 texels is what lavapipe (and most drivers) allow per side; a random height past the
+    // heap's size.
+    let (width, texel) = (16_384u32, u64::from(ImageFormat::Rgba32Float.texel_size()));
+    let rows_in_heap = largest / (u64::from(width) * texel);
+    let height = rows_in_heap + 1 + rand::Rng::random_range(&mut rand::rng(), 0..64);
+    let Ok(height) =
+        u32::try_from(height).map_err(drop).and_then(|h| if h <= 16_384 { Ok(h) } else { Err(()) })
+    else {
+        println!("skipped: no 16384-wide RGBA32F image exceeds this device's {largest}-byte heap");
+        return;
+    };
+    let baseline = v.stats();
+    let desc = ImageDesc::new(ImageFormat::Rgba32Float, width, height);
+    match v.allocate_image(0, desc) {
+        Err(Error::SizeExceedsHeap { requested, device_id, heap_index, heap_size }) => {
+            assert_eq!(device_id, 0);
+            assert_eq!(heap_size, heaps[heap_index as usize].size, "the heap named is the device's");
+            assert!(requested >= desc.level_size(0) && requested > heap_size, "{requested} vs {heap_size}");
+        }
+        other => panic!(
+            "{width}×{height} RGBA32F on a {largest}-byte heap: expected SizeExceedsHeap, got {other:?}"
+        ),
+    }
+    assert_eq!(v.stats(), baseline, "nothing is held after the refusal");
+    let desc = ImageDesc::new(ImageFormat::Rgba32Float, 64, 48);
+    let image = v.allocate_image(0, desc).expect("an image that fits");
+    let data = common::texel_data(desc.format, desc.level_size(0) as usize);
+    image.write_level(0, &data).expect("write");
+    let mut out = poisoned(data.len());
+    image.read_level(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &data, "an image after a refused one");
+}

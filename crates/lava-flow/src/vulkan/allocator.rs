@@ -463,19 +463,9 @@ impl DeviceContext {
     ) -> Result<Buffer> {
         let physical = &self.device.physical;
         let info = &physical.info;
-        // Find the location's heap before creating anything, so that absurd sizes are refused
+        // Check the location's heap before creating anything, so that absurd sizes are refused
         // with the heap's size instead of a driver error.
-        let memory_type = physical.memory_type(!0, location, "buffers")?;
-        let heap_index = physical.memory.memory_types[memory_type as usize].heap_index;
-        let heap_size = physical.memory.memory_heaps[heap_index as usize].size;
-        if size > heap_size {
-            return Err(Error::SizeExceedsHeap {
-                requested: size,
-                device_id: info.index,
-                heap_index,
-                heap_size,
-            });
-        }
+        self.check_heap(size, physical.memory_type(!0, location, "buffers")?)?;
         let exportable = match options.exportable {
             Exportable::No => false,
             Exportable::IfSupported => physical.can_export_buffers(),
@@ -520,6 +510,28 @@ impl DeviceContext {
         }
     }
 
+    /// Refuses `size` bytes of memory type `memory_type_index` with [`Error::SizeExceedsHeap`]
+    /// (naming the heap and its size) when they exceed that type's heap: the one check between
+    /// every buffer and image lava-flow makes and `vkAllocateMemory`, which must not be asked
+    /// for more than the heap holds (VUID-vkAllocateMemory-pAllocateInfo-01713). Buffers are
+    /// checked with their size before anything is created and with their memory requirements
+    /// before a dedicated allocation; images with their memory requirements. (Blocks are never
+    /// larger than their heap.)
+    pub(crate) fn check_heap(&self, size: u64, memory_type_index: u32) -> Result<()> {
+        let physical = &self.device.physical;
+        let heap_index = physical.memory.memory_types[memory_type_index as usize].heap_index;
+        let heap_size = physical.memory.memory_heaps[heap_index as usize].size;
+        if size > heap_size {
+            return Err(Error::SizeExceedsHeap {
+                requested: size,
+                device_id: physical.info.index,
+                heap_index,
+                heap_size,
+            });
+        }
+        Ok(())
+    }
+
     /// Finds memory for `buffer` and binds it. `Ok(None)`: the buffer needs a dedicated
     /// allocation but was not made `padded`; make it again with the tail.
     fn place(
@@ -551,6 +563,7 @@ impl DeviceContext {
         }
         let map = location.is_host_visible();
         if dedicated {
+            self.check_heap(req.size, memory_type_index)?;
             let desc = MemoryDesc {
                 size: req.size,
                 memory_type_index,

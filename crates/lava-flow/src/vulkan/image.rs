@@ -327,6 +327,7 @@ impl DeviceContext {
         let req = unsafe { d.get_image_memory_requirements(image) };
         let location = MemoryLocation::GpuVulkan { device_id: physical.info.index };
         let memory_type_index = physical.memory_type(req.memory_type_bits, location, "this image")?;
+        self.check_heap(req.size, memory_type_index)?;
         let desc = MemoryDesc {
             size: req.size,
             memory_type_index,
