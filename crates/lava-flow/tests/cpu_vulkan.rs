@@ -502,3 +502,39 @@ fn images_larger_than_their_heap_get_a_typed_error() {
     image.read_level(0, &mut out).expect("read");
     assert_bytes_eq(&out, &data, "an image after a refused one");
 }
+
+/// Sizes close to a block's capacity, with `dedicated_threshold` above them: the sub-allocator
+/// rounds requests up to its size classes, so some of them cannot be placed even in an empty
+/// block. Each must still be allocated (in a block, or sent to a dedicated allocation) and hold
+/// its bytes; the reviewer's case was 62 MiB with 64 MiB blocks (`InvalidArgument` before).
+#[test]
+fn sizes_near_a_blocks_capacity_are_placed() {
+    const MIB: u64 = 1 << 20;
+    let mut rng = rand::rng();
+    let mut cases: Vec<(u64, u64, Vec<u64>)> = vec![(64 * MIB, 63 * MIB, vec![62 * MIB])];
+    let block = TEST_BLOCK_SIZE;
+    let mut near = vec![block - 256, block - 257, block - 512, block - 4096, block - 1, block];
+    near.extend((0..8).map(|_| rand::Rng::random_range(&mut rng, block * 7 / 8..block)));
+    cases.push((block, u64::MAX, near));
+    for (block_size, threshold, sizes) in cases {
+        let mut v = Validated::with_options(|o| {
+            o.block_size = block_size;
+            o.dedicated_threshold = threshold;
+        });
+        for size in sizes {
+            let what = format!("{size} bytes, {block_size}-byte blocks, threshold {threshold}");
+            let b = v.allocate(size, DEV0).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(b.offset() + b.size() <= b.allocation_size(), "{what}: {b:?}");
+            // The ends of every buffer and the whole of a few, so that a wrong placement shows.
+            let data = random_bytes(if size > 8 * MIB { size as usize } else { 4096 });
+            for at in [0, size - data.len() as u64] {
+                b.write(at, &data).unwrap_or_else(|e| panic!("{what}: write: {e}"));
+                let mut out = poisoned(data.len());
+                b.read(at, &mut out).unwrap_or_else(|e| panic!("{what}: read: {e}"));
+                assert_bytes_eq(&out, &data, &format!("{what} at {at}"));
+            }
+        }
+        let s = v.stats();
+        assert_eq!((s.buffers, s.suballocated_bytes, s.dedicated_allocations), (0, 0, 0), "{s:?}");
+    }
+}

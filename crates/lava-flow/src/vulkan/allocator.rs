@@ -42,7 +42,9 @@ pub struct AllocatorOptions {
     /// The size of each exportable block that small buffers are placed in (default 64 MiB).
     /// Blocks on a heap smaller than this are cut to the heap's size.
     pub block_size: u64,
-    /// Buffers of at least this many bytes get a dedicated allocation (default: half a block).
+    /// Buffers of at least this many bytes get a dedicated allocation (default: half a block);
+    /// so do smaller ones that an empty block cannot place (see [`MemoryAllocator`]'s block
+    /// policy).
     pub dedicated_threshold: u64,
     /// Enable the Khronos validation layer and record its messages (default: on when the
     /// environment variable `LAVA_FLOW_VALIDATION` is `1`). See
@@ -146,7 +148,10 @@ pub struct AllocatorStats {
 ///
 /// # Block policy
 /// Buffers smaller than [`AllocatorOptions::dedicated_threshold`] are placed in blocks of
-/// [`AllocatorOptions::block_size`] bytes, one pool of blocks per (memory type, exportable). A
+/// [`AllocatorOptions::block_size`] bytes, one pool of blocks per (memory type, exportable), if
+/// an empty block can hold them: the sub-allocator rounds sizes up to size classes (by up to an
+/// eighth), so a buffer close to the block size (62 MiB of a 64 MiB block, say) gets a dedicated
+/// allocation even below the threshold. A
 /// freed range is reused at once. When a block becomes empty it is kept if it is its pool's only
 /// empty block (so that allocate/free loops do not allocate and free device memory each time),
 /// and released otherwise; [`MemoryAllocator::trim`] releases every empty block.
@@ -556,8 +561,7 @@ impl DeviceContext {
             || dedicated_req.requires_dedicated_allocation == vk::TRUE
             || dedicated_req.prefers_dedicated_allocation == vk::TRUE
             || (exportable && physical.export_needs_dedicated())
-            || req.size >= self.options.dedicated_threshold
-            || req.size + req.alignment + UNIT > block_size;
+            || !goes_to_block(req.size, req.alignment, block_size, self.options.dedicated_threshold);
         if dedicated && !padded {
             return Ok(None);
         }
@@ -588,13 +592,15 @@ impl DeviceContext {
                 let desc =
                     MemoryDesc { size: block_size, memory_type_index, exportable, dedicated_to: None, map };
                 let block = Arc::new(Block::new(&self.device, desc)?);
-                // The block's last unit is never handed out (see `DEDICATED_TAIL`).
-                let mut sub = SubAllocator::new(block_size - UNIT).ok_or_else(|| {
+                // `goes_to_block` sent the buffer here only if a fresh block places it, so
+                // neither error below can happen; they guard the invariant.
+                let mut sub = SubAllocator::new(block_capacity(block_size)).ok_or_else(|| {
                     Error::InvalidArgument(format!("block size {block_size} cannot be sub-allocated"))
                 })?;
                 let range = sub.allocate(req.size, req.alignment).ok_or_else(|| {
                     Error::InvalidArgument(format!(
-                        "{} bytes aligned to {} do not fit in a fresh block of {block_size} bytes",
+                        "the block policy sent {} bytes aligned to {} to a fresh block of {block_size} \
+                         bytes, which cannot place them",
                         req.size, req.alignment
                     ))
                 })?;
@@ -626,6 +632,22 @@ impl DeviceContext {
             release_range(blocks, block, range);
         }
     }
+}
+
+/// What a block of `block_size` bytes gives its sub-allocator: all but its last unit, which is
+/// never handed out (see [`DEDICATED_TAIL`]).
+fn block_capacity(block_size: u64) -> u64 {
+    block_size.saturating_sub(UNIT)
+}
+
+/// The block policy for a buffer whose memory requirements are `size` bytes at `alignment`:
+/// whether it goes to a block of `block_size` bytes rather than a dedicated allocation. It must
+/// be below `dedicated_threshold` and placeable in a *fresh* block
+/// ([`SubAllocator::fits_empty`]: the sub-allocator's size classes round requests up, so sizes
+/// close to the capacity may not be), so that every buffer sent to a block can be placed — in a
+/// block that exists or, failing that, in a new one.
+fn goes_to_block(size: u64, alignment: u64, block_size: u64, dedicated_threshold: u64) -> bool {
+    size < dedicated_threshold && SubAllocator::fits_empty(block_capacity(block_size), size, alignment)
 }
 
 /// Frees `range` in `block` and applies the block policy: an empty block is released unless it
@@ -661,4 +683,46 @@ fn check_semaphore(
     }
     let ExternalHandle::OpaqueFd(fd) = handle;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{block_capacity, goes_to_block};
+    use crate::suballoc::{SubAllocator, UNIT};
+    use proptest::prelude::*;
+
+    /// Block sizes from the smallest allowed to 4 GiB (not only multiples of the unit),
+    /// thresholds anywhere (often around the block size), sizes up to twice the block, the
+    /// alignments drivers report.
+    fn policy_case() -> impl Strategy<Value = (u64, u64, u64, u64)> {
+        (2 * UNIT..=4u64 << 30, 0u32..17).prop_flat_map(|(block, align_log2)| {
+            let thresholds =
+                prop_oneof![1..=2 * block, block / 2..=block + UNIT, Just(u64::MAX), Just(block / 2)];
+            let sizes = prop_oneof![1..=2 * block, block - block / 6..=block, Just(block_capacity(block))];
+            (Just(block), thresholds, sizes, Just(1u64 << align_log2))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Every buffer the policy sends to a block is placed by a fresh block of that size,
+        /// aligned and clear of the block's last unit; and the policy sends every buffer below
+        /// the threshold that a fresh block places there (dedicated allocations only when
+        /// needed).
+        #[test]
+        fn every_size_sent_to_a_block_fits_a_fresh_one((block, threshold, size, alignment) in policy_case()) {
+            let to_block = goes_to_block(size, alignment, block, threshold);
+            let fresh = SubAllocator::new(block_capacity(block)).and_then(|mut s| s.allocate(size, alignment));
+            if to_block {
+                let range = fresh.as_ref();
+                prop_assert!(range.is_some(), "{} bytes at {} sent to a {}-byte block that cannot place them", size, alignment, block);
+                let range = range.expect("checked");
+                prop_assert_eq!(range.offset % alignment, 0);
+                prop_assert!(range.offset + size <= block - UNIT);
+            } else if size < threshold {
+                prop_assert!(fresh.is_none(), "{} bytes at {} fit a fresh {}-byte block but were made dedicated", size, alignment, block);
+            }
+        }
+    }
 }
