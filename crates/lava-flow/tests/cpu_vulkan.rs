@@ -538,3 +538,94 @@ fn sizes_near_a_blocks_capacity_are_placed() {
         assert_eq!((s.buffers, s.suballocated_bytes, s.dedicated_allocations), (0, 0, 0), "{s:?}");
     }
 }
+
+/// A staging copy that waits behind a submission nobody signals times out; the copy is still
+/// queued, so its command buffer, fence and staging bytes stay with it: later calls fail with a
+/// typed `Timeout` naming the earlier copy (they reused all three before: the layer reported
+/// VUID-vkBeginCommandBuffer-commandBuffer-00049 and VUID-vkQueueSubmit-fence-00064, and the
+/// next write overwrote the bytes the pending copy still had to read). Once the value is
+/// signalled the timed-out write lands whole, and writes and reads work again.
+#[test]
+fn a_timed_out_staging_copy_keeps_its_resources_until_it_completes() {
+    let timeout = Duration::from_millis(200);
+    let mut v = Validated::with_options(|o| o.transfer_timeout = timeout);
+    let size = 100_000 + rand::Rng::random_range(&mut rand::rng(), 0..50_000);
+    let b = v.allocate(size as u64, DEV0).expect("allocate");
+    assert!(b.mapped_ptr().is_none(), "GpuVulkan memory goes through staging");
+    let first = random_bytes(size);
+    b.write(0, &first).expect("a write before anything blocks the queue");
+
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    // Signals the gate when the test ends, also when it fails, so that the queue drains before
+    // the allocator (declared first, dropped last) waits for it.
+    struct Release<'a>(&'a lava_flow::TimelineSemaphore);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            if self.0.value().is_ok_and(|v| v < 1) {
+                self.0.signal(1).expect("release the queue");
+            }
+        }
+    }
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1))
+        .expect("a submission waiting for a value nobody signals yet");
+    let stuck = random_bytes(size);
+    match b.write(0, &stuck) {
+        Err(Error::Timeout(t, what)) => assert_eq!((t, what), (timeout, "a staging copy")),
+        other => panic!("a copy queued behind the unsignalled wait: expected Timeout, got {other:?}"),
+    }
+    let later = random_bytes(size);
+    let mut out = poisoned(size);
+    for (what, result) in
+        [("write", b.write(0, &later)), ("read", b.read(0, &mut out)), ("wait_idle", v.wait_idle(0))]
+    {
+        match result {
+            Err(e @ Error::Timeout(..)) => {
+                assert!(e.to_string().contains("earlier staging copy"), "{what}: {e}")
+            }
+            other => panic!("{what} while the earlier copy is pending: expected Timeout, got {other:?}"),
+        }
+    }
+    assert!(out.iter().all(|&x| x == 0xA5), "a refused read leaves its destination alone");
+
+    drop(release);
+    b.read(0, &mut out).expect("read once the queue drained");
+    assert_bytes_eq(&out, &stuck, "the timed-out write, completed with its own bytes");
+    b.write(0, &later).expect("write");
+    let mut out = poisoned(size);
+    b.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &later, "a write after the recovery");
+}
+
+/// A buffer dropped while its timed-out copy is still queued is not destroyed under it: the drop
+/// waits for the copy (the value arrives from another thread within the timeout), then the
+/// buffer goes as usual and its range serves the next buffer. (It was destroyed at once before,
+/// with the copy still to run into it: VUID-vkDestroyBuffer-buffer-00922.)
+#[test]
+fn a_buffer_is_not_destroyed_under_its_timed_out_copy() {
+    let timeout = Duration::from_millis(400);
+    let mut v = Validated::with_options(|o| o.transfer_timeout = timeout);
+    let size = 50_000 + rand::Rng::random_range(&mut rand::rng(), 0..50_000);
+    let b = v.allocate(size as u64, DEV0).expect("allocate");
+    let baseline = v.stats();
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    v.submit(0, &Submission::new().wait(&gate, 1))
+        .expect("a submission waiting for a value nobody signals yet");
+    assert!(matches!(b.write(0, &random_bytes(size)), Err(Error::Timeout(..))));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(timeout / 4);
+            gate.signal(1).expect("release the queue");
+        });
+        drop(b);
+    });
+    assert_eq!(gate.value().expect("value"), 1);
+    let s = v.stats();
+    assert_eq!((s.buffers, s.suballocated_bytes), (baseline.buffers - 1, 0), "{s:?}");
+    let again = v.allocate(size as u64, DEV0).expect("allocate again");
+    let data = random_bytes(size);
+    again.write(0, &data).expect("write");
+    let mut out = poisoned(size);
+    again.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &data, "a buffer after the dropped one");
+}

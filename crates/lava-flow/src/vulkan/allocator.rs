@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ash::vk;
 
@@ -35,6 +36,9 @@ pub const DEDICATED_TAIL: u64 = 256;
 /// The default size of a sub-allocation block: 64 MiB.
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 20;
 
+/// The default [`AllocatorOptions::transfer_timeout`]: 60 s.
+pub const DEFAULT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Settings of a [`MemoryAllocator`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -55,6 +59,17 @@ pub struct AllocatorOptions {
     /// Past it, allocations fail with [`Error::OutOfMemory`] as they do when the driver runs
     /// out: a way to leave room for others on a shared GPU, and to test exhaustion anywhere.
     pub heap_budget: Option<u64>,
+    /// How long lava-flow waits for one of its own queue submissions — a staging copy of
+    /// [`Buffer::write`]/[`read`](Buffer::read), [`Image::write_level`](super::Image::write_level)/
+    /// [`read_level`](super::Image::read_level), an image's first layout change, or
+    /// [`MemoryAllocator::wait_idle`] — before it fails with [`Error::Timeout`] (default 60 s).
+    /// A copy waits behind everything submitted to the queue before it, so a submission that
+    /// waits for a semaphore value nobody signals holds it up until the timeout.
+    ///
+    /// A copy that timed out is still queued and may complete later; until it has, the device's
+    /// staging resources stay with it, and the next staging call first waits for it (up to this
+    /// timeout again) and fails with [`Error::Timeout`] if it is still pending.
+    pub transfer_timeout: Duration,
 }
 
 impl Default for AllocatorOptions {
@@ -64,6 +79,7 @@ impl Default for AllocatorOptions {
             dedicated_threshold: DEFAULT_BLOCK_SIZE / 2,
             validation: std::env::var("LAVA_FLOW_VALIDATION").is_ok_and(|v| v == "1"),
             heap_budget: None,
+            transfer_timeout: DEFAULT_TRANSFER_TIMEOUT,
         }
     }
 }
@@ -342,8 +358,8 @@ impl MemoryAllocator {
     }
 
     /// Waits until all work submitted to `device_id`'s queue so far has completed, for at most
-    /// 60 s ([`Error::Timeout`] after that, e.g. when a submission waits for a value nobody
-    /// signals). It submits an empty batch with a fence and waits for the fence, so the
+    /// [`AllocatorOptions::transfer_timeout`] (60 s by default; [`Error::Timeout`] after that,
+    /// e.g. when a submission waits for a value nobody signals). It submits an empty batch with a fence and waits for the fence, so the
     /// validation layer, too, knows that the earlier work is done — waiting for a timeline value
     /// that another API signalled does not tell it that. Call it before dropping semaphores or
     /// command buffers whose last use was only observed by CUDA, GL or OpenCL.
@@ -445,6 +461,7 @@ impl MemoryAllocator {
             Arc::clone(&self.shared.instance),
             slot.physical.clone(),
             self.shared.options.heap_budget,
+            self.shared.options.transfer_timeout,
         )?;
         let ctx = Arc::new(DeviceContext {
             device,

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ash::vk;
+use ash::vk::Handle;
 
 use super::allocator::DeviceContext;
 use super::memory::{Block, Dedicated, MemoryDesc};
@@ -457,7 +458,14 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        // SAFETY: the image belongs to this device; lava-flow's own copies are synchronous.
+        if !self.ctx.device.release_from_transfer(self.image.as_raw()) {
+            // As in `Buffer`'s drop: a timed-out copy still uses the image; it and its memory
+            // (and with it the device) are leaked, not destroyed under the GPU.
+            std::mem::forget(Arc::clone(&self.block));
+            return;
+        }
+        // SAFETY: the image belongs to this device; lava-flow's own copies have completed (a
+        // timed-out one was waited for above).
         unsafe { self.ctx.device.device.destroy_image(self.image, None) };
         self.ctx.buffers.fetch_sub(1, Ordering::Relaxed);
         self.ctx.dedicated_allocations.fetch_sub(1, Ordering::Relaxed);
