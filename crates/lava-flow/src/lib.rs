@@ -77,7 +77,7 @@ pub use location::MemoryLocation;
 pub use vulkan::{
     AllocationOptions, AllocatorOptions, AllocatorStats, BinarySemaphore, Buffer, Exportable, HeapUsage,
     Image, ImageDesc, ImageFormat, ImageTiling, MemoryAllocator, Submission, TimelineSemaphore,
-    ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
+    ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
 };
 
 /// The guide `docs/vulkan.md`, whose examples are compiled and run as doctests.

@@ -307,6 +307,45 @@ fn textures_of_every_format_and_tiling_round_trip() {
     assert!(tried >= ImageFormat::ALL.len(), "every format with optimal tiling at least");
 }
 
+/// Levels an image does not have — just past its last, and from 32 on, where the level's size
+/// cannot be computed with a plain shift — are typed `InvalidArgument`s in Vulkan and GL alike,
+/// before anything is computed for them (GL's check computed the size first and panicked with a
+/// shift overflow at level 32). The image's real levels are untouched.
+#[test]
+fn levels_an_image_does_not_have_are_refused_not_panicked_on() {
+    let _serial = serial();
+    use lava_flow::{ImageDesc, ImageFormat};
+    let mut v = Validated::new();
+    let ctx = context(&v);
+    let desc = ImageDesc::new(ImageFormat::Rgba8Unorm, 37, 21).mip_levels(3);
+    let image = v.allocate_image(0, desc).expect("image");
+    let texture = ctx.import_image(&image).expect("import");
+    let data: Vec<Vec<u8>> = (0..3).map(|l| random_bytes(desc.level_size(l) as usize)).collect();
+    for (l, d) in data.iter().enumerate() {
+        image.write_level(l as u32, d).expect("write");
+    }
+    let mut rng = rand::rng();
+    let random_level = rand::Rng::random_range(&mut rng, 34..u32::MAX);
+    for level in [3, 31, 32, 33, 63, 64, random_level, u32::MAX] {
+        let mut out = [0u8; 4];
+        let refused = |r: lava_flow::Result<()>, what: &str| match r {
+            Err(Error::InvalidArgument(m)) => {
+                assert!(m.contains(&format!("mip level {level}")), "{what}: {m}")
+            }
+            other => panic!("{what} at level {level}: expected InvalidArgument, got {other:?}"),
+        };
+        refused(texture.read_level(level, &mut out), "GL read");
+        refused(texture.write_level(level, &[0; 4]), "GL write");
+        refused(image.read_level(level, &mut out), "Vulkan read");
+        refused(image.write_level(level, &[0; 4]), "Vulkan write");
+    }
+    for (l, d) in data.iter().enumerate() {
+        let mut out = poisoned(d.len());
+        texture.read_level(l as u32, &mut out).expect("GL read");
+        assert_bytes_eq(&out, d, &format!("level {l} after the refusals"));
+    }
+}
+
 /// Contexts on several threads at once, made and dropped while the others work: EGL displays
 /// are shared per device, so one thread's teardown must not end another's (it did, once:
 /// `eglTerminate` on the shared display crashed the others).

@@ -459,3 +459,173 @@ fn bad_image_requests_get_typed_errors() {
     assert!(matches!(image.write_level(0, &[0; 255]), Err(Error::InvalidArgument(_))));
     assert!(matches!(image.read_level(1, &mut [0; 64]), Err(Error::InvalidArgument(_))));
 }
+
+/// An image whose memory needs more than its heap holds is refused as buffers are, with the
+/// heap's size, before `vkAllocateMemory` (which the layer reported as
+/// VUID-vkAllocateMemory-pAllocateInfo-01713 before); nothing is left behind, and an image that
+/// fits is made and round-trips afterwards.
+#[test]
+fn images_larger_than_their_heap_get_a_typed_error() {
+    use lava_flow::{ImageDesc, ImageFormat};
+    let mut v = Validated::new();
+    let heaps = v.devices()[0].heaps.clone();
+    let largest = heaps.iter().filter(|h| h.device_local).map(|h| h.size).max().expect("a device-local heap");
+    // 16384 texels is what lavapipe (and most drivers) allow per side; a random height past the
+    // heap's size.
+    let (width, texel) = (16_384u32, u64::from(ImageFormat::Rgba32Float.texel_size()));
+    let rows_in_heap = largest / (u64::from(width) * texel);
+    let height = rows_in_heap + 1 + rand::Rng::random_range(&mut rand::rng(), 0..64);
+    let Ok(height) =
+        u32::try_from(height).map_err(drop).and_then(|h| if h <= 16_384 { Ok(h) } else { Err(()) })
+    else {
+        println!("skipped: no 16384-wide RGBA32F image exceeds this device's {largest}-byte heap");
+        return;
+    };
+    let baseline = v.stats();
+    let desc = ImageDesc::new(ImageFormat::Rgba32Float, width, height);
+    match v.allocate_image(0, desc) {
+        Err(Error::SizeExceedsHeap { requested, device_id, heap_index, heap_size }) => {
+            assert_eq!(device_id, 0);
+            assert_eq!(heap_size, heaps[heap_index as usize].size, "the heap named is the device's");
+            assert!(requested >= desc.level_size(0) && requested > heap_size, "{requested} vs {heap_size}");
+        }
+        other => panic!(
+            "{width}×{height} RGBA32F on a {largest}-byte heap: expected SizeExceedsHeap, got {other:?}"
+        ),
+    }
+    assert_eq!(v.stats(), baseline, "nothing is held after the refusal");
+    let desc = ImageDesc::new(ImageFormat::Rgba32Float, 64, 48);
+    let image = v.allocate_image(0, desc).expect("an image that fits");
+    let data = common::texel_data(desc.format, desc.level_size(0) as usize);
+    image.write_level(0, &data).expect("write");
+    let mut out = poisoned(data.len());
+    image.read_level(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &data, "an image after a refused one");
+}
+
+/// Sizes close to a block's capacity, with `dedicated_threshold` above them: the sub-allocator
+/// rounds requests up to its size classes, so some of them cannot be placed even in an empty
+/// block. Each must still be allocated (in a block, or sent to a dedicated allocation) and hold
+/// its bytes; the reviewer's case was 62 MiB with 64 MiB blocks (`InvalidArgument` before).
+#[test]
+fn sizes_near_a_blocks_capacity_are_placed() {
+    const MIB: u64 = 1 << 20;
+    let mut rng = rand::rng();
+    let mut cases: Vec<(u64, u64, Vec<u64>)> = vec![(64 * MIB, 63 * MIB, vec![62 * MIB])];
+    let block = TEST_BLOCK_SIZE;
+    let mut near = vec![block - 256, block - 257, block - 512, block - 4096, block - 1, block];
+    near.extend((0..8).map(|_| rand::Rng::random_range(&mut rng, block * 7 / 8..block)));
+    cases.push((block, u64::MAX, near));
+    for (block_size, threshold, sizes) in cases {
+        let mut v = Validated::with_options(|o| {
+            o.block_size = block_size;
+            o.dedicated_threshold = threshold;
+        });
+        for size in sizes {
+            let what = format!("{size} bytes, {block_size}-byte blocks, threshold {threshold}");
+            let b = v.allocate(size, DEV0).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(b.offset() + b.size() <= b.allocation_size(), "{what}: {b:?}");
+            // The ends of every buffer and the whole of a few, so that a wrong placement shows.
+            let data = random_bytes(if size > 8 * MIB { size as usize } else { 4096 });
+            for at in [0, size - data.len() as u64] {
+                b.write(at, &data).unwrap_or_else(|e| panic!("{what}: write: {e}"));
+                let mut out = poisoned(data.len());
+                b.read(at, &mut out).unwrap_or_else(|e| panic!("{what}: read: {e}"));
+                assert_bytes_eq(&out, &data, &format!("{what} at {at}"));
+            }
+        }
+        let s = v.stats();
+        assert_eq!((s.buffers, s.suballocated_bytes, s.dedicated_allocations), (0, 0, 0), "{s:?}");
+    }
+}
+
+/// A staging copy that waits behind a submission nobody signals times out; the copy is still
+/// queued, so its command buffer, fence and staging bytes stay with it: later calls fail with a
+/// typed `Timeout` naming the earlier copy (they reused all three before: the layer reported
+/// VUID-vkBeginCommandBuffer-commandBuffer-00049 and VUID-vkQueueSubmit-fence-00064, and the
+/// next write overwrote the bytes the pending copy still had to read). Once the value is
+/// signalled the timed-out write lands whole, and writes and reads work again.
+#[test]
+fn a_timed_out_staging_copy_keeps_its_resources_until_it_completes() {
+    let timeout = Duration::from_millis(200);
+    let mut v = Validated::with_options(|o| o.transfer_timeout = timeout);
+    let size = 100_000 + rand::Rng::random_range(&mut rand::rng(), 0..50_000);
+    let b = v.allocate(size as u64, DEV0).expect("allocate");
+    assert!(b.mapped_ptr().is_none(), "GpuVulkan memory goes through staging");
+    let first = random_bytes(size);
+    b.write(0, &first).expect("a write before anything blocks the queue");
+
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    // Signals the gate when the test ends, also when it fails, so that the queue drains before
+    // the allocator (declared first, dropped last) waits for it.
+    struct Release<'a>(&'a lava_flow::TimelineSemaphore);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            if self.0.value().is_ok_and(|v| v < 1) {
+                self.0.signal(1).expect("release the queue");
+            }
+        }
+    }
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1))
+        .expect("a submission waiting for a value nobody signals yet");
+    let stuck = random_bytes(size);
+    match b.write(0, &stuck) {
+        Err(Error::Timeout(t, what)) => assert_eq!((t, what), (timeout, "a staging copy")),
+        other => panic!("a copy queued behind the unsignalled wait: expected Timeout, got {other:?}"),
+    }
+    let later = random_bytes(size);
+    let mut out = poisoned(size);
+    for (what, result) in
+        [("write", b.write(0, &later)), ("read", b.read(0, &mut out)), ("wait_idle", v.wait_idle(0))]
+    {
+        match result {
+            Err(e @ Error::Timeout(..)) => {
+                assert!(e.to_string().contains("earlier staging copy"), "{what}: {e}")
+            }
+            other => panic!("{what} while the earlier copy is pending: expected Timeout, got {other:?}"),
+        }
+    }
+    assert!(out.iter().all(|&x| x == 0xA5), "a refused read leaves its destination alone");
+
+    drop(release);
+    b.read(0, &mut out).expect("read once the queue drained");
+    assert_bytes_eq(&out, &stuck, "the timed-out write, completed with its own bytes");
+    b.write(0, &later).expect("write");
+    let mut out = poisoned(size);
+    b.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &later, "a write after the recovery");
+}
+
+/// A buffer dropped while its timed-out copy is still queued is not destroyed under it: the drop
+/// waits for the copy (the value arrives from another thread within the timeout), then the
+/// buffer goes as usual and its range serves the next buffer. (It was destroyed at once before,
+/// with the copy still to run into it: VUID-vkDestroyBuffer-buffer-00922.)
+#[test]
+fn a_buffer_is_not_destroyed_under_its_timed_out_copy() {
+    let timeout = Duration::from_millis(400);
+    let mut v = Validated::with_options(|o| o.transfer_timeout = timeout);
+    let size = 50_000 + rand::Rng::random_range(&mut rand::rng(), 0..50_000);
+    let b = v.allocate(size as u64, DEV0).expect("allocate");
+    let baseline = v.stats();
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    v.submit(0, &Submission::new().wait(&gate, 1))
+        .expect("a submission waiting for a value nobody signals yet");
+    assert!(matches!(b.write(0, &random_bytes(size)), Err(Error::Timeout(..))));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(timeout / 4);
+            gate.signal(1).expect("release the queue");
+        });
+        drop(b);
+    });
+    assert_eq!(gate.value().expect("value"), 1);
+    let s = v.stats();
+    assert_eq!((s.buffers, s.suballocated_bytes), (baseline.buffers - 1, 0), "{s:?}");
+    let again = v.allocate(size as u64, DEV0).expect("allocate again");
+    let data = random_bytes(size);
+    again.write(0, &data).expect("write");
+    let mut out = poisoned(size);
+    again.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &data, "a buffer after the dropped one");
+}

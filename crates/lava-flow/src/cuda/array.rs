@@ -124,16 +124,13 @@ impl CudaImage<'_> {
 
     /// Mip `level` as a `CUarray` (owned by the mipmapped array).
     pub fn level(&self, level: u32) -> Result<CudaArray<'_>> {
-        if level >= self.desc.mip_levels {
-            return Err(Error::InvalidArgument(format!("mip level {level} of {}", self.desc.mip_levels)));
-        }
+        let (width, height) = self.desc.existing_level(level)?;
         self.ctx.bind()?;
         let mut array = std::ptr::null_mut();
         // SAFETY: the mipmapped array is live; `level` is one of its levels.
         check("cuMipmappedArrayGetLevel", unsafe {
             sys::cuMipmappedArrayGetLevel(&mut array, self.mipmapped, level)
         })?;
-        let (width, height) = self.desc.level_extent(level);
         Ok(CudaArray { image: self, array, width, height, texel: self.desc.format.texel_size() })
     }
 

@@ -154,7 +154,7 @@ impl GlTexture<'_> {
 
     /// Reads mip `level` with `glGetTextureImage`, tightly packed (as [`Image::read_level`]).
     pub fn read_level(&self, level: u32, out: &mut [u8]) -> Result<()> {
-        self.check_level(level, out.len())?;
+        self.desc.check_level_data(level, out.len())?;
         let (_, format, ty) = gl_format(self.desc.format);
         let shared = &self.memory.shared;
         let gl = shared.current()?;
@@ -178,9 +178,8 @@ impl GlTexture<'_> {
     /// Uploads mip `level` with `glTextureSubImage2D`, tightly packed, and returns once the
     /// texels are in the image (`glFinish`), as [`GlBuffer::write`](super::GlBuffer::write).
     pub fn write_level(&self, level: u32, data: &[u8]) -> Result<()> {
-        self.check_level(level, data.len())?;
+        let (w, h) = self.desc.check_level_data(level, data.len())?;
         let (_, format, ty) = gl_format(self.desc.format);
-        let (w, h) = self.desc.level_extent(level);
         let shared = &self.memory.shared;
         let gl = shared.current()?;
         // SAFETY: the context is current.
@@ -203,17 +202,6 @@ impl GlTexture<'_> {
         // SAFETY: the context is current.
         unsafe { gl.Finish() };
         shared.check("glFinish")
-    }
-
-    fn check_level(&self, level: u32, len: usize) -> Result<()> {
-        let want = self.desc.level_size(level);
-        if level >= self.desc.mip_levels || len as u64 != want {
-            return Err(Error::InvalidArgument(format!(
-                "mip level {level} of {} holds {want} bytes; {len} were given",
-                self.desc.mip_levels
-            )));
-        }
-        Ok(())
     }
 }
 

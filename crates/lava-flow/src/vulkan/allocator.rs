@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ash::vk;
 
@@ -35,6 +36,9 @@ pub const DEDICATED_TAIL: u64 = 256;
 /// The default size of a sub-allocation block: 64 MiB.
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 20;
 
+/// The default [`AllocatorOptions::transfer_timeout`]: 60 s.
+pub const DEFAULT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Settings of a [`MemoryAllocator`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -42,7 +46,9 @@ pub struct AllocatorOptions {
     /// The size of each exportable block that small buffers are placed in (default 64 MiB).
     /// Blocks on a heap smaller than this are cut to the heap's size.
     pub block_size: u64,
-    /// Buffers of at least this many bytes get a dedicated allocation (default: half a block).
+    /// Buffers of at least this many bytes get a dedicated allocation (default: half a block);
+    /// so do smaller ones that an empty block cannot place (see [`MemoryAllocator`]'s block
+    /// policy).
     pub dedicated_threshold: u64,
     /// Enable the Khronos validation layer and record its messages (default: on when the
     /// environment variable `LAVA_FLOW_VALIDATION` is `1`). See
@@ -53,6 +59,17 @@ pub struct AllocatorOptions {
     /// Past it, allocations fail with [`Error::OutOfMemory`] as they do when the driver runs
     /// out: a way to leave room for others on a shared GPU, and to test exhaustion anywhere.
     pub heap_budget: Option<u64>,
+    /// How long lava-flow waits for one of its own queue submissions — a staging copy of
+    /// [`Buffer::write`]/[`read`](Buffer::read), [`Image::write_level`](super::Image::write_level)/
+    /// [`read_level`](super::Image::read_level), an image's first layout change, or
+    /// [`MemoryAllocator::wait_idle`] — before it fails with [`Error::Timeout`] (default 60 s).
+    /// A copy waits behind everything submitted to the queue before it, so a submission that
+    /// waits for a semaphore value nobody signals holds it up until the timeout.
+    ///
+    /// A copy that timed out is still queued and may complete later; until it has, the device's
+    /// staging resources stay with it, and the next staging call first waits for it (up to this
+    /// timeout again) and fails with [`Error::Timeout`] if it is still pending.
+    pub transfer_timeout: Duration,
 }
 
 impl Default for AllocatorOptions {
@@ -62,6 +79,7 @@ impl Default for AllocatorOptions {
             dedicated_threshold: DEFAULT_BLOCK_SIZE / 2,
             validation: std::env::var("LAVA_FLOW_VALIDATION").is_ok_and(|v| v == "1"),
             heap_budget: None,
+            transfer_timeout: DEFAULT_TRANSFER_TIMEOUT,
         }
     }
 }
@@ -146,7 +164,10 @@ pub struct AllocatorStats {
 ///
 /// # Block policy
 /// Buffers smaller than [`AllocatorOptions::dedicated_threshold`] are placed in blocks of
-/// [`AllocatorOptions::block_size`] bytes, one pool of blocks per (memory type, exportable). A
+/// [`AllocatorOptions::block_size`] bytes, one pool of blocks per (memory type, exportable), if
+/// an empty block can hold them: the sub-allocator rounds sizes up to size classes (by up to an
+/// eighth), so a buffer close to the block size (62 MiB of a 64 MiB block, say) gets a dedicated
+/// allocation even below the threshold. A
 /// freed range is reused at once. When a block becomes empty it is kept if it is its pool's only
 /// empty block (so that allocate/free loops do not allocate and free device memory each time),
 /// and released otherwise; [`MemoryAllocator::trim`] releases every empty block.
@@ -337,8 +358,8 @@ impl MemoryAllocator {
     }
 
     /// Waits until all work submitted to `device_id`'s queue so far has completed, for at most
-    /// 60 s ([`Error::Timeout`] after that, e.g. when a submission waits for a value nobody
-    /// signals). It submits an empty batch with a fence and waits for the fence, so the
+    /// [`AllocatorOptions::transfer_timeout`] (60 s by default; [`Error::Timeout`] after that,
+    /// e.g. when a submission waits for a value nobody signals). It submits an empty batch with a fence and waits for the fence, so the
     /// validation layer, too, knows that the earlier work is done — waiting for a timeline value
     /// that another API signalled does not tell it that. Call it before dropping semaphores or
     /// command buffers whose last use was only observed by CUDA, GL or OpenCL.
@@ -440,6 +461,7 @@ impl MemoryAllocator {
             Arc::clone(&self.shared.instance),
             slot.physical.clone(),
             self.shared.options.heap_budget,
+            self.shared.options.transfer_timeout,
         )?;
         let ctx = Arc::new(DeviceContext {
             device,
@@ -463,19 +485,9 @@ impl DeviceContext {
     ) -> Result<Buffer> {
         let physical = &self.device.physical;
         let info = &physical.info;
-        // Find the location's heap before creating anything, so that absurd sizes are refused
+        // Check the location's heap before creating anything, so that absurd sizes are refused
         // with the heap's size instead of a driver error.
-        let memory_type = physical.memory_type(!0, location, "buffers")?;
-        let heap_index = physical.memory.memory_types[memory_type as usize].heap_index;
-        let heap_size = physical.memory.memory_heaps[heap_index as usize].size;
-        if size > heap_size {
-            return Err(Error::SizeExceedsHeap {
-                requested: size,
-                device_id: info.index,
-                heap_index,
-                heap_size,
-            });
-        }
+        self.check_heap(size, physical.memory_type(!0, location, "buffers")?)?;
         let exportable = match options.exportable {
             Exportable::No => false,
             Exportable::IfSupported => physical.can_export_buffers(),
@@ -520,6 +532,28 @@ impl DeviceContext {
         }
     }
 
+    /// Refuses `size` bytes of memory type `memory_type_index` with [`Error::SizeExceedsHeap`]
+    /// (naming the heap and its size) when they exceed that type's heap: the one check between
+    /// every buffer and image lava-flow makes and `vkAllocateMemory`, which must not be asked
+    /// for more than the heap holds (VUID-vkAllocateMemory-pAllocateInfo-01713). Buffers are
+    /// checked with their size before anything is created and with their memory requirements
+    /// before a dedicated allocation; images with their memory requirements. (Blocks are never
+    /// larger than their heap.)
+    pub(crate) fn check_heap(&self, size: u64, memory_type_index: u32) -> Result<()> {
+        let physical = &self.device.physical;
+        let heap_index = physical.memory.memory_types[memory_type_index as usize].heap_index;
+        let heap_size = physical.memory.memory_heaps[heap_index as usize].size;
+        if size > heap_size {
+            return Err(Error::SizeExceedsHeap {
+                requested: size,
+                device_id: physical.info.index,
+                heap_index,
+                heap_size,
+            });
+        }
+        Ok(())
+    }
+
     /// Finds memory for `buffer` and binds it. `Ok(None)`: the buffer needs a dedicated
     /// allocation but was not made `padded`; make it again with the tail.
     fn place(
@@ -544,13 +578,13 @@ impl DeviceContext {
             || dedicated_req.requires_dedicated_allocation == vk::TRUE
             || dedicated_req.prefers_dedicated_allocation == vk::TRUE
             || (exportable && physical.export_needs_dedicated())
-            || req.size >= self.options.dedicated_threshold
-            || req.size + req.alignment + UNIT > block_size;
+            || !goes_to_block(req.size, req.alignment, block_size, self.options.dedicated_threshold);
         if dedicated && !padded {
             return Ok(None);
         }
         let map = location.is_host_visible();
         if dedicated {
+            self.check_heap(req.size, memory_type_index)?;
             let desc = MemoryDesc {
                 size: req.size,
                 memory_type_index,
@@ -575,13 +609,15 @@ impl DeviceContext {
                 let desc =
                     MemoryDesc { size: block_size, memory_type_index, exportable, dedicated_to: None, map };
                 let block = Arc::new(Block::new(&self.device, desc)?);
-                // The block's last unit is never handed out (see `DEDICATED_TAIL`).
-                let mut sub = SubAllocator::new(block_size - UNIT).ok_or_else(|| {
+                // `goes_to_block` sent the buffer here only if a fresh block places it, so
+                // neither error below can happen; they guard the invariant.
+                let mut sub = SubAllocator::new(block_capacity(block_size)).ok_or_else(|| {
                     Error::InvalidArgument(format!("block size {block_size} cannot be sub-allocated"))
                 })?;
                 let range = sub.allocate(req.size, req.alignment).ok_or_else(|| {
                     Error::InvalidArgument(format!(
-                        "{} bytes aligned to {} do not fit in a fresh block of {block_size} bytes",
+                        "the block policy sent {} bytes aligned to {} to a fresh block of {block_size} \
+                         bytes, which cannot place them",
                         req.size, req.alignment
                     ))
                 })?;
@@ -613,6 +649,22 @@ impl DeviceContext {
             release_range(blocks, block, range);
         }
     }
+}
+
+/// What a block of `block_size` bytes gives its sub-allocator: all but its last unit, which is
+/// never handed out (see [`DEDICATED_TAIL`]).
+fn block_capacity(block_size: u64) -> u64 {
+    block_size.saturating_sub(UNIT)
+}
+
+/// The block policy for a buffer whose memory requirements are `size` bytes at `alignment`:
+/// whether it goes to a block of `block_size` bytes rather than a dedicated allocation. It must
+/// be below `dedicated_threshold` and placeable in a *fresh* block
+/// ([`SubAllocator::fits_empty`]: the sub-allocator's size classes round requests up, so sizes
+/// close to the capacity may not be), so that every buffer sent to a block can be placed — in a
+/// block that exists or, failing that, in a new one.
+fn goes_to_block(size: u64, alignment: u64, block_size: u64, dedicated_threshold: u64) -> bool {
+    size < dedicated_threshold && SubAllocator::fits_empty(block_capacity(block_size), size, alignment)
 }
 
 /// Frees `range` in `block` and applies the block policy: an empty block is released unless it
@@ -648,4 +700,46 @@ fn check_semaphore(
     }
     let ExternalHandle::OpaqueFd(fd) = handle;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{block_capacity, goes_to_block};
+    use crate::suballoc::{SubAllocator, UNIT};
+    use proptest::prelude::*;
+
+    /// Block sizes from the smallest allowed to 4 GiB (not only multiples of the unit),
+    /// thresholds anywhere (often around the block size), sizes up to twice the block, the
+    /// alignments drivers report.
+    fn policy_case() -> impl Strategy<Value = (u64, u64, u64, u64)> {
+        (2 * UNIT..=4u64 << 30, 0u32..17).prop_flat_map(|(block, align_log2)| {
+            let thresholds =
+                prop_oneof![1..=2 * block, block / 2..=block + UNIT, Just(u64::MAX), Just(block / 2)];
+            let sizes = prop_oneof![1..=2 * block, block - block / 6..=block, Just(block_capacity(block))];
+            (Just(block), thresholds, sizes, Just(1u64 << align_log2))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Every buffer the policy sends to a block is placed by a fresh block of that size,
+        /// aligned and clear of the block's last unit; and the policy sends every buffer below
+        /// the threshold that a fresh block places there (dedicated allocations only when
+        /// needed).
+        #[test]
+        fn every_size_sent_to_a_block_fits_a_fresh_one((block, threshold, size, alignment) in policy_case()) {
+            let to_block = goes_to_block(size, alignment, block, threshold);
+            let fresh = SubAllocator::new(block_capacity(block)).and_then(|mut s| s.allocate(size, alignment));
+            if to_block {
+                let range = fresh.as_ref();
+                prop_assert!(range.is_some(), "{} bytes at {} sent to a {}-byte block that cannot place them", size, alignment, block);
+                let range = range.expect("checked");
+                prop_assert_eq!(range.offset % alignment, 0);
+                prop_assert!(range.offset + size <= block - UNIT);
+            } else if size < threshold {
+                prop_assert!(fresh.is_none(), "{} bytes at {} fit a fresh {}-byte block but were made dedicated", size, alignment, block);
+            }
+        }
+    }
 }

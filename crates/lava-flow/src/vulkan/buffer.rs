@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ash::vk;
+use ash::vk::Handle;
 
 use super::allocator::DeviceContext;
 use super::conv;
@@ -248,6 +249,13 @@ impl Buffer {
 
     /// Copies `data` into the buffer at `offset`: through the mapping for host-visible memory,
     /// else through a staging buffer and a queue submission, waited for before returning.
+    ///
+    /// A staged copy queues behind everything submitted before it; if it has not completed
+    /// within [`AllocatorOptions::transfer_timeout`](crate::AllocatorOptions::transfer_timeout)
+    /// the result is [`Error::Timeout`] and the copy stays queued: it may still complete, with
+    /// the bytes given here. Until it has, staging calls on the device fail with
+    /// [`Error::Timeout`] (after waiting for it once more), and dropping this buffer waits for
+    /// it too (and leaks the buffer if it is still queued, rather than destroy it under the GPU).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len())?;
         if data.is_empty() {
@@ -341,8 +349,15 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // SAFETY: the buffer belongs to this device. lava-flow's own copies are synchronous, so
-        // nothing of ours still uses it; the user owns the ordering of their own GPU work.
+        if !self.ctx.device.release_from_transfer(self.buffer.as_raw()) {
+            // A staging copy that timed out still uses the buffer: destroying it, freeing its
+            // memory or giving its range to another buffer would let the GPU write into them.
+            // The buffer, its range and its memory (and with it the device) are leaked.
+            std::mem::forget(Arc::clone(&self.placement.block));
+            return;
+        }
+        // SAFETY: the buffer belongs to this device. lava-flow's own copies have completed (a
+        // timed-out one was waited for above); the user owns the ordering of their own GPU work.
         unsafe { self.ctx.device.device.destroy_buffer(self.buffer, None) };
         self.ctx.buffers.fetch_sub(1, Ordering::Relaxed);
         match self.placement.range.take() {

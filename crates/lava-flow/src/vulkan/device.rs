@@ -1,12 +1,14 @@
 //! A logical Vulkan device: one queue, the external-handle extension loaders, a staging context.
 
 use std::ffi::c_char;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ash::vk;
 
 use super::instance::{Instance, PhysicalDevice};
-use super::transfer::Transfer;
+use super::transfer::{Transfer, EARLIER_COPY};
 use crate::error::{Result, VkResultExt};
 
 /// A `VkDevice` made for lava-flow, shared by every object created on it.
@@ -23,8 +25,14 @@ pub(crate) struct Device {
     queue: Mutex<vk::Queue>,
     /// Staging resources for `Buffer::write`/`read`, made on first use.
     transfer: Mutex<Option<Transfer>>,
+    /// The raw handle of the buffer or image a timed-out staging submission still uses, 0 when
+    /// none (written by the transfer context under its lock): drops read it without the lock and
+    /// take the lock only when it names what they destroy.
+    pub transfer_target: AtomicU64,
     /// `AllocatorOptions::heap_budget`.
     pub heap_budget: Option<u64>,
+    /// `AllocatorOptions::transfer_timeout`: how long the staging context waits for a fence.
+    pub transfer_timeout: Duration,
     /// Bytes of each heap held by memory lava-flow allocated (not imported) on this device.
     pub heap_used: Arc<[std::sync::atomic::AtomicU64]>,
 }
@@ -35,6 +43,7 @@ impl Device {
         instance: Arc<Instance>,
         physical: PhysicalDevice,
         heap_budget: Option<u64>,
+        transfer_timeout: Duration,
     ) -> Result<Arc<Self>> {
         let priorities = [1.0f32];
         let queue_info = [vk::DeviceQueueCreateInfo::default()
@@ -70,7 +79,9 @@ impl Device {
             semaphore_fd,
             queue: Mutex::new(queue),
             transfer: Mutex::new(None),
+            transfer_target: AtomicU64::new(0),
             heap_budget,
+            transfer_timeout,
             heap_used: (0..physical.memory.memory_heap_count).map(|_| Default::default()).collect(),
             physical,
         }))
@@ -92,14 +103,43 @@ impl Device {
         unsafe { self.device.queue_submit(*queue, submits, fence) }.vk("vkQueueSubmit")
     }
 
-    /// Runs `f` with exclusive use of the staging context, created on first use.
+    /// Runs `f` with exclusive use of the staging context, created on first use, and idle: a
+    /// submission of an earlier call that timed out is waited for first (up to the transfer
+    /// timeout), and while it is still queued `f` does not run and the result is
+    /// [`Error::Timeout`](crate::Error::Timeout) naming it.
     pub fn with_transfer<R>(&self, f: impl FnOnce(&mut Transfer) -> Result<R>) -> Result<R> {
         let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
         let transfer = match slot.as_mut() {
             Some(t) => t,
             None => slot.insert(Transfer::new(self)?),
         };
+        transfer.settle(self, EARLIER_COPY)?;
         f(transfer)
+    }
+
+    /// Called by a buffer or image (`object`: its raw handle) before it is destroyed: if a
+    /// staging submission that timed out still uses it, waits for that (up to the transfer
+    /// timeout). `false` if it is still queued: the object, and the memory under it, must then
+    /// be leaked rather than destroyed under the GPU (the error is logged).
+    pub fn release_from_transfer(&self, object: u64) -> bool {
+        if object == 0 || self.transfer_target.load(Ordering::Acquire) != object {
+            return true;
+        }
+        let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(transfer) = slot.as_mut() else { return true };
+        if transfer.pending() != Some(object) {
+            return true;
+        }
+        match transfer.settle(self, "a staging copy into an object being dropped") {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "{e}: the buffer or image (and its memory) is leaked, not destroyed while the GPU may \
+                     still use it"
+                );
+                false
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ash::vk;
+use ash::vk::Handle;
 
 use super::allocator::DeviceContext;
 use super::memory::{Block, Dedicated, MemoryDesc};
@@ -118,15 +119,46 @@ impl ImageDesc {
         self
     }
 
-    /// The extent of mip `level`: each level halves the last, down to 1.
+    /// The extent of mip `level`: each level halves the last, down to 1 (Vulkan's
+    /// `max(1, width >> level)`), so every level past the smallest is 1×1. Defined for every
+    /// `u32`: whether the image *has* the level is [`mip_levels`](ImageDesc::mip_levels)'
+    /// business, which lava-flow checks before it reads or writes a level.
     pub fn level_extent(&self, level: u32) -> (u32, u32) {
-        ((self.width >> level).max(1), (self.height >> level).max(1))
+        let halve = |x: u32| x.checked_shr(level).unwrap_or(0).max(1);
+        (halve(self.width), halve(self.height))
     }
 
-    /// The bytes of mip `level`, tightly packed (rows of `width × texel_size` bytes).
+    /// The bytes of mip `level`, tightly packed (rows of `width × texel_size` bytes); defined for
+    /// every `u32` as [`level_extent`](ImageDesc::level_extent) is, and `u64::MAX` for extents
+    /// whose size does not fit in a `u64`.
     pub fn level_size(&self, level: u32) -> u64 {
         let (w, h) = self.level_extent(level);
-        u64::from(w) * u64::from(h) * u64::from(self.format.texel_size())
+        u64::from(w).saturating_mul(u64::from(h)).saturating_mul(u64::from(self.format.texel_size()))
+    }
+
+    /// Mip `level`'s extent after checking that the image has the level: the one check every
+    /// reader and writer of a level (Vulkan, OpenGL, CUDA) makes before anything else.
+    pub(crate) fn existing_level(&self, level: u32) -> Result<(u32, u32)> {
+        if level >= self.mip_levels {
+            return Err(Error::InvalidArgument(format!(
+                "mip level {level} of an image with {} level(s)",
+                self.mip_levels
+            )));
+        }
+        Ok(self.level_extent(level))
+    }
+
+    /// [`existing_level`](ImageDesc::existing_level), then that `len` bytes are exactly the
+    /// level, tightly packed.
+    pub(crate) fn check_level_data(&self, level: u32, len: usize) -> Result<(u32, u32)> {
+        let extent = self.existing_level(level)?;
+        let want = self.level_size(level);
+        if len as u64 != want {
+            return Err(Error::InvalidArgument(format!(
+                "mip level {level} holds {want} bytes (tightly packed), {len} were given"
+            )));
+        }
+        Ok(extent)
     }
 
     /// The most mip levels an image of this size can have.
@@ -296,6 +328,7 @@ impl DeviceContext {
         let req = unsafe { d.get_image_memory_requirements(image) };
         let location = MemoryLocation::GpuVulkan { device_id: physical.info.index };
         let memory_type_index = physical.memory_type(req.memory_type_bits, location, "this image")?;
+        self.check_heap(req.size, memory_type_index)?;
         let desc = MemoryDesc {
             size: req.size,
             memory_type_index,
@@ -406,8 +439,7 @@ impl Image {
     /// Uploads mip `level` from `data`: tightly packed rows, exactly
     /// [`ImageDesc::level_size`] bytes. Synchronous, through a staging buffer.
     pub fn write_level(&self, level: u32, data: &[u8]) -> Result<()> {
-        self.check_level(level, data.len())?;
-        let (w, h) = self.desc.level_extent(level);
+        let (w, h) = self.desc.check_level_data(level, data.len())?;
         let texel = self.desc.format.texel_size();
         self.ctx
             .device
@@ -416,37 +448,58 @@ impl Image {
 
     /// Downloads mip `level` into `out` (see [`Image::write_level`]).
     pub fn read_level(&self, level: u32, out: &mut [u8]) -> Result<()> {
-        self.check_level(level, out.len())?;
-        let (w, h) = self.desc.level_extent(level);
+        let (w, h) = self.desc.check_level_data(level, out.len())?;
         let texel = self.desc.format.texel_size();
         self.ctx
             .device
             .with_transfer(|t| t.read_image(&self.ctx.device, self.image, level, (w, h), texel, out))
     }
-
-    fn check_level(&self, level: u32, len: usize) -> Result<()> {
-        if level >= self.desc.mip_levels {
-            return Err(Error::InvalidArgument(format!(
-                "mip level {level} of an image with {} level(s)",
-                self.desc.mip_levels
-            )));
-        }
-        let want = self.desc.level_size(level);
-        if len as u64 != want {
-            return Err(Error::InvalidArgument(format!(
-                "mip level {level} holds {want} bytes (tightly packed), {len} were given"
-            )));
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Image {
     fn drop(&mut self) {
-        // SAFETY: the image belongs to this device; lava-flow's own copies are synchronous.
+        if !self.ctx.device.release_from_transfer(self.image.as_raw()) {
+            // As in `Buffer`'s drop: a timed-out copy still uses the image; it and its memory
+            // (and with it the device) are leaked, not destroyed under the GPU.
+            std::mem::forget(Arc::clone(&self.block));
+            return;
+        }
+        // SAFETY: the image belongs to this device; lava-flow's own copies have completed (a
+        // timed-out one was waited for above).
         unsafe { self.ctx.device.device.destroy_image(self.image, None) };
         self.ctx.buffers.fetch_sub(1, Ordering::Relaxed);
         self.ctx.dedicated_allocations.fetch_sub(1, Ordering::Relaxed);
         self.ctx.dedicated_bytes.fetch_sub(self.block.size, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ImageDesc, ImageFormat};
+    use proptest::prelude::*;
+
+    fn levels() -> impl Strategy<Value = u32> {
+        prop_oneof![0u32..40, Just(31), Just(32), Just(33), Just(63), Just(64), Just(u32::MAX), any::<u32>()]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Vulkan's rule, `max(1, width >> level)`, for every `u32` level and extent: no panic
+        /// (the shifts overflowed from level 32 on), levels past the smallest are 1×1, sizes past
+        /// `u64::MAX` saturate, and a level the image does not have is a typed error.
+        #[test]
+        fn level_helpers_are_total(width in 1u32.., height in 1u32.., level in levels(), f in 0..ImageFormat::ALL.len()) {
+            let desc = ImageDesc::new(ImageFormat::ALL[f], width, height);
+            let vulkan = |x: u32| if level >= 32 { 1 } else { (x >> level).max(1) };
+            prop_assert_eq!(desc.level_extent(level), (vulkan(width), vulkan(height)));
+            let texel = u128::from(ImageFormat::ALL[f].texel_size());
+            let size = u128::from(vulkan(width)) * u128::from(vulkan(height)) * texel;
+            prop_assert_eq!(desc.level_size(level), u64::try_from(size).unwrap_or(u64::MAX));
+            if level >= desc.mip_levels {
+                let refused = desc.check_level_data(level, 4);
+                prop_assert!(matches!(refused, Err(crate::Error::InvalidArgument(_))), "{:?}", refused);
+            }
+        }
     }
 }

@@ -14,7 +14,7 @@ mod validation;
 
 pub use allocator::{
     AllocationOptions, AllocatorOptions, AllocatorStats, Exportable, HeapUsage, MemoryAllocator,
-    DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
+    DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
 };
 pub use buffer::Buffer;
 pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};

@@ -3,10 +3,20 @@
 //! One command buffer, one fence and one host-visible staging buffer per device, used under the
 //! device's transfer lock. Data moves in chunks of at most [`STAGING_CHUNK`] bytes; each chunk is
 //! submitted and waited for before the next, so `write` and `read` are synchronous.
+//!
+//! A wait can time out (`AllocatorOptions::transfer_timeout`): the submission is then still
+//! queued — behind work that waits for a semaphore nobody signalled, say — and will run when the
+//! queue gets to it. Until its fence has been seen signalled the context is *pending*: the
+//! command buffer, the fence and the staging buffer (whose bytes the copy has yet to read) are
+//! the submission's, and nothing records, submits, writes, replaces or destroys them.
+//! [`Device::with_transfer`] settles a pending context before it lends it out, and
+//! [`Device::release_from_transfer`] keeps the copy's buffer or image from being destroyed under
+//! it.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use ash::vk;
+use ash::vk::Handle;
 
 use super::device::Device;
 use super::memory::{MemoryDesc, RawMemory};
@@ -17,8 +27,6 @@ use crate::location::MemoryLocation;
 pub(crate) const STAGING_CHUNK: u64 = 16 << 20;
 /// The smallest staging buffer made.
 const STAGING_MIN: u64 = 1 << 20;
-/// How long one chunk's copy may take before the transfer is reported as hung.
-const FENCE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Staging {
     buffer: vk::Buffer,
@@ -32,7 +40,15 @@ pub(crate) struct Transfer {
     cmd: vk::CommandBuffer,
     fence: vk::Fence,
     staging: Option<Staging>,
+    /// `Some` while a submission that timed out may still run: the raw handle of the buffer or
+    /// image it uses (0 for none). The command buffer, the fence and the staging buffer are
+    /// that submission's until [`Transfer::settle`] has seen its fence signalled.
+    pending: Option<u64>,
 }
+
+/// What [`Error::Timeout`] names when a call finds an earlier submission still pending.
+pub(crate) const EARLIER_COPY: &str =
+    "an earlier staging copy that timed out and is still queued (nothing of this call was done)";
 
 /// Which way a copy goes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -49,8 +65,13 @@ impl Transfer {
             .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
         // SAFETY: `d` is a live device; the family index is the one its queue came from.
         let pool = unsafe { d.create_command_pool(&pool_info, None) }.vk("vkCreateCommandPool")?;
-        let mut transfer =
-            Transfer { pool, cmd: vk::CommandBuffer::null(), fence: vk::Fence::null(), staging: None };
+        let mut transfer = Transfer {
+            pool,
+            cmd: vk::CommandBuffer::null(),
+            fence: vk::Fence::null(),
+            staging: None,
+            pending: None,
+        };
         let alloc = vk::CommandBufferAllocateInfo::default()
             .command_pool(pool)
             .level(vk::CommandBufferLevel::PRIMARY)
@@ -108,7 +129,10 @@ impl Transfer {
         Ok(())
     }
 
-    fn mapped(&self, device: &Device) -> Result<*mut u8> {
+    /// The staging buffer's mapping, to copy to or from: never while a submission that may
+    /// still read or write it is pending.
+    fn mapped(&mut self, device: &Device) -> Result<*mut u8> {
+        self.settle(device, EARLIER_COPY)?;
         self.staging.as_ref().and_then(|s| s.memory.mapped).map(|m| m.0.as_ptr()).ok_or_else(|| {
             Error::Unsupported { what: format!("no mapped staging buffer on {}", device.physical.info.name) }
         })
@@ -116,6 +140,8 @@ impl Transfer {
 
     /// Makes sure a staging buffer of at least `min(len, STAGING_CHUNK)` bytes exists.
     fn staging(&mut self, device: &Device, len: u64) -> Result<u64> {
+        // Never replaced under a pending submission.
+        self.settle(device, EARLIER_COPY)?;
         let want = len.clamp(STAGING_MIN, STAGING_CHUNK);
         if let Some(s) = &self.staging {
             if s.size >= want {
@@ -123,7 +149,7 @@ impl Transfer {
             }
         }
         if let Some(old) = self.staging.take() {
-            // SAFETY: every copy through it was waited for.
+            // SAFETY: every copy through it was waited for (nothing is pending: settled above).
             unsafe { destroy_staging(&device.device, old) };
         }
         let d = &device.device;
@@ -183,7 +209,7 @@ impl Transfer {
             Direction::ToDevice => (staging, buffer),
             Direction::ToHost => (buffer, staging),
         };
-        self.run(device, |d, cmd| {
+        self.run(device, buffer.as_raw(), |d, cmd| {
             // SAFETY: a recording command buffer; `src` and `dst` are live buffers of this device
             // and the region lies inside both (checked by the callers).
             unsafe { d.cmd_copy_buffer(cmd, src, dst, &[region]) };
@@ -195,7 +221,7 @@ impl Transfer {
 
     /// Moves every level of a fresh image from `UNDEFINED` to `GENERAL`.
     pub fn initialize_image(&mut self, device: &Device, image: vk::Image, levels: u32) -> Result<()> {
-        self.run(device, |d, cmd| {
+        self.run(device, image.as_raw(), |d, cmd| {
             layout_barrier(d, cmd, image, (0, levels), vk::ImageLayout::UNDEFINED, vk::ImageLayout::GENERAL);
         })
     }
@@ -255,7 +281,7 @@ impl Transfer {
         region: vk::BufferImageCopy,
     ) -> Result<()> {
         let staging = self.staging.as_ref().map(|s| s.buffer).unwrap_or_default();
-        self.run(device, |d, cmd| {
+        self.run(device, image.as_raw(), |d, cmd| {
             let general = vk::ImageLayout::GENERAL;
             let layout = match dir {
                 Direction::ToDevice => vk::ImageLayout::TRANSFER_DST_OPTIMAL,
@@ -295,14 +321,24 @@ impl Transfer {
     /// Waits until everything submitted to the queue before this call has completed: an empty
     /// batch with the fence, which signals only after every earlier batch on the queue.
     pub fn wait_idle(&mut self, device: &Device) -> Result<()> {
-        self.run(device, |_, _| {})
+        self.run(device, 0, |_, _| {})
     }
 
-    /// Records commands with `record`, submits them and waits for them.
-    fn run(&mut self, device: &Device, record: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<()> {
+    /// Records commands with `record`, submits them and waits for them. `target` is the raw
+    /// handle of the buffer or image the commands use (0 for none): if the wait times out, the
+    /// context stays pending on it.
+    fn run(
+        &mut self,
+        device: &Device,
+        target: u64,
+        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
+    ) -> Result<()> {
+        // Every caller came through `Device::with_transfer`, which settled the context; this
+        // keeps the rule where the objects are reused.
+        self.settle(device, EARLIER_COPY)?;
         let d = &device.device;
         let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-        // SAFETY: the command buffer is not in use (the last submission was waited for) and its
+        // SAFETY: the command buffer is not in use (nothing is pending: settled above) and its
         // pool allows resetting it.
         unsafe { d.begin_command_buffer(self.cmd, &begin) }.vk("vkBeginCommandBuffer")?;
         record(d, self.cmd);
@@ -310,24 +346,47 @@ impl Transfer {
         unsafe { d.end_command_buffer(self.cmd) }.vk("vkEndCommandBuffer")?;
         let cmds = [self.cmd];
         let submit = vk::SubmitInfo::default().command_buffers(&cmds);
-        // SAFETY: the command buffer and fence belong to this device; the fence is unsignalled.
+        // SAFETY: the command buffer and fence belong to this device; the fence is unsignalled
+        // and no pending submission uses it (settled above).
         unsafe { device.submit(&[submit], self.fence) }?;
-        let timeout = u64::try_from(FENCE_TIMEOUT.as_nanos()).unwrap_or(u64::MAX);
+        self.pending = Some(target);
+        device.transfer_target.store(target, Ordering::Release);
+        self.settle(device, "a staging copy")
+    }
+
+    /// Waits (up to the device's transfer timeout) for the pending submission, if any, and
+    /// makes the context idle again: the fence reset, nothing pending. Fails with
+    /// [`Error::Timeout`] naming `what` while the submission is still queued, leaving the context
+    /// pending.
+    pub fn settle(&mut self, device: &Device, what: &'static str) -> Result<()> {
+        if self.pending.is_none() {
+            return Ok(());
+        }
+        let d = &device.device;
+        let timeout = u64::try_from(device.transfer_timeout.as_nanos()).unwrap_or(u64::MAX);
         // SAFETY: the fence belongs to this device.
-        let waited = unsafe { d.wait_for_fences(&[self.fence], true, timeout) };
-        match waited {
+        match unsafe { d.wait_for_fences(&[self.fence], true, timeout) } {
             Ok(()) => {}
-            Err(vk::Result::TIMEOUT) => return Err(Error::Timeout(FENCE_TIMEOUT, "a staging copy")),
+            Err(vk::Result::TIMEOUT) => return Err(Error::Timeout(device.transfer_timeout, what)),
             Err(e) => return Err(Error::vk("vkWaitForFences", e)),
         }
-        // SAFETY: the fence is signalled and no longer in use.
-        unsafe { d.reset_fences(&[self.fence]) }.vk("vkResetFences")
+        // SAFETY: the fence is signalled, so the submission that used it has completed.
+        unsafe { d.reset_fences(&[self.fence]) }.vk("vkResetFences")?;
+        self.pending = None;
+        device.transfer_target.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// The raw handle of the buffer or image a pending submission uses (`Some(0)`: none).
+    pub fn pending(&self) -> Option<u64> {
+        self.pending
     }
 
     /// Destroys every object of the context.
     ///
     /// # Safety
-    /// The objects belong to `d` and none is in use.
+    /// The objects belong to `d` and none is in use (a pending submission has completed: the
+    /// queue was waited idle).
     pub unsafe fn destroy(mut self, d: &ash::Device) {
         if let Some(s) = self.staging.take() {
             // SAFETY: the caller's contract.
