@@ -110,19 +110,8 @@ impl Buffer {
             device.physical.memory.memory_type_count,
             device.physical.info.dedicated_tail(),
         )?;
-        // The allocation must fit its memory type's heap (the layer reports
-        // VUID-vkAllocateMemory-pAllocateInfo-01713 otherwise): a typed error first.
-        let memory = &device.physical.memory;
-        let heap_index = memory.memory_types[desc.memory_type_index as usize].heap_index;
-        let heap_size = memory.memory_heaps[heap_index as usize].size;
-        if desc.allocation_size > heap_size {
-            return Err(Error::SizeExceedsHeap {
-                requested: desc.allocation_size,
-                device_id: info.index,
-                heap_index,
-                heap_size,
-            });
-        }
+        // The allocation must fit its memory type's heap: a typed error before the driver.
+        ctx.check_heap(desc.allocation_size, desc.memory_type_index)?;
         let buffer = Self::create_raw(device, vk_size, true)?;
         match Self::bind_imported(ctx, buffer, handle, &desc) {
             Ok(placement) => Ok(Buffer::new(Arc::clone(ctx), buffer, desc.size, None, placement)),
