@@ -443,7 +443,11 @@ fn child_crafted_file(stream: &UnixStream) {
     let real = a.allocate(4096, DEV0).expect("allocate");
     let exported = File::from(real.export_fd().expect("export"));
     let mut header = [0u8; 32];
-    exported.read_at(&mut header, 0).expect("pread the header");
+    if let Err(e) = exported.read_at(&mut header, 0) {
+        // NVIDIA's exports are not files with a header: there is nothing to craft from.
+        say(format!("refused: n/a, the driver's exports are not readable files ({e})\n"));
+        return;
+    }
     let (path, crafted) = temp_file("crafted");
     crafted.write_all_at(&header, 0).expect("write the header");
     crafted.set_len(8192).expect("a file of 8 KiB");
@@ -1147,7 +1151,9 @@ fn relay_chain_back_into_the_producer() {
     let views: Vec<_> =
         (0..1000).map(|_| ctx.import_memory(at_b.export().unwrap()).expect("GL import again")).collect();
     assert_eq!(open_fds(), before, "re-exports and cached GL imports leave no fd");
-    assert!(views.iter().all(|v| v.gl_buffer() == views[0].gl_buffer()));
+    if ctx.info().ignores_memory_offset {
+        assert!(views.iter().all(|v| v.gl_buffer() == views[0].gl_buffer()), "one whole-block GL buffer");
+    }
     drop(views);
     drop((g1, g2, g3));
 }
