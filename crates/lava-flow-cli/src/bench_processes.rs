@@ -7,16 +7,17 @@
 //! h. Handing a 256 MiB frame to the peer: the fd and descriptor, then the peer's CUDA import and
 //!    mapping, against sending the frame's bytes through the socket (a pipe's cost).
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::Read;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use lava_flow::cuda::Context;
 use lava_flow::{ipc, AllocationOptions, Error, MemoryAllocator, MemoryLocation, Result, Submission};
 
 use crate::bench::{human, median, per_iter, Options, Row};
+use crate::peer::{io, put};
 
 /// What the peer is asked to do: one byte, then the request's own data.
 const ROUND_TRIPS: u8 = b'R';
@@ -29,22 +30,9 @@ fn peer_error(what: String) -> Error {
     Error::Unsupported { what: format!("bench peer: {what}") }
 }
 
-fn io(call: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::Ffi {
-        api: lava_flow::Api::Os,
-        call,
-        name: e.raw_os_error().map_or_else(|| format!("{:?}", e.kind()), |c| format!("errno {c}")),
-        description: e.to_string(),
-    }
-}
-
-fn put(stream: &UnixStream, bytes: &[u8]) -> Result<()> {
-    (&*stream).write_all(bytes).map_err(io("write"))
-}
-
 fn get<const N: usize>(stream: &UnixStream) -> Result<[u8; N]> {
     let mut buf = [0u8; N];
-    (&*stream).read_exact(&mut buf).map_err(io("read"))?;
+    crate::peer::get(stream, &mut buf)?;
     Ok(buf)
 }
 
@@ -63,19 +51,8 @@ struct Peer {
 
 impl Peer {
     fn spawn() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("lava-flow-bench-{}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(io("bind"))?;
-        let exe = std::env::current_exe().map_err(io("current_exe"))?;
-        let child = Command::new(exe)
-            .arg("bench-peer")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(io("spawn"))?;
-        let accepted = listener.accept().map_err(io("accept"));
-        let _ = std::fs::remove_file(&path);
-        Ok(Peer { child, stream: accepted?.0 })
+        let (child, stream) = crate::peer::spawn("bench-peer")?;
+        Ok(Peer { child, stream })
     }
 }
 

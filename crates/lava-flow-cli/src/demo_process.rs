@@ -3,16 +3,16 @@
 //! both timelines over a Unix socket (`lava_flow::ipc`), imports them into CUDA by their handles
 //! alone (it never creates a Vulkan device), and then takes one small command per frame.
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use lava_flow::cuda::Context;
 use lava_flow::{ipc, Error, Result};
 
 use crate::demo::cuda::{CudaConsumer, Imports};
 use crate::demo::{Consumer, Handoff, Options, Shared};
+use crate::peer::{get, io, put};
 
 /// The commands, one fixed-size record each: op, frame, slot, wait, signal.
 const CONSUME: u8 = b'C';
@@ -22,23 +22,6 @@ const ALONE: u8 = b'A';
 const FINISH: u8 = b'F';
 const QUIT: u8 = b'Q';
 const RECORD: usize = 1 + 4 + 4 + 8 + 8;
-
-fn io(call: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::Ffi {
-        api: lava_flow::Api::Os,
-        call,
-        name: e.raw_os_error().map_or_else(|| format!("{:?}", e.kind()), |c| format!("errno {c}")),
-        description: e.to_string(),
-    }
-}
-
-fn put(stream: &UnixStream, bytes: &[u8]) -> Result<()> {
-    (&*stream).write_all(bytes).map_err(io("write"))
-}
-
-fn get(stream: &UnixStream, buf: &mut [u8]) -> Result<()> {
-    (&*stream).read_exact(buf).map_err(io("read"))
-}
 
 fn record(op: u8, f: u32, slot: usize, handoff: Handoff) -> [u8; RECORD] {
     let mut r = [0u8; RECORD];
@@ -63,23 +46,9 @@ pub struct ProcessConsumer {
 impl ProcessConsumer {
     /// Starts the child and sends it the ring, the sums and the two timelines.
     pub fn spawn(options: &Options, shared: &Shared<'_>) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("lava-flow-demo-{}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(io("bind"))?;
-        let child = Command::new(std::env::current_exe().map_err(io("current_exe"))?)
-            .arg("demo-peer")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(io("spawn"))?;
-        let accepted = listener.accept().map_err(io("accept"));
-        let _ = std::fs::remove_file(&path);
-        let mut consumer = ProcessConsumer {
-            child,
-            stream: accepted?.0,
-            description: String::new(),
-            frames: options.frames,
-        };
+        let (child, stream) = crate::peer::spawn("demo-peer")?;
+        let mut consumer =
+            ProcessConsumer { child, stream, description: String::new(), frames: options.frames };
         let s = &consumer.stream;
         put(s, &(shared.frames.len() as u32).to_le_bytes())?;
         put(s, &options.frames.to_le_bytes())?;

@@ -10,6 +10,8 @@ mod demo;
 #[cfg(all(feature = "cuda", feature = "opengl"))]
 mod demo_process;
 mod info;
+#[cfg(feature = "cuda")]
+mod peer;
 mod vk;
 
 use clap::{Parser, Subcommand};

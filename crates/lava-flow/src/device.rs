@@ -171,6 +171,7 @@ impl DeviceInfo {
     /// [`Error::Unsupported`](crate::Error::Unsupported) for another API (`api`, e.g. "CUDA")
     /// that has no device with this device's UUID, listing the devices it does have (`none`
     /// where it has none).
+    #[cfg_attr(not(any(feature = "cuda", feature = "opencl")), allow(dead_code))]
     pub(crate) fn no_device_in(&self, api: &str, found: &[String], none: &str) -> crate::Error {
         crate::Error::Unsupported {
             what: format!(

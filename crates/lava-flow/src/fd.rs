@@ -36,6 +36,7 @@ pub(crate) enum Refused {
 
 /// The result of an import by a driver that keeps the specifications' rule: a refused fd is
 /// still the caller's.
+#[cfg(any(feature = "cuda", feature = "opencl"))]
 pub(crate) fn spec_rule<T>(result: Result<T>) -> std::result::Result<T, (Error, Refused)> {
     result.map_err(|e| (e, Refused::StillOurs))
 }

@@ -18,6 +18,7 @@ pub use allocator::{
 };
 pub use buffer::Buffer;
 pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};
+#[cfg(any(feature = "cuda", feature = "opengl"))]
 pub(crate) use semaphore::check_increasing;
 pub use semaphore::{BinarySemaphore, Submission, TimelineSemaphore};
 pub use validation::ValidationLog;
