@@ -147,6 +147,22 @@ impl Shared {
 
 /// Allocates GPU memory through Vulkan, exportable to other APIs: the Python face of
 /// `lava_flow::MemoryAllocator`.
+/// This process's default allocator (what `lava_flow.default_allocator()` returns, and where
+/// `lava_flow.ipc.recv` and unpickled buffers import), made on first use.
+pub fn default_shared(py: Python<'_>) -> PyResult<Arc<Shared>> {
+    static DEFAULT: pyo3::sync::PyOnceLock<Py<MemoryAllocator>> = pyo3::sync::PyOnceLock::new();
+    let allocator = DEFAULT.get_or_try_init(py, || Py::new(py, MemoryAllocator::new(py, None, None)?))?;
+    Ok(Arc::clone(&allocator.get().shared))
+}
+
+/// `default_allocator()`: this process's default `MemoryAllocator` (validation as
+/// `LAVA_FLOW_VALIDATION` says), made on first use: where `lava_flow.ipc.recv` and buffers
+/// unpickled from another process import what they receive.
+#[pyfunction]
+pub fn default_allocator(py: Python<'_>) -> PyResult<MemoryAllocator> {
+    Ok(MemoryAllocator { shared: default_shared(py)? })
+}
+
 #[pyclass(module = "lava_flow", frozen)]
 pub struct MemoryAllocator {
     pub(crate) shared: Arc<Shared>,

@@ -207,6 +207,15 @@ impl Buffer {
         dlpack::cuda_array_interface(py, self, &self.bytes_layout())
     }
 
+    /// Pickling (through `multiprocessing`): the memory's fd travels as
+    /// `multiprocessing.reduction.DupFd` with its descriptor, and the other process imports it
+    /// into its `default_allocator()`.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let exported = self.inner.export().or_raise()?;
+        let (handle, descriptor) = exported.into_parts();
+        crate::ipc::reduce(py, "memory", handle.into_fd(), descriptor.to_bytes())
+    }
+
     fn __len__(&self) -> usize {
         self.inner.size() as usize
     }

@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 fn lava_flow_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<allocator::MemoryAllocator>()?;
+    m.add_function(wrap_pyfunction!(allocator::default_allocator, m)?)?;
     m.add_class::<allocator::MemoryLocation>()?;
     m.add_class::<buffer::Buffer>()?;
     m.add_class::<buffer::ArrayView>()?;

@@ -60,6 +60,15 @@ fn on_stream<R>(
 
 #[pymethods]
 impl TimelineSemaphore {
+    /// Pickling (through `multiprocessing`): the semaphore's fd travels as
+    /// `multiprocessing.reduction.DupFd` with its descriptor, and the other process imports it
+    /// into its `default_allocator()`.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let exported = self.inner.export().or_raise()?;
+        let (handle, descriptor) = exported.into_parts();
+        crate::ipc::reduce(py, "semaphore", handle.into_fd(), descriptor.to_bytes())
+    }
+
     /// The counter's value now.
     #[getter]
     fn value(&self) -> PyResult<u64> {

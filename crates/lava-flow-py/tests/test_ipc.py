@@ -4,6 +4,8 @@ CPU tier: a real second Python process imports a buffer into its own Vulkan devi
 processes see each other's bytes. GPU tier: the consumer process hands the received buffer to
 torch through DLPack, ordered by a received timeline semaphore."""
 
+import multiprocessing
+import os
 import socket
 import subprocess
 import sys
@@ -91,6 +93,67 @@ def test_a_buffer_crosses_to_another_process_both_ways(allocator):
         assert child.wait(timeout=120) == 0
     # The other process wrote before it answered and it has exited: its bytes are in the memory.
     assert_bytes_equal(buffer.read(), theirs, "the other process → this one")
+
+
+def _child_through_a_pipe(conn):
+    """The other process of the multiprocessing tests (module level: spawn imports it). Each
+    object it receives was unpickled: imported into this process's default allocator."""
+    while (obj := conn.recv()) is not None:
+        if isinstance(obj, lava_flow.Buffer):
+            conn.send(obj.read())
+            mine = os.urandom(obj.size)
+            obj.write(mine)
+            lava_flow.default_allocator().wait_idle(0)
+            conn.send(mine)
+        else:
+            assert isinstance(obj, lava_flow.TimelineSemaphore), obj
+            obj.wait(1, timeout=30)  # the parent's signal, seen through the unpickled semaphore
+            conn.send(b"seen")
+
+
+def spawn_pickled_peer():
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_child_through_a_pipe, args=(theirs,))
+    child.start()
+    return child, ours
+
+
+def test_buffers_go_through_multiprocessing(allocator):
+    """Pickling sends the fd (multiprocessing's DupFd); the other process gets the same memory."""
+    n = 200_000
+    allocator.allocate(4096)
+    buffer = allocator.allocate(n)
+    data = random_bytes(n)
+    buffer.write(data)
+    child, ours = spawn_pickled_peer()
+    try:
+        ours.send(buffer)
+        assert_bytes_equal(ours.recv(), data, "this process → the other, through a pickle")
+        mine = ours.recv()
+        assert mine != data
+        assert_bytes_equal(buffer.read(), mine, "the other process → this one")
+    finally:
+        ours.send(None)
+        child.join(60)
+    assert child.exitcode == 0
+
+
+def test_timeline_semaphores_go_through_multiprocessing(allocator):
+    timeline = allocator.timeline_semaphore()
+    try:
+        os.close(timeline.export_fd())
+    except lava_flow.UnsupportedError as e:
+        need(str(e), "exportable timeline semaphores")
+    child, ours = spawn_pickled_peer()
+    try:
+        ours.send(timeline)
+        timeline.signal(1)
+        assert ours.recv() == b"seen"
+    finally:
+        ours.send(None)
+        child.join(60)
+    assert child.exitcode == 0
 
 
 def test_bad_input_is_typed(allocator):
