@@ -359,23 +359,7 @@ fn round_trips(
     let n = if options.quick { 200u64 } else { 2000 };
     let stream = ctx.stream()?;
     let lava = median(reps, || {
-        let timeline = allocator.timeline_semaphore(options.device_id)?;
-        let sync = ctx.import_timeline(&timeline)?;
-        let start = Instant::now();
-        for i in 0..n {
-            if i > 0 {
-                sync.wait(2 * i, &stream)?;
-            }
-            sync.signal(2 * i + 1, &stream)?;
-            allocator.submit(
-                options.device_id,
-                &Submission::new().wait(&timeline, 2 * i + 1).signal(&timeline, 2 * i + 2),
-            )?;
-        }
-        timeline.wait(2 * n, Duration::from_secs(120))?;
-        let us = per_iter(start.elapsed(), n as usize);
-        allocator.wait_idle(options.device_id)?;
-        Ok(us)
+        crate::bench_processes::one_process_round_trips(allocator, options.device_id, ctx, &stream, n)
     })?;
     let raw = median(reps, || {
         let timeline = allocator.timeline_semaphore(options.device_id)?;
