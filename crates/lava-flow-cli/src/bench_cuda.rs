@@ -22,12 +22,8 @@ pub fn rows(
     reps: usize,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
-    let ctx = match Context::for_device(allocator, options.device_id) {
-        Ok(c) => c,
-        Err(e) => {
-            println!("CUDA rows skipped: {e}\n");
-            return Ok(());
-        }
+    let Some(ctx) = crate::bench_processes::context_or_skip(allocator, options.device_id, "CUDA rows") else {
+        return Ok(());
     };
     let module = ctx.load_ptx(KERNELS)?;
     let stream = ctx.stream()?;

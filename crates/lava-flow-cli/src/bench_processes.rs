@@ -72,16 +72,17 @@ pub fn rows(
     reps: usize,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
-    let ctx = match Context::for_device(allocator, options.device_id) {
-        Ok(c) => c,
-        Err(e) => {
-            println!("cross-process rows skipped: {e}\n");
-            return Ok(());
-        }
+    let Some(ctx) = context_or_skip(allocator, options.device_id, "cross-process rows") else {
+        return Ok(());
     };
     let peer = Peer::spawn()?;
     round_trips(allocator, options, &ctx, &peer, reps, rows)?;
     hand_off(allocator, options, &peer, reps, rows)
+}
+
+/// The CUDA context of `device_id`, or `None` with the reason printed (`rows` skipped).
+pub fn context_or_skip(allocator: &MemoryAllocator, device_id: u32, rows: &str) -> Option<Context> {
+    Context::for_device(allocator, device_id).map_err(|e| println!("{rows} skipped: {e}\n")).ok()
 }
 
 /// g. The peer's CUDA stream waits for 2i and signals 2i + 1; Vulkan here waits for 2i + 1 and

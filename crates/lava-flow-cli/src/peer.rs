@@ -9,12 +9,7 @@ use lava_flow::{Error, Result};
 
 /// An OS error of `call` as lava-flow's `Error::Ffi`.
 pub fn io(call: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::Ffi {
-        api: lava_flow::Api::Os,
-        call,
-        name: e.raw_os_error().map_or_else(|| format!("{:?}", e.kind()), |c| format!("errno {c}")),
-        description: e.to_string(),
-    }
+    move |e| Error::os(call, &e)
 }
 
 /// Writes all of `bytes`.

@@ -196,6 +196,17 @@ impl Error {
         }
     }
 
+    /// Builds [`Error::Ffi`] for a failed operating-system call (`call`: e.g. `"sendmsg"`), named
+    /// by its errno: for programs built on lava-flow that report their own OS errors the same way.
+    pub fn os(call: &'static str, e: &std::io::Error) -> Self {
+        Error::Ffi {
+            api: Api::Os,
+            call,
+            name: e.raw_os_error().map_or_else(|| format!("{:?}", e.kind()), |c| format!("errno {c}")),
+            description: e.to_string(),
+        }
+    }
+
     /// Builds [`Error::Ffi`] for a failed Vulkan call: the call, the result's name and the
     /// registry's description. For users' own calls on lava-flow's device
     /// ([`MemoryAllocator::ash_device`](crate::MemoryAllocator::ash_device)) too:

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::error::{Api, Error, Result};
+use crate::error::{Error, Result};
 
 /// Who owns the fd after a driver refused to import it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,12 +197,7 @@ fn file_lock(fd: &OwnedFd) -> Option<Arc<Mutex<()>>> {
 
 /// [`Error::Ffi`] for a failed operating-system call.
 pub(crate) fn os_error(call: &'static str, e: &std::io::Error) -> Error {
-    Error::Ffi {
-        api: Api::Os,
-        call,
-        name: e.raw_os_error().map_or_else(|| format!("{:?}", e.kind()), |c| format!("errno {c}")),
-        description: e.to_string(),
-    }
+    Error::os(call, e)
 }
 
 /// The device and inode of `fd`'s file.

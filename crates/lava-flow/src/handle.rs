@@ -147,22 +147,23 @@ impl MemoryDescriptor {
     }
 }
 
-/// Exported memory: an owned handle and its [`MemoryDescriptor`].
+/// An exported object: an owned handle and the descriptor an importer needs beside it.
+/// [`ExportedMemory`], [`ExportedSemaphore`] and [`ExportedImage`] are its three kinds.
 #[derive(Debug)]
-pub struct ExportedMemory {
+pub struct Exported<D> {
     handle: ExternalHandle,
-    descriptor: MemoryDescriptor,
+    descriptor: D,
 }
 
-impl ExportedMemory {
+impl<D> Exported<D> {
     /// Puts a handle and its descriptor back together (e.g. after receiving both from another
-    /// process). Nothing is checked until the memory is imported.
-    pub fn from_parts(handle: ExternalHandle, descriptor: MemoryDescriptor) -> Self {
-        ExportedMemory { handle, descriptor }
+    /// process). Nothing is checked until the import.
+    pub fn from_parts(handle: ExternalHandle, descriptor: D) -> Self {
+        Exported { handle, descriptor }
     }
 
     /// The handle's metadata.
-    pub fn descriptor(&self) -> &MemoryDescriptor {
+    pub fn descriptor(&self) -> &D {
         &self.descriptor
     }
 
@@ -172,10 +173,19 @@ impl ExportedMemory {
     }
 
     /// Splits into the owned handle and its descriptor.
-    pub fn into_parts(self) -> (ExternalHandle, MemoryDescriptor) {
+    pub fn into_parts(self) -> (ExternalHandle, D) {
         (self.handle, self.descriptor)
     }
 }
+
+/// Exported memory: an owned handle and its [`MemoryDescriptor`].
+pub type ExportedMemory = Exported<MemoryDescriptor>;
+
+/// An exported semaphore: an owned handle and its [`SemaphoreDescriptor`].
+pub type ExportedSemaphore = Exported<SemaphoreDescriptor>;
+
+/// An exported image: an owned handle to its memory and its [`ImageDescriptor`].
+pub type ExportedImage = Exported<ImageDescriptor>;
 
 /// The two kinds of exportable Vulkan semaphores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -196,35 +206,6 @@ pub struct SemaphoreDescriptor {
     pub device_uuid: Uuid,
     /// The UUID of its driver.
     pub driver_uuid: Uuid,
-}
-
-/// An exported semaphore: an owned handle and its [`SemaphoreDescriptor`].
-#[derive(Debug)]
-pub struct ExportedSemaphore {
-    handle: ExternalHandle,
-    descriptor: SemaphoreDescriptor,
-}
-
-impl ExportedSemaphore {
-    /// Puts a handle and its descriptor back together. Nothing is checked until the import.
-    pub fn from_parts(handle: ExternalHandle, descriptor: SemaphoreDescriptor) -> Self {
-        ExportedSemaphore { handle, descriptor }
-    }
-
-    /// The handle's metadata.
-    pub fn descriptor(&self) -> &SemaphoreDescriptor {
-        &self.descriptor
-    }
-
-    /// The handle.
-    pub fn handle(&self) -> &ExternalHandle {
-        &self.handle
-    }
-
-    /// Splits into the owned handle and its descriptor.
-    pub fn into_parts(self) -> (ExternalHandle, SemaphoreDescriptor) {
-        (self.handle, self.descriptor)
-    }
 }
 
 /// What an importer needs to know about an exported image: its memory (always a dedicated
@@ -261,34 +242,5 @@ impl ImageDescriptor {
             ));
         }
         Ok(())
-    }
-}
-
-/// An exported image: an owned handle to its memory and its [`ImageDescriptor`].
-#[derive(Debug)]
-pub struct ExportedImage {
-    handle: ExternalHandle,
-    descriptor: ImageDescriptor,
-}
-
-impl ExportedImage {
-    /// Puts a handle and its descriptor back together. Nothing is checked until the import.
-    pub fn from_parts(handle: ExternalHandle, descriptor: ImageDescriptor) -> Self {
-        ExportedImage { handle, descriptor }
-    }
-
-    /// The handle's metadata.
-    pub fn descriptor(&self) -> &ImageDescriptor {
-        &self.descriptor
-    }
-
-    /// The handle.
-    pub fn handle(&self) -> &ExternalHandle {
-        &self.handle
-    }
-
-    /// Splits into the owned handle and its descriptor.
-    pub fn into_parts(self) -> (ExternalHandle, ImageDescriptor) {
-        (self.handle, self.descriptor)
     }
 }

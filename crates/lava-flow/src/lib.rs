@@ -70,7 +70,7 @@ mod wire;
 pub use device::{DeviceInfo, DeviceType, Uuid};
 pub use error::{Api, Error, Result};
 pub use handle::{
-    ExportedImage, ExportedMemory, ExportedSemaphore, ExternalHandle, HandleType, ImageDescriptor,
+    Exported, ExportedImage, ExportedMemory, ExportedSemaphore, ExternalHandle, HandleType, ImageDescriptor,
     MemoryDescriptor, MemoryId, SemaphoreDescriptor, SemaphoreKind,
 };
 pub use location::MemoryLocation;
