@@ -149,17 +149,29 @@ impl MemoryDescriptor {
 
 /// An exported object: an owned handle and the descriptor an importer needs beside it.
 /// [`ExportedMemory`], [`ExportedSemaphore`] and [`ExportedImage`] are its three kinds.
+///
+/// A binary semaphore's export made in this process also carries what lava-flow knows of its
+/// signals, so that an import here (Vulkan or OpenCL) keeps checking them; reading the handle
+/// ([`handle`](Exported::handle), [`into_parts`](Exported::into_parts), or sending it to
+/// another process) ends that: see [`BinarySemaphore`](crate::BinarySemaphore).
 #[derive(Debug)]
 pub struct Exported<D> {
     handle: ExternalHandle,
     descriptor: D,
+    binary: Option<std::sync::Arc<crate::vulkan::BinaryState>>,
 }
 
 impl<D> Exported<D> {
     /// Puts a handle and its descriptor back together (e.g. after receiving both from another
     /// process). Nothing is checked until the import.
     pub fn from_parts(handle: ExternalHandle, descriptor: D) -> Self {
-        Exported { handle, descriptor }
+        Exported { handle, descriptor, binary: None }
+    }
+
+    /// An export of a binary semaphore of this process, with what lava-flow knows of its signals.
+    pub(crate) fn with_binary_state(mut self, state: std::sync::Arc<crate::vulkan::BinaryState>) -> Self {
+        self.binary = Some(state);
+        self
     }
 
     /// The handle's metadata.
@@ -167,14 +179,32 @@ impl<D> Exported<D> {
         &self.descriptor
     }
 
-    /// The handle.
+    /// The handle. (For a binary semaphore, lava-flow stops checking its signals: the handle may
+    /// now be used where lava-flow cannot see.)
     pub fn handle(&self) -> &ExternalHandle {
+        self.escape();
         &self.handle
     }
 
-    /// Splits into the owned handle and its descriptor.
+    /// Splits into the owned handle and its descriptor. (For a binary semaphore, lava-flow stops
+    /// checking its signals, as for [`handle`](Exported::handle).)
     pub fn into_parts(self) -> (ExternalHandle, D) {
+        self.escape();
         (self.handle, self.descriptor)
+    }
+
+    /// For lava-flow's own imports in this process: the parts, and the binary semaphore's state
+    /// if it has one (the handle has not left lava-flow).
+    pub(crate) fn into_tracked_parts(
+        self,
+    ) -> (ExternalHandle, D, Option<std::sync::Arc<crate::vulkan::BinaryState>>) {
+        (self.handle, self.descriptor, self.binary)
+    }
+
+    fn escape(&self) {
+        if let Some(state) = &self.binary {
+            state.escape();
+        }
     }
 }
 

@@ -6,8 +6,11 @@ use std::os::fd::OwnedFd;
 use super::memory::Queue;
 use super::sys::{self, check};
 use super::Context;
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::handle::{ExportedSemaphore, ExternalHandle, SemaphoreKind};
+use crate::vulkan::{binary_ops, BinaryState};
 use crate::BinarySemaphore;
 
 /// The platform's semaphore entry points, looked up with
@@ -28,6 +31,8 @@ pub(super) struct SemaphoreFns {
 pub struct ClSemaphore<'a> {
     ctx: &'a Context,
     semaphore: sys::cl_semaphore_khr,
+    /// What lava-flow knows of the payload's signals, shared with the Vulkan semaphore.
+    state: Arc<BinaryState>,
     _vulkan: PhantomData<&'a BinarySemaphore>,
 }
 
@@ -44,7 +49,8 @@ impl Context {
     pub fn import_semaphore<'a>(&'a self, semaphore: &'a BinarySemaphore) -> Result<ClSemaphore<'a>> {
         let fns = self.semaphore_fns()?;
         self.check_device("the semaphore", crate::Uuid(semaphore.device_uuid()))?;
-        self.semaphore_of(fns, semaphore.export_fd()?)
+        let (fd, state) = semaphore.export_tracked()?;
+        self.semaphore_of(fns, fd, state)
     }
 
     /// Imports an exported binary semaphore — from this process or another — with no Vulkan
@@ -52,7 +58,7 @@ impl Context {
     /// [`import_semaphore`](Context::import_semaphore), and [`Error::InvalidArgument`] for a
     /// timeline semaphore (OpenCL imports binary ones).
     pub fn import_exported_semaphore(&self, exported: ExportedSemaphore) -> Result<ClSemaphore<'_>> {
-        let (handle, desc) = exported.into_parts();
+        let (handle, desc, state) = exported.into_tracked_parts();
         let ExternalHandle::OpaqueFd(fd) = handle;
         let fns = self.semaphore_fns()?;
         self.check_device("the semaphore", desc.device_uuid)?;
@@ -62,10 +68,15 @@ impl Context {
                 desc.kind
             )));
         }
-        self.semaphore_of(fns, fd)
+        self.semaphore_of(fns, fd, state.unwrap_or_else(BinaryState::unknown))
     }
 
-    fn semaphore_of(&self, fns: SemaphoreFns, fd: OwnedFd) -> Result<ClSemaphore<'_>> {
+    fn semaphore_of(
+        &self,
+        fns: SemaphoreFns,
+        fd: OwnedFd,
+        state: Arc<BinaryState>,
+    ) -> Result<ClSemaphore<'_>> {
         let created = crate::fd::give_to_driver(fd, crate::fd::Payload::Semaphore, |raw| {
             let properties = [
                 sys::CL_SEMAPHORE_TYPE_KHR,
@@ -83,7 +94,7 @@ impl Context {
             let sem = unsafe { (fns.create)(self.context, properties.as_ptr(), &mut status) };
             crate::fd::spec_rule(check("clCreateSemaphoreWithPropertiesKHR", status).map(|()| sem))
         })?;
-        Ok(ClSemaphore { ctx: self, semaphore: created, _vulkan: PhantomData })
+        Ok(ClSemaphore { ctx: self, semaphore: created, state, _vulkan: PhantomData })
     }
 
     fn semaphore_fns(&self) -> Result<SemaphoreFns> {
@@ -103,20 +114,54 @@ impl Context {
 
 impl Queue<'_> {
     /// Makes commands enqueued after this wait for `semaphore`'s signal
-    /// (`clEnqueueWaitSemaphoresKHR`).
+    /// (`clEnqueueWaitSemaphoresKHR`). Checked as Vulkan's waits are
+    /// ([`BinarySemaphore`] says how): a wait with no signal submitted before it, or on a
+    /// semaphore whose handle has left lava-flow, is [`Error::InvalidArgument`].
     pub fn wait_semaphore(&self, semaphore: &ClSemaphore<'_>) -> Result<()> {
-        let fns = self.ctx.semaphore_fns()?;
-        self.semaphore_op(semaphore, fns.wait, "clEnqueueWaitSemaphoresKHR")
+        self.wait(semaphore, true)
+    }
+
+    /// [`wait_semaphore`](Queue::wait_semaphore) without the check, for a payload whose signals
+    /// lava-flow cannot see.
+    ///
+    /// # Safety
+    /// A signal that no other wait consumes must have been submitted before (in any API or
+    /// process), or the wait never completes.
+    pub unsafe fn wait_semaphore_unchecked(&self, semaphore: &ClSemaphore<'_>) -> Result<()> {
+        self.wait(semaphore, false)
     }
 
     /// Signals `semaphore` after the commands enqueued so far (`clEnqueueSignalSemaphoresKHR`),
     /// then flushes the queue (`clFlush`) so that a Vulkan wait may be submitted after it.
+    /// Checked: a second signal before a wait consumed the first, or a semaphore whose handle
+    /// has left lava-flow, is [`Error::InvalidArgument`].
     pub fn signal_semaphore(&self, semaphore: &ClSemaphore<'_>) -> Result<()> {
+        self.signal(semaphore, true)
+    }
+
+    /// [`signal_semaphore`](Queue::signal_semaphore) without the check.
+    ///
+    /// # Safety
+    /// When the signal executes, the payload must be unsignalled with no other signal pending.
+    pub unsafe fn signal_semaphore_unchecked(&self, semaphore: &ClSemaphore<'_>) -> Result<()> {
+        self.signal(semaphore, false)
+    }
+
+    fn wait(&self, semaphore: &ClSemaphore<'_>, checked: bool) -> Result<()> {
         let fns = self.ctx.semaphore_fns()?;
-        self.semaphore_op(semaphore, fns.signal, "clEnqueueSignalSemaphoresKHR")?;
-        let cl = sys::cl()?;
-        // SAFETY: a live queue.
-        check("clFlush", unsafe { (cl.clFlush)(self.queue) })
+        binary_ops("clEnqueueWaitSemaphoresKHR", &[(&semaphore.state, checked)], &[], || {
+            self.semaphore_op(semaphore, fns.wait, "clEnqueueWaitSemaphoresKHR")
+        })
+    }
+
+    fn signal(&self, semaphore: &ClSemaphore<'_>, checked: bool) -> Result<()> {
+        let fns = self.ctx.semaphore_fns()?;
+        binary_ops("clEnqueueSignalSemaphoresKHR", &[], &[(&semaphore.state, checked)], || {
+            self.semaphore_op(semaphore, fns.signal, "clEnqueueSignalSemaphoresKHR")?;
+            let cl = sys::cl()?;
+            // SAFETY: a live queue.
+            check("clFlush", unsafe { (cl.clFlush)(self.queue) })
+        })
     }
 
     fn semaphore_op(

@@ -334,8 +334,8 @@ impl MemoryAllocator {
         exported: ExportedSemaphore,
     ) -> Result<BinarySemaphore> {
         let ctx = self.context(device_id)?;
-        let fd = check_semaphore(&ctx, exported, SemaphoreKind::Binary)?;
-        BinarySemaphore::new(&ctx.device, Some(fd))
+        let (fd, state) = check_semaphore(&ctx, exported, SemaphoreKind::Binary)?;
+        BinarySemaphore::import(&ctx.device, fd, state)
     }
 
     /// Imports a timeline semaphore exported by lava-flow (here or in another process).
@@ -346,7 +346,7 @@ impl MemoryAllocator {
         exported: ExportedSemaphore,
     ) -> Result<TimelineSemaphore> {
         let ctx = self.context(device_id)?;
-        let fd = check_semaphore(&ctx, exported, SemaphoreKind::Timeline)?;
+        let (fd, _) = check_semaphore(&ctx, exported, SemaphoreKind::Timeline)?;
         TimelineSemaphore::new(&ctx.device, Some(fd))
     }
 
@@ -684,12 +684,14 @@ fn release_range(blocks: &mut Vec<PoolBlock>, block: &Arc<Block>, range: SubRang
 /// The fd of `exported` after checking that it is a semaphore of `kind` on `ctx`'s device and
 /// driver (the fd is closed if not).
 #[cfg(unix)]
+/// The fd of an exported semaphore of `kind` for `ctx`'s device, and a binary semaphore's state
+/// where the export was made in this process and has not left lava-flow.
 fn check_semaphore(
     ctx: &DeviceContext,
     exported: ExportedSemaphore,
     kind: SemaphoreKind,
-) -> Result<std::os::fd::OwnedFd> {
-    let (handle, desc) = exported.into_parts();
+) -> Result<(std::os::fd::OwnedFd, Option<Arc<super::BinaryState>>)> {
+    let (handle, desc, state) = exported.into_tracked_parts();
     let info = &ctx.device.physical.info;
     info.check_same_device("the exported semaphore", desc.device_uuid, desc.driver_uuid)?;
     if desc.kind != kind {
@@ -699,7 +701,7 @@ fn check_semaphore(
         )));
     }
     let ExternalHandle::OpaqueFd(fd) = handle;
-    Ok(fd)
+    Ok((fd, state))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::ffi::c_char;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use ash::vk;
@@ -10,6 +10,25 @@ use ash::vk;
 use super::instance::{Instance, PhysicalDevice};
 use super::transfer::{Transfer, EARLIER_COPY};
 use crate::error::{Result, VkResultExt};
+
+/// NVIDIA's driver (580.159.04) once deadlocked inside `vkDestroyDevice` while other threads of
+/// the process made and destroyed GL contexts: the destroying thread joined a driver worker
+/// thread that waited for a lock the destroying thread held (docs/RELIABILITY.md). lava-flow
+/// never lets the two overlap: creating or destroying a `VkDevice` holds this lock exclusively,
+/// creating or destroying an EGL context holds it shared (many contexts at once are fine).
+static LIFECYCLE: RwLock<()> = RwLock::new(());
+
+/// Held while a `VkDevice` is created or destroyed: see [`LIFECYCLE`].
+fn device_lifecycle() -> RwLockWriteGuard<'static, ()> {
+    LIFECYCLE.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Held while an EGL context is created or destroyed: see [`LIFECYCLE`]. Never hold it while a
+/// lava-flow device may be dropped on the same thread.
+#[cfg(feature = "opengl")]
+pub(crate) fn gl_context_lifecycle() -> std::sync::RwLockReadGuard<'static, ()> {
+    LIFECYCLE.read().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A `VkDevice` made for lava-flow, shared by every object created on it.
 pub(crate) struct Device {
@@ -35,6 +54,43 @@ pub(crate) struct Device {
     pub transfer_timeout: Duration,
     /// Bytes of each heap held by memory lava-flow allocated (not imported) on this device.
     pub heap_used: Arc<[std::sync::atomic::AtomicU64]>,
+    /// A timeline only lava-flow uses: every [`Submission`](crate::Submission) also signals it
+    /// with its own number, so the device knows which submissions have completed.
+    progress: vk::Semaphore,
+    /// The submissions numbered so far, and the semaphores dropped while one may still use them.
+    tracker: Mutex<Tracker>,
+}
+
+/// What [`Device::submit_tracked`] and the semaphores' drops share.
+#[derive(Default)]
+struct Tracker {
+    /// The number of the last tracked submission (the value it signals on `progress`).
+    submitted: u64,
+    /// Semaphores dropped while a submission could still use them, with that submission's number:
+    /// destroyed once `progress` reaches it.
+    deferred: Vec<(u64, vk::Semaphore)>,
+}
+
+/// The queue, held for one tracked submission: [`Device::submit_tracked`].
+pub(crate) struct TrackedQueue<'d> {
+    device: &'d Device,
+    queue: vk::Queue,
+    /// The device's progress timeline: the submission must signal it with `number`.
+    pub progress: vk::Semaphore,
+    /// This submission's number.
+    pub number: u64,
+}
+
+impl TrackedQueue<'_> {
+    /// Submits the batch.
+    ///
+    /// # Safety
+    /// As [`Device::submit`]; the batch signals `progress` with `number`.
+    pub unsafe fn submit(&self, submit: vk::SubmitInfo<'_>, fence: vk::Fence) -> Result<()> {
+        // SAFETY: the queue is held by the caller of `submit_tracked`; the caller vouches for the
+        // handles.
+        unsafe { self.device.device.queue_submit(self.queue, &[submit], fence) }.vk("vkQueueSubmit")
+    }
 }
 
 impl Device {
@@ -61,9 +117,11 @@ impl Device {
             .queue_create_infos(&queue_info)
             .enabled_extension_names(&extensions)
             .push_next(&mut features12);
+        let lifecycle = device_lifecycle();
         // SAFETY: the physical device belongs to `instance`; `info` points at live locals.
         let device =
             unsafe { instance.instance.create_device(physical.handle, &info, None) }.vk("vkCreateDevice")?;
+        drop(lifecycle);
         // SAFETY: the family was created with one queue.
         let queue = unsafe { device.get_device_queue(physical.queue_family, 0) };
         let memory_fd = physical
@@ -72,6 +130,19 @@ impl Device {
         let semaphore_fd = physical
             .has_semaphore_fd
             .then(|| ash::khr::external_semaphore_fd::Device::new(&instance.instance, &device));
+        let mut timeline = vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
+        let progress_info = vk::SemaphoreCreateInfo::default().push_next(&mut timeline);
+        // SAFETY: a live device with timeline semaphores enabled; `progress_info` points at locals.
+        let progress = match unsafe { device.create_semaphore(&progress_info, None) }.vk("vkCreateSemaphore")
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let _lifecycle = device_lifecycle();
+                // SAFETY: nothing was made on the device yet.
+                unsafe { device.destroy_device(None) };
+                return Err(e);
+            }
+        };
         Ok(Arc::new(Device {
             instance,
             device,
@@ -84,7 +155,71 @@ impl Device {
             transfer_timeout,
             heap_used: (0..physical.memory.memory_heap_count).map(|_| Default::default()).collect(),
             physical,
+            progress,
+            tracker: Mutex::new(Tracker::default()),
         }))
+    }
+
+    /// How far the device's tracked submissions have got: every one numbered up to this value
+    /// has completed.
+    fn progress_value(&self) -> Result<u64> {
+        // SAFETY: `progress` is a live timeline semaphore of this device.
+        unsafe { self.device.get_semaphore_counter_value(self.progress) }.vk("vkGetSemaphoreCounterValue")
+    }
+
+    /// Runs `submit` with the queue held and the next submission number, which the batch must
+    /// signal on the progress timeline. Returns that number once the submission has been made;
+    /// on error nothing was submitted and the number is not used. Semaphores dropped earlier
+    /// whose submissions have completed are destroyed here.
+    pub fn submit_tracked(&self, submit: impl FnOnce(&TrackedQueue<'_>) -> Result<()>) -> Result<u64> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        let number = tracker.submitted + 1;
+        submit(&TrackedQueue { device: self, queue: *queue, progress: self.progress, number })?;
+        tracker.submitted = number;
+        drop(queue);
+        self.destroy_completed(&mut tracker);
+        Ok(number)
+    }
+
+    /// Runs `f` with the queue held: no submission is made meanwhile (host signals check pending
+    /// queue signals this way).
+    pub fn with_queue_held<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        f()
+    }
+
+    /// Called by a semaphore's drop: destroys it now if no tracked submission that may use it
+    /// (`last_use`, 0 for none) is still pending, else once that one has completed (the next
+    /// submission, or the device's drop, destroys it). A semaphore is never destroyed while a
+    /// submission waits on it or will signal it (VUID-vkDestroySemaphore-semaphore-01137), and
+    /// dropping one never waits for the GPU.
+    pub fn retire_semaphore(&self, semaphore: vk::Semaphore, last_use: u64) {
+        let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        tracker.deferred.push((last_use, semaphore));
+        self.destroy_completed(&mut tracker);
+    }
+
+    fn destroy_completed(&self, tracker: &mut Tracker) {
+        if tracker.deferred.is_empty() {
+            return;
+        }
+        let done = match self.progress_value() {
+            Ok(v) => v,
+            Err(e) => {
+                log::error!("{e}: semaphores dropped on this device are kept until it is dropped");
+                return;
+            }
+        };
+        tracker.deferred.retain(|&(last_use, semaphore)| {
+            if last_use > done {
+                return true;
+            }
+            // SAFETY: the semaphore belongs to this device, its owner has dropped it, and every
+            // submission that used it has completed (`progress` reached its number).
+            unsafe { self.device.destroy_semaphore(semaphore, None) };
+            false
+        });
     }
 
     /// The instance's functions (physical-device queries).
@@ -145,6 +280,35 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
+        // Submissions may wait for values nobody will signal (the process that would is gone,
+        // or the caller never does): wait for them up to the transfer timeout, and if they are
+        // still queued then, leak the device rather than block in `vkQueueWaitIdle` forever or
+        // destroy objects under the GPU.
+        let submitted = self.tracker.get_mut().unwrap_or_else(PoisonError::into_inner).submitted;
+        let semaphores = [self.progress];
+        let values = [submitted];
+        let wait = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
+        let timeout = u64::try_from(self.transfer_timeout.as_nanos()).unwrap_or(u64::MAX);
+        // SAFETY: `progress` is a live timeline semaphore of this device.
+        if let Err(e) = unsafe { self.device.wait_semaphores(&wait, timeout) }.vk("vkWaitSemaphores") {
+            log::error!(
+                "{e} while dropping device {} ({}): {} submission(s) still queued after {:?} (a wait for \
+                 a value nobody signalled?); the device and its objects are leaked, not destroyed under \
+                 the GPU",
+                self.physical.info.index,
+                self.physical.info.name,
+                submitted.saturating_sub(self.progress_value().unwrap_or(0)),
+                self.transfer_timeout
+            );
+            // The instance must outlive the device that is never destroyed.
+            std::mem::forget(Arc::clone(&self.instance));
+            return;
+        }
+        let tracker = self.tracker.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for (_, semaphore) in tracker.deferred.drain(..) {
+            // SAFETY: every tracked submission has completed (waited for above).
+            unsafe { self.device.destroy_semaphore(semaphore, None) };
+        }
         let queue = self.queue.get_mut().unwrap_or_else(PoisonError::into_inner);
         // SAFETY: no other reference to the device exists (this is its drop); waiting makes
         // sure nothing still runs before the objects below are destroyed.
@@ -155,6 +319,9 @@ impl Drop for Device {
             // SAFETY: the transfer's objects belong to this device and are idle.
             unsafe { transfer.destroy(&self.device) };
         }
+        // SAFETY: the queue is idle; no submission uses the progress timeline.
+        unsafe { self.device.destroy_semaphore(self.progress, None) };
+        let _lifecycle = device_lifecycle();
         // SAFETY: every buffer, block and semaphore holds an `Arc<Device>`, so none is left.
         unsafe { self.device.destroy_device(None) };
     }

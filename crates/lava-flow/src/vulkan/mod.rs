@@ -17,8 +17,13 @@ pub use allocator::{
     DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
 };
 pub use buffer::Buffer;
+#[cfg(feature = "opengl")]
+pub(crate) use device::gl_context_lifecycle;
 pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};
+#[cfg(feature = "opencl")]
+pub(crate) use semaphore::binary_ops;
 #[cfg(any(feature = "cuda", feature = "opengl"))]
 pub(crate) use semaphore::check_increasing;
+pub(crate) use semaphore::BinaryState;
 pub use semaphore::{BinarySemaphore, Submission, TimelineSemaphore};
 pub use validation::ValidationLog;
