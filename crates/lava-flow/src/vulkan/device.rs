@@ -66,9 +66,19 @@ pub(crate) struct Device {
 struct Tracker {
     /// The number of the last tracked submission (the value it signals on `progress`).
     submitted: u64,
-    /// Semaphores dropped while a submission could still use them, with that submission's number:
-    /// destroyed once `progress` reaches it.
-    deferred: Vec<(u64, vk::Semaphore)>,
+    /// Semaphores dropped while a submission could still use them: destroyed once `progress`
+    /// reaches their last use.
+    deferred: Vec<Retired>,
+}
+
+/// A semaphore its owner dropped, kept until the submissions that use it have completed.
+pub(crate) struct Retired {
+    pub semaphore: vk::Semaphore,
+    /// The number of the last tracked submission that uses it.
+    pub last_use: u64,
+    /// For a timeline: the highest value a submission waits for, and the values submissions
+    /// will signal — what the device's drop needs to release waits nobody will satisfy.
+    pub timeline: Option<(u64, Vec<u64>)>,
 }
 
 /// The queue, held for one tracked submission: [`Device::submit_tracked`].
@@ -194,9 +204,9 @@ impl Device {
     /// submission, or the device's drop, destroys it). A semaphore is never destroyed while a
     /// submission waits on it or will signal it (VUID-vkDestroySemaphore-semaphore-01137), and
     /// dropping one never waits for the GPU.
-    pub fn retire_semaphore(&self, semaphore: vk::Semaphore, last_use: u64) {
+    pub fn retire_semaphore(&self, retired: Retired) {
         let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
-        tracker.deferred.push((last_use, semaphore));
+        tracker.deferred.push(retired);
         self.destroy_completed(&mut tracker);
     }
 
@@ -211,13 +221,13 @@ impl Device {
                 return;
             }
         };
-        tracker.deferred.retain(|&(last_use, semaphore)| {
-            if last_use > done {
+        tracker.deferred.retain(|retired| {
+            if retired.last_use > done {
                 return true;
             }
             // SAFETY: the semaphore belongs to this device, its owner has dropped it, and every
             // submission that used it has completed (`progress` reached its number).
-            unsafe { self.device.destroy_semaphore(semaphore, None) };
+            unsafe { self.device.destroy_semaphore(retired.semaphore, None) };
             false
         });
     }
@@ -278,36 +288,97 @@ impl Device {
     }
 }
 
-impl Drop for Device {
-    fn drop(&mut self) {
-        // Submissions may wait for values nobody will signal (the process that would is gone,
-        // or the caller never does): wait for them up to the transfer timeout, and if they are
-        // still queued then, leak the device rather than block in `vkQueueWaitIdle` forever or
-        // destroy objects under the GPU.
-        let submitted = self.tracker.get_mut().unwrap_or_else(PoisonError::into_inner).submitted;
+impl Device {
+    /// Waits up to `timeout` for every tracked submission to complete.
+    fn wait_for_submissions(&self, submitted: u64, timeout: Duration) -> Result<()> {
         let semaphores = [self.progress];
         let values = [submitted];
         let wait = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
-        let timeout = u64::try_from(self.transfer_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let timeout = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         // SAFETY: `progress` is a live timeline semaphore of this device.
-        if let Err(e) = unsafe { self.device.wait_semaphores(&wait, timeout) }.vk("vkWaitSemaphores") {
+        unsafe { self.device.wait_semaphores(&wait, timeout) }.vk("vkWaitSemaphores")
+    }
+
+    /// For the device's drop, when submissions still wait after the timeout: every semaphore
+    /// they use has been dropped by its owner (each holds the device), so nobody in this process
+    /// can signal them any more. Signals each dropped timeline from the host up to the highest
+    /// value a submission waits for — or just below a pending signal at or under it, which its
+    /// own submission will make — so that the queued work can run and complete. Returns whether
+    /// any value was signalled.
+    fn release_waits(deferred: &[Retired], device: &ash::Device) -> bool {
+        let mut signalled = false;
+        for retired in deferred {
+            let Some((wait_max, pending)) = &retired.timeline else { continue };
+            // SAFETY: a live timeline semaphore of this device.
+            let Ok(current) = (unsafe { device.get_semaphore_counter_value(retired.semaphore) }) else {
+                continue;
+            };
+            let value = match pending.iter().copied().filter(|&p| p > current).min() {
+                Some(p) if p <= *wait_max => p - 1,
+                _ => *wait_max,
+            };
+            if value <= current {
+                continue;
+            }
+            let info = vk::SemaphoreSignalInfo::default().semaphore(retired.semaphore).value(value);
+            // SAFETY: a live timeline semaphore of this device; the value is above the counter and
+            // below every pending signal.
+            match unsafe { device.signal_semaphore(&info) } {
+                Ok(()) => signalled = true,
+                Err(e) => log::error!("vkSignalSemaphore failed while releasing a wait: {e}"),
+            }
+        }
+        signalled
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // Submissions may wait for values nobody will signal (the process that would is gone,
+        // or the caller dropped the semaphore): wait for them up to the transfer timeout; then
+        // release those waits from the host (`release_waits`) and wait again, a few rounds. Only
+        // if work is still queued after that (a binary wait made unchecked with no signal) is the
+        // device leaked, rather than block in `vkQueueWaitIdle` forever or destroy objects under
+        // the GPU.
+        let submitted = self.tracker.get_mut().unwrap_or_else(PoisonError::into_inner).submitted;
+        let mut waited = self.wait_for_submissions(submitted, self.transfer_timeout);
+        let mut rounds = 0;
+        while waited.is_err() && rounds < 8 {
+            rounds += 1;
+            let tracker = self.tracker.get_mut().unwrap_or_else(PoisonError::into_inner);
+            if !Self::release_waits(&tracker.deferred, &self.device) {
+                break;
+            }
+            waited = self.wait_for_submissions(submitted, Duration::from_millis(250));
+        }
+        if rounds > 0 {
+            log::warn!(
+                "device {} ({}) was dropped while submissions still waited after {:?} for values \
+                 nobody signalled: their dropped timelines were signalled from the host ({} round(s)) \
+                 so that the work could complete{}",
+                self.physical.info.index,
+                self.physical.info.name,
+                self.transfer_timeout,
+                rounds,
+                if waited.is_ok() { "" } else { ", in vain" }
+            );
+        }
+        if let Err(e) = waited {
             log::error!(
-                "{e} while dropping device {} ({}): {} submission(s) still queued after {:?} (a wait for \
-                 a value nobody signalled?); the device and its objects are leaked, not destroyed under \
-                 the GPU",
+                "{e} while dropping device {} ({}): {} submission(s) still queued; the device and its \
+                 objects are leaked, not destroyed under the GPU",
                 self.physical.info.index,
                 self.physical.info.name,
                 submitted.saturating_sub(self.progress_value().unwrap_or(0)),
-                self.transfer_timeout
             );
             // The instance must outlive the device that is never destroyed.
             std::mem::forget(Arc::clone(&self.instance));
             return;
         }
         let tracker = self.tracker.get_mut().unwrap_or_else(PoisonError::into_inner);
-        for (_, semaphore) in tracker.deferred.drain(..) {
+        for retired in tracker.deferred.drain(..) {
             // SAFETY: every tracked submission has completed (waited for above).
-            unsafe { self.device.destroy_semaphore(semaphore, None) };
+            unsafe { self.device.destroy_semaphore(retired.semaphore, None) };
         }
         let queue = self.queue.get_mut().unwrap_or_else(PoisonError::into_inner);
         // SAFETY: no other reference to the device exists (this is its drop); waiting makes

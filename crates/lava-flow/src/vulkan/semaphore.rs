@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ash::vk;
 
-use super::device::Device;
+use super::device::{Device, Retired};
 use crate::error::{Error, Result, VkResultExt};
 #[cfg(unix)]
 use crate::handle::{ExportedSemaphore, ExternalHandle, HandleType, SemaphoreDescriptor, SemaphoreKind};
@@ -77,6 +77,8 @@ struct Raw {
     /// Timeline values that submissions will signal and the counter has not reached yet,
     /// ascending (queue signals must increase, so they are submitted in order).
     pending: Mutex<Vec<u64>>,
+    /// The highest timeline value a submission waits for.
+    wait_max: AtomicU64,
     /// A binary semaphore's signal state, shared by the lava-flow objects of its payload.
     binary: Option<Arc<BinaryState>>,
 }
@@ -254,6 +256,7 @@ impl Raw {
             kept,
             last_use: AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
+            wait_max: AtomicU64::new(0),
             binary,
         };
         if let (Some(fd), Some(loader)) = (import, device.semaphore_fd.as_ref()) {
@@ -288,6 +291,7 @@ impl Raw {
             kind,
             last_use: AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
+            wait_max: AtomicU64::new(0),
             binary: (kind == Kind::Binary).then(BinaryState::known),
         })
     }
@@ -541,7 +545,12 @@ fn create(device: &Device, kind: Kind, exportable: bool) -> Result<vk::Semaphore
 impl Drop for Raw {
     fn drop(&mut self) {
         // Destroyed now, or once the last submission that uses it has completed.
-        self.device.retire_semaphore(self.semaphore, *self.last_use.get_mut());
+        let pending = std::mem::take(self.pending.get_mut().unwrap_or_else(PoisonError::into_inner));
+        self.device.retire_semaphore(Retired {
+            semaphore: self.semaphore,
+            last_use: *self.last_use.get_mut(),
+            timeline: (self.kind == Kind::Timeline).then(|| (*self.wait_max.get_mut(), pending)),
+        });
     }
 }
 
@@ -714,6 +723,9 @@ impl<'a> Submission<'a> {
             })?;
             for (sem, value) in &self.signals {
                 sem.raw.pending.lock().unwrap_or_else(PoisonError::into_inner).push(*value);
+            }
+            for (sem, value) in &self.waits {
+                sem.raw.wait_max.fetch_max(*value, Ordering::AcqRel);
             }
             let raws = (self.waits.iter().chain(&self.signals).map(|(s, _)| &s.raw))
                 .chain(self.binary_waits.iter().chain(&self.binary_signals).map(|(s, _)| &s.raw));
