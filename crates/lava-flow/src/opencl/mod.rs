@@ -35,6 +35,22 @@ use sys::{check, cl, Cl};
 pub const EXTERNAL_MEMORY_OPAQUE_FD: &str = "cl_khr_external_memory_opaque_fd";
 /// The extension that lets OpenCL import Vulkan semaphores from an opaque fd.
 pub const EXTERNAL_SEMAPHORE_OPAQUE_FD: &str = "cl_khr_external_semaphore_opaque_fd";
+/// The extension that lets OpenCL import Vulkan memory from an NT handle (Windows).
+pub const EXTERNAL_MEMORY_WIN32: &str = "cl_khr_external_memory_win32";
+/// The extension that lets OpenCL import Vulkan semaphores from an NT handle (Windows).
+pub const EXTERNAL_SEMAPHORE_WIN32: &str = "cl_khr_external_semaphore_win32";
+/// The memory extension lava-flow's imports need on this platform.
+#[cfg(unix)]
+pub const EXTERNAL_MEMORY: &str = EXTERNAL_MEMORY_OPAQUE_FD;
+/// The memory extension lava-flow's imports need on this platform.
+#[cfg(windows)]
+pub const EXTERNAL_MEMORY: &str = EXTERNAL_MEMORY_WIN32;
+/// The semaphore extension lava-flow's imports need on this platform.
+#[cfg(unix)]
+pub const EXTERNAL_SEMAPHORE: &str = EXTERNAL_SEMAPHORE_OPAQUE_FD;
+/// The semaphore extension lava-flow's imports need on this platform.
+#[cfg(windows)]
+pub const EXTERNAL_SEMAPHORE: &str = EXTERNAL_SEMAPHORE_WIN32;
 
 /// An OpenCL device as its platform describes it.
 #[derive(Debug, Clone)]
@@ -217,12 +233,11 @@ impl Context {
         let cl = cl()?;
         let acquire = sys::extension_fn(cl, device.platform_id, "clEnqueueAcquireExternalMemObjectsKHR");
         let release = sys::extension_fn(cl, device.platform_id, "clEnqueueReleaseExternalMemObjectsKHR");
-        let (Some(acquire), Some(release), true) =
-            (acquire, release, device.has_extension(EXTERNAL_MEMORY_OPAQUE_FD))
+        let (Some(acquire), Some(release), true) = (acquire, release, device.has_extension(EXTERNAL_MEMORY))
         else {
             return Err(Error::Unsupported {
                 what: format!(
-                    "OpenCL device {} on {} cannot import Vulkan memory: it lacks {EXTERNAL_MEMORY_OPAQUE_FD}",
+                    "OpenCL device {} on {} cannot import Vulkan memory: it lacks {EXTERNAL_MEMORY}",
                     device.name, device.platform
                 ),
             });
@@ -299,5 +314,25 @@ impl Drop for Context {
                 log::error!("{e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod platform_tests {
+    use super::*;
+    use crate::error::Api;
+    use crate::external::{extensions, host_extensions, Os};
+
+    #[test]
+    fn the_extension_names_are_the_registrys_for_each_platform() {
+        for (os, memory, semaphore) in [
+            (Os::Unix, EXTERNAL_MEMORY_OPAQUE_FD, EXTERNAL_SEMAPHORE_OPAQUE_FD),
+            (Os::Windows, EXTERNAL_MEMORY_WIN32, EXTERNAL_SEMAPHORE_WIN32),
+        ] {
+            let e = extensions(Api::OpenCl, os.opaque_handle()).expect("listed");
+            assert_eq!((e.memory, e.semaphore), (memory, semaphore));
+        }
+        let host = host_extensions(Api::OpenCl);
+        assert_eq!((host.memory, host.semaphore), (EXTERNAL_MEMORY, EXTERNAL_SEMAPHORE));
     }
 }
