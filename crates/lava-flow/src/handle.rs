@@ -1,7 +1,7 @@
 //! External handles: how memory and semaphores leave Vulkan for other APIs and processes.
 //!
 //! On Linux the handle is an opaque file descriptor ([`HandleType::OpaqueFd`]), owned as
-//! [`OwnedFd`](std::os::fd::OwnedFd); on Windows an NT `HANDLE` ([`HandleType::OpaqueWin32`]),
+//! `std::os::fd::OwnedFd`; on Windows an NT `HANDLE` ([`HandleType::OpaqueWin32`]),
 //! owned as `std::os::windows::io::OwnedHandle`. Either way every export returns a fresh handle,
 //! closed when dropped. An importer gives up an fd only after the import succeeded; an NT handle
 //! is never given up (no API takes ownership of one): lava-flow closes it after the import. See

@@ -35,6 +35,9 @@ pub const CL_DEVICE_NAME: cl_uint = 0x102B;
 pub const CL_DEVICE_EXTENSIONS: cl_uint = 0x1030;
 /// `cl_khr_device_uuid`.
 pub const CL_DEVICE_UUID_KHR: cl_uint = 0x106A;
+/// `cl_khr_device_uuid`: whether the device has a LUID (Windows), and the LUID.
+pub const CL_DEVICE_LUID_VALID_KHR: cl_uint = 0x106C;
+pub const CL_DEVICE_LUID_KHR: cl_uint = 0x106D;
 pub const CL_CONTEXT_PLATFORM: cl_context_properties = 0x1084;
 /// Bits; the alignment of sub-buffer origins.
 pub const CL_DEVICE_MEM_BASE_ADDR_ALIGN: cl_uint = 0x1019;

@@ -49,6 +49,9 @@ pub struct GlInfo {
     pub device_uuids: Vec<Uuid>,
     /// `GL_DRIVER_UUID_EXT`.
     pub driver_uuid: Option<Uuid>,
+    /// `GL_DEVICE_LUID_EXT`, on Windows where the context has `GL_EXT_memory_object_win32` (the
+    /// LUID [`device::find_by_luid`](crate::device::find_by_luid) takes); `None` elsewhere.
+    pub device_luid: Option<[u8; 8]>,
     /// The EGL platform of a headless context; `None` for an adopted context.
     pub platform: Option<EglPlatform>,
     /// The driver ignores the offset of `glNamedBufferStorageMemEXT` (Mesa's llvmpipe): lava-flow
@@ -465,6 +468,13 @@ unsafe fn read_info(gl: &Gl, platform: Option<EglPlatform>) -> GlInfo {
         unsafe { gl.GetUnsignedBytevEXT(sys::DRIVER_UUID_EXT, uuid.as_mut_ptr()) };
         driver_uuid = Some(Uuid(uuid));
     }
+    let mut device_luid = None;
+    if cfg!(windows) && extensions.contains("GL_EXT_memory_object_win32") {
+        let mut luid = [0u8; 8];
+        // SAFETY: GL_EXT_memory_object_win32 is present; `luid` holds GL_LUID_SIZE_EXT (8) bytes.
+        unsafe { gl.GetUnsignedBytevEXT(sys::DEVICE_LUID_EXT, luid.as_mut_ptr()) };
+        device_luid = Some(luid);
+    }
     // Clear any error the queries left, so that the next checked call starts clean.
     // SAFETY: the caller's contract.
     while unsafe { gl.GetError() } != sys::NO_ERROR {}
@@ -476,6 +486,7 @@ unsafe fn read_info(gl: &Gl, platform: Option<EglPlatform>) -> GlInfo {
         version: string(sys::VERSION),
         device_uuids,
         driver_uuid,
+        device_luid,
         platform,
         extensions,
     }
@@ -527,6 +538,7 @@ mod tests {
             version: "4.5".into(),
             device_uuids,
             driver_uuid,
+            device_luid: None,
             platform: None,
             ignores_memory_offset: false,
             extensions: extensions.iter().map(|e| (*e).to_owned()).collect(),
