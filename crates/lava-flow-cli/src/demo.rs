@@ -103,8 +103,10 @@ fn expected_sum(frame: u32, words: u32) -> u32 {
 pub struct Measured {
     pub frames: u32,
     pub frame_bytes: u64,
-    /// The consumer, as it describes itself.
+    /// The consumer, as it describes itself (read by `bench`, which is Unix only).
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub consumer: String,
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub gpu_semaphores: bool,
     /// The zero-copy pipeline, all frames.
     pub zero_copy: Duration,
@@ -237,12 +239,17 @@ fn pipeline(
     let shared = Shared { frames: &frames, sums: &sums, produced: &produced, consumed: &consumed, words };
     let producer = Producer::new(&allocator, options.device_id, &frames, words)?;
     if options.processes == 2 {
-        #[cfg(feature = "cuda")]
+        #[cfg(all(unix, feature = "cuda"))]
         if consumer == "cuda" {
             // The typed reason (no libcuda, no device with this UUID) before a child is started.
             lava_flow::cuda::Context::for_device(&allocator, options.device_id)?;
             let mut c = crate::demo_process::ProcessConsumer::spawn(options, &shared)?;
             return run_frames(options, &allocator, &producer, &shared, &mut c, quiet);
+        }
+        if !cfg!(unix) {
+            return Err(lava_flow::Error::Unsupported {
+                what: "--processes 2 hands the ring to the child over a Unix socket: Unix only".into(),
+            });
         }
         return Err(lava_flow::Error::Unsupported {
             what: format!(

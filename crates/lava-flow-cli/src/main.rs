@@ -1,16 +1,20 @@
 //! `lava-flow`: what this machine can share between Vulkan, CUDA, OpenGL and OpenCL.
+//!
+//! On Windows: `info` and `demo` (one process). `bench` (its raw baselines are fd calls, its
+//! cross-process rows use Unix sockets) and `demo --processes 2` (Unix sockets) are Unix only.
 
+#[cfg(unix)]
 mod bench;
-#[cfg(all(feature = "cuda", feature = "opengl"))]
+#[cfg(all(unix, feature = "cuda", feature = "opengl"))]
 mod bench_cuda;
-#[cfg(feature = "cuda")]
+#[cfg(all(unix, feature = "cuda"))]
 mod bench_processes;
 #[cfg(feature = "opengl")]
 mod demo;
-#[cfg(all(feature = "cuda", feature = "opengl"))]
+#[cfg(all(unix, feature = "cuda", feature = "opengl"))]
 mod demo_process;
 mod info;
-#[cfg(feature = "cuda")]
+#[cfg(all(unix, feature = "cuda"))]
 mod peer;
 mod vk;
 
@@ -34,6 +38,7 @@ enum Command {
         json: bool,
     },
     /// Each lava-flow path beside its raw-API baseline, in one process: medians and ratios.
+    #[cfg(unix)]
     Bench {
         /// A short run (fewer repetitions and frames).
         #[arg(long)]
@@ -46,7 +51,7 @@ enum Command {
         device: u32,
     },
     /// The peer process of `bench`'s cross-process rows (started by `bench` itself).
-    #[cfg(feature = "cuda")]
+    #[cfg(all(unix, feature = "cuda"))]
     #[command(hide = true)]
     BenchPeer {
         /// The Unix socket `bench` listens on.
@@ -81,12 +86,12 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         device: u32,
         /// 2: the consumer runs in a child process that receives the ring and the timelines over
-        /// a Unix socket and imports them by their handles alone (CUDA consumer).
+        /// a Unix socket and imports them by their handles alone (CUDA consumer; Unix only).
         #[arg(long, default_value_t = 1)]
         processes: u32,
     },
     /// The consumer process of `demo --processes 2` (started by `demo` itself).
-    #[cfg(all(feature = "cuda", feature = "opengl"))]
+    #[cfg(all(unix, feature = "cuda", feature = "opengl"))]
     #[command(hide = true)]
     DemoPeer {
         /// The Unix socket `demo` listens on.
@@ -98,12 +103,13 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { json } => info::run(json),
+        #[cfg(unix)]
         Command::Bench { quick, json, device } => {
             bench::run(&bench::Options { quick, json, device_id: device })
         }
-        #[cfg(feature = "cuda")]
+        #[cfg(all(unix, feature = "cuda"))]
         Command::BenchPeer { socket } => bench_processes::peer(&socket),
-        #[cfg(all(feature = "cuda", feature = "opengl"))]
+        #[cfg(all(unix, feature = "cuda", feature = "opengl"))]
         Command::DemoPeer { socket } => demo_process::peer(&socket),
         #[cfg(feature = "opengl")]
         Command::Demo { frames, buffers, batch, frame_kib, consumer, device, processes } => {

@@ -188,6 +188,7 @@ fn demo_refuses_consumers_it_does_not_have() {
     assert!(err.contains("at least 2 frames"), "{err}");
 }
 
+#[cfg(unix)]
 #[test]
 fn bench_quick_runs_and_writes_json() {
     let path = std::env::temp_dir().join(format!("lava-flow-bench-{}.json", std::process::id()));

@@ -146,9 +146,18 @@ impl Buffer {
 
     /// A new file descriptor of the buffer's whole `VkDeviceMemory` (opaque fd): yours to pass
     /// on or to close (`os.close`). Importers need `descriptor()` too.
+    #[cfg(unix)]
     fn export_fd(&self) -> PyResult<i32> {
         use std::os::fd::IntoRawFd;
         Ok(self.inner.export_fd().or_raise()?.into_raw_fd())
+    }
+
+    /// A new NT handle of the buffer's whole `VkDeviceMemory` (Windows; the twin of `export_fd`), as an integer: yours to
+    /// pass on (`DuplicateHandle`) or to close (`_winapi.CloseHandle`).
+    #[cfg(windows)]
+    fn export_handle(&self) -> PyResult<usize> {
+        use std::os::windows::io::IntoRawHandle;
+        Ok(self.inner.export_handle().or_raise()?.into_raw_handle() as usize)
     }
 
     /// What an importer needs beside the fd: `offset`, `size`, `allocation_size`,
@@ -210,6 +219,8 @@ impl Buffer {
     /// Pickling (through `multiprocessing`): the memory's fd travels as
     /// `multiprocessing.reduction.DupFd` with its descriptor, and the other process imports it
     /// into its `default_allocator()`.
+    /// Unix only: the fd travels with `DupFd`, which Windows' `multiprocessing` has not.
+    #[cfg(unix)]
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let exported = self.inner.export().or_raise()?;
         let (handle, descriptor) = exported.into_parts();

@@ -9,6 +9,8 @@ mod cuda_view;
 mod dlpack;
 mod dtype;
 mod errors;
+// `lava_flow.ipc` and pickling: fds over Unix sockets (`SCM_RIGHTS`, `DupFd`), Unix only.
+#[cfg(unix)]
 mod ipc;
 mod semaphore;
 mod stream;
@@ -27,6 +29,7 @@ fn lava_flow_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<semaphore::TimelineSemaphore>()?;
     m.add_class::<cuda_view::CudaView>()?;
     errors::register(m)?;
+    #[cfg(unix)]
     ipc::register(m)?;
     Ok(())
 }

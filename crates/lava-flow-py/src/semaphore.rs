@@ -63,6 +63,8 @@ impl TimelineSemaphore {
     /// Pickling (through `multiprocessing`): the semaphore's fd travels as
     /// `multiprocessing.reduction.DupFd` with its descriptor, and the other process imports it
     /// into its `default_allocator()`.
+    /// Unix only: the fd travels with `DupFd`, which Windows' `multiprocessing` has not.
+    #[cfg(unix)]
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let exported = self.inner.export().or_raise()?;
         let (handle, descriptor) = exported.into_parts();
@@ -100,9 +102,18 @@ impl TimelineSemaphore {
     }
 
     /// A new file descriptor of the semaphore (opaque fd): yours to pass on or to close.
+    #[cfg(unix)]
     fn export_fd(&self) -> PyResult<i32> {
         use std::os::fd::IntoRawFd;
         Ok(self.inner.export_fd().or_raise()?.into_raw_fd())
+    }
+
+    /// A new NT handle of the semaphore (Windows; the twin of `export_fd`), as an integer: yours to
+    /// pass on (`DuplicateHandle`) or to close (`_winapi.CloseHandle`).
+    #[cfg(windows)]
+    fn export_handle(&self) -> PyResult<usize> {
+        use std::os::windows::io::IntoRawHandle;
+        Ok(self.inner.export_handle().or_raise()?.into_raw_handle() as usize)
     }
 
     /// Makes CUDA work queued on `stream` after this call wait until the counter reaches

@@ -43,8 +43,8 @@ fn main() -> Result<()> {
         verify(&imported, buffer, "importer → exporter")?;
     }
     let semaphore = allocator.timeline_semaphore(device_id)?;
-    match semaphore.export_fd() {
-        Ok(_) => println!("timeline semaphore exported as an opaque fd"),
+    match semaphore.export() {
+        Ok(e) => println!("timeline semaphore exported as {:?}", e.handle().handle_type()),
         Err(e) => println!("timeline semaphore not exported: {e}"),
     }
     Ok(())

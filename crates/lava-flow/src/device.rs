@@ -6,8 +6,9 @@
 //! lavapipe) last; devices of the same type are ordered by their UUID. The order therefore does
 //! not depend on the order in which the Vulkan loader happens to list its drivers.
 //!
-//! Other APIs (CUDA, OpenCL, OpenGL) find "the same device" by [`DeviceInfo::uuid`], never by
-//! index or name: their indices follow other rules.
+//! Other APIs (CUDA, OpenCL, OpenGL) find "the same device" by [`DeviceInfo::uuid`] — and on
+//! Windows by [`DeviceInfo::luid`] too, the only identity DXGI and D3D12 have — never by index or
+//! name: their indices follow other rules. [`DeviceInfo::is`] is the one rule.
 
 use std::fmt;
 
@@ -187,7 +188,54 @@ impl DeviceInfo {
 
 /// Finds the device with `uuid` in `devices` (the way other APIs are matched to Vulkan).
 pub fn find_by_uuid(devices: &[DeviceInfo], uuid: Uuid) -> Option<&DeviceInfo> {
-    devices.iter().find(|d| d.uuid == uuid)
+    find(devices, &Identity { uuid: Some(uuid), luid: None })
+}
+
+/// Finds the device with this Windows LUID in `devices`: the Vulkan device of a DXGI adapter or a
+/// D3D12 device (`IDXGIAdapter::GetDesc().AdapterLuid`, `ID3D12Device::GetAdapterLuid`), which
+/// know devices by LUID only. Never found on Linux, where drivers report no LUID.
+pub fn find_by_luid(devices: &[DeviceInfo], luid: [u8; 8]) -> Option<&DeviceInfo> {
+    find(devices, &Identity { uuid: None, luid: Some(luid) })
+}
+
+/// Finds the device `identity` describes in `devices` ([`DeviceInfo::is`]).
+pub fn find<'a>(devices: &'a [DeviceInfo], identity: &Identity) -> Option<&'a DeviceInfo> {
+    devices.iter().find(|d| d.is(identity))
+}
+
+/// How another API identifies one of its devices: the UUID (Vulkan, CUDA, OpenCL with
+/// `cl_khr_device_uuid`, GL with `GL_EXT_memory_object`) and, on Windows, the LUID (DXGI and
+/// D3D12 know only that one; CUDA `cuDeviceGetLuid`, OpenCL `CL_DEVICE_LUID_KHR`, GL
+/// `GL_DEVICE_LUID_EXT` report it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// The device UUID, where the API reports one.
+    pub uuid: Option<Uuid>,
+    /// The Windows LUID, where the API reports a valid one.
+    pub luid: Option<[u8; 8]>,
+}
+
+impl DeviceInfo {
+    /// Whether `other` is this device: the UUIDs are equal where both sides report one, the
+    /// LUIDs are equal where both report one, and at least one of the two was compared (an
+    /// identity with neither matches nothing). The one rule by which other APIs' devices are
+    /// matched to Vulkan's.
+    pub fn is(&self, other: &Identity) -> bool {
+        let uuid = other.uuid.map(|u| u == self.uuid);
+        let luid = match (other.luid, self.luid) {
+            (Some(theirs), Some(ours)) => Some(theirs == ours),
+            _ => None,
+        };
+        match (uuid, luid) {
+            (None, None) => false,
+            (u, l) => u.unwrap_or(true) && l.unwrap_or(true),
+        }
+    }
+
+    /// This device's identity, as other APIs compare it.
+    pub fn identity(&self) -> Identity {
+        Identity { uuid: Some(self.uuid), luid: self.luid }
+    }
 }
 
 /// Sort key that gives `device_id` its documented order.
@@ -203,6 +251,47 @@ mod tests {
     fn uuid_prints_in_canonical_form() {
         let u = Uuid([0x6d, 0x65, 0x73, 0x61, 0x32, 0x32, 0x2e, 0x33, 0x2e, 0x36, 0, 0, 0, 0, 0, 0xff]);
         assert_eq!(u.to_string(), "6d657361-3232-2e33-2e36-0000000000ff");
+    }
+
+    fn device(uuid: u8, luid: Option<u8>) -> DeviceInfo {
+        DeviceInfo {
+            index: 0,
+            name: String::new(),
+            vendor_id: 0,
+            pci_device_id: 0,
+            device_type: DeviceType::DiscreteGpu,
+            api_version: (1, 3, 0),
+            driver_name: String::new(),
+            driver_info: String::new(),
+            uuid: Uuid([uuid; 16]),
+            driver_uuid: Uuid([0; 16]),
+            luid: luid.map(|l| [l; 8]),
+            heaps: Vec::new(),
+            buffer_handles: ExternalSupport::default(),
+            image_handles: ExternalSupport::default(),
+            timeline_semaphore_handles: ExternalSupport::default(),
+            binary_semaphore_handles: ExternalSupport::default(),
+        }
+    }
+
+    /// Windows: two GPUs, each with a UUID and a LUID. A DXGI adapter (LUID only) finds its
+    /// device; a CUDA or OpenCL device (both) must agree on both; Linux (UUID only) as before.
+    #[test]
+    fn devices_match_by_uuid_and_by_luid_where_both_sides_have_one() {
+        let devices = [device(1, Some(0x11)), device(2, Some(0x22)), device(3, None)];
+        let by = |uuid: Option<u8>, luid: Option<u8>| {
+            find(&devices, &Identity { uuid: uuid.map(|u| Uuid([u; 16])), luid: luid.map(|l| [l; 8]) })
+                .map(|d| d.uuid.0[0])
+        };
+        assert_eq!(by(None, Some(0x22)), Some(2), "a DXGI adapter by LUID");
+        assert_eq!(find_by_luid(&devices, [0x11; 8]).map(|d| d.uuid.0[0]), Some(1));
+        assert_eq!(by(Some(2), Some(0x22)), Some(2), "both agree");
+        assert_eq!(by(Some(2), Some(0x11)), None, "the UUID of one GPU and the LUID of the other");
+        assert_eq!(by(Some(3), Some(0x33)), Some(3), "no LUID on the Vulkan side: the UUID decides");
+        assert_eq!(by(None, Some(0x33)), None, "a LUID no device has");
+        assert_eq!(by(None, None), None, "nothing to compare matches nothing");
+        assert_eq!(find_by_uuid(&devices, Uuid([1; 16])).map(|d| d.index), Some(0));
+        assert!(devices[1].is(&devices[1].identity()));
     }
 
     #[test]

@@ -25,30 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 
-/// Who owns the fd after a driver refused to import it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    /// The specifications' rule: the caller still owns it (lava-flow closes it).
-    StillOurs,
-    /// The driver closed it (or kept it): lava-flow must never touch that number again.
-    TakenByDriver,
-}
-
-/// The result of an import by a driver that keeps the specifications' rule: a refused fd is
-/// still the caller's.
-#[cfg(any(feature = "cuda", feature = "opencl"))]
-pub(crate) fn spec_rule<T>(result: Result<T>) -> std::result::Result<T, (Error, Refused)> {
-    result.map_err(|e| (e, Refused::StillOurs))
-}
-
-/// What an fd handed to a driver is supposed to carry: checked before the driver sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Payload {
-    /// Exported memory of (at least) this many bytes.
-    Memory { allocation_size: u64 },
-    /// An exported semaphore.
-    Semaphore,
-}
+pub(crate) use crate::external::{Payload, Refused};
 
 /// Calls `import` with an fd for the same file as `fd`, which the driver owns if `import`
 /// succeeds; on failure `import` says who owns it. `fd` itself is closed when this returns,

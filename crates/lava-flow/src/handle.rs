@@ -1,13 +1,21 @@
 //! External handles: how memory and semaphores leave Vulkan for other APIs and processes.
 //!
 //! On Linux the handle is an opaque file descriptor ([`HandleType::OpaqueFd`]), owned as
-//! [`OwnedFd`]: a fresh descriptor for every export, closed when dropped, and given up by an
-//! importer only after the import succeeded. Windows' `HANDLE`s ([`HandleType::OpaqueWin32`]) have
-//! their place in these types, but lava-flow does not build for Windows yet and provides no
-//! `export_handle()`; see `docs/adr/0003-external-handle-types.md`.
+//! `std::os::fd::OwnedFd`; on Windows an NT `HANDLE` ([`HandleType::OpaqueWin32`]),
+//! owned as `std::os::windows::io::OwnedHandle`. Either way every export returns a fresh handle,
+//! closed when dropped. An importer gives up an fd only after the import succeeded; an NT handle
+//! is never given up (no API takes ownership of one): lava-flow closes it after the import. See
+//! `docs/adr/0003-external-handle-types.md` and `docs/adr/0010-windows-and-other-platforms.md`.
+//!
+//! | platform | handle | exports | Unix-socket transport (`lava_flow::ipc`) |
+//! |---|---|---|---|
+//! | Unix | `OpaqueFd(OwnedFd)` | `export_fd()`, `export()` | yes |
+//! | Windows | `OpaqueWin32(OwnedHandle)` | `export_handle()`, `export()` | no (send handles with `DuplicateHandle` into the other process) |
 
 #[cfg(unix)]
 use std::os::fd::OwnedFd;
+#[cfg(windows)]
+use std::os::windows::io::OwnedHandle;
 
 use crate::device::Uuid;
 
@@ -22,9 +30,11 @@ pub enum HandleType {
     DmaBuf,
     /// A sync file (`VK_EXTERNAL_SEMAPHORE_HANDLE_TYPE_SYNC_FD_BIT`), binary semaphores only.
     SyncFd,
-    /// A Windows NT `HANDLE` (`..._OPAQUE_WIN32_BIT`). Not provided yet.
+    /// A Windows NT `HANDLE` (`..._OPAQUE_WIN32_BIT`). What CUDA, OpenCL and OpenGL import on
+    /// Windows.
     OpaqueWin32,
-    /// A Windows global share handle (`..._OPAQUE_WIN32_KMT_BIT`). Not provided yet.
+    /// A Windows global share handle (`..._OPAQUE_WIN32_KMT_BIT`): reported by
+    /// [`DeviceInfo`](crate::DeviceInfo) where a driver has it, never exported or imported.
     OpaqueWin32Kmt,
 }
 
@@ -35,6 +45,9 @@ pub enum ExternalHandle {
     /// An opaque file descriptor ([`HandleType::OpaqueFd`]).
     #[cfg(unix)]
     OpaqueFd(OwnedFd),
+    /// A Windows NT handle ([`HandleType::OpaqueWin32`]).
+    #[cfg(windows)]
+    OpaqueWin32(OwnedHandle),
 }
 
 impl ExternalHandle {
@@ -43,15 +56,39 @@ impl ExternalHandle {
         match self {
             #[cfg(unix)]
             ExternalHandle::OpaqueFd(_) => HandleType::OpaqueFd,
+            #[cfg(windows)]
+            ExternalHandle::OpaqueWin32(_) => HandleType::OpaqueWin32,
         }
     }
 
-    /// The file descriptor, if this is one.
+    /// The file descriptor (the only kind of handle on Unix).
     #[cfg(unix)]
     pub fn into_fd(self) -> OwnedFd {
+        self.into_native()
+    }
+
+    /// The NT handle (the only kind of handle on Windows).
+    #[cfg(windows)]
+    pub fn into_handle(self) -> OwnedHandle {
+        self.into_native()
+    }
+
+    /// The platform's owned handle.
+    pub(crate) fn into_native(self) -> crate::external::NativeHandle {
         match self {
+            #[cfg(unix)]
             ExternalHandle::OpaqueFd(fd) => fd,
+            #[cfg(windows)]
+            ExternalHandle::OpaqueWin32(handle) => handle,
         }
+    }
+
+    /// The platform's owned handle as an `ExternalHandle`.
+    pub(crate) fn from_native(handle: crate::external::NativeHandle) -> Self {
+        #[cfg(unix)]
+        return ExternalHandle::OpaqueFd(handle);
+        #[cfg(windows)]
+        return ExternalHandle::OpaqueWin32(handle);
     }
 }
 
@@ -95,8 +132,9 @@ impl std::fmt::Display for MemoryId {
 
 /// Everything an importer needs to know about exported memory, besides the handle itself.
 ///
-/// Plain data: it can be sent to another process next to the file descriptor (which travels over
-/// a Unix socket with `SCM_RIGHTS`, see [`ipc`](crate::ipc)), and put back together with
+/// Plain data: it can be sent to another process next to the handle (a file descriptor travels
+/// over a Unix socket with `SCM_RIGHTS`, see `ipc`; an NT handle with `DuplicateHandle`), and
+/// put back together with
 /// [`ExportedMemory::from_parts`]. [`to_bytes`](MemoryDescriptor::to_bytes) and
 /// [`from_bytes`](MemoryDescriptor::from_bytes) are its wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

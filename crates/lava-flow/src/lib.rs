@@ -41,8 +41,17 @@
 //! exports again. The guide: `docs/processes.md`.
 //!
 //! ## Platforms
-//! Linux, with opaque fds. Windows' `export_handle()` (an NT `HANDLE`) is **not provided yet**:
-//! the handle types leave room for it ([`HandleType::OpaqueWin32`]).
+//! - **Linux** (tested in CI and on GPUs): opaque fds ([`HandleType::OpaqueFd`]), `export_fd()`,
+//!   the Unix-socket transport `ipc`.
+//! - **Windows** (builds in CI; **never run on a Windows GPU**): NT handles
+//!   ([`HandleType::OpaqueWin32`]), `export_handle()` on buffers, images and semaphores,
+//!   imports of NT handles into Vulkan, CUDA, OpenGL (a WGL context you made current, through
+//!   `GlContext::from_current`) and OpenCL. Not on Windows: `ipc` (Unix sockets),
+//!   `cuda::ExportableAllocation` (CUDA-allocated memory exported as a POSIX fd). Devices match
+//!   by LUID as well as UUID ([`device::find_by_luid`]).
+//!
+//! `export()` and every importer are the same on both: they carry the platform's handle in an
+//! [`ExternalHandle`].
 //!
 //! ## Validation
 //! With [`AllocatorOptions::validation`] (or `LAVA_FLOW_VALIDATION=1`) the Khronos validation
@@ -53,6 +62,7 @@
 pub mod cuda;
 pub mod device;
 mod error;
+mod external;
 #[cfg(unix)]
 mod fd;
 pub mod handle;
@@ -65,6 +75,8 @@ pub mod opencl;
 pub mod opengl;
 mod suballoc;
 mod vulkan;
+#[cfg(windows)]
+mod win32;
 mod wire;
 
 pub use device::{DeviceInfo, DeviceType, Uuid};

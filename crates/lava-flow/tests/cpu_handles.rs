@@ -1,6 +1,9 @@
 //! CPU tier: the exported handle as the one seam between APIs (issue 13), and the fd and memory
 //! invariants behind it (issue 18). Vulkan on lavapipe with the validation layer on; OpenGL on
 //! llvmpipe. Every data check is random bytes into a poisoned destination, both ways.
+//!
+//! Unix only: these tests count the process's fds (`/proc/self/fd`) and race fd numbers.
+#![cfg(unix)]
 
 mod common;
 

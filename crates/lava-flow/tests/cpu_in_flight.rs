@@ -208,8 +208,9 @@ fn binary_semaphores_whose_fd_left_are_unchecked_only() {
     let mut v = Validated::new();
     let binary = v.binary_semaphore(0).expect("binary");
     let done = v.timeline_semaphore(0).expect("done");
-    let fd = match binary.export_fd() {
-        Ok(fd) => fd,
+    // The handle taken out of its export (`into_parts`) leaves lava-flow, as `export_fd` does.
+    let handle = match binary.export().map(lava_flow::Exported::into_parts) {
+        Ok(parts) => parts,
         Err(e) if !require_gpu() => {
             println!("binary_semaphores_whose_fd_left_are_unchecked_only: skipped, no binary export: {e}");
             // Still checked: the failed export did not end the checks.
@@ -221,7 +222,7 @@ fn binary_semaphores_whose_fd_left_are_unchecked_only() {
         }
         Err(e) => panic!("the GPU tier exports binary semaphores: {e}"),
     };
-    drop(fd);
+    drop(handle);
     invalid(v.submit(0, &Submission::new().signal_binary(&binary)), "checked signal", "has left");
     // SAFETY: nothing else signals or waits on the payload: one signal, then one wait.
     let signal = unsafe { Submission::new().signal_binary_unchecked(&binary) };

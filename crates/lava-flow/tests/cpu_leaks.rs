@@ -1,6 +1,9 @@
 //! CPU tier: allocate/export/free cycles and refused imports leave no fd, buffer or block
 //! behind; exhausting a heap budget is a typed error that loses nothing. The tests of this binary
 //! count the process's fds, so they take turns (`FD_COUNT`).
+//!
+//! Unix only: fds are counted in `/proc/self/fd`.
+#![cfg(unix)]
 
 mod common;
 

@@ -44,7 +44,7 @@ fn hundred_thousand_cycles_from_eight_threads_leak_nothing() {
                     let size = rng.random_range(1..=256 * 1024u64);
                     let options = AllocationOptions::default().dedicated(rng.random_ratio(1, 50));
                     let b = allocator.allocate_with(size, location, options).expect("allocate");
-                    drop(b.export_fd().expect("export"));
+                    drop(b.export().expect("export"));
                     if i % 97 == 0 {
                         // A sample: random bytes written by Vulkan, read back by GL (or by
                         // Vulkan where there is no GL), then written by GL and read by Vulkan.

@@ -3,6 +3,7 @@
 
 mod common;
 
+#[cfg(unix)]
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -11,6 +12,35 @@ use lava_flow::{AllocationOptions, Error, Exportable, HandleType, MemoryLocation
 
 const DEV0: MemoryLocation = MemoryLocation::GpuVulkan { device_id: 0 };
 
+/// The seed's Windows line, `let handle = buffer.export_handle()?;`: a new NT handle per call,
+/// and another device imports it (round trip of random bytes both ways). Built in CI for
+/// Windows; never run on a Windows GPU (see the README).
+#[cfg(windows)]
+#[test]
+fn seed_api_exports_fresh_nt_handles_that_import() {
+    use std::os::windows::io::AsRawHandle;
+    let mut allocator = Validated::new();
+    let buffer = allocator.allocate(1_000_000, MemoryLocation::GpuVulkan { device_id: 0 }).expect("allocate");
+    let handle = buffer.export_handle().expect("export_handle");
+    let handle2 = buffer.export_handle().expect("second export_handle");
+    assert_ne!(handle.as_raw_handle(), handle2.as_raw_handle(), "each export is a new handle");
+    let exported = buffer.export().expect("export");
+    assert_eq!(exported.handle().handle_type(), HandleType::OpaqueWin32);
+    let mut other = Validated::new();
+    let imported = other.import_memory(0, exported).expect("import an NT handle");
+    let data = random_bytes(1_000_000);
+    buffer.write(0, &data).expect("write");
+    let mut out = poisoned(1_000_000);
+    imported.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &data, "exporter → importer through an NT handle");
+    let back = random_bytes(1_000_000);
+    imported.write(0, &back).expect("write back");
+    let mut out = poisoned(1_000_000);
+    buffer.read(0, &mut out).expect("read back");
+    assert_bytes_eq(&out, &back, "importer → exporter through an NT handle");
+}
+
+#[cfg(unix)]
 #[test]
 fn seed_api_allocates_and_exports_fresh_fds() {
     let mut allocator = Validated::new();
@@ -97,7 +127,7 @@ fn host_visible_locations_are_mapped_and_round_trip() {
         let mut out = poisoned(100_003);
         b.read(0, &mut out).expect("read");
         assert_bytes_eq(&out, &data, &format!("{location} read"));
-        b.export_fd().expect("host-visible memory exports too");
+        b.export().expect("host-visible memory exports too");
     }
 }
 
@@ -220,11 +250,14 @@ fn bad_input_gets_typed_errors() {
         .allocate_with(4096, DEV0, AllocationOptions::default().exportable(Exportable::No))
         .expect("non-exportable allocation");
     assert!(!plain.is_exportable());
-    match plain.export_fd() {
+    match plain.export() {
         Err(e @ Error::NotExportable { .. }) => assert!(e.to_string().contains("without export"), "{e}"),
         other => panic!("expected NotExportable, got {other:?}"),
     }
-    assert!(matches!(plain.export(), Err(Error::NotExportable { .. })));
+    #[cfg(unix)]
+    assert!(matches!(plain.export_fd(), Err(Error::NotExportable { .. })));
+    #[cfg(windows)]
+    assert!(matches!(plain.export_handle(), Err(Error::NotExportable { .. })));
 
     let b = v.allocate(1000, DEV0).expect("allocate");
     assert!(matches!(b.write(990, &[0; 11]), Err(Error::OutOfRange { offset: 990, len: 11, size: 1000 })));
@@ -283,7 +316,7 @@ fn binary_semaphores_order_submissions_and_export_where_the_driver_can() {
         let imported = other.import_binary_semaphore(0, binary.export().expect("export")).expect("import");
         assert_eq!(imported.device_uuid(), binary.device_uuid());
     } else {
-        match binary.export_fd() {
+        match binary.export() {
             Err(e @ Error::Unsupported { .. }) => assert!(e.to_string().contains("binary semaphores"), "{e}"),
             other => panic!("expected Unsupported, got {other:?}"),
         }
@@ -340,7 +373,7 @@ fn timeline_semaphore_host_and_queue_operations() {
             assert!(rest.is_empty(), "validation messages:\n{}", rest.join("\n"));
         }
     } else {
-        match a.export_fd() {
+        match a.export() {
             Err(e @ Error::Unsupported { .. }) => {
                 assert!(e.to_string().contains("cannot export timeline semaphores"), "{e}");
                 println!("as expected on this driver: {e}");
@@ -424,7 +457,7 @@ fn images_of_every_format_round_trip_every_level() {
         let desc = ImageDesc::new(format, 67, 33).mip_levels(4);
         let image = v.allocate_image(0, desc).unwrap_or_else(|e| panic!("{format:?}: {e}"));
         assert!(image.allocation_size() >= desc.level_size(0));
-        image.export_fd().expect("images export");
+        image.export().expect("images export");
         let levels: Vec<Vec<u8>> =
             (0..4).map(|l| common::texel_data(format, desc.level_size(l) as usize)).collect();
         for (l, data) in levels.iter().enumerate() {

@@ -362,7 +362,9 @@ fn images_of_every_format_through_arrays_surfaces_and_textures() {
 }
 
 /// The reverse direction: CUDA allocates (`cuMemCreate`), exports, Vulkan imports; data both
-/// ways; the Vulkan buffer outlives the CUDA allocation.
+/// ways; the Vulkan buffer outlives the CUDA allocation. Unix only: the allocation is exported
+/// as a POSIX fd.
+#[cfg(unix)]
 #[test]
 fn cuda_allocated_memory_is_read_and_written_by_vulkan() {
     let _measuring = shared();

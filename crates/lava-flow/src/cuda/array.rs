@@ -8,9 +8,9 @@ use super::context::Context;
 use super::memory::{destroy_external, import_external};
 use super::raw::check;
 use crate::error::{Error, Result};
-use std::os::fd::OwnedFd;
+use crate::external::NativeHandle;
 
-use crate::handle::{ExportedImage, ExternalHandle, ImageDescriptor};
+use crate::handle::{ExportedImage, ImageDescriptor};
 use crate::vulkan::{Image, ImageDesc, ImageFormat, ImageTiling};
 
 /// The CUDA array format and channel count of a lava-flow image format.
@@ -54,24 +54,23 @@ impl Context {
     /// Errors: [`Error::DeviceMismatch`]; [`Error::NotExportable`]; [`Error::Unsupported`] for
     /// linear tiling (CUDA arrays need the driver's optimal layout); CUDA errors.
     pub fn import_image<'a>(&self, image: &'a Image) -> Result<CudaImage<'a>> {
-        self.image_from(&image.descriptor(), || image.export_fd())
+        self.image_from(&image.descriptor(), || image.export_native())
     }
 
     /// Imports an exported image — from this process or another — as a CUDA mipmapped array
     /// that owns its import: no Vulkan object is needed here. The descriptor is checked first
     /// ([`ImageDescriptor::check`], the device, optimal tiling); the fd is CUDA's once the
     /// import succeeds and closed otherwise.
-    #[cfg(unix)]
     pub fn import_exported_image(&self, exported: ExportedImage) -> Result<CudaImage<'static>> {
         let (handle, descriptor) = exported.into_parts();
-        let ExternalHandle::OpaqueFd(fd) = handle;
+        let fd = handle.into_native();
         self.image_from(&descriptor, || Ok(fd))
     }
 
     fn image_from<'a>(
         &self,
         descriptor: &ImageDescriptor,
-        fd: impl FnOnce() -> Result<OwnedFd>,
+        fd: impl FnOnce() -> Result<NativeHandle>,
     ) -> Result<CudaImage<'a>> {
         descriptor.check()?;
         self.check_device("the image", descriptor.memory.device_uuid)?;

@@ -21,6 +21,34 @@ pub struct CudaDevice {
     pub name: String,
     /// `cuDeviceGetUuid_v2`: equal to the Vulkan device UUID of the same GPU.
     pub uuid: Uuid,
+    /// `cuDeviceGetLuid` on Windows (equal to the Vulkan device LUID); `None` elsewhere, where
+    /// CUDA has no LUIDs.
+    pub luid: Option<[u8; 8]>,
+}
+
+impl CudaDevice {
+    /// The device's identity, as [`DeviceInfo::is`] compares it.
+    pub fn identity(&self) -> crate::device::Identity {
+        crate::device::Identity { uuid: Some(self.uuid), luid: self.luid }
+    }
+}
+
+/// `cuDeviceGetLuid`: the Windows LUID of `device` (WDDM devices; a TCC device has none and
+/// the call fails, which is `None`).
+#[cfg(windows)]
+fn luid(device: sys::CUdevice) -> Option<[u8; 8]> {
+    let mut luid = [0 as std::ffi::c_char; 8];
+    let mut node_mask = 0;
+    // SAFETY: `device` is valid; `luid` holds the 8 bytes the call writes, `node_mask` is a valid
+    // out-pointer.
+    let r = unsafe { sys::cuDeviceGetLuid(luid.as_mut_ptr(), &mut node_mask, device) };
+    check("cuDeviceGetLuid", r).ok().map(|()| luid.map(|b| b as u8))
+}
+
+/// CUDA reports LUIDs on Windows only.
+#[cfg(not(windows))]
+fn luid(_device: sys::CUdevice) -> Option<[u8; 8]> {
+    None
 }
 
 /// Every CUDA device, or the typed error that says why there is none (no libcuda, driver too
@@ -43,24 +71,25 @@ pub fn devices() -> Result<Vec<CudaDevice>> {
             check("cuDeviceGetName", unsafe { sys::cuDeviceGetName(name.as_mut_ptr(), 256, device) })?;
             // SAFETY: cuDeviceGetName writes a NUL-terminated string into `name`.
             let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
-            Ok(CudaDevice { ordinal, name, uuid: Uuid(uuid.bytes.map(|b| b as u8)) })
+            Ok(CudaDevice { ordinal, name, uuid: Uuid(uuid.bytes.map(|b| b as u8)), luid: luid(device) })
         })
         .collect()
 }
 
-/// The CUDA ordinal of the GPU that is lava-flow's `device_id`, matched by UUID.
+/// The CUDA ordinal of the GPU that is lava-flow's `device_id`, matched by UUID (and by LUID
+/// on Windows: [`DeviceInfo::is`]).
 pub fn ordinal_for(allocator: &MemoryAllocator, device_id: u32) -> Result<i32> {
     let info = allocator.device(device_id)?;
     find(info).map(|d| d.ordinal)
 }
 
-/// The lava-flow `device_id` of CUDA device `ordinal`, matched by UUID.
+/// The lava-flow `device_id` of CUDA device `ordinal`, matched by UUID (and LUID on Windows).
 pub fn device_id_for(allocator: &MemoryAllocator, ordinal: i32) -> Result<u32> {
     let cuda = devices()?;
     let device = cuda.iter().find(|d| d.ordinal == ordinal).ok_or_else(|| {
         Error::InvalidArgument(format!("no CUDA device with ordinal {ordinal} ({} found)", cuda.len()))
     })?;
-    allocator.devices().iter().find(|d| d.uuid == device.uuid).map(|d| d.index).ok_or_else(|| {
+    crate::device::find(&allocator.devices(), &device.identity()).map(|d| d.index).ok_or_else(|| {
         Error::Unsupported {
             what: format!(
                 "CUDA device {ordinal} ({}, UUID {}) has no Vulkan device",
@@ -72,7 +101,7 @@ pub fn device_id_for(allocator: &MemoryAllocator, ordinal: i32) -> Result<u32> {
 
 fn find(info: &DeviceInfo) -> Result<CudaDevice> {
     let cuda = devices()?;
-    cuda.iter().find(|d| d.uuid == info.uuid).cloned().ok_or_else(|| {
+    cuda.iter().find(|d| info.is(&d.identity())).cloned().ok_or_else(|| {
         let found: Vec<String> =
             cuda.iter().map(|d| format!("{} {} {}", d.ordinal, d.name, d.uuid)).collect();
         info.no_device_in("CUDA", &found, "none")

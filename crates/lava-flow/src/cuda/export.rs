@@ -2,7 +2,6 @@
 //! exported (`cuMemExportToShareableHandle`) and imported as a lava-flow [`Buffer`], so that
 //! CUDA-owned data can be read by Vulkan, OpenGL and OpenCL.
 
-#[cfg(unix)]
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use cudarc::driver::sys;
@@ -104,7 +103,6 @@ impl ExportableAllocation {
     }
 
     /// A new POSIX fd for the allocation (`cuMemExportToShareableHandle`), owned by the caller.
-    #[cfg(unix)]
     pub fn export_fd(&self) -> Result<OwnedFd> {
         self.ctx.bind()?;
         let mut fd: std::ffi::c_int = -1;
@@ -124,7 +122,6 @@ impl ExportableAllocation {
     /// Imports the allocation into lava-flow's Vulkan `device_id` as a [`Buffer`] of `size()`
     /// bytes (at offset 0 of an allocation of `allocation_size()` bytes), which Vulkan, OpenGL
     /// and OpenCL can then use. The device must be this context's GPU (same UUID).
-    #[cfg(unix)]
     pub fn import_into(&self, allocator: &mut MemoryAllocator, device_id: u32) -> Result<Buffer> {
         let info = allocator.device(device_id)?.clone();
         self.ctx.check_device("the Vulkan device", info.uuid)?;

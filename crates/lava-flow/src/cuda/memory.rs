@@ -8,12 +8,14 @@ use cudarc::driver::sys;
 
 use super::context::Context;
 use super::raw::check;
-use crate::error::{Error, Result};
-use crate::handle::{ExportedMemory, ExternalHandle, MemoryDescriptor};
+use crate::error::{Api, Error, Result};
+use crate::external::NativeHandle;
+use crate::external::Payload;
+use crate::handle::{ExportedMemory, MemoryDescriptor};
 use crate::vulkan::Buffer;
-use std::os::fd::OwnedFd;
 
-/// A block of Vulkan memory imported into a CUDA context (`cuImportExternalMemory`, opaque fd,
+/// A block of Vulkan memory imported into a CUDA context (`cuImportExternalMemory`, opaque fd or
+/// NT handle,
 /// the whole allocation size, `CUDA_EXTERNAL_MEMORY_DEDICATED` exactly when the allocation is
 /// dedicated) and mapped once as a whole (`cuExternalMemoryGetMappedBuffer` at offset 0): every
 /// buffer of the block is the mapping's base plus its offset. Mapping once matters twice: a map
@@ -35,7 +37,7 @@ unsafe impl Sync for ExternalMemory {}
 
 impl ExternalMemory {
     /// Imports the memory `desc` describes from `fd` and maps all of it.
-    fn import(ctx: &Context, desc: &MemoryDescriptor, fd: OwnedFd) -> Result<Self> {
+    fn import(ctx: &Context, desc: &MemoryDescriptor, fd: NativeHandle) -> Result<Self> {
         let external = import_external(ctx, fd, desc.allocation_size, desc.dedicated)?;
         let buffer = sys::CUDA_EXTERNAL_MEMORY_BUFFER_DESC {
             offset: 0,
@@ -116,10 +118,9 @@ impl Context {
     /// Errors: [`Error::InvalidArgument`] for a descriptor that describes no buffer, or that
     /// disagrees with an import of the same memory already held (size, dedicated flag);
     /// [`Error::DeviceMismatch`] for memory of another GPU; CUDA errors as [`Error::Ffi`].
-    #[cfg(unix)]
     pub fn import_memory(&self, exported: ExportedMemory) -> Result<CudaBuffer<'static>> {
         let (handle, desc) = exported.into_parts();
-        let ExternalHandle::OpaqueFd(fd) = handle;
+        let fd = handle.into_native();
         self.view_of(&desc, || Ok(fd), None)
     }
 
@@ -130,7 +131,7 @@ impl Context {
     /// Errors: [`Error::DeviceMismatch`] for a buffer of another GPU; [`Error::NotExportable`];
     /// CUDA errors as [`Error::Ffi`].
     pub fn import_buffer<'a>(&self, buffer: &'a Buffer) -> Result<CudaBuffer<'a>> {
-        self.view_of(&buffer.descriptor(), || buffer.export_fd(), None)
+        self.view_of(&buffer.descriptor(), || buffer.export_native(), None)
     }
 
     /// As [`import_buffer`](Context::import_buffer), for a buffer shared through an `Arc`: the
@@ -138,7 +139,7 @@ impl Context {
     /// capsules and anything stored in a long-lived struct need). The mapping is released before
     /// the buffer when the view is dropped.
     pub fn import_buffer_owned(&self, buffer: Arc<Buffer>) -> Result<CudaBuffer<'static>> {
-        self.view_of(&buffer.descriptor(), || buffer.export_fd(), Some(Arc::clone(&buffer)))
+        self.view_of(&buffer.descriptor(), || buffer.export_native(), Some(Arc::clone(&buffer)))
     }
 
     /// The buffer `desc` describes, in this context's import of its memory (made from `fd()`
@@ -146,7 +147,7 @@ impl Context {
     fn view_of<'a>(
         &self,
         desc: &MemoryDescriptor,
-        fd: impl FnOnce() -> Result<OwnedFd>,
+        fd: impl FnOnce() -> Result<NativeHandle>,
         owner: Option<Arc<Buffer>>,
     ) -> Result<CudaBuffer<'a>> {
         let memory = self.external_memory(desc, fd)?;
@@ -164,7 +165,7 @@ impl Context {
     fn external_memory(
         &self,
         desc: &MemoryDescriptor,
-        fd: impl FnOnce() -> Result<OwnedFd>,
+        fd: impl FnOnce() -> Result<NativeHandle>,
     ) -> Result<Arc<ExternalMemory>> {
         desc.check_layout()?;
         self.check_device("the memory", desc.device_uuid)?;
@@ -340,29 +341,25 @@ unsafe fn free(ctx: &Context, ptr: sys::CUdeviceptr) {
     ctx.release("cuMemFree_v2", || unsafe { sys::cuMemFree_v2(ptr) });
 }
 
-/// Imports `allocation_size` bytes of memory from the opaque fd `fd` into `ctx`
-/// (`cuImportExternalMemory`, `CUDA_EXTERNAL_MEMORY_DEDICATED` exactly when `dedicated`). The fd
-/// is CUDA's on success and closed on failure.
+/// Imports `allocation_size` bytes of memory from the platform's opaque handle into `ctx`
+/// (`cuImportExternalMemory`, `CUDA_EXTERNAL_MEMORY_DEDICATED` exactly when `dedicated`). An fd
+/// is CUDA's on success and closed on failure; an NT handle is only referenced by CUDA and closed
+/// here either way.
 pub(crate) fn import_external(
     ctx: &Context,
-    fd: OwnedFd,
+    handle: NativeHandle,
     allocation_size: u64,
     dedicated: bool,
 ) -> Result<sys::CUexternalMemory> {
     ctx.bind()?;
     let mut external = std::ptr::null_mut();
-    crate::fd::give_to_driver(fd, crate::fd::Payload::Memory { allocation_size }, |raw| {
-        let desc = sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC {
-            type_: sys::CUexternalMemoryHandleType::CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD,
-            handle: sys::CUDA_EXTERNAL_MEMORY_HANDLE_DESC_st__bindgen_ty_1 { fd: raw },
-            size: allocation_size,
-            flags: if dedicated { sys::CUDA_EXTERNAL_MEMORY_DEDICATED } else { 0 },
-            reserved: [0; 16],
-        };
-        // SAFETY: the context is current; `raw` is an open fd that the caller says is opaque
+    let payload = Payload::Memory { allocation_size };
+    crate::external::give_to_driver(Api::Cuda, handle, payload, |raw| {
+        let desc = super::external::memory_desc(raw, allocation_size, dedicated);
+        // SAFETY: the context is current; `raw` is an open handle that the caller says is opaque
         // memory of this GPU of `allocation_size` bytes (the driver checks what it can and
-        // refuses the rest); CUDA owns it on success.
-        crate::fd::spec_rule(check("cuImportExternalMemory", unsafe {
+        // refuses the rest); CUDA owns an fd on success and references an NT handle.
+        crate::external::spec_rule(check("cuImportExternalMemory", unsafe {
             sys::cuImportExternalMemory(&mut external, &desc)
         }))
     })?;

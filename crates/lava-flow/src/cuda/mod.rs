@@ -29,7 +29,11 @@
 mod array;
 mod context;
 mod event;
+// CUDA-allocated memory exported as a POSIX fd (`CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`): Unix
+// only. Its Windows twin (`CU_MEM_HANDLE_TYPE_WIN32` with security attributes) is not written.
+#[cfg(unix)]
 mod export;
+mod external;
 mod memory;
 mod module;
 mod raw;
@@ -38,6 +42,7 @@ mod semaphore;
 pub use array::{CudaArray, CudaImage, SurfaceObject, TextureObject};
 pub use context::{device_id_for, devices, ordinal_for, Context, CudaDevice, Stream};
 pub use event::Event;
+#[cfg(unix)]
 pub use export::ExportableAllocation;
 pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory};
 pub use module::{Function, Module};

@@ -7,10 +7,11 @@ use cudarc::driver::sys;
 
 use super::context::{Context, Stream};
 use super::raw::check;
-use std::os::fd::OwnedFd;
+use crate::external::NativeHandle;
 
-use crate::error::{Error, Result};
-use crate::handle::{ExportedSemaphore, ExternalHandle, SemaphoreKind};
+use crate::error::{Api, Error, Result};
+use crate::external::Payload;
+use crate::handle::{ExportedSemaphore, SemaphoreKind};
 use crate::vulkan::TimelineSemaphore;
 
 /// A lava-flow [`TimelineSemaphore`] imported into CUDA
@@ -77,10 +78,9 @@ impl Context {
     /// [`signal`](CudaTimeline::signal) then checks its values against the last value signalled
     /// through this import (there is no counter to read here); ordering signals made elsewhere
     /// is the caller's part.
-    #[cfg(unix)]
     pub fn import_exported_semaphore(&self, exported: ExportedSemaphore) -> Result<CudaTimeline<'static>> {
         let (handle, desc) = exported.into_parts();
-        let ExternalHandle::OpaqueFd(fd) = handle;
+        let fd = handle.into_native();
         self.check_device("the timeline semaphore", desc.device_uuid)?;
         if desc.kind != SemaphoreKind::Timeline {
             return Err(Error::InvalidArgument(format!(
@@ -94,22 +94,17 @@ impl Context {
     /// Imports `semaphore`, which `holder` keeps alive.
     fn import_held<'a>(&self, semaphore: &TimelineSemaphore, holder: Holder<'a>) -> Result<CudaTimeline<'a>> {
         self.check_device("the timeline semaphore", crate::Uuid(semaphore.device_uuid()))?;
-        self.timeline_of(holder, semaphore.export_fd()?)
+        self.timeline_of(holder, semaphore.export_native()?)
     }
 
-    fn timeline_of<'a>(&self, semaphore: Holder<'a>, fd: OwnedFd) -> Result<CudaTimeline<'a>> {
+    fn timeline_of<'a>(&self, semaphore: Holder<'a>, fd: NativeHandle) -> Result<CudaTimeline<'a>> {
         self.bind()?;
         let mut external = std::ptr::null_mut();
-        crate::fd::give_to_driver(fd, crate::fd::Payload::Semaphore, |raw| {
-            let desc = sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC {
-                type_: sys::CUexternalSemaphoreHandleType::CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD,
-                handle: sys::CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC_st__bindgen_ty_1 { fd: raw },
-                flags: 0,
-                reserved: [0; 16],
-            };
-            // SAFETY: the context is current; `raw` is an opaque fd of a timeline semaphore of
-            // this GPU; CUDA owns it on success.
-            crate::fd::spec_rule(check("cuImportExternalSemaphore", unsafe {
+        crate::external::give_to_driver(Api::Cuda, fd, Payload::Semaphore, |raw| {
+            let desc = super::external::timeline_desc(raw);
+            // SAFETY: the context is current; `raw` is an opaque handle of a timeline semaphore
+            // of this GPU; CUDA owns an fd on success and references an NT handle.
+            crate::external::spec_rule(check("cuImportExternalSemaphore", unsafe {
                 sys::cuImportExternalSemaphore(&mut external, &desc)
             }))
         })?;

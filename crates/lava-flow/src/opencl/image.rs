@@ -1,15 +1,15 @@
 //! lava-flow images as OpenCL images (`clCreateImageWithProperties` over the image's exported
 //! memory, `cl_khr_external_memory_opaque_fd`).
 
+use crate::external::{NativeHandle, Payload};
 use std::ffi::c_void;
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
 
 use super::memory::Queue;
 use super::sys::{self, check, cl};
 use super::Context;
-use crate::error::{Error, Result};
-use crate::handle::{ExportedImage, ExternalHandle, ImageDescriptor};
+use crate::error::{Api, Error, Result};
+use crate::handle::{ExportedImage, ImageDescriptor};
 use crate::{Image, ImageDesc, ImageFormat, ImageTiling};
 
 /// A lava-flow [`Image`] (one level, 2-D) as an OpenCL image of this context; borrows the image
@@ -58,7 +58,7 @@ impl Context {
     /// `CL_DEVICE_EXTERNAL_MEMORY_IMPORT_ASSUME_LINEAR_IMAGES_HANDLE_TYPES_KHR`, then linear.
     /// Also [`Error::DeviceMismatch`], [`Error::NotExportable`], OpenCL errors.
     pub fn import_image<'a>(&'a self, image: &'a Image) -> Result<ClImage<'a>> {
-        self.image_of(&image.descriptor(), || image.export_fd())
+        self.image_of(&image.descriptor(), || image.export_native())
     }
 
     /// Imports an exported image — from this process or another — as an OpenCL image of this
@@ -67,14 +67,14 @@ impl Context {
     /// [`import_image`](Context::import_image).
     pub fn import_exported_image(&self, exported: ExportedImage) -> Result<ClImage<'_>> {
         let (handle, descriptor) = exported.into_parts();
-        let ExternalHandle::OpaqueFd(fd) = handle;
+        let fd = handle.into_native();
         self.image_of(&descriptor, || Ok(fd))
     }
 
     fn image_of<'a>(
         &'a self,
         descriptor: &ImageDescriptor,
-        fd: impl FnOnce() -> Result<OwnedFd>,
+        fd: impl FnOnce() -> Result<NativeHandle>,
     ) -> Result<ClImage<'a>> {
         let cl = cl()?;
         descriptor.check()?;
@@ -121,9 +121,10 @@ impl Context {
             num_samples: 0,
             mem_object: std::ptr::null_mut(),
         };
-        let mem = crate::fd::give_to_driver(
+        let mem = crate::external::give_to_driver(
+            Api::OpenCl,
             fd()?,
-            crate::fd::Payload::Memory { allocation_size: descriptor.memory.allocation_size },
+            Payload::Memory { allocation_size: descriptor.memory.allocation_size },
             |raw| {
                 let properties = self.import_properties(raw);
                 let mut status = 0;
@@ -141,7 +142,7 @@ impl Context {
                         &mut status,
                     )
                 };
-                crate::fd::spec_rule(check("clCreateImageWithProperties", status).map(|()| mem))
+                crate::external::spec_rule(check("clCreateImageWithProperties", status).map(|()| mem))
             },
         )?;
         Ok(ClImage { ctx: self, mem, desc, _image: PhantomData })

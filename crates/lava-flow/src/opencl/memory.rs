@@ -5,10 +5,10 @@ use std::marker::PhantomData;
 
 use super::sys::{self, check, cl};
 use super::Context;
-use crate::error::{Error, Result};
-use crate::handle::{ExportedMemory, ExternalHandle, MemoryDescriptor};
+use crate::error::{Api, Error, Result};
+use crate::external::{NativeHandle, Payload, RawHandle};
+use crate::handle::{ExportedMemory, MemoryDescriptor};
 use crate::Buffer;
-use std::os::fd::OwnedFd;
 
 /// An in-order OpenCL command queue of a [`Context`], released on drop.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ impl Context {
     /// [`Error::DeviceMismatch`] for memory of another device; OpenCL errors.
     pub fn import_memory(&self, exported: ExportedMemory) -> Result<ClBuffer<'_>> {
         let (handle, desc) = exported.into_parts();
-        let ExternalHandle::OpaqueFd(fd) = handle;
+        let fd = handle.into_native();
         self.buffer_of(&desc, || Ok(fd))
     }
 
@@ -66,14 +66,14 @@ impl Context {
     ///
     /// Errors: as [`import_memory`](Context::import_memory), and [`Error::NotExportable`].
     pub fn import_buffer<'a>(&'a self, buffer: &'a Buffer) -> Result<ClBuffer<'a>> {
-        self.buffer_of(&buffer.descriptor(), || buffer.export_fd())
+        self.buffer_of(&buffer.descriptor(), || buffer.export_native())
     }
 
     /// The one place where OpenCL imports buffer memory, after the one set of checks.
     fn buffer_of<'a>(
         &'a self,
         desc: &MemoryDescriptor,
-        fd: impl FnOnce() -> Result<OwnedFd>,
+        fd: impl FnOnce() -> Result<NativeHandle>,
     ) -> Result<ClBuffer<'a>> {
         let cl = cl()?;
         desc.check_layout()?;
@@ -81,9 +81,10 @@ impl Context {
         let whole = usize::try_from(desc.allocation_size).map_err(|_| {
             Error::InvalidArgument(format!("{} bytes do not fit size_t", desc.allocation_size))
         })?;
-        let imported = crate::fd::give_to_driver(
+        let imported = crate::external::give_to_driver(
+            Api::OpenCl,
             fd()?,
-            crate::fd::Payload::Memory { allocation_size: desc.allocation_size },
+            Payload::Memory { allocation_size: desc.allocation_size },
             |raw| {
                 let properties = self.import_properties(raw);
                 let mut status = 0;
@@ -100,7 +101,7 @@ impl Context {
                         &mut status,
                     )
                 };
-                crate::fd::spec_rule(check("clCreateBufferWithProperties", status).map(|()| mem))
+                crate::external::spec_rule(check("clCreateBufferWithProperties", status).map(|()| mem))
             },
         )?;
         let mut view = ClBuffer {
@@ -132,17 +133,10 @@ impl Context {
         Ok(view)
     }
 
-    /// The property list of an import of memory (buffer or image) from the opaque fd `raw`, for
-    /// this context's device; zero-terminated.
-    pub(super) fn import_properties(&self, raw: std::os::fd::RawFd) -> [sys::cl_mem_properties; 6] {
-        [
-            sys::CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR,
-            raw as sys::cl_mem_properties,
-            sys::CL_DEVICE_HANDLE_LIST_KHR,
-            self.device.device_id as sys::cl_mem_properties,
-            sys::CL_DEVICE_HANDLE_LIST_END_KHR,
-            0,
-        ]
+    /// The property list of an import of memory (buffer or image) from `raw`, for this
+    /// context's device; zero-terminated.
+    pub(super) fn import_properties(&self, raw: RawHandle) -> [sys::cl_mem_properties; 6] {
+        memory_properties(raw, self.device.device_id)
     }
 
     /// `CL_DEVICE_MEM_BASE_ADDR_ALIGN` in bytes.
@@ -364,5 +358,36 @@ impl Drop for Queue<'_> {
         if let Err(e) = check("clReleaseCommandQueue", unsafe { (cl.clReleaseCommandQueue)(self.queue) }) {
             log::error!("{e}");
         }
+    }
+}
+
+/// The zero-terminated property list of an import of the memory behind `raw` for `device`:
+/// `CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR` or `CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_WIN32_KHR`, then
+/// the device list. OpenCL owns an fd once the import succeeds and only references an NT handle.
+fn memory_properties(raw: RawHandle, device: sys::cl_device_id) -> [sys::cl_mem_properties; 6] {
+    [
+        match raw {
+            RawHandle::Fd(_) => sys::CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR,
+            RawHandle::Win32(_) => sys::CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_WIN32_KHR,
+        },
+        raw.as_property(),
+        sys::CL_DEVICE_HANDLE_LIST_KHR,
+        device as sys::cl_mem_properties,
+        sys::CL_DEVICE_HANDLE_LIST_END_KHR,
+        0,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_imports_name_the_handle_type_and_the_device() {
+        let device = 0x5000 as sys::cl_device_id;
+        // The registry's values: ..._OPAQUE_FD_KHR 0x2060, ..._OPAQUE_WIN32_KHR 0x2061,
+        // CL_DEVICE_HANDLE_LIST_KHR 0x2051.
+        assert_eq!(memory_properties(RawHandle::Win32(0x2c8), device), [0x2061, 0x2c8, 0x2051, 0x5000, 0, 0]);
+        assert_eq!(memory_properties(RawHandle::Fd(5), device), [0x2060, 5, 0x2051, 0x5000, 0, 0]);
     }
 }

@@ -35,6 +35,59 @@ use sys::{check, cl, Cl};
 pub const EXTERNAL_MEMORY_OPAQUE_FD: &str = "cl_khr_external_memory_opaque_fd";
 /// The extension that lets OpenCL import Vulkan semaphores from an opaque fd.
 pub const EXTERNAL_SEMAPHORE_OPAQUE_FD: &str = "cl_khr_external_semaphore_opaque_fd";
+/// The extension that lets OpenCL import Vulkan memory from an NT handle (Windows).
+pub const EXTERNAL_MEMORY_WIN32: &str = "cl_khr_external_memory_win32";
+/// The extension that lets OpenCL import Vulkan semaphores from an NT handle (Windows).
+pub const EXTERNAL_SEMAPHORE_WIN32: &str = "cl_khr_external_semaphore_win32";
+/// The memory extension lava-flow's imports need on this platform.
+#[cfg(unix)]
+pub const EXTERNAL_MEMORY: &str = EXTERNAL_MEMORY_OPAQUE_FD;
+/// The memory extension lava-flow's imports need on this platform.
+#[cfg(windows)]
+pub const EXTERNAL_MEMORY: &str = EXTERNAL_MEMORY_WIN32;
+/// The semaphore extension lava-flow's imports need on this platform.
+#[cfg(unix)]
+pub const EXTERNAL_SEMAPHORE: &str = EXTERNAL_SEMAPHORE_OPAQUE_FD;
+/// The semaphore extension lava-flow's imports need on this platform.
+#[cfg(windows)]
+pub const EXTERNAL_SEMAPHORE: &str = EXTERNAL_SEMAPHORE_WIN32;
+
+/// `CL_DEVICE_LUID_KHR` where `CL_DEVICE_LUID_VALID_KHR` is true (`cl_khr_device_uuid`).
+fn device_luid(cl: &Cl, device: sys::cl_device_id) -> Result<Option<[u8; 8]>> {
+    let mut valid: sys::cl_uint = 0;
+    // SAFETY: a cl_bool (cl_uint) query into a cl_uint.
+    check("clGetDeviceInfo(CL_DEVICE_LUID_VALID_KHR)", unsafe {
+        (cl.clGetDeviceInfo)(
+            device,
+            sys::CL_DEVICE_LUID_VALID_KHR,
+            std::mem::size_of::<sys::cl_uint>(),
+            (&raw mut valid).cast(),
+            std::ptr::null_mut(),
+        )
+    })?;
+    if valid == 0 {
+        return Ok(None);
+    }
+    let mut luid = [0u8; 8];
+    // SAFETY: CL_DEVICE_LUID_KHR writes CL_LUID_SIZE_KHR (8) bytes.
+    check("clGetDeviceInfo(CL_DEVICE_LUID_KHR)", unsafe {
+        (cl.clGetDeviceInfo)(
+            device,
+            sys::CL_DEVICE_LUID_KHR,
+            8,
+            luid.as_mut_ptr().cast(),
+            std::ptr::null_mut(),
+        )
+    })?;
+    Ok(Some(luid))
+}
+
+impl ClDevice {
+    /// The device's identity, as [`DeviceInfo::is`](crate::DeviceInfo::is) compares it.
+    pub fn identity(&self) -> crate::device::Identity {
+        crate::device::Identity { uuid: self.uuid, luid: self.luid }
+    }
+}
 
 /// An OpenCL device as its platform describes it.
 #[derive(Debug, Clone)]
@@ -46,6 +99,9 @@ pub struct ClDevice {
     pub name: String,
     /// `CL_DEVICE_UUID_KHR`, where the device has `cl_khr_device_uuid`.
     pub uuid: Option<Uuid>,
+    /// `CL_DEVICE_LUID_KHR` on Windows, where the device has `cl_khr_device_uuid` and
+    /// `CL_DEVICE_LUID_VALID_KHR` says it has one; `None` elsewhere.
+    pub luid: Option<[u8; 8]>,
     /// The device's and its platform's extensions.
     pub extensions: Vec<String>,
     platform_id: sys::cl_platform_id,
@@ -154,10 +210,13 @@ fn describe(
     } else {
         None
     };
+    // LUIDs exist on Windows only; elsewhere the queries are not made.
+    let luid = if cfg!(windows) && uuid.is_some() { device_luid(cl, device)? } else { None };
     Ok(ClDevice {
         platform: platform_name.to_owned(),
         name,
         uuid,
+        luid,
         extensions,
         platform_id: platform,
         device_id: device,
@@ -204,7 +263,7 @@ impl Context {
     pub fn for_device(allocator: &MemoryAllocator, device_id: u32) -> Result<Self> {
         let info = allocator.device(device_id)?;
         let all = devices()?;
-        let Some(device) = all.iter().find(|d| d.uuid == Some(info.uuid)) else {
+        let Some(device) = all.iter().find(|d| info.is(&d.identity())) else {
             let found: Vec<String> = all
                 .iter()
                 .map(|d| {
@@ -217,12 +276,11 @@ impl Context {
         let cl = cl()?;
         let acquire = sys::extension_fn(cl, device.platform_id, "clEnqueueAcquireExternalMemObjectsKHR");
         let release = sys::extension_fn(cl, device.platform_id, "clEnqueueReleaseExternalMemObjectsKHR");
-        let (Some(acquire), Some(release), true) =
-            (acquire, release, device.has_extension(EXTERNAL_MEMORY_OPAQUE_FD))
+        let (Some(acquire), Some(release), true) = (acquire, release, device.has_extension(EXTERNAL_MEMORY))
         else {
             return Err(Error::Unsupported {
                 what: format!(
-                    "OpenCL device {} on {} cannot import Vulkan memory: it lacks {EXTERNAL_MEMORY_OPAQUE_FD}",
+                    "OpenCL device {} on {} cannot import Vulkan memory: it lacks {EXTERNAL_MEMORY}",
                     device.name, device.platform
                 ),
             });
@@ -299,5 +357,25 @@ impl Drop for Context {
                 log::error!("{e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod platform_tests {
+    use super::*;
+    use crate::error::Api;
+    use crate::external::{extensions, host_extensions, Os};
+
+    #[test]
+    fn the_extension_names_are_the_registrys_for_each_platform() {
+        for (os, memory, semaphore) in [
+            (Os::Unix, EXTERNAL_MEMORY_OPAQUE_FD, EXTERNAL_SEMAPHORE_OPAQUE_FD),
+            (Os::Windows, EXTERNAL_MEMORY_WIN32, EXTERNAL_SEMAPHORE_WIN32),
+        ] {
+            let e = extensions(Api::OpenCl, os.opaque_handle()).expect("listed");
+            assert_eq!((e.memory, e.semaphore), (memory, semaphore));
+        }
+        let host = host_extensions(Api::OpenCl);
+        assert_eq!((host.memory, host.semaphore), (EXTERNAL_MEMORY, EXTERNAL_SEMAPHORE));
     }
 }

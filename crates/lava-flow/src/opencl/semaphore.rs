@@ -1,15 +1,15 @@
 //! lava-flow binary semaphores imported into OpenCL (`cl_khr_external_semaphore_opaque_fd`).
 
+use crate::external::{NativeHandle, Payload, RawHandle};
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
 
 use super::memory::Queue;
 use super::sys::{self, check};
 use super::Context;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
-use crate::handle::{ExportedSemaphore, ExternalHandle, SemaphoreKind};
+use crate::error::{Api, Error, Result};
+use crate::handle::{ExportedSemaphore, SemaphoreKind};
 use crate::vulkan::{binary_ops, BinaryState};
 use crate::BinarySemaphore;
 
@@ -49,8 +49,8 @@ impl Context {
     pub fn import_semaphore<'a>(&'a self, semaphore: &'a BinarySemaphore) -> Result<ClSemaphore<'a>> {
         let fns = self.semaphore_fns()?;
         self.check_device("the semaphore", crate::Uuid(semaphore.device_uuid()))?;
-        let (fd, state) = semaphore.export_tracked()?;
-        self.semaphore_of(fns, fd, state)
+        let (handle, state) = semaphore.export_tracked()?;
+        self.semaphore_of(fns, handle, state)
     }
 
     /// Imports an exported binary semaphore — from this process or another — with no Vulkan
@@ -59,7 +59,7 @@ impl Context {
     /// timeline semaphore (OpenCL imports binary ones).
     pub fn import_exported_semaphore(&self, exported: ExportedSemaphore) -> Result<ClSemaphore<'_>> {
         let (handle, desc, state) = exported.into_tracked_parts();
-        let ExternalHandle::OpaqueFd(fd) = handle;
+        let fd = handle.into_native();
         let fns = self.semaphore_fns()?;
         self.check_device("the semaphore", desc.device_uuid)?;
         if desc.kind != SemaphoreKind::Binary {
@@ -74,38 +74,29 @@ impl Context {
     fn semaphore_of(
         &self,
         fns: SemaphoreFns,
-        fd: OwnedFd,
+        fd: NativeHandle,
         state: Arc<BinaryState>,
     ) -> Result<ClSemaphore<'_>> {
-        let created = crate::fd::give_to_driver(fd, crate::fd::Payload::Semaphore, |raw| {
-            let properties = [
-                sys::CL_SEMAPHORE_TYPE_KHR,
-                sys::CL_SEMAPHORE_TYPE_BINARY_KHR,
-                sys::CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR,
-                raw as sys::cl_semaphore_properties_khr,
-                sys::CL_SEMAPHORE_DEVICE_HANDLE_LIST_KHR,
-                self.device.device_id as sys::cl_semaphore_properties_khr,
-                sys::CL_SEMAPHORE_DEVICE_HANDLE_LIST_END_KHR,
-                0,
-            ];
+        let created = crate::external::give_to_driver(Api::OpenCl, fd, Payload::Semaphore, |raw| {
+            let properties = semaphore_properties(raw, self.device.device_id);
             let mut status = 0;
             // SAFETY: the platform's entry point; a zero-terminated property list with an opaque
-            // fd of a binary semaphore of this device and this context's device.
+            // handle of a binary semaphore of this device and this context's device.
             let sem = unsafe { (fns.create)(self.context, properties.as_ptr(), &mut status) };
-            crate::fd::spec_rule(check("clCreateSemaphoreWithPropertiesKHR", status).map(|()| sem))
+            crate::external::spec_rule(check("clCreateSemaphoreWithPropertiesKHR", status).map(|()| sem))
         })?;
         Ok(ClSemaphore { ctx: self, semaphore: created, state, _vulkan: PhantomData })
     }
 
     fn semaphore_fns(&self) -> Result<SemaphoreFns> {
-        match (self.semaphores, self.device.has_extension(super::EXTERNAL_SEMAPHORE_OPAQUE_FD)) {
+        match (self.semaphores, self.device.has_extension(super::EXTERNAL_SEMAPHORE)) {
             (Some(fns), true) => Ok(fns),
             _ => Err(Error::Unsupported {
                 what: format!(
                     "OpenCL device {} on {} cannot import Vulkan semaphores: it lacks {}",
                     self.device.name,
                     self.device.platform,
-                    super::EXTERNAL_SEMAPHORE_OPAQUE_FD
+                    super::EXTERNAL_SEMAPHORE
                 ),
             }),
         }
@@ -196,5 +187,39 @@ impl Drop for ClSemaphore<'_> {
         if let Err(e) = check("clReleaseSemaphoreKHR", unsafe { (fns.release)(self.semaphore) }) {
             log::error!("{e}");
         }
+    }
+}
+
+/// The zero-terminated property list of an import of the binary semaphore behind `raw` for
+/// `device`: `CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR` or `CL_SEMAPHORE_HANDLE_OPAQUE_WIN32_KHR`. OpenCL
+/// owns an fd once the import succeeds and only references an NT handle.
+fn semaphore_properties(raw: RawHandle, device: sys::cl_device_id) -> [sys::cl_semaphore_properties_khr; 8] {
+    [
+        sys::CL_SEMAPHORE_TYPE_KHR,
+        sys::CL_SEMAPHORE_TYPE_BINARY_KHR,
+        match raw {
+            RawHandle::Fd(_) => sys::CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR,
+            RawHandle::Win32(_) => sys::CL_SEMAPHORE_HANDLE_OPAQUE_WIN32_KHR,
+        },
+        raw.as_property(),
+        sys::CL_SEMAPHORE_DEVICE_HANDLE_LIST_KHR,
+        device as sys::cl_semaphore_properties_khr,
+        sys::CL_SEMAPHORE_DEVICE_HANDLE_LIST_END_KHR,
+        0,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semaphore_imports_name_the_handle_type_and_the_device() {
+        let device = 0x5000 as sys::cl_device_id;
+        let p = semaphore_properties(RawHandle::Win32(0x2c8), device);
+        assert_eq!(&p[2..6], &[0x2056, 0x2c8, 0x2053, 0x5000]);
+        let p = semaphore_properties(RawHandle::Fd(6), device);
+        assert_eq!(&p[2..4], &[0x2055, 6]);
+        assert_eq!(p[7], 0, "zero-terminated");
     }
 }

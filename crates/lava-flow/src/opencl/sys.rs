@@ -8,6 +8,7 @@ use std::ffi::{c_char, c_void, CString};
 use std::sync::OnceLock;
 
 use crate::error::{Api, Error, Result};
+use crate::external::Os;
 
 pub type cl_int = i32;
 pub type cl_uint = u32;
@@ -34,6 +35,9 @@ pub const CL_DEVICE_NAME: cl_uint = 0x102B;
 pub const CL_DEVICE_EXTENSIONS: cl_uint = 0x1030;
 /// `cl_khr_device_uuid`.
 pub const CL_DEVICE_UUID_KHR: cl_uint = 0x106A;
+/// `cl_khr_device_uuid`: whether the device has a LUID (Windows), and the LUID.
+pub const CL_DEVICE_LUID_VALID_KHR: cl_uint = 0x106C;
+pub const CL_DEVICE_LUID_KHR: cl_uint = 0x106D;
 pub const CL_CONTEXT_PLATFORM: cl_context_properties = 0x1084;
 /// Bits; the alignment of sub-buffer origins.
 pub const CL_DEVICE_MEM_BASE_ADDR_ALIGN: cl_uint = 0x1019;
@@ -46,6 +50,8 @@ pub const CL_DEVICE_HANDLE_LIST_KHR: cl_mem_properties = 0x2051;
 pub const CL_DEVICE_HANDLE_LIST_END_KHR: cl_mem_properties = 0;
 /// `cl_khr_external_memory_opaque_fd`.
 pub const CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_FD_KHR: cl_mem_properties = 0x2060;
+/// `cl_khr_external_memory_win32`.
+pub const CL_EXTERNAL_MEMORY_HANDLE_OPAQUE_WIN32_KHR: cl_mem_properties = 0x2061;
 
 /// Images (`CL/cl.h`): the device query, the 2-D type, channel orders and data types.
 pub const CL_DEVICE_IMAGE_SUPPORT: cl_uint = 0x1016;
@@ -92,6 +98,8 @@ pub const CL_SEMAPHORE_DEVICE_HANDLE_LIST_KHR: cl_semaphore_properties_khr = 0x2
 pub const CL_SEMAPHORE_DEVICE_HANDLE_LIST_END_KHR: cl_semaphore_properties_khr = 0;
 /// `cl_khr_external_semaphore_opaque_fd`.
 pub const CL_SEMAPHORE_HANDLE_OPAQUE_FD_KHR: cl_semaphore_properties_khr = 0x2055;
+/// `cl_khr_external_semaphore_win32`.
+pub const CL_SEMAPHORE_HANDLE_OPAQUE_WIN32_KHR: cl_semaphore_properties_khr = 0x2056;
 
 /// `clCreateSemaphoreWithPropertiesKHR`.
 pub type CreateSemaphoreFn =
@@ -191,13 +199,14 @@ pub(crate) fn cl() -> Result<&'static Cl> {
     static CL: OnceLock<std::result::Result<Cl, String>> = OnceLock::new();
     let loaded = CL.get_or_init(|| {
         // SAFETY: loading the ICD loader runs its initialisers; that is its purpose.
-        let library = unsafe { libloading::Library::new("libOpenCL.so.1") }.map_err(|e| e.to_string())?;
-        // SAFETY: libOpenCL.so.1 is the Khronos ICD loader.
+        let library =
+            unsafe { libloading::Library::new(Os::HOST.library(Api::OpenCl)) }.map_err(|e| e.to_string())?;
+        // SAFETY: libOpenCL.so.1 (OpenCL.dll) is the Khronos ICD loader.
         unsafe { Cl::load(library) }.map_err(|missing| format!("the OpenCL loader lacks {missing}"))
     });
     loaded.as_ref().map_err(|reason| Error::LibraryNotFound {
         api: Api::OpenCl,
-        library: "libOpenCL.so.1",
+        library: Os::HOST.library(Api::OpenCl),
         reason: reason.clone(),
     })
 }

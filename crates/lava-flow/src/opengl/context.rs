@@ -17,9 +17,11 @@ const PLATFORM_SURFACELESS_MESA: khronos_egl::Enum = 0x31DD;
 /// `EGL_TRACK_REFERENCES_KHR` (EGL_KHR_display_reference).
 const TRACK_REFERENCES_KHR: khronos_egl::Attrib = 0x3352;
 
-/// The extensions lava-flow uses.
-pub(crate) const EXT_MEMORY_OBJECT_FD: &str = "GL_EXT_memory_object_fd";
-pub(crate) const EXT_SEMAPHORE_FD: &str = "GL_EXT_semaphore_fd";
+/// The extensions lava-flow uses: memory objects and semaphores from the platform's handle
+/// (`GL_EXT_memory_object_fd` and `GL_EXT_semaphore_fd` on Unix, `..._win32` on Windows).
+pub(crate) fn handle_extensions() -> crate::external::Extensions {
+    crate::external::host_extensions(Api::OpenGl)
+}
 pub(crate) const NV_TIMELINE_SEMAPHORE: &str = "GL_NV_timeline_semaphore";
 
 /// Which EGL platform a headless context was made on.
@@ -47,6 +49,9 @@ pub struct GlInfo {
     pub device_uuids: Vec<Uuid>,
     /// `GL_DRIVER_UUID_EXT`.
     pub driver_uuid: Option<Uuid>,
+    /// `GL_DEVICE_LUID_EXT`, on Windows where the context has `GL_EXT_memory_object_win32` (the
+    /// LUID [`device::find_by_luid`](crate::device::find_by_luid) takes); `None` elsewhere.
+    pub device_luid: Option<[u8; 8]>,
     /// The EGL platform of a headless context; `None` for an adopted context.
     pub platform: Option<EglPlatform>,
     /// The driver ignores the offset of `glNamedBufferStorageMemEXT` (Mesa's llvmpipe): lava-flow
@@ -60,12 +65,12 @@ impl GlInfo {
     /// `glImportSemaphoreFdEXT` close the fd once they have the memory object or semaphore,
     /// whatever happens next, and lava-flow only calls them with a valid object and handle type;
     /// other drivers keep the rule that a refused fd is the caller's.
-    #[cfg(unix)]
-    pub(crate) fn refused_fd(&self) -> crate::fd::Refused {
+    /// (NT handles are never the driver's: the answer is not asked for them.)
+    pub(crate) fn refused_fd(&self) -> crate::external::Refused {
         if self.version.contains("Mesa") {
-            crate::fd::Refused::TakenByDriver
+            crate::external::Refused::TakenByDriver
         } else {
-            crate::fd::Refused::StillOurs
+            crate::external::Refused::StillOurs
         }
     }
 
@@ -315,9 +320,14 @@ impl GlContext {
 
 fn load_egl() -> Result<Egl> {
     // SAFETY: loading the system's EGL library runs its initialisers; that is its purpose.
-    unsafe { Egl::load_required() }.map_err(|e| Error::LibraryNotFound {
+    #[cfg(unix)]
+    let loaded = unsafe { Egl::load_required() };
+    // SAFETY: as above. khronos-egl looks for `libEGL.so.1` by default, which Windows has not.
+    #[cfg(windows)]
+    let loaded = unsafe { Egl::load_required_from_filename(crate::external::Os::HOST.library(Api::Egl)) };
+    loaded.map_err(|e| Error::LibraryNotFound {
         api: Api::Egl,
-        library: "libEGL.so.1",
+        library: crate::external::Os::HOST.library(Api::Egl),
         reason: e.to_string(),
     })
 }
@@ -462,6 +472,13 @@ unsafe fn read_info(gl: &Gl, platform: Option<EglPlatform>) -> GlInfo {
         unsafe { gl.GetUnsignedBytevEXT(sys::DRIVER_UUID_EXT, uuid.as_mut_ptr()) };
         driver_uuid = Some(Uuid(uuid));
     }
+    let mut device_luid = None;
+    if cfg!(windows) && extensions.contains("GL_EXT_memory_object_win32") {
+        let mut luid = [0u8; 8];
+        // SAFETY: GL_EXT_memory_object_win32 is present; `luid` holds GL_LUID_SIZE_EXT (8) bytes.
+        unsafe { gl.GetUnsignedBytevEXT(sys::DEVICE_LUID_EXT, luid.as_mut_ptr()) };
+        device_luid = Some(luid);
+    }
     // Clear any error the queries left, so that the next checked call starts clean.
     // SAFETY: the caller's contract.
     while unsafe { gl.GetError() } != sys::NO_ERROR {}
@@ -473,6 +490,7 @@ unsafe fn read_info(gl: &Gl, platform: Option<EglPlatform>) -> GlInfo {
         version: string(sys::VERSION),
         device_uuids,
         driver_uuid,
+        device_luid,
         platform,
         extensions,
     }
@@ -524,6 +542,7 @@ mod tests {
             version: "4.5".into(),
             device_uuids,
             driver_uuid,
+            device_luid: None,
             platform: None,
             ignores_memory_offset: false,
             extensions: extensions.iter().map(|e| (*e).to_owned()).collect(),
@@ -537,7 +556,7 @@ mod tests {
 
     #[test]
     fn memory_of_another_device_is_refused_naming_both_uuids() {
-        let ctx = fake(vec![Uuid([1; 16])], Some(Uuid([2; 16])), &[EXT_MEMORY_OBJECT_FD]);
+        let ctx = fake(vec![Uuid([1; 16])], Some(Uuid([2; 16])), &[handle_extensions().memory]);
         ctx.check_device("x", Uuid([1; 16]), Uuid([2; 16])).expect("same device and driver");
         let e =
             ctx.check_device("the buffer's memory", Uuid([9; 16]), Uuid([2; 16])).expect_err("other device");
@@ -550,12 +569,11 @@ mod tests {
     #[test]
     fn a_missing_extension_is_unsupported_and_named() {
         let ctx = fake(vec![Uuid([1; 16])], None, &[]);
-        match ctx.require(EXT_MEMORY_OBJECT_FD, "importing Vulkan memory") {
+        match ctx.require(handle_extensions().memory, "importing Vulkan memory") {
             Err(e @ Error::Unsupported { .. }) => {
-                assert!(
-                    e.to_string().contains("GL_EXT_memory_object_fd")
-                        && e.to_string().contains("fake renderer")
-                )
+                let platforms =
+                    if cfg!(windows) { "GL_EXT_memory_object_win32" } else { "GL_EXT_memory_object_fd" };
+                assert!(e.to_string().contains(platforms) && e.to_string().contains("fake renderer"), "{e}")
             }
             other => panic!("expected Unsupported, got {other:?}"),
         }

@@ -4,12 +4,12 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
-use super::context::{GlContext, Shared, EXT_MEMORY_OBJECT_FD};
+use super::context::{handle_extensions, GlContext, Shared};
 use super::sys::{self, GLuint};
-use crate::error::{Error, Result};
-use std::os::fd::OwnedFd;
+use crate::error::{Api, Error, Result};
+use crate::external::{NativeHandle, Payload};
 
-use crate::handle::{ExportedMemory, ExternalHandle, MemoryDescriptor};
+use crate::handle::{ExportedMemory, MemoryDescriptor};
 use crate::vulkan::Buffer;
 use crate::DEDICATED_TAIL;
 
@@ -28,7 +28,7 @@ pub(crate) struct MemoryObject {
 impl MemoryObject {
     /// Imports the memory `desc` describes from `fd` (its whole allocation size, dedicated flag
     /// as the descriptor says).
-    fn import(ctx: &GlContext, desc: &MemoryDescriptor, fd: OwnedFd) -> Result<Rc<Self>> {
+    fn import(ctx: &GlContext, desc: &MemoryDescriptor, handle: NativeHandle) -> Result<Rc<Self>> {
         let shared = &ctx.shared;
         let gl = shared.current()?;
         let mut name = 0;
@@ -48,17 +48,16 @@ impl MemoryObject {
             unsafe { gl.MemoryObjectParameterivEXT(name, sys::DEDICATED_MEMORY_OBJECT_EXT, &on) };
             shared.check("glMemoryObjectParameterivEXT(GL_DEDICATED_MEMORY_OBJECT_EXT)")?;
         }
-        crate::fd::give_to_driver(
-            fd,
-            crate::fd::Payload::Memory { allocation_size: desc.allocation_size },
+        crate::external::give_to_driver(
+            Api::OpenGl,
+            handle,
+            Payload::Memory { allocation_size: desc.allocation_size },
             |raw| {
-                // SAFETY: `raw` is an open fd that the caller says is opaque memory of
-                // `allocation_size` bytes of this context's device (UUIDs checked by the caller);
-                // GL owns it on success.
-                unsafe {
-                    gl.ImportMemoryFdEXT(name, desc.allocation_size, sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw)
-                };
-                shared.check("glImportMemoryFdEXT").map_err(|e| (e, shared.info.refused_fd()))
+                // SAFETY: the context is current and has the platform's extension (checked by
+                // `memory_for`); `raw` is an open handle that the caller says is opaque memory of
+                // `allocation_size` bytes of this context's device (UUIDs checked by the caller).
+                let call = unsafe { super::external::import_memory(gl, name, desc.allocation_size, raw) };
+                shared.check(call).map_err(|e| (e, shared.info.refused_fd()))
             },
         )?;
         Ok(Rc::new(memory))
@@ -172,10 +171,9 @@ impl GlContext {
     /// Errors: [`Error::InvalidArgument`] for a descriptor that describes no buffer or disagrees
     /// with an import of the same memory held here; [`Error::DeviceMismatch`] for memory of
     /// another device (or driver); [`Error::Unsupported`] without `GL_EXT_memory_object_fd`.
-    #[cfg(unix)]
     pub fn import_memory(&self, exported: ExportedMemory) -> Result<GlBuffer<'_>> {
         let (handle, desc) = exported.into_parts();
-        let ExternalHandle::OpaqueFd(fd) = handle;
+        let fd = handle.into_native();
         self.buffer_of(&desc, || Ok(fd))
     }
 
@@ -186,13 +184,13 @@ impl GlContext {
     /// Errors: as [`import_memory`](GlContext::import_memory), and [`Error::NotExportable`] if
     /// the buffer was allocated without export.
     pub fn import_buffer<'a>(&'a self, buffer: &'a Buffer) -> Result<GlBuffer<'a>> {
-        self.buffer_of(&buffer.descriptor(), || buffer.export_fd())
+        self.buffer_of(&buffer.descriptor(), || buffer.export_native())
     }
 
     fn buffer_of<'a>(
         &'a self,
         desc: &MemoryDescriptor,
-        fd: impl FnOnce() -> Result<OwnedFd>,
+        fd: impl FnOnce() -> Result<NativeHandle>,
     ) -> Result<GlBuffer<'a>> {
         let memory = self.memory_for(desc, "the buffer", fd)?;
         let (own, name, offset) = if self.shared.info.ignores_memory_offset {
@@ -211,9 +209,9 @@ impl GlContext {
         &self,
         desc: &MemoryDescriptor,
         what: &'static str,
-        fd: impl FnOnce() -> Result<OwnedFd>,
+        fd: impl FnOnce() -> Result<NativeHandle>,
     ) -> Result<Rc<MemoryObject>> {
-        self.require(EXT_MEMORY_OBJECT_FD, "importing Vulkan memory")?;
+        self.require(handle_extensions().memory, "importing Vulkan memory")?;
         desc.check_layout()?;
         self.check_device(what, desc.device_uuid, desc.driver_uuid)?;
         if let Some(m) = self.memories.borrow().get(&desc.memory_id).and_then(std::rc::Weak::upgrade) {

@@ -22,6 +22,7 @@
 //! used where GL has no semaphore extension.
 
 mod context;
+mod external;
 mod memory;
 mod semaphore;
 pub(crate) mod sys;

@@ -3,14 +3,14 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use super::context::{GlContext, EXT_SEMAPHORE_FD};
+use super::context::{handle_extensions, GlContext};
 use super::memory::GlBuffer;
 use super::sys::{self, GLenum, GLuint};
 use super::texture::GlTexture;
-use std::os::fd::OwnedFd;
+use crate::external::{NativeHandle, Payload};
 
-use crate::error::{Error, Result};
-use crate::handle::{ExportedSemaphore, ExternalHandle, SemaphoreKind};
+use crate::error::{Api, Error, Result};
+use crate::handle::{ExportedSemaphore, SemaphoreKind};
 use crate::vulkan::TimelineSemaphore;
 
 /// How long the host-side fallback waits for a value before giving up.
@@ -64,10 +64,10 @@ impl GlContext {
             crate::Uuid(semaphore.driver_uuid()),
         )?;
         let gpu_path = semaphore.is_exportable()
-            && self.shared.info.has_extension(EXT_SEMAPHORE_FD)
+            && self.shared.info.has_extension(handle_extensions().semaphore)
             && self.shared.nv_timeline.is_some();
         let path = if gpu_path {
-            Path::Gpu { name: self.gl_timeline(semaphore.export_fd()?)?, vulkan: Some(semaphore) }
+            Path::Gpu { name: self.gl_timeline(semaphore.export_native()?)?, vulkan: Some(semaphore) }
         } else {
             Path::Host(semaphore)
         };
@@ -81,11 +81,10 @@ impl GlContext {
     ///
     /// [`signal`](GlTimeline::signal) then checks its values against the last value signalled
     /// through this import; ordering signals made elsewhere is the caller's part.
-    #[cfg(unix)]
     pub fn import_exported_semaphore(&self, exported: ExportedSemaphore) -> Result<GlTimeline<'_>> {
         let (handle, desc) = exported.into_parts();
-        let ExternalHandle::OpaqueFd(fd) = handle;
-        self.require(EXT_SEMAPHORE_FD, "importing Vulkan semaphores")?;
+        let fd = handle.into_native();
+        self.require(handle_extensions().semaphore, "importing Vulkan semaphores")?;
         if self.shared.nv_timeline.is_none() {
             return Err(Error::Unsupported {
                 what: format!(
@@ -105,8 +104,8 @@ impl GlContext {
         Ok(GlTimeline { ctx: self, path, last_signal: Default::default(), _not_send: PhantomData })
     }
 
-    /// A GL timeline semaphore imported from `fd` (`GL_NV_timeline_semaphore` present).
-    fn gl_timeline(&self, fd: OwnedFd) -> Result<GLuint> {
+    /// A GL timeline semaphore imported from `handle` (`GL_NV_timeline_semaphore` present).
+    fn gl_timeline(&self, handle: NativeHandle) -> Result<GLuint> {
         let shared = &self.shared;
         let nv = shared.nv_timeline.as_ref().ok_or_else(|| Error::Unsupported {
             what: format!("{} has no GL_NV_timeline_semaphore", shared.info.renderer),
@@ -115,11 +114,12 @@ impl GlContext {
         // SAFETY: the context is current and lists GL_NV_timeline_semaphore.
         let name = unsafe { nv.create_timeline() };
         shared.check("glCreateSemaphoresNV")?;
-        let imported = crate::fd::give_to_driver(fd, crate::fd::Payload::Semaphore, |raw| {
-            // SAFETY: a fresh timeline semaphore of this context; `raw` is an fd the caller says
-            // is an opaque fd of a timeline semaphore of the same device (checked by the caller).
-            unsafe { gl.ImportSemaphoreFdEXT(name, sys::HANDLE_TYPE_OPAQUE_FD_EXT, raw) };
-            shared.check("glImportSemaphoreFdEXT").map_err(|e| (e, shared.info.refused_fd()))
+        let imported = crate::external::give_to_driver(Api::OpenGl, handle, Payload::Semaphore, |raw| {
+            // SAFETY: a fresh timeline semaphore of this context, which has the platform's
+            // semaphore extension (checked by the callers); `raw` is a handle the caller says is
+            // an opaque handle of a timeline semaphore of the same device (checked by the caller).
+            let call = unsafe { super::external::import_semaphore(gl, name, raw) };
+            shared.check(call).map_err(|e| (e, shared.info.refused_fd()))
         });
         if let Err(e) = imported {
             // SAFETY: made above, used by nothing.

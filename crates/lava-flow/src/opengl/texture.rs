@@ -1,14 +1,14 @@
 //! GL textures on the memory of exportable lava-flow images.
 
+use crate::external::NativeHandle;
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 use super::context::GlContext;
 use super::memory::MemoryObject;
 use super::sys::{self, GLenum, GLint, GLuint};
 use crate::error::{Error, Result};
-use crate::handle::{ExportedImage, ExternalHandle, ImageDescriptor};
+use crate::handle::{ExportedImage, ImageDescriptor};
 use crate::vulkan::{Image, ImageDesc, ImageFormat, ImageTiling};
 
 /// The GL internal format, pixel format and pixel type of a lava-flow image format.
@@ -50,23 +50,22 @@ impl GlContext {
     /// [`Error::NotExportable`]; [`Error::Unsupported`] without `GL_EXT_memory_object_fd`, or when
     /// the driver does not list the image's tiling for its format (`GL_TILING_TYPES_EXT`).
     pub fn import_image<'a>(&'a self, image: &'a Image) -> Result<GlTexture<'a>> {
-        self.texture_of(&image.descriptor(), || image.export_fd())
+        self.texture_of(&image.descriptor(), || image.export_native())
     }
 
     /// Imports an exported image — from this process or another — as a GL texture that holds
     /// its memory through the GL memory object: no Vulkan object is needed here. The
     /// descriptor is checked first ([`ImageDescriptor::check`](crate::ImageDescriptor::check)).
-    #[cfg(unix)]
     pub fn import_exported_image(&self, exported: ExportedImage) -> Result<GlTexture<'_>> {
         let (handle, descriptor) = exported.into_parts();
-        let ExternalHandle::OpaqueFd(fd) = handle;
+        let fd = handle.into_native();
         self.texture_of(&descriptor, || Ok(fd))
     }
 
     fn texture_of<'a>(
         &'a self,
         descriptor: &ImageDescriptor,
-        fd: impl FnOnce() -> Result<OwnedFd>,
+        fd: impl FnOnce() -> Result<NativeHandle>,
     ) -> Result<GlTexture<'a>> {
         descriptor.check()?;
         // Checks the extension, the device and the descriptor before anything else.

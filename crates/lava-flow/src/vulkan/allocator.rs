@@ -15,9 +15,7 @@ use super::semaphore::{BinarySemaphore, Submission, TimelineSemaphore};
 use super::validation::ValidationLog;
 use crate::device::DeviceInfo;
 use crate::error::{Error, Result, VkResultExt};
-use crate::handle::ExportedMemory;
-#[cfg(unix)]
-use crate::handle::{ExportedSemaphore, ExternalHandle, SemaphoreKind};
+use crate::handle::{ExportedMemory, ExportedSemaphore, SemaphoreKind};
 use crate::location::MemoryLocation;
 use crate::suballoc::{SubAllocator, SubRange, UNIT};
 
@@ -103,8 +101,8 @@ pub struct HeapUsage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Exportable {
-    /// Exportable where the device can export opaque fds; otherwise a plain allocation whose
-    /// `export_fd` returns [`Error::NotExportable`].
+    /// Exportable where the device can export the platform's opaque handle (an fd, an NT handle
+    /// on Windows); otherwise a plain allocation whose exports return [`Error::NotExportable`].
     #[default]
     IfSupported,
     /// Exportable, or the allocation fails with [`Error::Unsupported`].
@@ -327,7 +325,6 @@ impl MemoryAllocator {
     /// Imports a binary semaphore exported by lava-flow (here or in another process). Waiting
     /// through an imported handle is also how Vulkan waits for another API's signal without the
     /// validation layer calling the wait unsignalled: it knows it cannot follow imported payloads.
-    #[cfg(unix)]
     pub fn import_binary_semaphore(
         &mut self,
         device_id: u32,
@@ -339,7 +336,6 @@ impl MemoryAllocator {
     }
 
     /// Imports a timeline semaphore exported by lava-flow (here or in another process).
-    #[cfg(unix)]
     pub fn import_timeline_semaphore(
         &mut self,
         device_id: u32,
@@ -495,8 +491,10 @@ impl DeviceContext {
             Exportable::Required => {
                 return Err(Error::Unsupported {
                     what: format!(
-                        "device {} ({}) cannot export buffers as opaque fds",
-                        info.index, info.name
+                        "device {} ({}) cannot export buffers as {:?} handles",
+                        info.index,
+                        info.name,
+                        crate::external::Os::HOST.opaque_handle()
                     ),
                 })
             }
@@ -681,16 +679,14 @@ fn release_range(blocks: &mut Vec<PoolBlock>, block: &Arc<Block>, range: SubRang
     }
 }
 
-/// The fd of `exported` after checking that it is a semaphore of `kind` on `ctx`'s device and
-/// driver (the fd is closed if not).
-#[cfg(unix)]
-/// The fd of an exported semaphore of `kind` for `ctx`'s device, and a binary semaphore's state
-/// where the export was made in this process and has not left lava-flow.
+/// The handle of an exported semaphore of `kind` for `ctx`'s device and driver (closed if not),
+/// and a binary semaphore's state where the export was made in this process and has not left
+/// lava-flow.
 fn check_semaphore(
     ctx: &DeviceContext,
     exported: ExportedSemaphore,
     kind: SemaphoreKind,
-) -> Result<(std::os::fd::OwnedFd, Option<Arc<super::BinaryState>>)> {
+) -> Result<(crate::external::NativeHandle, Option<Arc<super::BinaryState>>)> {
     let (handle, desc, state) = exported.into_tracked_parts();
     let info = &ctx.device.physical.info;
     info.check_same_device("the exported semaphore", desc.device_uuid, desc.driver_uuid)?;
@@ -700,8 +696,7 @@ fn check_semaphore(
             desc.kind
         )));
     }
-    let ExternalHandle::OpaqueFd(fd) = handle;
-    Ok((fd, state))
+    Ok((handle.into_native(), state))
 }
 
 #[cfg(test)]

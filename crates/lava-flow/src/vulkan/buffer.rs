@@ -2,6 +2,8 @@
 
 #[cfg(unix)]
 use std::os::fd::OwnedFd;
+#[cfg(windows)]
+use std::os::windows::io::OwnedHandle;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -77,8 +79,8 @@ impl Buffer {
 
     /// Creates an unbound `VkBuffer` of `size` bytes with lava-flow's usage flags.
     pub(crate) fn create_raw(device: &Device, size: u64, external: bool) -> Result<vk::Buffer> {
-        let mut external_info = vk::ExternalMemoryBufferCreateInfo::default()
-            .handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+        let mut external_info =
+            vk::ExternalMemoryBufferCreateInfo::default().handle_types(super::external::memory_handle());
         let mut info = vk::BufferCreateInfo::default()
             .size(size)
             .usage(conv::BUFFER_USAGE)
@@ -97,7 +99,7 @@ impl Buffer {
         let info = &device.physical.info;
         info.check_same_device("the exported memory", desc.device_uuid, desc.driver_uuid)?;
         let handle_type = handle.handle_type();
-        if !device.physical.has_memory_fd || !info.buffer_handles.can_import(handle_type) {
+        if !device.physical.has_external_memory || !info.buffer_handles.can_import(handle_type) {
             return Err(Error::Unsupported {
                 what: format!(
                     "device {} ({}) cannot import buffers from {handle_type:?} handles",
@@ -154,8 +156,7 @@ impl Buffer {
             dedicated_to: desc.dedicated.then_some(Dedicated::Buffer(buffer)),
             map: false,
         };
-        let ExternalHandle::OpaqueFd(import) = handle;
-        let block = Arc::new(Block::import(device, mem, import, desc.memory_id)?);
+        let block = Arc::new(Block::import(device, mem, handle.into_native(), desc.memory_id)?);
         // SAFETY: the memory was imported for this buffer; the offset is aligned and in range.
         unsafe { device.device.bind_buffer_memory(buffer, block.raw.memory, desc.offset) }
             .vk("vkBindBufferMemory")?;
@@ -301,23 +302,39 @@ impl Buffer {
     /// OpenGL, OpenCL or another process.
     #[cfg(unix)]
     pub fn export_fd(&self) -> Result<OwnedFd> {
-        self.placement.block.export_fd().map_err(|e| match e {
+        self.export_native()
+    }
+
+    /// A new NT handle for the whole `VkDeviceMemory` holding this buffer
+    /// (`VK_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_WIN32_BIT`, `vkGetMemoryWin32HandleKHR`): the
+    /// Windows twin of `export_fd`, with the same rules. Each call returns a new handle, which
+    /// the caller owns and closes (dropping it); CUDA, OpenGL, OpenCL and Vulkan imports only
+    /// reference the memory, so the handle may be closed as soon as they return.
+    #[cfg(windows)]
+    pub fn export_handle(&self) -> Result<OwnedHandle> {
+        self.export_native()
+    }
+
+    /// The platform's handle for the memory: `export_fd` or `export_handle`.
+    pub(crate) fn export_native(&self) -> Result<crate::external::NativeHandle> {
+        self.placement.block.export().map_err(|e| match e {
             Error::NotExportable { .. } => Error::NotExportable {
                 reason: format!(
                     "this buffer was allocated without export (Exportable::No, or device {} cannot \
-                     export buffers as opaque fds)",
-                    self.device_id()
+                     export buffers as {:?} handles)",
+                    self.device_id(),
+                    crate::external::Os::HOST.opaque_handle()
                 ),
             },
             other => other,
         })
     }
 
-    /// A new handle and everything an importer needs: see [`MemoryDescriptor`].
-    #[cfg(unix)]
+    /// A new handle (an fd on Unix, an NT handle on Windows) and everything an importer needs:
+    /// see [`MemoryDescriptor`].
     pub fn export(&self) -> Result<ExportedMemory> {
-        let fd = self.export_fd()?;
-        Ok(ExportedMemory::from_parts(ExternalHandle::OpaqueFd(fd), self.descriptor()))
+        let handle = self.export_native()?;
+        Ok(ExportedMemory::from_parts(ExternalHandle::from_native(handle), self.descriptor()))
     }
 
     /// The metadata an importer needs, without a handle.

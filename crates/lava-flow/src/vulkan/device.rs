@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use ash::vk;
 
+use super::external::{self, Loaders};
 use super::instance::{Instance, PhysicalDevice};
 use super::transfer::{Transfer, EARLIER_COPY};
 use crate::error::{Result, VkResultExt};
+use crate::external::Os;
 
 /// NVIDIA's driver (580.159.04) once deadlocked inside `vkDestroyDevice` while other threads of
 /// the process made and destroyed GL contexts: the destroying thread joined a driver worker
@@ -36,10 +38,9 @@ pub(crate) struct Device {
     instance: Arc<Instance>,
     pub physical: PhysicalDevice,
     pub device: ash::Device,
-    /// `VK_KHR_external_memory_fd`, where the device has it.
-    pub memory_fd: Option<ash::khr::external_memory_fd::Device>,
-    /// `VK_KHR_external_semaphore_fd`, where the device has it.
-    pub semaphore_fd: Option<ash::khr::external_semaphore_fd::Device>,
+    /// The export and import calls of the platform's external-memory and -semaphore extensions
+    /// (fd on Unix, win32 on Windows), where the device has them.
+    pub external: Loaders,
     /// The one queue; `vkQueueSubmit` needs external synchronisation.
     queue: Mutex<vk::Queue>,
     /// Staging resources for `Buffer::write`/`read`, made on first use.
@@ -116,11 +117,12 @@ impl Device {
             .queue_family_index(physical.queue_family)
             .queue_priorities(&priorities)];
         let mut extensions: Vec<*const c_char> = Vec::new();
-        if physical.has_memory_fd {
-            extensions.push(ash::khr::external_memory_fd::NAME.as_ptr());
+        let (memory_extension, semaphore_extension) = external::extension_names(Os::HOST);
+        if physical.has_external_memory {
+            extensions.push(memory_extension.as_ptr());
         }
-        if physical.has_semaphore_fd {
-            extensions.push(ash::khr::external_semaphore_fd::NAME.as_ptr());
+        if physical.has_external_semaphore {
+            extensions.push(semaphore_extension.as_ptr());
         }
         let mut features12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
         let info = vk::DeviceCreateInfo::default()
@@ -134,12 +136,12 @@ impl Device {
         drop(lifecycle);
         // SAFETY: the family was created with one queue.
         let queue = unsafe { device.get_device_queue(physical.queue_family, 0) };
-        let memory_fd = physical
-            .has_memory_fd
-            .then(|| ash::khr::external_memory_fd::Device::new(&instance.instance, &device));
-        let semaphore_fd = physical
-            .has_semaphore_fd
-            .then(|| ash::khr::external_semaphore_fd::Device::new(&instance.instance, &device));
+        let external = Loaders::new(
+            &instance.instance,
+            &device,
+            physical.has_external_memory,
+            physical.has_external_semaphore,
+        );
         let mut timeline = vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
         let progress_info = vk::SemaphoreCreateInfo::default().push_next(&mut timeline);
         // SAFETY: a live device with timeline semaphores enabled; `progress_info` points at locals.
@@ -156,8 +158,7 @@ impl Device {
         Ok(Arc::new(Device {
             instance,
             device,
-            memory_fd,
-            semaphore_fd,
+            external,
             queue: Mutex::new(queue),
             transfer: Mutex::new(None),
             transfer_target: AtomicU64::new(0),

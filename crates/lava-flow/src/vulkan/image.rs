@@ -2,6 +2,8 @@
 
 #[cfg(unix)]
 use std::os::fd::OwnedFd;
+#[cfg(windows)]
+use std::os::windows::io::OwnedHandle;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use ash::vk::Handle;
 use super::allocator::DeviceContext;
 use super::memory::{Block, Dedicated, MemoryDesc};
 use crate::error::{Error, Result, VkResultExt};
-use crate::handle::{ExportedImage, ExternalHandle, HandleType, ImageDescriptor, MemoryDescriptor};
+use crate::handle::{ExportedImage, ExternalHandle, ImageDescriptor, MemoryDescriptor};
 use crate::location::MemoryLocation;
 
 /// The texel formats lava-flow images can have; each maps to one Vulkan, CUDA and GL format.
@@ -215,7 +217,7 @@ impl DeviceContext {
             ImageTiling::Optimal => vk::ImageTiling::OPTIMAL,
             ImageTiling::Linear => vk::ImageTiling::LINEAR,
         };
-        let exportable = physical.has_memory_fd;
+        let exportable = physical.has_external_memory;
         let unsupported = |why: String| Error::Unsupported {
             what: format!(
                 "device {} ({}): {:?} {:?} {}×{} with {} level(s): {why}",
@@ -223,7 +225,7 @@ impl DeviceContext {
             ),
         };
         // The first usage set the driver allows for this format and tiling, exported as an
-        // opaque fd: with STORAGE (Vulkan compute can write the image) where possible.
+        // opaque handle: with STORAGE (Vulkan compute can write the image) where possible.
         let mut found = None;
         for usage in [IMAGE_USAGE, IMAGE_USAGE & !vk::ImageUsageFlags::STORAGE] {
             if let Some(props) = self.format_properties(desc, tiling, usage, exportable)? {
@@ -244,8 +246,8 @@ impl DeviceContext {
             )));
         }
         let exportable = exportable && external_features.contains(vk::ExternalMemoryFeatureFlags::EXPORTABLE);
-        let mut external = vk::ExternalMemoryImageCreateInfo::default()
-            .handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+        let mut external =
+            vk::ExternalMemoryImageCreateInfo::default().handle_types(super::external::memory_handle());
         let mut create = vk::ImageCreateInfo::default()
             .image_type(vk::ImageType::TYPE_2D)
             .format(desc.format.vk_format())
@@ -292,7 +294,7 @@ impl DeviceContext {
         exportable: bool,
     ) -> Result<Option<(vk::ImageFormatProperties, vk::ExternalMemoryFeatureFlags)>> {
         let mut external_info = vk::PhysicalDeviceExternalImageFormatInfo::default()
-            .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+            .handle_type(super::external::memory_handle());
         let mut format_info = vk::PhysicalDeviceImageFormatInfo2::default()
             .format(desc.format.vk_format())
             .ty(vk::ImageType::TYPE_2D)
@@ -411,15 +413,26 @@ impl Image {
 
     /// A new handle to the image's memory and its [`ImageDescriptor`], for an importer in this
     /// process or another.
-    #[cfg(unix)]
     pub fn export(&self) -> Result<ExportedImage> {
-        Ok(ExportedImage::from_parts(ExternalHandle::OpaqueFd(self.export_fd()?), self.descriptor()))
+        Ok(ExportedImage::from_parts(ExternalHandle::from_native(self.export_native()?), self.descriptor()))
     }
 
     /// A new opaque fd for the image's memory (always a dedicated allocation): see
     /// [`Buffer::export_fd`](crate::Buffer::export_fd).
     #[cfg(unix)]
     pub fn export_fd(&self) -> Result<OwnedFd> {
+        self.export_native()
+    }
+
+    /// A new NT handle for the image's memory (always a dedicated allocation;
+    /// `vkGetMemoryWin32HandleKHR`): see `Buffer::export_handle`.
+    #[cfg(windows)]
+    pub fn export_handle(&self) -> Result<OwnedHandle> {
+        self.export_native()
+    }
+
+    /// The platform's handle for the image's memory.
+    pub(crate) fn export_native(&self) -> Result<crate::external::NativeHandle> {
         if !self.block.exportable {
             let info = &self.ctx.device.physical.info;
             return Err(Error::NotExportable {
@@ -429,11 +442,11 @@ impl Image {
                     info.name,
                     self.desc.format,
                     self.desc.tiling,
-                    HandleType::OpaqueFd
+                    crate::external::Os::HOST.opaque_handle()
                 ),
             });
         }
-        self.block.export_fd()
+        self.block.export()
     }
 
     /// Uploads mip `level` from `data`: tightly packed rows, exactly

@@ -5,9 +5,11 @@ use std::ffi::{c_char, CStr};
 use ash::vk;
 
 use super::conv;
+use super::external;
 use super::validation::{self, ValidationLog};
 use crate::device::{self, DeviceInfo, ExternalSupport, HeapInfo, Uuid};
 use crate::error::{Api, Error, Result, VkResultExt};
+use crate::external::Os;
 use crate::handle::HandleType;
 use crate::location::MemoryLocation;
 
@@ -32,7 +34,7 @@ impl Instance {
         // for. ash checks that every global entry point exists.
         let entry = unsafe { ash::Entry::load() }.map_err(|e| Error::LibraryNotFound {
             api: Api::Vulkan,
-            library: "libvulkan.so.1",
+            library: Os::HOST.library(Api::Vulkan),
             reason: e.to_string(),
         })?;
         let log = validation.then(ValidationLog::default);
@@ -123,8 +125,9 @@ impl Instance {
         let extensions = unsafe { inst.enumerate_device_extension_properties(handle) }
             .vk("vkEnumerateDeviceExtensionProperties")?;
         let has_ext = |name: &CStr| extensions.iter().any(|e| e.extension_name_as_c_str().ok() == Some(name));
-        let has_memory_fd = has_ext(ash::khr::external_memory_fd::NAME);
-        let has_semaphore_fd = has_ext(ash::khr::external_semaphore_fd::NAME);
+        let (memory_extension, semaphore_extension) = external::extension_names(Os::HOST);
+        let has_external_memory = has_ext(memory_extension);
+        let has_external_semaphore = has_ext(semaphore_extension);
         let has_memory_budget = has_ext(ash::ext::memory_budget::NAME);
         // SAFETY: as above.
         let families = unsafe { inst.get_physical_device_queue_family_properties(handle) };
@@ -162,18 +165,18 @@ impl Instance {
             driver_uuid: Uuid(id.driver_uuid),
             luid: (id.device_luid_valid == vk::TRUE).then_some(id.device_luid),
             heaps,
-            buffer_handles: self.buffer_support(handle, has_memory_fd),
-            image_handles: self.image_support(handle, has_memory_fd)?,
-            timeline_semaphore_handles: self.semaphore_support(handle, has_semaphore_fd, true),
-            binary_semaphore_handles: self.semaphore_support(handle, has_semaphore_fd, false),
+            buffer_handles: self.buffer_support(handle, has_external_memory),
+            image_handles: self.image_support(handle, has_external_memory)?,
+            timeline_semaphore_handles: self.semaphore_support(handle, has_external_semaphore, true),
+            binary_semaphore_handles: self.semaphore_support(handle, has_external_semaphore, false),
         };
         Ok(Some(PhysicalDevice {
             handle,
             info,
             memory,
             queue_family: u32::try_from(queue_family).unwrap_or(0),
-            has_memory_fd,
-            has_semaphore_fd,
+            has_external_memory,
+            has_external_semaphore,
             has_memory_budget,
             closes_refused_memory_fds: driver.driver_id == vk::DriverId::MESA_LLVMPIPE,
         }))
@@ -181,7 +184,7 @@ impl Instance {
 
     fn buffer_support(&self, handle: vk::PhysicalDevice, has_fd: bool) -> ExternalSupport {
         let mut support = ExternalSupport::default();
-        for &ty in fd_memory_handle_types(has_fd) {
+        for &ty in memory_handle_types(Os::HOST, has_fd) {
             let info = vk::PhysicalDeviceExternalBufferInfo::default()
                 .usage(conv::BUFFER_USAGE)
                 .handle_type(conv::memory_handle_flag(ty));
@@ -195,7 +198,7 @@ impl Instance {
 
     fn image_support(&self, handle: vk::PhysicalDevice, has_fd: bool) -> Result<ExternalSupport> {
         let mut support = ExternalSupport::default();
-        for &ty in fd_memory_handle_types(has_fd) {
+        for &ty in memory_handle_types(Os::HOST, has_fd) {
             let mut external = vk::PhysicalDeviceExternalImageFormatInfo::default()
                 .handle_type(conv::memory_handle_flag(ty));
             let info = vk::PhysicalDeviceImageFormatInfo2::default()
@@ -234,9 +237,7 @@ impl Instance {
         if !has_fd {
             return support;
         }
-        let types: &[HandleType] =
-            if timeline { &[HandleType::OpaqueFd] } else { &[HandleType::OpaqueFd, HandleType::SyncFd] };
-        for &ty in types {
+        for &ty in semaphore_handle_types(Os::HOST, timeline) {
             let kind = if timeline { vk::SemaphoreType::TIMELINE } else { vk::SemaphoreType::BINARY };
             let mut type_info = vk::SemaphoreTypeCreateInfo::default().semaphore_type(kind);
             let info = vk::PhysicalDeviceExternalSemaphoreInfo::default()
@@ -277,8 +278,11 @@ pub(crate) struct PhysicalDevice {
     pub info: DeviceInfo,
     pub memory: vk::PhysicalDeviceMemoryProperties,
     pub queue_family: u32,
-    pub has_memory_fd: bool,
-    pub has_semaphore_fd: bool,
+    /// The platform's external-memory extension (`VK_KHR_external_memory_fd` on Unix,
+    /// `VK_KHR_external_memory_win32` on Windows).
+    pub has_external_memory: bool,
+    /// The platform's external-semaphore extension (`..._semaphore_fd` / `..._semaphore_win32`).
+    pub has_external_semaphore: bool,
     /// `VK_EXT_memory_budget`: the driver's view of each heap's use and budget.
     pub has_memory_budget: bool,
     /// Mesa's lavapipe: closes the fd of a refused memory import (see `fd.rs`).
@@ -286,9 +290,10 @@ pub(crate) struct PhysicalDevice {
 }
 
 impl PhysicalDevice {
-    /// Whether buffers can be exported as opaque fds (extension present and driver says so).
+    /// Whether buffers can be exported as the platform's opaque handle (extension present and
+    /// driver says so).
     pub fn can_export_buffers(&self) -> bool {
-        self.has_memory_fd && self.info.buffer_handles.can_export(HandleType::OpaqueFd)
+        self.has_external_memory && self.info.buffer_handles.can_export(Os::HOST.opaque_handle())
     }
 
     /// The memory type for `what` at `location` among `type_bits` (`!0`: any), or
@@ -309,15 +314,28 @@ impl PhysicalDevice {
 
     /// Whether exported buffers must be dedicated allocations.
     pub fn export_needs_dedicated(&self) -> bool {
-        self.info.buffer_handles.dedicated_only.contains(&HandleType::OpaqueFd)
+        self.info.buffer_handles.dedicated_only.contains(&Os::HOST.opaque_handle())
     }
 }
 
-fn fd_memory_handle_types(has_fd: bool) -> &'static [HandleType] {
-    if has_fd {
-        &[HandleType::OpaqueFd, HandleType::DmaBuf]
-    } else {
-        &[]
+/// The memory handle types probed on `os` when the device has the platform's extension: the
+/// opaque handle lava-flow shares, and the other one the platform has (reported only).
+fn memory_handle_types(os: Os, has_extension: bool) -> &'static [HandleType] {
+    match (os, has_extension) {
+        (_, false) => &[],
+        (Os::Unix, true) => &[HandleType::OpaqueFd, HandleType::DmaBuf],
+        (Os::Windows, true) => &[HandleType::OpaqueWin32, HandleType::OpaqueWin32Kmt],
+    }
+}
+
+/// The semaphore handle types probed on `os`: the opaque handle, and for binary semaphores the
+/// platform's other kind (sync fds on Unix, KMT handles on Windows; reported only).
+fn semaphore_handle_types(os: Os, timeline: bool) -> &'static [HandleType] {
+    match (os, timeline) {
+        (Os::Unix, true) => &[HandleType::OpaqueFd],
+        (Os::Unix, false) => &[HandleType::OpaqueFd, HandleType::SyncFd],
+        (Os::Windows, true) => &[HandleType::OpaqueWin32],
+        (Os::Windows, false) => &[HandleType::OpaqueWin32, HandleType::OpaqueWin32Kmt],
     }
 }
 
@@ -335,4 +353,23 @@ fn add_features(support: &mut ExternalSupport, ty: HandleType, f: vk::ExternalMe
 
 fn cstr_field(s: std::result::Result<&CStr, std::ffi::FromBytesUntilNulError>) -> String {
     s.map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first handle type probed is the one lava-flow shares on that platform; the others
+    /// are only reported, and nothing is probed without the extension.
+    #[test]
+    fn each_platform_probes_its_own_handle_types_first() {
+        for os in [Os::Unix, Os::Windows] {
+            assert_eq!(memory_handle_types(os, true)[0], os.opaque_handle());
+            assert_eq!(semaphore_handle_types(os, true), &[os.opaque_handle()]);
+            assert_eq!(semaphore_handle_types(os, false)[0], os.opaque_handle());
+            assert!(memory_handle_types(os, false).is_empty());
+        }
+        assert!(!memory_handle_types(Os::Windows, true).contains(&HandleType::OpaqueFd));
+        assert!(!semaphore_handle_types(Os::Windows, false).contains(&HandleType::SyncFd));
+    }
 }

@@ -1,7 +1,6 @@
-//! `VkDeviceMemory`: allocation (exportable, dedicated), import from an fd, mapping, export.
+//! `VkDeviceMemory`: allocation (exportable, dedicated), import from the platform's handle (an fd
+//! or an NT handle), mapping, export.
 
-#[cfg(unix)]
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,7 +8,8 @@ use std::sync::Arc;
 use ash::vk;
 
 use super::device::Device;
-use crate::error::{Error, Result, VkResultExt};
+use crate::error::{Api, Error, Result, VkResultExt};
+use crate::external::{NativeHandle, Payload, RawHandle, Refused};
 use crate::handle::MemoryId;
 
 /// A pointer to persistently mapped device memory.
@@ -28,7 +28,7 @@ unsafe impl Sync for MappedPtr {}
 pub(crate) struct MemoryDesc {
     pub size: u64,
     pub memory_type_index: u32,
-    /// Chain `VkExportMemoryAllocateInfo` (opaque fd).
+    /// Chain `VkExportMemoryAllocateInfo` (the platform's opaque handle).
     pub exportable: bool,
     /// Chain `VkMemoryDedicatedAllocateInfo` for this buffer or image.
     pub dedicated_to: Option<Dedicated>,
@@ -66,11 +66,11 @@ impl std::fmt::Debug for RawMemory {
 }
 
 impl RawMemory {
-    /// Allocates memory as `desc` says; with `import`, imports that fd instead.
+    /// Allocates memory as `desc` says; with `import`, imports that handle instead.
     ///
-    /// On success the fd belongs to the driver; on failure it is closed here (or by the driver,
-    /// see `fd.rs`).
-    pub fn allocate(device: &Device, desc: MemoryDesc, import: Option<ImportFd>) -> Result<Self> {
+    /// An fd belongs to the driver on success; on failure it is closed here (or by the driver,
+    /// see `fd.rs`). An NT handle is only referenced by Vulkan and closed here either way.
+    pub fn allocate(device: &Device, desc: MemoryDesc, import: Option<NativeHandle>) -> Result<Self> {
         let (memory, charged) = match import {
             None => {
                 let heap = charge(device, &desc)?;
@@ -82,11 +82,11 @@ impl RawMemory {
                     }
                 }
             }
-            #[cfg(unix)]
-            Some(fd) => (
-                crate::fd::give_to_driver(
-                    fd,
-                    crate::fd::Payload::Memory { allocation_size: desc.size },
+            Some(handle) => (
+                crate::external::give_to_driver(
+                    Api::Vulkan,
+                    handle,
+                    Payload::Memory { allocation_size: desc.size },
                     |raw| {
                         allocate_memory(device, &desc, Some(raw)).map_err(|e| {
                             let refused = refused_import(device, &e);
@@ -138,17 +138,16 @@ impl Drop for RawMemory {
     }
 }
 
-#[cfg(unix)]
 /// Who owns the fd of a memory import `vkAllocateMemory` refused with `e`. Mesa's lavapipe
 /// closes it on every refusal but a failed allocation of its own bookkeeping, which comes before
 /// it looks at the fd (`lvp_AllocateMemory`: `VK_ERROR_OUT_OF_HOST_MEMORY`); other drivers keep
 /// the specification's rule.
-fn refused_import(device: &Device, e: &Error) -> crate::fd::Refused {
+fn refused_import(device: &Device, e: &Error) -> Refused {
     let before_the_fd = matches!(e, Error::Ffi { name, .. } if name == "VK_ERROR_OUT_OF_HOST_MEMORY");
     if device.physical.closes_refused_memory_fds && !before_the_fd {
-        crate::fd::Refused::TakenByDriver
+        Refused::TakenByDriver
     } else {
-        crate::fd::Refused::StillOurs
+        Refused::StillOurs
     }
 }
 
@@ -201,20 +200,15 @@ fn oom(device: &Device, desc: &MemoryDesc, in_use: u64, cause: String) -> Error 
     }
 }
 
-/// An fd to import, owned until the import succeeds.
-#[cfg(unix)]
-pub(crate) type ImportFd = OwnedFd;
-
-/// Imports are by fd, and fds exist only on Unix.
-#[cfg(not(unix))]
-pub(crate) enum ImportFd {}
-
-/// One `vkAllocateMemory` with the chain `desc` asks for, importing `import_fd` if given.
-fn allocate_memory(device: &Device, desc: &MemoryDesc, import_fd: Option<i32>) -> Result<vk::DeviceMemory> {
-    let mut export =
-        vk::ExportMemoryAllocateInfo::default().handle_types(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+/// One `vkAllocateMemory` with the chain `desc` asks for, importing `import` if given.
+fn allocate_memory(
+    device: &Device,
+    desc: &MemoryDesc,
+    import: Option<RawHandle>,
+) -> Result<vk::DeviceMemory> {
+    let mut export = vk::ExportMemoryAllocateInfo::default().handle_types(super::external::memory_handle());
     let mut dedicated = vk::MemoryDedicatedAllocateInfo::default();
-    let mut import_info = vk::ImportMemoryFdInfoKHR::default();
+    let mut import_info = import.map(super::external::MemoryImport::new);
     let mut info = vk::MemoryAllocateInfo::default()
         .allocation_size(desc.size)
         .memory_type_index(desc.memory_type_index);
@@ -228,9 +222,8 @@ fn allocate_memory(device: &Device, desc: &MemoryDesc, import_fd: Option<i32>) -
         };
         info = info.push_next(&mut dedicated);
     }
-    if let Some(fd) = import_fd {
-        import_info = import_info.handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD).fd(fd);
-        info = info.push_next(&mut import_info);
+    if let Some(import) = import_info.as_mut() {
+        info = import.chain(info);
     }
     // SAFETY: `info` and its chain point at live locals; the type index was chosen from this
     // device's memory properties (or checked against them, for imports).
@@ -249,14 +242,13 @@ pub(crate) struct Block {
     pub device: Arc<Device>,
     pub size: u64,
     pub memory_type_index: u32,
-    /// Whether [`export_fd`](Block::export_fd) can succeed: allocated with export, or imported
-    /// (then the exports are duplicates of the imported fd).
+    /// Whether [`export`](Block::export) can succeed: allocated with export, or imported
+    /// (then the exports are duplicates of the imported handle).
     pub exportable: bool,
     pub dedicated: bool,
-    /// The fd of the first export (or a duplicate of the imported fd), duplicated for every
-    /// export (see `export_fd`).
-    #[cfg(unix)]
-    exported: std::sync::Mutex<Option<OwnedFd>>,
+    /// The handle of the first export (or a duplicate of the imported one), duplicated for
+    /// every export (see `export`).
+    exported: std::sync::Mutex<Option<NativeHandle>>,
 }
 
 impl Block {
@@ -266,13 +258,17 @@ impl Block {
         Ok(Self::with(device, raw, &desc, MemoryId::new_unique(), None))
     }
 
-    /// Imports memory `id` from `fd` as `desc` says. The block keeps a duplicate of the fd, so
-    /// that what was imported can be exported again (to CUDA, OpenGL, OpenCL, another process):
-    /// the duplicate refers to the same memory.
-    #[cfg(unix)]
-    pub fn import(device: &Arc<Device>, desc: MemoryDesc, fd: ImportFd, id: MemoryId) -> Result<Self> {
-        let kept = fd.try_clone().map_err(|e| crate::fd::os_error("fcntl(F_DUPFD_CLOEXEC)", &e))?;
-        let raw = RawMemory::allocate(device, desc, Some(fd))?;
+    /// Imports memory `id` from `handle` as `desc` says. The block keeps a duplicate of the
+    /// handle, so that what was imported can be exported again (to CUDA, OpenGL, OpenCL,
+    /// another process): the duplicate refers to the same memory.
+    pub fn import(
+        device: &Arc<Device>,
+        desc: MemoryDesc,
+        handle: NativeHandle,
+        id: MemoryId,
+    ) -> Result<Self> {
+        let kept = crate::external::duplicate(&handle)?;
+        let raw = RawMemory::allocate(device, desc, Some(handle))?;
         Ok(Self::with(device, raw, &desc, id, Some(kept)))
     }
 
@@ -281,7 +277,7 @@ impl Block {
         raw: RawMemory,
         desc: &MemoryDesc,
         id: MemoryId,
-        kept: Option<ImportFd>,
+        kept: Option<NativeHandle>,
     ) -> Self {
         Block {
             raw,
@@ -291,20 +287,18 @@ impl Block {
             memory_type_index: desc.memory_type_index,
             exportable: desc.exportable || kept.is_some(),
             dedicated: desc.dedicated_to.is_some(),
-            #[cfg(unix)]
             exported: std::sync::Mutex::new(kept),
         }
     }
 
-    /// A new opaque fd referring to the whole block.
+    /// A new handle (an opaque fd, or an NT handle on Windows) referring to the whole block.
     ///
-    /// The first call asks the driver (`vkGetMemoryFdKHR`, about 40 µs on NVIDIA's driver) and
-    /// keeps that fd; every call returns a duplicate of it (`dup`, about 1 µs), which refers to
-    /// the same memory. So exporting many buffers of one block costs one driver call, and the
-    /// block holds one extra fd until it is freed. An imported block holds a duplicate of the
-    /// fd it was imported from instead.
-    #[cfg(unix)]
-    pub fn export_fd(&self) -> Result<OwnedFd> {
+    /// The first call asks the driver (`vkGetMemoryFdKHR`, about 40 µs on NVIDIA's driver;
+    /// `vkGetMemoryWin32HandleKHR`) and keeps that handle; every call returns a duplicate of it
+    /// (`dup`, about 1 µs; `DuplicateHandle`), which refers to the same memory. So exporting many
+    /// buffers of one block costs one driver call, and the block holds one extra handle until it
+    /// is freed. An imported block holds a duplicate of the handle it was imported from instead.
+    pub fn export(&self) -> Result<NativeHandle> {
         let not_exportable = || Error::NotExportable {
             reason: "the memory was allocated without VkExportMemoryAllocateInfo".into(),
         };
@@ -312,20 +306,16 @@ impl Block {
             return Err(not_exportable());
         }
         let mut cached = self.exported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let fd = match cached.as_ref() {
-            Some(fd) => fd,
+        let handle = match cached.as_ref() {
+            Some(handle) => handle,
             None => {
-                let loader = self.device.memory_fd.as_ref().ok_or_else(not_exportable)?;
-                let info = vk::MemoryGetFdInfoKHR::default()
-                    .memory(self.raw.memory)
-                    .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
-                // SAFETY: the memory is live and was allocated exportable as OPAQUE_FD.
-                let raw = unsafe { loader.get_memory_fd(&info) }.vk("vkGetMemoryFdKHR")?;
-                // SAFETY: vkGetMemoryFdKHR returns a new fd that the caller owns.
-                cached.insert(unsafe { OwnedFd::from_raw_fd(raw) })
+                // SAFETY: the memory is live and was allocated exportable as the platform's
+                // opaque handle (`exportable`, and not imported: that one is cached from the start).
+                let new = unsafe { self.device.external.export_memory(self.raw.memory) };
+                cached.insert(new.ok_or_else(not_exportable)??)
             }
         };
-        fd.try_clone().map_err(|e| crate::fd::os_error("fcntl(F_DUPFD_CLOEXEC)", &e))
+        crate::external::duplicate(handle)
     }
 }
 

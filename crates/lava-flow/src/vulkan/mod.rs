@@ -5,6 +5,7 @@ mod allocator;
 mod buffer;
 pub(crate) mod conv;
 mod device;
+mod external;
 mod image;
 mod instance;
 mod memory;

@@ -1,7 +1,10 @@
-//! Timeline semaphores: host signal/wait, queue submissions, export as opaque fds.
+//! Timeline semaphores: host signal/wait, queue submissions, export as opaque fds (NT handles on
+//! Windows).
 
 #[cfg(unix)]
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+#[cfg(windows)]
+use std::os::windows::io::OwnedHandle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -9,9 +12,9 @@ use std::time::{Duration, Instant};
 use ash::vk;
 
 use super::device::{Device, Retired};
-use crate::error::{Error, Result, VkResultExt};
-#[cfg(unix)]
-use crate::handle::{ExportedSemaphore, ExternalHandle, HandleType, SemaphoreDescriptor, SemaphoreKind};
+use crate::error::{Api, Error, Result, VkResultExt};
+use crate::external::{NativeHandle, Os, Payload};
+use crate::handle::{ExportedSemaphore, ExternalHandle, SemaphoreDescriptor, SemaphoreKind};
 
 /// A Vulkan timeline semaphore: a 64-bit counter that only grows, signalled and waited for by
 /// the host and by queue submissions, and (where the driver can) exported to CUDA, OpenCL,
@@ -67,10 +70,9 @@ struct Raw {
     semaphore: vk::Semaphore,
     exportable: bool,
     kind: Kind,
-    /// For an imported semaphore, a duplicate of the fd it was imported from: its exports are
-    /// duplicates of it, which refer to the same payload, so what arrived can be passed on.
-    #[cfg(unix)]
-    kept: Option<OwnedFd>,
+    /// For an imported semaphore, a duplicate of the handle it was imported from: its exports
+    /// are duplicates of it, which refer to the same payload, so what arrived can be passed on.
+    kept: Option<NativeHandle>,
     /// The number of the last tracked submission that waits on or signals it (0: none), which
     /// must complete before the semaphore is destroyed.
     last_use: AtomicU64,
@@ -217,21 +219,21 @@ impl Kind {
 
 impl Raw {
     /// A semaphore of `kind` (a timeline at 0), exportable where the device can; with `import`,
-    /// one that takes over the payload of that fd instead.
-    #[cfg(unix)]
+    /// one that takes over the payload of that handle instead.
     fn new(
         device: &Arc<Device>,
         kind: Kind,
-        import: Option<OwnedFd>,
+        import: Option<NativeHandle>,
         binary: Option<Arc<BinaryState>>,
     ) -> Result<Self> {
         let handles = kind.handles(&device.physical.info);
-        let exportable =
-            import.is_none() && device.semaphore_fd.is_some() && handles.can_export(HandleType::OpaqueFd);
-        if import.is_some() && (device.semaphore_fd.is_none() || !handles.can_import(HandleType::OpaqueFd)) {
+        let native = Os::HOST.opaque_handle();
+        let has_extension = device.external.has_semaphore();
+        let exportable = import.is_none() && has_extension && handles.can_export(native);
+        if import.is_some() && (!has_extension || !handles.can_import(native)) {
             return Err(Error::Unsupported {
                 what: format!(
-                    "device {} ({}) cannot import {} semaphores from opaque fds",
+                    "device {} ({}) cannot import {} semaphores from {native:?} handles",
                     device.physical.info.index,
                     device.physical.info.name,
                     kind.name()
@@ -240,7 +242,7 @@ impl Raw {
         }
         let semaphore = create(device, kind, exportable)?;
         let kept = match &import {
-            Some(fd) => Some(fd.try_clone().map_err(|e| crate::fd::os_error("fcntl(F_DUPFD_CLOEXEC)", &e))?),
+            Some(handle) => Some(crate::external::duplicate(handle)?),
             None => None,
         };
         let binary = (kind == Kind::Binary).then(|| match (binary, &import) {
@@ -259,79 +261,44 @@ impl Raw {
             wait_max: AtomicU64::new(0),
             binary,
         };
-        if let (Some(fd), Some(loader)) = (import, device.semaphore_fd.as_ref()) {
-            crate::fd::give_to_driver(fd, crate::fd::Payload::Semaphore, |fd| {
-                let info = vk::ImportSemaphoreFdInfoKHR::default()
-                    .semaphore(semaphore)
-                    .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD)
-                    .fd(fd);
-                // SAFETY: the semaphore is fresh and unused; `fd` is an open fd the driver may
-                // keep. On failure `raw` is dropped (destroyed).
-                unsafe { loader.import_semaphore_fd(&info) }
-                    .vk("vkImportSemaphoreFdKHR")
-                    .map_err(|e| (e, crate::fd::Refused::StillOurs))
+        if let Some(handle) = import {
+            crate::external::give_to_driver(Api::Vulkan, handle, Payload::Semaphore, |given| {
+                // SAFETY: the semaphore is fresh and unused; `given` is open (an fd the driver
+                // may keep, or a handle it references). On failure `raw` is dropped (destroyed).
+                unsafe { device.external.import_semaphore(semaphore, given) }
             })?;
         }
         Ok(raw)
     }
 
-    /// A semaphore of `kind` (no fds off Unix, so never exportable there).
-    #[cfg(not(unix))]
-    fn new(
-        device: &Arc<Device>,
-        kind: Kind,
-        _import: Option<std::convert::Infallible>,
-        _binary: Option<Arc<BinaryState>>,
-    ) -> Result<Self> {
-        let semaphore = create(device, kind, false)?;
-        Ok(Raw {
-            device: Arc::clone(device),
-            semaphore,
-            exportable: false,
-            kind,
-            last_use: AtomicU64::new(0),
-            pending: Mutex::new(Vec::new()),
-            wait_max: AtomicU64::new(0),
-            binary: (kind == Kind::Binary).then(BinaryState::known),
-        })
-    }
-
-    #[cfg(unix)]
-    fn export_fd(&self) -> Result<OwnedFd> {
+    fn export_native(&self) -> Result<NativeHandle> {
         if let Some(kept) = &self.kept {
-            return kept.try_clone().map_err(|e| crate::fd::os_error("fcntl(F_DUPFD_CLOEXEC)", &e));
+            return crate::external::duplicate(kept);
         }
         let info = &self.device.physical.info;
-        let loader = match self.device.semaphore_fd.as_ref() {
-            Some(l) if self.exportable => l,
-            _ => {
-                return Err(Error::Unsupported {
-                    what: format!(
-                        "device {} ({}) cannot export {} semaphores as opaque fds{}",
-                        info.index,
-                        info.name,
-                        self.kind.name(),
-                        if self.device.semaphore_fd.is_none() {
-                            " (no VK_KHR_external_semaphore_fd)"
-                        } else {
-                            " (vkGetPhysicalDeviceExternalSemaphoreProperties reports no export)"
-                        }
-                    ),
-                })
-            }
+        let unsupported = |why: &str| Error::Unsupported {
+            what: format!(
+                "device {} ({}) cannot export {} semaphores as {:?} handles ({why})",
+                info.index,
+                info.name,
+                self.kind.name(),
+                Os::HOST.opaque_handle()
+            ),
         };
-        let get = vk::SemaphoreGetFdInfoKHR::default()
-            .semaphore(self.semaphore)
-            .handle_type(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
-        // SAFETY: the semaphore was created exportable as OPAQUE_FD.
-        let fd = unsafe { loader.get_semaphore_fd(&get) }.vk("vkGetSemaphoreFdKHR")?;
-        // SAFETY: vkGetSemaphoreFdKHR returns a new fd owned by the caller.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        if !self.exportable {
+            return Err(unsupported(if self.device.external.has_semaphore() {
+                "vkGetPhysicalDeviceExternalSemaphoreProperties reports no export"
+            } else {
+                "no external-semaphore extension"
+            }));
+        }
+        // SAFETY: the semaphore was created exportable as the platform's opaque handle.
+        let exported = unsafe { self.device.external.export_semaphore(self.semaphore) };
+        exported.ok_or_else(|| unsupported("no external-semaphore extension"))?
     }
 
-    #[cfg(unix)]
     fn export(&self) -> Result<ExportedSemaphore> {
-        let fd = self.export_fd()?;
+        let handle = self.export_native()?;
         let info = &self.device.physical.info;
         let descriptor = SemaphoreDescriptor {
             kind: match self.kind {
@@ -341,11 +308,20 @@ impl Raw {
             device_uuid: info.uuid,
             driver_uuid: info.driver_uuid,
         };
-        let exported = ExportedSemaphore::from_parts(ExternalHandle::OpaqueFd(fd), descriptor);
+        let exported = ExportedSemaphore::from_parts(ExternalHandle::from_native(handle), descriptor);
         Ok(match &self.binary {
             Some(state) => exported.with_binary_state(Arc::clone(state)),
             None => exported,
         })
+    }
+
+    /// A new handle that leaves lava-flow: a binary semaphore's signals are no longer followed.
+    fn export_escaping(&self) -> Result<NativeHandle> {
+        let handle = self.export_native()?;
+        if let Some(state) = &self.binary {
+            state.escape();
+        }
+        Ok(handle)
     }
 
     /// The lowest value a queue signal may have now: above the counter and every pending signal.
@@ -370,19 +346,12 @@ macro_rules! semaphore_common {
     ($ty:ident, $kind:expr, $name:literal) => {
         impl $ty {
             #[doc = concat!("Creates a ", $name, " semaphore (a timeline starts at 0), exportable where the device")]
-            /// can; with `import`, one that takes over the payload of that fd instead.
-            #[cfg(unix)]
-            pub(crate) fn new(device: &Arc<Device>, import: Option<OwnedFd>) -> Result<Self> {
+            /// can; with `import`, one that takes over the payload of that handle instead.
+            pub(crate) fn new(device: &Arc<Device>, import: Option<NativeHandle>) -> Result<Self> {
                 Raw::new(device, $kind, import, None).map(|raw| $ty { raw })
             }
 
-            #[doc = concat!("Creates a ", $name, " semaphore (no fds off Unix, so never exportable there).")]
-            #[cfg(not(unix))]
-            pub(crate) fn new(device: &Arc<Device>, import: Option<std::convert::Infallible>) -> Result<Self> {
-                Raw::new(device, $kind, import, None).map(|raw| $ty { raw })
-            }
-
-            #[doc = concat!("Whether [`export_fd`](", stringify!($ty), "::export_fd) can succeed.")]
+            #[doc = concat!("Whether [`export`](", stringify!($ty), "::export) can succeed.")]
             pub fn is_exportable(&self) -> bool {
                 self.raw.exportable
             }
@@ -411,15 +380,21 @@ macro_rules! semaphore_common {
             /// no longer checked (see [`BinarySemaphore`]).
             #[cfg(unix)]
             pub fn export_fd(&self) -> Result<OwnedFd> {
-                let fd = self.raw.export_fd()?;
-                if let Some(state) = &self.raw.binary {
-                    state.escape();
-                }
-                Ok(fd)
+                self.raw.export_escaping()
             }
 
-            /// A new fd with the device's identity, for an importer elsewhere.
-            #[cfg(unix)]
+            /// A new NT handle for the semaphore (`VK_EXTERNAL_SEMAPHORE_HANDLE_TYPE_OPAQUE_WIN32_BIT`,
+            /// `vkGetSemaphoreWin32HandleKHR`), the Windows twin of `export_fd`: the caller owns
+            /// and closes it; importers only reference the semaphore.
+            /// For a binary semaphore the handle leaves lava-flow's sight, as for `export_fd`.
+            #[cfg(windows)]
+            pub fn export_handle(&self) -> Result<OwnedHandle> {
+                self.raw.export_escaping()
+            }
+
+
+            /// A new handle (an fd, or an NT handle on Windows) with the device's identity, for
+            /// an importer elsewhere.
             pub fn export(&self) -> Result<ExportedSemaphore> {
                 self.raw.export()
             }
@@ -444,19 +419,22 @@ semaphore_common!(TimelineSemaphore, Kind::Timeline, "timeline");
 semaphore_common!(BinarySemaphore, Kind::Binary, "binary");
 
 impl BinarySemaphore {
-    /// Imports the payload of `fd`; `state` is what lava-flow knows of it (an export of this
+    /// Imports the payload of `handle`; `state` is what lava-flow knows of it (an export of this
     /// process that has not left lava-flow), `None` for one from elsewhere.
-    #[cfg(unix)]
-    pub(crate) fn import(device: &Arc<Device>, fd: OwnedFd, state: Option<Arc<BinaryState>>) -> Result<Self> {
-        Raw::new(device, Kind::Binary, Some(fd), state).map(|raw| BinarySemaphore { raw })
+    pub(crate) fn import(
+        device: &Arc<Device>,
+        handle: NativeHandle,
+        state: Option<Arc<BinaryState>>,
+    ) -> Result<Self> {
+        Raw::new(device, Kind::Binary, Some(handle), state).map(|raw| BinarySemaphore { raw })
     }
 
     /// For an OpenCL import in this process: a new fd that stays within lava-flow, and the
     /// payload's state.
-    #[cfg(all(unix, feature = "opencl"))]
-    pub(crate) fn export_tracked(&self) -> Result<(OwnedFd, Arc<BinaryState>)> {
+    #[cfg(feature = "opencl")]
+    pub(crate) fn export_tracked(&self) -> Result<(NativeHandle, Arc<BinaryState>)> {
         let state = self.raw.binary.clone().unwrap_or_else(BinaryState::unknown);
-        Ok((self.raw.export_fd()?, state))
+        Ok((self.raw.export_native()?, state))
     }
 }
 
@@ -472,6 +450,11 @@ pub(crate) fn check_increasing(value: u64, current: u64) -> Result<()> {
 }
 
 impl TimelineSemaphore {
+    /// The platform's handle for the semaphore, for lava-flow's own imports (CUDA, OpenGL).
+    pub(crate) fn export_native(&self) -> Result<NativeHandle> {
+        self.raw.export_native()
+    }
+
     /// The counter's current value.
     pub fn value(&self) -> Result<u64> {
         self.raw.counter()
@@ -532,8 +515,8 @@ fn create(device: &Device, kind: Kind, exportable: bool) -> Result<vk::Semaphore
             Kind::Binary => vk::SemaphoreType::BINARY,
         })
         .initial_value(0);
-    let mut export = vk::ExportSemaphoreCreateInfo::default()
-        .handle_types(vk::ExternalSemaphoreHandleTypeFlags::OPAQUE_FD);
+    let mut export =
+        vk::ExportSemaphoreCreateInfo::default().handle_types(super::external::semaphore_handle());
     let mut info = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
     if exportable {
         info = info.push_next(&mut export);
