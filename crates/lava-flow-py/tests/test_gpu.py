@@ -251,8 +251,10 @@ def test_close_keeps_the_memory_that_tensors_hold(cuda_allocator, torch):
         by_pointer_buffer.read()
     with pytest.raises(lava_flow.ClosedError):
         torch.from_dlpack(by_capsule_buffer)
+    borrowed = cuda_allocator.wrap_cuda(by_capsule)  # holds the tensor: deleted below
     with pytest.raises(lava_flow.ClosedError):
-        cuda_allocator.wrap_cuda(by_capsule).copy_to(by_capsule_buffer)
+        borrowed.copy_to(by_capsule_buffer)
+    del borrowed
     assert cuda_allocator.stats()["buffers"] == before + 2, "both tensors hold their memory"
     by_pointer.add_(1)
     by_capsule.add_(1)
