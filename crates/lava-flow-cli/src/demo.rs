@@ -199,7 +199,7 @@ fn pipeline(
     quiet: bool,
     logs: &mut Vec<Option<lava_flow::ValidationLog>>,
 ) -> Result<Measured> {
-    if options.frames < 2 || options.frame_bytes < 1024 || options.frame_bytes % 4 != 0 {
+    if options.frames < 2 || options.frame_bytes < 1024 || !options.frame_bytes.is_multiple_of(4) {
         return Err(lava_flow::Error::InvalidArgument(
             "at least 2 frames of at least 1024 bytes, a multiple of 4".into(),
         ));
@@ -207,7 +207,7 @@ fn pipeline(
     if !(2..=16).contains(&options.buffers) {
         return Err(lava_flow::Error::InvalidArgument("2 to 16 shared buffers".into()));
     }
-    if options.batch == 0 || options.buffers % options.batch != 0 {
+    if options.batch == 0 || !options.buffers.is_multiple_of(options.batch) {
         return Err(lava_flow::Error::InvalidArgument(format!(
             "--batch {} must divide --buffers {} (a hand-off covers whole groups of buffers)",
             options.batch, options.buffers

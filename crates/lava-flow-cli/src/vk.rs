@@ -1,6 +1,6 @@
 //! The Vulkan pieces the demo and the benchmarks both record with.
 
-use lava_flow::ash::{self, vk};
+use lava_flow::ash::vk;
 
 /// `.map_err(vk_err("vkCall"))`: lava-flow's error for a failed Vulkan call of the command's own.
 pub fn vk_err(call: &'static str) -> impl Fn(vk::Result) -> lava_flow::Error {
@@ -13,8 +13,9 @@ pub fn vk_err(call: &'static str) -> impl Fn(vk::Result) -> lava_flow::Error {
 ///
 /// # Safety
 /// `cmd` is a command buffer of `device` in the recording state.
+#[cfg(feature = "opengl")] // the demo and the CUDA benchmarks, which both need GL
 pub unsafe fn barrier_to_all(
-    device: &ash::Device,
+    device: &lava_flow::ash::Device,
     cmd: vk::CommandBuffer,
     src_stage: vk::PipelineStageFlags,
     src_access: vk::AccessFlags,

@@ -1,10 +1,11 @@
 //! `lava_flow.Buffer` and its typed views, `lava_flow.ArrayView`.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use lava_flow::cuda::CudaBuffer;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::allocator::{CudaDevice, MemoryLocation, Shared};
 use crate::dtype::DType;
@@ -13,13 +14,21 @@ use crate::{bytes, dlpack};
 
 /// A buffer of GPU memory allocated through Vulkan: readable and writable from Python,
 /// exportable as an fd, and shared without copies with PyTorch, CuPy and JAX (`__dlpack__`,
-/// `__cuda_array_interface__`) as bytes, or typed through `as_array`.
+/// `__cuda_array_interface__`) as bytes, or typed through `as_array`. `close()` (or the end of a
+/// `with` block) lets go of the memory.
 #[pyclass(module = "lava_flow", frozen)]
 pub struct Buffer {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) inner: Arc<lava_flow::Buffer>,
+    /// The Rust buffer; `None` once closed. Each use clones the `Arc`, so a `close()` on another
+    /// thread never frees memory that a call is using.
+    inner: RwLock<Option<Arc<lava_flow::Buffer>>>,
     /// The buffer mapped into CUDA, made on the first export and kept: every capsule shares it.
+    /// Locked before `inner` wherever both are (`placement`, `close`).
     cuda: Mutex<Option<Arc<CudaBuffer<'static>>>>,
+    /// Whether `__cuda_array_interface__` handed out a pointer. Its consumers hold this Python
+    /// object, not the memory, so after `close()` the CUDA mapping (and through it the memory)
+    /// stays until this object is freed.
+    lent_by_pointer: AtomicBool,
 }
 
 /// Where a view's bytes are for DLPack: CUDA device memory, or host memory (host-visible
@@ -34,28 +43,42 @@ pub enum Placement {
 
 impl Buffer {
     pub(crate) fn new(shared: Arc<Shared>, buffer: lava_flow::Buffer) -> Self {
-        Buffer { shared, inner: Arc::new(buffer), cuda: Mutex::new(None) }
+        Buffer {
+            shared,
+            inner: RwLock::new(Some(Arc::new(buffer))),
+            cuda: Mutex::new(None),
+            lent_by_pointer: AtomicBool::new(false),
+        }
     }
 
-    fn host_visible(&self) -> bool {
-        matches!(self.inner.location(), Some(lava_flow::MemoryLocation::HostVisible { .. }))
+    /// The Rust buffer, or `ClosedError` after `close()`.
+    pub(crate) fn inner(&self) -> PyResult<Arc<lava_flow::Buffer>> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        inner.as_ref().map(Arc::clone).ok_or_else(|| crate::errors::closed("this Buffer"))
     }
 
     /// Where DLPack and the CUDA array interface find the bytes: host memory for host-visible
-    /// buffers, otherwise the buffer mapped into CUDA (on first use).
-    pub(crate) fn placement(&self) -> lava_flow::Result<Placement> {
-        if self.host_visible() {
-            let ptr = self.inner.mapped_ptr().ok_or_else(|| lava_flow::Error::Unsupported {
-                what: "this host-visible buffer has no host mapping".into(),
+    /// buffers, otherwise the buffer mapped into CUDA (on first use). `ClosedError` after
+    /// `close()`; lava-flow's errors as their exceptions.
+    pub(crate) fn placement(&self) -> PyResult<Placement> {
+        let inner = self.inner()?;
+        if matches!(inner.location(), Some(lava_flow::MemoryLocation::HostVisible { .. })) {
+            let ptr = inner.mapped_ptr().ok_or_else(|| {
+                crate::errors::to_py(lava_flow::Error::Unsupported {
+                    what: "this host-visible buffer has no host mapping".into(),
+                })
             })?;
-            return Ok(Placement::Host(ptr.as_ptr() as usize, Arc::clone(&self.inner)));
+            return Ok(Placement::Host(ptr.as_ptr() as usize, inner));
         }
-        let device = self.shared.cuda(self.inner.device_id())?;
+        let device = self.shared.cuda(inner.device_id()).or_raise()?;
         let mut cached = self.cuda.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked again under the CUDA lock, which `close()` takes first: no mapping is cached
+        // after a `close()` has emptied the cache.
+        let inner = self.inner()?;
         let view = match &*cached {
             Some(view) => Arc::clone(view),
             None => {
-                let view = Arc::new(device.ctx.import_buffer_owned(Arc::clone(&self.inner))?);
+                let view = Arc::new(device.ctx.import_buffer_owned(inner).or_raise()?);
                 *cached = Some(Arc::clone(&view));
                 view
             }
@@ -63,14 +86,19 @@ impl Buffer {
         Ok(Placement::Cuda(device, view))
     }
 
+    /// Notes that `__cuda_array_interface__` handed out a pointer (see `lent_by_pointer`).
+    pub(crate) fn lend_by_pointer(&self) {
+        self.lent_by_pointer.store(true, Ordering::Release);
+    }
+
     /// The whole buffer as one dimension of bytes.
-    fn bytes_layout(&self) -> dlpack::Layout {
-        dlpack::Layout {
+    fn bytes_layout(&self) -> PyResult<dlpack::Layout> {
+        Ok(dlpack::Layout {
             dtype: DType::BYTES,
-            shape: vec![self.inner.size() as i64],
+            shape: vec![self.inner()?.size() as i64],
             strides: vec![1],
             offset: 0,
-        }
+        })
     }
 }
 
@@ -78,70 +106,73 @@ impl Buffer {
 impl Buffer {
     /// The size in bytes.
     #[getter]
-    fn size(&self) -> u64 {
-        self.inner.size()
+    fn size(&self) -> PyResult<u64> {
+        Ok(self.inner()?.size())
     }
 
     /// The offset of the buffer in its `VkDeviceMemory` (what importers add).
     #[getter]
-    fn offset(&self) -> u64 {
-        self.inner.offset()
+    fn offset(&self) -> PyResult<u64> {
+        Ok(self.inner()?.offset())
     }
 
     /// The size of the `VkDeviceMemory` an export refers to.
     #[getter]
-    fn allocation_size(&self) -> u64 {
-        self.inner.allocation_size()
+    fn allocation_size(&self) -> PyResult<u64> {
+        Ok(self.inner()?.allocation_size())
     }
 
     /// Whether the buffer has a `VkDeviceMemory` of its own.
     #[getter]
-    fn dedicated(&self) -> bool {
-        self.inner.is_dedicated()
+    fn dedicated(&self) -> PyResult<bool> {
+        Ok(self.inner()?.is_dedicated())
     }
 
     /// Whether the memory can be exported.
     #[getter]
-    fn exportable(&self) -> bool {
-        self.inner.is_exportable()
+    fn exportable(&self) -> PyResult<bool> {
+        Ok(self.inner()?.is_exportable())
     }
 
     /// The Vulkan device.
     #[getter]
-    fn device_id(&self) -> u32 {
-        self.inner.device_id()
+    fn device_id(&self) -> PyResult<u32> {
+        Ok(self.inner()?.device_id())
     }
 
     /// Where the buffer was allocated.
     #[getter]
-    fn location(&self) -> Option<MemoryLocation> {
-        self.inner.location().and_then(MemoryLocation::from_rust)
+    fn location(&self) -> PyResult<Option<MemoryLocation>> {
+        Ok(self.inner()?.location().and_then(MemoryLocation::from_rust))
     }
 
     /// Copies `data` (bytes, a numpy array, anything with the buffer protocol, C-contiguous) to
     /// `offset`; the copy has landed when this returns.
     #[pyo3(signature = (data, offset = 0))]
     fn write(&self, data: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
-        bytes::with_bytes(data, |b| self.inner.write(offset, b))?.or_raise()
+        let inner = self.inner()?;
+        bytes::with_bytes(data, |b| inner.write(offset, b))?.or_raise()
     }
 
     /// Reads `size` bytes (default: to the end) from `offset`, as `bytes`.
     #[pyo3(signature = (size = None, offset = 0))]
     fn read<'py>(&self, py: Python<'py>, size: Option<u64>, offset: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = self.inner()?;
         let size = match size {
             Some(s) => s,
-            None => self.inner.size().checked_sub(offset).ok_or_else(|| {
-                crate::errors::to_py(lava_flow::Error::OutOfRange { offset, len: 0, size: self.inner.size() })
+            None => inner.size().checked_sub(offset).ok_or_else(|| {
+                crate::errors::to_py(lava_flow::Error::OutOfRange { offset, len: 0, size: inner.size() })
             })?,
         };
-        bytes::new_bytes(py, size, |b| self.inner.read(offset, b))
+        bytes::new_bytes(py, size, |b| inner.read(offset, b))
     }
 
     /// Reads into `out` (a writable bytes-like object, e.g. a numpy array), from `offset`, as
     /// many bytes as `out` holds.
     #[pyo3(signature = (out, offset = 0))]
     fn read_into(&self, out: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
-        bytes::with_bytes_mut(out, |b| self.inner.read(offset, b))?.or_raise()
+        let inner = self.inner()?;
+        bytes::with_bytes_mut(out, |b| inner.read(offset, b))?.or_raise()
     }
 
     /// A new file descriptor of the buffer's whole `VkDeviceMemory` (opaque fd): yours to pass
@@ -149,7 +180,7 @@ impl Buffer {
     #[cfg(unix)]
     fn export_fd(&self) -> PyResult<i32> {
         use std::os::fd::IntoRawFd;
-        Ok(self.inner.export_fd().or_raise()?.into_raw_fd())
+        Ok(self.inner()?.export_fd().or_raise()?.into_raw_fd())
     }
 
     /// A new NT handle of the buffer's whole `VkDeviceMemory` (Windows; the twin of `export_fd`), as an integer: yours to
@@ -157,13 +188,13 @@ impl Buffer {
     #[cfg(windows)]
     fn export_handle(&self) -> PyResult<usize> {
         use std::os::windows::io::IntoRawHandle;
-        Ok(self.inner.export_handle().or_raise()?.into_raw_handle() as usize)
+        Ok(self.inner()?.export_handle().or_raise()?.into_raw_handle() as usize)
     }
 
     /// What an importer needs beside the fd: `offset`, `size`, `allocation_size`,
     /// `memory_type_index`, `dedicated`, `device_uuid`, `driver_uuid`.
     fn descriptor<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let desc = self.inner.descriptor();
+        let desc = self.inner()?.descriptor();
         let d = PyDict::new(py);
         d.set_item("offset", desc.offset)?;
         d.set_item("size", desc.size)?;
@@ -187,7 +218,7 @@ impl Buffer {
         offset: u64,
     ) -> PyResult<ArrayView> {
         let layout =
-            dlpack::Layout::new(DType::from_py(dtype)?, shape, strides, offset, slf.get().inner.size())?;
+            dlpack::Layout::new(DType::from_py(dtype)?, shape, strides, offset, slf.get().inner()?.size())?;
         Ok(ArrayView { buffer: slf.clone().unbind(), layout })
     }
 
@@ -201,7 +232,7 @@ impl Buffer {
         dl_device: Option<(u32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<Py<PyAny>> {
-        dlpack::export(py, self, &self.bytes_layout(), stream.as_ref(), max_version, dl_device, copy)
+        dlpack::export(py, self, &self.bytes_layout()?, stream.as_ref(), max_version, dl_device, copy)
     }
 
     /// `(device_type, device_id)`: `(2, ordinal)` (CUDA) for GPU memory, `(1, 0)` (CPU) for
@@ -213,7 +244,7 @@ impl Buffer {
     /// Version 3 of the CUDA array interface, of the whole buffer as bytes.
     #[getter]
     fn __cuda_array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        dlpack::cuda_array_interface(py, self, &self.bytes_layout())
+        dlpack::cuda_array_interface(py, self, &self.bytes_layout()?)
     }
 
     /// Pickling (through `multiprocessing`): the memory's fd travels as
@@ -222,22 +253,63 @@ impl Buffer {
     /// Unix only: the fd travels with `DupFd`, which Windows' `multiprocessing` has not.
     #[cfg(unix)]
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let exported = self.inner.export().or_raise()?;
+        let exported = self.inner()?.export().or_raise()?;
         let (handle, descriptor) = exported.into_parts();
         crate::ipc::reduce(py, "memory", handle.into_fd(), descriptor.to_bytes())
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.size() as usize
+    /// Lets go of the memory now, without waiting for the garbage collector: the Vulkan buffer
+    /// (and its block, when it was the last buffer there), its CUDA mapping and import are freed
+    /// unless a consumer still holds them. Consumers stay safe: a tensor made through
+    /// `__dlpack__` (`torch.from_dlpack`, ...) holds the memory through its capsule until it is
+    /// deleted; after `__cuda_array_interface__` was read (`torch.as_tensor`, `cupy.asarray`),
+    /// whose consumers hold this object rather than the memory, the memory stays until this
+    /// object is freed. Afterwards every use of this buffer, and of its views, raises
+    /// `ClosedError`; `close()` again does nothing.
+    fn close(&self) {
+        let mut cuda = self.cuda.lock().unwrap_or_else(PoisonError::into_inner);
+        let inner = self.inner.write().unwrap_or_else(PoisonError::into_inner).take();
+        if !self.lent_by_pointer.load(Ordering::Acquire) {
+            // Mapping first, then the buffer (the mapping holds the buffer: reverse order).
+            drop(cuda.take());
+            drop(inner);
+        }
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner).is_none()
+    }
+
+    /// `with allocator.allocate(n) as buffer:` closes the buffer at the end of the block.
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        slf.get().inner()?;
+        Ok(slf)
+    }
+
+    /// Closes the buffer (exceptions propagate).
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, PyTuple>) -> bool {
+        self.close();
+        false
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.inner()?.size() as usize)
     }
 
     fn __repr__(&self) -> String {
+        let Ok(inner) = self.inner() else { return "Buffer(closed)".into() };
         format!(
             "Buffer(size={}, offset={}, location={}, dedicated={})",
-            self.inner.size(),
-            self.inner.offset(),
-            self.location().map_or("None (imported)".into(), |l| l.python_repr()),
-            if self.inner.is_dedicated() { "True" } else { "False" }
+            inner.size(),
+            inner.offset(),
+            inner
+                .location()
+                .and_then(MemoryLocation::from_rust)
+                .map_or("None (imported)".into(), |l| l.python_repr()),
+            if inner.is_dedicated() { "True" } else { "False" }
         )
     }
 }

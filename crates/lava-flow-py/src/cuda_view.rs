@@ -95,7 +95,7 @@ impl CudaView {
 
 /// The CUDA mapping of a lava-flow buffer, for copies with a view.
 fn cuda_memory(buffer: &Buffer) -> PyResult<Arc<lava_flow::cuda::CudaBuffer<'static>>> {
-    match buffer.placement().or_raise()? {
+    match buffer.placement()? {
         Placement::Cuda(_, view) => Ok(view),
         Placement::Host(..) => Err(to_py(lava_flow::Error::Unsupported {
             what:

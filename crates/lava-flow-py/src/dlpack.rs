@@ -190,6 +190,9 @@ pub fn export(
     // The first export maps the buffer into CUDA, which may wait for the GPU: without the GIL,
     // so that a Python thread that signals what the GPU waits for can run.
     let placement = py.detach(|| buffer.placement()).map_err(|e| {
+        if Python::attach(|py| e.is_instance(py, &crate::errors::closed_type(py))) {
+            return e; // ClosedError as it is: the buffer was closed, nothing else is wrong
+        }
         PyBufferError::new_err(format!("lava_flow cannot export this buffer through DLPack: {e}"))
     })?;
     export_dlpack(&Exporter { placement, layout }, py, request)
@@ -197,10 +200,11 @@ pub fn export(
 
 /// `__dlpack_device__` of `buffer`.
 pub fn device(buffer: &Buffer) -> PyResult<(u32, i32)> {
-    if matches!(buffer.inner.location(), Some(lava_flow::MemoryLocation::HostVisible { .. })) {
+    let inner = buffer.inner()?;
+    if matches!(inner.location(), Some(lava_flow::MemoryLocation::HostVisible { .. })) {
         return Ok((DLDevice::CPU.device_type.0, 0));
     }
-    let device = buffer.shared.cuda(buffer.inner.device_id()).map_err(|e| {
+    let device = buffer.shared.cuda(inner.device_id()).map_err(|e| {
         PyBufferError::new_err(format!("lava_flow buffers of GPU memory are CUDA tensors: {e}"))
     })?;
     Ok((DLDevice::cuda(0).device_type.0, device.ordinal))
@@ -213,6 +217,8 @@ pub fn cuda_array_interface<'py>(
     layout: &Layout,
 ) -> PyResult<Bound<'py, PyDict>> {
     let no = |why: String| PyAttributeError::new_err(format!("no __cuda_array_interface__: {why}"));
+    // A closed buffer is `ClosedError`, not a missing attribute.
+    buffer.inner()?;
     let (device, view) = match py.detach(|| buffer.placement()) {
         Ok(Placement::Cuda(device, view)) => (device, view),
         Ok(Placement::Host(..)) => {
@@ -239,5 +245,6 @@ pub fn cuda_array_interface<'py>(
     }
     // Consumers synchronize with lava-flow's stream (where cuda_wait queues its waits).
     d.set_item("stream", device.stream.raw() as usize)?;
+    buffer.lend_by_pointer();
     Ok(d)
 }

@@ -39,7 +39,7 @@ const fn class(
 
 const ROOT: Option<&str> = Some("LavaFlowError");
 
-const CLASSES: [Class; 11] = [
+const CLASSES: [Class; 12] = [
     class("LavaFlowError", None, Some(Builtin::Exception), "Base class of every lava_flow error."),
     class(
         "DriverError",
@@ -90,6 +90,12 @@ const CLASSES: [Class; 11] = [
         ROOT,
         Some(Builtin::Connection),
         "The other process closed the connection before a whole message was sent or received.",
+    ),
+    class(
+        "ClosedError",
+        ROOT,
+        Some(Builtin::Value),
+        "The object was closed (close() or the end of its with block): it cannot be used any more.",
     ),
 ];
 
@@ -162,6 +168,22 @@ pub fn to_py(error: Error) -> PyErr {
     Python::attach(|py| match TYPES.get_or_try_init(py, || create(py)) {
         Ok(types) => PyErr::from_type(types[index(class_of(&error))].bind(py).clone(), error.to_string()),
         Err(e) => e,
+    })
+}
+
+/// The class of `ClosedError`.
+pub fn closed_type(py: Python<'_>) -> Bound<'_, PyType> {
+    match TYPES.get_or_try_init(py, || create(py)) {
+        Ok(types) => types[index("ClosedError")].bind(py).clone(),
+        // Unreachable once the module is imported (`register` made the classes).
+        Err(_) => py.get_type::<PyValueError>(),
+    }
+}
+
+/// `ClosedError` for a use of `what` after its `close()`.
+pub fn closed(what: &str) -> PyErr {
+    Python::attach(|py| {
+        PyErr::from_type(closed_type(py), format!("{what} is closed (close() or the end of its with block)"))
     })
 }
 

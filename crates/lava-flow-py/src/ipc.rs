@@ -35,7 +35,7 @@ fn stream_of(sock: &Bound<'_, PyAny>) -> PyResult<UnixStream> {
 fn send(py: Python<'_>, sock: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>) -> PyResult<()> {
     let stream = stream_of(sock)?;
     if let Ok(buffer) = obj.cast::<Buffer>() {
-        let exported = buffer.get().inner.export().or_raise()?;
+        let exported = buffer.get().inner()?.export().or_raise()?;
         return py.detach(|| ipc::send_memory(&stream, &exported)).or_raise();
     }
     if let Ok(semaphore) = obj.cast::<TimelineSemaphore>() {
@@ -157,10 +157,12 @@ pub fn register(parent: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = parent.py();
     // Named in full, so that its functions pickle by reference (`lava_flow.ipc._rebuild`).
     let m = PyModule::new(py, "lava_flow.ipc")?;
-    m.add("__doc__", "Buffers and timeline semaphores to another process over a Unix socket.")?;
+    m.setattr("__doc__", "Buffers and timeline semaphores to another process over a Unix socket.")?;
     m.add_function(wrap_pyfunction!(send, &m)?)?;
     m.add_function(wrap_pyfunction!(recv, &m)?)?;
     m.add_function(wrap_pyfunction!(_rebuild, &m)?)?;
+    // What `from lava_flow.ipc import *` gives: not `_rebuild`, which is pickling's.
+    m.setattr("__all__", ["send", "recv"])?;
     parent.add("ipc", &m)?;
     // `import lava_flow.ipc` finds it too.
     py.import("sys")?.getattr("modules")?.set_item("lava_flow.ipc", &m)?;

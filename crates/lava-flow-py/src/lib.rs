@@ -18,7 +18,7 @@ mod stream;
 use pyo3::prelude::*;
 
 /// The module.
-#[pymodule(name = "lava_flow")]
+#[pymodule(name = "_lava_flow")]
 fn lava_flow_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<allocator::MemoryAllocator>()?;

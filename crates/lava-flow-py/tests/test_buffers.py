@@ -262,3 +262,105 @@ def test_exception_classes():
     assert issubclass(lava_flow.OutOfMemoryError, MemoryError)
     assert issubclass(lava_flow.DriverError, lava_flow.LavaFlowError)
     assert lava_flow.LavaFlowError.__module__ == "lava_flow"
+    assert issubclass(lava_flow.ClosedError, ValueError) and issubclass(lava_flow.ClosedError, lava_flow.LavaFlowError)
+
+
+def uses_of(buffer, view):
+    """Every way to use a buffer (and a view of it), each a callable."""
+    import pickle
+    import socket
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return {
+        "size": lambda: buffer.size,
+        "offset": lambda: buffer.offset,
+        "allocation_size": lambda: buffer.allocation_size,
+        "dedicated": lambda: buffer.dedicated,
+        "exportable": lambda: buffer.exportable,
+        "device_id": lambda: buffer.device_id,
+        "location": lambda: buffer.location,
+        "len": lambda: len(buffer),
+        "write": lambda: buffer.write(b"x"),
+        "read": lambda: buffer.read(),
+        "read_into": lambda: buffer.read_into(bytearray(4)),
+        "export_fd": lambda: buffer.export_fd(),
+        "descriptor": lambda: buffer.descriptor(),
+        "as_array": lambda: buffer.as_array("uint8", [4]),
+        "__dlpack__": lambda: buffer.__dlpack__(),
+        "__dlpack_device__": lambda: buffer.__dlpack_device__(),
+        "__cuda_array_interface__": lambda: buffer.__cuda_array_interface__,
+        "pickle": lambda: pickle.dumps(buffer),
+        "ipc.send": lambda: lava_flow.ipc.send(a, buffer),
+        "with": lambda: buffer.__enter__(),
+        "view.__dlpack__": lambda: view.__dlpack__(),
+        "view.__dlpack_device__": lambda: view.__dlpack_device__(),
+        "view.__cuda_array_interface__": lambda: view.__cuda_array_interface__,
+        "numpy.from_dlpack": lambda: np.from_dlpack(view),
+    }, (a, b)
+
+
+@pytest.mark.parametrize("location", [MemoryLocation.GpuVulkan(), MemoryLocation.HostVisible()])
+def test_close_frees_now_and_every_later_use_is_a_closed_error(allocator, location):
+    before = allocator.stats()
+    buffer = allocator.allocate(4096, location, dedicated=True)
+    view = buffer.as_array("float32", [1024])
+    buffer.write(random_bytes(4096))
+    assert not buffer.closed
+    assert allocator.stats()["buffers"] == before["buffers"] + 1
+    buffer.close()
+    assert buffer.closed
+    after = allocator.stats()
+    assert after["buffers"] == before["buffers"] and after["dedicated_bytes"] == before["dedicated_bytes"], (
+        "closed: freed without waiting for the garbage collector (the Python objects still live)"
+    )
+    uses, sockets = uses_of(buffer, view)
+    try:
+        for name, use in uses.items():
+            with pytest.raises(lava_flow.ClosedError, match="closed"):
+                use()
+                pytest.fail(f"{name} worked on a closed buffer")
+    finally:
+        for s in sockets:
+            s.close()
+    assert repr(buffer) == "Buffer(closed)"
+    buffer.close()  # again: nothing
+    assert view.shape == [1024], "a view's own description stays readable"
+
+
+def test_with_closes_at_the_end_of_the_block_and_on_errors(allocator):
+    before = allocator.stats()["buffers"]
+    data = random_bytes(70_001)
+    with allocator.allocate(70_001) as buffer:
+        buffer.write(poison(70_001))
+        buffer.write(data)
+        assert_bytes_equal(buffer.read(), data, "inside the with block")
+        assert allocator.stats()["buffers"] == before + 1
+    assert buffer.closed and allocator.stats()["buffers"] == before
+    with pytest.raises(KeyError, match="raised inside"):
+        with allocator.allocate(100) as other:
+            raise KeyError("raised inside")
+    assert other.closed and allocator.stats()["buffers"] == before, "closed, and the exception went on"
+
+
+def test_a_closed_buffer_stays_alive_for_the_arrays_made_from_it(allocator):
+    """DLPack consumers hold the memory through their capsules: close() cannot pull it from
+    under them. The memory goes when the last of them does."""
+    before = allocator.stats()["buffers"]
+    buffer = allocator.allocate(4 * 4096, MemoryLocation.HostVisible())
+    values = np.random.default_rng(11).standard_normal(4096).astype(np.float32)
+    buffer.write(np.full(4096, np.nan, np.float32))
+    buffer.write(values)
+    array = np.from_dlpack(buffer.as_array("float32", [4096]))
+    tail = np.from_dlpack(buffer.as_array("float32", [16], offset=4 * 4080))
+    buffer.close()
+    assert allocator.stats()["buffers"] == before + 1, "the arrays hold the memory"
+    np.testing.assert_array_equal(array, values)
+    array += 1  # still the same, writable memory
+    np.testing.assert_array_equal(tail, values[4080:] + np.float32(1))
+    del array
+    gc.collect()
+    assert allocator.stats()["buffers"] == before + 1, "one array still holds it"
+    np.testing.assert_array_equal(tail, values[4080:] + np.float32(1))
+    del tail
+    gc.collect()
+    assert allocator.stats()["buffers"] == before, "the last array gone, the memory is freed"

@@ -135,6 +135,13 @@ def test_cupy_through_dlpack_and_the_cuda_array_interface(cuda_allocator):
     np.testing.assert_array_equal(cp.asnumpy(a), values)
     b = cp.asarray(buffer.as_array("float32", [1000]))  # __cuda_array_interface__
     assert b.data.ptr == a.data.ptr, "both zero-copy"
+    # The whole buffer as bytes, and a strided view (a transpose), through the same protocol.
+    whole = cp.asarray(buffer)
+    assert whole.dtype == cp.uint8 and whole.size == buffer.size and whole.data.ptr == a.data.ptr
+    np.testing.assert_array_equal(cp.asnumpy(whole), values.view(np.uint8))
+    transposed = cp.asarray(buffer.as_array("float32", [10, 100], strides=[1, 10]))
+    assert transposed.data.ptr == a.data.ptr and transposed.strides == (4, 40)
+    np.testing.assert_array_equal(cp.asnumpy(transposed), values.reshape(100, 10).T)
     b += 1
     cp.cuda.runtime.deviceSynchronize()
     out = np.empty(1000, np.float32)
@@ -181,3 +188,86 @@ def test_a_torch_tensor_is_a_borrowed_view_that_cannot_go_to_vulkan(cuda_allocat
     assert_bytes_equal(view.read(), data, "the view keeps the tensor alive")
     with pytest.raises(BufferError, match="C-contiguous"):
         cuda_allocator.wrap_cuda(torch.zeros((10, 10), device="cuda").t())
+
+
+class CaiOnly:
+    """Only the CUDA array interface of `obj` (no __dlpack__), so that a consumer takes that
+    path. The consumer holds this object, which holds the buffer: as when it holds the buffer."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    @property
+    def __cuda_array_interface__(self):
+        return self.obj.__cuda_array_interface__
+
+
+@pytest.mark.parametrize("convert", ["as_tensor", "asarray"])
+def test_torch_as_tensor_and_asarray_through_the_cuda_array_interface(cuda_allocator, torch, convert):
+    n = 4 * 64 * 64
+    buffer = cuda_allocator.allocate(256 + n + 256)
+    buffer.write(poison(buffer.size))
+    values = np.random.default_rng(13).standard_normal((64, 64)).astype(np.float32)
+    buffer.write(values, 256)
+    to_torch = getattr(torch, convert)
+    whole = to_torch(CaiOnly(buffer), device="cuda")
+    assert whole.dtype == torch.uint8 and tuple(whole.shape) == (buffer.size,)
+    assert whole.data_ptr() == buffer.__cuda_array_interface__["data"][0], "zero-copy"
+    view = buffer.as_array("float32", [64, 64], offset=256)
+    t = to_torch(CaiOnly(view), device="cuda")
+    assert t.dtype == torch.float32 and t.data_ptr() == view.__cuda_array_interface__["data"][0]
+    np.testing.assert_array_equal(t.cpu().numpy(), values)
+    transposed = to_torch(CaiOnly(buffer.as_array("float32", [64, 64], strides=[1, 64], offset=256)), device="cuda")
+    assert transposed.data_ptr() == t.data_ptr() and transposed.stride() == (1, 64)
+    np.testing.assert_array_equal(transposed.cpu().numpy(), values.T)
+    t.mul_(3)  # torch writes, Vulkan reads
+    torch.cuda.synchronize()
+    out = np.empty((64, 64), np.float32)
+    buffer.read_into(out, 256)
+    np.testing.assert_array_equal(out, values * np.float32(3))
+    assert_bytes_equal(buffer.read(256), poison(256), "the bytes before the view")
+    assert_bytes_equal(buffer.read(256, 256 + n), poison(256), "the bytes after the view")
+    # The buffer and the view themselves, whichever protocol torch prefers: the same memory.
+    assert to_torch(view, device="cuda").data_ptr() == t.data_ptr()
+    assert to_torch(buffer, device="cuda").data_ptr() == whole.data_ptr()
+
+
+def test_close_keeps_the_memory_that_tensors_hold(cuda_allocator, torch):
+    """After close(), a tensor made through DLPack holds the memory through its capsule; one made
+    through the CUDA array interface holds the buffer object, which keeps the memory until it
+    is freed. Neither ever sees freed memory."""
+    before = cuda_allocator.stats()["buffers"]
+    n = 1 << 20
+    data = random_bytes(n)
+    by_pointer_buffer = cuda_allocator.allocate(n, dedicated=True)
+    by_pointer_buffer.write(data)
+    by_pointer = torch.as_tensor(CaiOnly(by_pointer_buffer), device="cuda")
+    by_capsule_buffer = cuda_allocator.allocate(n, dedicated=True)
+    by_capsule_buffer.write(data)
+    by_capsule = torch.from_dlpack(by_capsule_buffer)
+    by_pointer_buffer.close()
+    by_capsule_buffer.close()
+    with pytest.raises(lava_flow.ClosedError):
+        by_pointer_buffer.read()
+    with pytest.raises(lava_flow.ClosedError):
+        torch.from_dlpack(by_capsule_buffer)
+    borrowed = cuda_allocator.wrap_cuda(by_capsule)  # holds the tensor: deleted below
+    with pytest.raises(lava_flow.ClosedError):
+        borrowed.copy_to(by_capsule_buffer)
+    del borrowed
+    assert cuda_allocator.stats()["buffers"] == before + 2, "both tensors hold their memory"
+    by_pointer.add_(1)
+    by_capsule.add_(1)
+    torch.cuda.synchronize()
+    assert_bytes_equal(by_pointer.cpu().numpy().tobytes(), plus_one(data), "through the pointer, after close")
+    assert_bytes_equal(by_capsule.cpu().numpy().tobytes(), plus_one(data), "through the capsule, after close")
+    del by_capsule
+    gc.collect()
+    torch.cuda.synchronize()
+    assert cuda_allocator.stats()["buffers"] == before + 1, "the capsule's tensor gone, its memory is freed"
+    del by_pointer
+    gc.collect()
+    assert cuda_allocator.stats()["buffers"] == before + 1, "the closed buffer's object still lives"
+    del by_pointer_buffer
+    gc.collect()
+    assert cuda_allocator.stats()["buffers"] == before, "and with it the memory goes"

@@ -57,6 +57,17 @@
 //! With [`AllocatorOptions::validation`] (or `LAVA_FLOW_VALIDATION=1`) the Khronos validation
 //! layer is enabled and its warnings and errors are recorded in a [`ValidationLog`]; the test
 //! suite fails on any of them.
+//!
+//! ## Features
+//! Vulkan, exports and imports between Vulkan devices and processes ([`ipc`]) are always there.
+//! Each other API is a feature; all are on by default. Every driver library is loaded at run
+//! time: a machine without one builds and runs, and a call that needs it returns
+//! [`Error::LibraryNotFound`]. In these docs, items that need a feature say so.
+//!
+#![doc = document_features::document_features!()]
+//!
+//! The oldest Rust that builds the default features is 1.88 (`rust-version`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -111,6 +122,11 @@ pub struct CudaGuide;
 #[cfg(all(doctest, feature = "opencl"))]
 #[doc = include_str!("../../../docs/opencl_interop.md")]
 pub struct OpenClGuide;
+
+/// The crate's README (what the package registry shows), whose example is compiled as a doctest.
+#[cfg(all(doctest, feature = "cuda"))]
+#[doc = include_str!("../README.md")]
+pub struct Readme;
 
 /// The guide `docs/processes.md`, whose examples are compiled and run as doctests.
 #[cfg(all(doctest, unix, feature = "cuda"))]

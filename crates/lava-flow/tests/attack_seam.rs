@@ -32,7 +32,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{assert_bytes_eq, open_fds, poisoned, random_bytes, Validated};
+#[cfg(feature = "opengl")]
+use common::Validated;
+use common::{assert_bytes_eq, open_fds, poisoned, random_bytes};
 use lava_flow::{
     ipc, AllocationOptions, AllocatorOptions, Error, ExportedMemory, ExternalHandle, MemoryAllocator,
     MemoryDescriptor, MemoryId, MemoryLocation,

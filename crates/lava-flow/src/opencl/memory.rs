@@ -112,7 +112,7 @@ impl Context {
             size: desc.size,
             _buffer: PhantomData,
         };
-        if desc.offset % self.base_align()? == 0 {
+        if desc.offset.is_multiple_of(self.base_align()?) {
             let region = sys::cl_buffer_region { origin: desc.offset as usize, size: desc.size as usize };
             let mut status = 0;
             // SAFETY: the region lies inside the import (offset + size <= allocation size) and its

@@ -143,7 +143,9 @@ impl Buffer {
                 desc.allocation_size, desc.size, req.size
             )));
         }
-        if req.memory_type_bits & (1 << desc.memory_type_index) == 0 || desc.offset % req.alignment != 0 {
+        if req.memory_type_bits & (1 << desc.memory_type_index) == 0
+            || !desc.offset.is_multiple_of(req.alignment)
+        {
             return Err(Error::InvalidArgument(format!(
                 "memory type {} at offset {} cannot back this buffer (allowed types {:#x}, alignment {})",
                 desc.memory_type_index, desc.offset, req.memory_type_bits, req.alignment
