@@ -70,6 +70,12 @@ pub struct AllocatorOptions {
     /// staging resources stay with it, and the next staging call first waits for it (up to this
     /// timeout again) and fails with [`Error::Timeout`] if it is still pending.
     pub transfer_timeout: Duration,
+    /// Let [`Buffer::write`]/[`read`](Buffer::read) and the image level copies have the GPU copy
+    /// straight from and into the caller's memory where the device can import host memory
+    /// (`VK_EXT_external_memory_host`), instead of through a staging buffer (default: on). Off,
+    /// every transfer stages: a way to compare the two paths, and to test the staged one on
+    /// devices that can import.
+    pub host_memory_import: bool,
 }
 
 impl Default for AllocatorOptions {
@@ -80,6 +86,7 @@ impl Default for AllocatorOptions {
             validation: std::env::var("LAVA_FLOW_VALIDATION").is_ok_and(|v| v == "1"),
             heap_budget: None,
             transfer_timeout: DEFAULT_TRANSFER_TIMEOUT,
+            host_memory_import: true,
         }
     }
 }
@@ -154,6 +161,11 @@ pub struct AllocatorStats {
     pub dedicated_allocations: u64,
     /// Bytes in those.
     pub dedicated_bytes: u64,
+    /// Transfers so far ([`Buffer::write`] and its kin) that the GPU copied straight from or
+    /// into the caller's memory (imported host memory).
+    pub imported_transfers: u64,
+    /// Transfers so far that went through staging.
+    pub staged_transfers: u64,
 }
 
 /// Allocates exportable Vulkan memory on every Vulkan device of the machine.
@@ -434,6 +446,8 @@ impl MemoryAllocator {
             s.buffers += ctx.buffers.load(Ordering::Relaxed);
             s.dedicated_allocations += ctx.dedicated_allocations.load(Ordering::Relaxed);
             s.dedicated_bytes += ctx.dedicated_bytes.load(Ordering::Relaxed);
+            s.imported_transfers += ctx.device.imported_transfers.load(Ordering::Relaxed);
+            s.staged_transfers += ctx.device.staged_transfers.load(Ordering::Relaxed);
             let pools = ctx.pools.lock().unwrap_or_else(PoisonError::into_inner);
             for b in pools.values().flatten() {
                 s.blocks += 1;
@@ -462,6 +476,7 @@ impl MemoryAllocator {
             slot.physical.clone(),
             self.shared.options.heap_budget,
             self.shared.options.transfer_timeout,
+            self.shared.options.host_memory_import,
         )?;
         let ctx = Arc::new(DeviceContext {
             device,

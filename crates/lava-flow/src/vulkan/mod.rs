@@ -8,6 +8,7 @@ mod device;
 mod image;
 mod instance;
 mod memory;
+mod pending;
 mod semaphore;
 mod transfer;
 mod validation;
@@ -18,6 +19,7 @@ pub use allocator::{
 };
 pub use buffer::Buffer;
 pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};
+pub use pending::{HostBytes, HostBytesMut, PendingTransfer};
 #[cfg(any(feature = "cuda", feature = "opengl"))]
 pub(crate) use semaphore::check_increasing;
 pub use semaphore::{BinarySemaphore, Submission, TimelineSemaphore};
