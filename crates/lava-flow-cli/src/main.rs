@@ -5,6 +5,7 @@ mod bench;
 mod bench_cuda;
 #[cfg(feature = "cuda")]
 mod bench_processes;
+mod bench_transfers;
 #[cfg(feature = "opengl")]
 mod demo;
 #[cfg(all(feature = "cuda", feature = "opengl"))]
@@ -44,6 +45,9 @@ enum Command {
         /// The Vulkan device.
         #[arg(long, default_value_t = 0)]
         device: u32,
+        /// Only the host-transfer rows (`write`/`read` beside raw copies).
+        #[arg(long)]
+        transfers_only: bool,
     },
     /// The peer process of `bench`'s cross-process rows (started by `bench` itself).
     #[cfg(feature = "cuda")]
@@ -98,8 +102,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { json } => info::run(json),
-        Command::Bench { quick, json, device } => {
-            bench::run(&bench::Options { quick, json, device_id: device })
+        Command::Bench { quick, json, device, transfers_only } => {
+            bench::run(&bench::Options { quick, json, device_id: device, transfers_only })
         }
         #[cfg(feature = "cuda")]
         Command::BenchPeer { socket } => bench_processes::peer(&socket),

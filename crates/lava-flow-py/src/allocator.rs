@@ -151,7 +151,8 @@ impl Shared {
 /// `lava_flow.ipc.recv` and unpickled buffers import), made on first use.
 pub fn default_shared(py: Python<'_>) -> PyResult<Arc<Shared>> {
     static DEFAULT: pyo3::sync::PyOnceLock<Py<MemoryAllocator>> = pyo3::sync::PyOnceLock::new();
-    let allocator = DEFAULT.get_or_try_init(py, || Py::new(py, MemoryAllocator::new(py, None, None, true)?))?;
+    let allocator =
+        DEFAULT.get_or_try_init(py, || Py::new(py, MemoryAllocator::new(py, None, None, true)?))?;
     Ok(Arc::clone(&allocator.get().shared))
 }
 
