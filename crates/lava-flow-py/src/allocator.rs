@@ -243,9 +243,7 @@ impl MemoryAllocator {
     }
 
     /// What the allocator holds now: `buffers`, `blocks`, `block_bytes`, `suballocated_bytes`,
-    /// `dedicated_allocations`, `dedicated_bytes`; and how many transfers so far went straight
-    /// from or into the caller's memory (`imported_transfers`) or through staging
-    /// (`staged_transfers`).
+    /// `dedicated_allocations`, `dedicated_bytes`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.shared.allocator().stats();
         let d = PyDict::new(py);
@@ -255,8 +253,16 @@ impl MemoryAllocator {
         d.set_item("suballocated_bytes", s.suballocated_bytes)?;
         d.set_item("dedicated_allocations", s.dedicated_allocations)?;
         d.set_item("dedicated_bytes", s.dedicated_bytes)?;
-        d.set_item("imported_transfers", s.imported_transfers)?;
-        d.set_item("staged_transfers", s.staged_transfers)?;
+        Ok(d)
+    }
+
+    /// How many host transfers so far went straight from or into the caller's memory
+    /// (`imported`) or through staging (`staged`).
+    fn transfer_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.shared.allocator().transfer_stats();
+        let d = PyDict::new(py);
+        d.set_item("imported", s.imported)?;
+        d.set_item("staged", s.staged)?;
         Ok(d)
     }
 

@@ -77,7 +77,7 @@ pub use location::MemoryLocation;
 pub use vulkan::{
     AllocationOptions, AllocatorOptions, AllocatorStats, BinarySemaphore, Buffer, Exportable, HeapUsage,
     HostBytes, HostBytesMut, Image, ImageDesc, ImageFormat, ImageTiling, MemoryAllocator, PendingTransfer,
-    Submission, TimelineSemaphore, ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
+    Submission, TimelineSemaphore, TransferStats, ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
     DEFAULT_TRANSFER_TIMEOUT,
 };
 

@@ -161,11 +161,18 @@ pub struct AllocatorStats {
     pub dedicated_allocations: u64,
     /// Bytes in those.
     pub dedicated_bytes: u64,
-    /// Transfers so far ([`Buffer::write`] and its kin) that the GPU copied straight from or
-    /// into the caller's memory (imported host memory).
-    pub imported_transfers: u64,
-    /// Transfers so far that went through staging.
-    pub staged_transfers: u64,
+}
+
+/// How many host transfers ([`Buffer::write`], [`Buffer::read`], image levels and their
+/// asynchronous forms, to and from device-local memory) took which path so far, summed over the
+/// allocator's devices: [`MemoryAllocator::transfer_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TransferStats {
+    /// Copied by the GPU straight from or into the caller's memory (imported host memory).
+    pub imported: u64,
+    /// Copied through staging.
+    pub staged: u64,
 }
 
 /// Allocates exportable Vulkan memory on every Vulkan device of the machine.
@@ -446,14 +453,25 @@ impl MemoryAllocator {
             s.buffers += ctx.buffers.load(Ordering::Relaxed);
             s.dedicated_allocations += ctx.dedicated_allocations.load(Ordering::Relaxed);
             s.dedicated_bytes += ctx.dedicated_bytes.load(Ordering::Relaxed);
-            s.imported_transfers += ctx.device.imported_transfers.load(Ordering::Relaxed);
-            s.staged_transfers += ctx.device.staged_transfers.load(Ordering::Relaxed);
             let pools = ctx.pools.lock().unwrap_or_else(PoisonError::into_inner);
             for b in pools.values().flatten() {
                 s.blocks += 1;
                 s.block_bytes += b.block.size;
                 s.suballocated_bytes += b.sub.used();
             }
+        }
+        s
+    }
+
+    /// How many host transfers took which path so far (see [`TransferStats`]).
+    pub fn transfer_stats(&self) -> TransferStats {
+        let mut s = TransferStats::default();
+        for slot in &self.shared.devices {
+            let Some(ctx) = slot.context.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
+                continue;
+            };
+            s.imported += ctx.device.imported_transfers.load(Ordering::Relaxed);
+            s.staged += ctx.device.staged_transfers.load(Ordering::Relaxed);
         }
         s
     }

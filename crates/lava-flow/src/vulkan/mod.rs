@@ -15,7 +15,7 @@ mod validation;
 
 pub use allocator::{
     AllocationOptions, AllocatorOptions, AllocatorStats, Exportable, HeapUsage, MemoryAllocator,
-    DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
+    TransferStats, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
 };
 pub use buffer::Buffer;
 pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};
