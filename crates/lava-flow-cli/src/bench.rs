@@ -52,6 +52,8 @@ pub struct Options {
     pub quick: bool,
     pub json: Option<std::path::PathBuf>,
     pub device_id: u32,
+    /// Only the host-transfer rows.
+    pub transfers_only: bool,
 }
 
 #[derive(Serialize)]
@@ -73,6 +75,10 @@ pub fn run(options: &Options) -> Result<()> {
     );
     println!("medians of {reps} repetitions; each path beside its baseline, same process\n");
 
+    if options.transfers_only {
+        crate::bench_transfers::rows(options, reps, &mut rows)?;
+        return report(options, &info, rows);
+    }
     // Set-up cost per small buffer: allocate + export (+ free), against the raw pattern of one
     // dedicated exportable allocation per buffer.
     let location = MemoryLocation::GpuVulkan { device_id: options.device_id };
@@ -152,11 +158,17 @@ pub fn run(options: &Options) -> Result<()> {
         rows.push(zero_copy);
     }
 
+    crate::bench_transfers::rows(options, reps, &mut rows)?;
     #[cfg(all(feature = "cuda", feature = "opengl"))]
     crate::bench_cuda::rows(&mut allocator, options, iters, reps, &mut rows)?;
     #[cfg(feature = "cuda")]
     crate::bench_processes::rows(&mut allocator, options, reps, &mut rows)?;
 
+    report(options, &info, rows)
+}
+
+/// Prints the table, and writes the JSON file if asked.
+fn report(options: &Options, info: &lava_flow::DeviceInfo, rows: Vec<Row>) -> Result<()> {
     print_table(&rows);
     if let Some(path) = &options.json {
         let report = Report {

@@ -9,6 +9,8 @@ mod bench;
 mod bench_cuda;
 #[cfg(all(unix, feature = "cuda"))]
 mod bench_processes;
+#[cfg(unix)]
+mod bench_transfers;
 #[cfg(feature = "opengl")]
 mod demo;
 #[cfg(all(unix, feature = "cuda", feature = "opengl"))]
@@ -49,6 +51,9 @@ enum Command {
         /// The Vulkan device.
         #[arg(long, default_value_t = 0)]
         device: u32,
+        /// Only the host-transfer rows (`write`/`read` beside raw copies).
+        #[arg(long)]
+        transfers_only: bool,
     },
     /// The peer process of `bench`'s cross-process rows (started by `bench` itself).
     #[cfg(all(unix, feature = "cuda"))]
@@ -104,8 +109,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info { json } => info::run(json),
         #[cfg(unix)]
-        Command::Bench { quick, json, device } => {
-            bench::run(&bench::Options { quick, json, device_id: device })
+        Command::Bench { quick, json, device, transfers_only } => {
+            bench::run(&bench::Options { quick, json, device_id: device, transfers_only })
         }
         #[cfg(all(unix, feature = "cuda"))]
         Command::BenchPeer { socket } => bench_processes::peer(&socket),

@@ -151,7 +151,8 @@ impl Shared {
 /// `lava_flow.ipc.recv` and unpickled buffers import), made on first use.
 pub fn default_shared(py: Python<'_>) -> PyResult<Arc<Shared>> {
     static DEFAULT: pyo3::sync::PyOnceLock<Py<MemoryAllocator>> = pyo3::sync::PyOnceLock::new();
-    let allocator = DEFAULT.get_or_try_init(py, || Py::new(py, MemoryAllocator::new(py, None, None)?))?;
+    let allocator =
+        DEFAULT.get_or_try_init(py, || Py::new(py, MemoryAllocator::new(py, None, None, true)?))?;
     Ok(Arc::clone(&allocator.get().shared))
 }
 
@@ -170,17 +171,25 @@ pub struct MemoryAllocator {
 
 #[pymethods]
 impl MemoryAllocator {
-    /// `MemoryAllocator(validation=None, heap_budget=None)`: `validation` turns the Khronos
-    /// validation layer on (default: the `LAVA_FLOW_VALIDATION` environment variable);
-    /// `heap_budget` caps lava-flow's bytes per heap (past it, `OutOfMemoryError`).
+    /// `MemoryAllocator(validation=None, heap_budget=None, host_memory_import=True)`:
+    /// `validation` turns the Khronos validation layer on (default: the `LAVA_FLOW_VALIDATION`
+    /// environment variable); `heap_budget` caps lava-flow's bytes per heap (past it,
+    /// `OutOfMemoryError`); `host_memory_import=False` makes every `write`/`read` stage instead
+    /// of letting the GPU copy straight from and into the caller's memory.
     #[new]
-    #[pyo3(signature = (validation = None, heap_budget = None))]
-    fn new(py: Python<'_>, validation: Option<bool>, heap_budget: Option<u64>) -> PyResult<Self> {
+    #[pyo3(signature = (validation = None, heap_budget = None, host_memory_import = true))]
+    fn new(
+        py: Python<'_>,
+        validation: Option<bool>,
+        heap_budget: Option<u64>,
+        host_memory_import: bool,
+    ) -> PyResult<Self> {
         let mut options = AllocatorOptions::default();
         if let Some(v) = validation {
             options.validation = v;
         }
         options.heap_budget = heap_budget;
+        options.host_memory_import = host_memory_import;
         let allocator = py.detach(|| lava_flow::MemoryAllocator::with_options(options)).or_raise()?;
         Ok(MemoryAllocator {
             shared: Arc::new(Shared { allocator: Mutex::new(allocator), cuda: Mutex::default() }),
@@ -234,8 +243,7 @@ impl MemoryAllocator {
     }
 
     /// What the allocator holds now: `buffers`, `blocks`, `block_bytes`, `suballocated_bytes`,
-    /// `dedicated_allocations`,
-    /// `dedicated_bytes`.
+    /// `dedicated_allocations`, `dedicated_bytes`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.shared.allocator().stats();
         let d = PyDict::new(py);
@@ -245,6 +253,16 @@ impl MemoryAllocator {
         d.set_item("suballocated_bytes", s.suballocated_bytes)?;
         d.set_item("dedicated_allocations", s.dedicated_allocations)?;
         d.set_item("dedicated_bytes", s.dedicated_bytes)?;
+        Ok(d)
+    }
+
+    /// How many host transfers so far went straight from or into the caller's memory
+    /// (`imported`) or through staging (`staged`).
+    fn transfer_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.shared.allocator().transfer_stats();
+        let d = PyDict::new(py);
+        d.set_item("imported", s.imported)?;
+        d.set_item("staged", s.staged)?;
         Ok(d)
     }
 

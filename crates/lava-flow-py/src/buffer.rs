@@ -147,11 +147,36 @@ impl Buffer {
     }
 
     /// Copies `data` (bytes, a numpy array, anything with the buffer protocol, C-contiguous) to
-    /// `offset`; the copy has landed when this returns.
+    /// `offset`; the copy has landed when this returns. The GIL is released while the bytes
+    /// move: other threads must not change `data` meanwhile (it cannot be resized or freed: the
+    /// call holds a buffer export of it).
     #[pyo3(signature = (data, offset = 0))]
-    fn write(&self, data: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
         let inner = self.inner()?;
-        bytes::with_bytes(data, |b| inner.write(offset, b))?.or_raise()
+        bytes::with_bytes(data, |b| py.detach(|| inner.write(offset, b)))?.or_raise()
+    }
+
+    /// Starts copying `data` to `offset` and returns a `Transfer` at once: the GPU copies while
+    /// Python runs. The transfer holds a buffer export of `data` (so it cannot be resized or
+    /// freed) until `Transfer.wait()`; do not change its contents before that — a `bytes` object
+    /// cannot be changed at all.
+    #[pyo3(signature = (data, offset = 0))]
+    fn write_async(&self, py: Python<'_>, data: &Bound<'_, PyAny>, offset: u64) -> PyResult<Transfer> {
+        let source = bytes::Exported::new(data, false)?;
+        let inner = self.inner()?;
+        let pending = py.detach(|| inner.write_async(offset, source)).or_raise()?;
+        Ok(Transfer::new(pending))
+    }
+
+    /// Starts reading into `out` (a writable bytes-like object) from `offset`, as many bytes as
+    /// `out` holds, and returns a `Transfer` at once; `out` holds the bytes once
+    /// `Transfer.wait()` returned. Do not read or change `out` before that.
+    #[pyo3(signature = (out, offset = 0))]
+    fn read_into_async(&self, py: Python<'_>, out: &Bound<'_, PyAny>, offset: u64) -> PyResult<Transfer> {
+        let destination = bytes::Exported::new(out, true)?;
+        let inner = self.inner()?;
+        let pending = py.detach(|| inner.read_async(offset, destination)).or_raise()?;
+        Ok(Transfer::new(pending))
     }
 
     /// Reads `size` bytes (default: to the end) from `offset`, as `bytes`.
@@ -164,15 +189,16 @@ impl Buffer {
                 crate::errors::to_py(lava_flow::Error::OutOfRange { offset, len: 0, size: inner.size() })
             })?,
         };
-        bytes::new_bytes(py, size, |b| inner.read(offset, b))
+        bytes::new_bytes(py, size, |b| py.detach(|| inner.read(offset, b)))
     }
 
     /// Reads into `out` (a writable bytes-like object, e.g. a numpy array), from `offset`, as
-    /// many bytes as `out` holds.
+    /// many bytes as `out` holds. The GIL is released while the bytes move: other threads must
+    /// not use `out` meanwhile.
     #[pyo3(signature = (out, offset = 0))]
-    fn read_into(&self, out: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
+    fn read_into(&self, py: Python<'_>, out: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
         let inner = self.inner()?;
-        bytes::with_bytes_mut(out, |b| inner.read(offset, b))?.or_raise()
+        bytes::with_bytes_mut(out, |b| py.detach(|| inner.read(offset, b)))?.or_raise()
     }
 
     /// A new file descriptor of the buffer's whole `VkDeviceMemory` (opaque fd): yours to pass
@@ -392,5 +418,50 @@ impl ArrayView {
             "ArrayView(dtype={}, shape={:?}, strides={:?}, offset={})",
             self.layout.dtype.name, self.layout.shape, self.layout.strides, self.layout.offset
         )
+    }
+}
+
+/// A write or read started by `Buffer.write_async` / `Buffer.read_into_async`: the GPU may still
+/// be copying. It holds a buffer export of the Python object whose bytes move (which keeps it
+/// alive and un-resizable) until `wait()`.
+#[pyclass(module = "lava_flow", frozen)]
+pub struct Transfer {
+    pending: Mutex<Option<lava_flow::PendingTransfer<bytes::Exported>>>,
+}
+
+impl Transfer {
+    fn new(pending: lava_flow::PendingTransfer<bytes::Exported>) -> Self {
+        Transfer { pending: Mutex::new(Some(pending)) }
+    }
+}
+
+#[pymethods]
+impl Transfer {
+    /// Waits (with the GIL released) until the copy has completed; after a read, the
+    /// destination holds the bytes. Raises `TimeoutError` after the allocator's transfer
+    /// timeout, the object then staying exported until the copy completes. Waiting again
+    /// returns at once.
+    fn wait(&self, py: Python<'_>) -> PyResult<()> {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(pending) = pending else { return Ok(()) };
+        let exported = py.detach(|| pending.wait()).or_raise()?;
+        // The export is released here, with the GIL held.
+        drop(exported);
+        Ok(())
+    }
+
+    /// Whether the copy has completed (`wait()` then returns at once).
+    fn done(&self) -> PyResult<bool> {
+        match &*self.pending.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(pending) => pending.is_done().or_raise(),
+            None => Ok(true),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        match &*self.pending.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(pending) => format!("Transfer({pending:?})"),
+            None => "Transfer(waited)".into(),
+        }
     }
 }

@@ -44,25 +44,72 @@ pub fn new_bytes<'py>(
     Ok(out)
 }
 
-/// Calls `f` with the bytes of `obj`. The GIL stays held, so no Python code changes them
-/// meanwhile.
+/// Calls `f` with the bytes of `obj`; `f` may release the GIL while it copies them.
+///
+/// How the bytes stay put meanwhile: the buffer export (held until `f` returns) keeps `obj`
+/// alive and its memory where it is — `bytes` never change, and `bytearray`, `array.array` and
+/// numpy arrays refuse to be resized while exported. What an export cannot stop is another
+/// Python thread writing into a mutable object: the rule for callers (documented on the
+/// methods) is not to change the source while a call that reads it runs, as for any copy that
+/// releases the GIL.
 pub fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
-    let buffer = byte_view(obj, false)?;
-    let len = buffer.item_count();
-    let ptr = buffer.buf_ptr().cast::<u8>().cast_const();
-    // SAFETY: a C-contiguous buffer of `len` bytes, exported to us (held by `buffer`) until the
-    // end of this function; with the GIL held nothing else runs Python code that could write it.
-    let bytes = if len == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(ptr, len) } };
-    Ok(f(bytes))
+    let exported = Exported::new(obj, false)?;
+    Ok(f(lava_flow::HostBytes::host_bytes(&exported)))
 }
 
 /// Calls `f` with the bytes of the writable `obj`, as [`with_bytes`].
 pub fn with_bytes_mut<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&mut [u8]) -> R) -> PyResult<R> {
-    let buffer = byte_view(obj, true)?;
-    let len = buffer.item_count();
-    let ptr = buffer.buf_ptr().cast::<u8>();
-    // SAFETY: as in `with_bytes`; the buffer is writable (checked) and no other Rust reference to
-    // its bytes exists.
-    let bytes = if len == 0 { &mut [][..] } else { unsafe { std::slice::from_raw_parts_mut(ptr, len) } };
-    Ok(f(bytes))
+    let mut exported = Exported::new(obj, true)?;
+    Ok(f(lava_flow::HostBytesMut::host_bytes_mut(&mut exported)))
+}
+
+/// The bytes of a Python object, exported through the buffer protocol for as long as this
+/// value lives: what an asynchronous transfer owns (see [`with_bytes`] for what the export
+/// guarantees, and what callers must not do).
+pub struct Exported {
+    /// Keeps the export (and with it the object) alive; its release needs the GIL, which
+    /// pyo3's drop takes.
+    buffer: PyBuffer<u8>,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: `ptr` points into the exported memory that `buffer` (which is `Send`) keeps alive.
+unsafe impl Send for Exported {}
+
+impl Exported {
+    /// A C-contiguous byte export of `obj`, writable if asked.
+    pub fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
+        let buffer = byte_view(obj, writable)?;
+        let len = buffer.item_count();
+        let ptr = buffer.buf_ptr().cast::<u8>();
+        Ok(Exported { buffer, ptr, len })
+    }
+}
+
+// SAFETY: the exported memory stays at `ptr` (an exporter may not move or free it while an
+// export is held, and `buffer` holds one) for as long as the value lives, wherever it moves.
+// Other threads writing into a mutable source (or reading a destination) meanwhile is the
+// Python caller's rule, documented on every method that takes one.
+unsafe impl lava_flow::HostBytes for Exported {
+    fn host_bytes(&self) -> &[u8] {
+        let _ = &self.buffer;
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: a C-contiguous export of `len` bytes, held by `self.buffer`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+// SAFETY: as above; the export was checked writable (`Exported::new` with `writable`), and only
+// this value hands out references to its bytes on the Rust side.
+unsafe impl lava_flow::HostBytesMut for Exported {
+    fn host_bytes_mut(&mut self) -> &mut [u8] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: as above, and `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
 }

@@ -26,6 +26,7 @@ fn lava_flow_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<allocator::MemoryLocation>()?;
     m.add_class::<buffer::Buffer>()?;
     m.add_class::<buffer::ArrayView>()?;
+    m.add_class::<buffer::Transfer>()?;
     m.add_class::<semaphore::TimelineSemaphore>()?;
     m.add_class::<cuda_view::CudaView>()?;
     errors::register(m)?;

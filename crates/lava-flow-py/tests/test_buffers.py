@@ -364,3 +364,36 @@ def test_a_closed_buffer_stays_alive_for_the_arrays_made_from_it(allocator):
     del tail
     gc.collect()
     assert allocator.stats()["buffers"] == before, "the last array gone, the memory is freed"
+
+
+@pytest.mark.parametrize("host_memory_import", [True, False])
+@pytest.mark.parametrize("size", [1, 4097, (256 << 10) + 3, (16 << 20) + 1])
+def test_transfers_both_paths_every_byte_at_odd_addresses(host_memory_import, size):
+    """write / read_into, synchronous and asynchronous, from numpy memory at odd addresses."""
+    a = lava_flow.MemoryAllocator(host_memory_import=host_memory_import)
+    buffer = a.allocate(size + 100)
+    storage = np.frombuffer(random_bytes(size + 3), dtype=np.uint8).copy()
+    data = storage[3:]  # an address 3 bytes past the array's
+    buffer.write(poison(size + 100))
+    buffer.write(data, 100)
+    out = np.full(size + 1, 0xA5, dtype=np.uint8)
+    buffer.read_into(out[1:], 100)
+    assert_bytes_equal(out[1:].tobytes(), data.tobytes(), "read_into")
+    # Asynchronous: the source stays exported (cannot be resized) until waited for.
+    source = bytearray(random_bytes(size))
+    transfer = buffer.write_async(source, 100)
+    with pytest.raises(BufferError):
+        source.extend(b"x")
+    transfer.wait()
+    source.extend(b"x")  # resizable again once the transfer let go
+    back = bytearray(size)
+    reading = buffer.read_into_async(back, 100)
+    reading.wait()
+    assert reading.done()
+    assert_bytes_equal(bytes(back), bytes(source[:size]), "read_into_async")
+    stats = a.transfer_stats()
+    if host_memory_import and size >= 256 << 10:
+        assert stats["imported"] > 0, stats
+    if not host_memory_import:
+        assert stats["imported"] == 0, stats
+    assert not a.validation_messages()

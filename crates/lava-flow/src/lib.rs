@@ -99,8 +99,9 @@ pub use handle::{
 pub use location::MemoryLocation;
 pub use vulkan::{
     AllocationOptions, AllocatorOptions, AllocatorStats, BinarySemaphore, Buffer, Exportable, HeapUsage,
-    Image, ImageDesc, ImageFormat, ImageTiling, MemoryAllocator, Submission, TimelineSemaphore,
-    ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
+    HostBytes, HostBytesMut, Image, ImageDesc, ImageFormat, ImageTiling, MemoryAllocator, PendingTransfer,
+    Submission, TimelineSemaphore, TransferStats, ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
+    DEFAULT_TRANSFER_TIMEOUT,
 };
 
 /// The guide `docs/vulkan.md`, whose examples are compiled and run as doctests.

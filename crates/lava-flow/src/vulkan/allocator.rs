@@ -68,6 +68,12 @@ pub struct AllocatorOptions {
     /// staging resources stay with it, and the next staging call first waits for it (up to this
     /// timeout again) and fails with [`Error::Timeout`] if it is still pending.
     pub transfer_timeout: Duration,
+    /// Let [`Buffer::write`]/[`read`](Buffer::read) and the image level copies have the GPU copy
+    /// straight from and into the caller's memory where the device can import host memory
+    /// (`VK_EXT_external_memory_host`), instead of through a staging buffer (default: on). Off,
+    /// every transfer stages: a way to compare the two paths, and to test the staged one on
+    /// devices that can import.
+    pub host_memory_import: bool,
 }
 
 impl Default for AllocatorOptions {
@@ -78,6 +84,7 @@ impl Default for AllocatorOptions {
             validation: std::env::var("LAVA_FLOW_VALIDATION").is_ok_and(|v| v == "1"),
             heap_budget: None,
             transfer_timeout: DEFAULT_TRANSFER_TIMEOUT,
+            host_memory_import: true,
         }
     }
 }
@@ -152,6 +159,18 @@ pub struct AllocatorStats {
     pub dedicated_allocations: u64,
     /// Bytes in those.
     pub dedicated_bytes: u64,
+}
+
+/// How many host transfers ([`Buffer::write`], [`Buffer::read`], image levels and their
+/// asynchronous forms, to and from device-local memory) took which path so far, summed over the
+/// allocator's devices: [`MemoryAllocator::transfer_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TransferStats {
+    /// Copied by the GPU straight from or into the caller's memory (imported host memory).
+    pub imported: u64,
+    /// Copied through staging.
+    pub staged: u64,
 }
 
 /// Allocates exportable Vulkan memory on every Vulkan device of the machine.
@@ -440,6 +459,19 @@ impl MemoryAllocator {
         s
     }
 
+    /// How many host transfers took which path so far (see [`TransferStats`]).
+    pub fn transfer_stats(&self) -> TransferStats {
+        let mut s = TransferStats::default();
+        for slot in &self.shared.devices {
+            let Some(ctx) = slot.context.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
+                continue;
+            };
+            s.imported += ctx.device.imported_transfers.load(Ordering::Relaxed);
+            s.staged += ctx.device.staged_transfers.load(Ordering::Relaxed);
+        }
+        s
+    }
+
     fn slot(&self, device_id: u32) -> Result<&DeviceSlot> {
         self.shared
             .devices
@@ -458,6 +490,7 @@ impl MemoryAllocator {
             slot.physical.clone(),
             self.shared.options.heap_budget,
             self.shared.options.transfer_timeout,
+            self.shared.options.host_memory_import,
         )?;
         let ctx = Arc::new(DeviceContext {
             device,

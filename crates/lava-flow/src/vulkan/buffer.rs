@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 #[cfg(windows)]
 use std::os::windows::io::OwnedHandle;
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ash::vk;
@@ -15,6 +15,8 @@ use super::allocator::DeviceContext;
 use super::conv;
 use super::device::Device;
 use super::memory::{Block, Dedicated, MemoryDesc};
+use super::pending::{HostBytes, HostBytesMut, PendingTransfer};
+use super::transfer::{Direction, HostRange, Target};
 use crate::error::{Error, Result, VkResultExt};
 use crate::handle::{ExportedMemory, ExternalHandle, MemoryDescriptor};
 use crate::location::MemoryLocation;
@@ -46,6 +48,9 @@ pub struct Buffer {
     /// Serialises `write` and `read` through the mapping: `Buffer` is `Sync`, and two threads
     /// copying into the same mapped bytes at once would be a data race.
     host_access: std::sync::Mutex<()>,
+    /// The transfer-timeline value of the last asynchronous transfer (0: none), which the drop
+    /// waits for.
+    last_async: AtomicU64,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -74,7 +79,15 @@ impl Buffer {
             ctx.dedicated_allocations.fetch_add(1, Ordering::Relaxed);
             ctx.dedicated_bytes.fetch_add(placement.block.size, Ordering::Relaxed);
         }
-        Buffer { ctx, buffer, size, placement, location, host_access: std::sync::Mutex::new(()) }
+        Buffer {
+            ctx,
+            buffer,
+            size,
+            placement,
+            location,
+            host_access: std::sync::Mutex::new(()),
+            last_async: AtomicU64::new(0),
+        }
     }
 
     /// Creates an unbound `VkBuffer` of `size` bytes with lava-flow's usage flags.
@@ -240,14 +253,22 @@ impl Buffer {
     }
 
     /// Copies `data` into the buffer at `offset`: through the mapping for host-visible memory,
-    /// else through a staging buffer and a queue submission, waited for before returning.
+    /// else with a queue submission, waited for before returning.
     ///
-    /// A staged copy queues behind everything submitted before it; if it has not completed
+    /// Where the device imports host memory (`VK_EXT_external_memory_host`; see
+    /// [`AllocatorOptions::host_memory_import`](crate::AllocatorOptions::host_memory_import)) and
+    /// the copy is large enough, the GPU copies straight from `data`; otherwise through a ring
+    /// of staging chunks, the CPU filling one while the GPU copies another.
+    ///
+    /// The copy queues behind everything submitted before it; if a staged copy has not completed
     /// within [`AllocatorOptions::transfer_timeout`](crate::AllocatorOptions::transfer_timeout)
     /// the result is [`Error::Timeout`] and the copy stays queued: it may still complete, with
     /// the bytes given here. Until it has, staging calls on the device fail with
     /// [`Error::Timeout`] (after waiting for it once more), and dropping this buffer waits for
     /// it too (and leaks the buffer if it is still queued, rather than destroy it under the GPU).
+    /// A copy straight from `data` is submitted only once the queue has drained (waiting up to
+    /// the timeout for that, [`Error::Timeout`] with nothing done after it), so that it can
+    /// never outlive this call.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len())?;
         if data.is_empty() {
@@ -258,9 +279,9 @@ impl Buffer {
             // SAFETY: the range was checked against the buffer's size, which the mapping covers;
             // `data` cannot alias device memory that lava-flow maps; the lock keeps other threads'
             // copies through this buffer out.
-            Some(p) => unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) },
+            Some(p) => unsafe { super::transfer::copy_bytes(data.as_ptr(), p, data.len()) },
             None => {
-                self.ctx.device.with_transfer(|t| t.write(&self.ctx.device, self.buffer, offset, data))?
+                self.ctx.device.with_transfer(|t| t.write(&self.ctx.device, self.target(offset), data))?
             }
         }
         Ok(())
@@ -275,10 +296,60 @@ impl Buffer {
         let _guard = self.host_access.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match self.mapped_at(offset) {
             // SAFETY: as in `write`.
-            Some(p) => unsafe { std::ptr::copy_nonoverlapping(p.cast_const(), out.as_mut_ptr(), out.len()) },
-            None => self.ctx.device.with_transfer(|t| t.read(&self.ctx.device, self.buffer, offset, out))?,
+            Some(p) => unsafe { super::transfer::copy_bytes(p.cast_const(), out.as_mut_ptr(), out.len()) },
+            None => self.ctx.device.with_transfer(|t| t.read(&self.ctx.device, self.target(offset), out))?,
         }
         Ok(())
+    }
+
+    /// Starts copying `data` into the buffer at `offset` and returns at once: the GPU copies
+    /// while the caller works. `data` is the transfer's until
+    /// [`PendingTransfer::wait`] gives it back, so it cannot be changed or freed meanwhile.
+    ///
+    /// Where the device imports host memory, the GPU copies straight from `data`; otherwise
+    /// `data` is copied into a staging buffer of the transfer's own before this returns. A
+    /// host-visible buffer is written through its mapping at once. See [`PendingTransfer`] for
+    /// timeouts, and [`Buffer::write`] for the order of copies.
+    pub fn write_async<S: HostBytes>(&self, offset: u64, data: S) -> Result<PendingTransfer<S>> {
+        let range = HostRange::source(data.host_bytes());
+        self.check_range(offset, range.len)?;
+        if range.len == 0 || self.mapped_ptr().is_some() {
+            self.write(offset, data.host_bytes())?;
+            return Ok(PendingTransfer::done(&self.ctx.device, data, range));
+        }
+        self.start(Direction::ToDevice, offset, data, range)
+    }
+
+    /// Starts copying `out.host_bytes().len()` bytes of the buffer from `offset` into `out`;
+    /// [`PendingTransfer::wait`] returns it filled (see [`Buffer::write_async`]).
+    pub fn read_async<D: HostBytesMut>(&self, offset: u64, mut out: D) -> Result<PendingTransfer<D>> {
+        let range = HostRange::destination(out.host_bytes_mut());
+        self.check_range(offset, range.len)?;
+        if range.len == 0 || self.mapped_ptr().is_some() {
+            self.read(offset, out.host_bytes_mut())?;
+            return Ok(PendingTransfer::done(&self.ctx.device, out, range));
+        }
+        self.start(Direction::ToHost, offset, out, range)
+    }
+
+    fn start<S: HostBytes>(
+        &self,
+        dir: Direction,
+        offset: u64,
+        host: S,
+        range: HostRange,
+    ) -> Result<PendingTransfer<S>> {
+        let device = &self.ctx.device;
+        // SAFETY: `range` is `host`'s bytes, which the pending transfer owns (at a fixed
+        // address: `HostBytes`) until the job's value is reached, or forever.
+        let job =
+            device.with_transfer(|t| unsafe { t.submit_job(device, dir, self.target(offset), range) })?;
+        self.last_async.fetch_max(job.value, Ordering::AcqRel);
+        Ok(PendingTransfer::started(device, host, range, job))
+    }
+
+    fn target(&self, offset: u64) -> Target {
+        Target::Buffer { buffer: self.buffer, offset }
     }
 
     /// The host address of byte `offset` (range-checked by the caller) of mapped memory.
@@ -357,7 +428,8 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        if !self.ctx.device.release_from_transfer(self.buffer.as_raw()) {
+        let last_async = *self.last_async.get_mut();
+        if !self.ctx.device.release_from_transfer(self.buffer.as_raw(), last_async) {
             // A staging copy that timed out still uses the buffer: destroying it, freeing its
             // memory or giving its range to another buffer would let the GPU write into them.
             // The buffer, its range and its memory (and with it the device) are leaked.

@@ -2,7 +2,7 @@
 
 use std::ffi::c_char;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use ash::vk;
@@ -53,6 +53,19 @@ pub(crate) struct Device {
     pub heap_budget: Option<u64>,
     /// `AllocatorOptions::transfer_timeout`: how long the staging context waits for a fence.
     pub transfer_timeout: Duration,
+    /// `VK_EXT_external_memory_host`, where the device has it and
+    /// `AllocatorOptions::host_memory_import` allows it: transfers copy straight from and into
+    /// the caller's memory.
+    pub host_import: Option<HostImportExt>,
+    /// How many batches were submitted to the queue (counted under its lock): a transfer that
+    /// drained the queue submits its copy only if nothing was queued after the drain.
+    submitted: AtomicU64,
+    /// The timeline the asynchronous transfers signal (`vk::Semaphore` of the staging context,
+    /// set once that context exists): drops wait on it without the context's lock.
+    pub transfer_timeline: OnceLock<vk::Semaphore>,
+    /// Transfers copied straight from or into imported host memory, and through staging.
+    pub imported_transfers: AtomicU64,
+    pub staged_transfers: AtomicU64,
     /// Bytes of each heap held by memory lava-flow allocated (not imported) on this device.
     pub heap_used: Arc<[std::sync::atomic::AtomicU64]>,
     /// A timeline only lava-flow uses: every [`Submission`](crate::Submission) also signals it
@@ -111,6 +124,7 @@ impl Device {
         physical: PhysicalDevice,
         heap_budget: Option<u64>,
         transfer_timeout: Duration,
+        host_memory_import: bool,
     ) -> Result<Arc<Self>> {
         let priorities = [1.0f32];
         let queue_info = [vk::DeviceQueueCreateInfo::default()
@@ -123,6 +137,11 @@ impl Device {
         }
         if physical.has_external_semaphore {
             extensions.push(semaphore_extension.as_ptr());
+        }
+        let host_alignment =
+            if host_memory_import { host_import_alignment(&instance, &physical)? } else { None };
+        if host_alignment.is_some() {
+            extensions.push(ash::ext::external_memory_host::NAME.as_ptr());
         }
         let mut features12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
         let info = vk::DeviceCreateInfo::default()
@@ -155,6 +174,10 @@ impl Device {
                 return Err(e);
             }
         };
+        let host_import = host_alignment.map(|alignment| HostImportExt {
+            loader: ash::ext::external_memory_host::Device::new(&instance.instance, &device),
+            alignment,
+        });
         Ok(Arc::new(Device {
             instance,
             device,
@@ -164,6 +187,11 @@ impl Device {
             transfer_target: AtomicU64::new(0),
             heap_budget,
             transfer_timeout,
+            host_import,
+            submitted: AtomicU64::new(0),
+            transfer_timeline: OnceLock::new(),
+            imported_transfers: AtomicU64::new(0),
+            staged_transfers: AtomicU64::new(0),
             heap_used: (0..physical.memory.memory_heap_count).map(|_| Default::default()).collect(),
             physical,
             progress,
@@ -188,6 +216,8 @@ impl Device {
         let number = tracker.submitted + 1;
         submit(&TrackedQueue { device: self, queue: *queue, progress: self.progress, number })?;
         tracker.submitted = number;
+        // Counted with every batch too: a transfer that drained the queue sees it.
+        self.submitted.fetch_add(1, Ordering::Relaxed);
         drop(queue);
         self.destroy_completed(&mut tracker);
         Ok(number)
@@ -243,10 +273,42 @@ impl Device {
     /// # Safety
     /// Every handle in `submits` must belong to this device and be valid until the work is done.
     pub unsafe fn submit(&self, submits: &[vk::SubmitInfo<'_>], fence: vk::Fence) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { self.submit_counted(submits, fence) }.map(drop)
+    }
+
+    /// [`Device::submit`], returning how many batches the queue had received once these were
+    /// submitted (see [`Device::submit_if_last`]).
+    ///
+    /// # Safety
+    /// As for [`Device::submit`].
+    pub unsafe fn submit_counted(&self, submits: &[vk::SubmitInfo<'_>], fence: vk::Fence) -> Result<u64> {
         let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         // SAFETY: the queue is externally synchronised by the lock; the caller vouches for the
         // handles.
-        unsafe { self.device.queue_submit(*queue, submits, fence) }.vk("vkQueueSubmit")
+        unsafe { self.device.queue_submit(*queue, submits, fence) }.vk("vkQueueSubmit")?;
+        Ok(self.submitted.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Submits `submits` only if the queue has received nothing since the submission that
+    /// [`Device::submit_counted`] numbered `last`; `false` (nothing submitted) otherwise.
+    ///
+    /// # Safety
+    /// As for [`Device::submit`].
+    pub unsafe fn submit_if_last(
+        &self,
+        last: u64,
+        submits: &[vk::SubmitInfo<'_>],
+        fence: vk::Fence,
+    ) -> Result<bool> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.submitted.load(Ordering::Relaxed) != last {
+            return Ok(false);
+        }
+        // SAFETY: as in `submit_counted`.
+        unsafe { self.device.queue_submit(*queue, submits, fence) }.vk("vkQueueSubmit")?;
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Runs `f` with exclusive use of the staging context, created on first use, and idle: a
@@ -259,15 +321,39 @@ impl Device {
             Some(t) => t,
             None => slot.insert(Transfer::new(self)?),
         };
+        transfer.reap(self);
         transfer.settle(self, EARLIER_COPY)?;
         f(transfer)
+    }
+
+    /// Keeps an asynchronous transfer's job whose wait failed, and the host memory it owns,
+    /// until it completes (see [`Transfer::adopt`]).
+    pub fn adopt(&self, job: super::transfer::Job, host: Box<dyn Send>) {
+        let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_mut() {
+            Some(transfer) => transfer.adopt(job, host),
+            // Unreachable: the job came from the context. Leaked rather than destroyed in use.
+            None => std::mem::forget((job, host)),
+        }
     }
 
     /// Called by a buffer or image (`object`: its raw handle) before it is destroyed: if a
     /// staging submission that timed out still uses it, waits for that (up to the transfer
     /// timeout). `false` if it is still queued: the object, and the memory under it, must then
     /// be leaked rather than destroyed under the GPU (the error is logged).
-    pub fn release_from_transfer(&self, object: u64) -> bool {
+    ///
+    /// `async_value` is the transfer-timeline value of the object's last asynchronous transfer
+    /// (0 for none): it is waited for too, with the same rule.
+    pub fn release_from_transfer(&self, object: u64, async_value: u64) -> bool {
+        if async_value != 0 {
+            if let Err(e) = self.wait_transfer_value(async_value) {
+                log::error!(
+                    "{e}: the buffer or image (and its memory) is leaked, not destroyed while an \
+                     asynchronous transfer may still use it"
+                );
+                return false;
+            }
+        }
         if object == 0 || self.transfer_target.load(Ordering::Acquire) != object {
             return true;
         }
@@ -331,6 +417,98 @@ impl Device {
         }
         signalled
     }
+}
+
+impl Device {
+    /// Waits (up to the transfer timeout) until the transfer timeline reaches `value`.
+    pub fn wait_transfer_value(&self, value: u64) -> Result<()> {
+        let Some(&timeline) = self.transfer_timeline.get() else {
+            // No asynchronous transfer was ever submitted on this device.
+            return Ok(());
+        };
+        let semaphores = [timeline];
+        let values = [value];
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
+        let timeout = u64::try_from(self.transfer_timeout.as_nanos()).unwrap_or(u64::MAX);
+        // SAFETY: the semaphore belongs to this device and lives as long as it does.
+        match unsafe { self.device.wait_semaphores(&info, timeout) } {
+            Ok(()) => Ok(()),
+            Err(vk::Result::TIMEOUT) => {
+                Err(crate::Error::Timeout(self.transfer_timeout, "an asynchronous transfer"))
+            }
+            Err(e) => Err(crate::Error::vk("vkWaitSemaphores", e)),
+        }
+    }
+
+    /// Whether the transfer timeline has reached `value`.
+    pub fn transfer_value_reached(&self, value: u64) -> Result<bool> {
+        let Some(&timeline) = self.transfer_timeline.get() else { return Ok(true) };
+        // SAFETY: as in `wait_transfer_value`.
+        let now =
+            unsafe { self.device.get_semaphore_counter_value(timeline) }.vk("vkGetSemaphoreCounterValue")?;
+        Ok(now >= value)
+    }
+}
+
+/// `VK_EXT_external_memory_host` on a device.
+pub(crate) struct HostImportExt {
+    pub loader: ash::ext::external_memory_host::Device,
+    /// `minImportedHostPointerAlignment`: imports start and end at multiples of it.
+    pub alignment: u64,
+}
+
+/// `minImportedHostPointerAlignment` where the device has `VK_EXT_external_memory_host` and the
+/// alignment is at most the host's page size (imports are rounded out to it, and only within
+/// the pages that hold the caller's bytes is memory sure to be mapped); `None` otherwise.
+fn host_import_alignment(instance: &Instance, physical: &PhysicalDevice) -> Result<Option<u64>> {
+    let inst = &instance.instance;
+    // SAFETY: the physical device belongs to this instance.
+    let extensions = unsafe { inst.enumerate_device_extension_properties(physical.handle) }
+        .vk("vkEnumerateDeviceExtensionProperties")?;
+    let name = ash::ext::external_memory_host::NAME;
+    if !extensions.iter().any(|e| e.extension_name_as_c_str().ok() == Some(name)) {
+        return Ok(None);
+    }
+    // The import's buffer: transfer source and destination, bound to host memory.
+    let buffer_info = vk::PhysicalDeviceExternalBufferInfo::default()
+        .usage(super::transfer::HOST_BUFFER_USAGE)
+        .handle_type(vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT);
+    let mut buffer_props = vk::ExternalBufferProperties::default();
+    // SAFETY: as above; `buffer_info` and `buffer_props` outlive the call.
+    unsafe {
+        inst.get_physical_device_external_buffer_properties(physical.handle, &buffer_info, &mut buffer_props)
+    };
+    let features = buffer_props.external_memory_properties.external_memory_features;
+    if !features.contains(vk::ExternalMemoryFeatureFlags::IMPORTABLE) {
+        log::info!("{}: host allocations cannot back transfer buffers: transfers stage", physical.info.name);
+        return Ok(None);
+    }
+    let mut host = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
+    let mut props = vk::PhysicalDeviceProperties2::default().push_next(&mut host);
+    // SAFETY: as above; the chained struct outlives the call.
+    unsafe { inst.get_physical_device_properties2(physical.handle, &mut props) };
+    let alignment = host.min_imported_host_pointer_alignment;
+    let page = page_size();
+    if alignment == 0 || !alignment.is_power_of_two() || alignment > page {
+        log::info!(
+            "{}: minImportedHostPointerAlignment {alignment} (page size {page}): transfers stage",
+            physical.info.name
+        );
+        return Ok(None);
+    }
+    Ok(Some(alignment))
+}
+
+#[cfg(unix)]
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).unwrap_or(0)
+}
+
+#[cfg(not(unix))]
+fn page_size() -> u64 {
+    0
 }
 
 impl Drop for Device {

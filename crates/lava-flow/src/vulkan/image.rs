@@ -4,7 +4,7 @@
 use std::os::fd::OwnedFd;
 #[cfg(windows)]
 use std::os::windows::io::OwnedHandle;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ash::vk;
@@ -12,6 +12,8 @@ use ash::vk::Handle;
 
 use super::allocator::DeviceContext;
 use super::memory::{Block, Dedicated, MemoryDesc};
+use super::pending::{HostBytes, HostBytesMut, PendingTransfer};
+use super::transfer::{Direction, HostRange, Target};
 use crate::error::{Error, Result, VkResultExt};
 use crate::handle::{ExportedImage, ExternalHandle, ImageDescriptor, MemoryDescriptor};
 use crate::location::MemoryLocation;
@@ -185,6 +187,8 @@ pub struct Image {
     block: Arc<Block>,
     desc: ImageDesc,
     usage: vk::ImageUsageFlags,
+    /// The transfer-timeline value of the last asynchronous transfer (0: none).
+    last_async: AtomicU64,
 }
 
 impl std::fmt::Debug for Image {
@@ -268,7 +272,8 @@ impl DeviceContext {
         let image = unsafe { d.create_image(&create, None) }.vk("vkCreateImage")?;
         match self.bind_image(image, exportable) {
             Ok(block) => {
-                let img = Image { ctx: Arc::clone(self), image, block, desc, usage };
+                let img =
+                    Image { ctx: Arc::clone(self), image, block, desc, usage, last_async: AtomicU64::new(0) };
                 self.buffers.fetch_add(1, Ordering::Relaxed);
                 self.dedicated_allocations.fetch_add(1, Ordering::Relaxed);
                 self.dedicated_bytes.fetch_add(img.block.size, Ordering::Relaxed);
@@ -450,28 +455,60 @@ impl Image {
     }
 
     /// Uploads mip `level` from `data`: tightly packed rows, exactly
-    /// [`ImageDesc::level_size`] bytes. Synchronous, through a staging buffer.
+    /// [`ImageDesc::level_size`] bytes. Synchronous: straight from `data` where the device
+    /// imports host memory, else through the staging ring (see [`Buffer::write`](crate::Buffer::write)).
     pub fn write_level(&self, level: u32, data: &[u8]) -> Result<()> {
-        let (w, h) = self.desc.check_level_data(level, data.len())?;
-        let texel = self.desc.format.texel_size();
-        self.ctx
-            .device
-            .with_transfer(|t| t.write_image(&self.ctx.device, self.image, level, (w, h), texel, data))
+        let target = self.target(level, data.len())?;
+        self.ctx.device.with_transfer(|t| t.write(&self.ctx.device, target, data))
     }
 
     /// Downloads mip `level` into `out` (see [`Image::write_level`]).
     pub fn read_level(&self, level: u32, out: &mut [u8]) -> Result<()> {
-        let (w, h) = self.desc.check_level_data(level, out.len())?;
-        let texel = self.desc.format.texel_size();
-        self.ctx
-            .device
-            .with_transfer(|t| t.read_image(&self.ctx.device, self.image, level, (w, h), texel, out))
+        let target = self.target(level, out.len())?;
+        self.ctx.device.with_transfer(|t| t.read(&self.ctx.device, target, out))
+    }
+
+    /// Starts uploading mip `level` from `data` and returns at once (see
+    /// [`Buffer::write_async`](crate::Buffer::write_async)).
+    pub fn write_level_async<S: HostBytes>(&self, level: u32, data: S) -> Result<PendingTransfer<S>> {
+        let range = HostRange::source(data.host_bytes());
+        let target = self.target(level, range.len)?;
+        self.start(Direction::ToDevice, target, data, range)
+    }
+
+    /// Starts downloading mip `level` into `out`; [`PendingTransfer::wait`] returns it filled.
+    pub fn read_level_async<D: HostBytesMut>(&self, level: u32, mut out: D) -> Result<PendingTransfer<D>> {
+        let range = HostRange::destination(out.host_bytes_mut());
+        let target = self.target(level, range.len)?;
+        self.start(Direction::ToHost, target, out, range)
+    }
+
+    fn start<S: HostBytes>(
+        &self,
+        dir: Direction,
+        target: Target,
+        host: S,
+        range: HostRange,
+    ) -> Result<PendingTransfer<S>> {
+        let device = &self.ctx.device;
+        // SAFETY: `range` is `host`'s bytes, owned by the pending transfer (at a fixed address:
+        // `HostBytes`) until the job's value is reached, or forever.
+        let job = device.with_transfer(|t| unsafe { t.submit_job(device, dir, target, range) })?;
+        self.last_async.fetch_max(job.value, Ordering::AcqRel);
+        Ok(PendingTransfer::started(device, host, range, job))
+    }
+
+    /// The copy target for mip `level`, after checking that `len` bytes are exactly the level.
+    fn target(&self, level: u32, len: usize) -> Result<Target> {
+        let (width, _) = self.desc.check_level_data(level, len)?;
+        Ok(Target::Image { image: self.image, level, width, texel: self.desc.format.texel_size() })
     }
 }
 
 impl Drop for Image {
     fn drop(&mut self) {
-        if !self.ctx.device.release_from_transfer(self.image.as_raw()) {
+        let last_async = *self.last_async.get_mut();
+        if !self.ctx.device.release_from_transfer(self.image.as_raw(), last_async) {
             // As in `Buffer`'s drop: a timed-out copy still uses the image; it and its memory
             // (and with it the device) are leaked, not destroyed under the GPU.
             std::mem::forget(Arc::clone(&self.block));

@@ -126,6 +126,41 @@ impl RawMemory {
     }
 }
 
+impl RawMemory {
+    /// Imports `size` bytes of the host's memory at `ptr` (`VK_EXT_external_memory_host`,
+    /// `HOST_ALLOCATION`) as memory type `memory_type_index`. Not charged to a heap: the bytes
+    /// are the caller's.
+    ///
+    /// # Safety
+    /// `ptr..ptr + size` is mapped memory of this process, aligned as the device's
+    /// `minImportedHostPointerAlignment` asks (both ends), and stays mapped until the returned
+    /// memory is dropped; the type is one `vkGetMemoryHostPointerPropertiesEXT` allows for it.
+    pub unsafe fn import_host(
+        device: &Device,
+        ptr: *mut std::ffi::c_void,
+        size: u64,
+        memory_type_index: u32,
+    ) -> Result<Self> {
+        let mut import = vk::ImportMemoryHostPointerInfoEXT::default()
+            .handle_type(vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT)
+            .host_pointer(ptr);
+        let info = vk::MemoryAllocateInfo::default()
+            .allocation_size(size)
+            .memory_type_index(memory_type_index)
+            .push_next(&mut import);
+        // SAFETY: `info` and its chain point at live locals; the caller vouches for the range
+        // and the type.
+        let memory = unsafe { device.device.allocate_memory(&info, None) }.vk("vkAllocateMemory")?;
+        Ok(RawMemory {
+            memory,
+            mapped: None,
+            device: device.device.handle(),
+            free_memory: device.device.fp_v1_0().free_memory,
+            charged: None,
+        })
+    }
+}
+
 impl Drop for RawMemory {
     fn drop(&mut self) {
         // SAFETY: the memory belongs to `self.device`, which its owner keeps alive past this

@@ -9,18 +9,20 @@ mod external;
 mod image;
 mod instance;
 mod memory;
+mod pending;
 mod semaphore;
 mod transfer;
 mod validation;
 
 pub use allocator::{
     AllocationOptions, AllocatorOptions, AllocatorStats, Exportable, HeapUsage, MemoryAllocator,
-    DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
+    TransferStats, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
 };
 pub use buffer::Buffer;
 #[cfg(feature = "opengl")]
 pub(crate) use device::gl_context_lifecycle;
 pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};
+pub use pending::{HostBytes, HostBytesMut, PendingTransfer};
 #[cfg(feature = "opencl")]
 pub(crate) use semaphore::binary_ops;
 #[cfg(any(feature = "cuda", feature = "opengl"))]

@@ -1,19 +1,37 @@
-//! Staging copies between host memory and buffers the CPU cannot map.
+//! Copies between host memory and buffers or images the CPU cannot map.
 //!
-//! One command buffer, one fence and one host-visible staging buffer per device, used under the
-//! device's transfer lock. Data moves in chunks of at most [`STAGING_CHUNK`] bytes; each chunk is
-//! submitted and waited for before the next, so `write` and `read` are synchronous.
+//! Two ways to move the bytes, chosen per call:
+//!
+//! - **Straight from and into the caller's memory** where the device imports host memory
+//!   (`VK_EXT_external_memory_host`): the pages holding the caller's bytes are imported (rounded
+//!   out to `minImportedHostPointerAlignment`, which is at most a page, so only pages the bytes
+//!   live in are imported; the GPU touches the caller's bytes alone) and one `vkCmdCopy*` moves
+//!   them. No CPU copy at all. Where the import is refused (read-only or file-backed pages, a
+//!   driver's limit), the staged path runs instead.
+//! - **Through staging**: a ring of [`SLOTS`] chunks of one host-visible buffer (host-cached
+//!   where the device has such memory: reading uncached memory back is slow), each with its own
+//!   command buffer and fence. The CPU fills (or empties) one chunk while the GPU copies
+//!   another; chunks of several MiB are copied by several threads.
 //!
 //! A wait can time out (`AllocatorOptions::transfer_timeout`): the submission is then still
 //! queued — behind work that waits for a semaphore nobody signalled, say — and will run when the
-//! queue gets to it. Until its fence has been seen signalled the context is *pending*: the
-//! command buffer, the fence and the staging buffer (whose bytes the copy has yet to read) are
-//! the submission's, and nothing records, submits, writes, replaces or destroys them.
-//! [`Device::with_transfer`] settles a pending context before it lends it out, and
-//! [`Device::release_from_transfer`] keeps the copy's buffer or image from being destroyed under
-//! it.
+//! queue gets to it. Until its fence has been seen signalled its slot is *busy*: the command
+//! buffer, the fence and the staging chunk (whose bytes the copy has yet to read) are the
+//! submission's, and nothing records, submits, writes, replaces or destroys them; the context is
+//! *pending* while any slot is. [`Device::with_transfer`] settles a pending context before it
+//! lends it out, and [`Device::release_from_transfer`] keeps the copy's buffer or image from
+//! being destroyed under it.
+//!
+//! The caller's memory must never be written by a copy that outlives the call (a synchronous
+//! call's slice is the caller's again once it returns). So a synchronous copy through imported
+//! memory is submitted only onto a drained queue: an empty batch is submitted and waited for (up
+//! to the timeout), and the copy follows it only if nothing else was submitted in between
+//! ([`Device::submit_if_last`]). Nothing queued ahead of it can then hold it back, and its own
+//! wait needs no timeout. Asynchronous transfers ([`Job`]) own their host memory instead (the
+//! caller gave it to the [`PendingTransfer`](super::PendingTransfer)), so they need no drain.
 
 use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 
 use ash::vk;
 use ash::vk::Handle;
@@ -23,69 +41,230 @@ use super::memory::{MemoryDesc, RawMemory};
 use crate::error::{Error, Result, VkResultExt};
 use crate::location::MemoryLocation;
 
-/// The largest staging buffer, and so the largest copy per submission.
+/// The largest staging chunk, and so the largest copy per staged submission.
 pub(crate) const STAGING_CHUNK: u64 = 16 << 20;
-/// The smallest staging buffer made.
+/// The smallest staging chunk made.
 const STAGING_MIN: u64 = 1 << 20;
+/// Staging chunks in the ring: one filled by the CPU, one copied by the GPU, one spare.
+const SLOTS: usize = 3;
+/// Host copies of at least this many bytes are split over threads.
+const PARALLEL_COPY_MIN: usize = 4 << 20;
+/// Each thread of a split host copy moves at least this many bytes.
+const PARALLEL_COPY_PIECE: usize = 1 << 20;
+/// At most this many threads share one host copy.
+const MAX_COPY_THREADS: usize = 8;
+/// Transfers of at least this many bytes import the caller's memory where they can; smaller ones
+/// stage (an import pins pages and costs driver calls that a small copy does not repay).
+pub(crate) const IMPORT_MIN: usize = 256 << 10;
+/// How often a synchronous import copy drains the queue before it gives up and stages: other
+/// threads kept submitting between the drain and the copy.
+const DRAIN_ATTEMPTS: usize = 3;
 
-struct Staging {
+/// The usage of staging and imported host buffers.
+pub(crate) const HOST_BUFFER_USAGE: vk::BufferUsageFlags = vk::BufferUsageFlags::from_raw(
+    vk::BufferUsageFlags::TRANSFER_SRC.as_raw() | vk::BufferUsageFlags::TRANSFER_DST.as_raw(),
+);
+
+/// A host-visible buffer, persistently mapped.
+pub(crate) struct Staging {
     buffer: vk::Buffer,
     memory: RawMemory,
-    size: u64,
+    /// Bytes per ring slot (the ring's staging), or the whole size (a job's).
+    slot: u64,
+}
+
+impl Staging {
+    fn mapped(&self) -> Result<*mut u8> {
+        self.memory
+            .mapped
+            .map(|m| m.0.as_ptr())
+            .ok_or_else(|| Error::Unsupported { what: "the staging buffer is not mapped".into() })
+    }
+}
+
+/// The caller's host memory imported for one transfer, and the buffer bound to it.
+pub(crate) struct HostImport {
+    buffer: vk::Buffer,
+    memory: RawMemory,
+    /// Where the caller's first byte is in the buffer (the import starts at an aligned address
+    /// at or before it).
+    offset: u64,
+    /// How many bytes of the caller's are copied, from `offset`.
+    len: u64,
+}
+
+/// One ring slot: a command buffer and the fence of its submission.
+struct Slot {
+    cmd: vk::CommandBuffer,
+    fence: vk::Fence,
+    /// Submitted and not yet seen complete.
+    busy: bool,
 }
 
 /// The staging context of one device.
 pub(crate) struct Transfer {
     pool: vk::CommandPool,
-    cmd: vk::CommandBuffer,
-    fence: vk::Fence,
+    slots: Vec<Slot>,
     staging: Option<Staging>,
-    /// `Some` while a submission that timed out may still run: the raw handle of the buffer or
-    /// image it uses (0 for none). The command buffer, the fence and the staging buffer are
-    /// that submission's until [`Transfer::settle`] has seen its fence signalled.
-    pending: Option<u64>,
+    /// The raw handle of the buffer or image the busy slots' copies use (0 for none).
+    target: u64,
+    /// The timeline asynchronous transfers signal, and the last value submitted.
+    timeline: vk::Semaphore,
+    timeline_value: u64,
+    /// Asynchronous jobs whose waits timed out, with the host memory they own: destroyed and
+    /// freed once their values are reached (seen by the next transfer, or at the device's end).
+    orphans: Vec<(Job, Box<dyn Send>)>,
 }
 
 /// What [`Error::Timeout`] names when a call finds an earlier submission still pending.
 pub(crate) const EARLIER_COPY: &str =
     "an earlier staging copy that timed out and is still queued (nothing of this call was done)";
 
+/// What [`Error::Timeout`] names when the queue did not drain before an import copy.
+const QUEUED_BEFORE: &str = "work queued before this copy (nothing of this call was done)";
+
 /// Which way a copy goes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Direction {
     ToDevice,
     ToHost,
+}
+
+/// What a transfer copies to or from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Target {
+    /// A buffer, from byte `offset`.
+    Buffer { buffer: vk::Buffer, offset: u64 },
+    /// Mip `level` of an image in `GENERAL` layout, `width` texels of `texel` bytes per row,
+    /// tightly packed in host memory.
+    Image { image: vk::Image, level: u32, width: u32, texel: u32 },
+}
+
+impl Target {
+    fn raw(self) -> u64 {
+        match self {
+            Target::Buffer { buffer, .. } => buffer.as_raw(),
+            Target::Image { image, .. } => image.as_raw(),
+        }
+    }
+
+    /// Bytes per staged piece with slots of `slot` bytes: whole rows for images.
+    fn step(self, slot: u64) -> u64 {
+        match self {
+            Target::Buffer { .. } => slot,
+            Target::Image { .. } => (slot / self.row_bytes()).max(1) * self.row_bytes(),
+        }
+    }
+
+    fn row_bytes(self) -> u64 {
+        match self {
+            Target::Buffer { .. } => 1,
+            Target::Image { width, texel, .. } => u64::from(width) * u64::from(texel),
+        }
+    }
+
+    /// Records the copy of bytes `start..start + len` of the target (for images, whole rows)
+    /// from or into `host` at `host_offset`, and for reads the barrier that makes them visible
+    /// to the host.
+    #[allow(clippy::too_many_arguments, reason = "one copy's full description")]
+    fn record(
+        self,
+        d: &ash::Device,
+        cmd: vk::CommandBuffer,
+        dir: Direction,
+        host: vk::Buffer,
+        host_offset: u64,
+        start: u64,
+        len: u64,
+    ) {
+        match self {
+            Target::Buffer { buffer, offset } => {
+                let (src, dst, region) = match dir {
+                    Direction::ToDevice => (
+                        host,
+                        buffer,
+                        vk::BufferCopy { src_offset: host_offset, dst_offset: offset + start, size: len },
+                    ),
+                    Direction::ToHost => (
+                        buffer,
+                        host,
+                        vk::BufferCopy { src_offset: offset + start, dst_offset: host_offset, size: len },
+                    ),
+                };
+                // SAFETY: a recording command buffer; both buffers are live buffers of this
+                // device and the region lies inside both (checked by the callers).
+                unsafe { d.cmd_copy_buffer(cmd, src, dst, &[region]) };
+            }
+            Target::Image { image, level, width, .. } => {
+                let rows = self.row_bytes();
+                let first_row = u32::try_from(start / rows).unwrap_or(u32::MAX);
+                let count = u32::try_from(len / rows).unwrap_or(u32::MAX);
+                let region = image_region(host_offset, level, width, first_row, count);
+                let general = vk::ImageLayout::GENERAL;
+                let layout = match dir {
+                    Direction::ToDevice => vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                    Direction::ToHost => vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
+                };
+                layout_barrier(d, cmd, image, (level, 1), general, layout);
+                match dir {
+                    // SAFETY: a recording command buffer; the region lies inside the level and
+                    // the host buffer, and the level is in the layout the copy names.
+                    Direction::ToDevice => unsafe {
+                        d.cmd_copy_buffer_to_image(cmd, host, image, layout, &[region])
+                    },
+                    // SAFETY: as above.
+                    Direction::ToHost => unsafe {
+                        d.cmd_copy_image_to_buffer(cmd, image, layout, host, &[region])
+                    },
+                }
+                layout_barrier(d, cmd, image, (level, 1), layout, general);
+            }
+        }
+        if dir == Direction::ToHost {
+            host_read_barrier(d, cmd);
+        }
+    }
+}
+
+/// Host memory of a transfer: the bytes to write, or the bytes to read into. A raw range, so
+/// that one code path serves both; the public callers hold the slice (or own the memory) for as
+/// long as the transfer may touch it.
+#[derive(Clone, Copy)]
+pub(crate) struct HostRange {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+impl HostRange {
+    /// Bytes to write from (never written through).
+    pub fn source(data: &[u8]) -> Self {
+        HostRange { ptr: data.as_ptr().cast_mut(), len: data.len() }
+    }
+
+    /// Bytes to read into.
+    pub fn destination(out: &mut [u8]) -> Self {
+        HostRange { ptr: out.as_mut_ptr(), len: out.len() }
+    }
 }
 
 impl Transfer {
     pub fn new(device: &Device) -> Result<Self> {
         let d = &device.device;
-        let pool_info = vk::CommandPoolCreateInfo::default()
-            .queue_family_index(device.physical.queue_family)
-            .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
-        // SAFETY: `d` is a live device; the family index is the one its queue came from.
-        let pool = unsafe { d.create_command_pool(&pool_info, None) }.vk("vkCreateCommandPool")?;
+        let pool = create_pool(d, device.physical.queue_family)?;
         let mut transfer = Transfer {
             pool,
-            cmd: vk::CommandBuffer::null(),
-            fence: vk::Fence::null(),
+            slots: Vec::new(),
             staging: None,
-            pending: None,
+            target: 0,
+            timeline: vk::Semaphore::null(),
+            timeline_value: 0,
+            orphans: Vec::new(),
         };
-        let alloc = vk::CommandBufferAllocateInfo::default()
-            .command_pool(pool)
-            .level(vk::CommandBufferLevel::PRIMARY)
-            .command_buffer_count(1);
-        // SAFETY: the pool was just created on this device.
-        let made =
-            unsafe { d.allocate_command_buffers(&alloc) }.vk("vkAllocateCommandBuffers").and_then(|cmds| {
-                transfer.cmd = cmds[0];
-                // SAFETY: a plain object creation on a live device.
-                unsafe { d.create_fence(&vk::FenceCreateInfo::default(), None) }.vk("vkCreateFence")
-            });
-        match made {
-            Ok(fence) => {
-                transfer.fence = fence;
+        match transfer.make_objects(d) {
+            Ok(()) => {
+                // Set only now that the semaphore is sure to live as long as the device; a
+                // second context is never made (`with_transfer` keeps the first).
+                let _ = device.transfer_timeline.set(transfer.timeline);
                 Ok(transfer)
             }
             Err(e) => {
@@ -96,127 +275,275 @@ impl Transfer {
         }
     }
 
-    /// Copies `data` into `dst` at `dst_offset`.
-    pub fn write(&mut self, device: &Device, dst: vk::Buffer, dst_offset: u64, data: &[u8]) -> Result<()> {
-        let staging = self.staging(device, data.len() as u64)?;
-        for (i, chunk) in data.chunks(staging_len(staging)).enumerate() {
-            let at = (i * staging_len(staging)) as u64;
-            let mapped = self.mapped(device)?;
-            // SAFETY: the staging mapping holds at least `chunk.len()` bytes (chunks are cut to
-            // its size) and no copy is in flight (each one is waited for).
-            unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), mapped, chunk.len()) };
-            let region =
-                vk::BufferCopy { src_offset: 0, dst_offset: dst_offset + at, size: chunk.len() as u64 };
-            self.copy(device, Direction::ToDevice, dst, region)?;
+    fn make_objects(&mut self, d: &ash::Device) -> Result<()> {
+        let alloc = vk::CommandBufferAllocateInfo::default()
+            .command_pool(self.pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(SLOTS as u32);
+        // SAFETY: the pool was created on this device.
+        let cmds = unsafe { d.allocate_command_buffers(&alloc) }.vk("vkAllocateCommandBuffers")?;
+        for cmd in cmds {
+            // SAFETY: a plain object creation on a live device.
+            let fence =
+                unsafe { d.create_fence(&vk::FenceCreateInfo::default(), None) }.vk("vkCreateFence")?;
+            self.slots.push(Slot { cmd, fence, busy: false });
         }
+        let mut kind = vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
+        let info = vk::SemaphoreCreateInfo::default().push_next(&mut kind);
+        // SAFETY: as above.
+        self.timeline = unsafe { d.create_semaphore(&info, None) }.vk("vkCreateSemaphore")?;
         Ok(())
     }
 
-    /// Copies `out.len()` bytes from `src` at `src_offset` into `out`.
-    pub fn read(&mut self, device: &Device, src: vk::Buffer, src_offset: u64, out: &mut [u8]) -> Result<()> {
-        let staging = self.staging(device, out.len() as u64)?;
-        let step = staging_len(staging);
-        for (i, chunk) in out.chunks_mut(step).enumerate() {
-            let at = (i * step) as u64;
-            let region =
-                vk::BufferCopy { src_offset: src_offset + at, dst_offset: 0, size: chunk.len() as u64 };
-            self.copy(device, Direction::ToHost, src, region)?;
-            let mapped = self.mapped(device)?;
-            // SAFETY: as in `write`; the copy has completed and a TRANSFER→HOST barrier made it
-            // visible to the host.
-            unsafe { std::ptr::copy_nonoverlapping(mapped.cast_const(), chunk.as_mut_ptr(), chunk.len()) };
+    /// Copies `data` into `target`.
+    pub fn write(&mut self, device: &Device, target: Target, data: &[u8]) -> Result<()> {
+        self.copy(device, Direction::ToDevice, target, HostRange::source(data))
+    }
+
+    /// Copies `out.len()` bytes of `target` into `out`.
+    pub fn read(&mut self, device: &Device, target: Target, out: &mut [u8]) -> Result<()> {
+        self.copy(device, Direction::ToHost, target, HostRange::destination(out))
+    }
+
+    /// A synchronous copy: straight from or into `host` where it can be imported, else staged.
+    fn copy(&mut self, device: &Device, dir: Direction, target: Target, host: HostRange) -> Result<()> {
+        if let Target::Image { .. } = target {
+            let row = target.row_bytes();
+            if row > STAGING_CHUNK {
+                return Err(Error::InvalidArgument(format!(
+                    "one row of {row} bytes exceeds the {STAGING_CHUNK}-byte staging chunk"
+                )));
+            }
         }
-        Ok(())
+        if let Some(import) = self.import(device, target, host) {
+            // `false`: others kept submitting between the drain and the copy; stage instead.
+            if self.direct(device, dir, target, import)? {
+                device.imported_transfers.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        device.staged_transfers.fetch_add(1, Ordering::Relaxed);
+        self.staged(device, dir, target, host)
     }
 
-    /// The staging buffer's mapping, to copy to or from: never while a submission that may
-    /// still read or write it is pending.
-    fn mapped(&mut self, device: &Device) -> Result<*mut u8> {
-        self.settle(device, EARLIER_COPY)?;
-        self.staging.as_ref().and_then(|s| s.memory.mapped).map(|m| m.0.as_ptr()).ok_or_else(|| {
-            Error::Unsupported { what: format!("no mapped staging buffer on {}", device.physical.info.name) }
-        })
+    /// Imports the pages of `host` for a copy to or from `target`, where the device can, the
+    /// transfer is large enough to repay it, and the driver accepts these pages; `None`
+    /// otherwise (the reason logged at debug level).
+    fn import(&self, device: &Device, target: Target, host: HostRange) -> Option<HostImport> {
+        let ext = device.host_import.as_ref()?;
+        if host.len < IMPORT_MIN {
+            return None;
+        }
+        let start = host.ptr as u64;
+        let base = start & !(ext.alignment - 1);
+        let offset = start - base;
+        if let Target::Image { texel, .. } = target {
+            // VUID-vkCmdCopyBufferToImage-dstImage-07975: bufferOffset is a multiple of the
+            // texel size.
+            if !offset.is_multiple_of(u64::from(texel)) {
+                return None;
+            }
+        }
+        let size = (offset + host.len as u64).next_multiple_of(ext.alignment);
+        let base_ptr = host.ptr.wrapping_sub(offset as usize).cast::<std::ffi::c_void>();
+        let refused = |what: &str, e: &dyn std::fmt::Display| {
+            log::debug!(
+                "importing {size} bytes of host memory at {base_ptr:p}: {what}: {e}; staging instead"
+            );
+        };
+        let mut props = vk::MemoryHostPointerPropertiesEXT::default();
+        // SAFETY: `base_ptr` is aligned and lies in the page of the caller's first byte, which
+        // is mapped (the caller holds the bytes).
+        let r = unsafe {
+            (ext.loader.fp().get_memory_host_pointer_properties_ext)(
+                ext.loader.device(),
+                vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT,
+                base_ptr.cast_const(),
+                &mut props,
+            )
+        }
+        .result();
+        if let Err(e) = r {
+            refused("vkGetMemoryHostPointerPropertiesEXT", &e);
+            return None;
+        }
+        let d = &device.device;
+        let mut external = vk::ExternalMemoryBufferCreateInfo::default()
+            .handle_types(vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT);
+        let info = vk::BufferCreateInfo::default()
+            .size(size)
+            .usage(HOST_BUFFER_USAGE)
+            .sharing_mode(vk::SharingMode::EXCLUSIVE)
+            .push_next(&mut external);
+        // SAFETY: the device can import host allocations for this usage (probed); `info`
+        // points at live locals.
+        let buffer = match unsafe { d.create_buffer(&info, None) } {
+            Ok(b) => b,
+            Err(e) => {
+                refused("vkCreateBuffer", &e);
+                return None;
+            }
+        };
+        // SAFETY: the buffer is live.
+        let req = unsafe { d.get_buffer_memory_requirements(buffer) };
+        let types = req.memory_type_bits & props.memory_type_bits;
+        let memory = if types == 0 || req.size > size {
+            refused("no memory type or size fits", &format_args!("{req:?}, {props:?}"));
+            None
+        } else {
+            // SAFETY: `base_ptr..base_ptr + size` is aligned at both ends and covers only pages
+            // that hold the caller's bytes (alignment ≤ page size), which stay mapped for as
+            // long as the import lives (the callers' rule); the type is one the pointer allows.
+            match unsafe { RawMemory::import_host(device, base_ptr, size, types.trailing_zeros()) } {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    refused("import", &e);
+                    None
+                }
+            }
+        };
+        let bound = memory.and_then(|memory| {
+            // SAFETY: fresh buffer and memory of a type its requirements allow, offset 0.
+            match unsafe { d.bind_buffer_memory(buffer, memory.memory, 0) } {
+                Ok(()) => Some(memory),
+                Err(e) => {
+                    refused("vkBindBufferMemory", &e);
+                    None
+                }
+            }
+        });
+        match bound {
+            Some(memory) => Some(HostImport { buffer, memory, offset, len: host.len as u64 }),
+            None => {
+                // SAFETY: the buffer is unused (its memory, if any, is freed by its drop).
+                unsafe { d.destroy_buffer(buffer, None) };
+                None
+            }
+        }
     }
 
-    /// Makes sure a staging buffer of at least `min(len, STAGING_CHUNK)` bytes exists.
+    /// A synchronous copy through `import`, onto a drained queue (see the module's docs).
+    /// `false` where others kept submitting: nothing was done.
+    fn direct(
+        &mut self,
+        device: &Device,
+        dir: Direction,
+        target: Target,
+        import: HostImport,
+    ) -> Result<bool> {
+        let d = &device.device;
+        let unused = |import: HostImport, e: Error| {
+            // SAFETY: the import was never submitted.
+            unsafe { import.destroy(d) };
+            Err(e)
+        };
+        for _ in 0..DRAIN_ATTEMPTS {
+            let probe = match self.submit_slot(device, 0, 0, |_, _| {}, SubmitWhen::Always) {
+                Ok(probe) => probe.unwrap_or(0),
+                Err(e) => return unused(import, e),
+            };
+            if let Err(e) = self.settle(device, QUEUED_BEFORE) {
+                return unused(import, e);
+            }
+            let record = |d: &ash::Device, cmd| {
+                target.record(d, cmd, dir, import.buffer, import.offset, 0, import.len)
+            };
+            match self.submit_slot(device, 0, target.raw(), record, SubmitWhen::NothingSince(probe)) {
+                Ok(Some(_)) => {}
+                Ok(None) => continue,
+                Err(e) => return unused(import, e),
+            }
+            // Nothing queued ahead could hold the copy back: wait for it however long it takes
+            // (it reads or writes the caller's memory, which is theirs again after the return).
+            let fence = self.slots[0].fence;
+            // SAFETY: the fence belongs to this device.
+            if let Err(e) = unsafe { d.wait_for_fences(&[fence], true, u64::MAX) } {
+                // The device is lost or the wait failed: the copy's fate is unknown, so the
+                // import is leaked rather than freed under it (the slot stays busy).
+                std::mem::forget(import);
+                return Err(Error::vk("vkWaitForFences", e));
+            }
+            self.settle(device, "a copy from or into imported host memory")?;
+            // SAFETY: the copy has completed.
+            unsafe { import.destroy(d) };
+            return Ok(true);
+        }
+        // SAFETY: the import was never submitted.
+        unsafe { import.destroy(d) };
+        Ok(false)
+    }
+
+    /// A synchronous copy through the staging ring.
+    fn staged(&mut self, device: &Device, dir: Direction, target: Target, host: HostRange) -> Result<()> {
+        let slot = self.staging(device, host.len as u64)?;
+        let (buffer, mapped) = match &self.staging {
+            Some(s) => (s.buffer, s.mapped()?),
+            None => return Err(Error::Unsupported { what: "no staging buffer".into() }),
+        };
+        let step = target.step(slot) as usize;
+        let pieces = host.len.div_ceil(step);
+        let piece = |k: usize| (k * step, step.min(host.len - k * step));
+        let staged_at = |k: usize| (k % SLOTS) as u64 * slot;
+        let submit = |t: &mut Transfer, k: usize| -> Result<()> {
+            let (at, len) = piece(k);
+            let record = |d: &ash::Device, cmd| {
+                target.record(d, cmd, dir, buffer, staged_at(k), at as u64, len as u64)
+            };
+            t.submit_slot(device, k % SLOTS, target.raw(), record, SubmitWhen::Always).map(drop)
+        };
+        match dir {
+            Direction::ToDevice => {
+                for k in 0..pieces {
+                    // The slot's last copy has read its bytes before they are overwritten.
+                    self.settle_slot(device, k % SLOTS, "a staging copy")?;
+                    let (at, len) = piece(k);
+                    // SAFETY: the slot holds `slot ≥ step ≥ len` bytes and is idle; `host`
+                    // holds `at + len` bytes (the caller's slice).
+                    unsafe {
+                        copy_bytes(host.ptr.wrapping_add(at), mapped.wrapping_add(staged_at(k) as usize), len)
+                    };
+                    submit(self, k)?;
+                }
+            }
+            Direction::ToHost => {
+                for k in 0..pieces.min(SLOTS) {
+                    submit(self, k)?;
+                }
+                for k in 0..pieces {
+                    self.settle_slot(device, k % SLOTS, "a staging copy")?;
+                    let (at, len) = piece(k);
+                    // SAFETY: as above; the slot's copy has completed and a TRANSFER→HOST
+                    // barrier made it visible to the host.
+                    unsafe {
+                        copy_bytes(mapped.wrapping_add(staged_at(k) as usize), host.ptr.wrapping_add(at), len)
+                    };
+                    if k + SLOTS < pieces {
+                        submit(self, k + SLOTS)?;
+                    }
+                }
+            }
+        }
+        self.settle(device, "a staging copy")
+    }
+
+    /// Makes sure the ring's staging buffer has slots of at least `min(len, STAGING_CHUNK)`
+    /// bytes; returns the slot size.
     fn staging(&mut self, device: &Device, len: u64) -> Result<u64> {
         // Never replaced under a pending submission.
         self.settle(device, EARLIER_COPY)?;
         let want = len.clamp(STAGING_MIN, STAGING_CHUNK);
         if let Some(s) = &self.staging {
-            if s.size >= want {
-                return Ok(s.size);
+            if s.slot >= want {
+                return Ok(s.slot);
             }
         }
         if let Some(old) = self.staging.take() {
             // SAFETY: every copy through it was waited for (nothing is pending: settled above).
-            unsafe { destroy_staging(&device.device, old) };
+            unsafe { old.destroy(&device.device) };
         }
-        let d = &device.device;
-        let info = vk::BufferCreateInfo::default()
-            .size(want)
-            .usage(vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST)
-            .sharing_mode(vk::SharingMode::EXCLUSIVE);
-        // SAFETY: a plain object creation on a live device.
-        let buffer = unsafe { d.create_buffer(&info, None) }.vk("vkCreateBuffer")?;
-        // SAFETY: the buffer was just created on this device.
-        let req = unsafe { d.get_buffer_memory_requirements(buffer) };
-        let host = MemoryLocation::HostVisible { device_id: device.physical.info.index };
-        let memory = device
-            .physical
-            .memory_type(req.memory_type_bits, host, "the staging buffer")
-            .and_then(|memory_type_index| {
-                let desc = MemoryDesc {
-                    size: req.size,
-                    memory_type_index,
-                    exportable: false,
-                    dedicated_to: None,
-                    map: true,
-                };
-                RawMemory::allocate(device, desc, None)
-            })
-            .and_then(|memory| {
-                // SAFETY: fresh buffer and memory of a type its requirements allow, offset 0.
-                match unsafe { d.bind_buffer_memory(buffer, memory.memory, 0) } {
-                    Ok(()) => Ok(memory),
-                    // `memory` is freed by its drop: nothing is bound to it.
-                    Err(e) => Err(Error::vk("vkBindBufferMemory", e)),
-                }
-            });
-        match memory {
-            Ok(memory) => {
-                self.staging = Some(Staging { buffer, memory, size: want });
-                Ok(want)
-            }
-            Err(e) => {
-                // SAFETY: the buffer is unused.
-                unsafe { d.destroy_buffer(buffer, None) };
-                Err(e)
-            }
-        }
-    }
-
-    /// Records, submits and waits for one copy between the staging buffer and `buffer`.
-    fn copy(
-        &mut self,
-        device: &Device,
-        dir: Direction,
-        buffer: vk::Buffer,
-        region: vk::BufferCopy,
-    ) -> Result<()> {
-        let staging = self.staging.as_ref().map(|s| s.buffer).unwrap_or_default();
-        let (src, dst) = match dir {
-            Direction::ToDevice => (staging, buffer),
-            Direction::ToHost => (buffer, staging),
-        };
-        self.run(device, buffer.as_raw(), |d, cmd| {
-            // SAFETY: a recording command buffer; `src` and `dst` are live buffers of this device
-            // and the region lies inside both (checked by the callers).
-            unsafe { d.cmd_copy_buffer(cmd, src, dst, &[region]) };
-            if dir == Direction::ToHost {
-                host_read_barrier(d, cmd);
-            }
-        })
+        let staging = make_staging(device, want * SLOTS as u64, want)?;
+        self.staging = Some(staging);
+        Ok(want)
     }
 
     /// Moves every level of a fresh image from `UNDEFINED` to `GENERAL`.
@@ -226,160 +553,219 @@ impl Transfer {
         })
     }
 
-    /// Uploads mip `level` (`extent` texels, tightly packed) of an image in `GENERAL` layout.
-    pub fn write_image(
-        &mut self,
-        device: &Device,
-        image: vk::Image,
-        level: u32,
-        extent: (u32, u32),
-        texel: u32,
-        data: &[u8],
-    ) -> Result<()> {
-        let rows = self.image_rows(device, extent, texel, data.len())?;
-        let row_bytes = (extent.0 * texel) as usize;
-        for (i, chunk) in data.chunks(rows as usize * row_bytes).enumerate() {
-            let mapped = self.mapped(device)?;
-            // SAFETY: the staging buffer holds at least `rows × row_bytes` bytes and is idle.
-            unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), mapped, chunk.len()) };
-            let region = image_region(level, extent.0, i as u32 * rows, (chunk.len() / row_bytes) as u32);
-            self.copy_level(device, Direction::ToDevice, image, level, region)?;
-        }
-        Ok(())
-    }
-
-    /// Downloads mip `level` of an image in `GENERAL` layout into `out`.
-    pub fn read_image(
-        &mut self,
-        device: &Device,
-        image: vk::Image,
-        level: u32,
-        extent: (u32, u32),
-        texel: u32,
-        out: &mut [u8],
-    ) -> Result<()> {
-        let rows = self.image_rows(device, extent, texel, out.len())?;
-        let row_bytes = (extent.0 * texel) as usize;
-        for (i, chunk) in out.chunks_mut(rows as usize * row_bytes).enumerate() {
-            let region = image_region(level, extent.0, i as u32 * rows, (chunk.len() / row_bytes) as u32);
-            self.copy_level(device, Direction::ToHost, image, level, region)?;
-            let mapped = self.mapped(device)?;
-            // SAFETY: the copy completed and was made visible to the host.
-            unsafe { std::ptr::copy_nonoverlapping(mapped.cast_const(), chunk.as_mut_ptr(), chunk.len()) };
-        }
-        Ok(())
-    }
-
-    /// Copies `region` of mip `level` between the staging buffer and `image` (in `GENERAL`
-    /// layout between copies), through the transfer layout the direction needs, and waits.
-    fn copy_level(
-        &mut self,
-        device: &Device,
-        dir: Direction,
-        image: vk::Image,
-        level: u32,
-        region: vk::BufferImageCopy,
-    ) -> Result<()> {
-        let staging = self.staging.as_ref().map(|s| s.buffer).unwrap_or_default();
-        self.run(device, image.as_raw(), |d, cmd| {
-            let general = vk::ImageLayout::GENERAL;
-            let layout = match dir {
-                Direction::ToDevice => vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                Direction::ToHost => vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
-            };
-            layout_barrier(d, cmd, image, (level, 1), general, layout);
-            match dir {
-                // SAFETY: a recording command buffer; the region lies inside the level and the
-                // staging buffer, and the level is in the layout the copy names.
-                Direction::ToDevice => unsafe {
-                    d.cmd_copy_buffer_to_image(cmd, staging, image, layout, &[region])
-                },
-                // SAFETY: as above.
-                Direction::ToHost => unsafe {
-                    d.cmd_copy_image_to_buffer(cmd, image, layout, staging, &[region])
-                },
-            }
-            layout_barrier(d, cmd, image, (level, 1), layout, general);
-            if dir == Direction::ToHost {
-                host_read_barrier(d, cmd);
-            }
-        })
-    }
-
-    /// Makes a staging buffer for an image level and returns how many rows fit in it at once.
-    fn image_rows(&mut self, device: &Device, extent: (u32, u32), texel: u32, len: usize) -> Result<u32> {
-        let row_bytes = u64::from(extent.0) * u64::from(texel);
-        if row_bytes > STAGING_CHUNK {
-            return Err(Error::InvalidArgument(format!(
-                "one row of {row_bytes} bytes exceeds the {STAGING_CHUNK}-byte staging buffer"
-            )));
-        }
-        let size = self.staging(device, len as u64)?;
-        Ok(u32::try_from(size / row_bytes).unwrap_or(u32::MAX).clamp(1, extent.1))
-    }
-
     /// Waits until everything submitted to the queue before this call has completed: an empty
     /// batch with the fence, which signals only after every earlier batch on the queue.
     pub fn wait_idle(&mut self, device: &Device) -> Result<()> {
         self.run(device, 0, |_, _| {})
     }
 
-    /// Records commands with `record`, submits them and waits for them. `target` is the raw
-    /// handle of the buffer or image the commands use (0 for none): if the wait times out, the
-    /// context stays pending on it.
+    /// Records commands with `record` into slot 0, submits them and waits for them. `target` is
+    /// the raw handle of the buffer or image the commands use (0 for none): if the wait times
+    /// out, the context stays pending on it.
     fn run(
         &mut self,
         device: &Device,
         target: u64,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<()> {
-        // Every caller came through `Device::with_transfer`, which settled the context; this
-        // keeps the rule where the objects are reused.
-        self.settle(device, EARLIER_COPY)?;
-        let d = &device.device;
-        let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-        // SAFETY: the command buffer is not in use (nothing is pending: settled above) and its
-        // pool allows resetting it.
-        unsafe { d.begin_command_buffer(self.cmd, &begin) }.vk("vkBeginCommandBuffer")?;
-        record(d, self.cmd);
-        // SAFETY: as above.
-        unsafe { d.end_command_buffer(self.cmd) }.vk("vkEndCommandBuffer")?;
-        let cmds = [self.cmd];
-        let submit = vk::SubmitInfo::default().command_buffers(&cmds);
-        // SAFETY: the command buffer and fence belong to this device; the fence is unsignalled
-        // and no pending submission uses it (settled above).
-        unsafe { device.submit(&[submit], self.fence) }?;
-        self.pending = Some(target);
-        device.transfer_target.store(target, Ordering::Release);
+        self.submit_slot(device, 0, target, record, SubmitWhen::Always)?;
         self.settle(device, "a staging copy")
     }
 
-    /// Waits (up to the device's transfer timeout) for the pending submission, if any, and
-    /// makes the context idle again: the fence reset, nothing pending. Fails with
-    /// [`Error::Timeout`] naming `what` while the submission is still queued, leaving the context
-    /// pending.
-    pub fn settle(&mut self, device: &Device, what: &'static str) -> Result<()> {
-        if self.pending.is_none() {
+    /// Records commands with `record` into slot `i` and submits them with its fence (if `when`
+    /// allows: `None` otherwise). Returns the queue's submission count after it.
+    fn submit_slot(
+        &mut self,
+        device: &Device,
+        i: usize,
+        target: u64,
+        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
+        when: SubmitWhen,
+    ) -> Result<Option<u64>> {
+        // Every caller settled the slot; this keeps the rule where the objects are reused.
+        self.settle_slot(device, i, EARLIER_COPY)?;
+        if self.target != target && self.slots.iter().any(|s| s.busy) {
+            // Busy slots of another target: settle them first, so that one target is pending.
+            self.settle(device, EARLIER_COPY)?;
+        }
+        let d = &device.device;
+        let slot = &self.slots[i];
+        let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+        // SAFETY: the command buffer is not in use (its slot is idle: settled above) and its
+        // pool allows resetting it.
+        unsafe { d.begin_command_buffer(slot.cmd, &begin) }.vk("vkBeginCommandBuffer")?;
+        record(d, slot.cmd);
+        // SAFETY: as above.
+        unsafe { d.end_command_buffer(slot.cmd) }.vk("vkEndCommandBuffer")?;
+        let cmds = [slot.cmd];
+        let submit = vk::SubmitInfo::default().command_buffers(&cmds);
+        let count = match when {
+            // SAFETY: the command buffer and fence belong to this device; the fence is
+            // unsignalled and no pending submission uses it (its slot is idle).
+            SubmitWhen::Always => Some(unsafe { device.submit_counted(&[submit], slot.fence) }?),
+            SubmitWhen::NothingSince(last) => {
+                // SAFETY: as above.
+                unsafe { device.submit_if_last(last, &[submit], slot.fence) }?.then_some(last + 1)
+            }
+        };
+        if count.is_some() {
+            self.slots[i].busy = true;
+            self.target = target;
+            device.transfer_target.store(target, Ordering::Release);
+        }
+        Ok(count)
+    }
+
+    /// Waits (up to the device's transfer timeout) for slot `i`'s submission, if any, and makes
+    /// the slot idle: its fence reset. Fails with [`Error::Timeout`] naming `what` while the
+    /// submission is still queued, leaving the slot busy.
+    fn settle_slot(&mut self, device: &Device, i: usize, what: &'static str) -> Result<()> {
+        let slot = &mut self.slots[i];
+        if !slot.busy {
             return Ok(());
         }
         let d = &device.device;
         let timeout = u64::try_from(device.transfer_timeout.as_nanos()).unwrap_or(u64::MAX);
         // SAFETY: the fence belongs to this device.
-        match unsafe { d.wait_for_fences(&[self.fence], true, timeout) } {
+        match unsafe { d.wait_for_fences(&[slot.fence], true, timeout) } {
             Ok(()) => {}
             Err(vk::Result::TIMEOUT) => return Err(Error::Timeout(device.transfer_timeout, what)),
             Err(e) => return Err(Error::vk("vkWaitForFences", e)),
         }
         // SAFETY: the fence is signalled, so the submission that used it has completed.
-        unsafe { d.reset_fences(&[self.fence]) }.vk("vkResetFences")?;
-        self.pending = None;
-        device.transfer_target.store(0, Ordering::Release);
+        unsafe { d.reset_fences(&[slot.fence]) }.vk("vkResetFences")?;
+        slot.busy = false;
+        if self.slots.iter().all(|s| !s.busy) {
+            self.target = 0;
+            device.transfer_target.store(0, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Settles every slot (see [`Transfer::settle_slot`]): the context is idle afterwards, or
+    /// the result is [`Error::Timeout`] naming `what` and it stays pending.
+    pub fn settle(&mut self, device: &Device, what: &'static str) -> Result<()> {
+        for i in 0..self.slots.len() {
+            self.settle_slot(device, i, what)?;
+        }
         Ok(())
     }
 
     /// The raw handle of the buffer or image a pending submission uses (`Some(0)`: none).
     pub fn pending(&self) -> Option<u64> {
-        self.pending
+        self.slots.iter().any(|s| s.busy).then_some(self.target)
+    }
+
+    /// Starts an asynchronous transfer between `host` and `target` (see [`Job`]).
+    ///
+    /// # Safety
+    /// `host` stays valid (and, for reads, untouched by anything else) until the job's
+    /// timeline value is reached, or forever if it never is.
+    pub unsafe fn submit_job(
+        &mut self,
+        device: &Device,
+        dir: Direction,
+        target: Target,
+        host: HostRange,
+    ) -> Result<Job> {
+        let d = &device.device;
+        let len = host.len as u64;
+        let (via, offset, staged) = match self.import(device, target, host) {
+            Some(import) => (import.buffer, import.offset, JobHost::Import(import)),
+            None => {
+                let staging = make_staging(device, len, len)?;
+                if dir == Direction::ToDevice {
+                    let copied = staging.mapped().map(|mapped| {
+                        // SAFETY: the staging buffer holds `len` bytes and is the job's alone;
+                        // `host` holds `len` bytes (the caller's contract).
+                        unsafe { copy_bytes(host.ptr, mapped, host.len) }
+                    });
+                    if let Err(e) = copied {
+                        // SAFETY: never submitted.
+                        unsafe { staging.destroy(d) };
+                        return Err(e);
+                    }
+                }
+                (staging.buffer, 0, JobHost::Staging(staging))
+            }
+        };
+        let mut job = Job { pool: vk::CommandPool::null(), value: 0, host: staged, dir, len: host.len };
+        let made = create_pool(d, device.physical.queue_family).and_then(|pool| {
+            job.pool = pool;
+            let alloc = vk::CommandBufferAllocateInfo::default()
+                .command_pool(pool)
+                .level(vk::CommandBufferLevel::PRIMARY)
+                .command_buffer_count(1);
+            // SAFETY: the pool was just created on this device.
+            let cmd = unsafe { d.allocate_command_buffers(&alloc) }.vk("vkAllocateCommandBuffers")?[0];
+            let begin =
+                vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+            // SAFETY: a fresh command buffer.
+            unsafe { d.begin_command_buffer(cmd, &begin) }.vk("vkBeginCommandBuffer")?;
+            target.record(d, cmd, dir, via, offset, 0, len);
+            // SAFETY: as above.
+            unsafe { d.end_command_buffer(cmd) }.vk("vkEndCommandBuffer")?;
+            let value = self.timeline_value + 1;
+            let cmds = [cmd];
+            let signal = [self.timeline];
+            let values = [value];
+            let mut timeline = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
+            let submit = vk::SubmitInfo::default()
+                .command_buffers(&cmds)
+                .signal_semaphores(&signal)
+                .push_next(&mut timeline);
+            // SAFETY: every handle belongs to this device and lives until the value is reached
+            // (the job holds them); values increase: they are taken under the context's lock.
+            unsafe { device.submit(&[submit], vk::Fence::null()) }?;
+            self.timeline_value = value;
+            Ok(value)
+        });
+        match made {
+            Ok(value) => {
+                let counter = match job.host {
+                    JobHost::Import(_) => &device.imported_transfers,
+                    JobHost::Staging(_) => &device.staged_transfers,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                job.value = value;
+                Ok(job)
+            }
+            Err(e) => {
+                // SAFETY: nothing was submitted.
+                unsafe { job.destroy(d) };
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps an asynchronous job whose wait timed out, and the host memory it owns, until its
+    /// value is reached.
+    pub fn adopt(&mut self, job: Job, host: Box<dyn Send>) {
+        self.orphans.push((job, host));
+    }
+
+    /// Destroys the adopted jobs that have completed and frees their memory.
+    pub fn reap(&mut self, device: &Device) {
+        if self.orphans.is_empty() {
+            return;
+        }
+        let d = &device.device;
+        // SAFETY: the semaphore belongs to this device.
+        let reached = match unsafe { d.get_semaphore_counter_value(self.timeline) } {
+            Ok(v) => v,
+            Err(e) => {
+                log::error!("vkGetSemaphoreCounterValue failed: {e}");
+                return;
+            }
+        };
+        let (done, waiting) =
+            std::mem::take(&mut self.orphans).into_iter().partition(|(job, _)| job.value <= reached);
+        self.orphans = waiting;
+        for (job, host) in done {
+            // SAFETY: the job's value was reached: nothing uses its objects or its memory.
+            unsafe { job.destroy(d) };
+            drop(host);
+        }
     }
 
     /// Destroys every object of the context.
@@ -388,15 +774,243 @@ impl Transfer {
     /// The objects belong to `d` and none is in use (a pending submission has completed: the
     /// queue was waited idle).
     pub unsafe fn destroy(mut self, d: &ash::Device) {
+        for (job, host) in self.orphans.drain(..) {
+            // SAFETY: the caller's contract: the queue is idle, so the job has completed.
+            unsafe { job.destroy(d) };
+            drop(host);
+        }
         if let Some(s) = self.staging.take() {
             // SAFETY: the caller's contract.
-            unsafe { destroy_staging(d, s) };
+            unsafe { s.destroy(d) };
         }
-        // SAFETY: the caller's contract; destroying null handles is a no-op.
-        unsafe { d.destroy_fence(self.fence, None) };
-        // SAFETY: as above; destroying the pool frees its command buffer.
+        for slot in &self.slots {
+            // SAFETY: the caller's contract.
+            unsafe { d.destroy_fence(slot.fence, None) };
+        }
+        // SAFETY: as above; destroying null handles is a no-op; destroying the pool frees its
+        // command buffers.
+        unsafe { d.destroy_semaphore(self.timeline, None) };
+        // SAFETY: as above.
         unsafe { d.destroy_command_pool(self.pool, None) };
     }
+}
+
+/// When [`Transfer::submit_slot`] submits.
+#[derive(Clone, Copy)]
+enum SubmitWhen {
+    Always,
+    /// Only if the queue has received nothing since the submission this counted.
+    NothingSince(u64),
+}
+
+/// Where an asynchronous job's bytes pass through.
+pub(crate) enum JobHost {
+    /// The caller's memory, imported.
+    Import(HostImport),
+    /// A staging buffer of the job's own.
+    Staging(Staging),
+}
+
+/// An asynchronous transfer in flight: its command pool (with its one command buffer), the
+/// timeline value its submission signals, and its host-side buffer. Destroyed only once the
+/// value is reached.
+pub(crate) struct Job {
+    pool: vk::CommandPool,
+    pub value: u64,
+    host: JobHost,
+    dir: Direction,
+    len: usize,
+}
+
+impl Job {
+    /// Completes a finished job: for reads through staging, copies the bytes out into `host`;
+    /// then destroys its objects.
+    ///
+    /// # Safety
+    /// The job's timeline value has been reached (waited for on the host); `host` is the range
+    /// the job was submitted with.
+    pub unsafe fn finish(self, d: &ash::Device, host: HostRange) -> Result<()> {
+        let result = match (&self.host, self.dir) {
+            (JobHost::Staging(s), Direction::ToHost) => s.mapped().map(|mapped| {
+                // SAFETY: the copy has completed and was made visible to the host; both ranges
+                // hold `len` bytes.
+                unsafe { copy_bytes(mapped, host.ptr, self.len.min(host.len)) }
+            }),
+            _ => Ok(()),
+        };
+        // SAFETY: the caller's contract: nothing uses the objects any more.
+        unsafe { self.destroy(d) };
+        result
+    }
+
+    /// # Safety
+    /// Nothing uses the job's objects (never submitted, or its value was reached).
+    unsafe fn destroy(self, d: &ash::Device) {
+        // SAFETY: the caller's contract; destroying the pool frees its command buffer.
+        unsafe { d.destroy_command_pool(self.pool, None) };
+        match self.host {
+            // SAFETY: the caller's contract.
+            JobHost::Import(i) => unsafe { i.destroy(d) },
+            // SAFETY: the caller's contract.
+            JobHost::Staging(s) => unsafe { s.destroy(d) },
+        }
+    }
+}
+
+impl Staging {
+    /// # Safety
+    /// The staging buffer belongs to `d` and is not in use.
+    unsafe fn destroy(self, d: &ash::Device) {
+        // SAFETY: the caller's contract.
+        unsafe { d.destroy_buffer(self.buffer, None) };
+        // The memory is freed (and uncharged) by its drop, now that its buffer is gone.
+        drop(self.memory);
+    }
+}
+
+impl HostImport {
+    /// # Safety
+    /// The buffer belongs to `d` and is not in use.
+    unsafe fn destroy(self, d: &ash::Device) {
+        // SAFETY: the caller's contract.
+        unsafe { d.destroy_buffer(self.buffer, None) };
+        drop(self.memory);
+    }
+}
+
+/// A mapped host-visible buffer of `size` bytes (slots of `slot`), in host-cached memory where
+/// the device has coherent host-cached memory.
+fn make_staging(device: &Device, size: u64, slot: u64) -> Result<Staging> {
+    let d = &device.device;
+    let info = vk::BufferCreateInfo::default()
+        .size(size.max(1))
+        .usage(HOST_BUFFER_USAGE)
+        .sharing_mode(vk::SharingMode::EXCLUSIVE);
+    // SAFETY: a plain object creation on a live device.
+    let buffer = unsafe { d.create_buffer(&info, None) }.vk("vkCreateBuffer")?;
+    // SAFETY: the buffer was just created on this device.
+    let req = unsafe { d.get_buffer_memory_requirements(buffer) };
+    let memory = staging_memory_type(device, req.memory_type_bits)
+        .and_then(|memory_type_index| {
+            let desc = MemoryDesc {
+                size: req.size,
+                memory_type_index,
+                exportable: false,
+                dedicated_to: None,
+                map: true,
+            };
+            RawMemory::allocate(device, desc, None)
+        })
+        .and_then(|memory| {
+            // SAFETY: fresh buffer and memory of a type its requirements allow, offset 0.
+            match unsafe { d.bind_buffer_memory(buffer, memory.memory, 0) } {
+                Ok(()) => Ok(memory),
+                // `memory` is freed by its drop: nothing is bound to it.
+                Err(e) => Err(Error::vk("vkBindBufferMemory", e)),
+            }
+        });
+    match memory {
+        Ok(memory) => Ok(Staging { buffer, memory, slot }),
+        Err(e) => {
+            // SAFETY: the buffer is unused.
+            unsafe { d.destroy_buffer(buffer, None) };
+            Err(e)
+        }
+    }
+}
+
+/// The staging memory type: `HOST_VISIBLE | HOST_COHERENT | HOST_CACHED` where there is one
+/// (the CPU reads it back at full speed), else what `HostVisible` buffers get.
+fn staging_memory_type(device: &Device, type_bits: u32) -> Result<u32> {
+    use vk::MemoryPropertyFlags as F;
+    let memory = &device.physical.memory;
+    let want = F::HOST_VISIBLE | F::HOST_COHERENT | F::HOST_CACHED;
+    let cached = (0..memory.memory_type_count).find(|&i| {
+        type_bits & (1 << i) != 0 && memory.memory_types[i as usize].property_flags.contains(want)
+    });
+    match cached {
+        Some(i) => Ok(i),
+        None => {
+            let host = MemoryLocation::HostVisible { device_id: device.physical.info.index };
+            device.physical.memory_type(type_bits, host, "the staging buffer")
+        }
+    }
+}
+
+fn create_pool(d: &ash::Device, queue_family: u32) -> Result<vk::CommandPool> {
+    let info = vk::CommandPoolCreateInfo::default()
+        .queue_family_index(queue_family)
+        .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
+    // SAFETY: `d` is a live device; the family index is the one its queue came from.
+    unsafe { d.create_command_pool(&info, None) }.vk("vkCreateCommandPool")
+}
+
+/// A pointer that may cross to the threads of one scoped copy.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut u8);
+// SAFETY: each thread of `copy_bytes` gets a disjoint range behind it, and the scope ends before
+// the caller's borrow does.
+unsafe impl Send for SendPtr {}
+
+/// How many threads copy `len` bytes.
+fn copy_threads(len: usize) -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    if len < PARALLEL_COPY_MIN {
+        return 1;
+    }
+    let cores = *CORES
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_COPY_THREADS)));
+    (len / PARALLEL_COPY_PIECE).clamp(1, cores)
+}
+
+/// Copies `len` bytes from `src` to `dst`, split over threads when large (one thread cannot
+/// keep up with the link: about 10 GB/s against 50).
+///
+/// # Safety
+/// `src` is valid for reads and `dst` for writes of `len` bytes, they do not overlap, and
+/// nothing else writes either range until this returns.
+pub(crate) unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
+    let threads = copy_threads(len);
+    if threads <= 1 {
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
+        return;
+    }
+    let piece = len.div_ceil(threads);
+    let (src, dst) = (SendPtr(src.cast_mut()), SendPtr(dst));
+    std::thread::scope(|scope| {
+        let mut inline = Vec::new();
+        for start in (piece..len).step_by(piece) {
+            let n = piece.min(len - start);
+            let work = move || {
+                let (s, d) = (src, dst);
+                // SAFETY: `start + n ≤ len`: a disjoint piece of both ranges.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        s.0.wrapping_add(start).cast_const(),
+                        d.0.wrapping_add(start),
+                        n,
+                    )
+                };
+            };
+            // A thread the OS refuses: its piece is copied here instead.
+            if std::thread::Builder::new().stack_size(64 << 10).spawn_scoped(scope, work).is_err() {
+                inline.push((start, n));
+            }
+        }
+        // SAFETY: the first piece, disjoint from the others.
+        unsafe { std::ptr::copy_nonoverlapping(src.0.cast_const(), dst.0, piece.min(len)) };
+        for (start, n) in inline {
+            // SAFETY: as in the threads.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.0.wrapping_add(start).cast_const(),
+                    dst.0.wrapping_add(start),
+                    n,
+                )
+            };
+        }
+    });
 }
 
 /// Makes transfer writes visible to the host.
@@ -456,10 +1070,16 @@ fn layout_barrier(
     };
 }
 
-/// `rows` rows of mip `level`, starting at row `first_row`, tightly packed from staging offset 0.
-fn image_region(level: u32, width: u32, first_row: u32, rows: u32) -> vk::BufferImageCopy {
+/// `rows` rows of mip `level`, starting at row `first_row`, tightly packed from `buffer_offset`.
+fn image_region(
+    buffer_offset: u64,
+    level: u32,
+    width: u32,
+    first_row: u32,
+    rows: u32,
+) -> vk::BufferImageCopy {
     vk::BufferImageCopy {
-        buffer_offset: 0,
+        buffer_offset,
         buffer_row_length: 0,
         buffer_image_height: 0,
         image_subresource: vk::ImageSubresourceLayers {
@@ -471,17 +1091,4 @@ fn image_region(level: u32, width: u32, first_row: u32, rows: u32) -> vk::Buffer
         image_offset: vk::Offset3D { x: 0, y: first_row as i32, z: 0 },
         image_extent: vk::Extent3D { width, height: rows, depth: 1 },
     }
-}
-
-fn staging_len(size: u64) -> usize {
-    usize::try_from(size).unwrap_or(usize::MAX)
-}
-
-/// # Safety
-/// The staging buffer belongs to `d` and is not in use.
-unsafe fn destroy_staging(d: &ash::Device, s: Staging) {
-    // SAFETY: the caller's contract.
-    unsafe { d.destroy_buffer(s.buffer, None) };
-    // The memory is freed (and uncharged) by its drop, now that its buffer is gone.
-    drop(s.memory);
 }

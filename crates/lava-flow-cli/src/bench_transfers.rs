@@ -1,0 +1,196 @@
+//! Host transfers: `Buffer::write`/`read` and their asynchronous forms, from and into ordinary
+//! (pageable) host memory, beside the raw copies of the same bytes in the same run — CUDA's
+//! `cuMemcpyHtoD`/`cuMemcpyDtoH` from pinned and from pageable memory where CUDA has the device,
+//! a host `memcpy` otherwise (lavapipe: there the rows check the pipeline, not a link).
+
+use std::time::Instant;
+
+use lava_flow::{AllocatorOptions, Buffer, MemoryAllocator, MemoryLocation, Result};
+
+use crate::bench::{human, median, Options, Row};
+
+/// The sizes measured, capped by the quick mode and a quarter of the largest device-local heap.
+const SIZES: [u64; 5] = [4 << 10, 1 << 20, 64 << 20, 256 << 20, 1 << 30];
+
+/// Which way the bytes go.
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    Write,
+    Read,
+}
+
+pub fn rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
+    let imports = MemoryAllocator::new()?;
+    let mut staged_options = AllocatorOptions::default();
+    staged_options.host_memory_import = false;
+    let stages = MemoryAllocator::with_options(staged_options)?;
+    let info = imports.device(options.device_id)?;
+    let heap = info.heaps.iter().filter(|h| h.device_local).map(|h| h.size).max().unwrap_or(0);
+    let cap = if options.quick { 64 << 20 } else { 1 << 30 }.min(heap / 4);
+    #[cfg(feature = "cuda")]
+    let cuda =
+        crate::bench_processes::context_or_skip(&imports, options.device_id, "CUDA transfer baselines");
+    let location = MemoryLocation::GpuVulkan { device_id: options.device_id };
+    for size in SIZES.into_iter().filter(|&s| s <= cap) {
+        let len = usize::try_from(size).unwrap_or(usize::MAX);
+        // Enough copies per measurement to take ~50 ms at 50 GB/s, at least 3.
+        let iters = ((2u64 << 30) / size / if options.quick { 4 } else { 1 }).clamp(3, 2000) as usize;
+        let imported = imports.clone().allocate(size, location)?;
+        let staged = stages.clone().allocate(size, location)?;
+        let data = pattern(len);
+        check_round_trip(&imported, &data, "import path")?;
+        check_round_trip(&staged, &data, "staging path")?;
+        let mut host = vec![0u8; len];
+        for way in [Way::Write, Way::Read] {
+            let group = match way {
+                Way::Write => "host transfers: write (host → device)",
+                Way::Read => "host transfers: read (device → host)",
+            };
+            let unit = if size < 1 << 20 { "µs" } else { "GB/s" };
+            let value =
+                |seconds: f64| if unit == "µs" { seconds * 1e6 } else { size as f64 / seconds / 1e9 };
+            let mut measured: Vec<(String, f64)> = Vec::new();
+            #[cfg(feature = "cuda")]
+            if let Some(ctx) = &cuda {
+                cuda_rows(ctx, way, &mut host, iters, reps, &mut measured, &value)?;
+            }
+            if measured.is_empty() {
+                let mut other = data.clone();
+                let t = median(reps, || {
+                    time(iters, || {
+                        match way {
+                            Way::Write => other.copy_from_slice(&host),
+                            Way::Read => host.copy_from_slice(&other),
+                        }
+                        std::hint::black_box(&other);
+                        Ok(())
+                    })
+                })?;
+                measured.push(("host memcpy (no CUDA: the raw copy of the same bytes)".into(), value(t)));
+            }
+            for (name, buffer) in [
+                ("lava-flow, import where it can (default)", &imported),
+                ("lava-flow, staging ring", &staged),
+            ] {
+                let t = median(reps, || {
+                    time(iters, || match way {
+                        Way::Write => buffer.write(0, &host),
+                        Way::Read => buffer.read(0, &mut host),
+                    })
+                })?;
+                measured.push((format!("{name}: {}, pageable memory", sync_name(way)), value(t)));
+            }
+            let mut owned = Some(std::mem::take(&mut host));
+            let t = median(reps, || {
+                time(iters, || {
+                    let v = owned.take().unwrap_or_default();
+                    let back = match way {
+                        Way::Write => imported.write_async(0, v)?.wait()?,
+                        Way::Read => imported.read_async(0, v)?.wait()?,
+                    };
+                    owned = Some(back);
+                    Ok(())
+                })
+            })?;
+            host = owned.unwrap_or_default();
+            let name = match way {
+                Way::Write => "lava-flow write_async + wait (Vec moved in and back)",
+                Way::Read => "lava-flow read_async + wait (Vec moved in and back)",
+            };
+            measured.push((name.into(), value(t)));
+            let mut measured = measured.into_iter();
+            let Some((base_name, base_value)) = measured.next() else { continue };
+            let base = Row::baseline(group, format!("{}: {base_name}", human(size)), base_value, unit);
+            let compared: Vec<Row> = measured
+                .map(|(name, v)| Row::against(&base, format!("{}: {name}", human(size)), v))
+                .collect();
+            rows.push(base);
+            rows.extend(compared);
+        }
+    }
+    Ok(())
+}
+
+fn sync_name(way: Way) -> &'static str {
+    match way {
+        Way::Write => "write",
+        Way::Read => "read",
+    }
+}
+
+/// Seconds per call of `f`, over `iters` calls.
+fn time(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / iters as f64)
+}
+
+/// Bytes that differ from their neighbours (a 64-bit LCG).
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ len as u64;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+/// One write and read of every byte before anything is timed.
+fn check_round_trip(buffer: &Buffer, data: &[u8], path: &str) -> Result<()> {
+    buffer.write(0, data)?;
+    let mut out = vec![0xA5; data.len()];
+    buffer.read(0, &mut out)?;
+    match out.iter().zip(data).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(i) => Err(lava_flow::Error::InvalidArgument(format!(
+            "bench check: the {path} read back a different byte at {i} of {}",
+            data.len()
+        ))),
+    }
+}
+
+/// The CUDA baselines: pinned (the host memory registered with `cuMemHostRegister`) first, the
+/// row the others are compared with, then pageable.
+#[cfg(feature = "cuda")]
+fn cuda_rows(
+    ctx: &lava_flow::cuda::Context,
+    way: Way,
+    host: &mut [u8],
+    iters: usize,
+    reps: usize,
+    measured: &mut Vec<(String, f64)>,
+    value: &dyn Fn(f64) -> f64,
+) -> Result<()> {
+    use lava_flow::cuda::{check, sys, DeviceMemory};
+    let device = ctx.alloc(host.len() as u64)?;
+    let copy = |host: &mut [u8]| {
+        median(reps, || {
+            time(iters, || match way {
+                Way::Write => device.copy_from_host(0, host),
+                Way::Read => device.copy_to_host(0, host),
+            })
+        })
+    };
+    ctx.bind()?;
+    // SAFETY: `host` is a live allocation of `host.len()` bytes, unregistered below before this
+    // function returns.
+    check("cuMemHostRegister_v2", unsafe {
+        sys::cuMemHostRegister_v2(host.as_mut_ptr().cast(), host.len(), 0)
+    })?;
+    let pinned = copy(host);
+    ctx.bind()?;
+    // SAFETY: registered above.
+    check("cuMemHostUnregister", unsafe { sys::cuMemHostUnregister(host.as_mut_ptr().cast()) })?;
+    let pinned = pinned?;
+    let pageable = copy(host)?;
+    let name = match way {
+        Way::Write => "cuMemcpyHtoD",
+        Way::Read => "cuMemcpyDtoH",
+    };
+    measured.push((format!("CUDA {name}, pinned memory"), value(pinned)));
+    measured.push((format!("CUDA {name}, pageable memory"), value(pageable)));
+    Ok(())
+}

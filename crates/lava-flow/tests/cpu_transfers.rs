@@ -1,0 +1,285 @@
+//! CPU tier: host transfers (`Buffer::write`/`read`, image levels, their asynchronous forms)
+//! through both paths — straight from and into imported host memory (lavapipe has
+//! `VK_EXT_external_memory_host`) and through the staging ring (`host_memory_import` off) —
+//! every byte checked both ways, at odd sizes, offsets and host addresses. Validation on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_bytes_eq, poisoned, random_bytes, Validated};
+use lava_flow::{Error, ImageDesc, ImageFormat, MemoryLocation, Submission};
+
+const DEV0: MemoryLocation = MemoryLocation::GpuVulkan { device_id: 0 };
+/// The staging chunk (16 MiB): sizes around it cross chunk and ring boundaries.
+const CHUNK: usize = 16 << 20;
+
+/// An allocator with host-memory import on or off.
+fn allocator(import: bool) -> Validated {
+    Validated::with_options(|o| o.host_memory_import = import)
+}
+
+/// `len` bytes at `misalign` bytes past a 4096-byte boundary, inside `storage`.
+fn at_address(storage: &mut Vec<u8>, len: usize, misalign: usize) -> &mut [u8] {
+    storage.resize(len + misalign + 8192, 0);
+    let start = storage.as_ptr().align_offset(4096) + misalign;
+    &mut storage[start..start + len]
+}
+
+/// Writes `size` random bytes at `offset` inside a buffer that holds random bytes around them,
+/// from a host address `misalign` past a page boundary; reads the whole buffer and the range
+/// back into poisoned memory at other odd addresses; checks every byte.
+fn round_trip(v: &mut Validated, size: usize, offset: usize, misalign: usize, what: &str) {
+    let total = offset + size + 13;
+    // A small buffer first, so that sub-allocated buffers below sit at non-zero offsets.
+    let _before = v.allocate(4096, DEV0).expect("filler");
+    let b = v.allocate(total as u64, DEV0).expect("allocate");
+    assert!(b.mapped_ptr().is_none(), "GpuVulkan memory is not mapped: {what}");
+    if (total as u64) < 2 << 20 {
+        assert_ne!(b.offset(), 0, "a sub-allocated buffer past the filler: {what}");
+    }
+    let background = random_bytes(total);
+    b.write(0, &background).expect("background");
+    let data = random_bytes(size);
+    let mut source = Vec::new();
+    let src = at_address(&mut source, size, misalign);
+    src.copy_from_slice(&data);
+    b.write(offset as u64, src).unwrap_or_else(|e| panic!("write {what}: {e}"));
+    let mut want = background;
+    want[offset..offset + size].copy_from_slice(&data);
+
+    let mut whole = Vec::new();
+    let out = at_address(&mut whole, total, (misalign + 1) % 4096);
+    out.fill(0xA5);
+    b.read(0, out).unwrap_or_else(|e| panic!("read {what}: {e}"));
+    assert_bytes_eq(out, &want, &format!("whole buffer after {what}"));
+
+    let mut part = Vec::new();
+    let out = at_address(&mut part, size, (misalign + 4093) % 4096);
+    out.fill(0xA5);
+    b.read(offset as u64, out).unwrap_or_else(|e| panic!("read back {what}: {e}"));
+    assert_bytes_eq(out, &data, &format!("range of {what}"));
+}
+
+fn sizes_offsets_and_addresses(import: bool) {
+    let mut v = allocator(import);
+    let cases = [
+        (1, 0, 0),
+        (1, 7, 1),
+        (4095, 1, 4095),
+        (4097, 3, 17),
+        ((256 << 10) - 1, 5, 0),
+        ((256 << 10) + 3, 0, 1),
+        (1_000_003, 255, 8),
+        (CHUNK - 1, 1, 3),
+        (CHUNK, 0, 0),
+        (CHUNK + 1, 9, 2049),
+        // More chunks than the ring has slots: slots are reused.
+        (3 * CHUNK + 4099, 4, 7),
+    ];
+    let before = v.transfer_stats();
+    for (size, offset, misalign) in cases {
+        let what = format!("{size} bytes at offset {offset}, host address +{misalign} (import {import})");
+        round_trip(&mut v, size, offset, misalign, &what);
+    }
+    let s = v.transfer_stats();
+    let imported = s.imported - before.imported;
+    if import {
+        // Every transfer of at least 256 KiB imports: 7 cases × 3 transfers (the background
+        // write counts too).
+        assert!(imported >= 21, "imported transfers: {imported} ({s:?})");
+    } else {
+        assert_eq!(imported, 0, "import off: everything stages ({s:?})");
+    }
+    assert!(s.staged > before.staged, "small transfers stage ({s:?})");
+}
+
+#[test]
+fn every_byte_both_ways_through_imported_host_memory() {
+    sizes_offsets_and_addresses(true);
+}
+
+#[test]
+fn every_byte_both_ways_through_the_staging_ring() {
+    sizes_offsets_and_addresses(false);
+}
+
+/// The asynchronous forms: the memory moves into the transfer and comes back filled; the
+/// buffer may be dropped before the transfer is waited for (its drop waits).
+#[test]
+fn asynchronous_transfers_own_their_memory_until_waited_for() {
+    for import in [true, false] {
+        let mut v = allocator(import);
+        for size in [1usize, 4097, (256 << 10) + 1, CHUNK + 3] {
+            let what = format!("{size} bytes (import {import})");
+            let b = v.allocate(size as u64 + 100, DEV0).expect("allocate");
+            let data = random_bytes(size);
+            let pending = b.write_async(100, data.clone()).expect("write_async");
+            let back = pending.wait().expect("wait for the write");
+            assert_eq!(back, data, "the source comes back unchanged: {what}");
+            let pending = b.read_async(100, poisoned(size).into_boxed_slice()).expect("read_async");
+            let out = pending.wait().expect("wait for the read");
+            assert_bytes_eq(&out, &data, &what);
+            // Several in flight at once, then the buffer dropped before they are waited for.
+            let second = random_bytes(size);
+            let w = b.write_async(100, second.clone()).expect("write_async");
+            let r = b.read_async(100, poisoned(size)).expect("read_async");
+            assert!(matches!(b.read_async(99 + 2, vec![0u8; size]), Err(Error::OutOfRange { .. })));
+            let out = r.wait().expect("the read queued after the write");
+            assert_bytes_eq(&out, &second, &format!("read after write, {what}"));
+            let w2 = b.write_async(0, random_bytes(100)).expect("write_async");
+            drop(b);
+            assert!(w.is_done().expect("is_done"), "the drop waited: {what}");
+            assert!(w2.is_done().expect("is_done"), "the drop waited: {what}");
+            drop((w, w2));
+        }
+        let s = v.transfer_stats();
+        if import {
+            assert!(s.imported > 0, "{s:?}");
+        } else {
+            assert_eq!(s.imported, 0, "{s:?}");
+        }
+    }
+}
+
+/// Image levels both ways through both paths, synchronous and asynchronous, from host
+/// addresses that are texel-aligned (imported) and not (staged).
+#[test]
+fn image_levels_both_ways_through_both_paths() {
+    for import in [true, false] {
+        let mut v = allocator(import);
+        let before = v.transfer_stats();
+        for (format, width, height) in [
+            (ImageFormat::Rgba8Unorm, 512, 300),
+            (ImageFormat::R8Unorm, 1021, 3),
+            (ImageFormat::Rgba32Float, 300, 77),
+        ] {
+            let desc = ImageDesc::new(format, width, height).mip_levels(2);
+            let image = v.allocate_image(0, desc).expect("image");
+            for level in 0..2 {
+                let len = desc.level_size(level) as usize;
+                for misalign in [0, 1, 16] {
+                    let what = format!("{format:?} level {level}, host +{misalign}, import {import}");
+                    let data = common::texel_data(format, len);
+                    let mut source = Vec::new();
+                    let src = at_address(&mut source, len, misalign);
+                    src.copy_from_slice(&data);
+                    image.write_level(level, src).unwrap_or_else(|e| panic!("write {what}: {e}"));
+                    let mut back = Vec::new();
+                    let out = at_address(&mut back, len, misalign);
+                    out.fill(0xA5);
+                    image.read_level(level, out).unwrap_or_else(|e| panic!("read {what}: {e}"));
+                    assert_bytes_eq(out, &data, &what);
+                }
+                let data = common::texel_data(format, len);
+                let w = image.write_level_async(level, data.clone()).expect("write_level_async");
+                let r = image.read_level_async(level, poisoned(len)).expect("read_level_async");
+                w.wait().expect("write");
+                assert_bytes_eq(
+                    &r.wait().expect("read"),
+                    &data,
+                    &format!("{format:?} async, import {import}"),
+                );
+            }
+        }
+        let s = v.transfer_stats();
+        if import {
+            assert!(s.imported > before.imported, "levels of 600 KiB import: {s:?}");
+        } else {
+            assert_eq!(s.imported, 0, "{s:?}");
+        }
+    }
+}
+
+/// Signals the gate when dropped, also when the test fails, so that the queue drains before
+/// the allocator (declared first, dropped last) waits for it.
+struct Release<'a>(&'a lava_flow::TimelineSemaphore);
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if self.0.value().is_ok_and(|v| v < 1) {
+            self.0.signal(1).expect("release the queue");
+        }
+    }
+}
+
+/// Behind a submission that waits for a value nobody signals: a synchronous copy straight from
+/// the caller's memory is never submitted (it could outlive the call and write into memory
+/// the caller has freed): `Timeout`, nothing done. An asynchronous one is submitted and owns its
+/// memory; waiting for it times out and leaks that memory rather than hand it back under the
+/// GPU. Once the value is signalled, everything completes and the buffers are intact.
+#[test]
+fn timeouts_never_leave_a_copy_into_the_callers_memory() {
+    let timeout = Duration::from_millis(200);
+    let mut v = Validated::with_options(|o| o.transfer_timeout = timeout);
+    let size = (1 << 20) + 4097;
+    let b = v.allocate(size as u64, DEV0).expect("allocate");
+    let first = random_bytes(size);
+    b.write(0, &first).expect("a write before anything blocks the queue");
+    assert!(v.transfer_stats().imported > 0, "the driver imports host memory: {:?}", v.transfer_stats());
+
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1))
+        .expect("a submission waiting for a value nobody signals yet");
+    let stuck = random_bytes(size);
+    let pending = b.write_async(0, stuck.clone()).expect("an asynchronous write is queued");
+    assert!(!pending.is_done().expect("is_done"), "queued behind the wait");
+    let pending_read = b.read_async(0, poisoned(size)).expect("an asynchronous read is queued");
+    let mut out = poisoned(size);
+    match b.read(0, &mut out) {
+        Err(e @ Error::Timeout(..)) => {
+            assert!(e.to_string().contains("work queued before this copy"), "{e}")
+        }
+        other => panic!(
+            "a read straight into the caller's memory behind the wait: expected Timeout, got {other:?}"
+        ),
+    }
+    assert!(out.iter().all(|&x| x == 0xA5), "nothing was read");
+    match pending.wait() {
+        Err(Error::Timeout(t, what)) => assert_eq!((t, what), (timeout, "an asynchronous transfer")),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    drop(release);
+    // The drain probe of the refused read timed out too: the next call waits for it first.
+    let out = pending_read.wait().expect("the read completes once the queue drained");
+    assert_bytes_eq(&out, &stuck, "the asynchronous read, queued after the asynchronous write");
+    let mut out = poisoned(size);
+    b.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &stuck, "the write whose wait timed out landed with its own bytes");
+}
+
+/// A staged write of more chunks than the ring holds, behind the wait: the first chunks are
+/// queued, the call times out when it needs a slot back, later calls fail with a typed
+/// `Timeout` (staging is never overwritten under a queued copy), and after the release
+/// everything works again.
+#[test]
+fn a_timed_out_ring_keeps_its_slots_until_they_complete() {
+    let timeout = Duration::from_millis(200);
+    let mut v = Validated::with_options(|o| {
+        o.transfer_timeout = timeout;
+        o.host_memory_import = false;
+    });
+    let size = 4 * CHUNK + 5;
+    let b = v.allocate(size as u64, DEV0).expect("allocate");
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1))
+        .expect("a submission waiting for a value nobody signals yet");
+    let data = random_bytes(size);
+    match b.write(0, &data) {
+        Err(Error::Timeout(t, what)) => assert_eq!((t, what), (timeout, "a staging copy")),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    let mut out = poisoned(CHUNK);
+    match b.read(0, &mut out) {
+        Err(e @ Error::Timeout(..)) => assert!(e.to_string().contains("earlier staging copy"), "{e}"),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    drop(release);
+    b.read(0, &mut out).expect("read once the queue drained");
+    assert_bytes_eq(&out, &data[..CHUNK], "the queued first chunk landed with its own bytes");
+    b.write(0, &data).expect("write");
+    let mut out = poisoned(size);
+    b.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &data, "after the recovery");
+}
