@@ -18,9 +18,8 @@ const DEV0: MemoryLocation = MemoryLocation::GpuVulkan { device_id: 0 };
 /// thread that waits for a lock the destroying thread holds (backtraces in docs/RELIABILITY.md).
 /// Each test alone passes, and GL contexts on several threads of one device pass.
 ///
-/// lava-flow now keeps `vkCreateDevice`/`vkDestroyDevice` from overlapping EGL context creation
-/// and destruction (issue 18); `LAVA_FLOW_GL_PARALLEL=1` runs the tests in parallel threads again,
-/// which is how the GPU tier checks that guard.
+/// `LAVA_FLOW_GL_PARALLEL=1` runs them in parallel threads again, to reproduce it: 1 run in 8 to
+/// 14 hung on the H200 on 2026-11-30, inside the driver (docs/RELIABILITY.md).
 fn serial() -> Option<std::sync::MutexGuard<'static, ()>> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if std::env::var("LAVA_FLOW_GL_PARALLEL").is_ok_and(|v| v == "1") {

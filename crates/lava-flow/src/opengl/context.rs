@@ -97,7 +97,6 @@ struct OwnedEgl {
 
 impl Drop for OwnedEgl {
     fn drop(&mut self) {
-        let _lifecycle = crate::vulkan::gl_context_lifecycle();
         let released = self.egl.make_current(self.display, None, None, None);
         let destroyed = self.egl.destroy_context(self.display, self.context);
         let terminated = if self.terminate { self.egl.terminate(self.display) } else { Ok(()) };
@@ -368,10 +367,7 @@ fn try_display(egl: Egl, platform: EglPlatform, native: *mut c_void, counted: bo
     // EGL_DEFAULT_DISPLAY (null) for the surfaceless one; the attribute list is terminated.
     let display = unsafe { egl.get_platform_display(kind, native, attribs) }
         .map_err(|e| egl_error("eglGetPlatformDisplay", e))?;
-    let lifecycle = crate::vulkan::gl_context_lifecycle();
-    let made = make_context(&egl, display);
-    drop(lifecycle);
-    let context = match made {
+    let context = match make_context(&egl, display) {
         Ok(c) => c,
         Err(e) => {
             if counted {

@@ -2,7 +2,7 @@
 
 use std::ffi::c_char;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use ash::vk;
@@ -12,25 +12,6 @@ use super::instance::{Instance, PhysicalDevice};
 use super::transfer::{Transfer, EARLIER_COPY};
 use crate::error::{Result, VkResultExt};
 use crate::external::Os;
-
-/// NVIDIA's driver (580.159.04) once deadlocked inside `vkDestroyDevice` while other threads of
-/// the process made and destroyed GL contexts: the destroying thread joined a driver worker
-/// thread that waited for a lock the destroying thread held (docs/RELIABILITY.md). lava-flow
-/// never lets the two overlap: creating or destroying a `VkDevice` holds this lock exclusively,
-/// creating or destroying an EGL context holds it shared (many contexts at once are fine).
-static LIFECYCLE: RwLock<()> = RwLock::new(());
-
-/// Held while a `VkDevice` is created or destroyed: see [`LIFECYCLE`].
-fn device_lifecycle() -> RwLockWriteGuard<'static, ()> {
-    LIFECYCLE.write().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Held while an EGL context is created or destroyed: see [`LIFECYCLE`]. Never hold it while a
-/// lava-flow device may be dropped on the same thread.
-#[cfg(feature = "opengl")]
-pub(crate) fn gl_context_lifecycle() -> std::sync::RwLockReadGuard<'static, ()> {
-    LIFECYCLE.read().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// A `VkDevice` made for lava-flow, shared by every object created on it.
 pub(crate) struct Device {
@@ -148,11 +129,9 @@ impl Device {
             .queue_create_infos(&queue_info)
             .enabled_extension_names(&extensions)
             .push_next(&mut features12);
-        let lifecycle = device_lifecycle();
         // SAFETY: the physical device belongs to `instance`; `info` points at live locals.
         let device =
             unsafe { instance.instance.create_device(physical.handle, &info, None) }.vk("vkCreateDevice")?;
-        drop(lifecycle);
         // SAFETY: the family was created with one queue.
         let queue = unsafe { device.get_device_queue(physical.queue_family, 0) };
         let external = Loaders::new(
@@ -168,7 +147,6 @@ impl Device {
         {
             Ok(s) => s,
             Err(e) => {
-                let _lifecycle = device_lifecycle();
                 // SAFETY: nothing was made on the device yet.
                 unsafe { device.destroy_device(None) };
                 return Err(e);
@@ -571,7 +549,6 @@ impl Drop for Device {
         }
         // SAFETY: the queue is idle; no submission uses the progress timeline.
         unsafe { self.device.destroy_semaphore(self.progress, None) };
-        let _lifecycle = device_lifecycle();
         // SAFETY: every buffer, block and semaphore holds an `Arc<Device>`, so none is left.
         unsafe { self.device.destroy_device(None) };
     }

@@ -19,8 +19,6 @@ pub use allocator::{
     TransferStats, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
 };
 pub use buffer::Buffer;
-#[cfg(feature = "opengl")]
-pub(crate) use device::gl_context_lifecycle;
 pub use image::{Image, ImageDesc, ImageFormat, ImageTiling};
 pub use pending::{HostBytes, HostBytesMut, PendingTransfer};
 #[cfg(feature = "opencl")]
