@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what lava-flow's tests and examples need on a Debian or Ubuntu machine that has only
 # Rust: Mesa's Vulkan (lavapipe) and GL (llvmpipe) drivers, the Vulkan/EGL/OpenCL loaders, PoCL
-# (an OpenCL platform) and the Khronos validation layer. Does nothing when everything is present. Needs root or sudo.
+# (an OpenCL platform) and the Khronos validation layer, and any packages named as arguments
+# (`scripts/windows-check.sh` adds Wine's). Does nothing when everything is present. Needs root or sudo.
 set -euo pipefail
 
 packages=(
@@ -13,6 +14,8 @@ packages=(
   pocl-opencl-icd       # an OpenCL platform without external memory, as the GPU machine also has
   gcc                   # the linker Rust uses
 )
+
+packages+=("$@")
 
 # Python with venv, for the Python module's tests (any python3 that can make a venv will do).
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then

@@ -20,22 +20,7 @@ cargo check --workspace --all-targets --all-features --target "$target"
 echo "== cargo clippy ($target, every feature)"
 cargo clippy --workspace --all-targets --all-features --target "$target" -- -D warnings
 
-packages=(wine wine64 gcc-mingw-w64-x86-64 xvfb xauth)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]} > 0)); then
-  echo "installing: ${missing[*]}"
-  sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || { echo "need root or sudo to install ${missing[*]}" >&2; exit 1; }
-    sudo=(sudo)
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash "$(dirname "$0")/install-deps.sh" wine wine64 gcc-mingw-w64-x86-64 xvfb xauth
 
 echo "== the Windows test binaries under Wine"
 # The test binaries (linked with mingw); their paths from cargo's JSON messages.

@@ -339,13 +339,7 @@ impl Buffer {
         host: S,
         range: HostRange,
     ) -> Result<PendingTransfer<S>> {
-        let device = &self.ctx.device;
-        // SAFETY: `range` is `host`'s bytes, which the pending transfer owns (at a fixed
-        // address: `HostBytes`) until the job's value is reached, or forever.
-        let job =
-            device.with_transfer(|t| unsafe { t.submit_job(device, dir, self.target(offset), range) })?;
-        self.last_async.fetch_max(job.value, Ordering::AcqRel);
-        Ok(PendingTransfer::started(device, host, range, job))
+        PendingTransfer::start(&self.ctx.device, &self.last_async, dir, self.target(offset), host, range)
     }
 
     fn target(&self, offset: u64) -> Target {

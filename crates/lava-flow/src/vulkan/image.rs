@@ -490,12 +490,7 @@ impl Image {
         host: S,
         range: HostRange,
     ) -> Result<PendingTransfer<S>> {
-        let device = &self.ctx.device;
-        // SAFETY: `range` is `host`'s bytes, owned by the pending transfer (at a fixed address:
-        // `HostBytes`) until the job's value is reached, or forever.
-        let job = device.with_transfer(|t| unsafe { t.submit_job(device, dir, target, range) })?;
-        self.last_async.fetch_max(job.value, Ordering::AcqRel);
-        Ok(PendingTransfer::started(device, host, range, job))
+        PendingTransfer::start(&self.ctx.device, &self.last_async, dir, target, host, range)
     }
 
     /// The copy target for mip `level`, after checking that `len` bytes are exactly the level.

@@ -1,10 +1,11 @@
 //! Asynchronous transfers: [`PendingTransfer`], and [`HostBytes`], the host memory they own
 //! while the GPU copies.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::device::Device;
-use super::transfer::{HostRange, Job};
+use super::transfer::{Direction, HostRange, Job, Target};
 use crate::error::{Error, Result};
 
 /// Host memory that an asynchronous transfer owns until it completes: its bytes stay at one
@@ -106,9 +107,22 @@ impl<S: HostBytes> PendingTransfer<S> {
         PendingTransfer { device: Arc::clone(device), job: None, range, host: Some(host) }
     }
 
-    /// A transfer in flight.
-    pub(crate) fn started(device: &Arc<Device>, host: S, range: HostRange, job: Job) -> Self {
-        PendingTransfer { device: Arc::clone(device), job: Some(job), range, host: Some(host) }
+    /// Submits the copy between `host` (whose bytes are `range`) and `target`, and returns it in
+    /// flight; `last_async` (the buffer's or image's) keeps the highest job value, which its drop
+    /// waits for.
+    pub(crate) fn start(
+        device: &Arc<Device>,
+        last_async: &AtomicU64,
+        dir: Direction,
+        target: Target,
+        host: S,
+        range: HostRange,
+    ) -> Result<Self> {
+        // SAFETY: `range` is `host`'s bytes, which the pending transfer owns (at a fixed
+        // address: `HostBytes`) until the job's value is reached, or forever.
+        let job = device.with_transfer(|t| unsafe { t.submit_job(device, dir, target, range) })?;
+        last_async.fetch_max(job.value, Ordering::AcqRel);
+        Ok(PendingTransfer { device: Arc::clone(device), job: Some(job), range, host: Some(host) })
     }
 
     /// Whether the copy has completed (then [`wait`](PendingTransfer::wait) returns at once).
