@@ -17,6 +17,10 @@ python3 -c 'import sys, torch, cupy, jax, numpy; print("python", sys.version.spl
 status=0
 for file in crates/lava-flow-py/tests/test_*.py; do
   PYTHONPATH="$site" timeout "${LIMIT:-120}" python3 -m pytest -p no:cacheprovider -o faulthandler_timeout=30 \
-    -v -rs --tb=short "$file" "$@" || { echo "$file: rc=$?"; status=1; }
+    -v -rs --tb=short "$file" "$@"
+  rc=$?
+  # 5: nothing collected to run here (a file whose tests all skip at import, e.g. the stub check
+  # without mypy).
+  if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then echo "$file: rc=$rc"; status=1; fi
 done
 exit $status

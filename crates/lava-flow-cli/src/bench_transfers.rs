@@ -20,10 +20,10 @@ enum Way {
 }
 
 pub fn rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
-    let imports = MemoryAllocator::new()?;
-    let mut staged_options = AllocatorOptions::default();
-    staged_options.host_memory_import = false;
-    let stages = MemoryAllocator::with_options(staged_options)?;
+    let mut import_options = AllocatorOptions::default();
+    import_options.host_memory_import = true;
+    let imports = MemoryAllocator::with_options(import_options)?;
+    let stages = MemoryAllocator::with_options(AllocatorOptions::default())?;
     let info = imports.device(options.device_id)?;
     let heap = info.heaps.iter().filter(|h| h.device_local).map(|h| h.size).max().unwrap_or(0);
     let cap = if options.quick { 64 << 20 } else { 1 << 30 }.min(heap / 4);
@@ -69,7 +69,7 @@ pub fn rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
                 measured.push(("host memcpy (no CUDA: the raw copy of the same bytes)".into(), value(t)));
             }
             for (name, buffer) in [
-                ("lava-flow, import where it can (default)", &imported),
+                ("lava-flow, host memory import (opt-in)", &imported),
                 ("lava-flow, staging ring", &staged),
             ] {
                 let t = median(reps, || {

@@ -60,7 +60,7 @@ def main():
     if not cuda:
         print("torch with CUDA is missing: lava_flow rows only (no baseline)")
     allocator = lava_flow.MemoryAllocator(validation=False)
-    staged = lava_flow.MemoryAllocator(validation=False, host_memory_import=False)
+    imports = lava_flow.MemoryAllocator(validation=False, host_memory_import=True)
     location = lava_flow.MemoryLocation.GpuVulkan(device_id=args.device)
     print(f"| size | path | write (host → device) | read (device → host) | write vs torch pinned | read vs torch pinned |")
     print("|---|---|---|---|---|---|")
@@ -81,7 +81,7 @@ def main():
             results.append(("torch, pageable", seconds_per_call(lambda: dev.copy_(pageable), iters, reps, sync),
                             seconds_per_call(lambda: pageable_out.copy_(dev), iters, reps, sync)))
             del dev, pinned, pinned_out
-        for name, a in [("lava_flow write / read_into", allocator), ("lava_flow, staging forced", staged)]:
+        for name, a in [("lava_flow write / read_into", allocator), ("lava_flow, host memory import", imports)]:
             buffer = a.allocate(size, location)
             buffer.write(host)
             buffer.read_into(back)

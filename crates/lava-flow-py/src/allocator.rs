@@ -171,13 +171,14 @@ pub struct MemoryAllocator {
 
 #[pymethods]
 impl MemoryAllocator {
-    /// `MemoryAllocator(validation=None, heap_budget=None, host_memory_import=True)`:
+    /// `MemoryAllocator(validation=None, heap_budget=None, host_memory_import=False)`:
     /// `validation` turns the Khronos validation layer on (default: the `LAVA_FLOW_VALIDATION`
     /// environment variable); `heap_budget` caps lava-flow's bytes per heap (past it,
-    /// `OutOfMemoryError`); `host_memory_import=False` makes every `write`/`read` stage instead
-    /// of letting the GPU copy straight from and into the caller's memory.
+    /// `OutOfMemoryError`); `host_memory_import=True` lets the GPU copy straight from and into
+    /// the caller's memory where the driver can import it, instead of through the staging ring
+    /// (off by default: on NVIDIA it is slower than staging).
     #[new]
-    #[pyo3(signature = (validation = None, heap_budget = None, host_memory_import = true))]
+    #[pyo3(signature = (validation = None, heap_budget = None, host_memory_import = false))]
     fn new(
         py: Python<'_>,
         validation: Option<bool>,
