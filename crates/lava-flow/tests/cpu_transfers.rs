@@ -210,7 +210,10 @@ impl Drop for Release<'_> {
 #[test]
 fn timeouts_never_leave_a_copy_into_the_callers_memory() {
     let timeout = Duration::from_millis(200);
-    let mut v = Validated::with_options(|o| o.transfer_timeout = timeout);
+    let mut v = Validated::with_options(|o| {
+        o.transfer_timeout = timeout;
+        o.host_memory_import = true;
+    });
     let size = (1 << 20) + 4097;
     let b = v.allocate(size as u64, DEV0).expect("allocate");
     let first = random_bytes(size);

@@ -51,8 +51,11 @@ const SLOTS: usize = 3;
 const PARALLEL_COPY_MIN: usize = 4 << 20;
 /// Each thread of a split host copy moves at least this many bytes.
 const PARALLEL_COPY_PIECE: usize = 1 << 20;
-/// At most this many threads share one host copy.
+/// At most this many threads share one host copy (16 were slower than 8 on the H200: the staging
+/// sweep in BENCHMARKS.md).
 const MAX_COPY_THREADS: usize = 8;
+/// How long a staging slot's fence is polled before the wait blocks.
+const FENCE_SPIN: std::time::Duration = std::time::Duration::from_millis(2);
 /// Transfers of at least this many bytes import the caller's memory where they can; smaller ones
 /// stage (an import pins pages and costs driver calls that a small copy does not repay).
 pub(crate) const IMPORT_MIN: usize = 256 << 10;
@@ -625,6 +628,15 @@ impl Transfer {
             return Ok(());
         }
         let d = &device.device;
+        // Poll first: a chunk's copy takes about 0.3 ms on the H200, and waking from a blocking
+        // fence wait took long enough there that polling moved 1 MiB staged transfers from 7 to
+        // 10–12 GB/s and 64 MiB ones from 27–29 to 29–31 GB/s (BENCHMARKS.md, the staging sweep).
+        // Past `FENCE_SPIN`, block: a copy queued behind other work must not burn a core.
+        let spin = std::time::Instant::now();
+        // SAFETY: the fence belongs to this device.
+        while spin.elapsed() < FENCE_SPIN && !unsafe { d.get_fence_status(slot.fence) }.unwrap_or(true) {
+            std::hint::spin_loop();
+        }
         let timeout = u64::try_from(device.transfer_timeout.as_nanos()).unwrap_or(u64::MAX);
         // SAFETY: the fence belongs to this device.
         match unsafe { d.wait_for_fences(&[slot.fence], true, timeout) } {
