@@ -70,6 +70,7 @@ impl Os {
 /// The device extensions (Vulkan), context extensions (OpenGL) or device extensions (OpenCL)
 /// that import and export a handle type, per kind of object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg(any(test, feature = "opengl"))]
 pub(crate) struct Extensions {
     /// For memory.
     pub memory: &'static str,
@@ -79,6 +80,7 @@ pub(crate) struct Extensions {
 
 /// The extensions `api` needs to share memory and semaphores through `handle`, or
 /// [`Error::Unsupported`] for a handle type lava-flow does not share through that API.
+#[cfg(any(test, feature = "opengl"))]
 pub(crate) fn extensions(api: Api, handle: HandleType) -> Result<Extensions> {
     let (memory, semaphore) = match (api, handle) {
         (Api::Vulkan, HandleType::OpaqueFd) => ("VK_KHR_external_memory_fd", "VK_KHR_external_semaphore_fd"),
@@ -101,6 +103,7 @@ pub(crate) fn extensions(api: Api, handle: HandleType) -> Result<Extensions> {
 }
 
 /// The extensions of this platform's opaque handle for `api`.
+#[cfg(any(test, feature = "opengl"))]
 pub(crate) fn host_extensions(api: Api) -> Extensions {
     match extensions(api, Os::HOST.opaque_handle()) {
         Ok(e) => e,
@@ -191,6 +194,7 @@ impl RawHandle {
 
     /// The value as the pointer-sized integer that OpenCL property lists hold
     /// (`cl_mem_properties`, `cl_semaphore_properties_khr`): the fd, or the handle's address.
+    #[cfg(any(test, feature = "opencl"))]
     pub(crate) fn as_property(self) -> u64 {
         match self {
             RawHandle::Fd(fd) => fd as u64,
@@ -199,6 +203,7 @@ impl RawHandle {
     }
 
     /// The NT handle as the `HANDLE` (`void *`) that Vulkan, CUDA and OpenGL take; null for an fd.
+    #[cfg(any(test, feature = "cuda", feature = "opengl"))]
     pub(crate) fn as_win32_ptr(self) -> *mut std::ffi::c_void {
         match self {
             RawHandle::Fd(_) => std::ptr::null_mut(),

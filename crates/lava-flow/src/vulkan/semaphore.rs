@@ -451,6 +451,7 @@ pub(crate) fn check_increasing(value: u64, current: u64) -> Result<()> {
 
 impl TimelineSemaphore {
     /// The platform's handle for the semaphore, for lava-flow's own imports (CUDA, OpenGL).
+    #[cfg(any(feature = "cuda", feature = "opengl"))]
     pub(crate) fn export_native(&self) -> Result<NativeHandle> {
         self.raw.export_native()
     }
