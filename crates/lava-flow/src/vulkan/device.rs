@@ -607,11 +607,11 @@ impl Drop for Device {
             unsafe { self.device.destroy_semaphore(retired.semaphore, None) };
         }
         let queue = *self.queue.get_mut().unwrap_or_else(PoisonError::into_inner);
-        // SAFETY: no other reference to the device exists (this is its drop), and lava-flow's
-        // queue is its own (an adopted one too: `from_raw`'s contract); waiting makes sure
-        // nothing still runs before the objects below are destroyed. Without a queue lava-flow
-        // submitted nothing.
+        // Without a queue lava-flow submitted nothing.
         if queue != vk::Queue::null() {
+            // SAFETY: no other reference to the device exists (this is its drop), and lava-flow's
+            // queue is its own (an adopted one too: `from_raw`'s contract); waiting makes sure
+            // nothing still runs before the objects below are destroyed.
             if let Err(e) = unsafe { self.device.queue_wait_idle(queue) } {
                 log::error!("vkQueueWaitIdle failed while destroying a device: {e}");
             }

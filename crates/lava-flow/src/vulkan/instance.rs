@@ -18,6 +18,12 @@ pub(crate) const MIN_API_VERSION: u32 = vk::API_VERSION_1_2;
 
 /// A loaded Vulkan library and an instance made from it.
 pub(crate) struct Instance {
+    /// The caller's guard of an adopted instance and device, dropped once every lava-flow object
+    /// is gone (fields drop after `Drop::drop`, and every device holds an `Arc<Instance>`) —
+    /// and first among the fields: before `entry`, whose drop may unload the Vulkan library the
+    /// guard still calls into (`vkDestroyDevice`).
+    #[expect(dead_code, reason = "held for its lifetime, never read")]
+    owner: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// Keeps the Vulkan library loaded while the instance lives.
     #[expect(dead_code, reason = "held for its lifetime, never read")]
     entry: ash::Entry,
@@ -27,10 +33,6 @@ pub(crate) struct Instance {
     pub log: Option<ValidationLog>,
     /// `false` for an instance the caller made ([`Instance::adopt`]): never destroyed here.
     owned: bool,
-    /// The caller's guard of an adopted instance and device, dropped after everything else here
-    /// (fields drop after `Drop::drop`, and every device holds an `Arc<Instance>`).
-    #[expect(dead_code, reason = "held for its lifetime, never read")]
-    owner: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Instance {
