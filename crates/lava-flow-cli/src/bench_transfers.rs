@@ -68,9 +68,10 @@ pub fn rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
                 })?;
                 measured.push(("host memcpy (no CUDA: the raw copy of the same bytes)".into(), value(t)));
             }
-            for (name, buffer) in
-                [("lava-flow, host memory import (opt-in)", &imported), ("lava-flow, staging ring", &staged)]
-            {
+            for (name, buffer) in [
+                ("lava-flow, host memory import (opt-in)", &imported),
+                ("lava-flow, staging ring", &staged),
+            ] {
                 let t = median(reps, || {
                     time(iters, || match way {
                         Way::Write => buffer.write(0, &host),
