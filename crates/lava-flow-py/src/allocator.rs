@@ -1,7 +1,7 @@
 //! `lava_flow.MemoryAllocator` and `lava_flow.MemoryLocation`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use lava_flow::cuda::{Context, Event, Stream};
 use lava_flow::{AllocationOptions, AllocatorOptions};
@@ -86,7 +86,9 @@ impl MemoryLocation {
 /// the CUDA state that DLPack exports use. Buffers and semaphores hold it, so the devices live
 /// as long as any of them does.
 pub struct Shared {
-    allocator: Mutex<lava_flow::MemoryAllocator>,
+    /// Shared by clone, without a lock: the allocator is `Send + Sync` and its clones share
+    /// devices and pools.
+    allocator: lava_flow::MemoryAllocator,
     cuda: Mutex<HashMap<u32, Arc<CudaDevice>>>,
 }
 
@@ -119,9 +121,10 @@ impl CudaDevice {
 }
 
 impl Shared {
-    /// The Rust allocator, locked.
-    pub fn allocator(&self) -> MutexGuard<'_, lava_flow::MemoryAllocator> {
-        self.allocator.lock().unwrap_or_else(PoisonError::into_inner)
+    /// A clone of the Rust allocator (a cheap handle sharing its devices and pools): callers on
+    /// several threads allocate concurrently, none waits for another's allocation.
+    pub fn allocator(&self) -> lava_flow::MemoryAllocator {
+        self.allocator.clone()
     }
 
     /// The CUDA side of `device_id`, made on first use; the error says why there is none.
@@ -192,9 +195,7 @@ impl MemoryAllocator {
         options.heap_budget = heap_budget;
         options.host_memory_import = host_memory_import;
         let allocator = py.detach(|| lava_flow::MemoryAllocator::with_options(options)).or_raise()?;
-        Ok(MemoryAllocator {
-            shared: Arc::new(Shared { allocator: Mutex::new(allocator), cuda: Mutex::default() }),
-        })
+        Ok(MemoryAllocator { shared: Arc::new(Shared { allocator, cuda: Mutex::default() }) })
     }
 
     /// Allocates `size` bytes at `location` (default: `MemoryLocation.GpuVulkan(0)`);

@@ -132,6 +132,20 @@ pub enum Error {
         /// What made it non-exportable.
         reason: String,
     },
+    /// The allocator was made on the caller's device without a queue lava-flow may submit to
+    /// ([`MemoryAllocator::from_raw`](crate::MemoryAllocator::from_raw) with no
+    /// [`RawDevice::queue`](crate::RawDevice::queue)), and the call needs one.
+    #[error(
+        "{what} needs a queue, and device {device} was adopted without one lava-flow may submit to: \
+         give it one (RawDevice::queue), or record the work on your own queue (host-visible buffers' \
+         write/read map the memory and need none)"
+    )]
+    NoQueue {
+        /// What needed the queue, e.g. `Buffer::write through staging`.
+        what: &'static str,
+        /// The device's name.
+        device: String,
+    },
     /// The driver or this build cannot do what was asked.
     #[error("unsupported: {what}")]
     Unsupported {

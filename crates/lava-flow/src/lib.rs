@@ -98,10 +98,10 @@ pub use handle::{
 };
 pub use location::MemoryLocation;
 pub use vulkan::{
-    AllocationOptions, AllocatorOptions, AllocatorStats, BinarySemaphore, Buffer, Exportable, HeapUsage,
-    HostBytes, HostBytesMut, Image, ImageDesc, ImageFormat, ImageTiling, MemoryAllocator, PendingTransfer,
-    Submission, TimelineSemaphore, TransferStats, ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
-    DEFAULT_TRANSFER_TIMEOUT,
+    required_device_extensions, AllocationOptions, AllocatorOptions, AllocatorStats, BinarySemaphore, Buffer,
+    DeviceRequirements, Exportable, HeapUsage, HostBytes, HostBytesMut, Image, ImageDesc, ImageFormat,
+    ImageTiling, MemoryAllocator, PendingTransfer, RawDevice, Submission, TimelineSemaphore, TransferStats,
+    ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
 };
 
 /// The guide `docs/vulkan.md`, whose examples are compiled and run as doctests.

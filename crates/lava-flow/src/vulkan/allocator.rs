@@ -249,14 +249,7 @@ impl MemoryAllocator {
 
     /// Like [`MemoryAllocator::new`], with explicit options.
     pub fn with_options(options: AllocatorOptions) -> Result<Self> {
-        if options.block_size < 2 * UNIT || options.dedicated_threshold == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "block_size must be at least {} bytes and dedicated_threshold at least 1 (got {} and {})",
-                2 * UNIT,
-                options.block_size,
-                options.dedicated_threshold
-            )));
-        }
+        Self::check_options(&options)?;
         let instance = Arc::new(Instance::new(options.validation)?);
         let devices = instance
             .probe_devices()?
@@ -493,16 +486,43 @@ impl MemoryAllocator {
             self.shared.options.transfer_timeout,
             self.shared.options.host_memory_import,
         )?;
-        let ctx = Arc::new(DeviceContext {
+        let ctx = DeviceContext::new(device, &self.shared.options);
+        *guard = Some(Arc::clone(&ctx));
+        Ok(ctx)
+    }
+
+    /// An allocator over one device the caller made (`from_raw`): `device_id` 0.
+    pub(super) fn adopted(instance: Arc<Instance>, device: Arc<Device>, options: AllocatorOptions) -> Self {
+        let physical = device.physical.clone();
+        let ctx = DeviceContext::new(device, &options);
+        let devices = vec![DeviceSlot { physical, context: Mutex::new(Some(ctx)) }];
+        MemoryAllocator { shared: Arc::new(Shared { devices, instance, options }) }
+    }
+
+    /// Checks the options every constructor takes.
+    pub(super) fn check_options(options: &AllocatorOptions) -> Result<()> {
+        if options.block_size < 2 * UNIT || options.dedicated_threshold == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "block_size must be at least {} bytes and dedicated_threshold at least 1 (got {} and {})",
+                2 * UNIT,
+                options.block_size,
+                options.dedicated_threshold
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl DeviceContext {
+    fn new(device: Arc<Device>, options: &AllocatorOptions) -> Arc<Self> {
+        Arc::new(DeviceContext {
             device,
             pools: Mutex::new(HashMap::new()),
-            options: self.shared.options.clone(),
+            options: options.clone(),
             buffers: AtomicU64::new(0),
             dedicated_allocations: AtomicU64::new(0),
             dedicated_bytes: AtomicU64::new(0),
-        });
-        *guard = Some(Arc::clone(&ctx));
-        Ok(ctx)
+        })
     }
 }
 

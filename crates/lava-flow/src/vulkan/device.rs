@@ -2,7 +2,7 @@
 
 use std::ffi::c_char;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use ash::vk;
@@ -49,11 +49,22 @@ pub(crate) struct Device {
     pub staged_transfers: AtomicU64,
     /// Bytes of each heap held by memory lava-flow allocated (not imported) on this device.
     pub heap_used: Arc<[std::sync::atomic::AtomicU64]>,
+    /// `false` for the caller's device (`MemoryAllocator::from_raw`): lava-flow destroys what it
+    /// made on it, never the device.
+    owned: bool,
     /// A timeline only lava-flow uses: every [`Submission`](crate::Submission) also signals it
     /// with its own number, so the device knows which submissions have completed.
     progress: vk::Semaphore,
     /// The submissions numbered so far, and the semaphores dropped while one may still use them.
     tracker: Mutex<Tracker>,
+}
+
+/// How a device is wrapped ([`Device::wrap`]).
+struct Settings {
+    heap_budget: Option<u64>,
+    transfer_timeout: Duration,
+    host_alignment: Option<u64>,
+    owned: bool,
 }
 
 /// What [`Device::submit_tracked`] and the semaphores' drops share.
@@ -134,6 +145,50 @@ impl Device {
             unsafe { instance.instance.create_device(physical.handle, &info, None) }.vk("vkCreateDevice")?;
         // SAFETY: the family was created with one queue.
         let queue = unsafe { device.get_device_queue(physical.queue_family, 0) };
+        let settings = Settings { heap_budget, transfer_timeout, host_alignment, owned: true };
+        // SAFETY: the device was just made from `instance` and `physical` with timeline semaphores
+        // and the extensions `physical` says it has; the queue is its only one.
+        unsafe { Self::wrap(instance, physical, device, queue, settings) }
+    }
+
+    /// Wraps a device the caller created (see `MemoryAllocator::from_raw`): never destroyed
+    /// here. `queue` is null when lava-flow may submit nothing; `host_memory_import` is honoured
+    /// only where the caller enabled `VK_EXT_external_memory_host`.
+    ///
+    /// # Safety
+    /// `device` was created from `physical` of `instance` with timeline semaphores and every
+    /// extension `physical` says it has; `queue` (if not null) belongs to it, in family
+    /// `physical.queue_family`, and only lava-flow uses it while this device lives.
+    pub unsafe fn from_caller(
+        instance: Arc<Instance>,
+        physical: PhysicalDevice,
+        device: ash::Device,
+        queue: vk::Queue,
+        host_import_enabled: bool,
+        options: (Option<u64>, Duration, bool),
+    ) -> Result<Arc<Self>> {
+        let (heap_budget, transfer_timeout, host_memory_import) = options;
+        let host_alignment = if host_memory_import && host_import_enabled {
+            host_import_alignment(&instance, &physical)?
+        } else {
+            None
+        };
+        let settings = Settings { heap_budget, transfer_timeout, host_alignment, owned: false };
+        // SAFETY: the caller's contract.
+        unsafe { Self::wrap(instance, physical, device, queue, settings) }
+    }
+
+    /// Makes the device's own objects (the progress timeline) and the loaders.
+    ///
+    /// # Safety
+    /// As for [`Device::from_caller`]; an owned device is destroyed if this fails.
+    unsafe fn wrap(
+        instance: Arc<Instance>,
+        physical: PhysicalDevice,
+        device: ash::Device,
+        queue: vk::Queue,
+        settings: Settings,
+    ) -> Result<Arc<Self>> {
         let external = Loaders::new(
             &instance.instance,
             &device,
@@ -147,12 +202,14 @@ impl Device {
         {
             Ok(s) => s,
             Err(e) => {
-                // SAFETY: nothing was made on the device yet.
-                unsafe { device.destroy_device(None) };
+                if settings.owned {
+                    // SAFETY: nothing was made on the device yet.
+                    unsafe { device.destroy_device(None) };
+                }
                 return Err(e);
             }
         };
-        let host_import = host_alignment.map(|alignment| HostImportExt {
+        let host_import = settings.host_alignment.map(|alignment| HostImportExt {
             loader: ash::ext::external_memory_host::Device::new(&instance.instance, &device),
             alignment,
         });
@@ -163,8 +220,8 @@ impl Device {
             queue: Mutex::new(queue),
             transfer: Mutex::new(None),
             transfer_target: AtomicU64::new(0),
-            heap_budget,
-            transfer_timeout,
+            heap_budget: settings.heap_budget,
+            transfer_timeout: settings.transfer_timeout,
             host_import,
             submitted: AtomicU64::new(0),
             transfer_timeline: OnceLock::new(),
@@ -174,7 +231,18 @@ impl Device {
             physical,
             progress,
             tracker: Mutex::new(Tracker::default()),
+            owned: settings.owned,
         }))
+    }
+
+    /// The queue, locked, or [`Error::NoQueue`](crate::Error::NoQueue) naming `what` on a device
+    /// adopted without one.
+    fn lock_queue(&self, what: &'static str) -> Result<MutexGuard<'_, vk::Queue>> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if *queue == vk::Queue::null() {
+            return Err(crate::Error::NoQueue { what, device: self.physical.info.name.clone() });
+        }
+        Ok(queue)
     }
 
     /// How far the device's tracked submissions have got: every one numbered up to this value
@@ -189,7 +257,7 @@ impl Device {
     /// on error nothing was submitted and the number is not used. Semaphores dropped earlier
     /// whose submissions have completed are destroyed here.
     pub fn submit_tracked(&self, submit: impl FnOnce(&TrackedQueue<'_>) -> Result<()>) -> Result<u64> {
-        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = self.lock_queue("MemoryAllocator::submit")?;
         let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
         let number = tracker.submitted + 1;
         submit(&TrackedQueue { device: self, queue: *queue, progress: self.progress, number })?;
@@ -261,7 +329,7 @@ impl Device {
     /// # Safety
     /// As for [`Device::submit`].
     pub unsafe fn submit_counted(&self, submits: &[vk::SubmitInfo<'_>], fence: vk::Fence) -> Result<u64> {
-        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = self.lock_queue("a staging copy")?;
         // SAFETY: the queue is externally synchronised by the lock; the caller vouches for the
         // handles.
         unsafe { self.device.queue_submit(*queue, submits, fence) }.vk("vkQueueSubmit")?;
@@ -279,7 +347,7 @@ impl Device {
         submits: &[vk::SubmitInfo<'_>],
         fence: vk::Fence,
     ) -> Result<bool> {
-        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = self.lock_queue("a staging copy")?;
         if self.submitted.load(Ordering::Relaxed) != last {
             return Ok(false);
         }
@@ -294,6 +362,7 @@ impl Device {
     /// timeout), and while it is still queued `f` does not run and the result is
     /// [`Error::Timeout`](crate::Error::Timeout) naming it.
     pub fn with_transfer<R>(&self, f: impl FnOnce(&mut Transfer) -> Result<R>) -> Result<R> {
+        drop(self.lock_queue("a staging copy, an image's first layout change or wait_idle")?);
         let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
         let transfer = match slot.as_mut() {
             Some(t) => t,
@@ -537,11 +606,15 @@ impl Drop for Device {
             // SAFETY: every tracked submission has completed (waited for above).
             unsafe { self.device.destroy_semaphore(retired.semaphore, None) };
         }
-        let queue = self.queue.get_mut().unwrap_or_else(PoisonError::into_inner);
-        // SAFETY: no other reference to the device exists (this is its drop); waiting makes
-        // sure nothing still runs before the objects below are destroyed.
-        if let Err(e) = unsafe { self.device.queue_wait_idle(*queue) } {
-            log::error!("vkQueueWaitIdle failed while destroying a device: {e}");
+        let queue = *self.queue.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // Without a queue lava-flow submitted nothing.
+        if queue != vk::Queue::null() {
+            // SAFETY: no other reference to the device exists (this is its drop), and lava-flow's
+            // queue is its own (an adopted one too: `from_raw`'s contract); waiting makes sure
+            // nothing still runs before the objects below are destroyed.
+            if let Err(e) = unsafe { self.device.queue_wait_idle(queue) } {
+                log::error!("vkQueueWaitIdle failed while destroying a device: {e}");
+            }
         }
         if let Some(transfer) = self.transfer.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
             // SAFETY: the transfer's objects belong to this device and are idle.
@@ -549,6 +622,10 @@ impl Drop for Device {
         }
         // SAFETY: the queue is idle; no submission uses the progress timeline.
         unsafe { self.device.destroy_semaphore(self.progress, None) };
+        if !self.owned {
+            // The caller's device: theirs to destroy once the instance's owner guard is dropped.
+            return;
+        }
         // SAFETY: every buffer, block and semaphore holds an `Arc<Device>`, so none is left.
         unsafe { self.device.destroy_device(None) };
     }

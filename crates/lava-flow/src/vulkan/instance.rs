@@ -18,6 +18,12 @@ pub(crate) const MIN_API_VERSION: u32 = vk::API_VERSION_1_2;
 
 /// A loaded Vulkan library and an instance made from it.
 pub(crate) struct Instance {
+    /// The caller's guard of an adopted instance and device, dropped once every lava-flow object
+    /// is gone (fields drop after `Drop::drop`, and every device holds an `Arc<Instance>`) —
+    /// and first among the fields: before `entry`, whose drop may unload the Vulkan library the
+    /// guard still calls into (`vkDestroyDevice`).
+    #[expect(dead_code, reason = "held for its lifetime, never read")]
+    owner: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// Keeps the Vulkan library loaded while the instance lives.
     #[expect(dead_code, reason = "held for its lifetime, never read")]
     entry: ash::Entry,
@@ -25,6 +31,8 @@ pub(crate) struct Instance {
     debug: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
     /// Kept until after `vkDestroyInstance`: the messenger's user data points into it.
     pub log: Option<ValidationLog>,
+    /// `false` for an instance the caller made ([`Instance::adopt`]): never destroyed here.
+    owned: bool,
 }
 
 impl Instance {
@@ -81,7 +89,18 @@ impl Instance {
             }
             None => None,
         };
-        Ok(Instance { entry, instance, debug, log })
+        Ok(Instance { entry, instance, debug, log, owned: true, owner: None })
+    }
+
+    /// Wraps an instance the caller created; it is never destroyed here. `log` is the record of
+    /// the caller's own debug messenger, if any; `owner` is dropped last.
+    pub fn adopt(
+        entry: ash::Entry,
+        instance: ash::Instance,
+        log: Option<ValidationLog>,
+        owner: Option<Box<dyn std::any::Any + Send + Sync>>,
+    ) -> Self {
+        Instance { entry, instance, debug: None, log, owned: false, owner }
     }
 
     /// Probes every physical device that supports Vulkan 1.2, sorted into `device_id` order.
@@ -102,7 +121,9 @@ impl Instance {
         Ok(devices)
     }
 
-    fn probe(&self, handle: vk::PhysicalDevice) -> Result<Option<PhysicalDevice>> {
+    /// Probes one physical device of this instance; `None` if it lacks Vulkan 1.2 or a compute
+    /// queue (logged).
+    pub fn probe(&self, handle: vk::PhysicalDevice) -> Result<Option<PhysicalDevice>> {
         let inst = &self.instance;
         let mut id = vk::PhysicalDeviceIDProperties::default();
         let mut driver = vk::PhysicalDeviceDriverProperties::default();
@@ -262,6 +283,10 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
+        if !self.owned {
+            // The caller's instance: theirs to destroy, after `owner` (dropped next) lets go.
+            return;
+        }
         if let Some((loader, messenger)) = self.debug.take() {
             // SAFETY: the messenger belongs to this instance and is destroyed once.
             unsafe { loader.destroy_debug_utils_messenger(messenger, None) };

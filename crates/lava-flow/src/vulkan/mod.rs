@@ -1,6 +1,7 @@
 //! The Vulkan side: instance and devices, exportable memory, buffers, timeline semaphores,
 //! staging transfers and the validation layer.
 
+mod adopt;
 mod allocator;
 mod buffer;
 pub(crate) mod conv;
@@ -14,6 +15,7 @@ mod semaphore;
 mod transfer;
 mod validation;
 
+pub use adopt::{required_device_extensions, DeviceRequirements, RawDevice};
 pub use allocator::{
     AllocationOptions, AllocatorOptions, AllocatorStats, Exportable, HeapUsage, MemoryAllocator,
     TransferStats, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,

@@ -22,6 +22,20 @@ pub struct ValidationLog {
 }
 
 impl ValidationLog {
+    /// The Khronos validation layer's name, for `VkInstanceCreateInfo::ppEnabledLayerNames`.
+    pub const LAYER_NAME: &'static CStr = LAYER_NAME;
+
+    /// The settings of a debug messenger that records warnings and errors of every type into
+    /// this log: for an instance you create yourself (chain it into `VkInstanceCreateInfo`, and
+    /// pass it to `vkCreateDebugUtilsMessengerEXT`), before lava-flow adopts a device of it
+    /// ([`RawDevice::validation_log`](crate::RawDevice::validation_log)).
+    ///
+    /// The structure's user data points into this log's shared record: keep a clone of the log
+    /// alive until the messenger and the instance are destroyed.
+    pub fn messenger_create_info(&self) -> vk::DebugUtilsMessengerCreateInfoEXT<'static> {
+        messenger_info(self)
+    }
+
     /// Removes and returns every message recorded so far.
     pub fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.messages.lock().unwrap_or_else(PoisonError::into_inner))
