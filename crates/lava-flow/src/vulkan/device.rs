@@ -299,11 +299,16 @@ impl Device {
             }
         };
         tracker.deferred.retain(|retired| {
-            if retired.last_use > done {
+            // Strictly below: `progress` reaching a batch's number says that batch's signal of
+            // `progress` happened, not that its other signals did (Vulkan does not order the
+            // signal operations of one batch; Mesa's queue thread was seen signalling the others
+            // after it, into a semaphore already destroyed). A later batch's completion is
+            // reached only once the queue has finished the earlier one.
+            if retired.last_use >= done {
                 return true;
             }
             // SAFETY: the semaphore belongs to this device, its owner has dropped it, and every
-            // submission that used it has completed (`progress` reached its number).
+            // submission that used it has completed (`progress` passed its number).
             unsafe { self.device.destroy_semaphore(retired.semaphore, None) };
             false
         });
@@ -601,20 +606,22 @@ impl Drop for Device {
             std::mem::forget(Arc::clone(&self.instance));
             return;
         }
-        let tracker = self.tracker.get_mut().unwrap_or_else(PoisonError::into_inner);
-        for retired in tracker.deferred.drain(..) {
-            // SAFETY: every tracked submission has completed (waited for above).
-            unsafe { self.device.destroy_semaphore(retired.semaphore, None) };
-        }
         let queue = *self.queue.get_mut().unwrap_or_else(PoisonError::into_inner);
         // Without a queue lava-flow submitted nothing.
         if queue != vk::Queue::null() {
             // SAFETY: no other reference to the device exists (this is its drop), and lava-flow's
             // queue is its own (an adopted one too: `from_raw`'s contract); waiting makes sure
-            // nothing still runs before the objects below are destroyed.
+            // nothing still runs — the last batch's other semaphore signals included — before
+            // the objects below are destroyed.
             if let Err(e) = unsafe { self.device.queue_wait_idle(queue) } {
                 log::error!("vkQueueWaitIdle failed while destroying a device: {e}");
             }
+        }
+        let tracker = self.tracker.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for retired in tracker.deferred.drain(..) {
+            // SAFETY: every tracked submission has completed and the queue is idle (waited for
+            // above).
+            unsafe { self.device.destroy_semaphore(retired.semaphore, None) };
         }
         if let Some(transfer) = self.transfer.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
             // SAFETY: the transfer's objects belong to this device and are idle.
