@@ -341,10 +341,9 @@ fn timelines_order_wgpu_submissions() {
         let src = wgpu_source(&device, &queue, &data);
         device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
         // SAFETY: the semaphore outlives the submission (waited for below, before its drop).
-        unsafe {
-            lava_flow::wgpu::wait_on_queue(&queue, &timeline, 1).expect("wait_on_queue");
-            lava_flow::wgpu::signal_on_queue(&queue, &timeline, 2).expect("signal_on_queue");
-        }
+        unsafe { lava_flow::wgpu::wait_on_queue(&queue, &timeline, 1) }.expect("wait_on_queue");
+        // SAFETY: as above.
+        unsafe { lava_flow::wgpu::signal_on_queue(&queue, &timeline, 2) }.expect("signal_on_queue");
         copy_pass(&device, &queue, &src, &view);
         // The pass has not run: it waits for 1, which nothing has signalled.
         let mut out = poisoned(SIZE as usize);

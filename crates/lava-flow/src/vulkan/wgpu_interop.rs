@@ -404,8 +404,8 @@ mod tests {
     fn usages_map_to_lava_flows_set_or_are_refused() {
         use ::wgpu::BufferUsages as U;
         let all = U::COPY_SRC | U::COPY_DST | U::INDEX | U::VERTEX | U::UNIFORM | U::STORAGE | U::INDIRECT;
-        assert!(conv::BUFFER_USAGE.contains(vk_usage(all).unwrap()));
-        assert_eq!(vk_usage(U::STORAGE).unwrap(), vk::BufferUsageFlags::STORAGE_BUFFER);
+        assert!(conv::BUFFER_USAGE.contains(vk_usage(all).expect("every usage lava-flow has")));
+        assert_eq!(vk_usage(U::STORAGE).expect("storage"), vk::BufferUsageFlags::STORAGE_BUFFER);
         assert!(matches!(vk_usage(U::STORAGE | U::MAP_READ), Err(Error::InvalidArgument(_))));
         assert!(matches!(vk_usage(U::MAP_WRITE), Err(Error::InvalidArgument(_))));
         assert!(matches!(vk_usage(U::BLAS_INPUT), Err(Error::Unsupported { .. })));
