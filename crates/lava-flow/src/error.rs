@@ -28,6 +28,8 @@ pub enum Api {
     Egl,
     /// The operating system (file descriptors, `dup`, ...).
     Os,
+    /// wgpu and wgpu-hal (feature `wgpu`).
+    Wgpu,
 }
 
 impl fmt::Display for Api {
@@ -39,6 +41,7 @@ impl fmt::Display for Api {
             Api::OpenGl => "OpenGL",
             Api::Egl => "EGL",
             Api::Os => "OS",
+            Api::Wgpu => "wgpu",
         })
     }
 }

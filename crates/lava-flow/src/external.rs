@@ -51,8 +51,9 @@ impl Os {
     /// [`Error::LibraryNotFound`]).
     pub(crate) fn library(self, api: Api) -> &'static str {
         match (self, api) {
-            (Os::Unix, Api::Vulkan) => "libvulkan.so.1",
-            (Os::Windows, Api::Vulkan) => "vulkan-1.dll",
+            // wgpu is linked in; what it loads is the Vulkan loader.
+            (Os::Unix, Api::Vulkan | Api::Wgpu) => "libvulkan.so.1",
+            (Os::Windows, Api::Vulkan | Api::Wgpu) => "vulkan-1.dll",
             (Os::Unix, Api::Cuda) => "libcuda.so.1",
             (Os::Windows, Api::Cuda) => "nvcuda.dll",
             (Os::Unix, Api::OpenCl) => "libOpenCL.so.1",

@@ -89,6 +89,12 @@ mod vulkan;
 #[cfg(windows)]
 mod win32;
 mod wire;
+/// wgpu 30 interop on its Vulkan backend (feature `wgpu`): see [`MemoryAllocator::from_wgpu`],
+/// [`Buffer::to_wgpu`] and the functions here.
+#[cfg(feature = "wgpu")]
+pub mod wgpu {
+    pub use crate::vulkan::wgpu_interop::{open_device, signal_on_queue, wait_on_queue, OpenedDevice};
+}
 
 pub use device::{DeviceInfo, DeviceType, Uuid};
 pub use error::{Api, Error, Result};

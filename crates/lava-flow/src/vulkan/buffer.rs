@@ -420,6 +420,19 @@ impl Buffer {
     }
 }
 
+#[cfg(feature = "wgpu")]
+impl Buffer {
+    /// The device the buffer is on.
+    pub(crate) fn device(&self) -> &Arc<Device> {
+        &self.ctx.device
+    }
+
+    /// The memory the buffer is bound to (kept alive by the `Arc`) and its offset in it.
+    pub(crate) fn memory(&self) -> (Arc<Block>, u64) {
+        (Arc::clone(&self.placement.block), self.placement.offset)
+    }
+}
+
 impl Drop for Buffer {
     fn drop(&mut self) {
         let last_async = *self.last_async.get_mut();

@@ -14,6 +14,8 @@ mod pending;
 mod semaphore;
 mod transfer;
 mod validation;
+#[cfg(feature = "wgpu")]
+pub mod wgpu_interop;
 
 pub use adopt::{required_device_extensions, DeviceRequirements, RawDevice};
 pub use allocator::{
