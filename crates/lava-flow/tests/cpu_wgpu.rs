@@ -137,6 +137,13 @@ impl Setup {
     }
 }
 
+/// One test at a time: the drop test counts the process's open fds, which the others' devices
+/// change (NVIDIA's driver opens files per device).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `dst[i] = src[i]` over u32 words, one invocation each.
 const COPY_SHADER: &str = "
 @group(0) @binding(0) var<storage, read> src: array<u32>;
@@ -228,6 +235,7 @@ fn exportable(allocator: &mut MemoryAllocator, dedicated: bool) -> Buffer {
 /// imported), a second Vulkan device and OpenGL read it; they write, wgpu reads.
 #[test]
 fn wgpu_pass_and_second_device_and_gl_share_memory_both_ways() {
+    let _serial = serial();
     let setup = Setup::new();
     {
         let (device, queue) = setup.device();
@@ -276,6 +284,7 @@ fn wgpu_pass_and_second_device_and_gl_share_memory_both_ways() {
 /// wgpu pass writes what lava-flow reads, lava-flow writes what wgpu reads.
 #[test]
 fn buffer_of_lava_flows_device_imported_into_wgpu() {
+    let _serial = serial();
     let setup = Setup::new();
     {
         let (device, queue) = setup.device();
@@ -299,6 +308,7 @@ fn buffer_of_lava_flows_device_imported_into_wgpu() {
 /// Usages wgpu cannot have on external memory are refused, and nothing is made.
 #[test]
 fn mappable_usages_are_refused() {
+    let _serial = serial();
     let setup = Setup::new();
     {
         let (device, _queue) = setup.device();
@@ -325,6 +335,7 @@ fn mappable_usages_are_refused() {
 /// waits for: the pass runs only after the wait, and its result is there at the signal.
 #[test]
 fn timelines_order_wgpu_submissions() {
+    let _serial = serial();
     let setup = Setup::new();
     {
         let (device, queue) = setup.device();
@@ -375,6 +386,7 @@ fn timelines_order_wgpu_submissions() {
 /// it does not (lavapipe has none); the device works either way.
 #[test]
 fn open_device_says_what_it_could_not_enable() {
+    let _serial = serial();
     let setup = Setup::new();
     {
         let opened = lava_flow::wgpu::open_device(&setup.adapter, &wgpu::DeviceDescriptor::default())
@@ -425,7 +437,11 @@ fn open_device_says_what_it_could_not_enable() {
 /// is gone when the instance is (`Setup::finish`), and no fd stays open.
 #[test]
 fn drops_in_every_order_leak_nothing() {
+    let _serial = serial();
     let setup = Setup::new();
+    // A first device opens what a driver keeps for the process (NVIDIA's /dev/nvidia* files):
+    // the baseline is taken after it.
+    drop(setup.device());
     let fds = common::open_fds();
     let orders = permutations(4);
     for order in &orders {

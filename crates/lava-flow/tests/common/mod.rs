@@ -92,6 +92,17 @@ impl Drop for Validated {
     }
 }
 
+/// Takes `log`'s messages and fails on any but one: a known bug of the Debian 12 layer (1.3.239),
+/// fixed upstream later. Reading the counter of a semaphore that another device moved leaves an
+/// "orphaned pending signal" in the layer's state, so the next host signal is reported as
+/// VUID-VkSemaphoreSignalInfo-value-03259 (Vulkan-ValidationLayers issue 8212, PR 8396). For the
+/// tests that share a timeline between two devices only.
+pub fn tolerate_orphaned_pending_signal(log: &ValidationLog) {
+    let rest: Vec<String> =
+        log.take().into_iter().filter(|m| !m.contains("VUID-VkSemaphoreSignalInfo-value-03259")).collect();
+    assert!(rest.is_empty(), "validation messages:\n{}", rest.join("\n"));
+}
+
 pub fn random_bytes(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rand::rng().fill_bytes(&mut v);
