@@ -519,12 +519,12 @@ impl Image {
                 memory_flags: ::wgpu::hal::MemoryFlags::empty(),
                 view_formats: Vec::new(),
             };
+            let image = keep.image;
             // SAFETY: `keep.image` is an image of this VkDevice made as `hal_desc` says (2D, the
             // extent, levels, format, one sample; no MUTABLE_FORMAT and no view formats), with
             // every Vulkan usage `usage` needs (checked above). `keep` owns it and its memory
             // (external to wgpu-hal) until wgpu-hal calls the callback when wgpu destroys the
             // texture.
-            let image = keep.image;
             unsafe {
                 hal.texture_from_raw(
                     image,
@@ -570,5 +570,23 @@ mod tests {
         assert!(matches!(vk_usage(U::STORAGE | U::MAP_READ), Err(Error::InvalidArgument(_))));
         assert!(matches!(vk_usage(U::MAP_WRITE), Err(Error::InvalidArgument(_))));
         assert!(matches!(vk_usage(U::BLAS_INPUT), Err(Error::Unsupported { .. })));
+    }
+
+    #[test]
+    fn texture_usages_map_to_the_images_or_are_refused() {
+        use ::wgpu::TextureUsages as U;
+        let full = vk::ImageUsageFlags::SAMPLED
+            | vk::ImageUsageFlags::STORAGE
+            | vk::ImageUsageFlags::TRANSFER_SRC
+            | vk::ImageUsageFlags::TRANSFER_DST;
+        let all = U::COPY_SRC | U::COPY_DST | U::TEXTURE_BINDING | U::STORAGE_BINDING;
+        assert_eq!(vk_texture_usage(all, full).expect("every usage lava-flow has"), full);
+        let no_storage = full & !vk::ImageUsageFlags::STORAGE;
+        assert!(matches!(vk_texture_usage(U::STORAGE_BINDING, no_storage), Err(Error::Unsupported { .. })));
+        assert!(matches!(vk_texture_usage(U::RENDER_ATTACHMENT, full), Err(Error::Unsupported { .. })));
+        assert_eq!(
+            vk_texture_usage(U::COPY_SRC, no_storage).expect("copy"),
+            vk::ImageUsageFlags::TRANSFER_SRC
+        );
     }
 }
