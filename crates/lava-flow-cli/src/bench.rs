@@ -54,6 +54,8 @@ pub struct Options {
     pub device_id: u32,
     /// Only the host-transfer rows.
     pub transfers_only: bool,
+    /// Only the wgpu rows (feature `wgpu`; without it, an error).
+    pub wgpu_only: bool,
 }
 
 #[derive(Serialize)]
@@ -78,6 +80,17 @@ pub fn run(options: &Options) -> Result<()> {
     if options.transfers_only {
         crate::bench_transfers::rows(options, reps, &mut rows)?;
         return report(options, &info, rows);
+    }
+    if options.wgpu_only {
+        #[cfg(not(feature = "wgpu"))]
+        return Err(lava_flow::Error::Unsupported {
+            what: "--wgpu-only: this lava-flow was built without the feature `wgpu`".into(),
+        });
+        #[cfg(feature = "wgpu")]
+        {
+            crate::bench_wgpu::rows(options, reps, &mut rows)?;
+            return report(options, &info, rows);
+        }
     }
     // Set-up cost per small buffer: allocate + export (+ free), against the raw pattern of one
     // dedicated exportable allocation per buffer.
@@ -163,6 +176,8 @@ pub fn run(options: &Options) -> Result<()> {
     crate::bench_cuda::rows(&mut allocator, options, iters, reps, &mut rows)?;
     #[cfg(feature = "cuda")]
     crate::bench_processes::rows(&mut allocator, options, reps, &mut rows)?;
+    #[cfg(feature = "wgpu")]
+    crate::bench_wgpu::rows(options, reps, &mut rows)?;
 
     report(options, &info, rows)
 }

@@ -11,6 +11,8 @@ mod bench_cuda;
 mod bench_processes;
 #[cfg(unix)]
 mod bench_transfers;
+#[cfg(all(unix, feature = "wgpu"))]
+mod bench_wgpu;
 #[cfg(feature = "opengl")]
 mod demo;
 #[cfg(all(unix, feature = "cuda", feature = "opengl"))]
@@ -54,6 +56,10 @@ enum Command {
         /// Only the host-transfer rows (`write`/`read` beside raw copies).
         #[arg(long)]
         transfers_only: bool,
+        /// Only the wgpu rows (a compute pass over a lava-flow buffer beside one over wgpu's
+        /// own); needs the feature `wgpu`.
+        #[arg(long)]
+        wgpu_only: bool,
     },
     /// The peer process of `bench`'s cross-process rows (started by `bench` itself).
     #[cfg(all(unix, feature = "cuda"))]
@@ -109,8 +115,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info { json } => info::run(json),
         #[cfg(unix)]
-        Command::Bench { quick, json, device, transfers_only } => {
-            bench::run(&bench::Options { quick, json, device_id: device, transfers_only })
+        Command::Bench { quick, json, device, transfers_only, wgpu_only } => {
+            bench::run(&bench::Options { quick, json, device_id: device, transfers_only, wgpu_only })
         }
         #[cfg(all(unix, feature = "cuda"))]
         Command::BenchPeer { socket } => bench_processes::peer(&socket),

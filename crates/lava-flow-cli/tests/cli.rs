@@ -207,4 +207,7 @@ fn bench_quick_runs_and_writes_json() {
         }
     }
     assert!(rows.iter().any(|r| r["group"] == "Vulkan → OpenGL hand-off, 4 MiB frames"), "{json}");
+    // wgpu's own buffer, a sub-allocated and a dedicated lava-flow buffer.
+    #[cfg(feature = "wgpu")]
+    assert_eq!(rows.iter().filter(|r| r["group"] == "wgpu compute pass").count(), 3, "{json}");
 }

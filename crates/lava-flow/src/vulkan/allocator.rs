@@ -473,7 +473,7 @@ impl MemoryAllocator {
             .ok_or(Error::UnknownDevice { device_id, device_count: self.shared.devices.len() as u32 })
     }
 
-    fn context(&self, device_id: u32) -> Result<Arc<DeviceContext>> {
+    pub(crate) fn context(&self, device_id: u32) -> Result<Arc<DeviceContext>> {
         let slot = self.slot(device_id)?;
         let mut guard = slot.context.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(ctx) = guard.as_ref() {

@@ -250,26 +250,8 @@ impl DeviceContext {
             )));
         }
         let exportable = exportable && external_features.contains(vk::ExternalMemoryFeatureFlags::EXPORTABLE);
-        let mut external =
-            vk::ExternalMemoryImageCreateInfo::default().handle_types(super::external::memory_handle());
-        let mut create = vk::ImageCreateInfo::default()
-            .image_type(vk::ImageType::TYPE_2D)
-            .format(desc.format.vk_format())
-            .extent(vk::Extent3D { width: desc.width, height: desc.height, depth: 1 })
-            .mip_levels(desc.mip_levels)
-            .array_layers(1)
-            .samples(vk::SampleCountFlags::TYPE_1)
-            .tiling(tiling)
-            .usage(usage)
-            .sharing_mode(vk::SharingMode::EXCLUSIVE)
-            // Exportable images must start UNDEFINED.
-            .initial_layout(vk::ImageLayout::UNDEFINED);
-        if exportable {
-            create = create.push_next(&mut external);
-        }
         let d = &self.device.device;
-        // SAFETY: `create` points at live locals and describes a combination the driver allows.
-        let image = unsafe { d.create_image(&create, None) }.vk("vkCreateImage")?;
+        let image = Image::create_raw(d, desc, usage, exportable)?;
         match self.bind_image(image, exportable) {
             Ok(block) => {
                 let img =
@@ -351,6 +333,99 @@ impl DeviceContext {
 }
 
 impl Image {
+    /// A new 2D `VkImage` of `desc` with `usage` on `device`, created for export and import of
+    /// the platform's opaque handle where `external`; unbound. The one place lava-flow builds an
+    /// image's create info, so that an import (a new `VkImage` on another `VkDevice`, as
+    /// `Image::to_wgpu_texture` makes) has exactly the exporter's.
+    pub(crate) fn create_raw(
+        device: &ash::Device,
+        desc: ImageDesc,
+        usage: vk::ImageUsageFlags,
+        external: bool,
+    ) -> Result<vk::Image> {
+        let tiling = match desc.tiling {
+            ImageTiling::Optimal => vk::ImageTiling::OPTIMAL,
+            ImageTiling::Linear => vk::ImageTiling::LINEAR,
+        };
+        let mut external_info =
+            vk::ExternalMemoryImageCreateInfo::default().handle_types(super::external::memory_handle());
+        let mut create = vk::ImageCreateInfo::default()
+            .image_type(vk::ImageType::TYPE_2D)
+            .format(desc.format.vk_format())
+            .extent(vk::Extent3D { width: desc.width, height: desc.height, depth: 1 })
+            .mip_levels(desc.mip_levels)
+            .array_layers(1)
+            .samples(vk::SampleCountFlags::TYPE_1)
+            .tiling(tiling)
+            .usage(usage)
+            .sharing_mode(vk::SharingMode::EXCLUSIVE)
+            // Exportable images must start UNDEFINED.
+            .initial_layout(vk::ImageLayout::UNDEFINED);
+        if external {
+            create = create.push_next(&mut external_info);
+        }
+        // SAFETY: `create` points at live locals and describes a combination the driver allows
+        // (the exporter's, checked by `allocate_image`).
+        unsafe { device.create_image(&create, None) }.vk("vkCreateImage")
+    }
+
+    /// This image's memory imported into `ctx`'s device (the same GPU and driver: checked by
+    /// UUID) as a dedicated import bound to a new `VkImage` of the same create info: what
+    /// another `VkDevice` needs to use the image (Vulkan binds a dedicated allocation to its one
+    /// image only, so even the allocator's own device needs a new import). The block keeps the
+    /// memory; the caller destroys the image before dropping it. The new image's layout is
+    /// `UNDEFINED` to Vulkan's bookkeeping; its texels are this image's, laid out by the same
+    /// driver for the same create info, which lava-flow keeps in `GENERAL`.
+    #[cfg(feature = "wgpu")]
+    pub(crate) fn import_into(&self, ctx: &Arc<DeviceContext>) -> Result<(vk::Image, Arc<Block>)> {
+        let device = &ctx.device;
+        let desc = self.descriptor().memory;
+        device.physical.info.check_same_device("the image", desc.device_uuid, desc.driver_uuid)?;
+        if !device.physical.has_external_memory {
+            let info = &device.physical.info;
+            return Err(Error::Unsupported {
+                what: format!(
+                    "device {} ({}) cannot import memory: no external-memory extension",
+                    info.index, info.name
+                ),
+            });
+        }
+        let handle = self.export_native()?;
+        let image = Image::create_raw(&device.device, self.desc, self.usage, true)?;
+        let bind = || {
+            // SAFETY: the image is live.
+            let req = unsafe { device.device.get_image_memory_requirements(image) };
+            if req.size != desc.allocation_size || req.memory_type_bits & (1 << desc.memory_type_index) == 0 {
+                // VUID-VkMemoryDedicatedAllocateInfo-image-01433: the import is for an image whose
+                // requirements are exactly the allocation's.
+                return Err(Error::InvalidArgument(format!(
+                    "the importing device's image needs {} bytes of memory types {:#x}: not the \
+                     exporter's {} bytes of type {}",
+                    req.size, req.memory_type_bits, desc.allocation_size, desc.memory_type_index
+                )));
+            }
+            let mem = MemoryDesc {
+                size: desc.allocation_size,
+                memory_type_index: desc.memory_type_index,
+                exportable: false,
+                dedicated_to: Some(Dedicated::Image(image)),
+                map: false,
+            };
+            let block = Arc::new(Block::import(device, mem, handle, desc.memory_id)?);
+            // SAFETY: the memory was imported for this image, whole, at offset 0.
+            unsafe { device.device.bind_image_memory(image, block.raw.memory, 0) }.vk("vkBindImageMemory")?;
+            Ok(block)
+        };
+        match bind() {
+            Ok(block) => Ok((image, block)),
+            Err(e) => {
+                // SAFETY: the image is unused (the block, if any, was dropped with `bind`'s result).
+                unsafe { device.device.destroy_image(image, None) };
+                Err(e)
+            }
+        }
+    }
+
     /// What the image is.
     pub fn desc(&self) -> &ImageDesc {
         &self.desc

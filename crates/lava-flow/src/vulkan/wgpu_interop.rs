@@ -2,7 +2,8 @@
 //! ([`MemoryAllocator::from_wgpu`]), lava-flow buffers as `wgpu::Buffer`s ([`Buffer::to_wgpu`]),
 //! timeline semaphores waited for and signalled by a `wgpu::Queue`'s next submission
 //! ([`wait_on_queue`], [`signal_on_queue`]), and a device opened with the external-semaphore
-//! extension too ([`open_device`]).
+//! extension too ([`open_device`]); lava-flow images as `wgpu::Texture`s
+//! ([`Image::to_wgpu_texture`]).
 //!
 //! # Which queue lava-flow uses
 //! wgpu submits to its one queue under its own lock, which lava-flow cannot take, so an
@@ -28,6 +29,7 @@ use super::adopt::{required_device_extensions, RawDevice};
 use super::allocator::{AllocatorOptions, MemoryAllocator};
 use super::buffer::Buffer;
 use super::conv;
+use super::image::{Image, ImageFormat};
 use super::memory::Block;
 use super::semaphore::TimelineSemaphore;
 use crate::error::{Api, Error, Result, VkResultExt};
@@ -396,6 +398,165 @@ impl Buffer {
     }
 }
 
+/// The wgpu format of a lava-flow image format (wgpu has every one of them).
+fn texture_format(format: ImageFormat) -> ::wgpu::TextureFormat {
+    use ::wgpu::TextureFormat as T;
+    match format {
+        ImageFormat::R8Unorm => T::R8Unorm,
+        ImageFormat::Rg8Unorm => T::Rg8Unorm,
+        ImageFormat::Rgba8Unorm => T::Rgba8Unorm,
+        ImageFormat::R16Float => T::R16Float,
+        ImageFormat::Rgba16Float => T::Rgba16Float,
+        ImageFormat::R32Float => T::R32Float,
+        ImageFormat::Rgba32Float => T::Rgba32Float,
+        ImageFormat::R32Uint => T::R32Uint,
+    }
+}
+
+/// Which Vulkan image usages a `wgpu::TextureUsages` needs, or why an image with `have` cannot
+/// have them.
+fn vk_texture_usage(usage: ::wgpu::TextureUsages, have: vk::ImageUsageFlags) -> Result<vk::ImageUsageFlags> {
+    use ::wgpu::TextureUsages as U;
+    let pairs = [
+        (U::COPY_SRC, vk::ImageUsageFlags::TRANSFER_SRC),
+        (U::COPY_DST, vk::ImageUsageFlags::TRANSFER_DST),
+        (U::TEXTURE_BINDING, vk::ImageUsageFlags::SAMPLED),
+        (U::STORAGE_BINDING, vk::ImageUsageFlags::STORAGE),
+    ];
+    let possible = pairs.iter().filter(|(_, v)| have.contains(*v)).fold(U::empty(), |all, (u, _)| all | *u);
+    if !possible.contains(usage) {
+        return Err(Error::Unsupported {
+            what: format!(
+                "{:?}: this lava-flow image has {have:?} only (render attachments are not among \
+                 lava-flow's image usages; storage is where the driver exports the format with it)",
+                usage - possible
+            ),
+        });
+    }
+    Ok(pairs
+        .iter()
+        .filter(|(u, _)| usage.intersects(*u))
+        .fold(vk::ImageUsageFlags::empty(), |all, (_, v)| all | *v))
+}
+
+/// What a wgpu texture made by [`Image::to_wgpu_texture`] keeps alive: its `VkImage` on wgpu's
+/// device and the imported memory, dropped by wgpu-hal when wgpu destroys the texture.
+struct KeepImage {
+    image: vk::Image,
+    block: Arc<Block>,
+}
+
+impl Drop for KeepImage {
+    fn drop(&mut self) {
+        // SAFETY: the image was made on the block's device for this texture alone; wgpu
+        // destroys its hal texture only once the GPU is done with it. The memory goes after.
+        unsafe { self.block.device.device.destroy_image(self.image, None) };
+    }
+}
+
+impl Image {
+    /// This image as a `wgpu::Texture` of `device` (2D, the image's extent, mip levels and
+    /// format, `usage`), no copy: wgpu passes and copies read and write the texels lava-flow,
+    /// CUDA, OpenGL or OpenCL see.
+    ///
+    /// lava-flow images are dedicated allocations, which Vulkan binds to their one image only:
+    /// the image's memory is [exported](Image::export) and imported into wgpu's `VkDevice`,
+    /// bound to a new `VkImage` of the same create info (so the image must be exportable, and
+    /// `device` on the same GPU and driver, with the external-memory extension that wgpu enables
+    /// where the driver has it). The wgpu texture keeps that memory alive: drop it, this image,
+    /// the allocator and the wgpu device in any order; the texels are this image's only while
+    /// the image lives.
+    ///
+    /// # Layout and ordering
+    /// lava-flow keeps its images in `VK_IMAGE_LAYOUT_GENERAL`, and the imported `VkImage` has
+    /// the same texels in the same layout. wgpu-hal assumes a texture from raw is uninitialised
+    /// (its first barrier would start from `UNDEFINED`, which lets the driver discard the
+    /// texels), so wgpu is told instead that the texture is in `TextureUses::STORAGE_READ_WRITE`,
+    /// the state that is `GENERAL` to wgpu-hal for colour formats: its first barrier moves the
+    /// texture out of `GENERAL`, keeping the texels. (The validation layer cannot know the
+    /// layout of memory imported into a new `VkImage` and reports that first barrier as
+    /// `UNASSIGNED-CoreValidation-DrawState-InvalidImageLayout`, "current layout is
+    /// `VK_IMAGE_LAYOUT_UNDEFINED`".)
+    ///
+    /// wgpu then leaves the texture in the layout of its last use. Before lava-flow (or CUDA,
+    /// OpenGL, OpenCL) uses the image again, hand it back in `GENERAL`: end wgpu's work on it
+    /// with `encoder.transition_resources` to `wgpu::TextureUses::STORAGE_READ_WRITE`. And
+    /// order the two sides as with buffers: wait for wgpu's submission (`device.poll`) or a
+    /// timeline ([`signal_on_queue`]) before lava-flow reads, and finish lava-flow's writes
+    /// (its `write_level` returns when they are done) before submitting wgpu's work.
+    ///
+    /// Errors: [`Error::Unsupported`] for a non-Vulkan device, or usages the image lacks
+    /// (`RENDER_ATTACHMENT` and the like: lava-flow's images are sampled, storage and copy
+    /// images; `STORAGE_BINDING` where the driver could not export the format with storage);
+    /// [`Error::NotExportable`] for an image the driver could not export;
+    /// [`Error::DeviceMismatch`] for a device of another GPU or driver; the driver's errors of
+    /// the import ([`Error::Ffi`]).
+    pub fn to_wgpu_texture(
+        &self,
+        device: &::wgpu::Device,
+        usage: ::wgpu::TextureUsages,
+    ) -> Result<::wgpu::Texture> {
+        vk_texture_usage(usage, self.vk_usage())?;
+        let format = texture_format(self.desc().format);
+        let importer = MemoryAllocator::from_wgpu(device)?;
+        let (image, block) = self.import_into(&importer.context(0)?)?;
+        let keep = KeepImage { image, block };
+        let desc = self.desc();
+        let size = ::wgpu::Extent3d { width: desc.width, height: desc.height, depth_or_array_layers: 1 };
+        let hal_texture = {
+            // SAFETY: the hal device is used only inside this block, while `device` lives.
+            let Some(hal) = (unsafe { device.as_hal::<Vulkan>() }) else {
+                return Err(not_vulkan("the device"));
+            };
+            let hal_desc = ::wgpu::hal::TextureDescriptor {
+                label: Some("lava-flow image"),
+                size,
+                mip_level_count: desc.mip_levels,
+                sample_count: 1,
+                dimension: ::wgpu::TextureDimension::D2,
+                format,
+                usage: ::wgpu::TextureUses::empty(),
+                memory_flags: ::wgpu::hal::MemoryFlags::empty(),
+                view_formats: Vec::new(),
+            };
+            let image = keep.image;
+            // SAFETY: `keep.image` is an image of this VkDevice made as `hal_desc` says (2D, the
+            // extent, levels, format, one sample; no MUTABLE_FORMAT and no view formats), with
+            // every Vulkan usage `usage` needs (checked above). `keep` owns it and its memory
+            // (external to wgpu-hal) until wgpu-hal calls the callback when wgpu destroys the
+            // texture.
+            unsafe {
+                hal.texture_from_raw(
+                    image,
+                    &hal_desc,
+                    Some(Box::new(move || drop(keep))),
+                    hal_vk::TextureMemory::External,
+                )
+            }
+        };
+        let desc = ::wgpu::TextureDescriptor {
+            label: Some("lava-flow image"),
+            size,
+            mip_level_count: desc.mip_levels,
+            sample_count: 1,
+            dimension: ::wgpu::TextureDimension::D2,
+            format,
+            usage,
+            view_formats: &[],
+        };
+        // SAFETY: the hal texture is of this device's backend and VkDevice, made as `desc` says;
+        // its texels are initialised (the image's), and it is in `GENERAL`, which is what
+        // wgpu-hal's `STORAGE_READ_WRITE` state means for a colour format.
+        Ok(unsafe {
+            device.create_texture_from_hal::<Vulkan>(
+                hal_texture,
+                &desc,
+                ::wgpu::TextureUses::STORAGE_READ_WRITE,
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,5 +570,23 @@ mod tests {
         assert!(matches!(vk_usage(U::STORAGE | U::MAP_READ), Err(Error::InvalidArgument(_))));
         assert!(matches!(vk_usage(U::MAP_WRITE), Err(Error::InvalidArgument(_))));
         assert!(matches!(vk_usage(U::BLAS_INPUT), Err(Error::Unsupported { .. })));
+    }
+
+    #[test]
+    fn texture_usages_map_to_the_images_or_are_refused() {
+        use ::wgpu::TextureUsages as U;
+        let full = vk::ImageUsageFlags::SAMPLED
+            | vk::ImageUsageFlags::STORAGE
+            | vk::ImageUsageFlags::TRANSFER_SRC
+            | vk::ImageUsageFlags::TRANSFER_DST;
+        let all = U::COPY_SRC | U::COPY_DST | U::TEXTURE_BINDING | U::STORAGE_BINDING;
+        assert_eq!(vk_texture_usage(all, full).expect("every usage lava-flow has"), full);
+        let no_storage = full & !vk::ImageUsageFlags::STORAGE;
+        assert!(matches!(vk_texture_usage(U::STORAGE_BINDING, no_storage), Err(Error::Unsupported { .. })));
+        assert!(matches!(vk_texture_usage(U::RENDER_ATTACHMENT, full), Err(Error::Unsupported { .. })));
+        assert_eq!(
+            vk_texture_usage(U::COPY_SRC, no_storage).expect("copy"),
+            vk::ImageUsageFlags::TRANSFER_SRC
+        );
     }
 }
