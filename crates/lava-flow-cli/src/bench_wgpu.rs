@@ -122,6 +122,9 @@ pub fn rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
     };
     let group = "wgpu compute pass";
     let what = format!("{} of u32, read-modify-write, {passes} passes per submit", human(SIZE));
+    // A throwaway round first: measured first on an idle H200, the baseline came out 1.8× slower
+    // than the same pass over lava-flow's buffers (the GPU was still ramping up).
+    time(&own)?;
     let base = Row::baseline(group, format!("{what}: buffer wgpu allocated"), time(&own)?, "ms");
     let sub = if lava.is_dedicated() { "dedicated" } else { "sub-allocated" };
     let over_lava = time(&lava_view)?;
