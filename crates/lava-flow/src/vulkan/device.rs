@@ -430,12 +430,24 @@ impl Device {
 impl Device {
     /// Waits up to `timeout` for every tracked submission to complete.
     fn wait_for_submissions(&self, submitted: u64, timeout: Duration) -> Result<()> {
-        let semaphores = [self.progress];
-        let values = [submitted];
+        self.wait_timeline(self.progress, submitted, timeout).vk("vkWaitSemaphores")
+    }
+
+    /// Blocks in `vkWaitSemaphores` until `semaphore` (a timeline of this device that lava-flow
+    /// made and keeps for the device's life) reaches `value`, or `timeout` passes
+    /// (`VK_TIMEOUT`).
+    fn wait_timeline(
+        &self,
+        semaphore: vk::Semaphore,
+        value: u64,
+        timeout: Duration,
+    ) -> ash::prelude::VkResult<()> {
+        let semaphores = [semaphore];
+        let values = [value];
         let wait = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
         let timeout = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-        // SAFETY: `progress` is a live timeline semaphore of this device.
-        unsafe { self.device.wait_semaphores(&wait, timeout) }.vk("vkWaitSemaphores")
+        // SAFETY: the caller's semaphore is a live timeline semaphore of this device.
+        unsafe { self.device.wait_semaphores(&wait, timeout) }
     }
 
     /// For the device's drop, when submissions still wait after the timeout: every semaphore
@@ -478,12 +490,7 @@ impl Device {
             // No asynchronous transfer was ever submitted on this device.
             return Ok(());
         };
-        let semaphores = [timeline];
-        let values = [value];
-        let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
-        let timeout = u64::try_from(self.transfer_timeout.as_nanos()).unwrap_or(u64::MAX);
-        // SAFETY: the semaphore belongs to this device and lives as long as it does.
-        match unsafe { self.device.wait_semaphores(&info, timeout) } {
+        match self.wait_timeline(timeline, value, self.transfer_timeout) {
             Ok(()) => Ok(()),
             Err(vk::Result::TIMEOUT) => {
                 Err(crate::Error::Timeout(self.transfer_timeout, "an asynchronous transfer"))
