@@ -85,6 +85,7 @@ pub mod opencl;
 #[cfg(feature = "opengl")]
 pub mod opengl;
 mod suballoc;
+mod teardown;
 mod vulkan;
 #[cfg(windows)]
 mod win32;

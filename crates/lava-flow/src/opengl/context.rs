@@ -9,6 +9,7 @@ use super::memory::MemoryObject;
 use super::sys::{self, Gl};
 use crate::device::{DeviceInfo, Uuid};
 use crate::error::{Api, Error, Result};
+use crate::teardown::GlPresence;
 
 type Egl = khronos_egl::DynamicInstance<khronos_egl::EGL1_5>;
 
@@ -117,6 +118,9 @@ pub(crate) struct Shared {
     pub nv_timeline: Option<sys::NvTimeline>,
     pub info: GlInfo,
     owned: Option<OwnedEgl>,
+    /// Holds off `vkDestroyDevice` on drivers where it deadlocks with GL (`crate::teardown`);
+    /// declared after `owned`, so it is dropped after the EGL context.
+    _presence: GlPresence,
 }
 
 impl Shared {
@@ -234,6 +238,7 @@ impl GlContext {
     /// A GL context is current on the calling thread, and `loader` returns that context's
     /// functions (or null).
     pub unsafe fn from_current(mut loader: impl FnMut(&str) -> *const c_void) -> Result<Self> {
+        let presence = GlPresence::enter();
         let gl = Gl::load_with(&mut loader);
         if !gl.GetString.is_loaded() || !gl.GetError.is_loaded() {
             return Err(Error::Unsupported { what: "the loader returned no glGetString/glGetError".into() });
@@ -243,7 +248,7 @@ impl GlContext {
         let nv_timeline =
             if info.has_extension(NV_TIMELINE_SEMAPHORE) { sys::NvTimeline::load(loader) } else { None };
         Ok(GlContext {
-            shared: Rc::new(Shared { gl, nv_timeline, info, owned: None }),
+            shared: Rc::new(Shared { gl, nv_timeline, info, owned: None, _presence: presence }),
             memories: RefCell::default(),
         })
     }
@@ -354,6 +359,8 @@ fn query_devices(egl: &Egl) -> Vec<*mut c_void> {
 
 /// Makes a GL 4.5 core context on one EGL display, current on this thread, and reads what it is.
 fn try_display(egl: Egl, platform: EglPlatform, native: *mut c_void, counted: bool) -> Result<Shared> {
+    // Counted before the EGL context exists: no NVIDIA device is destroyed while it is made.
+    let presence = GlPresence::enter();
     let kind = match platform {
         EglPlatform::Device => PLATFORM_DEVICE_EXT,
         EglPlatform::Surfaceless => PLATFORM_SURFACELESS_MESA,
@@ -385,7 +392,7 @@ fn try_display(egl: Egl, platform: EglPlatform, native: *mut c_void, counted: bo
     info.platform = Some(platform);
     let nv_timeline =
         if info.has_extension(NV_TIMELINE_SEMAPHORE) { sys::NvTimeline::load(loader) } else { None };
-    Ok(Shared { gl, nv_timeline, info, owned: Some(owned) })
+    Ok(Shared { gl, nv_timeline, info, owned: Some(owned), _presence: presence })
 }
 
 fn make_context(egl: &Egl, display: khronos_egl::Display) -> Result<khronos_egl::Context> {
@@ -545,7 +552,13 @@ mod tests {
         };
         let gl = Gl::load_with(|_| std::ptr::null());
         GlContext {
-            shared: Rc::new(Shared { gl, nv_timeline: None, info, owned: None }),
+            shared: Rc::new(Shared {
+                gl,
+                nv_timeline: None,
+                info,
+                owned: None,
+                _presence: GlPresence::enter(),
+            }),
             memories: RefCell::default(),
         }
     }

@@ -640,7 +640,14 @@ impl Drop for Device {
             // The caller's device: theirs to destroy once the instance's owner guard is dropped.
             return;
         }
-        // SAFETY: every buffer, block and semaphore holds an `Arc<Device>`, so none is left.
-        unsafe { self.device.destroy_device(None) };
+        let device = self.device.clone();
+        let instance = Arc::clone(&self.instance);
+        let avoid_gl = crate::teardown::driver_deadlocks_with_gl(self.physical.info.vendor_id);
+        crate::teardown::destroy_device(avoid_gl, move || {
+            // SAFETY: every buffer, block and semaphore holds an `Arc<Device>`, so none is left;
+            // `instance` keeps the instance alive until the device is gone.
+            unsafe { device.destroy_device(None) };
+            drop(instance);
+        });
     }
 }
