@@ -322,8 +322,9 @@ impl Buffer {
         };
         // SAFETY: the caller hands a live stream of this device (documented above); it is used
         // during this call only and never destroyed here.
-        let stream =
-            unsafe { lava_flow::cuda::Stream::from_raw(&device.ctx, handle as lava_flow::cuda::sys::CUstream) };
+        let stream = unsafe {
+            lava_flow::cuda::Stream::from_raw(&device.ctx, handle as lava_flow::cuda::sys::CUstream)
+        };
         view.release_after(&stream).or_raise()
     }
 

@@ -139,7 +139,8 @@ impl Drop for CudaKeep {
             // SAFETY: the consumer named this stream of this device for its use of the tensor
             // (1 and 2 are the driver's special streams); the protocol has it live while the
             // tensor is, and the tensor is being freed now. It is never destroyed here.
-            let stream = unsafe { Stream::from_raw(&self.device.ctx, handle as lava_flow::cuda::sys::CUstream) };
+            let stream =
+                unsafe { Stream::from_raw(&self.device.ctx, handle as lava_flow::cuda::sys::CUstream) };
             self.view.release_after(&stream)
         });
         if !matches!(recorded, Some(Ok(()))) {

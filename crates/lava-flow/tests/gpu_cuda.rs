@@ -541,7 +541,7 @@ fn spin_copy(
         // SAFETY: four parameters of the kernel's types; it reads `words` words of `src` and
         // writes as many at `dst`, both of which the callers keep mapped until it completes (or
         // mean to show what happens when they don't).
-        unsafe { kernel.launch(&stream, (64, 1, 1), (256, 1, 1), &mut params) }.expect("launch");
+        unsafe { kernel.launch(stream, (64, 1, 1), (256, 1, 1), &mut params) }.expect("launch");
     }
     module
 }

@@ -412,7 +412,8 @@ fn views_dropped_under_a_running_kernel_keep_their_memory_until_it_completes() {
     let bytes = 1usize << 20;
     let n = (bytes / 4) as u32;
     let data = random_bytes(bytes);
-    let source = v.allocate_with(bytes as u64, DEV0, AllocationOptions::default().dedicated(true)).expect("source");
+    let source =
+        v.allocate_with(bytes as u64, DEV0, AllocationOptions::default().dedicated(true)).expect("source");
     source.write(0, &data).expect("data");
     let src = ctx.import_buffer(&source).expect("import source");
     let _pad = v.allocate(4096, DEV0).expect("pad");

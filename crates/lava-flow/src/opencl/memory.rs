@@ -318,7 +318,7 @@ pub trait ExternalObject: sealed::Sealed {
     /// Notes that `queue` acquired the object (ADR 0014): a view whose drop must wait for the
     /// work queued on it retains the queue.
     #[doc(hidden)]
-    fn acquired_on(&self, queue: sys::cl_command_queue) -> Result<()>;
+    fn acquired_on(&self, queue: &Queue<'_>) -> Result<()>;
 }
 
 mod sealed {
@@ -332,7 +332,8 @@ impl ExternalObject for ClBuffer<'_> {
         (self.ctx, self.imported)
     }
 
-    fn acquired_on(&self, queue: sys::cl_command_queue) -> Result<()> {
+    fn acquired_on(&self, queue: &Queue<'_>) -> Result<()> {
+        let queue = queue.queue;
         if !self.waits_on_drop {
             return Ok(());
         }
@@ -355,7 +356,7 @@ impl ExternalObject for super::ClImage<'_> {
 
     /// An image is a dedicated allocation that its import holds by itself, and OpenCL deletes
     /// the import only after the commands that use it: nothing to wait for at its drop.
-    fn acquired_on(&self, _queue: sys::cl_command_queue) -> Result<()> {
+    fn acquired_on(&self, _queue: &Queue<'_>) -> Result<()> {
         Ok(())
     }
 }
@@ -367,7 +368,7 @@ impl Queue<'_> {
         // Noted first (objects of this context only): a view borrowed from a shared block must
         // finish this queue at its drop.
         for o in objects.iter().filter(|o| std::ptr::eq(o.imported().0, self.ctx)) {
-            o.acquired_on(self.queue)?;
+            o.acquired_on(self)?;
         }
         self.external(objects, self.ctx.acquire, "clEnqueueAcquireExternalMemObjectsKHR")
     }

@@ -125,7 +125,10 @@ impl Drop for Shared {
             Ok(_) => {
                 self.reclaim(true);
             }
-            Err(e) => log::error!("{} GL memory objects dropped under queued work are leaked: {e}", self.deferred.borrow().len()),
+            Err(e) => log::error!(
+                "{} GL memory objects dropped under queued work are leaked: {e}",
+                self.deferred.borrow().len()
+            ),
         }
     }
 }
@@ -175,7 +178,8 @@ impl Shared {
         let sync = unsafe { self.gl.FenceSync(sys::SYNC_GPU_COMMANDS_COMPLETE, 0) };
         self.check("glFenceSync")?;
         // SAFETY: the fence just made; the flush makes it able to signal.
-        let status = unsafe { self.gl.ClientWaitSync(sync, sys::SYNC_FLUSH_COMMANDS_BIT, END_WAIT.as_nanos() as u64) };
+        let status =
+            unsafe { self.gl.ClientWaitSync(sync, sys::SYNC_FLUSH_COMMANDS_BIT, END_WAIT.as_nanos() as u64) };
         let checked = self.check("glClientWaitSync");
         // SAFETY: our fence, deleted once.
         unsafe { self.gl.DeleteSync(sync) };
@@ -221,7 +225,9 @@ impl Shared {
                     // at the context's end) rather than deleted under work that may still run.
                     log::error!(
                         "{}; GL memory object {name} is kept",
-                        self.check("glClientWaitSync").err().map_or_else(|| "glClientWaitSync failed".to_owned(), |e| e.to_string())
+                        self.check("glClientWaitSync")
+                            .err()
+                            .map_or_else(|| "glClientWaitSync failed".to_owned(), |e| e.to_string())
                     );
                     if !wait {
                         left.push((sync, name));
@@ -655,7 +661,13 @@ mod tests {
         };
         let gl = Gl::load_with(|_| std::ptr::null());
         GlContext {
-            shared: Rc::new(Shared { gl, nv_timeline: None, info, deferred: RefCell::default(), owned: None }),
+            shared: Rc::new(Shared {
+                gl,
+                nv_timeline: None,
+                info,
+                deferred: RefCell::default(),
+                owned: None,
+            }),
             memories: RefCell::default(),
         }
     }
