@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use lava_flow::cuda::CudaBuffer;
+use lava_flow::cuda::{CudaBuffer, DeviceMemory};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
@@ -300,6 +300,32 @@ impl Buffer {
             drop(cuda.take());
             drop(inner);
         }
+    }
+
+    /// Tells lava-flow that the CUDA work queued on `stream` so far uses this buffer (an event
+    /// recorded on it, no host wait): when the last holder of the buffer's CUDA mapping lets go
+    /// before that work is done, the memory is released only once it is. DLPack consumers need
+    /// not call it for the stream they passed to `__dlpack__` (the capsule records that one when
+    /// the tensor is freed); call it for work on other streams, and for consumers of
+    /// `__cuda_array_interface__`, before `close()` or the last reference goes. `stream`: an
+    /// int, `torch.cuda.Stream`, `cupy.cuda.Stream` or an object with `__cuda_stream__`, of this
+    /// buffer's GPU and alive now. A host-visible buffer has no CUDA mapping: `UnsupportedError`.
+    fn release_after(&self, py: Python<'_>, stream: &Bound<'_, PyAny>) -> PyResult<()> {
+        let handle = crate::stream::handle(stream)?;
+        let (device, view) = match py.detach(|| self.placement())? {
+            Placement::Cuda(device, view) => (device, view),
+            Placement::Host(..) => {
+                return Err(crate::errors::to_py(lava_flow::Error::Unsupported {
+                    what: "release_after orders CUDA work; this buffer is host-visible host memory".into(),
+                }))
+            }
+        };
+        // SAFETY: the caller hands a live stream of this device (documented above); it is used
+        // during this call only and never destroyed here.
+        let stream = unsafe {
+            lava_flow::cuda::Stream::from_raw(&device.ctx, handle as lava_flow::cuda::sys::CUstream)
+        };
+        view.release_after(&stream).or_raise()
     }
 
     /// Whether `close()` was called.

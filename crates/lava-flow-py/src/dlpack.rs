@@ -1,5 +1,6 @@
 //! DLPack capsules (through `dlpark`) and the CUDA array interface for buffers and their views.
 
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -7,11 +8,12 @@ use dlpark::ffi::{DLDevice, DLManagedTensor, DLManagedTensorVersioned};
 use dlpark::metadata::Dynamic;
 use dlpark::python::{export_dlpack, CudaStreamRequest, DlpackExporter, ExportRequest};
 use dlpark::{DlpackFlags, Managed, ManagedTensorBase};
-use lava_flow::cuda::{CudaBuffer, DeviceMemory};
+use lava_flow::cuda::{CudaBuffer, DeviceMemory, Stream};
 use pyo3::exceptions::{PyAttributeError, PyBufferError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use crate::allocator::CudaDevice;
 use crate::buffer::{Buffer, Placement};
 use crate::dtype::DType;
 use crate::errors::{to_py, OrRaise};
@@ -112,19 +114,62 @@ impl Layout {
 /// What a capsule holds until its consumer lets go: the CUDA mapping (which holds the external
 /// memory and the Vulkan buffer), or the Vulkan buffer whose host mapping it points into.
 enum Keep {
-    Cuda(#[allow(dead_code)] Arc<CudaBuffer<'static>>),
+    Cuda(#[allow(dead_code)] CudaKeep),
     Host(#[allow(dead_code)] Arc<lava_flow::Buffer>),
+}
+
+/// A capsule's hold on the CUDA mapping, and the stream its consumer named (ADR 0014).
+struct CudaKeep {
+    view: Arc<CudaBuffer<'static>>,
+    device: Arc<CudaDevice>,
+    /// The consumer's stream (`__dlpack__(stream=...)`, 1 for the legacy default stream when
+    /// omitted), or `None` when it asked for no synchronization (`stream=-1`) and so named none.
+    consumer: Option<usize>,
+}
+
+impl Drop for CudaKeep {
+    /// The capsule's deleter: the consumer lets go of the tensor, possibly with kernels that use
+    /// it still queued on its stream (PyTorch and CuPy free a tensor on the host without waiting
+    /// for its stream). An event recorded on that stream now captures them; the mapping, and the
+    /// memory under it, stay until it completes. With no stream named, or when recording fails
+    /// (a stream destroyed before the tensor, against the protocol), the deleter waits for the
+    /// whole context instead: slower, never unsafe.
+    fn drop(&mut self) {
+        let recorded = self.consumer.map(|handle| {
+            // SAFETY: the consumer named this stream of this device for its use of the tensor
+            // (1 and 2 are the driver's special streams); the protocol has it live while the
+            // tensor is, and the tensor is being freed now. It is never destroyed here.
+            let stream =
+                unsafe { Stream::from_raw(&self.device.ctx, handle as lava_flow::cuda::sys::CUstream) };
+            self.view.release_after(&stream)
+        });
+        if !matches!(recorded, Some(Ok(()))) {
+            if let Err(e) = self.device.ctx.synchronize() {
+                // Nothing to return an error to in a deleter, and no Python to raise into.
+                eprintln!("lava_flow: a DLPack capsule's deleter could not wait for CUDA work: {e}");
+            }
+        }
+    }
 }
 
 struct Exporter<'a> {
     placement: Placement,
     layout: &'a Layout,
+    /// The consumer's stream, as `prepare_export` (called first) found it.
+    consumer: Cell<Option<usize>>,
 }
 
 impl Exporter<'_> {
     fn make<M: ManagedTensorBase>(&self) -> PyResult<Managed<M>> {
         let (base, keep) = match &self.placement {
-            Placement::Cuda(_, view) => (view.device_ptr() as usize, Keep::Cuda(Arc::clone(view))),
+            Placement::Cuda(device, view) => (
+                view.device_ptr() as usize,
+                Keep::Cuda(CudaKeep {
+                    view: Arc::clone(view),
+                    device: Arc::clone(device),
+                    consumer: self.consumer.get(),
+                }),
+            ),
             Placement::Host(address, buffer) => (*address, Keep::Host(Arc::clone(buffer))),
         };
         let mut tensor = Dynamic::new(self.layout.shape.clone(), self.layout.strides.clone())
@@ -159,11 +204,15 @@ impl DlpackExporter for Exporter<'_> {
     fn prepare_export(&self, _py: Python<'_>, request: &ExportRequest<'_>) -> PyResult<()> {
         let Placement::Cuda(device, _) = &self.placement else { return Ok(()) };
         let stream = match request.cuda_stream()? {
-            CudaStreamRequest::NoSync => return Ok(()),
+            CudaStreamRequest::NoSync => {
+                self.consumer.set(None);
+                return Ok(());
+            }
             CudaStreamRequest::Omitted | CudaStreamRequest::LegacyDefault => LEGACY_DEFAULT_STREAM,
             CudaStreamRequest::PerThreadDefault => PER_THREAD_DEFAULT_STREAM,
             CudaStreamRequest::Pointer(p) => p,
         };
+        self.consumer.set(Some(stream));
         device.order_after_own_work(stream).or_raise()
     }
 
@@ -195,7 +244,8 @@ pub fn export(
         }
         PyBufferError::new_err(format!("lava_flow cannot export this buffer through DLPack: {e}"))
     })?;
-    export_dlpack(&Exporter { placement, layout }, py, request)
+    let consumer = Cell::new(Some(LEGACY_DEFAULT_STREAM));
+    export_dlpack(&Exporter { placement, layout, consumer }, py, request)
 }
 
 /// `__dlpack_device__` of `buffer`.

@@ -176,6 +176,16 @@ def test_gpu_memory_without_cuda_is_a_clear_buffer_error(allocator):
         assert not hasattr(exporter, "__cuda_array_interface__")
 
 
+def test_release_after_is_for_cuda_work_on_gpu_buffers(allocator):
+    """Buffer.release_after records CUDA work; host memory has none to record, and a stream
+    argument is checked before anything else."""
+    buffer = allocator.allocate(64, MemoryLocation.HostVisible())
+    with pytest.raises(lava_flow.UnsupportedError, match="host-visible"):
+        buffer.release_after(1)
+    with pytest.raises(TypeError, match="expected a CUDA stream"):
+        buffer.release_after("the default stream")
+
+
 def test_host_visible_memory_is_a_numpy_array_without_copies(allocator):
     buffer = allocator.allocate(4 * 1024, MemoryLocation.HostVisible())
     assert buffer.__dlpack_device__() == (1, 0)
@@ -289,6 +299,7 @@ def uses_of(buffer, view):
         "__dlpack__": lambda: buffer.__dlpack__(),
         "__dlpack_device__": lambda: buffer.__dlpack_device__(),
         "__cuda_array_interface__": lambda: buffer.__cuda_array_interface__,
+        "release_after": lambda: buffer.release_after(1),
         "pickle": lambda: pickle.dumps(buffer),
         "ipc.send": lambda: lava_flow.ipc.send(a, buffer),
         "with": lambda: buffer.__enter__(),

@@ -271,3 +271,68 @@ def test_close_keeps_the_memory_that_tensors_hold(cuda_allocator, torch):
     del by_pointer_buffer
     gc.collect()
     assert cuda_allocator.stats()["buffers"] == before, "and with it the memory goes"
+
+
+def test_a_tensor_freed_under_queued_torch_work_keeps_its_memory(cuda_allocator, torch):
+    """ADR 0014: torch frees a tensor on the host while its kernels are still queued. The
+    capsule's deleter records an event on the stream the consumer named in __dlpack__ (torch's
+    current stream), so the buffer's memory — here its range of a shared block — stays until
+    that work ran: buffers allocated meanwhile never get it."""
+    n = 4 << 20
+    data_bytes = random_bytes(n)
+    data = torch.frombuffer(bytearray(data_bytes), dtype=torch.uint8).cuda()
+    stream = torch.cuda.Stream()
+    torch.cuda.synchronize()
+
+    # First with the buffer kept: the copy queued behind the spin lands, every byte.
+    kept = cuda_allocator.allocate(n)
+    kept.write(poison(n))
+    with torch.cuda.stream(stream):
+        t = torch.from_dlpack(kept)  # __dlpack__(stream=<stream>)
+        torch.cuda._sleep(1 << 28)  # keeps the stream busy for ~100 ms or more
+        t.copy_(data)
+    del t
+    stream.synchronize()
+    assert_bytes_equal(kept.read(), data_bytes, "a copy queued before the tensor was freed")
+
+    # Then with the buffer closed as well: nothing in Python holds the memory any more.
+    buffer = cuda_allocator.allocate(n)
+    with torch.cuda.stream(stream):
+        t = torch.from_dlpack(buffer)
+        torch.cuda._sleep(1 << 28)
+        t.copy_(data)
+    del t
+    buffer.close()
+    gc.collect()
+    later = [cuda_allocator.allocate(n) for _ in range(4)]
+    for b in later:
+        b.write(poison(n))
+    stream.synchronize()
+    for i, b in enumerate(later):
+        assert_bytes_equal(b.read(), poison(n), f"buffer {i}, allocated while torch's copy was queued")
+
+
+def test_release_after_covers_work_on_streams_dlpack_was_not_told_of(cuda_allocator, torch):
+    """Work on a stream other than the one named in __dlpack__ (or through the CUDA array
+    interface) is the caller's to announce with Buffer.release_after."""
+    n = 4 << 20
+    data = torch.frombuffer(bytearray(random_bytes(n)), dtype=torch.uint8).cuda()
+    other = torch.cuda.Stream()
+    torch.cuda.synchronize()
+    buffer = cuda_allocator.allocate(n)
+    t = torch.from_dlpack(buffer)  # named the default stream
+    with torch.cuda.stream(other):
+        torch.cuda._sleep(1 << 28)
+        t.copy_(data)
+    buffer.release_after(other)
+    del t
+    buffer.close()
+    gc.collect()
+    later = [cuda_allocator.allocate(n) for _ in range(4)]
+    for b in later:
+        b.write(poison(n))
+    other.synchronize()
+    for i, b in enumerate(later):
+        assert_bytes_equal(b.read(), poison(n), f"buffer {i}, allocated while the copy was queued")
+    with pytest.raises(lava_flow.ClosedError):
+        buffer.release_after(other)

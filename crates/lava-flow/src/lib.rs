@@ -71,6 +71,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod deferred;
 pub mod device;
 mod error;
 mod external;

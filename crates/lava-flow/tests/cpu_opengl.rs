@@ -372,3 +372,103 @@ fn contexts_on_several_threads_at_once() {
         }
     });
 }
+
+/// Queues `rounds` GL copies of all of `view` into `dst` (a GL buffer of the same size) and
+/// returns without waiting for them.
+#[allow(clippy::multiple_unsafe_ops_per_block, reason = "one plain sequence of GL calls, as users write it")]
+fn queue_copies(gl: &glow::Context, view: &GlBuffer<'_>, dst: glow::NativeBuffer, rounds: usize) {
+    let src = glow::NativeBuffer(std::num::NonZeroU32::new(view.gl_buffer()).expect("a GL name"));
+    // SAFETY: buffers of this context, current; the ranges lie inside both.
+    unsafe {
+        gl.bind_buffer(glow::COPY_READ_BUFFER, Some(src));
+        gl.bind_buffer(glow::COPY_WRITE_BUFFER, Some(dst));
+        for _ in 0..rounds {
+            gl.copy_buffer_sub_data(
+                glow::COPY_READ_BUFFER,
+                glow::COPY_WRITE_BUFFER,
+                view.offset() as i32,
+                0,
+                view.size() as i32,
+            );
+        }
+        gl.bind_buffer(glow::COPY_READ_BUFFER, None);
+        gl.bind_buffer(glow::COPY_WRITE_BUFFER, None);
+        assert_eq!(gl.get_error(), glow::NO_ERROR);
+    }
+}
+
+/// The bytes of GL buffer `buffer`, `len` of them.
+#[allow(clippy::multiple_unsafe_ops_per_block, reason = "one plain sequence of GL calls, as users write it")]
+fn gl_read(gl: &glow::Context, buffer: glow::NativeBuffer, len: usize) -> Vec<u8> {
+    let mut out = poisoned(len);
+    // SAFETY: a buffer of this context, current, of at least `len` bytes.
+    unsafe {
+        gl.bind_buffer(glow::COPY_READ_BUFFER, Some(buffer));
+        gl.get_buffer_sub_data(glow::COPY_READ_BUFFER, 0, &mut out);
+        gl.bind_buffer(glow::COPY_READ_BUFFER, None);
+        assert_eq!(gl.get_error(), glow::NO_ERROR);
+    }
+    out
+}
+
+/// ADR 0014: imports dropped while GL work that reads them is queued. An import of an exported
+/// handle keeps its memory object until a fence placed at the drop signals; a view that
+/// borrows a buffer of a shared block waits for the queued work in its drop, so the buffer's
+/// range can go to the next allocation. Every byte of the copies is checked after.
+#[allow(clippy::multiple_unsafe_ops_per_block, reason = "one plain sequence of GL calls, as users write it")]
+#[test]
+fn imports_dropped_under_queued_gl_work_go_once_it_completed() {
+    let _serial = serial();
+    let mut v = Validated::new();
+    let ctx = context(&v);
+    // SAFETY: the loader of the context made above, current on this thread.
+    let gl = unsafe { glow::Context::from_loader_function(|s| ctx.proc_address(s)) };
+    let bytes = 1usize << 20;
+    let data = random_bytes(bytes);
+    let _pad = v.allocate(4096, DEV0).expect("pad");
+    let source = v.allocate(bytes as u64, DEV0).expect("source");
+    source.write(0, &data).expect("data");
+    // SAFETY: the context is current; a GL-owned destination of `bytes` bytes.
+    let dst = unsafe {
+        let b = gl.create_named_buffer().expect("a GL buffer");
+        gl.named_buffer_data_size(b, bytes as i32, glow::STATIC_COPY);
+        b
+    };
+
+    // An import of the exported handle: nothing waits; the memory object is deferred (or
+    // deleted at once where llvmpipe finished the copies already).
+    let view = ctx.import_memory(source.export().expect("export")).expect("import");
+    queue_copies(&gl, &view, dst, 16);
+    drop(view);
+    let left = ctx.reclaim().expect("reclaim");
+    assert!(left <= 1, "one memory object dropped, {left} waiting");
+    ctx.finish().expect("glFinish");
+    assert_eq!(ctx.reclaim().expect("reclaim"), 0, "deleted once the copies completed");
+    assert_bytes_eq(&gl_read(&gl, dst, bytes), &data, "GL copies queued before the import was dropped");
+
+    // A borrowed view of a shared block, dropped with its buffer right after the copies were
+    // queued; later buffers may take the range, and must keep their own bytes.
+    let other = random_bytes(bytes);
+    let borrowed = v.allocate(bytes as u64, DEV0).expect("borrowed");
+    borrowed.write(0, &other).expect("data");
+    let view = ctx.import_buffer(&borrowed).expect("import");
+    queue_copies(&gl, &view, dst, 16);
+    drop(view);
+    drop(borrowed);
+    let later: Vec<Buffer> = (0..2)
+        .map(|_| {
+            let b = v.allocate(bytes as u64, DEV0).expect("a later buffer");
+            b.write(0, &poisoned(bytes)).expect("poison");
+            b
+        })
+        .collect();
+    ctx.finish().expect("glFinish");
+    assert_bytes_eq(&gl_read(&gl, dst, bytes), &other, "GL copies from a view dropped with its buffer");
+    for (i, b) in later.iter().enumerate() {
+        let mut out = vec![0u8; bytes];
+        b.read(0, &mut out).expect("read");
+        assert_bytes_eq(&out, &poisoned(bytes), &format!("buffer {i}, allocated after the drop"));
+    }
+    // SAFETY: our own buffer, unused now.
+    unsafe { gl.delete_buffer(dst) };
+}

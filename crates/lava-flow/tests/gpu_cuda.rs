@@ -514,3 +514,138 @@ fn exported_handles_alone_reach_cuda() {
     let refused = ctx.import_exported_semaphore(binary.export().expect("export binary"));
     assert!(matches!(refused, Err(lava_flow::Error::InvalidArgument(_))), "{refused:?}");
 }
+
+/// The spin of [`spin_copy`]: long enough that the drop, the checks after it and the allocations
+/// all happen while the kernel still runs (they take well under a millisecond).
+const SPIN_NS: u64 = 200_000_000;
+
+/// Queues `spin_copy`: a kernel that spins for [`SPIN_NS`] on the GPU, then copies `words`
+/// words from `src` to `dst`.
+fn spin_copy(
+    ctx: &Context,
+    stream: &cuda::Stream,
+    dst: u64,
+    src: &dyn DeviceMemory,
+    words: u32,
+) -> cuda::Module {
+    let module = ctx.load_ptx(include_str!("../examples/kernels/spin_copy.ptx")).expect("PTX");
+    {
+        let kernel = module.function("spin_copy").expect("kernel");
+        let (mut dst, mut src, mut n, mut ns) = (dst, src.device_ptr(), words, SPIN_NS);
+        let mut params = [
+            (&mut dst as *mut u64).cast(),
+            (&mut src as *mut u64).cast(),
+            (&mut n as *mut u32).cast(),
+            (&mut ns as *mut u64).cast(),
+        ];
+        // SAFETY: four parameters of the kernel's types; it reads `words` words of `src` and
+        // writes as many at `dst`, both of which the callers keep mapped until it completes (or
+        // mean to show what happens when they don't).
+        unsafe { kernel.launch(stream, (64, 1, 1), (256, 1, 1), &mut params) }.expect("launch");
+    }
+    module
+}
+
+/// ADR 0014 on the GPU: views dropped while a kernel that writes them still runs. `told` says
+/// whether lava-flow is told of the kernel (`release_after`); without it, nothing keeps the
+/// memory and the checks fail (or compute-sanitizer reports the kernel's writes as invalid).
+fn drop_under_a_running_kernel(told: bool) {
+    let _measuring = shared();
+    let mut v = Validated::new();
+    let Some(ctx) = cuda_or_skip(&v, "drop under a running kernel") else { return };
+    let bytes = 4usize << 20;
+    let words = (bytes / 4) as u32;
+    let stream = ctx.stream().expect("stream");
+    let data = random_bytes(bytes);
+    let src = ctx.alloc(bytes as u64).expect("source");
+    src.copy_from_host(0, &data).expect("source bytes");
+
+    // 1. An import of an exported handle, dropped while the kernel writes through its mapping:
+    // the mapping and import stay until the kernel is done. The test keeps the Vulkan buffer to
+    // read what the kernel wrote.
+    let _pad = v.allocate(4096, DEV0).expect("pad");
+    let target = v.allocate(bytes as u64, DEV0).expect("target");
+    target.write(0, &poisoned(bytes)).expect("poison");
+    let view = ctx.import_memory(target.export().expect("export")).expect("import");
+    let _module = spin_copy(&ctx, &stream, view.device_ptr(), &src, words);
+    if told {
+        view.release_after(&stream).expect("release after the kernel");
+    }
+    drop(view);
+    if told {
+        assert_eq!(ctx.reclaim(), 1, "the mapping waits for the kernel (which spins for 200 ms)");
+    }
+    stream.synchronize().expect("the kernel wrote mapped memory");
+    assert_eq!(ctx.reclaim(), 0, "released once the kernel completed");
+    let mut out = poisoned(bytes);
+    target.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &data, "a kernel's writes through a view dropped while it ran");
+
+    // 2. An owned view (the Python capsules' kind), the only holder of its buffer, dropped
+    // while the kernel writes: buffers allocated meanwhile must not get its range.
+    let owned = std::sync::Arc::new(v.allocate(bytes as u64, DEV0).expect("owned"));
+    let view = ctx.import_buffer_owned(owned).expect("import owned");
+    let _module = spin_copy(&ctx, &stream, view.device_ptr(), &src, words);
+    if told {
+        view.release_after(&stream).expect("release after the kernel");
+    }
+    drop(view);
+    let later: Vec<Buffer> = (0..4)
+        .map(|_| {
+            let b = v.allocate(bytes as u64, DEV0).expect("a later buffer");
+            b.write(0, &poisoned(bytes)).expect("poison");
+            b
+        })
+        .collect();
+    if told {
+        // Two objects wait: the view's Arc<Buffer> (its range) and the block's import.
+        assert_eq!(ctx.reclaim(), 2, "the buffer and its mapping wait for the kernel");
+    }
+    stream.synchronize().expect("the kernel wrote mapped memory");
+    for (i, b) in later.iter().enumerate() {
+        let mut out = vec![0u8; bytes];
+        b.read(0, &mut out).expect("read");
+        assert_bytes_eq(&out, &poisoned(bytes), &format!("buffer {i}, allocated while the kernel ran"));
+    }
+    assert_eq!(ctx.reclaim(), 0);
+}
+
+#[test]
+fn views_dropped_under_a_running_kernel_keep_their_memory_until_it_completes() {
+    drop_under_a_running_kernel(true);
+}
+
+/// The same drops with lava-flow not told of the kernel: expected to FAIL — it shows that the
+/// test above can. Run it alone (`-- --ignored`), ideally under `compute-sanitizer --tool
+/// memcheck`, which reports the kernel's writes to the released mapping as invalid global
+/// writes; without the sanitizer the stream reports an illegal address, or a later buffer holds
+/// the kernel's bytes. It may leave the CUDA context unusable: not for a shared test run.
+#[test]
+#[ignore = "demonstrates the use-after-free that release_after prevents: expected to fail"]
+fn views_dropped_under_a_kernel_lava_flow_was_not_told_of_lose_their_memory() {
+    drop_under_a_running_kernel(false);
+}
+
+#[test]
+fn lava_flows_own_stream_work_keeps_a_dropped_view_without_being_told() {
+    let _measuring = shared();
+    let mut v = Validated::new();
+    let Some(ctx) = cuda_or_skip(&v, "stream work keeps a dropped view") else { return };
+    let bytes = 4usize << 20;
+    let stream = ctx.stream().expect("stream");
+    let _pad = v.allocate(4096, DEV0).expect("pad");
+    let target = v.allocate(bytes as u64, DEV0).expect("target");
+    target.write(0, &poisoned(bytes)).expect("poison");
+    let view = ctx.import_memory(target.export().expect("export")).expect("import");
+    // A kernel that only spins (no words) holds the stream; the fill queues behind it.
+    let busy = ctx.alloc(4096).expect("scratch");
+    let _module = spin_copy(&ctx, &stream, busy.device_ptr(), &busy, 0);
+    cuda::fill_async(&view, 0, bytes, 0x5A, &stream).expect("fill");
+    drop(view);
+    assert_eq!(ctx.reclaim(), 1, "the fill lava-flow queued holds the mapping");
+    stream.synchronize().expect("the fill wrote mapped memory");
+    assert_eq!(ctx.reclaim(), 0);
+    let mut out = poisoned(bytes);
+    target.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &vec![0x5A; bytes], "a fill queued before the view was dropped");
+}

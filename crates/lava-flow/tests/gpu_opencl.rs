@@ -384,3 +384,68 @@ fn exported_handles_alone_reach_opencl() {
     );
     v.wait_idle(0).expect("idle");
 }
+
+/// Spins `spins` steps of a 64-bit LCG per work-item (long enough for the host to drop what it
+/// writes while it runs), then copies word `i`; `mask` is 0 at run time, so the spin cannot be
+/// compiled away.
+const SPIN_COPY: &str = r#"
+__kernel void spin_copy(__global uint* dst, ulong dst_offset, __global const uint* src, ulong src_offset,
+                        uint n, ulong spins, uint mask) {
+    uint i = get_global_id(0);
+    ulong acc = i;
+    for (ulong k = 0; k < spins; k++) { acc = acc * 6364136223846793005UL + 1442695040888963407UL; }
+    if (i < n) { dst[dst_offset + i] = src[src_offset + i] ^ ((uint)acc & mask); }
+}
+"#;
+
+/// ADR 0014 on the GPU: OpenCL views dropped while a kernel that writes them still runs. A view
+/// that borrows a buffer of a shared block finishes the queues it was acquired on before its
+/// drop returns (so Vulkan, unordered with OpenCL, reads every byte the kernel wrote); an import
+/// of an exported handle is kept by OpenCL itself until the kernel is done.
+#[test]
+fn views_dropped_under_a_running_kernel_keep_their_memory_until_it_completes() {
+    let _measuring = shared();
+    let mut v = Validated::new();
+    let Some(ctx) = opencl_or_skip(&v, "drop under a running kernel") else { return };
+    let queue = ctx.queue().expect("queue");
+    let program = ctx.build(SPIN_COPY).expect("build");
+    let bytes = 1usize << 20;
+    let n = (bytes / 4) as u32;
+    let data = random_bytes(bytes);
+    let source =
+        v.allocate_with(bytes as u64, DEV0, AllocationOptions::default().dedicated(true)).expect("source");
+    source.write(0, &data).expect("data");
+    let src = ctx.import_buffer(&source).expect("import source");
+    let _pad = v.allocate(4096, DEV0).expect("pad");
+    for exported in [false, true] {
+        let target = v.allocate(bytes as u64, DEV0).expect("target");
+        target.write(0, &poisoned(bytes)).expect("poison");
+        let view = if exported {
+            ctx.import_memory(target.export().expect("export")).expect("import exported")
+        } else {
+            ctx.import_buffer(&target).expect("import")
+        };
+        let mut kernel = program.kernel("spin_copy").expect("kernel");
+        kernel.arg_buffer(0, &view).expect("arg 0");
+        kernel.arg_u64(1, view.offset() / 4).expect("arg 1");
+        kernel.arg_buffer(2, &src).expect("arg 2");
+        kernel.arg_u64(3, src.offset() / 4).expect("arg 3");
+        kernel.arg_u32(4, n).expect("arg 4");
+        kernel.arg_u64(5, 1 << 24).expect("arg 5");
+        kernel.arg_u32(6, 0).expect("arg 6");
+        queue.acquire(&[&view, &src]).expect("acquire");
+        queue.launch(&kernel, n as usize, None).expect("launch");
+        queue.release(&[&view, &src]).expect("release");
+        drop(kernel);
+        drop(view);
+        if exported {
+            // OpenCL keeps the import until the kernel is done; wait for it here.
+            queue.finish().expect("the kernel completes on memory that is still imported");
+        }
+        let mut out = poisoned(bytes);
+        target.read(0, &mut out).expect("read");
+        let what = if exported { "an exported import" } else { "a borrowed view of a shared block" };
+        assert_bytes_eq(&out, &data, &format!("a kernel's writes through {what} dropped while it ran"));
+    }
+    queue.finish().expect("finish");
+}

@@ -4,9 +4,10 @@ use std::marker::PhantomData;
 
 use cudarc::driver::sys;
 
-use super::context::Context;
+use super::context::{Context, Stream};
 use super::memory::{destroy_external, import_external};
 use super::raw::check;
+use super::release::{lock, CudaFence, CudaUses, Release};
 use crate::error::{Error, Result};
 use crate::external::NativeHandle;
 
@@ -33,11 +34,20 @@ fn array_format(format: ImageFormat) -> (sys::CUarray_format, u32) {
 /// format and extent (`cuExternalMemoryGetMappedMipmappedArray`, surface load/store allowed).
 /// Borrows the image ([`Context::import_image`]) or owns its import
 /// ([`Context::import_exported_image`], `'static`); levels, surfaces and textures borrow this.
+///
+/// Dropped while work it was told of with [`release_after`](CudaImage::release_after) is still
+/// queued, it keeps its array and import until that work completes (ADR 0014): the context
+/// releases them on a later call, [`Context::reclaim`], or at its end. The image's memory is a
+/// dedicated allocation that the import holds by itself, so this holds for a borrowed image too.
+/// Surface and texture objects borrow the image and are destroyed at their own drop: drop them
+/// only once the kernels that use them are done.
 pub struct CudaImage<'a> {
     ctx: Context,
     external: sys::CUexternalMemory,
     mipmapped: sys::CUmipmappedArray,
     desc: ImageDesc,
+    /// Work queued on the image (ADR 0014).
+    uses: CudaUses,
     _image: PhantomData<&'a Image>,
 }
 
@@ -74,6 +84,7 @@ impl Context {
     ) -> Result<CudaImage<'a>> {
         descriptor.check()?;
         self.check_device("the image", descriptor.memory.device_uuid)?;
+        self.reclaim();
         let desc = descriptor.image;
         if desc.tiling != ImageTiling::Optimal {
             return Err(Error::Unsupported {
@@ -106,11 +117,29 @@ impl Context {
             unsafe { destroy_external(self, external) };
             return Err(e);
         }
-        Ok(CudaImage { ctx: self.clone(), external, mipmapped, desc, _image: PhantomData })
+        Ok(CudaImage {
+            ctx: self.clone(),
+            external,
+            mipmapped,
+            desc,
+            uses: CudaUses::default(),
+            _image: PhantomData,
+        })
     }
 }
 
 impl CudaImage<'_> {
+    /// Records that the work queued on `stream` so far uses the image (its levels, surfaces or
+    /// textures): dropped before that work completes, the image is released only once it has
+    /// (ADR 0014). Call it after queueing the kernels.
+    ///
+    /// Errors: [`Error::DeviceMismatch`] for a stream of another GPU; CUDA errors.
+    pub fn release_after(&self, stream: &Stream) -> Result<()> {
+        let fence = CudaFence::record(&self.ctx, stream)?;
+        lock(&self.uses).add(fence);
+        Ok(())
+    }
+
     /// The image's description.
     pub fn desc(&self) -> &ImageDesc {
         &self.desc
@@ -161,13 +190,13 @@ impl CudaImage<'_> {
 
 impl Drop for CudaImage<'_> {
     fn drop(&mut self) {
-        // Reverse order: the array, then the import. Levels, surfaces and textures borrow
-        // `self`, so they are gone already.
-        // SAFETY: mapped in `import_image`, destroyed once.
-        self.ctx
-            .release("cuMipmappedArrayDestroy", || unsafe { sys::cuMipmappedArrayDestroy(self.mipmapped) });
-        // SAFETY: imported in `import_image`, destroyed once, after its array.
-        unsafe { destroy_external(&self.ctx, self.external) };
+        // Reverse order: the array, then the import, once the recorded work is done (now or
+        // later). Levels, surfaces and textures borrow `self`, so they are gone already.
+        let pending = self.uses.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take_pending();
+        self.ctx.release_after_fences(
+            pending,
+            Release::Array { mipmapped: self.mipmapped, external: self.external },
+        );
     }
 }
 

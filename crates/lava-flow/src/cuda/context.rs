@@ -116,6 +116,9 @@ pub(crate) struct Inner {
     retained: bool,
     /// One import per memory, shared by every buffer of it mapped in this context.
     pub imports: Mutex<HashMap<crate::MemoryId, Weak<ExternalMemory>>>,
+    /// Views, imports and allocations dropped while work that uses them was queued: released
+    /// once it completes (ADR 0014).
+    pub deferred: super::release::Releases,
 }
 
 // SAFETY: a CUcontext is a handle the driver API lets any thread use (made current with
@@ -126,6 +129,9 @@ unsafe impl Sync for Inner {}
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // What was dropped under queued work goes first, once that work completed (the context's
+        // end is the one place that waits for it): nothing else holds the context any more.
+        super::release::release_all(self.context, &self.deferred);
         if self.retained {
             // SAFETY: retained once in `Context::for_device`, released once here, after every
             // import and mapping (which hold an `Arc<Inner>`) is gone.
@@ -198,6 +204,7 @@ impl Context {
                 uuid: cuda.uuid,
                 retained: true,
                 imports: Mutex::default(),
+                deferred: Mutex::default(),
             }),
         })
     }
@@ -220,6 +227,7 @@ impl Context {
                 uuid: Uuid(uuid.bytes.map(|b| b as u8)),
                 retained: false,
                 imports: Mutex::default(),
+                deferred: Mutex::default(),
             }),
         })
     }
@@ -263,6 +271,7 @@ impl Context {
 
     /// A new non-blocking stream in this context.
     pub fn stream(&self) -> Result<Stream> {
+        self.reclaim();
         self.bind()?;
         let mut stream = std::ptr::null_mut();
         let flags = sys::CUstream_flags_enum::CU_STREAM_NON_BLOCKING as u32;

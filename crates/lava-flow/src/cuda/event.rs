@@ -40,6 +40,7 @@ impl Context {
     /// A new event (`cuEventCreate`). `timing` events can measure elapsed time; others are
     /// cheaper and only order work.
     pub fn event(&self, timing: bool) -> Result<Event> {
+        self.reclaim();
         self.bind()?;
         let flags = if timing { 0 } else { sys::CUevent_flags_enum::CU_EVENT_DISABLE_TIMING as u32 };
         let mut event = std::ptr::null_mut();

@@ -6,17 +6,19 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use cudarc::driver::sys;
 
-use super::context::Context;
+use super::context::{Context, Stream};
 use super::memory::DeviceMemory;
 use super::raw::check;
+use super::release::{lock, CudaFence, CudaUses, Release};
 use crate::error::{Error, Result};
 use crate::handle::{ExportedMemory, ExternalHandle, MemoryDescriptor};
 use crate::{Buffer, MemoryAllocator, MemoryLocation};
 
 /// Device memory made by CUDA's virtual memory API so that it can be exported: a physical
 /// allocation (`cuMemCreate`, `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`) mapped read-write at
-/// a reserved address. Unmapped and released on drop; a Vulkan import keeps its own reference
-/// to the memory, so the two may be dropped in any order.
+/// a reserved address. Unmapped and released on drop — once the work recorded with
+/// [`release_after`](DeviceMemory::release_after) has completed (ADR 0014); a Vulkan import
+/// keeps its own reference to the memory, so the two may be dropped in any order.
 pub struct ExportableAllocation {
     ctx: Context,
     handle: sys::CUmemGenericAllocationHandle,
@@ -27,6 +29,8 @@ pub struct ExportableAllocation {
     allocation_size: u64,
     /// The identity every export of it carries.
     memory_id: crate::MemoryId,
+    /// Work queued on the memory (ADR 0014).
+    uses: CudaUses,
 }
 
 impl std::fmt::Debug for ExportableAllocation {
@@ -81,6 +85,7 @@ impl Context {
             size,
             allocation_size,
             memory_id: crate::MemoryId::new_unique(),
+            uses: CudaUses::default(),
         };
         // From here on, dropping `allocation` unmaps (if mapped), frees the range and releases.
         // SAFETY: the reserved range and the allocation have the same size.
@@ -152,18 +157,19 @@ impl DeviceMemory for ExportableAllocation {
     fn size(&self) -> u64 {
         self.size
     }
+    fn release_after(&self, stream: &Stream) -> Result<()> {
+        let fence = CudaFence::record(&self.ctx, stream)?;
+        lock(&self.uses).add(fence);
+        Ok(())
+    }
 }
 
 impl Drop for ExportableAllocation {
     fn drop(&mut self) {
-        let bytes = self.allocation_size as usize;
-        // SAFETY: the range was reserved (and maybe mapped) in `alloc_exportable`; unmapping an
-        // unmapped range fails harmlessly and is logged.
-        self.ctx.release("cuMemUnmap", || unsafe { sys::cuMemUnmap(self.ptr, bytes) });
-        // SAFETY: reserved in `alloc_exportable`, freed once.
-        self.ctx.release("cuMemAddressFree", || unsafe { sys::cuMemAddressFree(self.ptr, bytes) });
-        // SAFETY: created in `alloc_exportable`, released once; Vulkan imports hold their own
-        // reference to the memory.
-        self.ctx.release("cuMemRelease", || unsafe { sys::cuMemRelease(self.handle) });
+        // Unmapped, freed and released once the recorded work is done (now or later).
+        let pending = self.uses.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take_pending();
+        let what =
+            Release::Virtual { ptr: self.ptr, bytes: self.allocation_size as usize, handle: self.handle };
+        self.ctx.release_after_fences(pending, what);
     }
 }

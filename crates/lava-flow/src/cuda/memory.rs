@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use cudarc::driver::sys;
 
-use super::context::Context;
+use super::context::{Context, Stream};
 use super::raw::check;
+use super::release::{lock, CudaFence, CudaUses, Release};
 use crate::error::{Api, Error, Result};
 use crate::external::NativeHandle;
 use crate::external::Payload;
@@ -28,6 +29,8 @@ pub(crate) struct ExternalMemory {
     /// What was imported: a later descriptor of the same memory must say the same.
     allocation_size: u64,
     dedicated: bool,
+    /// Work still queued on the mapping by views already dropped (ADR 0014).
+    uses: CudaUses,
 }
 
 // SAFETY: driver handles, usable from any thread with the context current (done before use).
@@ -62,18 +65,18 @@ impl ExternalMemory {
             base,
             allocation_size: desc.allocation_size,
             dedicated: desc.dedicated,
+            uses: CudaUses::default(),
         })
     }
 }
 
 impl Drop for ExternalMemory {
     fn drop(&mut self) {
-        // Reverse order: the mapping, then the import. The import holds the memory by itself
-        // (CUDA owns its fd), so it may outlive the Vulkan buffer it came from.
-        // SAFETY: the mapping made in `import`, freed once; no CudaBuffer uses it any more.
-        unsafe { free(&self.ctx, self.base) };
-        // SAFETY: the import made in `import`, destroyed once, after its mapping.
-        unsafe { destroy_external(&self.ctx, self.external) };
+        // Reverse order: the mapping, then the import — once the work its views were told of
+        // has completed (now, or later: ADR 0014). The import holds the memory by itself (CUDA
+        // owns its fd), so it may outlive the Vulkan buffer it came from.
+        let pending = self.uses.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take_pending();
+        self.ctx.release_after_fences(pending, Release::Mapping { base: self.base, external: self.external });
     }
 }
 
@@ -84,15 +87,31 @@ impl Drop for ExternalMemory {
 /// lava-flow [`Buffer`] of this process, borrowed ([`Context::import_buffer`]) or held in an
 /// `Arc` ([`Context::import_buffer_owned`]). Either way the memory is imported and mapped once
 /// per context and [`MemoryId`](crate::MemoryId): dropping the last `CudaBuffer` of it unmaps
-/// and releases the import. Work still queued on it must be finished (or ordered with a
-/// semaphore) before it is dropped.
+/// and releases the import.
+///
+/// # Dropped under queued work (ADR 0014)
+/// Work that lava-flow queues on the view ([`fill_async`], and any [`DeviceMemory`] call that
+/// takes a stream) is recorded; tell the view of your own kernels and copies with
+/// [`release_after`](DeviceMemory::release_after) once they are queued. Dropping the view while
+/// recorded work is still queued never frees the memory under it: an owning view (from
+/// [`Context::import_memory`] or [`Context::import_buffer_owned`]) hands its mapping, import
+/// and `Arc<Buffer>` to the context, which releases them once that work completes (checked on
+/// later calls into the context, [`Context::reclaim`], and at the context's end, which waits).
+/// A view that borrows a buffer of a shared block ([`Context::import_buffer`]) cannot keep the
+/// buffer's range from being reused once the borrow ends, so its drop waits on the host for the
+/// recorded work. Work lava-flow was not told of is the caller's to finish (or to order with a
+/// semaphore) before the drop.
 pub struct CudaBuffer<'a> {
     // Field order is drop order: the mapping and import go before the Buffer they map.
     memory: Arc<ExternalMemory>,
     ptr: sys::CUdeviceptr,
     size: u64,
+    /// Work queued on the view (ADR 0014).
+    uses: CudaUses,
+    /// Borrows a buffer of a shared block: the drop waits for `uses`.
+    waits_on_drop: bool,
     _buffer: PhantomData<&'a Buffer>,
-    _owner: Option<Arc<Buffer>>,
+    owner: Option<Arc<Buffer>>,
 }
 
 impl std::fmt::Debug for CudaBuffer<'_> {
@@ -121,7 +140,7 @@ impl Context {
     pub fn import_memory(&self, exported: ExportedMemory) -> Result<CudaBuffer<'static>> {
         let (handle, desc) = exported.into_parts();
         let fd = handle.into_native();
-        self.view_of(&desc, || Ok(fd), None)
+        self.view_of(&desc, || Ok(fd), None, false)
     }
 
     /// Maps a lava-flow buffer of this process into this context: the same path as
@@ -131,7 +150,8 @@ impl Context {
     /// Errors: [`Error::DeviceMismatch`] for a buffer of another GPU; [`Error::NotExportable`];
     /// CUDA errors as [`Error::Ffi`].
     pub fn import_buffer<'a>(&self, buffer: &'a Buffer) -> Result<CudaBuffer<'a>> {
-        self.view_of(&buffer.descriptor(), || buffer.export_native(), None)
+        let desc = buffer.descriptor();
+        self.view_of(&desc, || buffer.export_native(), None, !desc.dedicated)
     }
 
     /// As [`import_buffer`](Context::import_buffer), for a buffer shared through an `Arc`: the
@@ -139,24 +159,29 @@ impl Context {
     /// capsules and anything stored in a long-lived struct need). The mapping is released before
     /// the buffer when the view is dropped.
     pub fn import_buffer_owned(&self, buffer: Arc<Buffer>) -> Result<CudaBuffer<'static>> {
-        self.view_of(&buffer.descriptor(), || buffer.export_native(), Some(Arc::clone(&buffer)))
+        self.view_of(&buffer.descriptor(), || buffer.export_native(), Some(Arc::clone(&buffer)), false)
     }
 
     /// The buffer `desc` describes, in this context's import of its memory (made from `fd()`
-    /// on first use); `owner` kept alive by the view.
+    /// on first use); `owner` kept alive by the view; `waits_on_drop` for a borrowed buffer
+    /// of a shared block.
     fn view_of<'a>(
         &self,
         desc: &MemoryDescriptor,
         fd: impl FnOnce() -> Result<NativeHandle>,
         owner: Option<Arc<Buffer>>,
+        waits_on_drop: bool,
     ) -> Result<CudaBuffer<'a>> {
+        self.reclaim();
         let memory = self.external_memory(desc, fd)?;
         Ok(CudaBuffer {
             ptr: memory.base + desc.offset,
             memory,
             size: desc.size,
+            uses: CudaUses::default(),
+            waits_on_drop,
             _buffer: PhantomData,
-            _owner: owner,
+            owner,
         })
     }
 
@@ -191,11 +216,12 @@ impl Context {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
+        self.reclaim();
         self.bind()?;
         let mut ptr = 0;
         // SAFETY: the context is current; `ptr` is a valid out-pointer.
         check("cuMemAlloc_v2", unsafe { sys::cuMemAlloc_v2(&mut ptr, size as usize) })?;
-        Ok(DeviceBuffer { ctx: self.clone(), ptr, size, owned: true })
+        Ok(DeviceBuffer { ctx: self.clone(), ptr, size, owned: true, uses: CudaUses::default() })
     }
 }
 
@@ -207,6 +233,15 @@ pub trait DeviceMemory {
     fn device_ptr(&self) -> sys::CUdeviceptr;
     /// The size in bytes.
     fn size(&self) -> u64;
+
+    /// Records that the work queued on `stream` so far uses this memory (an event recorded on
+    /// the stream): if the value is dropped before that work completes, the memory is released
+    /// only once it has (ADR 0014). Call it after queueing kernels or copies of your own on the
+    /// memory; lava-flow's own stream operations call it themselves. Memory lava-flow does not
+    /// free ([`DeviceBuffer::borrowed`]) records it too, to no effect on its owner.
+    ///
+    /// Errors: [`Error::DeviceMismatch`] for a stream of another GPU; CUDA errors.
+    fn release_after(&self, stream: &Stream) -> Result<()>;
 
     /// Copies `data` to `offset` (`cuMemcpyHtoD`).
     fn copy_from_host(&self, offset: u64, data: &[u8]) -> Result<()> {
@@ -266,7 +301,15 @@ pub fn fill_async(
     // current.
     check("cuMemsetD8Async", unsafe {
         sys::cuMemsetD8Async(memory.device_ptr() + at, value, len, stream.stream)
-    })
+    })?;
+    // The fill is queued: a drop of `memory` before it runs must not free the bytes under it.
+    if let Err(e) = memory.release_after(stream) {
+        // Recording failed (the context is in trouble): wait for the fill instead, so the
+        // memory is safe to release whatever happens next.
+        stream.synchronize()?;
+        return Err(e);
+    }
+    Ok(())
 }
 
 fn range(size: u64, offset: u64, len: usize) -> Result<u64> {
@@ -284,6 +327,34 @@ impl DeviceMemory for CudaBuffer<'_> {
     fn size(&self) -> u64 {
         self.size
     }
+    fn release_after(&self, stream: &Stream) -> Result<()> {
+        let fence = CudaFence::record(&self.memory.ctx, stream)?;
+        lock(&self.uses).add(fence);
+        Ok(())
+    }
+}
+
+impl Drop for CudaBuffer<'_> {
+    fn drop(&mut self) {
+        let pending = self.uses.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take_pending();
+        if pending.is_empty() {
+            return;
+        }
+        if self.waits_on_drop {
+            // The borrowed buffer's range goes back to its block once the borrow ends, and the
+            // next allocation may take it: the work must be done before this returns.
+            let mut uses = crate::deferred::Uses::default();
+            uses.extend(pending.clone());
+            if let Err(e) = uses.wait_all() {
+                log::error!("a CUDA view dropped under queued work could not wait for it: {e}");
+            }
+        }
+        // The mapping and import stay until the work completes; so does an owned buffer.
+        lock(&self.memory.uses).extend(pending.clone());
+        if let Some(owner) = self.owner.take() {
+            self.memory.ctx.release_after_fences(pending, Release::Keep(Box::new(owner)));
+        }
+    }
 }
 
 /// Plain CUDA device memory: from [`Context::alloc`] (freed with `cuMemFree` on drop), or a
@@ -294,11 +365,17 @@ impl DeviceMemory for CudaBuffer<'_> {
 ///
 /// Such memory cannot be exported to Vulkan (CUDA exports only `cuMemCreate` memory): allocate
 /// with lava-flow and import into CUDA instead.
+///
+/// Owned memory dropped while work recorded with
+/// [`release_after`](DeviceMemory::release_after) is queued is freed once that work completes
+/// (ADR 0014), as with [`CudaBuffer`].
 pub struct DeviceBuffer {
     ctx: Context,
     ptr: sys::CUdeviceptr,
     size: u64,
     owned: bool,
+    /// Work queued on the memory (ADR 0014).
+    uses: CudaUses,
 }
 
 impl std::fmt::Debug for DeviceBuffer {
@@ -321,24 +398,23 @@ impl DeviceMemory for DeviceBuffer {
     fn size(&self) -> u64 {
         self.size
     }
+    fn release_after(&self, stream: &Stream) -> Result<()> {
+        let fence = CudaFence::record(&self.ctx, stream)?;
+        lock(&self.uses).add(fence);
+        Ok(())
+    }
 }
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
         if self.owned {
-            // SAFETY: from `Context::alloc`, or owned by the `owned` contract; freed once.
-            unsafe { free(&self.ctx, self.ptr) };
+            // From `Context::alloc`, or owned by the `owned` contract; freed once, after the
+            // recorded work.
+            let pending =
+                self.uses.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take_pending();
+            self.ctx.release_after_fences(pending, Release::Free(self.ptr));
         }
     }
-}
-
-/// `cuMemFree` in `ctx`, logging a failure (it runs in `Drop`).
-///
-/// # Safety
-/// `ptr` was allocated (or mapped) in `ctx`, is freed here once, and nothing uses it any more.
-unsafe fn free(ctx: &Context, ptr: sys::CUdeviceptr) {
-    // SAFETY: the caller's contract.
-    ctx.release("cuMemFree_v2", || unsafe { sys::cuMemFree_v2(ptr) });
 }
 
 /// Imports `allocation_size` bytes of memory from the platform's opaque handle into `ctx`
@@ -402,7 +478,7 @@ impl DeviceBuffer {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        Ok(DeviceBuffer { ctx: ctx.clone(), ptr, size, owned })
+        Ok(DeviceBuffer { ctx: ctx.clone(), ptr, size, owned, uses: CudaUses::default() })
     }
 
     /// Whether lava-flow frees the memory on drop.
@@ -413,7 +489,16 @@ impl DeviceBuffer {
     /// Gives the pointer back without freeing it: owned memory becomes the caller's again.
     pub fn into_raw(self) -> sys::CUdeviceptr {
         let ptr = self.ptr;
-        std::mem::forget(self);
+        let mut this = std::mem::ManuallyDrop::new(self);
+        // The context handle and the recorded uses are dropped; only the memory is given back.
+        // SAFETY: each field is dropped once here and `this` is never used or dropped again.
+        unsafe {
+            std::ptr::drop_in_place(&raw mut this.ctx);
+        }
+        // SAFETY: as above.
+        unsafe {
+            std::ptr::drop_in_place(&raw mut this.uses);
+        }
         ptr
     }
 }

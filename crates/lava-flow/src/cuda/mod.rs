@@ -37,6 +37,7 @@ mod external;
 mod memory;
 mod module;
 mod raw;
+mod release;
 mod semaphore;
 
 pub use array::{CudaArray, CudaImage, SurfaceObject, TextureObject};

@@ -2,6 +2,7 @@
 
 use std::ffi::c_void;
 use std::marker::PhantomData;
+use std::sync::{Mutex, PoisonError};
 
 use super::sys::{self, check, cl};
 use super::Context;
@@ -58,7 +59,7 @@ impl Context {
     pub fn import_memory(&self, exported: ExportedMemory) -> Result<ClBuffer<'_>> {
         let (handle, desc) = exported.into_parts();
         let fd = handle.into_native();
-        self.buffer_of(&desc, || Ok(fd))
+        self.buffer_of(&desc, || Ok(fd), false)
     }
 
     /// Makes a lava-flow buffer of this process an OpenCL memory object of this context: the
@@ -66,14 +67,17 @@ impl Context {
     ///
     /// Errors: as [`import_memory`](Context::import_memory), and [`Error::NotExportable`].
     pub fn import_buffer<'a>(&'a self, buffer: &'a Buffer) -> Result<ClBuffer<'a>> {
-        self.buffer_of(&buffer.descriptor(), || buffer.export_native())
+        let desc = buffer.descriptor();
+        self.buffer_of(&desc, || buffer.export_native(), !desc.dedicated)
     }
 
-    /// The one place where OpenCL imports buffer memory, after the one set of checks.
+    /// The one place where OpenCL imports buffer memory, after the one set of checks;
+    /// `waits_on_drop` for a borrowed buffer of a shared block.
     fn buffer_of<'a>(
         &'a self,
         desc: &MemoryDescriptor,
         fd: impl FnOnce() -> Result<NativeHandle>,
+        waits_on_drop: bool,
     ) -> Result<ClBuffer<'a>> {
         let cl = cl()?;
         desc.check_layout()?;
@@ -110,6 +114,8 @@ impl Context {
             sub: std::ptr::null_mut(),
             offset: desc.offset,
             size: desc.size,
+            waits_on_drop,
+            queues: Mutex::default(),
             _buffer: PhantomData,
         };
         if desc.offset.is_multiple_of(self.base_align()?) {
@@ -162,6 +168,14 @@ impl Context {
 /// exported handle ([`Context::import_memory`]) holds its memory through the import. Commands that use it must come between [`Queue::acquire`] and
 /// [`Queue::release`] (`cl_khr_external_memory`); [`ClBuffer::read`] and [`ClBuffer::write`] do
 /// that themselves.
+///
+/// # Dropped under queued work (ADR 0014)
+/// OpenCL deletes a memory object only once the commands queued that use it have finished
+/// (`clReleaseMemObject`), so the import and the memory it holds outlive a drop under queued
+/// commands by themselves. What OpenCL cannot hold is the range of a shared block that a
+/// borrowed view ([`Context::import_buffer`]) maps: once the borrow ends the next allocation may
+/// take it. Such a view's drop therefore waits (`clFinish`) for the queues it was acquired on
+/// ([`Queue::acquire`], which every command on it must follow); the queues are retained for it.
 #[derive(Debug)]
 pub struct ClBuffer<'a> {
     ctx: &'a Context,
@@ -171,6 +185,10 @@ pub struct ClBuffer<'a> {
     sub: sys::cl_mem,
     offset: u64,
     size: u64,
+    /// Borrows a buffer of a shared block: the drop finishes `queues`.
+    waits_on_drop: bool,
+    /// The queues the view was acquired on (retained), for the drop to finish.
+    queues: Mutex<Vec<sys::cl_command_queue>>,
     _buffer: PhantomData<&'a Buffer>,
 }
 
@@ -266,6 +284,18 @@ impl ClBuffer<'_> {
 impl Drop for ClBuffer<'_> {
     fn drop(&mut self) {
         let Ok(cl) = cl() else { return };
+        for queue in std::mem::take(self.queues.get_mut().unwrap_or_else(PoisonError::into_inner)) {
+            if self.waits_on_drop {
+                // SAFETY: a queue retained by `Queue::acquire` for this view, still live.
+                if let Err(e) = check("clFinish", unsafe { (cl.clFinish)(queue) }) {
+                    log::error!("an OpenCL view dropped under queued work could not wait for it: {e}");
+                }
+            }
+            // SAFETY: retained once by `Queue::acquire` for this view, released once.
+            if let Err(e) = check("clReleaseCommandQueue", unsafe { (cl.clReleaseCommandQueue)(queue) }) {
+                log::error!("{e}");
+            }
+        }
         for (what, mem) in [("sub-buffer", self.sub), ("import", self.imported)] {
             if mem.is_null() {
                 continue;
@@ -284,6 +314,11 @@ pub trait ExternalObject: sealed::Sealed {
     /// The context and the memory object that was imported.
     #[doc(hidden)]
     fn imported(&self) -> (&Context, sys::cl_mem);
+
+    /// Notes that `queue` acquired the object (ADR 0014): a view whose drop must wait for the
+    /// work queued on it retains the queue.
+    #[doc(hidden)]
+    fn acquired_on(&self, queue: &Queue<'_>) -> Result<()>;
 }
 
 mod sealed {
@@ -296,11 +331,33 @@ impl ExternalObject for ClBuffer<'_> {
     fn imported(&self) -> (&Context, sys::cl_mem) {
         (self.ctx, self.imported)
     }
+
+    fn acquired_on(&self, queue: &Queue<'_>) -> Result<()> {
+        let queue = queue.queue;
+        if !self.waits_on_drop {
+            return Ok(());
+        }
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        if queues.contains(&queue) {
+            return Ok(());
+        }
+        let cl = cl()?;
+        // SAFETY: a live queue of this context; released once by the view's drop.
+        check("clRetainCommandQueue", unsafe { (cl.clRetainCommandQueue)(queue) })?;
+        queues.push(queue);
+        Ok(())
+    }
 }
 
 impl ExternalObject for super::ClImage<'_> {
     fn imported(&self) -> (&Context, sys::cl_mem) {
         (self.ctx, self.mem)
+    }
+
+    /// An image is a dedicated allocation that its import holds by itself, and OpenCL deletes
+    /// the import only after the commands that use it: nothing to wait for at its drop.
+    fn acquired_on(&self, _queue: &Queue<'_>) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -308,6 +365,11 @@ impl Queue<'_> {
     /// Enqueues `clEnqueueAcquireExternalMemObjectsKHR` for `objects` (buffers and images):
     /// commands enqueued after it may use them.
     pub fn acquire(&self, objects: &[&dyn ExternalObject]) -> Result<()> {
+        // Noted first (objects of this context only): a view borrowed from a shared block must
+        // finish this queue at its drop.
+        for o in objects.iter().filter(|o| std::ptr::eq(o.imported().0, self.ctx)) {
+            o.acquired_on(self)?;
+        }
         self.external(objects, self.ctx.acquire, "clEnqueueAcquireExternalMemObjectsKHR")
     }
 

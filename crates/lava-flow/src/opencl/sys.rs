@@ -173,6 +173,7 @@ functions! {
     clGetExtensionFunctionAddressForPlatform: fn(cl_platform_id, *const c_char) -> *mut c_void;
     clCreateCommandQueueWithProperties: fn(cl_context, cl_device_id, *const cl_queue_properties, *mut cl_int) -> cl_command_queue;
     clReleaseCommandQueue: fn(cl_command_queue) -> cl_int;
+    clRetainCommandQueue: fn(cl_command_queue) -> cl_int;
     clFinish: fn(cl_command_queue) -> cl_int;
     clFlush: fn(cl_command_queue) -> cl_int;
     clCreateBufferWithProperties: fn(cl_context, *const cl_mem_properties, cl_bitfield, usize, *mut c_void, *mut cl_int) -> cl_mem;

@@ -111,12 +111,38 @@ impl Drop for OwnedEgl {
     }
 }
 
+/// How long a context's end waits for the work queued before each deferred memory object was
+/// dropped, before leaking it (work that waits for a semaphore nobody signals never completes).
+const END_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Drop for Shared {
+    /// The context's end waits for the work queued before each deferred memory object was
+    /// dropped, then deletes it (the one host wait of ADR 0014's GL side).
+    fn drop(&mut self) {
+        if self.deferred.borrow().is_empty() {
+            return;
+        }
+        match self.current() {
+            Ok(_) => {
+                self.reclaim(true);
+            }
+            Err(e) => log::error!(
+                "{} GL memory objects dropped under queued work are leaked: {e}",
+                self.deferred.borrow().len()
+            ),
+        }
+    }
+}
+
 /// What every GL object needs after its context is gone from view: the functions and the means
 /// to make the context current again.
 pub(crate) struct Shared {
     pub gl: Gl,
     pub nv_timeline: Option<sys::NvTimeline>,
     pub info: GlInfo,
+    /// Memory objects dropped while GL work queued before their drop had not completed, each
+    /// with the fence sync placed at its drop: deleted once the fence signalled (ADR 0014).
+    pub deferred: RefCell<Vec<(sys::types::GLsync, sys::GLuint)>>,
     owned: Option<OwnedEgl>,
     /// Holds off `vkDestroyDevice` on drivers where it deadlocks with GL (`crate::teardown`);
     /// declared after `owned`, so it is dropped after the EGL context.
@@ -135,6 +161,87 @@ impl Shared {
             }
         }
         Ok(&self.gl)
+    }
+
+    /// Deletes memory object `name` once the GL work queued so far has completed: now if a
+    /// fence placed here is already signalled, otherwise on a later import, a
+    /// [`GlContext::reclaim`] or at the context's end (ADR 0014). The context is current.
+    pub(crate) fn delete_memory_after_queued_work(&self, name: sys::GLuint) -> Result<()> {
+        // SAFETY: the context is current (the caller's contract); a fence of every command so far.
+        let sync = unsafe { self.gl.FenceSync(sys::SYNC_GPU_COMMANDS_COMPLETE, 0) };
+        self.check("glFenceSync")?;
+        self.deferred.borrow_mut().push((sync, name));
+        self.reclaim(false);
+        Ok(())
+    }
+
+    /// Waits on the host (up to a bound) until the GL work queued so far has completed: a fence
+    /// and `glClientWaitSync`. The context is current.
+    pub(crate) fn wait_for_queued_work(&self) -> Result<()> {
+        // SAFETY: the context is current (the caller's contract).
+        let sync = unsafe { self.gl.FenceSync(sys::SYNC_GPU_COMMANDS_COMPLETE, 0) };
+        self.check("glFenceSync")?;
+        // SAFETY: the fence just made; the flush makes it able to signal.
+        let status =
+            unsafe { self.gl.ClientWaitSync(sync, sys::SYNC_FLUSH_COMMANDS_BIT, END_WAIT.as_nanos() as u64) };
+        let checked = self.check("glClientWaitSync");
+        // SAFETY: our fence, deleted once.
+        unsafe { self.gl.DeleteSync(sync) };
+        checked?;
+        match status {
+            sys::ALREADY_SIGNALED | sys::CONDITION_SATISFIED => Ok(()),
+            _ => Err(Error::Timeout(END_WAIT, "the GL work queued before a buffer was dropped")),
+        }
+    }
+
+    /// Deletes the deferred memory objects whose fence has signalled (with `wait`, after waiting
+    /// for each); returns how many are left. The context is current.
+    pub(crate) fn reclaim(&self, wait: bool) -> usize {
+        let entries = std::mem::take(&mut *self.deferred.borrow_mut());
+        let mut left = Vec::new();
+        for (sync, name) in entries {
+            let timeout = if wait { END_WAIT.as_nanos() as u64 } else { 0 };
+            // SAFETY: a fence of this context, current; the flush makes it able to signal.
+            let status = unsafe { self.gl.ClientWaitSync(sync, sys::SYNC_FLUSH_COMMANDS_BIT, timeout) };
+            match status {
+                sys::ALREADY_SIGNALED | sys::CONDITION_SATISFIED => {
+                    // SAFETY: the fence and the memory object belong to this context; the work
+                    // queued before the memory object was dropped has completed.
+                    unsafe { self.gl.DeleteSync(sync) };
+                    // SAFETY: as above; deleted once (it left the list).
+                    unsafe { self.gl.DeleteMemoryObjectsEXT(1, &name) };
+                    if let Err(e) = self.check("glDeleteMemoryObjectsEXT") {
+                        log::error!("{e}");
+                    }
+                }
+                sys::TIMEOUT_EXPIRED => {
+                    if wait {
+                        log::error!(
+                            "GL memory object {name} is leaked: GL work queued before it was dropped \
+                             is still running after {END_WAIT:?} (waiting for a semaphore nobody signals?)"
+                        );
+                    } else {
+                        left.push((sync, name));
+                    }
+                }
+                _ => {
+                    // GL_WAIT_FAILED: the fence cannot tell; the memory object is kept (leaked
+                    // at the context's end) rather than deleted under work that may still run.
+                    log::error!(
+                        "{}; GL memory object {name} is kept",
+                        self.check("glClientWaitSync")
+                            .err()
+                            .map_or_else(|| "glClientWaitSync failed".to_owned(), |e| e.to_string())
+                    );
+                    if !wait {
+                        left.push((sync, name));
+                    }
+                }
+            }
+        }
+        let count = left.len();
+        self.deferred.borrow_mut().extend(left);
+        count
     }
 
     /// Reads `glGetError` and turns anything but `GL_NO_ERROR` into [`Error::Ffi`] naming `call`.
@@ -248,7 +355,14 @@ impl GlContext {
         let nv_timeline =
             if info.has_extension(NV_TIMELINE_SEMAPHORE) { sys::NvTimeline::load(loader) } else { None };
         Ok(GlContext {
-            shared: Rc::new(Shared { gl, nv_timeline, info, owned: None, _presence: presence }),
+            shared: Rc::new(Shared {
+                gl,
+                nv_timeline,
+                info,
+                deferred: RefCell::default(),
+                owned: None,
+                _presence: presence,
+            }),
             memories: RefCell::default(),
         })
     }
@@ -277,6 +391,15 @@ impl GlContext {
             .as_ref()
             .and_then(|o| o.egl.get_proc_address(name))
             .map_or(std::ptr::null(), |f| f as *const c_void)
+    }
+
+    /// Deletes the imported memory objects that were dropped while GL work that could use them
+    /// was queued, and whose work has completed since; returns how many still wait (ADR 0014).
+    /// lava-flow calls it on every import; call it where a program drops imports and then runs
+    /// only its own GL for long. Never waits.
+    pub fn reclaim(&self) -> Result<usize> {
+        self.shared.current()?;
+        Ok(self.shared.reclaim(false))
     }
 
     /// Calls `glFinish`: every GL command issued so far has completed when this returns.
@@ -392,7 +515,14 @@ fn try_display(egl: Egl, platform: EglPlatform, native: *mut c_void, counted: bo
     info.platform = Some(platform);
     let nv_timeline =
         if info.has_extension(NV_TIMELINE_SEMAPHORE) { sys::NvTimeline::load(loader) } else { None };
-    Ok(Shared { gl, nv_timeline, info, owned: Some(owned), _presence: presence })
+    Ok(Shared {
+        gl,
+        nv_timeline,
+        info,
+        deferred: RefCell::default(),
+        owned: Some(owned),
+        _presence: presence,
+    })
 }
 
 fn make_context(egl: &Egl, display: khronos_egl::Display) -> Result<khronos_egl::Context> {
@@ -556,6 +686,7 @@ mod tests {
                 gl,
                 nv_timeline: None,
                 info,
+                deferred: RefCell::default(),
                 owned: None,
                 _presence: GlPresence::enter(),
             }),

@@ -14,7 +14,8 @@ use crate::vulkan::Buffer;
 use crate::DEDICATED_TAIL;
 
 /// One `VkDeviceMemory` imported into GL (`glImportMemoryFdEXT`), shared by every GL buffer and
-/// texture on it; deleted when the last of them is dropped.
+/// texture on it; deleted when the last of them is dropped, once the GL work queued before that
+/// has completed (a fence sync: ADR 0014).
 pub(crate) struct MemoryObject {
     pub shared: Rc<Shared>,
     pub name: GLuint,
@@ -95,10 +96,18 @@ impl Drop for MemoryObject {
                     // SAFETY: the buffer was made by this context and is used by nothing else now.
                     unsafe { gl.DeleteBuffers(1, &whole) };
                 }
-                // SAFETY: the memory object belongs to this context; every GL object on it is gone.
-                unsafe { gl.DeleteMemoryObjectsEXT(1, &self.name) };
-                if let Err(e) = self.shared.check("glDeleteMemoryObjectsEXT") {
+                // Every GL object on the memory object is gone; GL commands queued before may
+                // still read or write its memory, so it goes once they are done.
+                if let Err(e) = self.shared.delete_memory_after_queued_work(self.name) {
+                    // No fence: wait for everything instead, then delete.
                     log::error!("{e}");
+                    // SAFETY: the context is current.
+                    unsafe { gl.Finish() };
+                    // SAFETY: the memory object belongs to this context; nothing queued uses it.
+                    unsafe { gl.DeleteMemoryObjectsEXT(1, &self.name) };
+                    if let Err(e) = self.shared.check("glDeleteMemoryObjectsEXT") {
+                        log::error!("{e}");
+                    }
                 }
             }
             Err(e) => log::error!("GL memory object {} leaked: {e}", self.name),
@@ -137,6 +146,13 @@ fn create_buffer_on(shared: &Shared, memory: GLuint, size: u64, offset: u64) -> 
 /// It borrows the context, and the lava-flow buffer it was imported from
 /// ([`GlContext::import_buffer`]), so neither can be dropped first; one made from an exported
 /// handle ([`GlContext::import_memory`]) holds its memory through the GL memory object.
+///
+/// # Dropped under queued GL work (ADR 0014)
+/// GL commands queued before the drop that use the buffer are safe without any call: the GL
+/// memory object is deleted only once a fence placed at its drop has signalled (checked on later
+/// imports, [`GlContext::reclaim`], and at the context's end, which waits). A view that borrows
+/// a buffer of a shared block waits in its drop for the GL work queued so far (a fence, waited
+/// for on the host): once the borrow ends, the buffer's range may go to the next allocation.
 pub struct GlBuffer<'a> {
     memory: Rc<MemoryObject>,
     /// Our own GL buffer, or 0 when we use the memory object's whole-block buffer.
@@ -144,6 +160,8 @@ pub struct GlBuffer<'a> {
     name: GLuint,
     offset: u64,
     size: u64,
+    /// Borrows a buffer of a shared block: the drop waits for the GL work queued before it.
+    waits_on_drop: bool,
     _borrows: PhantomData<(&'a GlContext, &'a Buffer)>,
 }
 
@@ -174,7 +192,7 @@ impl GlContext {
     pub fn import_memory(&self, exported: ExportedMemory) -> Result<GlBuffer<'_>> {
         let (handle, desc) = exported.into_parts();
         let fd = handle.into_native();
-        self.buffer_of(&desc, || Ok(fd))
+        self.buffer_of(&desc, || Ok(fd), false)
     }
 
     /// Imports a lava-flow buffer of this process: the same path as
@@ -184,13 +202,15 @@ impl GlContext {
     /// Errors: as [`import_memory`](GlContext::import_memory), and [`Error::NotExportable`] if
     /// the buffer was allocated without export.
     pub fn import_buffer<'a>(&'a self, buffer: &'a Buffer) -> Result<GlBuffer<'a>> {
-        self.buffer_of(&buffer.descriptor(), || buffer.export_native())
+        let desc = buffer.descriptor();
+        self.buffer_of(&desc, || buffer.export_native(), !desc.dedicated)
     }
 
     fn buffer_of<'a>(
         &'a self,
         desc: &MemoryDescriptor,
         fd: impl FnOnce() -> Result<NativeHandle>,
+        waits_on_drop: bool,
     ) -> Result<GlBuffer<'a>> {
         let memory = self.memory_for(desc, "the buffer", fd)?;
         let (own, name, offset) = if self.shared.info.ignores_memory_offset {
@@ -199,7 +219,7 @@ impl GlContext {
             let own = create_buffer_on(&self.shared, memory.name, desc.size, desc.offset)?;
             (own, own, 0)
         };
-        Ok(GlBuffer { memory, own, name, offset, size: desc.size, _borrows: PhantomData })
+        Ok(GlBuffer { memory, own, name, offset, size: desc.size, waits_on_drop, _borrows: PhantomData })
     }
 
     /// The memory object of the memory `desc` describes (the memory of `what`) in this context,
@@ -224,6 +244,8 @@ impl GlContext {
             }
             return Ok(m);
         }
+        self.shared.current()?;
+        self.shared.reclaim(false);
         let m = MemoryObject::import(self, desc, fd()?)?;
         let mut memories = self.memories.borrow_mut();
         memories.retain(|_, w| w.strong_count() > 0);
@@ -284,13 +306,22 @@ impl GlBuffer<'_> {
 
 impl Drop for GlBuffer<'_> {
     fn drop(&mut self) {
-        if self.own == 0 {
-            return;
+        let gl = match self.memory.shared.current() {
+            Ok(gl) => gl,
+            Err(e) => {
+                log::error!("GL buffer {} leaked: {e}", self.own);
+                return;
+            }
+        };
+        if self.waits_on_drop {
+            if let Err(e) = self.memory.shared.wait_for_queued_work() {
+                log::error!("a GL view dropped under queued work could not wait for it: {e}");
+            }
         }
-        match self.memory.shared.current() {
-            // SAFETY: our own buffer, made by this context; nothing else refers to it.
-            Ok(gl) => unsafe { gl.DeleteBuffers(1, &self.own) },
-            Err(e) => log::error!("GL buffer {} leaked: {e}", self.own),
+        if self.own != 0 {
+            // SAFETY: our own buffer, made by this context; nothing else refers to it (GL keeps
+            // its storage for commands queued before the delete).
+            unsafe { gl.DeleteBuffers(1, &self.own) };
         }
     }
 }

@@ -1,0 +1,208 @@
+//! Releases behind queued CUDA work (ADR 0014): the fence (an event recorded on a stream that
+//! uses the memory), what a dropped view or import leaves to release, and the context's list of
+//! them.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cudarc::driver::sys;
+
+use super::context::{Context, Stream};
+use super::raw::check;
+use crate::deferred::{Fence, ReleaseList, Uses};
+use crate::error::Result;
+
+/// An event recorded on a stream that uses some memory: complete once the work queued there
+/// before it is. Holds the raw context (not a [`Context`]: the context's own list of deferred
+/// releases holds fences, and must not keep the context alive).
+pub(crate) struct CudaFence {
+    context: sys::CUcontext,
+    event: sys::CUevent,
+}
+
+// SAFETY: a CUevent is a driver handle usable from any thread; every call here makes its
+// context current first.
+unsafe impl Send for CudaFence {}
+// SAFETY: as above; the driver's event calls are thread-safe.
+unsafe impl Sync for CudaFence {}
+
+impl CudaFence {
+    /// An event recorded on `stream` now (`cuEventCreate` without timing, `cuEventRecord`).
+    pub fn record(ctx: &Context, stream: &Stream) -> Result<Arc<Self>> {
+        ctx.check_device("the stream", stream.ctx.uuid())?;
+        ctx.bind()?;
+        let mut event = std::ptr::null_mut();
+        let flags = sys::CUevent_flags_enum::CU_EVENT_DISABLE_TIMING as u32;
+        // SAFETY: the context is current; `event` is a valid out-pointer.
+        check("cuEventCreate", unsafe { sys::cuEventCreate(&mut event, flags) })?;
+        // From here the fence owns the event (its drop destroys it).
+        let fence = CudaFence { context: ctx.raw(), event };
+        // SAFETY: event and stream belong to the same context, which is current.
+        check("cuEventRecord", unsafe { sys::cuEventRecord(event, stream.stream) })?;
+        Ok(Arc::new(fence))
+    }
+
+    fn bind(&self) -> Result<()> {
+        // SAFETY: the context outlives every fence (they are held by objects that hold the
+        // context, or by the context's own list, emptied before it is released).
+        check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(self.context) })
+    }
+}
+
+impl Fence for CudaFence {
+    fn is_done(&self) -> Result<bool> {
+        self.bind()?;
+        // SAFETY: our own live event; its context is current.
+        match unsafe { sys::cuEventQuery(self.event) } {
+            sys::CUresult::CUDA_SUCCESS => Ok(true),
+            sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            other => check("cuEventQuery", other).map(|()| false),
+        }
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.bind()?;
+        // SAFETY: as above.
+        check("cuEventSynchronize", unsafe { sys::cuEventSynchronize(self.event) })
+    }
+}
+
+impl Drop for CudaFence {
+    fn drop(&mut self) {
+        // SAFETY: our own event, destroyed once (destroying a recorded event is allowed: the
+        // driver releases it once its work completes).
+        let destroyed = self
+            .bind()
+            .and_then(|()| check("cuEventDestroy_v2", unsafe { sys::cuEventDestroy_v2(self.event) }));
+        if let Err(e) = destroyed {
+            log::error!("{e}");
+        }
+    }
+}
+
+/// The uses of one view or import, behind a lock (views are `Sync`).
+pub(crate) type CudaUses = Mutex<Uses<CudaFence>>;
+
+/// Locks `uses`; a panic elsewhere while it was held leaves a usable list.
+pub(crate) fn lock(uses: &CudaUses) -> std::sync::MutexGuard<'_, Uses<CudaFence>> {
+    uses.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a view or import dropped under queued work leaves to release, in its context.
+pub(crate) enum Release {
+    /// A buffer mapping and the import it maps (`cuMemFree`, then `cuDestroyExternalMemory`).
+    Mapping { base: sys::CUdeviceptr, external: sys::CUexternalMemory },
+    /// An image's mipmapped array and its import.
+    Array { mipmapped: sys::CUmipmappedArray, external: sys::CUexternalMemory },
+    /// Device memory of `cuMemAlloc`.
+    Free(sys::CUdeviceptr),
+    /// Memory of the virtual memory API: unmapped (`cuMemUnmap`), its range freed and its
+    /// physical allocation released.
+    Virtual { ptr: sys::CUdeviceptr, bytes: usize, handle: sys::CUmemGenericAllocationHandle },
+    /// Something kept alive (the Vulkan buffer an owned view held): its drop is the release.
+    Keep(Box<dyn Send>),
+}
+
+// SAFETY: raw driver handles, released with their context made current first; `Keep` is Send.
+unsafe impl Send for Release {}
+
+/// The driver call `f`, with `context` made current first; a failure is logged (it runs where
+/// nothing can return it).
+fn release_in(context: sys::CUcontext, call: &'static str, f: impl FnOnce() -> sys::CUresult) {
+    // SAFETY: `context` is live (the caller is its `Inner`, or holds it).
+    let bound = check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(context) });
+    if let Err(e) = bound.and_then(|()| check(call, f())) {
+        log::error!("{e}");
+    }
+}
+
+impl Release {
+    /// Releases it in `context`, now that the work that used it has completed.
+    pub(crate) fn run(self, context: sys::CUcontext) {
+        match self {
+            Release::Mapping { base, external } => {
+                // SAFETY: the mapping of `external`, freed once, nothing queued uses it any more.
+                release_in(context, "cuMemFree_v2", || unsafe { sys::cuMemFree_v2(base) });
+                // SAFETY: the import, destroyed once, after its mapping.
+                release_in(context, "cuDestroyExternalMemory", || unsafe {
+                    sys::cuDestroyExternalMemory(external)
+                });
+            }
+            Release::Array { mipmapped, external } => {
+                // SAFETY: as above, for the image's array and its import.
+                release_in(context, "cuMipmappedArrayDestroy", || unsafe {
+                    sys::cuMipmappedArrayDestroy(mipmapped)
+                });
+                // SAFETY: the import, destroyed once, after its array.
+                release_in(context, "cuDestroyExternalMemory", || unsafe {
+                    sys::cuDestroyExternalMemory(external)
+                });
+            }
+            // SAFETY: memory of `cuMemAlloc` in `context`, freed once, unused by queued work.
+            Release::Free(ptr) => release_in(context, "cuMemFree_v2", || unsafe { sys::cuMemFree_v2(ptr) }),
+            Release::Virtual { ptr, bytes, handle } => {
+                // SAFETY: the range was reserved (and maybe mapped) by `alloc_exportable`;
+                // unmapping an unmapped range fails harmlessly and is logged.
+                release_in(context, "cuMemUnmap", || unsafe { sys::cuMemUnmap(ptr, bytes) });
+                // SAFETY: reserved by `alloc_exportable`, freed once.
+                release_in(context, "cuMemAddressFree", || unsafe { sys::cuMemAddressFree(ptr, bytes) });
+                // SAFETY: created by `alloc_exportable`, released once; Vulkan imports hold their
+                // own reference to the memory.
+                release_in(context, "cuMemRelease", || unsafe { sys::cuMemRelease(handle) });
+            }
+            Release::Keep(kept) => drop(kept),
+        }
+    }
+
+    /// Gives up on releasing it: the work that used it could not be waited for, so it may
+    /// still run. Raw handles are simply not released; a kept object is leaked.
+    fn leak(self) {
+        log::error!("a CUDA object dropped under queued work is leaked: that work could not be waited for");
+        if let Release::Keep(kept) = self {
+            std::mem::forget(kept);
+        }
+    }
+}
+
+/// A context's releases waiting for their work.
+pub(crate) type Releases = Mutex<ReleaseList<CudaFence, Release>>;
+
+impl Context {
+    /// Releases `what` once every fence of `fences` is complete: now if there are none (or all
+    /// are complete), otherwise on a later call into this context or at its end. Never waits.
+    pub(crate) fn release_after_fences(&self, fences: Vec<Arc<CudaFence>>, what: Release) {
+        if fences.is_empty() {
+            what.run(self.raw());
+        } else {
+            self.inner.deferred.lock().unwrap_or_else(PoisonError::into_inner).defer(fences, what);
+        }
+        self.reclaim();
+    }
+
+    /// Releases what was dropped under work that has since completed, and returns how many
+    /// dropped objects still wait for theirs. lava-flow calls it on every import, allocation,
+    /// stream and event creation of this context; call it yourself where a program holds
+    /// memory for long without calling into lava-flow's CUDA side. Never waits.
+    pub fn reclaim(&self) -> usize {
+        let (ready, left) = {
+            let mut list = self.inner.deferred.lock().unwrap_or_else(PoisonError::into_inner);
+            let ready = list.reclaim();
+            (ready, list.len())
+        };
+        for what in ready {
+            what.run(self.raw());
+        }
+        left
+    }
+}
+
+/// At a context's end: waits for the work of everything still deferred and releases it (or
+/// leaks what could not be waited for). The one host wait of ADR 0014's CUDA side.
+pub(crate) fn release_all(context: sys::CUcontext, releases: &Releases) {
+    let (ready, failed) = releases.lock().unwrap_or_else(PoisonError::into_inner).drain_waiting();
+    for what in ready {
+        what.run(context);
+    }
+    for what in failed {
+        what.leak();
+    }
+}

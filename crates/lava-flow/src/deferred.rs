@@ -1,0 +1,303 @@
+//! Releases deferred behind queued work (ADR 0014): which uses of an object are still queued, and
+//! the objects dropped while some were, kept until those complete. Pure bookkeeping over a
+//! [`Fence`] trait: the CUDA, OpenGL and OpenCL importers supply the fences (a CUDA event, a GL
+//! sync object, an OpenCL marker) and the release (unmap, destroy, delete); the unit tests below
+//! run it with fences of their own, without a driver.
+#![forbid(unsafe_code)]
+// The CUDA importer uses all of it; a build without CUDA uses a part (GL, OpenCL) or none.
+#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
+
+use std::sync::Arc;
+
+use crate::error::Result;
+
+/// Queued work that an API can say is complete, and wait for.
+pub(crate) trait Fence {
+    /// Whether the work is complete: `Ok(false)` while it is queued or running. An error means
+    /// the API cannot tell (a context lost, say): the work counts as still queued.
+    fn is_done(&self) -> Result<bool>;
+    /// Waits on the host until the work is complete.
+    fn wait(&self) -> Result<()>;
+}
+
+/// Whether `fence` is known complete; an error counts as "not known", logged.
+fn known_done<F: Fence>(fence: &F) -> bool {
+    match fence.is_done() {
+        Ok(done) => done,
+        Err(e) => {
+            log::warn!("cannot tell whether queued work completed ({e}); its memory stays until it can");
+            false
+        }
+    }
+}
+
+/// The uses of one object (a view, an import) that may still be queued: a fence per use, the
+/// completed ones dropped as new ones come, so the list stays as long as the work in flight.
+pub(crate) struct Uses<F> {
+    pending: Vec<Arc<F>>,
+}
+
+impl<F> Default for Uses<F> {
+    fn default() -> Self {
+        Uses { pending: Vec::new() }
+    }
+}
+
+impl<F: Fence> Uses<F> {
+    /// Adds a use; drops the ones already complete.
+    pub fn add(&mut self, fence: Arc<F>) {
+        self.prune();
+        self.pending.push(fence);
+    }
+
+    /// Adds every use of `other` (an object dropped before the one these are the uses of).
+    pub fn extend(&mut self, other: Vec<Arc<F>>) {
+        self.prune();
+        self.pending.extend(other);
+    }
+
+    /// Drops the uses known complete.
+    pub fn prune(&mut self) {
+        self.pending.retain(|f| !known_done(&**f));
+    }
+
+    /// The uses still queued (pruned first); the list is left empty.
+    pub fn take_pending(&mut self) -> Vec<Arc<F>> {
+        self.prune();
+        std::mem::take(&mut self.pending)
+    }
+
+    /// How many uses are recorded (complete ones included until the next prune).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Waits for every use. On an error the uses not waited for stay, and the error is returned:
+    /// the caller must then not release what they use.
+    pub fn wait_all(&mut self) -> Result<()> {
+        while let Some(fence) = self.pending.last() {
+            fence.wait()?;
+            self.pending.pop();
+        }
+        Ok(())
+    }
+}
+
+/// Objects dropped under queued work, each with the fences of that work: an object is handed
+/// back for release once all of its fences are complete, never before.
+pub(crate) struct ReleaseList<F, T> {
+    entries: Vec<(Vec<Arc<F>>, T)>,
+}
+
+impl<F, T> Default for ReleaseList<F, T> {
+    fn default() -> Self {
+        ReleaseList { entries: Vec::new() }
+    }
+}
+
+impl<F: Fence, T> ReleaseList<F, T> {
+    /// Keeps `item` until every fence of `fences` is complete.
+    pub fn defer(&mut self, fences: Vec<Arc<F>>, item: T) {
+        self.entries.push((fences, item));
+    }
+
+    /// The objects whose work has completed, to release now, in the order they were deferred;
+    /// the rest stay.
+    #[must_use = "the returned objects are to be released"]
+    pub fn reclaim(&mut self) -> Vec<T> {
+        let mut ready = Vec::new();
+        let mut kept = Vec::with_capacity(self.entries.len());
+        for (mut fences, item) in std::mem::take(&mut self.entries) {
+            fences.retain(|f| !known_done(&**f));
+            if fences.is_empty() {
+                ready.push(item);
+            } else {
+                kept.push((fences, item));
+            }
+        }
+        self.entries = kept;
+        ready
+    }
+
+    /// Empties the list, waiting on the host for each object's work (the owner is going away):
+    /// the objects whose work completed, to release, and those whose wait failed, which must be
+    /// leaked rather than released under work that may still run.
+    #[must_use = "the returned objects are to be released (the first) or leaked (the second)"]
+    pub fn drain_waiting(&mut self) -> (Vec<T>, Vec<T>) {
+        let (mut ready, mut failed) = (Vec::new(), Vec::new());
+        for (fences, item) in std::mem::take(&mut self.entries) {
+            let mut uses = Uses { pending: fences };
+            match uses.wait_all() {
+                Ok(()) => ready.push(item),
+                Err(e) => {
+                    log::error!("waiting for queued work before a release failed: {e}");
+                    failed.push(item);
+                }
+            }
+        }
+        (ready, failed)
+    }
+
+    /// How many objects wait for their work.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::error::{Api, Error};
+
+    /// Work that the test completes by hand; it may refuse to answer or to be waited for.
+    #[derive(Default)]
+    struct Work {
+        done: AtomicBool,
+        broken: AtomicBool,
+        queries: AtomicUsize,
+    }
+
+    fn lost() -> Error {
+        Error::Ffi {
+            api: Api::Cuda,
+            call: "cuEventQuery",
+            name: "CUDA_ERROR_LAUNCH_FAILED".into(),
+            description: "lost".into(),
+        }
+    }
+
+    impl Fence for Work {
+        fn is_done(&self) -> Result<bool> {
+            self.queries.fetch_add(1, Ordering::Relaxed);
+            if self.broken.load(Ordering::Relaxed) {
+                return Err(lost());
+            }
+            Ok(self.done.load(Ordering::Relaxed))
+        }
+        fn wait(&self) -> Result<()> {
+            if self.broken.load(Ordering::Relaxed) {
+                return Err(lost());
+            }
+            // The host waits until the GPU finishes: here the wait is what finishes it.
+            self.done.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    fn work() -> Arc<Work> {
+        Arc::new(Work::default())
+    }
+
+    fn finish(w: &Work) {
+        w.done.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn an_object_is_released_only_once_all_of_its_work_completed() {
+        let (a, b) = (work(), work());
+        let mut list = ReleaseList::default();
+        list.defer(vec![Arc::clone(&a), Arc::clone(&b)], "mapping");
+        assert!(list.reclaim().is_empty(), "nothing completed");
+        finish(&a);
+        assert!(list.reclaim().is_empty(), "one of two uses still queued");
+        assert_eq!(list.len(), 1);
+        finish(&b);
+        assert_eq!(list.reclaim(), vec!["mapping"]);
+        assert_eq!(list.len(), 0);
+        assert!(list.reclaim().is_empty(), "released once, never twice");
+    }
+
+    #[test]
+    fn objects_are_reclaimed_independently_in_the_order_they_were_dropped() {
+        let (a, b, c) = (work(), work(), work());
+        let mut list = ReleaseList::default();
+        list.defer(vec![Arc::clone(&a)], 1);
+        list.defer(vec![Arc::clone(&b)], 2);
+        list.defer(vec![Arc::clone(&c)], 3);
+        finish(&c);
+        finish(&a);
+        assert_eq!(list.reclaim(), vec![1, 3]);
+        assert_eq!(list.len(), 1);
+        finish(&b);
+        assert_eq!(list.reclaim(), vec![2]);
+    }
+
+    #[test]
+    fn work_that_cannot_be_queried_keeps_its_object() {
+        let a = work();
+        a.broken.store(true, Ordering::Relaxed);
+        let mut list = ReleaseList::default();
+        list.defer(vec![Arc::clone(&a)], "import");
+        assert!(list.reclaim().is_empty(), "an error is not 'complete'");
+        assert_eq!(list.len(), 1);
+        let (ready, failed) = list.drain_waiting();
+        assert!(ready.is_empty());
+        assert_eq!(failed, vec!["import"], "a failed wait leaks the object, never releases it");
+        assert_eq!(list.len(), 0);
+    }
+
+    #[test]
+    fn the_owners_end_waits_for_every_objects_work_then_releases_it() {
+        let (a, b) = (work(), work());
+        let mut list = ReleaseList::default();
+        list.defer(vec![Arc::clone(&a)], 'x');
+        list.defer(vec![Arc::clone(&a), Arc::clone(&b)], 'y');
+        let (ready, failed) = list.drain_waiting();
+        assert_eq!(ready, vec!['x', 'y']);
+        assert!(failed.is_empty());
+        assert!(a.done.load(Ordering::Relaxed) && b.done.load(Ordering::Relaxed), "waited for both");
+    }
+
+    #[test]
+    fn uses_forget_completed_work_so_the_list_stays_as_long_as_the_work_in_flight() {
+        let mut uses = Uses::default();
+        for _ in 0..1000 {
+            let w = work();
+            uses.add(Arc::clone(&w));
+            finish(&w);
+        }
+        // Each add pruned the ones before it: one left, itself complete.
+        assert_eq!(uses.len(), 1);
+        let queued = work();
+        uses.add(Arc::clone(&queued));
+        let pending = uses.take_pending();
+        assert_eq!(pending.len(), 1);
+        assert!(Arc::ptr_eq(&pending[0], &queued));
+        assert_eq!(uses.len(), 0);
+    }
+
+    #[test]
+    fn a_views_uses_move_to_its_import_and_hold_it() {
+        // A view dropped under work hands its uses to the import it maps; the import, dropped
+        // later, is deferred behind them.
+        let (view_work, import_work) = (work(), work());
+        let mut view = Uses::default();
+        view.add(Arc::clone(&view_work));
+        let mut import = Uses::default();
+        import.add(Arc::clone(&import_work));
+        import.extend(view.take_pending());
+        finish(&import_work);
+        let mut list = ReleaseList::default();
+        list.defer(import.take_pending(), "import");
+        assert!(list.reclaim().is_empty(), "the view's work is still queued");
+        finish(&view_work);
+        assert_eq!(list.reclaim(), vec!["import"]);
+    }
+
+    #[test]
+    fn waiting_for_uses_stops_at_the_first_failure_and_keeps_the_rest() {
+        let (a, b) = (work(), work());
+        b.broken.store(true, Ordering::Relaxed);
+        let mut uses = Uses::default();
+        uses.add(Arc::clone(&a));
+        uses.add(Arc::clone(&b));
+        assert!(uses.wait_all().is_err());
+        assert_eq!(uses.len(), 2, "a use not waited for stays recorded");
+        b.broken.store(false, Ordering::Relaxed);
+        uses.wait_all().expect("waits");
+        assert_eq!(uses.len(), 0);
+    }
+}
