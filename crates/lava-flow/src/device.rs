@@ -31,6 +31,39 @@ impl fmt::Display for Uuid {
     }
 }
 
+impl std::str::FromStr for Uuid {
+    type Err = crate::Error;
+
+    /// Parses 32 hex digits, dashes anywhere between them ignored, with an optional `GPU-`
+    /// prefix (how `nvidia-smi -L` and `CUDA_VISIBLE_DEVICES` write UUIDs): the
+    /// [`Display`](fmt::Display) form and nvidia-smi's both parse.
+    ///
+    /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the text.
+    fn from_str(text: &str) -> crate::Result<Self> {
+        let bad = |why: &str| crate::Error::InvalidArgument(format!("not a device UUID: {text:?} ({why})"));
+        let hex: Vec<u8> = text
+            .trim()
+            .trim_start_matches("GPU-")
+            .bytes()
+            .filter(|&c| c != b'-')
+            .map(|c| {
+                char::from(c)
+                    .to_digit(16)
+                    .map(|d| d as u8)
+                    .ok_or_else(|| bad("a character is not a hex digit"))
+            })
+            .collect::<crate::Result<_>>()?;
+        if hex.len() != 32 {
+            return Err(bad(&format!("{} hex digits, 32 expected", hex.len())));
+        }
+        let mut bytes = [0u8; 16];
+        for (b, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            *b = pair[0] << 4 | pair[1];
+        }
+        Ok(Uuid(bytes))
+    }
+}
+
 impl fmt::Debug for Uuid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Uuid({self})")
@@ -329,6 +362,23 @@ mod tests {
     fn uuid_prints_in_canonical_form() {
         let u = Uuid([0x6d, 0x65, 0x73, 0x61, 0x32, 0x32, 0x2e, 0x33, 0x2e, 0x36, 0, 0, 0, 0, 0, 0xff]);
         assert_eq!(u.to_string(), "6d657361-3232-2e33-2e36-0000000000ff");
+    }
+
+    #[test]
+    fn uuids_parse_from_their_printed_form_and_nvidia_smis() {
+        let u = Uuid([0x6d, 0x65, 0x73, 0x61, 0x32, 0x32, 0x2e, 0x33, 0x2e, 0x36, 0, 0, 0, 0, 0, 0xff]);
+        assert_eq!("6d657361-3232-2e33-2e36-0000000000ff".parse::<Uuid>().expect("printed form"), u);
+        assert_eq!("GPU-6D657361-3232-2E33-2E36-0000000000FF".parse::<Uuid>().expect("nvidia-smi"), u);
+        assert_eq!("6d65736132322e332e360000000000ff".parse::<Uuid>().expect("no dashes"), u);
+        for (bad, why) in [
+            ("6d657361", "8 hex digits, 32 expected"),
+            ("zz657361-3232-2e33-2e36-0000000000ff", "not a hex digit"),
+        ] {
+            match bad.parse::<Uuid>() {
+                Err(crate::Error::InvalidArgument(m)) => assert!(m.contains(why) && m.contains(bad), "{m}"),
+                other => panic!("{bad}: expected InvalidArgument, got {other:?}"),
+            }
+        }
     }
 
     fn device(uuid: u8, luid: Option<u8>) -> DeviceInfo {
