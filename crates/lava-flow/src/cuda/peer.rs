@@ -282,7 +282,7 @@ fn follow(stream: &Stream, other: &Stream) -> Result<()> {
 /// to pin much host memory.
 const STAGING_CHUNK: usize = 32 << 20;
 
-/// Pinned host memory (`cuMemAllocHost`), freed on drop.
+/// Pinned host memory (`cuMemHostAlloc`, portable), freed on drop.
 struct PinnedHost {
     ctx: Context,
     ptr: *mut std::ffi::c_void,
@@ -290,7 +290,7 @@ struct PinnedHost {
 
 impl Drop for PinnedHost {
     fn drop(&mut self) {
-        // SAFETY: allocated by `cuMemAllocHost_v2` and freed once, after the copies that used
+        // SAFETY: allocated by `cuMemHostAlloc` and freed once, after the copies that used
         // it completed (`staged` synchronises before it returns or fails).
         self.ctx.release("cuMemFreeHost", || unsafe { sys::cuMemFreeHost(self.ptr) });
     }
@@ -307,8 +307,10 @@ fn staged(src: &PeerSide<'_>, dst: &PeerSide<'_>, len: usize) -> Result<()> {
     let src_ctx = src.memory.context();
     src_ctx.bind()?;
     let mut ptr = std::ptr::null_mut();
+    // Portable: pinned for every context, the destination's too (otherwise its upload would be
+    // treated as one from pageable memory).
     // SAFETY: the source's context is current; `ptr` is a valid out-pointer.
-    check("cuMemAllocHost_v2", unsafe { sys::cuMemAllocHost_v2(&mut ptr, chunk) })?;
+    check("cuMemHostAlloc", unsafe { sys::cuMemHostAlloc(&mut ptr, chunk, sys::CU_MEMHOSTALLOC_PORTABLE) })?;
     let host = PinnedHost { ctx: src_ctx.clone(), ptr };
     let result = staged_chunks(src, dst, len, chunk, &host);
     // The pinned memory is freed only after every queued copy that uses it completed, on

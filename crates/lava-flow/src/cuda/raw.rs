@@ -73,7 +73,7 @@ const REQUIRED: &[&str] = &[
     "cuCtxEnablePeerAccess",
     "cuMemcpyPeerAsync",
     "cuMemcpyPeer",
-    "cuMemAllocHost_v2",
+    "cuMemHostAlloc",
     "cuMemFreeHost",
     "cuMemcpyDtoHAsync_v2",
     "cuMemcpyHtoDAsync_v2",
