@@ -9,7 +9,9 @@
 //! use lava_flow::{MemoryAllocator, MemoryLocation};
 //!
 //! let mut allocator = MemoryAllocator::new()?;
-//! let (a, b) = (lava_flow::cuda::device_id_for(&allocator, 0)?, lava_flow::cuda::device_id_for(&allocator, 1)?);
+//! // The Vulkan devices of cuda:0 and cuda:1 (by UUID).
+//! let a = lava_flow::cuda::device_id_for(&allocator, 0)?;
+//! let b = lava_flow::cuda::device_id_for(&allocator, 1)?;
 //! let src = allocator.allocate(1 << 20, MemoryLocation::GpuVulkan { device_id: a })?;
 //! let dst = allocator.allocate(1 << 20, MemoryLocation::GpuVulkan { device_id: b })?;
 //! let (cuda_a, cuda_b) = (Context::for_device(&allocator, a)?, Context::for_device(&allocator, b)?);
@@ -17,11 +19,13 @@
 //! let (sync_a, sync_b) = (cuda_a.import_timeline(&tl_a)?, cuda_b.import_timeline(&tl_b)?);
 //! let (view_a, view_b) = (cuda_a.import_buffer(&src)?, cuda_b.import_buffer(&dst)?);
 //! let (stream_a, stream_b) = (cuda_a.stream()?, cuda_b.stream()?);
-//! // Vulkan work on GPU a signals tl_a = 1 when `src` is written; GPU b's signals tl_b = 1 when
-//! // `dst` may be overwritten. The copy waits for both and then signals 2 on each.
+//! // Vulkan work on GPU a signals tl_a = 1 when `src` is written; GPU b's signals tl_b = 1
+//! // when `dst` may be overwritten. The copy waits for both, then signals 2 on each.
+//! let step_a = TimelineStep { timeline: &sync_a, wait: 1, signal: 2 };
+//! let step_b = TimelineStep { timeline: &sync_b, wait: 1, signal: 2 };
 //! let path = copy_peer(
-//!     PeerSide { memory: &view_a, offset: 0, stream: &stream_a, step: Some(TimelineStep { timeline: &sync_a, wait: 1, signal: 2 }) },
-//!     PeerSide { memory: &view_b, offset: 0, stream: &stream_b, step: Some(TimelineStep { timeline: &sync_b, wait: 1, signal: 2 }) },
+//!     PeerSide { memory: &view_a, offset: 0, stream: &stream_a, step: Some(step_a) },
+//!     PeerSide { memory: &view_b, offset: 0, stream: &stream_b, step: Some(step_b) },
 //!     1 << 20,
 //! )?;
 //! println!("copied {path}");
