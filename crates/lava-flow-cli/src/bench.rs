@@ -56,6 +56,8 @@ pub struct Options {
     pub transfers_only: bool,
     /// Only the wgpu rows (feature `wgpu`; without it, an error).
     pub wgpu_only: bool,
+    /// Only the peer-copy rows (feature `cuda`; without it, an error).
+    pub peer_only: bool,
 }
 
 #[derive(Serialize)]
@@ -80,6 +82,17 @@ pub fn run(options: &Options) -> Result<()> {
     if options.transfers_only {
         crate::bench_transfers::rows(options, reps, &mut rows)?;
         return report(options, &info, rows);
+    }
+    if options.peer_only {
+        #[cfg(not(feature = "cuda"))]
+        return Err(lava_flow::Error::Unsupported {
+            what: "--peer-only: this lava-flow was built without the feature `cuda`".into(),
+        });
+        #[cfg(feature = "cuda")]
+        {
+            crate::bench_peer::rows(&mut allocator, options, reps, &mut rows)?;
+            return report(options, &info, rows);
+        }
     }
     if options.wgpu_only {
         #[cfg(not(feature = "wgpu"))]
@@ -176,6 +189,8 @@ pub fn run(options: &Options) -> Result<()> {
     crate::bench_cuda::rows(&mut allocator, options, iters, reps, &mut rows)?;
     #[cfg(feature = "cuda")]
     crate::bench_processes::rows(&mut allocator, options, reps, &mut rows)?;
+    #[cfg(feature = "cuda")]
+    crate::bench_peer::rows(&mut allocator, options, reps, &mut rows)?;
     #[cfg(feature = "wgpu")]
     crate::bench_wgpu::rows(options, reps, &mut rows)?;
 

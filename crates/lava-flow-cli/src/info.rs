@@ -8,6 +8,29 @@ use serde::Serialize;
 struct Report {
     lava_flow_version: &'static str,
     devices: Vec<DeviceReport>,
+    /// Which ordered pairs of GPUs can access each other's memory (CUDA peer access).
+    peer_access: PeerReport,
+}
+
+/// CUDA peer access between the GPUs, or why it is not known.
+#[derive(Serialize)]
+struct PeerReport {
+    /// Whether the pairs could be asked (CUDA present).
+    available: bool,
+    /// Why not, or how many pairs there are.
+    detail: String,
+    pairs: Vec<PeerPair>,
+}
+
+/// One ordered pair: can `from` access `to`'s memory (`cuDeviceCanAccessPeer`)?
+#[derive(Serialize)]
+struct PeerPair {
+    from_cuda: i32,
+    to_cuda: i32,
+    /// lava-flow's `device_id`s of the two GPUs (by UUID), where Vulkan has them.
+    from_device_id: Option<u32>,
+    to_device_id: Option<u32>,
+    possible: bool,
 }
 
 #[derive(Serialize)]
@@ -44,7 +67,8 @@ pub fn run(json: bool) -> lava_flow::Result<()> {
     let allocator = MemoryAllocator::new()?;
     let cuda = cuda_devices();
     let devices = allocator.devices().iter().map(|d| device_report(d, &cuda)).collect();
-    let report = Report { lava_flow_version: env!("CARGO_PKG_VERSION"), devices };
+    let peer_access = peer_report(&allocator, &cuda);
+    let report = Report { lava_flow_version: env!("CARGO_PKG_VERSION"), devices, peer_access };
     if json {
         println!(
             "{}",
@@ -130,6 +154,48 @@ fn cuda_devices() -> CudaDevices {
                 .collect()
         })
         .map_err(|e| e.to_string())
+}
+
+#[cfg(feature = "cuda")]
+fn peer_report(allocator: &MemoryAllocator, cuda: &CudaDevices) -> PeerReport {
+    let cuda = match cuda {
+        Ok(list) => list,
+        Err(e) => return PeerReport { available: false, detail: e.clone(), pairs: Vec::new() },
+    };
+    let device_id = |ordinal: i32| {
+        let uuid = cuda.iter().find(|c| c.ordinal == ordinal)?.uuid;
+        lava_flow::device::find_by_uuid(&allocator.devices(), lava_flow::Uuid(uuid)).map(|d| d.index)
+    };
+    match lava_flow::cuda::peer_access() {
+        Ok(list) => PeerReport {
+            available: true,
+            detail: if list.is_empty() {
+                format!("{} CUDA device(s): no pairs", cuda.len())
+            } else {
+                format!("{} ordered pairs of CUDA devices", list.len())
+            },
+            pairs: list
+                .into_iter()
+                .map(|p| PeerPair {
+                    from_cuda: p.from,
+                    to_cuda: p.to,
+                    from_device_id: device_id(p.from),
+                    to_device_id: device_id(p.to),
+                    possible: p.possible,
+                })
+                .collect(),
+        },
+        Err(e) => PeerReport { available: false, detail: e.to_string(), pairs: Vec::new() },
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn peer_report(_: &MemoryAllocator, cuda: &CudaDevices) -> PeerReport {
+    PeerReport {
+        available: false,
+        detail: cuda.as_ref().err().cloned().unwrap_or_default(),
+        pairs: Vec::new(),
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -243,5 +309,19 @@ fn print_text(report: &Report) {
                 println!("          {c}");
             }
         }
+    }
+    let p = &report.peer_access;
+    println!();
+    println!("peer access between GPUs (CUDA): {}", p.detail);
+    let device = |id: Option<u32>| id.map_or("no Vulkan device".to_owned(), |i| format!("device {i}"));
+    for pair in &p.pairs {
+        println!(
+            "  cuda:{} ({}) -> cuda:{} ({}): {}",
+            pair.from_cuda,
+            device(pair.from_device_id),
+            pair.to_cuda,
+            device(pair.to_device_id),
+            if pair.possible { "yes" } else { "no (copies are staged through host memory)" }
+        );
     }
 }

@@ -8,6 +8,8 @@ mod bench;
 #[cfg(all(unix, feature = "cuda", feature = "opengl"))]
 mod bench_cuda;
 #[cfg(all(unix, feature = "cuda"))]
+mod bench_peer;
+#[cfg(all(unix, feature = "cuda"))]
 mod bench_processes;
 #[cfg(unix)]
 mod bench_transfers;
@@ -60,6 +62,10 @@ enum Command {
         /// own); needs the feature `wgpu`.
         #[arg(long)]
         wgpu_only: bool,
+        /// Only the peer-copy rows (two GPUs: lava-flow buffers beside `cuMemAlloc` buffers);
+        /// needs the feature `cuda`.
+        #[arg(long)]
+        peer_only: bool,
     },
     /// The peer process of `bench`'s cross-process rows (started by `bench` itself).
     #[cfg(all(unix, feature = "cuda"))]
@@ -115,8 +121,15 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info { json } => info::run(json),
         #[cfg(unix)]
-        Command::Bench { quick, json, device, transfers_only, wgpu_only } => {
-            bench::run(&bench::Options { quick, json, device_id: device, transfers_only, wgpu_only })
+        Command::Bench { quick, json, device, transfers_only, wgpu_only, peer_only } => {
+            bench::run(&bench::Options {
+                quick,
+                json,
+                device_id: device,
+                transfers_only,
+                wgpu_only,
+                peer_only,
+            })
         }
         #[cfg(all(unix, feature = "cuda"))]
         Command::BenchPeer { socket } => bench_processes::peer(&socket),

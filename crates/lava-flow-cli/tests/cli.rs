@@ -56,6 +56,51 @@ fn info_json_is_machine_readable() {
     }
 }
 
+/// The peer-access section: its pairs where CUDA has two GPUs or more (every ordered pair, both
+/// ordinals named, a yes or a no), the reason where it has none, in text and in JSON.
+#[test]
+fn info_shows_which_gpu_pairs_have_peer_access() {
+    let (ok, json, err) = lava_flow(&["info", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let peer = &v["peer_access"];
+    let detail = peer["detail"].as_str().expect("detail");
+    assert!(!detail.is_empty(), "{peer}");
+    let pairs = peer["pairs"].as_array().expect("pairs");
+    if peer["available"] == true {
+        let cuda: std::collections::BTreeSet<i64> =
+            pairs.iter().flat_map(|p| [p["from_cuda"].as_i64(), p["to_cuda"].as_i64()]).flatten().collect();
+        assert_eq!(pairs.len(), cuda.len() * cuda.len().saturating_sub(1), "every ordered pair: {peer}");
+        assert!(pairs.iter().all(|p| p["possible"].is_boolean() && p["from_cuda"] != p["to_cuda"]), "{peer}");
+    } else {
+        assert!(pairs.is_empty(), "{peer}");
+    }
+    let (ok, text, err) = lava_flow(&["info"]);
+    assert!(ok, "{err}");
+    assert!(text.contains(&format!("peer access between GPUs (CUDA): {detail}")), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("  cuda:")).count(), pairs.len(), "{text}");
+}
+
+/// `bench --peer-only`: with fewer than two GPUs (or no CUDA) it says so and succeeds; with two
+/// it prints the three rows per size (each with its bytes checked, or the run fails).
+#[cfg(feature = "cuda")]
+#[test]
+fn bench_peer_only_skips_with_a_reason_or_measures() {
+    let (ok, text, err) = lava_flow(&["bench", "--quick", "--peer-only"]);
+    assert!(ok, "{err}\n{text}");
+    if text.contains("peer rows: skipped: ") {
+        assert!(!text.contains("cuMemcpyPeerAsync"), "{text}");
+    } else {
+        for path in [
+            "cuMemcpyPeerAsync, cuMemAlloc",
+            "lava-flow buffers, cuda::copy_peer",
+            "copy_peer + both timelines",
+        ] {
+            assert!(text.contains(path), "{path} missing from:\n{text}");
+        }
+    }
+}
+
 #[test]
 fn unknown_commands_fail_with_usage() {
     let (ok, _, err) = lava_flow(&["frobnicate"]);

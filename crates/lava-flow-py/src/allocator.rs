@@ -244,6 +244,57 @@ impl MemoryAllocator {
             .collect()
     }
 
+    /// The `device_id` of the Vulkan device that is CUDA device `ordinal` (`cuda:ordinal` in
+    /// torch), matched by UUID: the two orders differ on hosts with several GPUs, so
+    /// `MemoryLocation.GpuVulkan(device_id=allocator.device_for_cuda(1))` is memory on the GPU
+    /// torch calls `cuda:1`. `CUDA_VISIBLE_DEVICES` renumbers the ordinals, as in torch.
+    fn device_for_cuda(&self, py: Python<'_>, ordinal: i32) -> PyResult<u32> {
+        let shared = Arc::clone(&self.shared);
+        py.detach(|| lava_flow::cuda::device_id_for(&shared.allocator(), ordinal)).or_raise()
+    }
+
+    /// The `device_id` of the Vulkan device with this UUID: a hex string as `devices()` prints
+    /// it, or as `nvidia-smi -L` does (`GPU-…`), or 16 bytes. Loads no CUDA.
+    fn device_for_uuid(&self, uuid: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let uuid = if let Ok(bytes) = uuid.extract::<Vec<u8>>() {
+            let bytes: [u8; 16] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| {
+                    lava_flow::Error::InvalidArgument(format!(
+                        "a device UUID has 16 bytes, not {}",
+                        bytes.len()
+                    ))
+                })
+                .or_raise()?;
+            lava_flow::Uuid(bytes)
+        } else {
+            let text: String = uuid.str()?.extract()?;
+            text.parse::<lava_flow::Uuid>().or_raise()?
+        };
+        let devices = self.shared.allocator().devices();
+        lava_flow::device::find_by_uuid(&devices, uuid)
+            .map(|d| d.index)
+            .ok_or_else(|| {
+                let listed: Vec<String> = devices.iter().map(|d| format!("{} {}", d.index, d.uuid)).collect();
+                lava_flow::Error::Unsupported {
+                    what: format!(
+                        "no Vulkan device has the UUID {uuid}; Vulkan devices: {}",
+                        listed.join("; ")
+                    ),
+                }
+            })
+            .or_raise()
+    }
+
+    /// The CUDA ordinal of Vulkan device `device_id` (the `n` of torch's `cuda:n`), matched by
+    /// UUID.
+    #[pyo3(signature = (device_id = 0))]
+    fn cuda_ordinal(&self, py: Python<'_>, device_id: u32) -> PyResult<i32> {
+        let shared = Arc::clone(&self.shared);
+        py.detach(|| lava_flow::cuda::ordinal_for(&shared.allocator(), device_id)).or_raise()
+    }
+
     /// What the allocator holds now: `buffers`, `blocks`, `block_bytes`, `suballocated_bytes`,
     /// `dedicated_allocations`, `dedicated_bytes`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -31,6 +31,39 @@ impl fmt::Display for Uuid {
     }
 }
 
+impl std::str::FromStr for Uuid {
+    type Err = crate::Error;
+
+    /// Parses 32 hex digits, dashes anywhere between them ignored, with an optional `GPU-`
+    /// prefix (how `nvidia-smi -L` and `CUDA_VISIBLE_DEVICES` write UUIDs): the
+    /// [`Display`](fmt::Display) form and nvidia-smi's both parse.
+    ///
+    /// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the text.
+    fn from_str(text: &str) -> crate::Result<Self> {
+        let bad = |why: &str| crate::Error::InvalidArgument(format!("not a device UUID: {text:?} ({why})"));
+        let hex: Vec<u8> = text
+            .trim()
+            .trim_start_matches("GPU-")
+            .bytes()
+            .filter(|&c| c != b'-')
+            .map(|c| {
+                char::from(c)
+                    .to_digit(16)
+                    .map(|d| d as u8)
+                    .ok_or_else(|| bad("a character is not a hex digit"))
+            })
+            .collect::<crate::Result<_>>()?;
+        if hex.len() != 32 {
+            return Err(bad(&format!("{} hex digits, 32 expected", hex.len())));
+        }
+        let mut bytes = [0u8; 16];
+        for (b, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            *b = pair[0] << 4 | pair[1];
+        }
+        Ok(Uuid(bytes))
+    }
+}
+
 impl fmt::Debug for Uuid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Uuid({self})")
@@ -159,14 +192,7 @@ impl DeviceInfo {
         uuid: Uuid,
         driver_uuid: Uuid,
     ) -> crate::Result<()> {
-        let (expected, found, what) = if uuid != self.uuid {
-            (self.uuid, uuid, what)
-        } else if driver_uuid != self.driver_uuid {
-            (self.driver_uuid, driver_uuid, "the driver of that device")
-        } else {
-            return Ok(());
-        };
-        Err(crate::Error::DeviceMismatch { what, expected, found })
+        check_same_device(what, (self.uuid, Some(self.driver_uuid)), (uuid, Some(driver_uuid)))
     }
 
     /// [`Error::Unsupported`](crate::Error::Unsupported) for another API (`api`, e.g. "CUDA")
@@ -238,6 +264,91 @@ impl DeviceInfo {
     }
 }
 
+/// The one check every importer (Vulkan, CUDA, OpenCL, OpenGL) makes before it imports memory,
+/// a semaphore or an image, or uses a stream or event of another context: the object was made on
+/// `found` (its device UUID, and its driver UUID where known), the importer is `expected`.
+/// Device UUIDs must be equal; driver UUIDs too where both sides know theirs (opaque handles are
+/// shared only between the same device and driver). Otherwise [`Error::DeviceMismatch`] naming
+/// both UUIDs — on a host with several GPUs, memory of GPU 0 offered to GPU 1 is this error,
+/// never a mapping of the wrong memory.
+///
+/// [`Error::DeviceMismatch`]: crate::Error::DeviceMismatch
+pub(crate) fn check_same_device(
+    what: &'static str,
+    expected: (Uuid, Option<Uuid>),
+    found: (Uuid, Option<Uuid>),
+) -> crate::Result<()> {
+    if expected.0 != found.0 {
+        return Err(crate::Error::DeviceMismatch { what, expected: expected.0, found: found.0 });
+    }
+    match (expected.1, found.1) {
+        (Some(e), Some(f)) if e != f => {
+            Err(crate::Error::DeviceMismatch { what: "the driver of that device", expected: e, found: f })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Where another API's device list (CUDA ordinals, OpenCL devices across platforms, EGL
+/// devices) has the Vulkan device `info`: the position of the first entry that
+/// [`is`](DeviceInfo::is) it. The lists follow each API's own order, which is not Vulkan's; for
+/// CUDA the position is the ordinal.
+///
+/// ```
+/// use lava_flow::device::{position_in, Identity};
+/// # fn f(vulkan: &[lava_flow::DeviceInfo], cuda: &[Identity]) {
+/// // The CUDA ordinal of Vulkan device 1, whatever the two orders are.
+/// let ordinal = position_in(&vulkan[1], cuda);
+/// # }
+/// ```
+pub fn position_in(info: &DeviceInfo, others: &[Identity]) -> Option<usize> {
+    others.iter().position(|o| info.is(o))
+}
+
+/// The Vulkan device that is entry `index` of another API's device list (e.g. the Vulkan device
+/// of CUDA ordinal `index`), matched by [`DeviceInfo::is`].
+///
+/// Errors: [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an index past the list
+/// (`api` names it, e.g. "CUDA"); [`Error::Unsupported`](crate::Error::Unsupported) when no
+/// Vulkan device has that identity (the message names it and lists the Vulkan devices).
+pub fn vulkan_device_of<'a>(
+    devices: &'a [DeviceInfo],
+    api: &str,
+    others: &[Identity],
+    index: usize,
+) -> crate::Result<&'a DeviceInfo> {
+    let identity = others.get(index).ok_or_else(|| {
+        crate::Error::InvalidArgument(format!(
+            "no {api} device {index}: {} {api} device(s) found",
+            others.len()
+        ))
+    })?;
+    find(devices, identity).ok_or_else(|| {
+        let listed: Vec<String> =
+            devices.iter().map(|d| format!("{} {} {}", d.index, d.name, d.uuid)).collect();
+        crate::Error::Unsupported {
+            what: format!(
+                "{api} device {index} ({}) has no Vulkan device; Vulkan devices: {}",
+                identity.describe(),
+                if listed.is_empty() { "none".to_owned() } else { listed.join("; ") }
+            ),
+        }
+    })
+}
+
+impl Identity {
+    /// The identity as text: `UUID …`, `LUID …`, both, or `no UUID or LUID`.
+    pub fn describe(&self) -> String {
+        let luid = self.luid.map(|l| l.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        match (self.uuid, luid) {
+            (Some(u), Some(l)) => format!("UUID {u}, LUID {l}"),
+            (Some(u), None) => format!("UUID {u}"),
+            (None, Some(l)) => format!("LUID {l}"),
+            (None, None) => "no UUID or LUID".to_owned(),
+        }
+    }
+}
+
 /// Sort key that gives `device_id` its documented order.
 pub(crate) fn order_key(device_type: DeviceType, uuid: Uuid) -> (DeviceType, Uuid) {
     (device_type, uuid)
@@ -251,6 +362,23 @@ mod tests {
     fn uuid_prints_in_canonical_form() {
         let u = Uuid([0x6d, 0x65, 0x73, 0x61, 0x32, 0x32, 0x2e, 0x33, 0x2e, 0x36, 0, 0, 0, 0, 0, 0xff]);
         assert_eq!(u.to_string(), "6d657361-3232-2e33-2e36-0000000000ff");
+    }
+
+    #[test]
+    fn uuids_parse_from_their_printed_form_and_nvidia_smis() {
+        let u = Uuid([0x6d, 0x65, 0x73, 0x61, 0x32, 0x32, 0x2e, 0x33, 0x2e, 0x36, 0, 0, 0, 0, 0, 0xff]);
+        assert_eq!("6d657361-3232-2e33-2e36-0000000000ff".parse::<Uuid>().expect("printed form"), u);
+        assert_eq!("GPU-6D657361-3232-2E33-2E36-0000000000FF".parse::<Uuid>().expect("nvidia-smi"), u);
+        assert_eq!("6d65736132322e332e360000000000ff".parse::<Uuid>().expect("no dashes"), u);
+        for (bad, why) in [
+            ("6d657361", "8 hex digits, 32 expected"),
+            ("zz657361-3232-2e33-2e36-0000000000ff", "not a hex digit"),
+        ] {
+            match bad.parse::<Uuid>() {
+                Err(crate::Error::InvalidArgument(m)) => assert!(m.contains(why) && m.contains(bad), "{m}"),
+                other => panic!("{bad}: expected InvalidArgument, got {other:?}"),
+            }
+        }
     }
 
     fn device(uuid: u8, luid: Option<u8>) -> DeviceInfo {
@@ -292,6 +420,76 @@ mod tests {
         assert_eq!(by(None, None), None, "nothing to compare matches nothing");
         assert_eq!(find_by_uuid(&devices, Uuid([1; 16])).map(|d| d.index), Some(0));
         assert!(devices[1].is(&devices[1].identity()));
+    }
+
+    /// Two GPUs whose orders differ: Vulkan lists A then B, CUDA lists B then A, OpenCL lists a
+    /// CPU device without a UUID (PoCL) first, then A, then B. Every selection goes by UUID.
+    #[test]
+    fn devices_are_selected_by_uuid_when_the_apis_orders_differ() {
+        let mut a = device(0xA, None);
+        let mut b = device(0xB, None);
+        a.index = 0;
+        b.index = 1;
+        let vulkan = [a.clone(), b.clone()];
+        let cuda = [b.identity(), a.identity()];
+        let opencl = [Identity::default(), a.identity(), b.identity()];
+        // Vulkan device -> CUDA ordinal, OpenCL device.
+        assert_eq!(position_in(&vulkan[0], &cuda), Some(1), "Vulkan 0 is cuda:1");
+        assert_eq!(position_in(&vulkan[1], &cuda), Some(0), "Vulkan 1 is cuda:0");
+        assert_eq!(position_in(&vulkan[0], &opencl), Some(1));
+        assert_eq!(position_in(&vulkan[1], &opencl), Some(2));
+        // CUDA ordinal -> Vulkan device.
+        let of = |i| vulkan_device_of(&vulkan, "CUDA", &cuda, i).map(|d| d.index);
+        assert_eq!(of(0).expect("cuda:0"), 1);
+        assert_eq!(of(1).expect("cuda:1"), 0);
+        match of(2) {
+            Err(crate::Error::InvalidArgument(m)) => {
+                assert_eq!(m, "no CUDA device 2: 2 CUDA device(s) found")
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+        // An OpenCL device with no UUID (PoCL) is no Vulkan device; the message says why.
+        match vulkan_device_of(&vulkan, "OpenCL", &opencl, 0) {
+            Err(crate::Error::Unsupported { what }) => {
+                assert!(what.starts_with("OpenCL device 0 (no UUID or LUID) has no Vulkan device"), "{what}");
+                assert!(what.contains("0a0a0a0a-0a0a") && what.contains("0b0b0b0b-0b0b"), "{what}");
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        // A third GPU only CUDA sees (e.g. hidden from Vulkan) is named by its UUID.
+        let c = device(0xC, None);
+        let cuda3 = [b.identity(), c.identity(), a.identity()];
+        assert_eq!(vulkan_device_of(&vulkan, "CUDA", &cuda3, 2).map(|d| d.index).expect("cuda:2"), 0);
+        let e = vulkan_device_of(&vulkan, "CUDA", &cuda3, 1).expect_err("cuda:1 has no Vulkan device");
+        assert!(e.to_string().contains("UUID 0c0c0c0c-0c0c-0c0c-0c0c-0c0c0c0c0c0c"), "{e}");
+        // No list entry for a device: None, never a neighbour's index.
+        assert_eq!(position_in(&c, &cuda), None);
+    }
+
+    /// Memory, semaphores and images of GPU A offered to GPU B: one typed error naming both
+    /// UUIDs; the driver UUID compared only where both sides know it.
+    #[test]
+    fn objects_of_another_gpu_are_refused_naming_both_uuids() {
+        let (a, b, drv, other_drv) = (Uuid([0xA; 16]), Uuid([0xB; 16]), Uuid([1; 16]), Uuid([2; 16]));
+        check_same_device("x", (a, Some(drv)), (a, Some(drv))).expect("same device and driver");
+        check_same_device("x", (a, None), (a, Some(other_drv))).expect("driver unknown on one side");
+        match check_same_device("the memory", (b, None), (a, Some(drv))) {
+            Err(crate::Error::DeviceMismatch { what, expected, found }) => {
+                assert_eq!((what, expected, found), ("the memory", b, a));
+            }
+            other => panic!("expected DeviceMismatch, got {other:?}"),
+        }
+        let text = check_same_device("the memory", (b, None), (a, None)).expect_err("other GPU").to_string();
+        assert_eq!(
+            text,
+            "device mismatch: the memory belongs to device 0a0a0a0a-0a0a-0a0a-0a0a-0a0a0a0a0a0a, \
+             expected device 0b0b0b0b-0b0b-0b0b-0b0b-0b0b0b0b0b0b"
+        );
+        let e = check_same_device("x", (a, Some(drv)), (a, Some(other_drv))).expect_err("other driver");
+        assert!(e.to_string().contains("the driver of that device"), "{e}");
+        let info = device(0xA, None);
+        info.check_same_device("the image", a, Uuid([0; 16])).expect("DeviceInfo: same");
+        info.check_same_device("the image", b, Uuid([0; 16])).expect_err("DeviceInfo: other GPU");
     }
 
     #[test]

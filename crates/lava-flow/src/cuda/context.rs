@@ -83,29 +83,31 @@ pub fn ordinal_for(allocator: &MemoryAllocator, device_id: u32) -> Result<i32> {
     find(info).map(|d| d.ordinal)
 }
 
+/// The CUDA devices' identities, in ordinal order (position = ordinal), for the pure selection
+/// functions of [`crate::device`].
+fn identities(cuda: &[CudaDevice]) -> Vec<crate::device::Identity> {
+    cuda.iter().map(CudaDevice::identity).collect()
+}
+
 /// The lava-flow `device_id` of CUDA device `ordinal`, matched by UUID (and LUID on Windows).
 pub fn device_id_for(allocator: &MemoryAllocator, ordinal: i32) -> Result<u32> {
     let cuda = devices()?;
-    let device = cuda.iter().find(|d| d.ordinal == ordinal).ok_or_else(|| {
-        Error::InvalidArgument(format!("no CUDA device with ordinal {ordinal} ({} found)", cuda.len()))
+    let index = usize::try_from(ordinal).map_err(|_| {
+        Error::InvalidArgument(format!("no CUDA device {ordinal}: {} CUDA device(s) found", cuda.len()))
     })?;
-    crate::device::find(&allocator.devices(), &device.identity()).map(|d| d.index).ok_or_else(|| {
-        Error::Unsupported {
-            what: format!(
-                "CUDA device {ordinal} ({}, UUID {}) has no Vulkan device",
-                device.name, device.uuid
-            ),
-        }
-    })
+    crate::device::vulkan_device_of(&allocator.devices(), "CUDA", &identities(&cuda), index).map(|d| d.index)
 }
 
 fn find(info: &DeviceInfo) -> Result<CudaDevice> {
     let cuda = devices()?;
-    cuda.iter().find(|d| info.is(&d.identity())).cloned().ok_or_else(|| {
-        let found: Vec<String> =
-            cuda.iter().map(|d| format!("{} {} {}", d.ordinal, d.name, d.uuid)).collect();
-        info.no_device_in("CUDA", &found, "none")
-    })
+    match crate::device::position_in(info, &identities(&cuda)) {
+        Some(ordinal) => Ok(cuda[ordinal].clone()),
+        None => {
+            let found: Vec<String> =
+                cuda.iter().map(|d| format!("{} {} {}", d.ordinal, d.name, d.uuid)).collect();
+            Err(info.no_device_in("CUDA", &found, "none"))
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -290,11 +292,7 @@ impl Context {
 
     /// Checks that an object of the device `uuid` can be used here.
     pub(crate) fn check_device(&self, what: &'static str, uuid: Uuid) -> Result<()> {
-        if uuid == self.inner.uuid {
-            Ok(())
-        } else {
-            Err(Error::DeviceMismatch { what, expected: self.inner.uuid, found: uuid })
-        }
+        crate::device::check_same_device(what, (self.inner.uuid, None), (uuid, None))
     }
 }
 

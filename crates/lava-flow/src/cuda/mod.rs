@@ -36,6 +36,7 @@ mod export;
 mod external;
 mod memory;
 mod module;
+mod peer;
 mod raw;
 mod release;
 mod semaphore;
@@ -47,6 +48,9 @@ pub use event::Event;
 pub use export::ExportableAllocation;
 pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory};
 pub use module::{Function, Module};
+pub use peer::{
+    can_access_peer, copy_peer, copy_peer_staged, peer_access, PeerAccess, PeerPath, PeerSide, TimelineStep,
+};
 pub use raw::check;
 pub use semaphore::CudaTimeline;
 

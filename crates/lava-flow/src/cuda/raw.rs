@@ -70,6 +70,14 @@ const REQUIRED: &[&str] = &[
     "cuModuleGetFunction",
     "cuModuleUnload",
     "cuLaunchKernel",
+    "cuDeviceCanAccessPeer",
+    "cuCtxEnablePeerAccess",
+    "cuMemcpyPeerAsync",
+    "cuMemcpyPeer",
+    "cuMemHostAlloc",
+    "cuMemFreeHost",
+    "cuMemcpyDtoHAsync_v2",
+    "cuMemcpyHtoDAsync_v2",
 ];
 
 /// The oldest driver API version lava-flow supports (CUDA 12.0: `cuDeviceGetUuid_v2`).

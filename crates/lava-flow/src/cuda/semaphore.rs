@@ -119,6 +119,11 @@ impl Context {
 }
 
 impl CudaTimeline<'_> {
+    /// The CUDA context the timeline was imported into.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
     /// Makes work queued on `stream` after this call wait until the timeline reaches `value`.
     pub fn wait(&self, value: u64, stream: &Stream) -> Result<()> {
         self.ctx.check_device("the stream", stream.ctx.uuid())?;

@@ -263,7 +263,8 @@ impl Context {
     pub fn for_device(allocator: &MemoryAllocator, device_id: u32) -> Result<Self> {
         let info = allocator.device(device_id)?;
         let all = devices()?;
-        let Some(device) = all.iter().find(|d| info.is(&d.identity())) else {
+        let identities: Vec<_> = all.iter().map(ClDevice::identity).collect();
+        let Some(device) = crate::device::position_in(info, &identities).map(|i| &all[i]) else {
             let found: Vec<String> = all
                 .iter()
                 .map(|d| {
@@ -323,8 +324,8 @@ impl Context {
     /// Checks that an object of the Vulkan device `found` can be used here.
     fn check_device(&self, what: &'static str, found: Uuid) -> Result<()> {
         match self.device.uuid {
-            Some(expected) if expected != found => Err(Error::DeviceMismatch { what, expected, found }),
-            _ => Ok(()),
+            Some(expected) => crate::device::check_same_device(what, (expected, None), (found, None)),
+            None => Ok(()),
         }
     }
 }

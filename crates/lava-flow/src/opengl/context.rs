@@ -413,21 +413,13 @@ impl GlContext {
     /// Checks that memory of device `uuid` / driver `driver_uuid` can be imported here.
     pub(crate) fn check_device(&self, what: &'static str, uuid: Uuid, driver_uuid: Uuid) -> Result<()> {
         let info = &self.shared.info;
-        if !info.device_uuids.contains(&uuid) {
-            return Err(Error::DeviceMismatch {
-                what,
-                expected: info.device_uuids.first().copied().unwrap_or_default(),
-                found: uuid,
-            });
-        }
-        match info.driver_uuid {
-            Some(d) if d != driver_uuid => Err(Error::DeviceMismatch {
-                what: "the driver of that device",
-                expected: d,
-                found: driver_uuid,
-            }),
-            _ => Ok(()),
-        }
+        // A GL context may span several devices (GL_NUM_DEVICE_UUIDS_EXT): any of them is ours.
+        let expected = if info.device_uuids.contains(&uuid) {
+            uuid
+        } else {
+            info.device_uuids.first().copied().unwrap_or_default()
+        };
+        crate::device::check_same_device(what, (expected, info.driver_uuid), (uuid, Some(driver_uuid)))
     }
 
     /// Fails with [`Error::Unsupported`] unless the context lists `extension`.
