@@ -176,7 +176,7 @@ fn demo_hands_off_once_per_batch() {
 fn demo_refuses_consumers_it_does_not_have() {
     let (ok, _, err) = lava_flow(&["demo", "--consumer", "metal", "--frames", "2"]);
     assert!(!ok);
-    assert!(err.contains("unknown consumer"), "{err}");
+    assert!(err.contains("invalid value 'metal'") && err.contains("possible values"), "{err}");
     let (ok, _, err) = lava_flow(&["demo", "--buffers", "1"]);
     assert!(!ok);
     assert!(err.contains("2 to 16 shared buffers"), "{err}");

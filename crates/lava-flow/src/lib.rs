@@ -106,8 +106,9 @@ pub use location::MemoryLocation;
 pub use vulkan::{
     required_device_extensions, AllocationOptions, AllocatorOptions, AllocatorStats, BinarySemaphore, Buffer,
     DeviceRequirements, Exportable, HeapUsage, HostBytes, HostBytesMut, Image, ImageDesc, ImageFormat,
-    ImageTiling, MemoryAllocator, PendingTransfer, RawDevice, Submission, TimelineSemaphore, TransferStats,
-    ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
+    ImageTiling, MemoryAllocator, PendingTransfer, QueueGlobalPriority, RawDevice, Submission,
+    TimelineSemaphore, TransferStats, ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
+    DEFAULT_TRANSFER_TIMEOUT,
 };
 
 /// The guide `docs/vulkan.md`, whose examples are compiled and run as doctests.

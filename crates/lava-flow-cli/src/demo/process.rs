@@ -8,10 +8,11 @@ use std::path::Path;
 use std::process::Child;
 
 use lava_flow::cuda::Context;
-use lava_flow::{ipc, Error, Result};
+use lava_flow::ipc;
 
-use crate::demo::cuda::{CudaConsumer, Imports};
-use crate::demo::{Consumer, Handoff, Options, Shared};
+use super::cuda::{CudaConsumer, Imports};
+use super::{Consumer, Handoff, Options, Shared};
+use crate::error::{Error, Result};
 use crate::peer::{get, io, put};
 
 /// The commands, one fixed-size record each: op, frame, slot, wait, signal.
@@ -21,6 +22,8 @@ const STAGED_SUMS: u8 = b'G';
 const ALONE: u8 = b'A';
 const FINISH: u8 = b'F';
 const QUIT: u8 = b'Q';
+/// Work rounds per word from now on, in the frame field.
+const ROUNDS: u8 = b'W';
 const RECORD: usize = 1 + 4 + 4 + 8 + 8;
 
 fn record(op: u8, f: u32, slot: usize, handoff: Handoff) -> [u8; RECORD] {
@@ -78,6 +81,10 @@ impl Consumer for ProcessConsumer {
         true
     }
 
+    fn set_rounds(&mut self, rounds: u32) -> Result<()> {
+        put(&self.stream, &record(ROUNDS, rounds, 0, NO_HANDOFF))
+    }
+
     fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()> {
         put(&self.stream, &record(CONSUME, f, slot, handoff))
     }
@@ -130,12 +137,13 @@ pub fn peer(socket: &Path) -> Result<()> {
     let frame_bytes = u64::from_le_bytes(long);
     get(&stream, &mut word)?;
     let words = u32::from_le_bytes(word);
-    let received: Vec<_> = (0..buffers).map(|_| ipc::recv_memory(&stream)).collect::<Result<_>>()?;
+    let received: Vec<_> =
+        (0..buffers).map(|_| ipc::recv_memory(&stream)).collect::<lava_flow::Result<_>>()?;
     let sums = ipc::recv_memory(&stream)?;
     let (produced, consumed) = (ipc::recv_semaphore(&stream)?, ipc::recv_semaphore(&stream)?);
     let ctx = Context::for_uuid(sums.descriptor().device_uuid)?;
     let imports = Imports {
-        frames: received.into_iter().map(|m| ctx.import_memory(m)).collect::<Result<_>>()?,
+        frames: received.into_iter().map(|m| ctx.import_memory(m)).collect::<lava_flow::Result<_>>()?,
         sums: ctx.import_memory(sums)?,
         produced: ctx.import_exported_semaphore(produced)?,
         consumed: ctx.import_exported_semaphore(consumed)?,
@@ -160,15 +168,14 @@ pub fn peer(socket: &Path) -> Result<()> {
             }
             STAGED_SUMS => put(&stream, &consumer.staged_sums()?)?,
             ALONE => consumer.consume_alone(f, slot)?,
+            ROUNDS => consumer.set_rounds(f)?,
             FINISH => {
                 consumer.finish()?;
                 put(&stream, b"k")?;
             }
             QUIT => return consumer.finish(),
             other => {
-                return Err(Error::InvalidArgument(format!(
-                    "demo consumer process: unknown command {other:#x}"
-                )))
+                return Err(Error::Protocol(format!("demo consumer process: unknown command {other:#x}")))
             }
         }
     }
