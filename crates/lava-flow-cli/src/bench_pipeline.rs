@@ -56,12 +56,13 @@ pub fn rows(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
         ),
     ] {
         let mut first = None;
+        let mut ring_rows = Vec::new();
         for &(buffers, batch) in rings {
             let mut o = base(frames, bytes, buffers, batch);
             o.work_ms = work;
             let m = measure(&o)?;
             let path = format!("ring of {buffers}, one hand-off per {batch} frame(s)");
-            rows.push(pipeline_row(group, path, &m));
+            ring_rows.push(pipeline_row(group, path, &m));
             first.get_or_insert(m);
         }
         // The sides of the first configuration's runs, each against the same ceiling.
@@ -84,10 +85,11 @@ pub fn rows(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
             ("Vulkan producer alone", median(&m, |m| m.rate(m.producer_alone).0)),
             ("consumer alone", median(&m, |m| m.rate(m.consumer_alone).0)),
         ];
-        for (name, fps) in sides {
-            rows.push(Row::against(&ceiling_row, name.into(), fps));
-        }
+        let sides: Vec<Row> =
+            sides.into_iter().map(|(name, fps)| Row::against(&ceiling_row, name.into(), fps)).collect();
         rows.push(ceiling_row);
+        rows.extend(sides);
+        rows.extend(ring_rows);
     }
 
     // The hand-off knobs, one at a time from a ring of 8 (4 MiB frames), each against the
