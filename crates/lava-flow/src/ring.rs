@@ -9,15 +9,19 @@
 //! let location = MemoryLocation::GpuVulkan { device_id: 0 };
 //! let ring = Ring::new_buffers(&mut allocator, location, 4096, RingOptions::new(4).batch(2).frames(8))?;
 //! let (mut producer, mut consumer) = (ring.producer()?, ring.consumer()?);
-//! for _ in 0..8 {
-//!     let step = producer.next_frame()?;
-//!     // Record work that writes ring.buffers()[step.slot] into a command buffer, then:
-//!     allocator.submit(0, &ring.submission(&step))?;
-//! }
-//! for _ in 0..8 {
-//!     let step = consumer.next_frame()?;
-//!     // A consumer in any API: wait for step.wait, read the slot, signal step.signal.
-//!     allocator.submit(0, &ring.submission(&step))?;
+//! // Both ends on one Vulkan queue here, which runs in order: each batch's writes are submitted
+//! // before its reads. (Ends on different queues or APIs need no such care.)
+//! for _batch in 0..4 {
+//!     for _ in 0..2 {
+//!         let step = producer.next_frame()?;
+//!         // Record work that writes ring.buffers()[step.slot] into a command buffer, then:
+//!         allocator.submit(0, &ring.submission(&step))?;
+//!     }
+//!     for _ in 0..2 {
+//!         let step = consumer.next_frame()?;
+//!         // A consumer in any API: wait for step.wait, read the slot, signal step.signal.
+//!         allocator.submit(0, &ring.submission(&step))?;
+//!     }
 //! }
 //! ring.released().wait(8, std::time::Duration::from_secs(10))?;
 //! # Ok(()) }
