@@ -84,6 +84,7 @@ mod location;
 pub mod opencl;
 #[cfg(feature = "opengl")]
 pub mod opengl;
+pub mod ring;
 mod suballoc;
 mod vulkan;
 #[cfg(windows)]
@@ -103,6 +104,7 @@ pub use handle::{
     MemoryDescriptor, MemoryId, SemaphoreDescriptor, SemaphoreKind,
 };
 pub use location::MemoryLocation;
+pub use ring::{FrameStep, Ring, RingError, RingOptions, RingSchedule};
 pub use vulkan::{
     required_device_extensions, AllocationOptions, AllocatorOptions, AllocatorStats, BinarySemaphore, Buffer,
     DeviceRequirements, Exportable, HeapUsage, HostBytes, HostBytesMut, Image, ImageDesc, ImageFormat,
