@@ -190,9 +190,7 @@ impl Compute {
     }
 
     /// Records and submits one dispatch with `push` constants over the buffers of `slot`: wait
-    /// for `after` (e.g. the consumer's release of the buffer), dispatch, then signal `signal` (a
-    /// semaphore and its next value, which also picks the ring entry).
-    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one command buffer's recording")]
+    /// for `after` (e.g. the consumer's release of the buffer), dispatch, then signal `signal`.
     pub fn run(
         &self,
         allocator: &MemoryAllocator,
@@ -201,6 +199,21 @@ impl Compute {
         after: Option<(&TimelineSemaphore, u64)>,
         signal: Option<(&TimelineSemaphore, u64)>,
     ) -> Result<()> {
+        let recorded = self.record(push, slot)?;
+        let mut submission = Submission::new();
+        if let Some((sem, v)) = after {
+            submission = submission.wait(sem, v);
+        }
+        if let Some((sem, v)) = signal {
+            submission = submission.signal(sem, v);
+        }
+        Ok(allocator.submit(self.device_id, &recorded.submission(submission))?)
+    }
+
+    /// Records one dispatch with `push` constants over the buffers of `slot` into the next
+    /// command buffer of the pass's ring, for one submission ([`Recorded::submission`]).
+    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one command buffer's recording")]
+    pub fn record(&self, push: Push, slot: usize) -> Result<Recorded> {
         let ring = self.submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % RING;
         let (cmd, fence) = (self.cmds[ring], self.fences[ring]);
         let d = &self.device;
@@ -238,17 +251,23 @@ impl Compute {
             );
             d.end_command_buffer(cmd).map_err(vk_err("vkEndCommandBuffer"))?;
         }
-        let cmds = [cmd];
-        // SAFETY: `cmd` was recorded above on this device and `fence` reset; both stay valid until
-        // `drop`, which waits for the device first.
-        let mut submission = unsafe { Submission::new().command_buffers(&cmds).fence(fence) };
-        if let Some((sem, v)) = after {
-            submission = submission.wait(sem, v);
-        }
-        if let Some((sem, v)) = signal {
-            submission = submission.signal(sem, v);
-        }
-        Ok(allocator.submit(self.device_id, &submission)?)
+        Ok(Recorded { cmds: [cmd], fence })
+    }
+}
+
+/// One recorded dispatch of a [`Compute`] pass, not yet submitted: submit it once.
+pub struct Recorded {
+    cmds: [vk::CommandBuffer; 1],
+    fence: vk::Fence,
+}
+
+impl Recorded {
+    /// `base` (its waits and signals: a ring's step, say) with this dispatch's command buffer
+    /// and fence.
+    pub fn submission<'s>(&'s self, base: Submission<'s>) -> Submission<'s> {
+        // SAFETY: the command buffer was recorded on the pass's device and the fence reset; both
+        // stay valid until the pass's drop, which waits for the device first.
+        unsafe { base.command_buffers(&self.cmds).fence(self.fence) }
     }
 }
 

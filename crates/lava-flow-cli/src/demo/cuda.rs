@@ -1,22 +1,60 @@
-//! The CUDA consumer: a PTX checksum kernel on the shared buffers, ordered by the timelines
-//! imported into CUDA; for the staged pipeline, memory from `cuMemAlloc`. Its stream's priority
+//! The CUDA consumer: a PTX checksum kernel on the ring imported into CUDA ([`CudaRing`]: its
+//! slots, and its timelines, which streams wait for and signal); for the staged pipeline, memory
+//! from `cuMemAlloc`. Its stream's priority
 //! and its context's scheduling flags can be chosen (the hand-off knobs `bench` measures).
 
 use lava_flow::cuda::{
     check, sys, Context, CudaBuffer, CudaTimeline, DeviceBuffer, DeviceMemory, Module, Stream,
 };
-use lava_flow::MemoryAllocator;
+use lava_flow::ring::CudaRing;
+use lava_flow::{FrameStep, MemoryAllocator};
 
-use super::{Consumer, CudaSched, Handoff, Options, Shared, StreamPriority};
+use super::{Consumer, CudaSched, Options, Shared, StreamPriority};
 use crate::error::Result;
 use crate::kernels::{launch_checksum_work, KERNELS};
 
+/// How the consumer sees the ring: through the library's adapter, or (in the child process of
+/// `demo --processes 2`) as the slots and timelines imported from the handles another process
+/// sent, with the ring's steps sent beside them.
+pub enum RingView<'a> {
+    Ring(CudaRing<'a>),
+    Imported { slots: Vec<CudaBuffer<'a>>, written: CudaTimeline<'a>, released: CudaTimeline<'a> },
+}
+
+impl RingView<'_> {
+    /// The device pointer of slot `slot`.
+    fn slot(&self, slot: usize) -> u64 {
+        match self {
+            RingView::Ring(r) => r.buffers()[slot].device_ptr(),
+            RingView::Imported { slots, .. } => slots[slot].device_ptr(),
+        }
+    }
+
+    /// Queues the consumer step's wait on `stream`.
+    fn wait(&self, step: &FrameStep, stream: &Stream) -> lava_flow::Result<()> {
+        match (self, step.wait) {
+            (RingView::Ring(r), _) => r.wait(step, stream),
+            (RingView::Imported { written, .. }, Some(v)) => written.wait(v, stream),
+            (RingView::Imported { .. }, None) => Ok(()),
+        }
+    }
+
+    /// Queues the consumer step's signal on `stream`.
+    fn signal(&self, step: &FrameStep, stream: &Stream) -> lava_flow::Result<()> {
+        match (self, step.signal) {
+            (RingView::Ring(r), _) => r.signal(step, stream),
+            (RingView::Imported { released, .. }, Some(v)) => released.signal(v, stream),
+            (RingView::Imported { .. }, None) => Ok(()),
+        }
+    }
+}
+
 /// What the CUDA consumer uses, imported into its context.
 pub struct Imports<'a> {
-    pub frames: Vec<CudaBuffer<'a>>,
+    pub ring: RingView<'a>,
+    /// The consumer's own frames.
+    pub own: Vec<CudaBuffer<'a>>,
     pub sums: CudaBuffer<'a>,
-    pub produced: CudaTimeline<'a>,
-    pub consumed: CudaTimeline<'a>,
 }
 
 pub struct CudaConsumer<'a> {
@@ -24,10 +62,9 @@ pub struct CudaConsumer<'a> {
     /// The stream made with a priority, destroyed after `stream` (which does not own it).
     _prioritised: Option<PriorityStream>,
     module: Module,
-    frames: Vec<CudaBuffer<'a>>,
+    ring: RingView<'a>,
+    own: Vec<CudaBuffer<'a>>,
     sums: CudaBuffer<'a>,
-    produced: CudaTimeline<'a>,
-    consumed: CudaTimeline<'a>,
     staged_frame: DeviceBuffer,
     staged_sums: DeviceBuffer,
     frame_count: u32,
@@ -42,10 +79,9 @@ impl<'a> CudaConsumer<'a> {
     pub(super) fn new(allocator: &MemoryAllocator, options: &Options, shared: &Shared<'a>) -> Result<Self> {
         let ctx = Context::for_device(allocator, options.device_id)?;
         let imports = Imports {
-            frames: shared.frames.iter().map(|b| ctx.import_buffer(b)).collect::<lava_flow::Result<_>>()?,
+            ring: RingView::Ring(shared.ring.import_cuda(&ctx)?),
+            own: shared.own.iter().map(|b| ctx.import_buffer(b)).collect::<lava_flow::Result<_>>()?,
             sums: ctx.import_buffer(shared.sums)?,
-            produced: ctx.import_timeline(shared.produced)?,
-            consumed: ctx.import_timeline(shared.consumed)?,
         };
         let mut settings = Vec::new();
         if let Some(sched) = options.cuda_sched {
@@ -80,10 +116,9 @@ impl<'a> CudaConsumer<'a> {
             stream: ctx.stream()?,
             _prioritised: None,
             module: ctx.load_ptx(KERNELS)?,
-            frames: imports.frames,
+            ring: imports.ring,
+            own: imports.own,
             sums: imports.sums,
-            produced: imports.produced,
-            consumed: imports.consumed,
             staged_frame: ctx.alloc(frame_bytes)?,
             staged_sums,
             frame_count,
@@ -180,15 +215,10 @@ impl Consumer for CudaConsumer<'_> {
         Ok(())
     }
 
-    fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()> {
-        if let Some(v) = handoff.wait {
-            self.produced.wait(v, &self.stream)?;
-        }
-        self.checksum(self.frames[slot].device_ptr(), self.sums.device_ptr() + u64::from(f) * 4)?;
-        if let Some(v) = handoff.signal {
-            self.consumed.signal(v, &self.stream)?;
-        }
-        Ok(())
+    fn consume(&mut self, f: u32, step: &FrameStep) -> Result<()> {
+        self.ring.wait(step, &self.stream)?;
+        self.checksum(self.ring.slot(step.slot), self.sums.device_ptr() + u64::from(f) * 4)?;
+        Ok(self.ring.signal(step, &self.stream)?)
     }
 
     fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
@@ -206,8 +236,8 @@ impl Consumer for CudaConsumer<'_> {
         Ok(out)
     }
 
-    fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()> {
-        self.checksum(self.frames[slot].device_ptr(), self.sums.device_ptr() + u64::from(f) * 4)
+    fn consume_alone(&mut self, f: u32, own: usize) -> Result<()> {
+        self.checksum(self.own[own].device_ptr(), self.sums.device_ptr() + u64::from(f) * 4)
     }
 
     fn finish(&mut self) -> Result<()> {

@@ -1,12 +1,13 @@
 //! `lava-flow demo`: a zero-copy pipeline over a ring of shared buffers (two by default:
 //! ping-pong).
 //!
-//! A Vulkan compute shader produces frame `f` into shared buffer `f % n`; the consumer (CUDA,
-//! OpenGL, OpenCL or a second Vulkan device, one module each, each behind its feature but
-//! Vulkan's) checksums it in place and writes the checksum into a results buffer that is shared
-//! too. One timeline semaphore per direction orders it all: the producer's frame `f` waits until
-//! the consumer is done with frame `f - n` (same buffer); the consumer's frame `f` waits until the
-//! producer is done with it. Every checksum is checked on the CPU at the end. Then, all in the
+//! The frames go through a [`lava_flow::Ring`] of `n` buffers: a Vulkan compute shader produces
+//! frame `f` into slot `f % n`; the consumer (CUDA, OpenGL, OpenCL or a second Vulkan device, one
+//! module each, each behind its feature but Vulkan's) checksums it in place, through the ring's
+//! adapter for its API, and writes the checksum into a results buffer that is shared too. The
+//! ring's two timelines order it all (its steps say what each end waits for and signals): the
+//! producer's frame `f` waits until the consumer released frame `f - n` (same slot); the
+//! consumer's frame `f` waits until the producer wrote it. Every checksum is checked on the CPU at the end. Then, all in the
 //! same run: the same frames through host memory (download, upload), the way it is done without
 //! sharing; each side alone; and both sides at once with no hand-off between them, each on its
 //! own frames — the ceiling the pipeline is compared with.
@@ -25,7 +26,8 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use lava_flow::{
-    AllocatorOptions, Buffer, MemoryAllocator, MemoryLocation, QueueGlobalPriority, TimelineSemaphore,
+    AllocatorOptions, Buffer, FrameStep, MemoryAllocator, MemoryLocation, QueueGlobalPriority, Ring,
+    RingOptions, TimelineSemaphore,
 };
 
 use crate::compute::{Compute, Shader};
@@ -79,7 +81,7 @@ pub struct Options {
     /// Shared frame buffers in the ring (2: ping-pong).
     pub buffers: u32,
     /// Frames per hand-off: the producer signals, and the consumer waits, once per this many
-    /// frames (1: every frame). `buffers` must be a multiple of it.
+    /// frames (1: every frame); at most `buffers` (the ring's rule).
     pub batch: u32,
     pub frame_bytes: u64,
     pub consumer: ConsumerKind,
@@ -133,12 +135,6 @@ impl Options {
         }
         if !(2..=16).contains(&self.buffers) {
             return usage("2 to 16 shared buffers".into());
-        }
-        if self.batch == 0 || !self.buffers.is_multiple_of(self.batch) {
-            return usage(format!(
-                "--batch {} must divide --buffers {} (a hand-off covers whole groups of buffers)",
-                self.batch, self.buffers
-            ));
         }
         if let Some(a) = self.ahead.filter(|&a| a < self.batch) {
             return usage(format!(
@@ -268,16 +264,6 @@ pub fn measure(options: &Options, quiet: bool) -> Result<Measured> {
     result
 }
 
-/// Where a frame's hand-off happens: the consumer waits for the producer's timeline before the
-/// first frame of a batch, and signals its own after the last (the number of frames consumed).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Handoff {
-    /// Wait until `produced` reaches this value first.
-    pub wait: Option<u64>,
-    /// Signal `consumed` to this value after the frame.
-    pub signal: Option<u64>,
-}
-
 /// One consumer of the frames: CUDA, OpenGL, OpenCL or Vulkan.
 pub(crate) trait Consumer {
     /// What consumes, for the report (e.g. "OpenGL compute on <renderer>").
@@ -286,17 +272,17 @@ pub(crate) trait Consumer {
     fn gpu_semaphores(&self) -> bool;
     /// Rounds of calibrated work per word from now on (0: none); the checksums stay the same.
     fn set_rounds(&mut self, rounds: u32) -> Result<()>;
-    /// Zero-copy: queues "wait until `produced` reaches `handoff.wait`, checksum the shared frame
-    /// in `slot` into shared `sums[f]`, then set `consumed` to `handoff.signal`", without waiting
-    /// on the host.
-    fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()>;
+    /// Zero-copy: queues "wait for `step.wait` on the ring's `written`, checksum the ring's slot
+    /// `step.slot` into shared `sums[f]`, then signal `step.signal` on `released`", without
+    /// waiting on the host where the API can wait on the GPU.
+    fn consume(&mut self, f: u32, step: &FrameStep) -> Result<()>;
     /// Staged: uploads frame `f` from host memory into the consumer's own memory and checksums it
     /// into its own sums.
     fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()>;
     /// Waits for the staged work and returns its sums.
     fn staged_sums(&mut self) -> Result<Vec<u8>>;
-    /// The consumer alone: checksums the shared frame in `slot` with no semaphore.
-    fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()>;
+    /// The consumer alone: checksums its own frame `own` (not the ring's) with no semaphore.
+    fn consume_alone(&mut self, f: u32, own: usize) -> Result<()>;
     /// Waits until the consumer's queued work is done.
     fn finish(&mut self) -> Result<()>;
 }
@@ -315,24 +301,19 @@ fn pipeline(
     };
     let location = MemoryLocation::GpuVulkan { device_id: options.device_id };
     let words = (options.frame_bytes / 4) as u32;
-    // The ring's buffers, then as many of the consumer's own (read alone and in the ceiling run,
-    // never handed over).
-    let frames = (0..2 * options.buffers)
+    let ring_options =
+        RingOptions::new(options.buffers).batch(options.batch).frames(u64::from(options.frames));
+    let ring = Ring::new_buffers(&mut allocator, location, options.frame_bytes, ring_options)?;
+    // The consumer's own frames, as many as the ring's: read alone and in the ceiling run, never
+    // handed over.
+    let own = (0..options.buffers)
         .map(|_| allocator.allocate(options.frame_bytes, location))
         .collect::<lava_flow::Result<Vec<_>>>()?;
     let sums = allocator.allocate(u64::from(options.frames) * 4, location)?;
     sums.write(0, &vec![0; options.frames as usize * 4])?;
-    let produced = allocator.timeline_semaphore(options.device_id)?;
-    let consumed = allocator.timeline_semaphore(options.device_id)?;
-    let shared = Shared {
-        frames: &frames,
-        ring: options.buffers,
-        sums: &sums,
-        produced: &produced,
-        consumed: &consumed,
-        words,
-    };
-    let producer = Producer::new(&allocator, options.device_id, &frames, words)?;
+    let side = allocator.timeline_semaphore(options.device_id)?;
+    let shared = Shared { ring: &ring, own: &own, sums: &sums, side: &side, words };
+    let producer = Producer::new(&allocator, options.device_id, &shared.frames(), words)?;
     // Each consumer borrows what it imports; the runs borrow it in turn.
     macro_rules! run {
         ($consumer:expr) => {
@@ -405,16 +386,28 @@ fn cuda_present(allocator: &MemoryAllocator, device_id: u32) -> bool {
     }
 }
 
-/// What producer and consumer share: the frame buffers (the ring's `ring` first, then as many of
-/// the consumer's own), the sums, and the two timelines.
+/// What producer and consumer share: the ring, the consumer's own frames, the sums, and the
+/// producer's timeline for the runs outside the ring.
 pub(crate) struct Shared<'a> {
-    pub frames: &'a [Buffer],
-    /// How many of `frames` are the ring's.
-    pub ring: u32,
+    pub ring: &'a Ring,
+    pub own: &'a [Buffer],
     pub sums: &'a Buffer,
-    pub produced: &'a TimelineSemaphore,
-    pub consumed: &'a TimelineSemaphore,
+    /// Signalled by the producer outside the ring (staged, alone, calibration): the ring's
+    /// timelines carry the ring's values only.
+    pub side: &'a TimelineSemaphore,
     pub words: u32,
+}
+
+impl Shared<'_> {
+    /// The ring's buffers, then the consumer's own.
+    pub fn frames(&self) -> Vec<&Buffer> {
+        self.ring.buffers().iter().chain(self.own).collect()
+    }
+
+    /// The ring's slots.
+    fn slots(&self) -> u32 {
+        self.ring.slot_count() as u32
+    }
 }
 
 /// How long one timed step may wait for the GPU.
@@ -430,7 +423,8 @@ fn run_frames(
     consumer: &mut dyn Consumer,
     quiet: bool,
 ) -> Result<Measured> {
-    let (produced, consumed) = (shared.produced, shared.consumed);
+    let (ring, side) = (shared.ring, shared.side);
+    let released = ring.released();
     let (buffers, batch, frames) = (options.buffers, options.batch, options.frames);
     if !quiet {
         println!(
@@ -441,8 +435,7 @@ fn run_frames(
             if consumer.gpu_semaphores() { "GPU" } else { "host-fallback" }
         );
     }
-    // `produced`'s last value: each run signals it above the last one. (`consumed` counts the
-    // zero-copy run's frames, and only that run signals it.)
+    // `side`'s last value: each run outside the ring signals it above the last one.
     let mut next_value = 0;
     let rounds = match options.work_ms {
         Some(ms) => {
@@ -455,22 +448,22 @@ fn run_frames(
     };
     producer.set_rounds(rounds.0);
     consumer.set_rounds(rounds.1)?;
-    let base = next_value;
 
-    // Zero-copy: the producer runs ahead by at most the ring. One hand-off per batch of frames:
-    // the producer signals after a batch's last frame, the consumer waits before its first. A
-    // batch's frames are all submitted to the producer before the consumer's (consumers that
-    // order through the host wait there for the batch's end). A second thread notes when each
-    // batch's signal arrives, for the per-frame latency.
+    // Zero-copy through the ring: the producer runs ahead by at most the ring. One hand-off per
+    // batch of frames (the ring's steps say where). A batch's frames are all submitted to the
+    // producer before the consumer's (consumers that order through the host wait there for the
+    // batch's end). A second thread notes when each batch's release arrives, for the per-frame
+    // latency.
     let ends: Vec<u64> =
         (batch..frames + batch).step_by(batch as usize).map(|e| u64::from(e.min(frames))).collect();
     let mut submitted = Vec::with_capacity(frames as usize);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let start = Instant::now();
     let (queued, done) = std::thread::scope(|s| {
-        let waiter = s.spawn(|| wait_each(consumed, &ends, &stop));
+        let waiter = s.spawn(|| wait_each(released, &ends, &stop));
         let mut progress = Progress::new(frames, "zero-copy", quiet);
         let mut queue = || -> Result<()> {
+            let (mut producing, mut consuming) = (ring.producer()?, ring.consumer()?);
             for first in (0..frames).step_by(batch as usize) {
                 let end = (first + batch).min(frames);
                 if let Some(ahead) = options.ahead {
@@ -478,24 +471,16 @@ fn run_frames(
                     // that ends at or before `end - ahead`.
                     let need = (end.saturating_sub(ahead) / batch) * batch;
                     if need > 0 {
-                        consumed.wait(u64::from(need), WAIT)?;
+                        released.wait(u64::from(need), WAIT)?;
                     }
                 }
                 for f in first..end {
-                    // The batch that used these slots before, ending at `first - buffers + batch`,
-                    // must be consumed before they are overwritten.
-                    let after =
-                        (f == first && f >= buffers).then(|| (consumed, u64::from(f - buffers + batch)));
-                    let signal = (f + 1 == end).then(|| (produced, base + u64::from(end)));
+                    let step = producing.next_frame()?;
                     submitted.push(Instant::now());
-                    producer.produce(allocator, f, (f % buffers) as usize, after, signal)?;
+                    producer.produce_step(allocator, ring, f, &step)?;
                 }
                 for f in first..end {
-                    let handoff = Handoff {
-                        wait: (f == first).then(|| base + u64::from(end)),
-                        signal: (f + 1 == end).then(|| u64::from(end)),
-                    };
-                    consumer.consume(f, (f % buffers) as usize, handoff)?;
+                    consumer.consume(f, &consuming.next_frame()?)?;
                 }
                 progress.tick(end);
             }
@@ -510,7 +495,8 @@ fn run_frames(
     queued?;
     let done = done.map_err(|_| Error::Usage("the latency thread panicked".into()))??;
     let zero_copy = start.elapsed();
-    next_value = base + u64::from(frames);
+    // Every release was seen; the consumer's writes of the sums are done too.
+    consumer.finish()?;
     let mut latency: Vec<Duration> =
         submitted.iter().enumerate().map(|(f, t)| done[f / batch as usize].duration_since(*t)).collect();
     latency.sort();
@@ -527,9 +513,9 @@ fn run_frames(
         let mut progress = Progress::new(frames, "staging", quiet);
         for f in 0..frames {
             next_value += 1;
-            producer.produce(allocator, f, 0, None, Some((produced, next_value)))?;
-            produced.wait(next_value, Duration::from_secs(60))?;
-            shared.frames[0].read(0, &mut host)?;
+            producer.produce(allocator, f, 0, None, Some((side, next_value)))?;
+            side.wait(next_value, Duration::from_secs(60))?;
+            ring.buffers()[0].read(0, &mut host)?;
             consumer.consume_staged(f, &host)?;
             progress.tick(f + 1);
         }
@@ -541,7 +527,7 @@ fn run_frames(
 
     // Each side alone, and both at once with no hand-off (the producer on the ring's buffers, the
     // consumer on its own): how close the pipeline comes to what the GPU does with both.
-    let own = |f: u32| (buffers + f % buffers) as usize;
+    let own = |f: u32| (f % buffers) as usize;
     fill_own(allocator, producer, shared, &mut next_value)?;
     let producer_alone = produce_alone(allocator, producer, shared, frames, &mut next_value)?;
     let start = Instant::now();
@@ -552,13 +538,13 @@ fn run_frames(
     let consumer_alone = start.elapsed();
     let start = Instant::now();
     for f in 0..frames {
-        let signal = (f + 1 == frames).then(|| (produced, next_value + 1));
+        let signal = (f + 1 == frames).then(|| (side, next_value + 1));
         producer.produce(allocator, f, (f % buffers) as usize, None, signal)?;
         consumer.consume_alone(f, own(f))?;
     }
     next_value += 1;
     consumer.finish()?;
-    produced.wait(next_value, WAIT)?;
+    side.wait(next_value, WAIT)?;
     let both_at_once = start.elapsed();
     // Submissions waited for values the consumer signalled: a fenced wait lets the validation
     // layer see them complete before the semaphores go.
@@ -615,11 +601,12 @@ fn fill_own(
     shared: &Shared<'_>,
     next: &mut u64,
 ) -> Result<()> {
-    for slot in shared.ring..shared.frames.len() as u32 {
+    for i in 0..shared.own.len() as u32 {
         *next += 1;
-        producer.produce(allocator, slot, slot as usize, None, Some((shared.produced, *next)))?;
+        let slot = (shared.slots() + i) as usize;
+        producer.produce(allocator, i, slot, None, Some((shared.side, *next)))?;
     }
-    Ok(shared.produced.wait(*next, WAIT)?)
+    Ok(shared.side.wait(*next, WAIT)?)
 }
 
 /// `frames` frames from the producer alone, into the ring's buffers: how long.
@@ -632,11 +619,11 @@ fn produce_alone(
 ) -> Result<Duration> {
     let start = Instant::now();
     for f in 0..frames {
-        let signal = (f + 1 == frames).then(|| (shared.produced, *next + 1));
-        producer.produce(allocator, f, (f % shared.ring) as usize, None, signal)?;
+        let signal = (f + 1 == frames).then(|| (shared.side, *next + 1));
+        producer.produce(allocator, f, (f % shared.slots()) as usize, None, signal)?;
     }
     *next += 1;
-    shared.produced.wait(*next, WAIT)?;
+    shared.side.wait(*next, WAIT)?;
     Ok(start.elapsed())
 }
 
@@ -665,7 +652,7 @@ fn calibrate(
         consumer.set_rounds(rounds)?;
         let start = Instant::now();
         for f in 0..frames {
-            consumer.consume_alone(f, (shared.ring + f % shared.ring) as usize)?;
+            consumer.consume_alone(f, (f % shared.slots()) as usize)?;
         }
         consumer.finish()?;
         Ok(start.elapsed().as_secs_f64() / f64::from(frames))
@@ -749,8 +736,9 @@ struct Producer {
 }
 
 impl Producer {
-    fn new(allocator: &MemoryAllocator, device_id: u32, frames: &[Buffer], words: u32) -> Result<Self> {
-        let slots: Vec<Vec<&Buffer>> = frames.iter().map(|f| vec![f]).collect();
+    /// A pass over `frames`: the ring's slots, then the consumer's own frames.
+    fn new(allocator: &MemoryAllocator, device_id: u32, frames: &[&Buffer], words: u32) -> Result<Self> {
+        let slots: Vec<Vec<&Buffer>> = frames.iter().map(|f| vec![*f]).collect();
         let pass = Compute::new(allocator, device_id, Shader::Glsl(PRODUCER), &slots, words.div_ceil(256))?;
         Ok(Producer { pass, words, rounds: std::cell::Cell::new(0) })
     }
@@ -769,5 +757,12 @@ impl Producer {
         signal: Option<(&TimelineSemaphore, u64)>,
     ) -> Result<()> {
         self.pass.run(allocator, [f, self.words, self.rounds.get(), 0], slot, after, signal)
+    }
+
+    /// Frame `f` as the ring's producer `step` says: into its slot, after its wait, then its
+    /// signal (the ring's submission for the step, with the dispatch).
+    fn produce_step(&self, allocator: &MemoryAllocator, ring: &Ring, f: u32, step: &FrameStep) -> Result<()> {
+        let recorded = self.pass.record([f, self.words, self.rounds.get(), 0], step.slot)?;
+        Ok(allocator.submit(ring.device_id(), &recorded.submission(ring.submission(step)))?)
     }
 }

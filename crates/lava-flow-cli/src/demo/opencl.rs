@@ -1,14 +1,13 @@
 //! The OpenCL consumer: the shared buffers imported into OpenCL, a kernel built from source at run
-//! time. The demo orders frames with timelines, which OpenCL cannot import (its semaphores are
-//! binary), so each frame is ordered through the host: wait for the producer's value, run,
-//! `clFinish`, signal.
-
-use std::time::Duration;
+//! time, the ring imported into OpenCL ([`ClRing`]). OpenCL cannot import timelines (its
+//! semaphores are binary), so the ring orders each batch through the host: wait for the
+//! producer's value, run, `clFinish`, signal.
 
 use lava_flow::opencl::{ClBuffer, Context, Program, Queue};
-use lava_flow::{Buffer, TimelineSemaphore};
+use lava_flow::ring::ClRing;
+use lava_flow::{Buffer, FrameStep};
 
-use super::{Consumer, Handoff, Options, Shared};
+use super::{Consumer, Options, Shared};
 use crate::error::Result;
 
 /// The checksum kernel.
@@ -18,12 +17,11 @@ pub(super) struct ClSide<'c> {
     cl: &'c Context,
     queue: Queue<'c>,
     program: Program<'c>,
-    frames: Vec<ClBuffer<'c>>,
+    ring: ClRing<'c>,
+    own: Vec<ClBuffer<'c>>,
     sums: ClBuffer<'c>,
     staged_frame: ClBuffer<'c>,
     staged_sums: ClBuffer<'c>,
-    produced: &'c TimelineSemaphore,
-    consumed: &'c TimelineSemaphore,
     frame_count: u32,
     words: u32,
     /// Work rounds per word ([`Consumer::set_rounds`]).
@@ -44,12 +42,11 @@ impl<'c> ClSide<'c> {
         staged_sums.write(&queue, 0, &vec![0; options.frames as usize * 4])?;
         Ok(ClSide {
             program: cl.build(CHECKSUM)?,
-            frames: shared.frames.iter().map(|b| cl.import_buffer(b)).collect::<lava_flow::Result<_>>()?,
+            ring: shared.ring.import_opencl(cl)?,
+            own: shared.own.iter().map(|b| cl.import_buffer(b)).collect::<lava_flow::Result<_>>()?,
             sums: cl.import_buffer(shared.sums)?,
             staged_frame: cl.import_buffer(&staged[0])?,
             staged_sums,
-            produced: shared.produced,
-            consumed: shared.consumed,
             frame_count: options.frames,
             words: shared.words,
             rounds: 0,
@@ -90,16 +87,10 @@ impl Consumer for ClSide<'_> {
         Ok(())
     }
 
-    fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()> {
-        if let Some(v) = handoff.wait {
-            self.produced.wait(v, Duration::from_secs(60))?;
-        }
-        self.checksum(f, &self.frames[slot], &self.sums)?;
-        if let Some(v) = handoff.signal {
-            self.queue.finish()?;
-            self.consumed.signal(v)?;
-        }
-        Ok(())
+    fn consume(&mut self, f: u32, step: &FrameStep) -> Result<()> {
+        self.ring.wait(step)?;
+        self.checksum(f, &self.ring.buffers()[step.slot], &self.sums)?;
+        Ok(self.ring.signal(step, &self.queue)?)
     }
 
     fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
@@ -114,8 +105,8 @@ impl Consumer for ClSide<'_> {
         Ok(out)
     }
 
-    fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()> {
-        self.checksum(f, &self.frames[slot], &self.sums)
+    fn consume_alone(&mut self, f: u32, own: usize) -> Result<()> {
+        self.checksum(f, &self.own[own], &self.sums)
     }
 
     fn finish(&mut self) -> Result<()> {

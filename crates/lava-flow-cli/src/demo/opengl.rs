@@ -1,10 +1,14 @@
-//! The OpenGL consumer: a compute program that checksums frames, the shared buffers and
-//! timelines imported into GL, and plain GL buffers for the staged pipeline.
+//! The OpenGL consumer: a compute program that checksums frames, the ring imported into GL
+//! ([`GlRing`]) with the consumer's own frames and the sums, and plain GL buffers for the staged
+//! pipeline.
 
 use glow::HasContext;
 use lava_flow::opengl::{GlBuffer, GlContext};
 
-use super::{Consumer, Handoff, Shared};
+use lava_flow::ring::GlRing;
+use lava_flow::FrameStep;
+
+use super::{Consumer, Shared};
 use crate::error::{Error, Result};
 
 /// The checksum's compute shader.
@@ -40,10 +44,9 @@ pub(super) struct GlSide<'a> {
     mask_at: glow::UniformLocation,
     /// Work rounds per word ([`Consumer::set_rounds`]).
     rounds: u32,
-    frames: Vec<GlBuffer<'a>>,
+    ring: GlRing<'a>,
+    own: Vec<GlBuffer<'a>>,
     sums: GlBuffer<'a>,
-    produced: lava_flow::opengl::GlTimeline<'a>,
-    consumed: lava_flow::opengl::GlTimeline<'a>,
     staged_frame: glow::Buffer,
     staged_sums: glow::Buffer,
     frame_count: u32,
@@ -116,10 +119,9 @@ impl<'a> GlSide<'a> {
             rounds_at,
             mask_at,
             rounds: 0,
-            frames: shared.frames.iter().map(|b| ctx.import_buffer(b)).collect::<lava_flow::Result<_>>()?,
+            ring: shared.ring.import_gl(ctx)?,
+            own: shared.own.iter().map(|b| ctx.import_buffer(b)).collect::<lava_flow::Result<_>>()?,
             sums: ctx.import_buffer(shared.sums)?,
-            produced: ctx.import_timeline(shared.produced)?,
-            consumed: ctx.import_timeline(shared.consumed)?,
             staged_frame,
             staged_sums,
             frame_count,
@@ -160,7 +162,7 @@ impl Consumer for GlSide<'_> {
     }
 
     fn gpu_semaphores(&self) -> bool {
-        self.produced.is_gpu_path()
+        self.ring.is_gpu_ordered()
     }
 
     fn set_rounds(&mut self, rounds: u32) -> Result<()> {
@@ -168,22 +170,15 @@ impl Consumer for GlSide<'_> {
         Ok(())
     }
 
-    fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()> {
-        let (frame, sums) = (&self.frames[slot], &self.sums);
-        // A batch's wait and signal cover every frame buffer (the batch's are among them).
-        let all: Vec<&GlBuffer<'_>> = self.frames.iter().chain([sums]).collect();
-        if let Some(v) = handoff.wait {
-            self.produced.wait(v, &all[..all.len() - 1], &[])?;
-        }
+    fn consume(&mut self, f: u32, step: &FrameStep) -> Result<()> {
+        let (frame, sums) = (&self.ring.buffers()[step.slot], &self.sums);
+        self.ring.wait(step)?;
         self.dispatch(
             f,
             (frame.gl_buffer(), frame.offset(), frame.size()),
             (sums.gl_buffer(), sums.offset(), sums.size()),
         )?;
-        if let Some(v) = handoff.signal {
-            self.consumed.signal(v, &all, &[])?;
-        }
-        Ok(())
+        Ok(self.ring.signal(step)?)
     }
 
     fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
@@ -212,8 +207,8 @@ impl Consumer for GlSide<'_> {
         Ok(out)
     }
 
-    fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()> {
-        let (frame, sums) = (&self.frames[slot], &self.sums);
+    fn consume_alone(&mut self, f: u32, own: usize) -> Result<()> {
+        let (frame, sums) = (&self.own[own], &self.sums);
         self.dispatch(
             f,
             (frame.gl_buffer(), frame.offset(), frame.size()),

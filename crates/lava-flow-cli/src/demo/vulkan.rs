@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use lava_flow::{Buffer, MemoryAllocator, MemoryLocation, TimelineSemaphore};
+use lava_flow::ring::VulkanRing;
+use lava_flow::{Buffer, FrameStep, MemoryAllocator, MemoryLocation, Submission, TimelineSemaphore};
 
-use super::{Consumer, Handoff, Options, Shared};
+use super::{Consumer, Options, Shared};
 use crate::compute::{Compute, Shader};
 use crate::error::Result;
 
@@ -12,26 +13,25 @@ use crate::error::Result;
 const CHECKSUM: &str = include_str!("../shaders/checksum.wgsl");
 
 /// The Vulkan consumer: a second `VkDevice` on the same GPU (its own `MemoryAllocator`, as another
-/// process would have) imports the frames and the sums (`export` → `import_memory`) and the two
-/// timelines where the driver exports them, and checksums with a compute shader. Where timelines
-/// cannot be exported (lavapipe), it orders through the host, as the GL fallback does.
+/// process would have) imports the ring ([`VulkanRing`]: its slots, and its timelines where the
+/// driver exports them), the consumer's own frames and the sums (`export` → `import_memory`), and
+/// checksums with a compute shader. Where timelines cannot be exported (lavapipe), the ring
+/// orders through the host.
 pub(super) struct VkSide<'a> {
-    other: MemoryAllocator,
     pass: Compute,
-    /// The frames and the sums as the second device sees them (kept alive for the pass).
+    ring: VulkanRing<'a>,
+    other: MemoryAllocator,
+    /// The own frames and the sums as the second device sees them (kept alive for the pass).
     _imported: Vec<Buffer>,
     staged_frame: Buffer,
     staged_sums: Buffer,
-    /// The timelines imported into the second device, or `None` for the host fallback.
-    imported_timelines: Option<(TimelineSemaphore, TimelineSemaphore)>,
-    /// The shared timelines, for the host fallback.
-    produced: &'a TimelineSemaphore,
-    consumed: &'a TimelineSemaphore,
     /// The second device's own timeline, for work it waits for itself.
     done: TimelineSemaphore,
     next: u64,
     frame_count: u32,
     words: u32,
+    /// The pass's slots: the ring's, then the own frames', then the staged one.
+    ring_slots: usize,
     staged_slot: usize,
     /// Work rounds per word ([`Consumer::set_rounds`]).
     rounds: u32,
@@ -40,40 +40,30 @@ pub(super) struct VkSide<'a> {
 impl<'a> VkSide<'a> {
     pub(super) fn new(mut other: MemoryAllocator, shared: &Shared<'a>, options: &Options) -> Result<Self> {
         let id = options.device_id;
+        let ring = shared.ring.import_vulkan(&other, id)?;
         let mut imported = Vec::new();
-        for b in shared.frames.iter().chain([shared.sums]) {
+        for b in shared.own.iter().chain([shared.sums]) {
             imported.push(other.import_memory(id, b.export()?)?);
         }
         let location = MemoryLocation::GpuVulkan { device_id: id };
         let staged_frame = other.allocate(options.frame_bytes, location)?;
         let staged_sums = other.allocate(u64::from(options.frames) * 4, location)?;
         staged_sums.write(0, &vec![0; options.frames as usize * 4])?;
-        let (frames, sums) = imported.split_at(imported.len() - 1);
-        let mut slots: Vec<Vec<&Buffer>> = frames.iter().map(|f| vec![f, &sums[0]]).collect();
+        let (own, sums) = imported.split_at(imported.len() - 1);
+        let mut slots: Vec<Vec<&Buffer>> =
+            ring.buffers().iter().chain(own).map(|f| vec![f, &sums[0]]).collect();
         slots.push(vec![&staged_frame, &staged_sums]);
         let staged_slot = slots.len() - 1;
         let pass = Compute::new(&other, id, Shader::Wgsl(CHECKSUM), &slots, shared.words.div_ceil(256))?;
-        let mut import = |t: &TimelineSemaphore| -> lava_flow::Result<Option<TimelineSemaphore>> {
-            match t.export() {
-                Ok(e) => other.import_timeline_semaphore(id, e).map(Some),
-                Err(lava_flow::Error::Unsupported { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        };
-        let imported_timelines = match (import(shared.produced)?, import(shared.consumed)?) {
-            (Some(p), Some(c)) => Some((p, c)),
-            _ => None,
-        };
         let done = other.timeline_semaphore(id)?;
         Ok(VkSide {
-            other,
             pass,
+            ring_slots: ring.buffers().len(),
+            ring,
+            other,
             _imported: imported,
             staged_frame,
             staged_sums,
-            imported_timelines,
-            produced: shared.produced,
-            consumed: shared.consumed,
             done,
             next: 0,
             frame_count: options.frames,
@@ -105,7 +95,7 @@ impl Consumer for VkSide<'_> {
     }
 
     fn gpu_semaphores(&self) -> bool {
-        self.imported_timelines.is_some()
+        self.ring.is_gpu_ordered()
     }
 
     fn set_rounds(&mut self, rounds: u32) -> Result<()> {
@@ -113,25 +103,9 @@ impl Consumer for VkSide<'_> {
         Ok(())
     }
 
-    fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()> {
-        if let Some((produced, consumed)) = &self.imported_timelines {
-            return self.pass.run(
-                &self.other,
-                [f, self.words, self.rounds, 0],
-                slot,
-                handoff.wait.map(|v| (produced, v)),
-                handoff.signal.map(|v| (consumed, v)),
-            );
-        }
-        if let Some(v) = handoff.wait {
-            self.produced.wait(v, Duration::from_secs(60))?;
-        }
-        let done = self.dispatch_alone(f, slot)?;
-        if let Some(v) = handoff.signal {
-            self.done.wait(done, Duration::from_secs(60))?;
-            self.consumed.signal(v)?;
-        }
-        Ok(())
+    fn consume(&mut self, f: u32, step: &FrameStep) -> Result<()> {
+        let recorded = self.pass.record([f, self.words, self.rounds, 0], step.slot)?;
+        Ok(self.ring.submit(step, recorded.submission(Submission::new()))?)
     }
 
     fn consume_staged(&mut self, f: u32, host: &[u8]) -> Result<()> {
@@ -148,8 +122,8 @@ impl Consumer for VkSide<'_> {
         Ok(out)
     }
 
-    fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()> {
-        self.dispatch_alone(f, slot).map(|_| ())
+    fn consume_alone(&mut self, f: u32, own: usize) -> Result<()> {
+        self.dispatch_alone(f, self.ring_slots + own).map(|_| ())
     }
 
     fn finish(&mut self) -> Result<()> {
