@@ -167,6 +167,8 @@ pub fn run(options: &Options) -> Result<()> {
             v[v.len() / 2]
         };
         let zero = pick(&|m| m.rate(m.zero_copy).0);
+        // Every run staged its frames too (`Options::new` asks for it): 0 would fail the check
+        // of the rows' values.
         let staged = pick(&|m| m.staging.map_or(0.0, |s| m.rate(s).0));
         let m = &runs[0];
         let group = "Vulkan → OpenGL hand-off, 4 MiB frames";

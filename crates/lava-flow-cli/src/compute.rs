@@ -265,9 +265,11 @@ impl Recorded {
     /// `base` (its waits and signals: a ring's step, say) with this dispatch's command buffer
     /// and fence.
     pub fn submission<'s>(&'s self, base: Submission<'s>) -> Submission<'s> {
-        // SAFETY: the command buffer was recorded on the pass's device and the fence reset; both
-        // stay valid until the pass's drop, which waits for the device first.
-        unsafe { base.command_buffers(&self.cmds).fence(self.fence) }
+        // SAFETY: the command buffer was recorded on the pass's device; it stays valid until the
+        // pass's drop, which waits for the device first.
+        let submission = unsafe { base.command_buffers(&self.cmds) };
+        // SAFETY: the fence was reset for this submission; it lives as long as the command buffer.
+        unsafe { submission.fence(self.fence) }
     }
 }
 

@@ -32,7 +32,7 @@ pub enum Error {
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
     /// The peer process sent what this one does not understand.
-    #[cfg_attr(not(unix), allow(dead_code))]
+    #[cfg_attr(not(all(unix, feature = "cuda")), allow(dead_code))]
     #[error("{0}")]
     Protocol(String),
 }
