@@ -189,7 +189,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
 
     crate::bench_transfers::rows(options, reps, &mut rows)?;
-    #[cfg(all(feature = "cuda", feature = "opengl"))]
+    #[cfg(feature = "cuda")]
     crate::bench_cuda::rows(&mut allocator, options, iters, reps, &mut rows)?;
     #[cfg(feature = "cuda")]
     crate::bench_processes::rows(&mut allocator, options, reps, &mut rows)?;

@@ -25,7 +25,8 @@ pub enum Error {
     /// A shader of the command's own did not compile.
     #[error("compute shader: {0}")]
     Shader(String),
-    /// A file could not be written.
+    /// A file could not be written (`bench --json`, Unix only).
+    #[cfg_attr(not(unix), allow(dead_code))]
     #[error("{}: {source}", path.display())]
     File { path: PathBuf, source: std::io::Error },
     /// The JSON report could not be made.

@@ -57,7 +57,8 @@ pub fn launch_checksum_work(
     Ok(unsafe { function.launch(stream, (grid, 1, 1), (BLOCK, 1, 1), &mut params) }?)
 }
 
-/// Queues `copy16(dst, src, bytes / 16)`.
+/// Queues `copy16(dst, src, bytes / 16)` (for `bench`, Unix only).
+#[cfg(unix)]
 pub fn launch_copy(module: &Module, stream: &Stream, dst: u64, src: u64, bytes: u64) -> Result<()> {
     let function = module.function("copy16")?;
     let (mut dst, mut src, mut count) = (dst, src, bytes / 16);

@@ -18,7 +18,13 @@ use crate::kernels::{launch_checksum_work, KERNELS};
 /// sent, with the ring's steps sent beside them.
 pub enum RingView<'a> {
     Ring(CudaRing<'a>),
-    Imported { slots: Vec<CudaBuffer<'a>>, written: CudaTimeline<'a>, released: CudaTimeline<'a> },
+    /// Built by `demo-peer` (Unix only).
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Imported {
+        slots: Vec<CudaBuffer<'a>>,
+        written: CudaTimeline<'a>,
+        released: CudaTimeline<'a>,
+    },
 }
 
 impl RingView<'_> {

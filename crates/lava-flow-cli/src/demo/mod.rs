@@ -173,7 +173,8 @@ pub struct Measured {
     /// The consumer, as it describes itself (read by `bench`, which is Unix only).
     #[cfg_attr(not(unix), allow(dead_code))]
     pub consumer: String,
-    #[cfg_attr(not(unix), allow(dead_code))]
+    /// Whether the consumer waited and signalled on the GPU (read by `bench`'s OpenGL rows).
+    #[cfg_attr(not(all(unix, feature = "opengl")), allow(dead_code))]
     pub gpu_semaphores: bool,
     /// The zero-copy pipeline, all frames.
     pub zero_copy: Duration,
