@@ -133,6 +133,11 @@ pub struct CudaGuide;
 #[doc = include_str!("../../../docs/opencl_interop.md")]
 pub struct OpenClGuide;
 
+/// The guide `docs/rings.md`, whose examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/rings.md")]
+pub struct RingsGuide;
+
 /// The crate's README (what the package registry shows), whose example is compiled as a doctest.
 #[cfg(all(doctest, feature = "cuda"))]
 #[doc = include_str!("../README.md")]
