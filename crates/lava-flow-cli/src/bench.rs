@@ -80,6 +80,8 @@ pub struct Options {
     pub transfers_only: bool,
     /// Only the wgpu rows (feature `wgpu`; without it, an error).
     pub wgpu_only: bool,
+    /// Only the pipeline rows (`bench_pipeline`).
+    pub pipeline_only: bool,
 }
 
 #[derive(Serialize)]
@@ -101,6 +103,10 @@ pub fn run(options: &Options) -> Result<()> {
     );
     println!("medians of {reps} repetitions; each path beside its baseline, same process\n");
 
+    if options.pipeline_only {
+        crate::bench_pipeline::rows(options, &mut rows)?;
+        return report(options, &info, rows);
+    }
     if options.transfers_only {
         crate::bench_transfers::rows(options, reps, &mut rows)?;
         return report(options, &info, rows);

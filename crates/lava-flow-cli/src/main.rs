@@ -63,6 +63,10 @@ enum Command {
         /// own); needs the feature `wgpu`.
         #[arg(long)]
         wgpu_only: bool,
+        /// Only the pipeline rows: the ring against its measured ceiling (with latency) and the
+        /// hand-off knobs.
+        #[arg(long)]
+        pipeline_only: bool,
     },
     /// The peer process of `bench`'s cross-process rows (started by `bench` itself).
     #[cfg(all(unix, feature = "cuda"))]
@@ -153,8 +157,15 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info { json } => info::run(json).map_err(error::Error::from),
         #[cfg(unix)]
-        Command::Bench { quick, json, device, transfers_only, wgpu_only } => {
-            bench::run(&bench::Options { quick, json, device_id: device, transfers_only, wgpu_only })
+        Command::Bench { quick, json, device, transfers_only, wgpu_only, pipeline_only } => {
+            bench::run(&bench::Options {
+                quick,
+                json,
+                device_id: device,
+                transfers_only,
+                wgpu_only,
+                pipeline_only,
+            })
         }
         #[cfg(all(unix, feature = "cuda"))]
         Command::BenchPeer { socket } => bench_processes::peer(&socket),
