@@ -97,6 +97,10 @@ pub fn rows(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
     let group = "hand-off knobs, 4 MiB frames (each vs the ceiling of its own runs)";
     let mut knob = |path: String, o: demo::Options| -> Result<()> {
         match measure(&o) {
+            // The CUDA knobs as they took effect (read back), in the consumer's description.
+            Ok(m) if o.cuda_sched.is_some() || o.stream_priority.is_some() => {
+                rows.push(pipeline_row(group, format!("{path}: {}", m[0].consumer), &m));
+            }
             Ok(m) => rows.push(pipeline_row(group, path, &m)),
             // A setting this machine refuses (a queue priority without privileges, CUDA flags on a
             // context in use) is a finding, not a failure of the benchmark.

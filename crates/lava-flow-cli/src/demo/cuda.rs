@@ -140,7 +140,8 @@ impl<'a> CudaConsumer<'a> {
     }
 }
 
-/// Sets the scheduling flags of the (primary) context and reads them back: what took effect.
+/// Sets the scheduling flags of the context (the device's primary context, already in use:
+/// `cuCtxSetFlags` on it, current) and reads them back: what took effect.
 fn set_sched(ctx: &Context, sched: CudaSched) -> Result<String> {
     use sys::CUctx_flags_enum as F;
     let flag = match sched {
@@ -149,13 +150,14 @@ fn set_sched(ctx: &Context, sched: CudaSched) -> Result<String> {
         CudaSched::Yield => F::CU_CTX_SCHED_YIELD,
         CudaSched::BlockingSync => F::CU_CTX_SCHED_BLOCKING_SYNC,
     } as u32;
-    // SAFETY: the device is the context's; flags are one scheduling flag.
-    check("cuDevicePrimaryCtxSetFlags_v2", unsafe {
-        sys::cuDevicePrimaryCtxSetFlags_v2(ctx.raw_device(), flag)
-    })?;
     ctx.bind()?;
     let mut flags = 0u32;
     // SAFETY: the context is current; `flags` is a valid out-pointer.
+    check("cuCtxGetFlags", unsafe { sys::cuCtxGetFlags(&mut flags) })?;
+    let others = flags & !(F::CU_CTX_SCHED_MASK as u32);
+    // SAFETY: the context is current; its other flags are kept, one scheduling flag is set.
+    check("cuCtxSetFlags", unsafe { sys::cuCtxSetFlags(others | flag) })?;
+    // SAFETY: as above.
     check("cuCtxGetFlags", unsafe { sys::cuCtxGetFlags(&mut flags) })?;
     let got = flags & F::CU_CTX_SCHED_MASK as u32;
     Ok(format!("CU_CTX_SCHED flags {got:#x} (asked {flag:#x})"))

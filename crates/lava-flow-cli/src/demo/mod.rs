@@ -60,8 +60,8 @@ pub enum StreamPriority {
     Greatest,
 }
 
-/// How the CUDA context's host threads wait for the GPU (`CU_CTX_SCHED_*`, set on the primary
-/// context with `cuDevicePrimaryCtxSetFlags`).
+/// How the CUDA context's host threads wait for the GPU (`CU_CTX_SCHED_*`, set on the consumer's
+/// context, the device's primary one, with `cuCtxSetFlags`; it stays set for the process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CudaSched {
     /// `CU_CTX_SCHED_AUTO`.
