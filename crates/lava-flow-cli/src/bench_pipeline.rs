@@ -5,6 +5,8 @@
 //! GPU work per side, and the hand-off knobs (batch, ring depth, how far ahead, queue and stream
 //! priorities, CUDA scheduling).
 
+use std::time::Duration;
+
 use crate::bench::{Options, Row};
 use crate::demo::{self, ConsumerKind, CudaSched, Measured, StreamPriority};
 use crate::error::Result;
@@ -27,7 +29,7 @@ fn pipeline_row(group: &'static str, path: String, runs: &[Measured]) -> Row {
     let p50 = median(runs, |m| m.latency_percentile(50).as_secs_f64());
     let p99 = median(runs, |m| m.latency_percentile(99).as_secs_f64());
     Row::beside(group, path, fps, "frames/s", ("the ceiling of the same runs".into(), ceiling))
-        .with_latency(std::time::Duration::from_secs_f64(p50), std::time::Duration::from_secs_f64(p99))
+        .with_latency(Duration::from_secs_f64(p50), Duration::from_secs_f64(p99))
 }
 
 /// All pipeline rows.
@@ -68,14 +70,14 @@ pub fn rows(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
         // The sides of the first configuration's runs, each against the same ceiling.
         let m = first.expect("at least one ring");
         let ceiling = median(&m, |m| m.rate(m.both_at_once).0);
-        let work = match work {
+        let work_note = match work {
             Some(_) => format!(", work rounds {} / {}", m[0].rounds.0, m[0].rounds.1),
             None => String::new(),
         };
         let ceiling_row = Row::baseline(
             group,
             format!(
-                "the ceiling: both sides at once, no hand-off, each on its own frames ({}{work})",
+                "the ceiling: both sides at once, no hand-off, each on its own frames ({}{work_note})",
                 m[0].consumer
             ),
             ceiling,
@@ -87,6 +89,22 @@ pub fn rows(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
         ];
         let sides: Vec<Row> =
             sides.into_iter().map(|(name, fps)| Row::against(&ceiling_row, name.into(), fps)).collect();
+        // The batch the ring picks from a latency budget (`RingOptions::latency_budget`), given
+        // the slower side's frame time measured alone above: a ring of 16 (not in --quick).
+        if work.is_some() && !options.quick {
+            let slower =
+                median(&m, |m| m.producer_alone.max(m.consumer_alone).as_secs_f64()) / f64::from(frames);
+            let frame_time = Duration::from_secs_f64(slower);
+            for budget in [Duration::from_millis(2), Duration::from_millis(8)] {
+                let batch = lava_flow::ring::batch_for_latency(16, frame_time, budget);
+                let o = demo::Options { work_ms: Some(1.0), ..base(frames, bytes, 16, batch) };
+                let path = format!(
+                    "ring of 16, one hand-off per {batch} frame(s): the batch for a {budget:?} latency budget \
+                     at {frame_time:.2?} per frame"
+                );
+                ring_rows.push(pipeline_row(group, path, &measure(&o)?));
+            }
+        }
         rows.push(ceiling_row);
         rows.extend(sides);
         rows.extend(ring_rows);
