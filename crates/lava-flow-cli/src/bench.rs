@@ -5,7 +5,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use lava_flow::ash::{self, vk};
-use lava_flow::{AllocationOptions, Exportable, MemoryAllocator, MemoryLocation, Result};
+use lava_flow::{AllocationOptions, Exportable, MemoryAllocator, MemoryLocation};
+
+use crate::error::{Error, Result};
 use serde::Serialize;
 
 /// One measured path.
@@ -20,12 +22,15 @@ pub struct Row {
     baseline: Option<String>,
     /// How many times better than the baseline (lower time or higher rate, as `unit` says).
     speedup: Option<f64>,
+    /// Per-frame latency of a pipeline, median and 99th percentile, in µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_us: Option<[f64; 2]>,
 }
 
 impl Row {
     /// A baseline row.
     pub fn baseline(group: &'static str, path: String, value: f64, unit: &'static str) -> Self {
-        Row { group, path, value, unit, baseline: None, speedup: None }
+        Row { group, path, value, unit, baseline: None, speedup: None, latency_us: None }
     }
 
     /// A row compared with `baseline` (same group and unit): how many times faster, whether the
@@ -43,7 +48,26 @@ impl Row {
             unit: baseline.unit,
             baseline: Some(baseline.path.clone()),
             speedup: Some(speedup),
+            latency_us: None,
         }
+    }
+
+    /// A rate compared with a baseline measured beside it in the same runs (its own row or not).
+    pub fn beside(
+        group: &'static str,
+        path: String,
+        value: f64,
+        unit: &'static str,
+        baseline: (String, f64),
+    ) -> Self {
+        let speedup = Some(value / baseline.1);
+        Row { group, path, value, unit, baseline: Some(baseline.0), speedup, latency_us: None }
+    }
+
+    /// The row with a per-frame latency (median, 99th percentile).
+    pub fn with_latency(mut self, p50: Duration, p99: Duration) -> Self {
+        self.latency_us = Some([p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6]);
+        self
     }
 }
 
@@ -58,6 +82,8 @@ pub struct Options {
     pub wgpu_only: bool,
     /// Only the peer-copy rows (feature `cuda`; without it, an error).
     pub peer_only: bool,
+    /// Only the pipeline rows (`bench_pipeline`).
+    pub pipeline_only: bool,
 }
 
 #[derive(Serialize)]
@@ -79,15 +105,17 @@ pub fn run(options: &Options) -> Result<()> {
     );
     println!("medians of {reps} repetitions; each path beside its baseline, same process\n");
 
+    if options.pipeline_only {
+        crate::bench_pipeline::rows(options, &mut rows)?;
+        return report(options, &info, rows);
+    }
     if options.transfers_only {
         crate::bench_transfers::rows(options, reps, &mut rows)?;
         return report(options, &info, rows);
     }
     if options.peer_only {
         #[cfg(not(feature = "cuda"))]
-        return Err(lava_flow::Error::Unsupported {
-            what: "--peer-only: this lava-flow was built without the feature `cuda`".into(),
-        });
+        return Err(Error::Usage("--peer-only: this lava-flow was built without the feature `cuda`".into()));
         #[cfg(feature = "cuda")]
         {
             crate::bench_peer::rows(&mut allocator, options, reps, &mut rows)?;
@@ -96,9 +124,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     if options.wgpu_only {
         #[cfg(not(feature = "wgpu"))]
-        return Err(lava_flow::Error::Unsupported {
-            what: "--wgpu-only: this lava-flow was built without the feature `wgpu`".into(),
-        });
+        return Err(Error::Usage("--wgpu-only: this lava-flow was built without the feature `wgpu`".into()));
         #[cfg(feature = "wgpu")]
         {
             crate::bench_wgpu::rows(options, reps, &mut rows)?;
@@ -146,15 +172,8 @@ pub fn run(options: &Options) -> Result<()> {
     #[cfg(feature = "opengl")]
     {
         let frames = if options.quick { 20 } else { 120 };
-        let demo = crate::demo::Options {
-            frames,
-            buffers: 2,
-            batch: 1,
-            frame_bytes: 4 << 20,
-            consumer: "opengl".into(),
-            device_id: options.device_id,
-            processes: 1,
-        };
+        let demo =
+            crate::demo::Options::new(frames, 4 << 20, crate::demo::ConsumerKind::Opengl, options.device_id);
         let mut runs = Vec::new();
         for _ in 0..if options.quick { 1 } else { 3 } {
             runs.push(crate::demo::measure(&demo, true)?);
@@ -165,7 +184,9 @@ pub fn run(options: &Options) -> Result<()> {
             v[v.len() / 2]
         };
         let zero = pick(&|m| m.rate(m.zero_copy).0);
-        let staged = pick(&|m| m.rate(m.staging).0);
+        // Every run staged its frames too (`Options::new` asks for it): 0 would fail the check
+        // of the rows' values.
+        let staged = pick(&|m| m.staging.map_or(0.0, |s| m.rate(s).0));
         let m = &runs[0];
         let group = "Vulkan → OpenGL hand-off, 4 MiB frames";
         let base = Row::baseline(
@@ -185,12 +206,13 @@ pub fn run(options: &Options) -> Result<()> {
     }
 
     crate::bench_transfers::rows(options, reps, &mut rows)?;
-    #[cfg(all(feature = "cuda", feature = "opengl"))]
+    #[cfg(feature = "cuda")]
     crate::bench_cuda::rows(&mut allocator, options, iters, reps, &mut rows)?;
     #[cfg(feature = "cuda")]
     crate::bench_processes::rows(&mut allocator, options, reps, &mut rows)?;
     #[cfg(feature = "cuda")]
     crate::bench_peer::rows(&mut allocator, options, reps, &mut rows)?;
+    crate::bench_pipeline::rows(options, &mut rows)?;
     #[cfg(feature = "wgpu")]
     crate::bench_wgpu::rows(options, reps, &mut rows)?;
 
@@ -207,10 +229,8 @@ fn report(options: &Options, info: &lava_flow::DeviceInfo, rows: Vec<Row>) -> Re
             quick: options.quick,
             rows,
         };
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| lava_flow::Error::InvalidArgument(format!("JSON: {e}")))?;
-        std::fs::write(path, text)
-            .map_err(|e| lava_flow::Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).map_err(|source| Error::File { path: path.clone(), source })?;
         println!("\nwritten to {}", path.display());
     }
     Ok(())
@@ -322,14 +342,31 @@ fn raw_dedicated_export(
 
 fn print_table(rows: &[Row]) {
     let mut group = "";
-    for r in rows {
+    for (i, r) in rows.iter().enumerate() {
+        let latency = rows[i..].iter().take_while(|o| o.group == r.group).any(|o| o.latency_us.is_some());
         if r.group != group {
             group = r.group;
             println!("\n### {group}\n");
-            println!("| path | median | vs baseline |");
-            println!("|---|---|---|");
+            if latency {
+                println!("| path | median | vs baseline | latency p50 | latency p99 |");
+                println!("|---|---|---|---|---|");
+            } else {
+                println!("| path | median | vs baseline |");
+                println!("|---|---|---|");
+            }
         }
         let speedup = r.speedup.map_or("baseline".to_owned(), |s| format!("{s:.2}×"));
-        println!("| {} | {:.2} {} | {speedup} |", r.path, r.value, r.unit);
+        let against = match (&r.baseline, r.speedup) {
+            (Some(b), Some(_)) if !rows.iter().any(|o| o.group == r.group && &o.path == b) => {
+                format!(" of {b}")
+            }
+            _ => String::new(),
+        };
+        let tail = match (latency, r.latency_us) {
+            (true, Some([p50, p99])) => format!(" {p50:.0} µs | {p99:.0} µs |"),
+            (true, None) => " | |".to_owned(),
+            (false, _) => String::new(),
+        };
+        println!("| {} | {:.2} {} | {speedup}{against} |{tail}", r.path, r.value, r.unit);
     }
 }

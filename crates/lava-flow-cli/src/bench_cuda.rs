@@ -1,7 +1,6 @@
 //! The benchmark rows that need CUDA: each lava-flow path beside the raw CUDA/Vulkan pattern it
 //! replaces, in the same process.
 
-use std::ffi::c_void;
 use std::os::fd::IntoRawFd;
 use std::time::{Duration, Instant};
 
@@ -9,10 +8,12 @@ use lava_flow::ash::vk;
 use lava_flow::cuda::{check, sys, Context, DeviceMemory, Module, Stream};
 
 use crate::vk::vk_err;
-use lava_flow::{Buffer, MemoryAllocator, MemoryLocation, Result, Submission, TimelineSemaphore};
+use lava_flow::{Buffer, MemoryAllocator, MemoryLocation, Submission, TimelineSemaphore};
+
+use crate::error::{Error, Result};
 
 use crate::bench::{human, median, per_iter, Options, Row};
-use crate::demo::cuda::{launch_checksum, KERNELS};
+use crate::kernels::{launch_checksum, launch_copy, KERNELS};
 
 /// All CUDA rows, where CUDA has the device; a printed reason otherwise.
 pub fn rows(
@@ -30,8 +31,7 @@ pub fn rows(
     setup_rows(allocator, options, &ctx, iters, reps, rows)?;
     copy_bandwidth(allocator, options, &ctx, &module, &stream, reps, rows)?;
     hand_off(allocator, options, &ctx, &module, &stream, reps, rows)?;
-    round_trips(allocator, options, &ctx, reps, rows)?;
-    pipeline_rows(options, reps, rows)
+    round_trips(allocator, options, &ctx, reps, rows)
 }
 
 /// c. Set-up per small buffer: lava-flow's allocate + import + map, which shares one import and
@@ -77,18 +77,6 @@ fn setup_rows(
         rows.push(lava);
     }
     Ok(())
-}
-
-/// Queues `copy16(dst, src, bytes / 16)`.
-fn launch_copy(module: &Module, stream: &Stream, dst: u64, src: u64, bytes: u64) -> Result<()> {
-    let function = module.function("copy16")?;
-    let (mut dst, mut src, mut count) = (dst, src, bytes / 16);
-    let mut params =
-        [(&raw mut dst).cast::<c_void>(), (&raw mut src).cast::<c_void>(), (&raw mut count).cast::<c_void>()];
-    let grid = count.div_ceil(256).clamp(1, 4096) as u32;
-    // SAFETY: one pointer per parameter, of the kernel's types (u64 ×3); both ranges are
-    // `bytes` of device memory the caller keeps alive until the stream is synchronised.
-    unsafe { function.launch(stream, (grid, 1, 1), (256, 1, 1), &mut params) }
 }
 
 /// a. Copy-kernel bandwidth on memory lava-flow imported against `cuMemAlloc` memory: the same
@@ -174,7 +162,7 @@ fn copy_bandwidth(
     let mut out = vec![0u8; 4096];
     dst.read(copied - 4096, &mut out)?;
     if out != pattern {
-        return Err(lava_flow::Error::InvalidArgument("the copy kernel copied wrong bytes".into()));
+        return Err(Error::WrongData("the copy kernel copied wrong bytes".into()));
     }
     Ok(())
 }
@@ -337,7 +325,7 @@ fn check_sum(sums: &dyn DeviceMemory, pattern: u32, words: u32, launches: u32, w
     if u32::from_le_bytes(out) == want {
         Ok(())
     } else {
-        Err(lava_flow::Error::InvalidArgument(format!("{what}: the kernel saw wrong data")))
+        Err(Error::WrongData(format!("{what}: the kernel saw wrong data")))
     }
 }
 
@@ -398,7 +386,7 @@ fn raw_round_trips(
         let mut ext = std::ptr::null_mut();
         if let Err(e) = check("cuImportExternalSemaphore", sys::cuImportExternalSemaphore(&mut ext, &desc)) {
             libc_close(fd);
-            return Err(e);
+            return Err(e.into());
         }
         let queue = device.get_device_queue(family, 0);
         let mut wait: sys::CUDA_EXTERNAL_SEMAPHORE_WAIT_PARAMS = std::mem::zeroed();
@@ -432,7 +420,9 @@ fn raw_round_trips(
                 .signal_semaphores(&sems)
                 .push_next(&mut values);
             result = result.and_then(|()| {
-                device.queue_submit(queue, &[submit], vk::Fence::null()).map_err(vk_err("vkQueueSubmit"))
+                device
+                    .queue_submit(queue, &[submit], vk::Fence::null())
+                    .map_err(|e| lava_flow::Error::vk("vkQueueSubmit", e))
             });
             if result.is_err() {
                 break;
@@ -452,63 +442,4 @@ fn raw_round_trips(
 fn libc_close(fd: i32) {
     // SAFETY: `fd` is owned here and closed once.
     drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-}
-
-/// e. The demo's pipeline with the CUDA consumer, ping-pong (2 buffers), a ring of 8, and a
-/// ring of 16 with one hand-off per 8 frames, against its producer alone and its consumer alone
-/// (frames/s).
-fn pipeline_rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
-    let measure = |buffers: u32, batch: u32| -> Result<Vec<crate::demo::Measured>> {
-        let demo = crate::demo::Options {
-            frames: if options.quick { 32 } else { 304 },
-            buffers,
-            batch,
-            frame_bytes: 4 << 20,
-            consumer: "cuda".into(),
-            device_id: options.device_id,
-            processes: 1,
-        };
-        (0..reps.min(3)).map(|_| crate::demo::measure(&demo, true)).collect()
-    };
-    let pick = |runs: &[crate::demo::Measured], f: &dyn Fn(&crate::demo::Measured) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (two, eight, batched) = (measure(2, 1)?, measure(8, 1)?, measure(16, 8)?);
-    let producer = pick(&two, &|m| m.rate(m.producer_alone).0);
-    let consumer = pick(&two, &|m| m.rate(m.consumer_alone).0);
-    let group = "Vulkan → CUDA pipeline, 4 MiB frames";
-    let (slower, other, other_rate) = if producer <= consumer {
-        ("Vulkan producer alone (the slower side)", "CUDA consumer alone", consumer)
-    } else {
-        ("CUDA consumer alone (the slower side)", "Vulkan producer alone", producer)
-    };
-    let base = Row::baseline(group, slower.into(), producer.min(consumer), "frames/s");
-    let mut compared = vec![
-        Row::against(&base, other.into(), other_rate),
-        Row::against(
-            &base,
-            "zero-copy ping-pong (2 buffers), GPU semaphores".into(),
-            pick(&two, &|m| m.rate(m.zero_copy).0),
-        ),
-        Row::against(
-            &base,
-            "zero-copy ring of 8 buffers, GPU semaphores".into(),
-            pick(&eight, &|m| m.rate(m.zero_copy).0),
-        ),
-        Row::against(
-            &base,
-            "zero-copy ring of 16 buffers, one hand-off per 8 frames".into(),
-            pick(&batched, &|m| m.rate(m.zero_copy).0),
-        ),
-        Row::against(
-            &base,
-            "the same frames staged through host memory".into(),
-            pick(&two, &|m| m.rate(m.staging).0),
-        ),
-    ];
-    rows.push(base);
-    rows.append(&mut compared);
-    Ok(())
 }

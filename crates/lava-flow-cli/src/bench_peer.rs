@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use lava_flow::cuda::{self, check, sys, Context, DeviceMemory, PeerSide, Stream, TimelineStep};
-use lava_flow::{MemoryAllocator, MemoryLocation, Result};
+use lava_flow::{MemoryAllocator, MemoryLocation};
+
+use crate::error::{Error, Result};
 
 use crate::bench::{human, median, Options, Row};
 
@@ -142,7 +144,8 @@ fn raw_copy(
             len,
             stream.raw(),
         )
-    })
+    })?;
+    Ok(())
 }
 
 fn gbps(bytes: u64, start: Instant) -> f64 {
@@ -160,7 +163,7 @@ fn check_copy(dst: &lava_flow::Buffer, data: &[u8], what: &str) -> Result<()> {
     dst.read(0, &mut out)?;
     match out.iter().zip(data).position(|(o, d)| o != d) {
         None => Ok(()),
-        Some(i) => Err(lava_flow::Error::InvalidArgument(format!(
+        Some(i) => Err(Error::WrongData(format!(
             "{what}: byte {i} of {} is {:#04x}, expected {:#04x}",
             data.len(),
             out[i],

@@ -14,7 +14,9 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use lava_flow::cuda::Context;
-use lava_flow::{ipc, AllocationOptions, Error, MemoryAllocator, MemoryLocation, Result, Submission};
+use lava_flow::{ipc, AllocationOptions, MemoryAllocator, MemoryLocation, Submission};
+
+use crate::error::{Error, Result};
 
 use crate::bench::{human, median, per_iter, Options, Row};
 use crate::peer::{io, put};
@@ -27,7 +29,7 @@ const QUIT: u8 = b'Q';
 
 /// An error of the benchmark's own protocol with the peer.
 fn peer_error(what: String) -> Error {
-    Error::Unsupported { what: format!("bench peer: {what}") }
+    Error::Protocol(format!("bench peer: {what}"))
 }
 
 fn get<const N: usize>(stream: &UnixStream) -> Result<[u8; N]> {

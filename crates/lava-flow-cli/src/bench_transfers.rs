@@ -5,7 +5,9 @@
 
 use std::time::Instant;
 
-use lava_flow::{AllocatorOptions, Buffer, MemoryAllocator, MemoryLocation, Result};
+use lava_flow::{AllocatorOptions, Buffer, MemoryAllocator, MemoryLocation};
+
+use crate::error::{Error, Result};
 
 use crate::bench::{human, median, Options, Row};
 
@@ -73,8 +75,8 @@ pub fn rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
             {
                 let t = median(reps, || {
                     time(iters, || match way {
-                        Way::Write => buffer.write(0, &host),
-                        Way::Read => buffer.read(0, &mut host),
+                        Way::Write => Ok(buffer.write(0, &host)?),
+                        Way::Read => Ok(buffer.read(0, &mut host)?),
                     })
                 })?;
                 measured.push((format!("{name}: {}, pageable memory", sync_name(way)), value(t)));
@@ -144,7 +146,7 @@ fn check_round_trip(buffer: &Buffer, data: &[u8], path: &str) -> Result<()> {
     buffer.read(0, &mut out)?;
     match out.iter().zip(data).position(|(a, b)| a != b) {
         None => Ok(()),
-        Some(i) => Err(lava_flow::Error::InvalidArgument(format!(
+        Some(i) => Err(Error::WrongData(format!(
             "bench check: the {path} read back a different byte at {i} of {}",
             data.len()
         ))),
@@ -168,8 +170,8 @@ fn cuda_rows(
     let copy = |host: &mut [u8]| {
         median(reps, || {
             time(iters, || match way {
-                Way::Write => device.copy_from_host(0, host),
-                Way::Read => device.copy_to_host(0, host),
+                Way::Write => Ok(device.copy_from_host(0, host)?),
+                Way::Read => Ok(device.copy_to_host(0, host)?),
             })
         })
     };

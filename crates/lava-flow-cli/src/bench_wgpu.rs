@@ -7,7 +7,9 @@
 
 use std::time::Instant;
 
-use lava_flow::{AllocationOptions, AllocatorOptions, Error, MemoryAllocator, MemoryLocation, Result};
+use lava_flow::{AllocationOptions, AllocatorOptions, MemoryAllocator, MemoryLocation};
+
+use crate::error::{Error, Result};
 
 use crate::bench::{human, median, Options, Row};
 
@@ -40,7 +42,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 fn wgpu_failed(call: &'static str, e: impl std::fmt::Display + std::fmt::Debug) -> Error {
     let name = format!("{e:?}");
     let name = name.split(['(', ' ', '{']).next().unwrap_or_default().to_owned();
-    Error::Ffi { api: lava_flow::Api::Wgpu, call, name, description: e.to_string() }
+    Error::Lava(lava_flow::Error::Ffi { api: lava_flow::Api::Wgpu, call, name, description: e.to_string() })
 }
 
 pub fn rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {

@@ -5,21 +5,24 @@
 
 #[cfg(unix)]
 mod bench;
-#[cfg(all(unix, feature = "cuda", feature = "opengl"))]
+#[cfg(all(unix, feature = "cuda"))]
 mod bench_cuda;
 #[cfg(all(unix, feature = "cuda"))]
 mod bench_peer;
+#[cfg(unix)]
+mod bench_pipeline;
 #[cfg(all(unix, feature = "cuda"))]
 mod bench_processes;
 #[cfg(unix)]
 mod bench_transfers;
 #[cfg(all(unix, feature = "wgpu"))]
 mod bench_wgpu;
-#[cfg(feature = "opengl")]
+mod compute;
 mod demo;
-#[cfg(all(unix, feature = "cuda", feature = "opengl"))]
-mod demo_process;
+mod error;
 mod info;
+#[cfg(feature = "cuda")]
+mod kernels;
 #[cfg(all(unix, feature = "cuda"))]
 mod peer;
 mod vk;
@@ -66,6 +69,10 @@ enum Command {
         /// needs the feature `cuda`.
         #[arg(long)]
         peer_only: bool,
+        /// Only the pipeline rows: the ring against its measured ceiling (with latency) and the
+        /// hand-off knobs.
+        #[arg(long)]
+        pipeline_only: bool,
     },
     /// The peer process of `bench`'s cross-process rows (started by `bench` itself).
     #[cfg(all(unix, feature = "cuda"))]
@@ -76,8 +83,7 @@ enum Command {
     },
     /// A double-buffered zero-copy pipeline: Vulkan compute produces frames, a consumer checksums
     /// them in place, timeline semaphores order it all; then the same frames staged through host
-    /// memory, for comparison.
-    #[cfg(feature = "opengl")]
+    /// memory, each side alone and both at once without hand-offs, for comparison.
     Demo {
         /// Frames to produce.
         #[arg(long, default_value_t = 300)]
@@ -94,11 +100,9 @@ enum Command {
         /// Frame size in KiB.
         #[arg(long, default_value_t = 4096)]
         frame_kib: u64,
-        /// The consumer: auto (CUDA where it has this device, else OpenGL), cuda, opengl, opencl
-        /// (ordered through the host: OpenCL has no timelines) or vulkan (a second
-        /// VkDevice importing the buffers and timelines).
-        #[arg(long, default_value = "auto")]
-        consumer: String,
+        /// The consumer (each but Vulkan needs its feature in the build).
+        #[arg(long, value_enum, default_value_t = demo::ConsumerKind::Auto)]
+        consumer: demo::ConsumerKind,
         /// The Vulkan device.
         #[arg(long, default_value_t = 0)]
         device: u32,
@@ -106,9 +110,27 @@ enum Command {
         /// a Unix socket and imports them by their handles alone (CUDA consumer; Unix only).
         #[arg(long, default_value_t = 1)]
         processes: u32,
+        /// At most this many frames queued beyond the last one consumed (the host waits; at
+        /// least --batch). Default: only the ring bounds how far ahead the producer runs.
+        #[arg(long)]
+        ahead: Option<u32>,
+        /// About this much GPU work per frame on each side, in milliseconds (a loop count
+        /// calibrated on each side alone first).
+        #[arg(long)]
+        work_ms: Option<f64>,
+        /// The global priority of the producer's Vulkan queue (VK_KHR/EXT_global_priority; a
+        /// refused one fails the demo).
+        #[arg(long, value_enum)]
+        queue_priority: Option<QueuePriority>,
+        /// The CUDA consumer's stream priority.
+        #[arg(long, value_enum)]
+        cuda_stream_priority: Option<demo::StreamPriority>,
+        /// The CUDA consumer's context scheduling (CU_CTX_SCHED_*).
+        #[arg(long, value_enum)]
+        cuda_sched: Option<demo::CudaSched>,
     },
     /// The consumer process of `demo --processes 2` (started by `demo` itself).
-    #[cfg(all(unix, feature = "cuda", feature = "opengl"))]
+    #[cfg(all(unix, feature = "cuda"))]
     #[command(hide = true)]
     DemoPeer {
         /// The Unix socket `demo` listens on.
@@ -116,12 +138,32 @@ enum Command {
     },
 }
 
+/// A Vulkan queue's global priority, for `--queue-priority`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum QueuePriority {
+    Low,
+    Medium,
+    High,
+    Realtime,
+}
+
+impl From<QueuePriority> for lava_flow::QueueGlobalPriority {
+    fn from(p: QueuePriority) -> Self {
+        match p {
+            QueuePriority::Low => lava_flow::QueueGlobalPriority::Low,
+            QueuePriority::Medium => lava_flow::QueueGlobalPriority::Medium,
+            QueuePriority::High => lava_flow::QueueGlobalPriority::High,
+            QueuePriority::Realtime => lava_flow::QueueGlobalPriority::Realtime,
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info { json } => info::run(json),
+        Command::Info { json } => info::run(json).map_err(error::Error::from),
         #[cfg(unix)]
-        Command::Bench { quick, json, device, transfers_only, wgpu_only, peer_only } => {
+        Command::Bench { quick, json, device, transfers_only, wgpu_only, peer_only, pipeline_only } => {
             bench::run(&bench::Options {
                 quick,
                 json,
@@ -129,24 +171,37 @@ fn main() -> std::process::ExitCode {
                 transfers_only,
                 wgpu_only,
                 peer_only,
+                pipeline_only,
             })
         }
         #[cfg(all(unix, feature = "cuda"))]
         Command::BenchPeer { socket } => bench_processes::peer(&socket),
-        #[cfg(all(unix, feature = "cuda", feature = "opengl"))]
-        Command::DemoPeer { socket } => demo_process::peer(&socket),
-        #[cfg(feature = "opengl")]
-        Command::Demo { frames, buffers, batch, frame_kib, consumer, device, processes } => {
-            demo::run(&demo::Options {
-                frames,
-                buffers,
-                batch,
-                frame_bytes: frame_kib * 1024,
-                consumer,
-                device_id: device,
-                processes,
-            })
-        }
+        #[cfg(all(unix, feature = "cuda"))]
+        Command::DemoPeer { socket } => demo::process::peer(&socket),
+        Command::Demo {
+            frames,
+            buffers,
+            batch,
+            frame_kib,
+            consumer,
+            device,
+            processes,
+            ahead,
+            work_ms,
+            queue_priority,
+            cuda_stream_priority,
+            cuda_sched,
+        } => demo::run(&demo::Options {
+            buffers,
+            batch,
+            processes,
+            ahead,
+            work_ms,
+            queue_priority: queue_priority.map(Into::into),
+            stream_priority: cuda_stream_priority,
+            cuda_sched,
+            ..demo::Options::new(frames, frame_kib * 1024, consumer, device)
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

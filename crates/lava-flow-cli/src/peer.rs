@@ -5,11 +5,11 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command, Stdio};
 
-use lava_flow::{Error, Result};
+use crate::error::{Error, Result};
 
 /// An OS error of `call` as lava-flow's `Error::Ffi`.
 pub fn io(call: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::os(call, &e)
+    move |e| Error::Lava(lava_flow::Error::os(call, &e))
 }
 
 /// Writes all of `bytes`.

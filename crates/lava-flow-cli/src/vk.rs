@@ -3,8 +3,8 @@
 use lava_flow::ash::vk;
 
 /// `.map_err(vk_err("vkCall"))`: lava-flow's error for a failed Vulkan call of the command's own.
-pub fn vk_err(call: &'static str) -> impl Fn(vk::Result) -> lava_flow::Error {
-    move |r| lava_flow::Error::vk(call, r)
+pub fn vk_err(call: &'static str) -> impl Fn(vk::Result) -> crate::error::Error {
+    move |r| lava_flow::Error::vk(call, r).into()
 }
 
 /// Records a global barrier that makes the writes of `src_stage`/`src_access` so far available
@@ -13,7 +13,6 @@ pub fn vk_err(call: &'static str) -> impl Fn(vk::Result) -> lava_flow::Error {
 ///
 /// # Safety
 /// `cmd` is a command buffer of `device` in the recording state.
-#[cfg(feature = "opengl")] // the demo and the CUDA benchmarks, which both need GL
 pub unsafe fn barrier_to_all(
     device: &lava_flow::ash::Device,
     cmd: vk::CommandBuffer,

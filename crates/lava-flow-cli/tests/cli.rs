@@ -206,14 +206,39 @@ fn demo_with_the_opencl_consumer() {
 }
 
 /// One semaphore hand-off per batch of frames, each frame still verified: with the OpenGL and
-/// the second-Vulkan-device consumers everywhere, and the default (CUDA on the GPU tier).
+/// the second-Vulkan-device consumers everywhere, and the default (CUDA on the GPU tier); batches
+/// that do not divide the ring too (the ring handles them).
 #[test]
 fn demo_hands_off_once_per_batch() {
     demo_batched("opengl", 8, 4).unwrap_or_else(|e| panic!("{e}"));
     demo_batched("vulkan", 4, 2).unwrap_or_else(|e| panic!("{e}"));
+    demo_batched("opengl", 6, 4).unwrap_or_else(|e| panic!("{e}"));
+    demo_batched("vulkan", 5, 3).unwrap_or_else(|e| panic!("{e}"));
     let text = demo_batched("auto", 16, 8).unwrap_or_else(|e| panic!("{e}"));
     if require_gpu() {
         assert!(text.contains("→ CUDA kernel on"), "{text}");
+    }
+}
+
+/// Calibrated work on each side and a bound on how far ahead the host queues: every frame still
+/// verified, and the report has the ceiling and the latency.
+#[test]
+fn demo_with_work_and_a_bound_on_queueing_ahead() {
+    for consumer in ["opengl", "vulkan", "auto"] {
+        let out = Command::new(exe())
+            .args(["demo", "--frames", "12", "--frame-kib", "256", "--consumer", consumer])
+            .args(["--buffers", "4", "--batch", "2", "--ahead", "2", "--work-ms", "1"])
+            .env("LAVA_FLOW_VALIDATION", "1")
+            .output()
+            .expect("run lava-flow demo");
+        let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{text}\n{err}");
+        assert!(text.contains("all 12 frame checksums verified, in both pipelines"), "{text}");
+        assert!(text.contains("both at once, no hand-off (the ceiling):"), "{text}");
+        assert!(text.contains("per-frame latency (producer submit → consumer done): p50"), "{text}");
+        assert!(text.contains("work rounds per word: producer"), "{text}");
+        // Not a terminal: no progress bar.
+        assert!(!err.contains('\r'), "{err}");
     }
 }
 
@@ -221,13 +246,20 @@ fn demo_hands_off_once_per_batch() {
 fn demo_refuses_consumers_it_does_not_have() {
     let (ok, _, err) = lava_flow(&["demo", "--consumer", "metal", "--frames", "2"]);
     assert!(!ok);
-    assert!(err.contains("unknown consumer"), "{err}");
+    assert!(err.contains("invalid value 'metal'") && err.contains("possible values"), "{err}");
     let (ok, _, err) = lava_flow(&["demo", "--buffers", "1"]);
     assert!(!ok);
     assert!(err.contains("2 to 16 shared buffers"), "{err}");
-    let (ok, _, err) = lava_flow(&["demo", "--buffers", "6", "--batch", "4"]);
+    // The ring's own rule, its typed error.
+    let (ok, _, err) = lava_flow(&["demo", "--buffers", "6", "--batch", "7"]);
     assert!(!ok);
-    assert!(err.contains("must divide --buffers 6"), "{err}");
+    assert!(err.contains("ring: a ring of 6 slot(s) hands off batches of 1 to 6 frames, not 7"), "{err}");
+    let (ok, _, err) = lava_flow(&["demo", "--buffers", "8", "--batch", "4", "--ahead", "2"]);
+    assert!(!ok);
+    assert!(err.contains("--ahead 2 must be at least --batch 4"), "{err}");
+    let (ok, _, err) = lava_flow(&["demo", "--work-ms", "0"]);
+    assert!(!ok);
+    assert!(err.contains("--work-ms is more than 0"), "{err}");
     let (ok, _, err) = lava_flow(&["demo", "--frames", "1"]);
     assert!(!ok);
     assert!(err.contains("at least 2 frames"), "{err}");
@@ -252,6 +284,31 @@ fn bench_quick_runs_and_writes_json() {
         }
     }
     assert!(rows.iter().any(|r| r["group"] == "Vulkan → OpenGL hand-off, 4 MiB frames"), "{json}");
+    // The pipeline against its measured ceiling, with latency, at both frame sizes; the knobs.
+    for group in [
+        "Vulkan → consumer pipeline vs its ceiling, 4 MiB frames",
+        "Vulkan → consumer pipeline vs its ceiling, 3840×2160 RGBA8, ~1 ms work per side",
+    ] {
+        let in_group: Vec<_> = rows.iter().filter(|r| r["group"] == group).collect();
+        assert!(
+            in_group.iter().any(|r| r["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("the ceiling: both sides at once"))),
+            "{json}"
+        );
+        let rings: Vec<_> = in_group
+            .iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("ring of")))
+            .collect();
+        assert!(rings.len() >= 2, "{json}");
+        for r in rings {
+            let l = &r["latency_us"];
+            assert!(l[0].as_f64().is_some_and(|p50| p50 > 0.0) && l[1].as_f64() >= l[0].as_f64(), "{r}");
+        }
+    }
+    let knobs =
+        rows.iter().filter(|r| r["group"].as_str().is_some_and(|g| g.starts_with("hand-off knobs"))).count();
+    assert!(knobs >= 5, "batch, depth and queueing-ahead rows: {json}");
     // wgpu's own buffer, a sub-allocated and a dedicated lava-flow buffer.
     #[cfg(feature = "wgpu")]
     assert_eq!(rows.iter().filter(|r| r["group"] == "wgpu compute pass").count(), 3, "{json}");

@@ -152,7 +152,8 @@ fn class_of(error: &Error) -> &'static str {
         Error::ZeroSize
         | Error::SizeExceedsHeap { .. }
         | Error::OutOfRange { .. }
-        | Error::InvalidArgument(_) => "InvalidArgumentError",
+        | Error::InvalidArgument(_)
+        | Error::Ring(_) => "InvalidArgumentError",
         Error::UnknownDevice { .. } => "UnknownDeviceError",
         Error::DeviceMismatch { .. } => "DeviceMismatchError",
         Error::OutOfMemory { .. } => "OutOfMemoryError",

@@ -12,6 +12,7 @@ mod errors;
 // `lava_flow.ipc` and pickling: fds over Unix sockets (`SCM_RIGHTS`, `DupFd`), Unix only.
 #[cfg(unix)]
 mod ipc;
+mod ring;
 mod semaphore;
 mod stream;
 
@@ -29,6 +30,10 @@ fn lava_flow_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<buffer::Transfer>()?;
     m.add_class::<semaphore::TimelineSemaphore>()?;
     m.add_class::<cuda_view::CudaView>()?;
+    m.add_class::<ring::Ring>()?;
+    m.add_class::<ring::RingCursor>()?;
+    m.add_class::<ring::FrameStep>()?;
+    m.add_function(wrap_pyfunction!(ring::batch_for_latency, m)?)?;
     errors::register(m)?;
     #[cfg(unix)]
     ipc::register(m)?;

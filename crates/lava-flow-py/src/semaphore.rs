@@ -41,6 +41,20 @@ impl TimelineSemaphore {
     }
 }
 
+impl TimelineSemaphore {
+    /// `cuda_wait` (also for `Ring.cuda_wait`).
+    pub(crate) fn cuda_wait_value(&self, value: u64, stream: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let stream = stream.map(crate::stream::handle).transpose()?;
+        self.with_cuda(|timeline, device| on_stream(device, stream, |s| timeline.wait(value, s)))
+    }
+
+    /// `cuda_signal` (also for `Ring.cuda_signal`).
+    pub(crate) fn cuda_signal_value(&self, value: u64, stream: &Bound<'_, PyAny>) -> PyResult<()> {
+        let stream = Some(crate::stream::handle(stream)?);
+        self.with_cuda(|timeline, device| on_stream(device, stream, |s| timeline.signal(value, s)))
+    }
+}
+
 /// `stream` of the device, or lava-flow's own stream for `None`.
 fn on_stream<R>(
     device: &CudaDevice,
@@ -121,14 +135,12 @@ impl TimelineSemaphore {
     /// export of this device's buffers orders its consumer after it.
     #[pyo3(signature = (value, stream = None))]
     fn cuda_wait(&self, value: u64, stream: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let stream = stream.map(crate::stream::handle).transpose()?;
-        self.with_cuda(|timeline, device| on_stream(device, stream, |s| timeline.wait(value, s)))
+        self.cuda_wait_value(value, stream)
     }
 
     /// Sets the counter to `value` once the CUDA work queued on `stream` so far is done.
     fn cuda_signal(&self, value: u64, stream: &Bound<'_, PyAny>) -> PyResult<()> {
-        let stream = Some(crate::stream::handle(stream)?);
-        self.with_cuda(|timeline, device| on_stream(device, stream, |s| timeline.signal(value, s)))
+        self.cuda_signal_value(value, stream)
     }
 
     fn __repr__(&self) -> String {

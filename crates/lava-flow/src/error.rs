@@ -201,6 +201,10 @@ pub enum Error {
         /// When, e.g. "before a message" or "in the middle of a message".
         during: &'static str,
     },
+    /// A frame ring's shape or use broke one of its rules ([`RingError`](crate::ring::RingError)
+    /// says which).
+    #[error("ring: {0}")]
+    Ring(#[from] crate::ring::RingError),
 }
 
 impl Error {

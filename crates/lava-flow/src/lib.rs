@@ -85,6 +85,7 @@ mod location;
 pub mod opencl;
 #[cfg(feature = "opengl")]
 pub mod opengl;
+pub mod ring;
 mod suballoc;
 mod teardown;
 mod vulkan;
@@ -105,11 +106,13 @@ pub use handle::{
     MemoryDescriptor, MemoryId, SemaphoreDescriptor, SemaphoreKind,
 };
 pub use location::MemoryLocation;
+pub use ring::{FrameStep, Ring, RingError, RingOptions, RingSchedule};
 pub use vulkan::{
     required_device_extensions, AllocationOptions, AllocatorOptions, AllocatorStats, BinarySemaphore, Buffer,
     DeviceRequirements, Exportable, HeapUsage, HostBytes, HostBytesMut, Image, ImageDesc, ImageFormat,
-    ImageTiling, MemoryAllocator, PendingTransfer, RawDevice, Submission, TimelineSemaphore, TransferStats,
-    ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
+    ImageTiling, MemoryAllocator, PendingTransfer, QueueGlobalPriority, RawDevice, Submission,
+    TimelineSemaphore, TransferStats, ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE,
+    DEFAULT_TRANSFER_TIMEOUT,
 };
 
 /// The guide `docs/vulkan.md`, whose examples are compiled and run as doctests.
@@ -131,6 +134,11 @@ pub struct CudaGuide;
 #[cfg(all(doctest, feature = "opencl"))]
 #[doc = include_str!("../../../docs/opencl_interop.md")]
 pub struct OpenClGuide;
+
+/// The guide `docs/rings.md`, whose examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/rings.md")]
+pub struct RingsGuide;
 
 /// The crate's README (what the package registry shows), whose example is compiled as a doctest.
 #[cfg(all(doctest, feature = "cuda"))]

@@ -75,6 +75,43 @@ pub struct AllocatorOptions {
     /// against 25–29 GB/s through staging, at every size from 1 MiB to 1 GiB (BENCHMARKS.md); on
     /// lavapipe the import is faster. On where your driver pins pages cheaply.
     pub host_memory_import: bool,
+    /// The global priority of lava-flow's queue on each device it creates
+    /// (`VK_KHR_global_priority`, or `VK_EXT_global_priority` where only that is present), or the
+    /// driver's default (`None`, the default). It orders this queue's work against other
+    /// processes' and APIs' queues on the same GPU where the driver schedules by it.
+    ///
+    /// No fallback: a device with neither extension fails its first use (the device is created
+    /// then) with [`Error::Unsupported`]; a priority the driver refuses to this process (often
+    /// above `Medium` without privileges) fails it with [`Error::Ffi`] naming `vkCreateDevice`
+    /// and `VK_ERROR_NOT_PERMITTED_KHR`. Devices the caller made (`from_raw`) keep their queue's.
+    pub queue_global_priority: Option<QueueGlobalPriority>,
+}
+
+/// A queue's global priority ([`AllocatorOptions::queue_global_priority`]), as Vulkan names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum QueueGlobalPriority {
+    /// `VK_QUEUE_GLOBAL_PRIORITY_LOW_KHR`.
+    Low,
+    /// `VK_QUEUE_GLOBAL_PRIORITY_MEDIUM_KHR` (what queues get without the extension).
+    Medium,
+    /// `VK_QUEUE_GLOBAL_PRIORITY_HIGH_KHR`.
+    High,
+    /// `VK_QUEUE_GLOBAL_PRIORITY_REALTIME_KHR`.
+    Realtime,
+}
+
+impl QueueGlobalPriority {
+    /// The Vulkan value.
+    pub fn to_vk(self) -> ash::vk::QueueGlobalPriorityKHR {
+        use ash::vk::QueueGlobalPriorityKHR as P;
+        match self {
+            QueueGlobalPriority::Low => P::LOW,
+            QueueGlobalPriority::Medium => P::MEDIUM,
+            QueueGlobalPriority::High => P::HIGH,
+            QueueGlobalPriority::Realtime => P::REALTIME,
+        }
+    }
 }
 
 impl Default for AllocatorOptions {
@@ -86,6 +123,7 @@ impl Default for AllocatorOptions {
             heap_budget: None,
             transfer_timeout: DEFAULT_TRANSFER_TIMEOUT,
             host_memory_import: false,
+            queue_global_priority: None,
         }
     }
 }
@@ -485,6 +523,7 @@ impl MemoryAllocator {
             self.shared.options.heap_budget,
             self.shared.options.transfer_timeout,
             self.shared.options.host_memory_import,
+            self.shared.options.queue_global_priority,
         )?;
         let ctx = DeviceContext::new(device, &self.shared.options);
         *guard = Some(Arc::clone(&ctx));

@@ -1,6 +1,6 @@
 //! A logical Vulkan device: one queue, the external-handle extension loaders, a staging context.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, CStr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
@@ -117,12 +117,20 @@ impl Device {
         heap_budget: Option<u64>,
         transfer_timeout: Duration,
         host_memory_import: bool,
+        global_priority: Option<super::QueueGlobalPriority>,
     ) -> Result<Arc<Self>> {
         let priorities = [1.0f32];
-        let queue_info = [vk::DeviceQueueCreateInfo::default()
-            .queue_family_index(physical.queue_family)
-            .queue_priorities(&priorities)];
         let mut extensions: Vec<*const c_char> = Vec::new();
+        let mut global = vk::DeviceQueueGlobalPriorityCreateInfoKHR::default();
+        let mut queue_info = vk::DeviceQueueCreateInfo::default()
+            .queue_family_index(physical.queue_family)
+            .queue_priorities(&priorities);
+        if let Some(priority) = global_priority {
+            extensions.push(global_priority_extension(&instance, &physical)?.as_ptr());
+            global = global.global_priority(priority.to_vk());
+            queue_info = queue_info.push_next(&mut global);
+        }
+        let queue_info = [queue_info];
         let (memory_extension, semaphore_extension) = external::extension_names(Os::HOST);
         if physical.has_external_memory {
             extensions.push(memory_extension.as_ptr());
@@ -650,4 +658,22 @@ impl Drop for Device {
             drop(instance);
         });
     }
+}
+
+/// `VK_KHR_global_priority`, else `VK_EXT_global_priority` (the same structure and values), or
+/// [`Error::Unsupported`] where the device has neither.
+fn global_priority_extension(instance: &Instance, physical: &PhysicalDevice) -> Result<&'static CStr> {
+    // SAFETY: the physical device belongs to `instance`.
+    let extensions = unsafe { instance.instance.enumerate_device_extension_properties(physical.handle) }
+        .vk("vkEnumerateDeviceExtensionProperties")?;
+    let has = |name: &CStr| extensions.iter().any(|e| e.extension_name_as_c_str().ok() == Some(name));
+    [ash::khr::global_priority::NAME, ash::ext::global_priority::NAME]
+        .into_iter()
+        .find(|n| has(n))
+        .ok_or_else(|| crate::Error::Unsupported {
+            what: format!(
+                "a queue global priority: {} has neither VK_KHR_global_priority nor VK_EXT_global_priority",
+                physical.info.name
+            ),
+        })
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the CPU-tier tests: validated allocators, random data, fd counts.
 #![allow(dead_code)]
 
+pub mod ring;
+
 use lava_flow::{AllocatorOptions, MemoryAllocator, ValidationLog};
 use rand::RngCore;
 

@@ -8,10 +8,14 @@ use std::path::Path;
 use std::process::Child;
 
 use lava_flow::cuda::Context;
-use lava_flow::{ipc, Error, Result};
+use lava_flow::ipc;
 
-use crate::demo::cuda::{CudaConsumer, Imports};
-use crate::demo::{Consumer, Handoff, Options, Shared};
+use lava_flow::ring::End;
+use lava_flow::FrameStep;
+
+use super::cuda::{CudaConsumer, Imports, RingView};
+use super::{Consumer, Options, Shared};
+use crate::error::{Error, Result};
 use crate::peer::{get, io, put};
 
 /// The commands, one fixed-size record each: op, frame, slot, wait, signal.
@@ -21,7 +25,22 @@ const STAGED_SUMS: u8 = b'G';
 const ALONE: u8 = b'A';
 const FINISH: u8 = b'F';
 const QUIT: u8 = b'Q';
+/// Work rounds per word from now on, in the frame field.
+const ROUNDS: u8 = b'W';
 const RECORD: usize = 1 + 4 + 4 + 8 + 8;
+
+/// A consumer step's wait and signal (`None`: none), as a record carries them.
+#[derive(Clone, Copy)]
+struct Handoff {
+    wait: Option<u64>,
+    signal: Option<u64>,
+}
+
+impl From<&FrameStep> for Handoff {
+    fn from(step: &FrameStep) -> Self {
+        Handoff { wait: step.wait, signal: step.signal }
+    }
+}
 
 fn record(op: u8, f: u32, slot: usize, handoff: Handoff) -> [u8; RECORD] {
     let mut r = [0u8; RECORD];
@@ -44,22 +63,24 @@ pub struct ProcessConsumer {
 }
 
 impl ProcessConsumer {
-    /// Starts the child and sends it the ring, the sums and the two timelines.
+    /// Starts the child and sends it the ring's slots, the consumer's own frames, the sums and
+    /// the ring's two timelines.
     pub fn spawn(options: &Options, shared: &Shared<'_>) -> Result<Self> {
         let (child, stream) = crate::peer::spawn("demo-peer")?;
         let mut consumer =
             ProcessConsumer { child, stream, description: String::new(), frames: options.frames };
         let s = &consumer.stream;
-        put(s, &(shared.frames.len() as u32).to_le_bytes())?;
+        let frames = shared.frames();
+        put(s, &(frames.len() as u32).to_le_bytes())?;
         put(s, &options.frames.to_le_bytes())?;
         put(s, &options.frame_bytes.to_le_bytes())?;
         put(s, &shared.words.to_le_bytes())?;
-        for frame in shared.frames {
+        for frame in frames {
             ipc::send_memory(s, &frame.export()?)?;
         }
         ipc::send_memory(s, &shared.sums.export()?)?;
-        ipc::send_semaphore(s, &shared.produced.export()?)?;
-        ipc::send_semaphore(s, &shared.consumed.export()?)?;
+        ipc::send_semaphore(s, &shared.ring.written().export()?)?;
+        ipc::send_semaphore(s, &shared.ring.released().export()?)?;
         let mut len = [0u8; 4];
         get(s, &mut len)?;
         let mut text = vec![0u8; u32::from_le_bytes(len) as usize];
@@ -78,8 +99,12 @@ impl Consumer for ProcessConsumer {
         true
     }
 
-    fn consume(&mut self, f: u32, slot: usize, handoff: Handoff) -> Result<()> {
-        put(&self.stream, &record(CONSUME, f, slot, handoff))
+    fn set_rounds(&mut self, rounds: u32) -> Result<()> {
+        put(&self.stream, &record(ROUNDS, rounds, 0, NO_HANDOFF))
+    }
+
+    fn consume(&mut self, f: u32, step: &FrameStep) -> Result<()> {
+        put(&self.stream, &record(CONSUME, f, step.slot, step.into()))
     }
 
     /// The staged path across processes: the frame's bytes through the socket.
@@ -95,8 +120,8 @@ impl Consumer for ProcessConsumer {
         Ok(sums)
     }
 
-    fn consume_alone(&mut self, f: u32, slot: usize) -> Result<()> {
-        put(&self.stream, &record(ALONE, f, slot, NO_HANDOFF))
+    fn consume_alone(&mut self, f: u32, own: usize) -> Result<()> {
+        put(&self.stream, &record(ALONE, f, own, NO_HANDOFF))
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -130,15 +155,23 @@ pub fn peer(socket: &Path) -> Result<()> {
     let frame_bytes = u64::from_le_bytes(long);
     get(&stream, &mut word)?;
     let words = u32::from_le_bytes(word);
-    let received: Vec<_> = (0..buffers).map(|_| ipc::recv_memory(&stream)).collect::<Result<_>>()?;
+    let received: Vec<_> =
+        (0..buffers).map(|_| ipc::recv_memory(&stream)).collect::<lava_flow::Result<_>>()?;
     let sums = ipc::recv_memory(&stream)?;
-    let (produced, consumed) = (ipc::recv_semaphore(&stream)?, ipc::recv_semaphore(&stream)?);
+    let (written, released) = (ipc::recv_semaphore(&stream)?, ipc::recv_semaphore(&stream)?);
     let ctx = Context::for_uuid(sums.descriptor().device_uuid)?;
+    // The ring's slots, then as many of the consumer's own frames.
+    let mut slots: Vec<_> =
+        received.into_iter().map(|m| ctx.import_memory(m)).collect::<lava_flow::Result<_>>()?;
+    let own = slots.split_off(slots.len() / 2);
     let imports = Imports {
-        frames: received.into_iter().map(|m| ctx.import_memory(m)).collect::<Result<_>>()?,
+        ring: RingView::Imported {
+            slots,
+            written: ctx.import_exported_semaphore(written)?,
+            released: ctx.import_exported_semaphore(released)?,
+        },
+        own,
         sums: ctx.import_memory(sums)?,
-        produced: ctx.import_exported_semaphore(produced)?,
-        consumed: ctx.import_exported_semaphore(consumed)?,
     };
     let mut consumer = CudaConsumer::from_imports(ctx, imports, frames, frame_bytes, words)?;
     let description = consumer.describe();
@@ -153,22 +186,30 @@ pub fn peer(socket: &Path) -> Result<()> {
         let optional = |v: u64| (v != 0).then_some(v);
         let handoff = Handoff { wait: optional(field(9, 17)), signal: optional(field(17, 25)) };
         match r[0] {
-            CONSUME => consumer.consume(f, slot, handoff)?,
+            CONSUME => {
+                let step = FrameStep {
+                    end: End::Consumer,
+                    frame: u64::from(f),
+                    slot,
+                    wait: handoff.wait,
+                    signal: handoff.signal,
+                };
+                consumer.consume(f, &step)?;
+            }
             STAGED => {
                 get(&stream, &mut host)?;
                 consumer.consume_staged(f, &host)?;
             }
             STAGED_SUMS => put(&stream, &consumer.staged_sums()?)?,
             ALONE => consumer.consume_alone(f, slot)?,
+            ROUNDS => consumer.set_rounds(f)?,
             FINISH => {
                 consumer.finish()?;
                 put(&stream, b"k")?;
             }
             QUIT => return consumer.finish(),
             other => {
-                return Err(Error::InvalidArgument(format!(
-                    "demo consumer process: unknown command {other:#x}"
-                )))
+                return Err(Error::Protocol(format!("demo consumer process: unknown command {other:#x}")))
             }
         }
     }
