@@ -351,6 +351,12 @@ enum Slots {
 /// Where the device cannot export timelines (lavapipe), adapters in other APIs order through the
 /// host instead (each says how); the producer's back-pressure on the ring's own device stays a
 /// queue wait.
+///
+/// # Dropping
+/// Drop the adapters first (they borrow the ring), and the ring once no queued work uses its
+/// slots: wait for the last value (`released().wait(n, ..)`) and, where submissions of the ring's
+/// device waited for values another API signalled, [`MemoryAllocator::wait_idle`]. The timelines
+/// themselves may go under pending work (see [`TimelineSemaphore`]).
 #[derive(Debug)]
 pub struct Ring {
     schedule: RingSchedule,
