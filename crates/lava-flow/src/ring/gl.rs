@@ -72,22 +72,51 @@ impl GlRing<'_> {
     /// [`Error::Ring`]: crate::Error::Ring
     /// [`Error::Timeout`]: crate::Error::Timeout
     pub fn wait(&self, step: &FrameStep) -> Result<()> {
-        self.ring.check_step(step)?;
-        let Some(v) = step.wait else { return Ok(()) };
-        let (buffers, textures) = self.objects();
-        self.timelines(step.end).0.wait(v, &buffers, &textures)
+        self.wait_with(step, &[], &[])
     }
 
     /// Signals `step.signal` once the GL commands issued so far are done (nothing if the step
     /// has none). Errors: as [`wait`](GlRing::wait).
     pub fn signal(&self, step: &FrameStep) -> Result<()> {
+        self.signal_with(step, &[], &[])
+    }
+
+    /// As [`wait`](GlRing::wait), also covering other imported objects the GL work uses beside
+    /// the slots (say, a results buffer that Vulkan reads later).
+    pub fn wait_with(
+        &self,
+        step: &FrameStep,
+        buffers: &[&GlBuffer<'_>],
+        textures: &[&GlTexture<'_>],
+    ) -> Result<()> {
+        self.ring.check_step(step)?;
+        let Some(v) = step.wait else { return Ok(()) };
+        let (buffers, textures) = self.objects(buffers, textures);
+        self.timelines(step.end).0.wait(v, &buffers, &textures)
+    }
+
+    /// As [`signal`](GlRing::signal), also covering other imported objects the GL work wrote.
+    pub fn signal_with(
+        &self,
+        step: &FrameStep,
+        buffers: &[&GlBuffer<'_>],
+        textures: &[&GlTexture<'_>],
+    ) -> Result<()> {
         self.ring.check_step(step)?;
         let Some(v) = step.signal else { return Ok(()) };
-        let (buffers, textures) = self.objects();
+        let (buffers, textures) = self.objects(buffers, textures);
         self.timelines(step.end).1.signal(v, &buffers, &textures)
     }
 
-    fn objects(&self) -> (Vec<&GlBuffer<'_>>, Vec<&GlTexture<'_>>) {
-        (self.buffers.iter().collect(), self.textures.iter().collect())
+    /// The slots and `extra` objects, for a semaphore operation's lists.
+    fn objects<'s>(
+        &'s self,
+        buffers: &[&'s GlBuffer<'s>],
+        textures: &[&'s GlTexture<'s>],
+    ) -> (Vec<&'s GlBuffer<'s>>, Vec<&'s GlTexture<'s>>) {
+        (
+            self.buffers.iter().chain(buffers.iter().copied()).collect(),
+            self.textures.iter().chain(textures.iter().copied()).collect(),
+        )
     }
 }
