@@ -110,6 +110,11 @@ pub use vulkan::{
     ValidationLog, DEDICATED_TAIL, DEFAULT_BLOCK_SIZE, DEFAULT_TRANSFER_TIMEOUT,
 };
 
+/// Measurements for `lava-flow bench`: the host-copy ceiling of staged transfers. Not a stable
+/// API.
+#[doc(hidden)]
+pub use vulkan::ceiling as bench_support;
+
 /// The guide `docs/vulkan.md`, whose examples are compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/vulkan.md")]

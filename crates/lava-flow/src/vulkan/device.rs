@@ -389,6 +389,21 @@ impl Device {
         }
     }
 
+    /// Completes an asynchronous transfer through the staging ring whose value was reached (see
+    /// [`Transfer::finish_ring`]); the context's lock only, no settling.
+    pub fn finish_ring(&self, value: u64) {
+        let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(transfer) = slot.as_mut() {
+            transfer.finish_ring(value);
+        }
+    }
+
+    /// Copies of host transfers still in flight on this device (see [`Transfer::in_flight`]).
+    pub fn transfers_in_flight(&self) -> u64 {
+        let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.as_mut().map_or(0, |transfer| transfer.in_flight(self))
+    }
+
     /// Called by a buffer or image (`object`: its raw handle) before it is destroyed: if a
     /// staging submission that timed out still uses it, waits for that (up to the transfer
     /// timeout). `false` if it is still queued: the object, and the memory under it, must then

@@ -155,6 +155,12 @@ impl<S: HostBytes> PendingTransfer<S> {
             }
             return Err(e);
         }
+        if job.is_ring() {
+            // Bytes of a read still held in ring slots are copied into `self.host` now, before
+            // it is handed back.
+            self.device.finish_ring(job.value);
+            return Ok(());
+        }
         // SAFETY: the job's value was reached; `range` is the memory it was submitted with,
         // still owned by `self.host`.
         unsafe { job.finish(&self.device.device, self.range) }

@@ -1,0 +1,92 @@
+//! What the CPU side of a staged transfer can reach on this machine: the host copy between
+//! ordinary (pageable) memory and mapped staging memory, with the copy threads and
+//! instructions the staging ring uses. `lava-flow bench` reports it beside the transfers so
+//! that their figures read as a fraction of the reachable ceiling. Not a stable API.
+
+use std::time::Instant;
+
+use super::allocator::MemoryAllocator;
+use super::copy::{copy_bytes_as, copy_threads, CopyKind};
+use super::transfer::{ring_shape, StagingMemory, StagingProbe};
+use crate::error::Result;
+
+/// The copy's instructions.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HostCopy {
+    /// `memcpy`.
+    Plain,
+    /// Non-temporal stores (x86-64 `movntdq`; plain elsewhere).
+    StreamStores,
+    /// Non-temporal loads (x86-64 SSE4.1 `movntdqa` where present; plain elsewhere).
+    StreamLoads,
+}
+
+/// Which staging memory is measured.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StagingKind {
+    /// The memory the staging ring uses (host-cached where the device has it).
+    Ring,
+    /// Host-visible memory that is not host-cached (write-combined), where the device has it.
+    Uncached,
+}
+
+/// One measurement of [`host_copy`].
+#[derive(Clone, Debug)]
+pub struct CopyCeiling {
+    /// Seconds per copy (the median of the repetitions).
+    pub seconds: f64,
+    /// The staging memory type's property flags, as Vulkan names them.
+    pub memory_flags: String,
+    /// Threads per copy (the caller's included), as the staging ring uses them.
+    pub threads: usize,
+    /// The staging ring's slot size and slot count.
+    pub ring: (u64, usize),
+}
+
+/// Times copies of `host` into (`to_staging`) or out of a mapped staging buffer of the same
+/// size on device `device_id`: `iters` copies per repetition, the median of `reps`.
+pub fn host_copy(
+    allocator: &MemoryAllocator,
+    device_id: u32,
+    host: &mut [u8],
+    to_staging: bool,
+    how: HostCopy,
+    memory: StagingKind,
+    (iters, reps): (usize, usize),
+) -> Result<CopyCeiling> {
+    let ctx = allocator.context(device_id)?;
+    let kind = match memory {
+        StagingKind::Ring => StagingMemory::Ring,
+        StagingKind::Uncached => StagingMemory::Uncached,
+    };
+    let probe = StagingProbe::new(&ctx.device, host.len() as u64, kind)?;
+    let mapped = probe.mapped()?;
+    let kind = match how {
+        HostCopy::Plain => CopyKind::Plain,
+        HostCopy::StreamStores => CopyKind::StreamStores,
+        HostCopy::StreamLoads => CopyKind::StreamLoads,
+    };
+    let mut times = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let start = Instant::now();
+        for _ in 0..iters.max(1) {
+            if to_staging {
+                // SAFETY: the mapping holds `host.len()` bytes (the probe's size) and lives as
+                // long as `probe`; `host` is borrowed mutably, so nothing else touches it.
+                unsafe { copy_bytes_as(kind, host.as_ptr(), mapped, host.len()) };
+            } else {
+                // SAFETY: as above.
+                unsafe { copy_bytes_as(kind, mapped.cast_const(), host.as_mut_ptr(), host.len()) };
+            }
+        }
+        times.push(start.elapsed().as_secs_f64() / iters.max(1) as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    let shape = ring_shape();
+    Ok(CopyCeiling {
+        seconds: times[times.len() / 2],
+        memory_flags: format!("{:?}", probe.flags),
+        threads: copy_threads(),
+        ring: (shape.chunk, shape.slots),
+    })
+}
