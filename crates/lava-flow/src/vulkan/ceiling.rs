@@ -43,8 +43,10 @@ pub struct CopyCeiling {
     pub ring: (u64, usize),
 }
 
-/// Times copies of `host` into (`to_staging`) or out of a mapped staging buffer of the same
-/// size on device `device_id`: `iters` copies per repetition, the median of `reps`.
+/// Times copies of `host` into (`to_staging`) or out of mapped staging memory on device
+/// `device_id` the way the staging ring moves them, without the GPU: pieces of the ring's slot
+/// size, each into (or out of) the next of the ring's slots, with the ring's copy threads —
+/// `iters` copies of all of `host` per repetition, the median of `reps`.
 pub fn host_copy(
     allocator: &MemoryAllocator,
     device_id: u32,
@@ -55,11 +57,14 @@ pub fn host_copy(
     (iters, reps): (usize, usize),
 ) -> Result<CopyCeiling> {
     let ctx = allocator.context(device_id)?;
+    let shape = ring_shape();
+    let len = host.len();
+    let slot = usize::try_from(shape.chunk).unwrap_or(usize::MAX).min(len).max(1);
     let kind = match memory {
         StagingKind::Ring => StagingMemory::Ring,
         StagingKind::Uncached => StagingMemory::Uncached,
     };
-    let probe = StagingProbe::new(&ctx.device, host.len() as u64, kind)?;
+    let probe = StagingProbe::new(&ctx.device, (slot * shape.slots) as u64, kind)?;
     let mapped = probe.mapped()?;
     let kind = match how {
         HostCopy::Plain => CopyKind::Plain,
@@ -70,19 +75,25 @@ pub fn host_copy(
     for _ in 0..reps.max(1) {
         let start = Instant::now();
         for _ in 0..iters.max(1) {
-            if to_staging {
-                // SAFETY: the mapping holds `host.len()` bytes (the probe's size) and lives as
-                // long as `probe`; `host` is borrowed mutably, so nothing else touches it.
-                unsafe { copy_bytes_as(kind, host.as_ptr(), mapped, host.len()) };
-            } else {
-                // SAFETY: as above.
-                unsafe { copy_bytes_as(kind, mapped.cast_const(), host.as_mut_ptr(), host.len()) };
+            for (k, at) in (0..len).step_by(slot).enumerate() {
+                let n = slot.min(len - at);
+                let staged = mapped.wrapping_add((k % shape.slots) * slot);
+                if to_staging {
+                    // SAFETY: the mapping holds `slots × slot` bytes and lives as long as
+                    // `probe`; `at + n ≤ len`; `host` is borrowed mutably, so nothing else
+                    // touches it.
+                    unsafe { copy_bytes_as(kind, host.as_ptr().wrapping_add(at), staged, n) };
+                } else {
+                    // SAFETY: as above.
+                    unsafe {
+                        copy_bytes_as(kind, staged.cast_const(), host.as_mut_ptr().wrapping_add(at), n)
+                    };
+                }
             }
         }
         times.push(start.elapsed().as_secs_f64() / iters.max(1) as f64);
     }
     times.sort_by(f64::total_cmp);
-    let shape = ring_shape();
     Ok(CopyCeiling {
         seconds: times[times.len() / 2],
         memory_flags: format!("{:?}", probe.flags),

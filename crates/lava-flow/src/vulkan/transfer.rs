@@ -500,7 +500,8 @@ impl Transfer {
             Err(e)
         };
         for _ in 0..DRAIN_ATTEMPTS {
-            let probe = match self.submit_slot(device, 0, 0, |_, _| {}, SubmitWhen::Always, None) {
+            let i = self.free_slot();
+            let probe = match self.submit_slot(device, i, 0, |_, _| {}, SubmitWhen::Always, None) {
                 Ok(probe) => probe.unwrap_or(0),
                 Err(e) => return unused(import, e),
             };
@@ -510,14 +511,14 @@ impl Transfer {
             let record = |d: &ash::Device, cmd| {
                 target.record(d, cmd, dir, import.buffer, import.offset, 0, import.len)
             };
-            match self.submit_slot(device, 0, target.raw(), record, SubmitWhen::NothingSince(probe), None) {
+            match self.submit_slot(device, i, target.raw(), record, SubmitWhen::NothingSince(probe), None) {
                 Ok(Some(_)) => {}
                 Ok(None) => continue,
                 Err(e) => return unused(import, e),
             }
             // Nothing queued ahead could hold the copy back: wait for it however long it takes
             // (it reads or writes the caller's memory, which is theirs again after the return).
-            let fence = self.slots[0].fence;
+            let fence = self.slots[i].fence;
             // SAFETY: the fence belongs to this device.
             if let Err(e) = unsafe { d.wait_for_fences(&[fence], true, u64::MAX) } {
                 // The device is lost or the wait failed: the copy's fate is unknown, so the
@@ -538,10 +539,10 @@ impl Transfer {
     /// A copy through the staging ring, starting at the slot after the last one used.
     ///
     /// `signal: None`: synchronous, every copy waited for. `Some(value)`: an asynchronous
-    /// transfer's next timeline value, signalled by its last copy, which is left in flight — its
-    /// slots covered, and a read's bytes held in its slots (a read must then fit in the ring:
-    /// [`Transfer::fits_ring`]) until [`Transfer::finish_ring`] or the slot's next user copies
-    /// them out.
+    /// transfer's next timeline value, signalled by its last copy: the last slots' copies are
+    /// left in flight — covered, and for a read their bytes held until
+    /// [`Transfer::finish_ring`] or the slot's next user copies them out (the pieces before the
+    /// last `slots` go as in a synchronous transfer).
     fn staged(
         &mut self,
         device: &Device,
@@ -559,11 +560,6 @@ impl Transfer {
         let slots = self.slots.len();
         let step = target.step(slot) as usize;
         let pieces = host.len.div_ceil(step);
-        if signal.is_some() && dir == Direction::ToHost && pieces > slots {
-            return Err(Error::InvalidArgument(format!(
-                "internal: an asynchronous read of {pieces} staging pieces through a ring of {slots}"
-            )));
-        }
         let first = self.cursor;
         self.cursor = (first + pieces) % slots;
         let ring = |k: usize| (first + k) % slots;
@@ -599,13 +595,30 @@ impl Transfer {
                 }
             }
             (Direction::ToHost, Some(value)) => {
-                for k in 0..pieces {
+                // All but the last `slots` pieces are read here as a synchronous read reads
+                // them; the last ones stay in flight, their bytes held in their slots.
+                let tail = pieces.saturating_sub(slots);
+                for k in 0..pieces.min(slots) {
                     submit(self, k)?;
+                }
+                for k in 0..tail {
+                    self.settle_slot(device, ring(k), "a staging copy")?;
+                    let (at, len) = piece(k);
+                    // SAFETY: as in the synchronous read below.
+                    unsafe {
+                        copy_bytes_as(
+                            kind,
+                            mapped.wrapping_add(staged_at(k) as usize),
+                            host.ptr.wrapping_add(at),
+                            len,
+                        )
+                    };
+                    submit(self, k + slots)?;
                 }
                 // Every copy is queued: from here on, the bytes go to the transfer's memory
                 // once their copies complete (never before: nothing was held while a submission
                 // could still fail).
-                for k in 0..pieces {
+                for k in tail..pieces {
                     let (at, len) = piece(k);
                     self.slots[ring(k)].held = Some(Held {
                         value,
@@ -653,14 +666,6 @@ impl Transfer {
         }
     }
 
-    /// Whether an asynchronous read of `len` bytes fits in the ring's slots at once.
-    fn fits_ring(&self, target: Target, len: usize) -> bool {
-        let shape = ring_shape();
-        let slot = (len as u64).clamp(STAGING_MIN, shape.chunk);
-        let step = target.step(slot);
-        target.row_bytes() <= shape.chunk && (len as u64).div_ceil(step) <= self.slots.len() as u64
-    }
-
     /// Makes sure the ring's staging buffer has slots of at least `min(len, chunk)` bytes;
     /// returns the slot size.
     fn staging(&mut self, device: &Device, len: u64) -> Result<u64> {
@@ -694,7 +699,7 @@ impl Transfer {
         self.run(device, 0, |_, _| {})
     }
 
-    /// Records commands with `record` into slot 0, submits them and waits for them. `target` is
+    /// Records commands with `record` into an idle slot, submits them and waits for them. `target` is
     /// the raw handle of the buffer or image the commands use (0 for none): if the wait times
     /// out, the context stays pending on it.
     fn run(
@@ -703,8 +708,15 @@ impl Transfer {
         target: u64,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<()> {
-        self.submit_slot(device, 0, target, record, SubmitWhen::Always, None)?;
-        self.settle_slot(device, 0, "a staging copy")
+        let i = self.free_slot();
+        self.submit_slot(device, i, target, record, SubmitWhen::Always, None)?;
+        self.settle_slot(device, i, "a staging copy")
+    }
+
+    /// A slot for a single submission: an idle one where there is one (asynchronous transfers
+    /// in flight keep theirs), else the next in the ring.
+    fn free_slot(&self) -> usize {
+        self.slots.iter().position(|s| !s.busy).unwrap_or(self.cursor)
     }
 
     /// Records commands with `record` into slot `i` and submits them with its fence (if `when`
@@ -889,7 +901,10 @@ impl Transfer {
         }
     }
 
-    /// Starts an asynchronous transfer between `host` and `target` (see [`Job`]).
+    /// Starts an asynchronous transfer between `host` and `target` (see [`Job`]) in the ring's
+    /// slots: one copy straight from or into `host` where it can be imported, else through
+    /// staging ([`Transfer::staged`]). Its last submission signals the next value of the
+    /// transfer timeline.
     ///
     /// # Safety
     /// `host` stays valid (and, for reads, untouched by anything else) until the job's
@@ -901,85 +916,34 @@ impl Transfer {
         target: Target,
         host: HostRange,
     ) -> Result<Job> {
-        let d = &device.device;
-        let len = host.len as u64;
-        let import = self.import(device, target, host);
-        if import.is_none()
-            && host.len > 0
-            && (dir == Direction::ToDevice || self.fits_ring(target, host.len))
-        {
-            // Through the ring: no staging of the transfer's own.
-            let value = self.timeline_value + 1;
+        let value = self.timeline_value + 1;
+        if host.len == 0 {
+            // Nothing to copy: done once everything submitted so far is.
+            return Ok(Job { value: self.timeline_value, host: JobHost::Ring });
+        }
+        let Some(import) = self.import(device, target, host) else {
             self.staged(device, dir, target, host, Some(value))?;
             device.staged_transfers.fetch_add(1, Ordering::Relaxed);
-            return Ok(Job { pool: vk::CommandPool::null(), value, host: JobHost::Ring, dir, len: host.len });
-        }
-        let (via, offset, staged) = match import {
-            Some(import) => (import.buffer, import.offset, JobHost::Import(import)),
-            None => {
-                let staging = make_staging(device, len, len)?;
-                if dir == Direction::ToDevice {
-                    let copied = staging.mapped().map(|mapped| {
-                        // SAFETY: the staging buffer holds `len` bytes and is the job's alone;
-                        // `host` holds `len` bytes (the caller's contract).
-                        unsafe { copy_bytes(host.ptr, mapped, host.len) }
-                    });
-                    if let Err(e) = copied {
-                        // SAFETY: never submitted.
-                        unsafe { staging.destroy(d) };
-                        return Err(e);
-                    }
-                }
-                (staging.buffer, 0, JobHost::Staging(staging))
-            }
+            return Ok(Job { value, host: JobHost::Ring });
         };
-        let mut job = Job { pool: vk::CommandPool::null(), value: 0, host: staged, dir, len: host.len };
-        let made = create_pool(d, device.physical.queue_family).and_then(|pool| {
-            job.pool = pool;
-            let alloc = vk::CommandBufferAllocateInfo::default()
-                .command_pool(pool)
-                .level(vk::CommandBufferLevel::PRIMARY)
-                .command_buffer_count(1);
-            // SAFETY: the pool was just created on this device.
-            let cmd = unsafe { d.allocate_command_buffers(&alloc) }.vk("vkAllocateCommandBuffers")?[0];
-            let begin =
-                vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-            // SAFETY: a fresh command buffer.
-            unsafe { d.begin_command_buffer(cmd, &begin) }.vk("vkBeginCommandBuffer")?;
-            target.record(d, cmd, dir, via, offset, 0, len);
-            // SAFETY: as above.
-            unsafe { d.end_command_buffer(cmd) }.vk("vkEndCommandBuffer")?;
-            let value = self.timeline_value + 1;
-            let cmds = [cmd];
-            let signal = [self.timeline];
-            let values = [value];
-            let mut timeline = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
-            let submit = vk::SubmitInfo::default()
-                .command_buffers(&cmds)
-                .signal_semaphores(&signal)
-                .push_next(&mut timeline);
-            // SAFETY: every handle belongs to this device and lives until the value is reached
-            // (the job holds them); values increase: they are taken under the context's lock.
-            unsafe { device.submit(&[submit], vk::Fence::null()) }?;
-            self.timeline_value = value;
-            Ok(value)
-        });
-        match made {
-            Ok(value) => {
-                let counter = match job.host {
-                    JobHost::Import(_) => &device.imported_transfers,
-                    JobHost::Staging(_) | JobHost::Ring => &device.staged_transfers,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                job.value = value;
-                Ok(job)
-            }
-            Err(e) => {
-                // SAFETY: nothing was submitted.
-                unsafe { job.destroy(d) };
-                Err(e)
-            }
+        let i = self.cursor;
+        self.cursor = (i + 1) % self.slots.len();
+        let record =
+            |d: &ash::Device, cmd| target.record(d, cmd, dir, import.buffer, import.offset, 0, import.len);
+        if let Err(e) = self.submit_slot(device, i, target.raw(), record, SubmitWhen::Always, Some(value)) {
+            // SAFETY: nothing was submitted (every failure of `submit_slot` comes before, or is,
+            // the submission).
+            unsafe { import.destroy(&device.device) };
+            return Err(e);
         }
+        // Submitted whole: the buffer's or image's drop waits for the value.
+        self.slots[i].covered = true;
+        if self.slots.iter().all(|s| !s.busy || s.covered) {
+            self.target = 0;
+            device.transfer_target.store(0, Ordering::Release);
+        }
+        device.imported_transfers.fetch_add(1, Ordering::Relaxed);
+        Ok(Job { value, host: JobHost::Import(import) })
     }
 
     /// Keeps an asynchronous job whose wait timed out, and the host memory it owns, until its
@@ -1056,63 +1020,35 @@ enum SubmitWhen {
 
 /// Where an asynchronous job's bytes pass through.
 pub(crate) enum JobHost {
-    /// The caller's memory, imported.
+    /// The caller's memory, imported: destroyed once the value is reached.
     Import(HostImport),
-    /// A staging buffer of the job's own (reads larger than the ring).
-    Staging(Staging),
-    /// Slots of the ring ([`Transfer::finish_ring`] completes it).
+    /// Slots of the staging ring ([`Transfer::finish_ring`] completes it).
     Ring,
 }
 
-/// An asynchronous transfer in flight: its command pool (with its one command buffer), the
-/// timeline value its submission signals, and its host-side buffer. Destroyed only once the
-/// value is reached.
+/// An asynchronous transfer in flight: the timeline value its last submission signals, and
+/// the imported host memory it copies through, if any, kept until the value is reached. Its
+/// command buffers are the ring's.
 pub(crate) struct Job {
-    pool: vk::CommandPool,
     pub value: u64,
     host: JobHost,
-    dir: Direction,
-    len: usize,
 }
 
 impl Job {
-    /// Whether the job went through the ring: [`Transfer::finish_ring`] completes it, under the
-    /// context's lock.
+    /// Whether the job went through the staging ring: [`Transfer::finish_ring`] completes it,
+    /// under the context's lock.
     pub fn is_ring(&self) -> bool {
         matches!(self.host, JobHost::Ring)
     }
 
-    /// Completes a finished job that did not go through the ring: for reads through staging, copies the bytes out into `host`;
-    /// then destroys its objects.
+    /// Destroys a job's imported memory.
     ///
     /// # Safety
-    /// The job's timeline value has been reached (waited for on the host); `host` is the range
-    /// the job was submitted with.
-    pub unsafe fn finish(self, d: &ash::Device, host: HostRange) -> Result<()> {
-        let result = match (&self.host, self.dir) {
-            (JobHost::Staging(s), Direction::ToHost) => s.mapped().map(|mapped| {
-                // SAFETY: the copy has completed and was made visible to the host; both ranges
-                // hold `len` bytes.
-                unsafe { copy_bytes(mapped, host.ptr, self.len.min(host.len)) }
-            }),
-            _ => Ok(()),
-        };
-        // SAFETY: the caller's contract: nothing uses the objects any more.
-        unsafe { self.destroy(d) };
-        result
-    }
-
-    /// # Safety
-    /// Nothing uses the job's objects (never submitted, or its value was reached).
-    unsafe fn destroy(self, d: &ash::Device) {
-        // SAFETY: the caller's contract; destroying the pool frees its command buffer.
-        unsafe { d.destroy_command_pool(self.pool, None) };
-        match self.host {
+    /// Nothing uses it any more (never submitted, or the job's value was reached).
+    pub unsafe fn destroy(self, d: &ash::Device) {
+        if let JobHost::Import(i) = self.host {
             // SAFETY: the caller's contract.
-            JobHost::Import(i) => unsafe { i.destroy(d) },
-            // SAFETY: the caller's contract.
-            JobHost::Staging(s) => unsafe { s.destroy(d) },
-            JobHost::Ring => {}
+            unsafe { i.destroy(d) };
         }
     }
 }
