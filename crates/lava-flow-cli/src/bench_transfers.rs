@@ -81,6 +81,21 @@ pub fn rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
                 })?;
                 measured.push((format!("{name}: {}, pageable memory", sync_name(way)), value(t)));
             }
+            let counts = (iters, reps);
+            if let Some((copy, import)) =
+                lava_flow::bench_support::imported_copy(&imported, &mut host, way == Way::Write, counts)?
+            {
+                measured
+                    .push(("lava-flow GPU copy alone, the Vec's pages imported once".into(), value(copy)));
+                measured.push((
+                    format!(
+                        "lava-flow import + release of the Vec's pages alone, no copy ({:.1} µs per call; \
+                         the value: those bytes at that cost)",
+                        import * 1e6
+                    ),
+                    value(import),
+                ));
+            }
             for (path, buffer) in [("staging ring", &staged), ("host memory import", &imported)] {
                 let mut owned = Some(std::mem::take(&mut host));
                 let t = median(reps, || {

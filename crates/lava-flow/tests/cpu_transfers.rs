@@ -332,8 +332,8 @@ fn the_copy_pool_serves_several_threads_at_once() {
 }
 
 /// Asynchronous transfers through the ring: several in flight at once (more than the ring has
-/// slots, to different buffers), waited for in reverse order; reads larger than the ring take
-/// their own staging; every byte checked; nothing left in flight.
+/// slots, to different buffers), waited for in reverse order; a read larger than the ring
+/// (read as a synchronous one but for its last slots); every byte checked; nothing left in flight.
 #[test]
 fn asynchronous_transfers_share_the_ring() {
     let mut v = ring_allocator();

@@ -6,8 +6,9 @@
 use std::time::Instant;
 
 use super::allocator::MemoryAllocator;
+use super::buffer::Buffer;
 use super::copy::{copy_bytes_as, copy_threads, CopyKind};
-use super::transfer::{ring_shape, StagingMemory, StagingProbe};
+use super::transfer::{ring_shape, Direction, StagingMemory, StagingProbe};
 use crate::error::Result;
 
 /// The copy's instructions.
@@ -100,4 +101,35 @@ pub fn host_copy(
         threads: copy_threads(),
         ring: (shape.chunk, shape.slots),
     })
+}
+
+/// Times the GPU copy between `host` and `buffer` (from byte 0) with `host`'s pages imported
+/// once (`VK_EXT_external_memory_host`; the buffer's allocator needs `host_memory_import`):
+/// `iters` copies per repetition, each waited for, the median of `reps`; and, second, what
+/// importing and releasing those pages costs per call without a copy. `None` where the device
+/// does not import them.
+pub fn imported_copy(
+    buffer: &Buffer,
+    host: &mut [u8],
+    to_device: bool,
+    (iters, reps): (usize, usize),
+) -> Result<Option<(f64, f64)>> {
+    let (device, target) = buffer.transfer_target(0);
+    let dir = if to_device { Direction::ToDevice } else { Direction::ToHost };
+    let mut copies = Vec::new();
+    let mut imports = Vec::new();
+    for _ in 0..reps.max(1) {
+        let copy = device.with_transfer(|t| t.time_imported_copies(device, dir, target, host, iters))?;
+        let import = device.with_transfer(|t| Ok(t.time_imports(device, target, host, iters)))?;
+        match (copy, import) {
+            (Some(c), Some(i)) => {
+                copies.push(c);
+                imports.push(i);
+            }
+            _ => return Ok(None),
+        }
+    }
+    copies.sort_by(f64::total_cmp);
+    imports.sort_by(f64::total_cmp);
+    Ok(Some((copies[copies.len() / 2], imports[imports.len() / 2])))
 }

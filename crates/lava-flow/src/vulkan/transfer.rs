@@ -686,6 +686,60 @@ impl Transfer {
         Ok(want)
     }
 
+    /// For the bench: the GPU copy between `host`, imported once, and `target`, timed alone —
+    /// `iters` copies, each submitted and waited for; seconds per copy. `None` where the device
+    /// does not import these pages. What a registration of host memory (imported once, copied
+    /// many times) would move, beside the per-call import that `write`/`read` pay.
+    pub fn time_imported_copies(
+        &mut self,
+        device: &Device,
+        dir: Direction,
+        target: Target,
+        host: &mut [u8],
+        iters: usize,
+    ) -> Result<Option<f64>> {
+        let Some(import) = self.import(device, target, HostRange::destination(host)) else {
+            return Ok(None);
+        };
+        let start = std::time::Instant::now();
+        for _ in 0..iters.max(1) {
+            let i = self.free_slot();
+            let record = |d: &ash::Device, cmd| {
+                target.record(d, cmd, dir, import.buffer, import.offset, 0, import.len)
+            };
+            let copied = self
+                .submit_slot(device, i, target.raw(), record, SubmitWhen::Always, None)
+                .and_then(|_| self.settle_slot(device, i, "a copy from or into imported host memory"));
+            if let Err(e) = copied {
+                // A copy may still be queued: the import is leaked, never freed under the GPU.
+                std::mem::forget(import);
+                return Err(e);
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64() / iters.max(1) as f64;
+        // SAFETY: every copy through it was waited for.
+        unsafe { import.destroy(&device.device) };
+        Ok(Some(seconds))
+    }
+
+    /// For the bench: what importing `host`'s pages and releasing them costs per call, without
+    /// a copy; seconds per import. `None` where the device does not import these pages.
+    pub fn time_imports(
+        &self,
+        device: &Device,
+        target: Target,
+        host: &mut [u8],
+        iters: usize,
+    ) -> Option<f64> {
+        let start = std::time::Instant::now();
+        for _ in 0..iters.max(1) {
+            let import = self.import(device, target, HostRange::destination(host))?;
+            // SAFETY: never submitted.
+            unsafe { import.destroy(&device.device) };
+        }
+        Some(start.elapsed().as_secs_f64() / iters.max(1) as f64)
+    }
+
     /// Moves every level of a fresh image from `UNDEFINED` to `GENERAL`.
     pub fn initialize_image(&mut self, device: &Device, image: vk::Image, levels: u32) -> Result<()> {
         self.run(device, image.as_raw(), |d, cmd| {
