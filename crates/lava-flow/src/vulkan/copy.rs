@@ -305,8 +305,8 @@ mod x86 {
         let mut i = h;
         while i + LINE <= len {
             let s = src.wrapping_add(i);
-            // SAFETY (four loads): `i + 64 ≤ len`, each at a multiple of 16 past `src`'s aligned
-            // head: inside the source.
+            // Four loads, each at a multiple of 16 past `src`'s aligned head, `i + 64 ≤ len`.
+            // SAFETY: inside the source, aligned.
             let a: __m128i = unsafe { _mm_stream_load_si128(s.cast()) };
             // SAFETY: as above.
             let b: __m128i = unsafe { _mm_stream_load_si128(s.wrapping_add(16).cast()) };
