@@ -13,9 +13,9 @@
 //!   command buffer and fence. The CPU fills (or empties) one slot while the GPU copies another;
 //!   slots of several MiB are copied by the persistent copy threads of [`super::copy`].
 //!   Asynchronous transfers use the same ring: a write's bytes are in staging when the call
-//!   returns, and the last copy signals the transfer timeline; a read of at most one ring's
-//!   worth leaves its slots *held* — the bytes are copied out when the transfer is waited for,
-//!   or by whichever call needs the slot first. A slot whose submission belongs to an
+//!   returns, and the last copy signals the transfer timeline; a read leaves its last slots
+//!   *held* (the pieces before them it reads as a synchronous read does) — their bytes are
+//!   copied out when the transfer is waited for, or by whichever call needs the slot first. A slot whose submission belongs to an
 //!   asynchronous transfer submitted whole is *covered*: the buffer's or image's drop waits for
 //!   the transfer's timeline value, so such a slot does not make the context pending.
 //!
@@ -107,7 +107,7 @@ pub(crate) const HOST_BUFFER_USAGE: vk::BufferUsageFlags = vk::BufferUsageFlags:
 pub(crate) struct Staging {
     buffer: vk::Buffer,
     memory: RawMemory,
-    /// Bytes per ring slot (the ring's staging), or the whole size (a job's).
+    /// Bytes per ring slot (the ring's staging), or the whole size (a bench probe's).
     slot: u64,
     /// The memory type index.
     memory_type: u32,
