@@ -148,6 +148,15 @@ fn asynchronous_transfers_own_their_memory_until_waited_for() {
 fn image_levels_both_ways_through_both_paths() {
     for import in [true, false] {
         let mut v = allocator(import);
+        // A buffer transfer of an odd size between the ring's smallest and largest slots first:
+        // the ring's slots must still start at texel-aligned offsets for the images after it.
+        let odd = (2 << 20) + 1;
+        let b = v.allocate(odd as u64, DEV0).expect("allocate");
+        let data = random_bytes(odd);
+        b.write(0, &data).expect("write");
+        let mut out = poisoned(odd);
+        b.read(0, &mut out).expect("read");
+        assert_bytes_eq(&out, &data, "the odd-sized buffer");
         let before = v.transfer_stats();
         for (format, width, height) in [
             (ImageFormat::Rgba8Unorm, 512, 300),

@@ -54,6 +54,8 @@ use crate::location::MemoryLocation;
 const STAGING_CHUNK: u64 = 16 << 20;
 /// The smallest staging slot made.
 const STAGING_MIN: u64 = 1 << 20;
+/// Staging slot sizes are multiples of this.
+const SLOT_ALIGN: u64 = 4096;
 /// Staging slots in the ring by default: one filled by the CPU, one copied by the GPU, one spare.
 const SLOTS: usize = 3;
 /// How long a staging slot's fence is polled before the wait blocks.
@@ -669,7 +671,9 @@ impl Transfer {
     /// Makes sure the ring's staging buffer has slots of at least `min(len, chunk)` bytes;
     /// returns the slot size.
     fn staging(&mut self, device: &Device, len: u64) -> Result<u64> {
-        let want = len.clamp(STAGING_MIN, ring_shape().chunk);
+        // Slots start at multiples of the page size: image copies need texel-aligned buffer
+        // offsets, and slot 1 of an odd slot size would not be.
+        let want = len.clamp(STAGING_MIN, ring_shape().chunk).next_multiple_of(SLOT_ALIGN);
         if let Some(s) = &self.staging {
             if s.slot >= want {
                 return Ok(s.slot);
