@@ -95,6 +95,9 @@ struct Pool {
     workers: AtomicUsize,
     /// Threads per copy, the caller included.
     threads: usize,
+    /// The process that started the threads: a child made by `fork` has none of them, and
+    /// copies alone (tickets queued there would never be taken).
+    pid: u32,
 }
 
 static POOL: OnceLock<Pool> = OnceLock::new();
@@ -108,6 +111,7 @@ impl Pool {
             ready: Condvar::new(),
             workers: AtomicUsize::new(0),
             threads: copy_threads_setting(),
+            pid: std::process::id(),
         });
         STARTED.call_once(|| {
             for k in 1..pool.threads {
@@ -184,7 +188,8 @@ pub(crate) unsafe fn copy_bytes_as(kind: CopyKind, src: *const u8, dst: *mut u8,
         return;
     }
     let pool = Pool::get();
-    let threads = pool.threads.min(pool.workers.load(Ordering::Acquire) + 1);
+    let workers = if pool.pid == std::process::id() { pool.workers.load(Ordering::Acquire) } else { 0 };
+    let threads = pool.threads.min(workers + 1);
     let piece = len.div_ceil(threads.max(1)).max(PIECE_MIN).next_multiple_of(PIECE_ALIGN);
     let pieces = len.div_ceil(piece);
     if pieces <= 1 {
@@ -322,5 +327,83 @@ mod x86 {
         }
         // SAFETY: the caller's contract; `i ≤ len`.
         unsafe { std::ptr::copy_nonoverlapping(src.wrapping_add(i), dst.wrapping_add(i), len - i) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes that differ from their neighbours (a 64-bit LCG).
+    fn pattern(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// Copies `len` bytes from `src_at` bytes into a source buffer to `dst_at` bytes into a
+    /// poisoned destination with `kind`; checks every byte, and that nothing around the range
+    /// was written.
+    fn check(kind: CopyKind, len: usize, src_at: usize, dst_at: usize) {
+        let src = pattern(len + src_at, len as u64);
+        let mut dst = vec![0xA5u8; len + dst_at + 64];
+        // SAFETY: both ranges lie inside their vectors, which do not overlap.
+        unsafe {
+            copy_bytes_as(kind, src.as_ptr().wrapping_add(src_at), dst.as_mut_ptr().wrapping_add(dst_at), len)
+        };
+        let what = format!("{kind:?}, {len} bytes, source +{src_at}, destination +{dst_at}");
+        assert!(dst[..dst_at].iter().all(|&b| b == 0xA5), "before the range: {what}");
+        if let Some(i) = (0..len).find(|&i| dst[dst_at + i] != src[src_at + i]) {
+            panic!("byte {i} differs: {what}");
+        }
+        assert!(dst[dst_at + len..].iter().all(|&b| b == 0xA5), "after the range: {what}");
+    }
+
+    #[test]
+    fn every_kind_copies_every_byte_at_odd_sizes_and_addresses() {
+        for kind in [CopyKind::Plain, CopyKind::StreamStores, CopyKind::StreamLoads] {
+            for len in [
+                0,
+                1,
+                15,
+                16,
+                17,
+                63,
+                64,
+                65,
+                127,
+                4095,
+                65_537,
+                PARALLEL_COPY_MIN - 1,
+                PARALLEL_COPY_MIN + 17,
+            ] {
+                for (src_at, dst_at) in [(0, 0), (1, 3), (15, 1), (8, 8), (3, 0)] {
+                    check(kind, len, src_at, dst_at);
+                }
+            }
+        }
+        // Split over the pool: more pieces than threads, a short last piece.
+        check(CopyKind::Plain, (9 << 20) + 3, 5, 11);
+        check(CopyKind::StreamStores, (9 << 20) + 3, 5, 11);
+    }
+
+    /// Several threads copy through the pool at once, each its own buffers, many times.
+    #[test]
+    fn several_callers_share_the_pool() {
+        std::thread::scope(|scope| {
+            for t in 0..6 {
+                scope.spawn(move || {
+                    for round in 0..8 {
+                        let len = (5 << 20) + 1 + t * 4097 + round;
+                        let kind = if round % 2 == 0 { CopyKind::Plain } else { CopyKind::StreamStores };
+                        check(kind, len, t, round % 7);
+                    }
+                });
+            }
+        });
     }
 }
