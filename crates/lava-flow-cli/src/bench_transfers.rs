@@ -1,7 +1,9 @@
 //! Host transfers: `Buffer::write`/`read` and their asynchronous forms, from and into ordinary
 //! (pageable) host memory, beside the raw copies of the same bytes in the same run — CUDA's
 //! `cuMemcpyHtoD`/`cuMemcpyDtoH` from pinned and from pageable memory where CUDA has the device,
-//! a host `memcpy` otherwise (lavapipe: there the rows check the pipeline, not a link).
+//! a host `memcpy` otherwise (lavapipe: there the rows check the pipeline, not a link). Beside
+//! them, the ceiling of the staging ring's CPU side: the same bytes copied into (or out of)
+//! mapped staging memory the way the ring copies them, without the GPU.
 
 use std::time::Instant;
 
@@ -81,24 +83,42 @@ pub fn rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
                 })?;
                 measured.push((format!("{name}: {}, pageable memory", sync_name(way)), value(t)));
             }
-            let mut owned = Some(std::mem::take(&mut host));
-            let t = median(reps, || {
-                time(iters, || {
-                    let v = owned.take().unwrap_or_default();
-                    let back = match way {
-                        Way::Write => imported.write_async(0, v)?.wait()?,
-                        Way::Read => imported.read_async(0, v)?.wait()?,
-                    };
-                    owned = Some(back);
-                    Ok(())
-                })
-            })?;
-            host = owned.unwrap_or_default();
-            let name = match way {
-                Way::Write => "lava-flow write_async + wait (Vec moved in and back)",
-                Way::Read => "lava-flow read_async + wait (Vec moved in and back)",
-            };
-            measured.push((name.into(), value(t)));
+            let counts = (iters, reps);
+            if let Some((copy, import)) =
+                lava_flow::bench_support::imported_copy(&imported, &mut host, way == Way::Write, counts)?
+            {
+                measured
+                    .push(("lava-flow GPU copy alone, the Vec's pages imported once".into(), value(copy)));
+                measured.push((
+                    format!(
+                        "lava-flow import + release of the Vec's pages alone, no copy ({:.1} µs per call; \
+                         the value: those bytes at that cost)",
+                        import * 1e6
+                    ),
+                    value(import),
+                ));
+            }
+            for (path, buffer) in [("staging ring", &staged), ("host memory import", &imported)] {
+                let mut owned = Some(std::mem::take(&mut host));
+                let t = median(reps, || {
+                    time(iters, || {
+                        let v = owned.take().unwrap_or_default();
+                        let back = match way {
+                            Way::Write => buffer.write_async(0, v)?.wait()?,
+                            Way::Read => buffer.read_async(0, v)?.wait()?,
+                        };
+                        owned = Some(back);
+                        Ok(())
+                    })
+                })?;
+                host = owned.unwrap_or_default();
+                let name = match way {
+                    Way::Write => "write_async + wait",
+                    Way::Read => "read_async + wait",
+                };
+                measured.push((format!("lava-flow {name}, {path} (Vec moved in and back)"), value(t)));
+            }
+            ceiling_rows(&stages, options.device_id, way, &mut host, (iters, reps), &mut measured, &value)?;
             let mut measured = measured.into_iter();
             let Some((base_name, base_value)) = measured.next() else { continue };
             let base = Row::baseline(group, format!("{}: {base_name}", human(size)), base_value, unit);
@@ -107,6 +127,55 @@ pub fn rows(options: &Options, reps: usize, rows: &mut Vec<Row>) -> Result<()> {
                 .collect();
             rows.push(base);
             rows.extend(compared);
+        }
+    }
+    Ok(())
+}
+
+/// The staging ring's CPU ceiling: the bytes copied into (writes) or out of (reads) mapped
+/// staging memory as the ring copies them, with its threads, without the GPU — plain copies
+/// and streaming ones, in the ring's memory (host-cached where there is such) and in
+/// host-visible memory that is not cached, where the device has both.
+fn ceiling_rows(
+    allocator: &MemoryAllocator,
+    device_id: u32,
+    way: Way,
+    host: &mut [u8],
+    counts: (usize, usize),
+    measured: &mut Vec<(String, f64)>,
+    value: &dyn Fn(f64) -> f64,
+) -> Result<()> {
+    use lava_flow::bench_support::{host_copy, HostCopy, StagingKind};
+    let to_staging = way == Way::Write;
+    let streaming = if to_staging { HostCopy::StreamStores } else { HostCopy::StreamLoads };
+    for memory in [StagingKind::Ring, StagingKind::Uncached] {
+        for how in [HostCopy::Plain, streaming] {
+            let c = match host_copy(allocator, device_id, host, to_staging, how, memory, counts) {
+                Ok(c) => c,
+                Err(lava_flow::Error::Unsupported { what }) => {
+                    eprintln!("host-copy ceiling, {memory:?} memory: {what}; row skipped");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let how = match how {
+                HostCopy::Plain => "memcpy",
+                HostCopy::StreamStores => "streaming stores",
+                HostCopy::StreamLoads => "streaming loads",
+            };
+            let dir = if to_staging { "pageable → staging" } else { "staging → pageable" };
+            let name = format!(
+                "ceiling: CPU copy {dir} ({how}, {} thread(s), {} MiB × {} slots, {} memory: {})",
+                c.threads,
+                c.ring.0 >> 20,
+                c.ring.1,
+                match memory {
+                    StagingKind::Ring => "the ring's",
+                    StagingKind::Uncached => "uncached",
+                },
+                c.memory_flags
+            );
+            measured.push((name, value(c.seconds)));
         }
     }
     Ok(())

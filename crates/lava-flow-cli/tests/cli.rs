@@ -309,6 +309,14 @@ fn bench_quick_runs_and_writes_json() {
     let knobs =
         rows.iter().filter(|r| r["group"].as_str().is_some_and(|g| g.starts_with("hand-off knobs"))).count();
     assert!(knobs >= 5, "batch, depth and queueing-ahead rows: {json}");
+    // Host transfers: both asynchronous paths, and the CPU-copy ceiling of the staging ring in
+    // both directions at every size.
+    let paths =
+        |needle: &str| rows.iter().filter(|r| r["path"].as_str().is_some_and(|p| p.contains(needle))).count();
+    assert_eq!(paths("write_async + wait, staging ring"), 3, "4 KiB, 1 MiB, 64 MiB: {json}");
+    assert_eq!(paths("read_async + wait, host memory import"), 3, "{json}");
+    assert!(paths("ceiling: CPU copy pageable → staging") >= 3, "{json}");
+    assert!(paths("ceiling: CPU copy staging → pageable") >= 3, "{json}");
     // wgpu's own buffer, a sub-allocated and a dedicated lava-flow buffer.
     #[cfg(feature = "wgpu")]
     assert_eq!(rows.iter().filter(|r| r["group"] == "wgpu compute pass").count(), 3, "{json}");

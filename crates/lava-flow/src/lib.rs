@@ -115,6 +115,11 @@ pub use vulkan::{
     DEFAULT_TRANSFER_TIMEOUT,
 };
 
+/// Measurements for `lava-flow bench`: the host-copy ceiling of staged transfers. Not a stable
+/// API.
+#[doc(hidden)]
+pub use vulkan::ceiling as bench_support;
+
 /// The guide `docs/vulkan.md`, whose examples are compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/vulkan.md")]

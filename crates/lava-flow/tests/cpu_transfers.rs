@@ -148,6 +148,15 @@ fn asynchronous_transfers_own_their_memory_until_waited_for() {
 fn image_levels_both_ways_through_both_paths() {
     for import in [true, false] {
         let mut v = allocator(import);
+        // A buffer transfer of an odd size between the ring's smallest and largest slots first:
+        // the ring's slots must still start at texel-aligned offsets for the images after it.
+        let odd = (2 << 20) + 1;
+        let b = v.allocate(odd as u64, DEV0).expect("allocate");
+        let data = random_bytes(odd);
+        b.write(0, &data).expect("write");
+        let mut out = poisoned(odd);
+        b.read(0, &mut out).expect("read");
+        assert_bytes_eq(&out, &data, "the odd-sized buffer");
         let before = v.transfer_stats();
         for (format, width, height) in [
             (ImageFormat::Rgba8Unorm, 512, 300),
@@ -285,4 +294,156 @@ fn a_timed_out_ring_keeps_its_slots_until_they_complete() {
     let mut out = poisoned(size);
     b.read(0, &mut out).expect("read");
     assert_bytes_eq(&out, &data, "after the recovery");
+}
+
+/// An allocator that stages everything (host-memory import off): the ring and its copy threads.
+fn ring_allocator() -> Validated {
+    allocator(false)
+}
+
+/// The copy threads shared by several threads at once: each thread has its own buffer and
+/// moves sizes that split over the pool (4 MiB and up) and sizes that do not, synchronously and
+/// asynchronously, through one device's ring; every byte checked both ways.
+#[test]
+fn the_copy_pool_serves_several_threads_at_once() {
+    let mut v = ring_allocator();
+    let sizes = [(5 << 20) + 3, 4097, CHUNK + 4099, (4 << 20) + 1, 1];
+    let buffers: Vec<_> =
+        (0..4).map(|_| v.allocate((CHUNK + 8192) as u64, DEV0).expect("allocate")).collect();
+    std::thread::scope(|scope| {
+        for (t, b) in buffers.iter().enumerate() {
+            scope.spawn(move || {
+                for round in 0..3 {
+                    for (i, &size) in sizes.iter().enumerate() {
+                        let what = format!("thread {t}, round {round}, {size} bytes");
+                        let offset = (t * 7 + i) as u64;
+                        let data = random_bytes(size);
+                        if (round + i) % 2 == 0 {
+                            b.write(offset, &data).unwrap_or_else(|e| panic!("write {what}: {e}"));
+                            let mut out = poisoned(size);
+                            b.read(offset, &mut out).unwrap_or_else(|e| panic!("read {what}: {e}"));
+                            assert_bytes_eq(&out, &data, &what);
+                        } else {
+                            let w = b.write_async(offset, data.clone()).expect("write_async");
+                            let r = b.read_async(offset, poisoned(size)).expect("read_async");
+                            let out = r.wait().unwrap_or_else(|e| panic!("read_async {what}: {e}"));
+                            assert_bytes_eq(&out, &data, &format!("async {what}"));
+                            assert_eq!(w.wait().expect("write_async"), data, "{what}");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let s = v.transfer_stats();
+    assert_eq!(s.imported, 0, "{s:?}");
+    assert_eq!(s.in_flight, 0, "everything was waited for: {s:?}");
+}
+
+/// Asynchronous transfers through the ring: several in flight at once (more than the ring has
+/// slots, to different buffers), waited for in reverse order; a read larger than the ring
+/// (read as a synchronous one but for its last slots); every byte checked; nothing left in flight.
+#[test]
+fn asynchronous_transfers_share_the_ring() {
+    let mut v = ring_allocator();
+    let sizes = [1usize, 4096, 65_537, (1 << 20) + 1, 3 * CHUNK + 5];
+    let buffers: Vec<_> = sizes.iter().map(|&n| v.allocate(n as u64 + 64, DEV0).expect("allocate")).collect();
+    let data: Vec<_> = sizes.iter().map(|&n| random_bytes(n)).collect();
+    let writes: Vec<_> =
+        buffers.iter().zip(&data).map(|(b, d)| b.write_async(64, d.clone()).expect("write_async")).collect();
+    let reads: Vec<_> = buffers
+        .iter()
+        .zip(&sizes)
+        .map(|(b, &n)| b.read_async(64, poisoned(n).into_boxed_slice()).expect("read_async"))
+        .collect();
+    for (k, r) in reads.into_iter().enumerate().rev() {
+        let out = r.wait().expect("wait for the read");
+        assert_bytes_eq(&out, &data[k], &format!("read {k} of {} bytes", sizes[k]));
+    }
+    for (k, w) in writes.into_iter().enumerate() {
+        assert_eq!(w.wait().expect("wait for the write"), data[k], "the source comes back unchanged");
+    }
+    assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
+}
+
+/// A read through the ring whose `PendingTransfer` is dropped unwaited (its drop waits and
+/// frees the memory), and one that is leaked with `std::mem::forget`: its bytes land in the
+/// leaked memory once a later call needs the slot, never anywhere else; the ring carries on.
+#[test]
+fn dropped_and_leaked_asynchronous_reads_through_the_ring() {
+    let mut v = ring_allocator();
+    let size = 100_003;
+    let b = v.allocate(size as u64, DEV0).expect("allocate");
+    let data = random_bytes(size);
+    b.write(0, &data).expect("write");
+    drop(b.read_async(0, poisoned(size)).expect("read_async"));
+    assert_eq!(v.transfer_stats().in_flight, 0, "the drop waited: {:?}", v.transfer_stats());
+
+    let leaked = poisoned(size).into_boxed_slice();
+    let at = leaked.as_ptr();
+    std::mem::forget(b.read_async(0, leaked).expect("read_async"));
+    // Other transfers need the ring's slots: the held bytes are handed over on the way.
+    for _ in 0..4 {
+        let other = random_bytes(size);
+        b.write(0, &other).expect("write");
+        let mut out = poisoned(size);
+        b.read(0, &mut out).expect("read");
+        assert_bytes_eq(&out, &other, "the ring after a leaked read");
+    }
+    b.write(0, &data).expect("write");
+    assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
+    // SAFETY: the leaked box's heap bytes are never freed (its transfer was forgotten); every
+    // copy into them has completed (nothing is in flight).
+    let landed = unsafe { std::slice::from_raw_parts(at, size) };
+    assert_bytes_eq(landed, &data, "the leaked read's bytes, copied out when its slot was reused");
+}
+
+/// Behind a submission that waits for a value nobody signals, through the ring: asynchronous
+/// transfers are queued in their slots; a wait times out (the device keeps the memory); a
+/// synchronous write to another buffer times out with its copy queued; once the ring is full,
+/// later calls fail with a typed `Timeout` and nothing overwritten (issue 18, item 4). After the
+/// release everything lands, and nothing is left in flight.
+#[test]
+fn ring_timeouts_leave_nothing_in_flight_once_released() {
+    let timeout = Duration::from_millis(200);
+    let mut v = Validated::with_options(|o| {
+        o.transfer_timeout = timeout;
+        o.host_memory_import = false;
+    });
+    let size = 70_001;
+    let a = v.allocate(size as u64, DEV0).expect("allocate");
+    let b = v.allocate(size as u64, DEV0).expect("allocate");
+    let first = random_bytes(size);
+    a.write(0, &first).expect("write before the gate");
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
+
+    let second = random_bytes(size);
+    let w = a.write_async(0, second.clone()).expect("an asynchronous write is queued");
+    let r = a.read_async(0, poisoned(size)).expect("an asynchronous read is queued");
+    assert!(!r.is_done().expect("is_done"), "queued behind the wait");
+    match r.wait() {
+        Err(Error::Timeout(t, what)) => assert_eq!((t, what), (timeout, "an asynchronous transfer")),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    let third = random_bytes(size);
+    match b.write(0, &third) {
+        Err(Error::Timeout(t, what)) => assert_eq!((t, what), (timeout, "a staging copy")),
+        other => panic!("a synchronous write behind the wait: expected Timeout, got {other:?}"),
+    }
+    // Every slot is busy: a fourth transfer neither reuses one nor overwrites its staging.
+    match a.write_async(0, random_bytes(size)) {
+        Err(e @ Error::Timeout(..)) => assert!(e.to_string().contains("staging copy"), "{e}"),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(v.transfer_stats().in_flight >= 3, "{:?}", v.transfer_stats());
+    drop(release);
+    assert_eq!(w.wait().expect("the write completes once released"), second);
+    let mut out = poisoned(size);
+    a.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &second, "the queued asynchronous write");
+    b.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &third, "the synchronous write that timed out landed with its own bytes");
+    assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
 }

@@ -210,6 +210,11 @@ pub struct TransferStats {
     pub imported: u64,
     /// Copied through staging.
     pub staged: u64,
+    /// Copies not yet seen complete, now: staging-ring slots still being copied (or holding an
+    /// asynchronous read's bytes not yet handed over), and asynchronous transfers whose waits
+    /// timed out that the device keeps until they complete. 0 once everything submitted has
+    /// completed and been waited for.
+    pub in_flight: u64,
 }
 
 /// Allocates exportable Vulkan memory on every Vulkan device of the machine.
@@ -500,6 +505,7 @@ impl MemoryAllocator {
             };
             s.imported += ctx.device.imported_transfers.load(Ordering::Relaxed);
             s.staged += ctx.device.staged_transfers.load(Ordering::Relaxed);
+            s.in_flight += ctx.device.transfers_in_flight();
         }
         s
     }

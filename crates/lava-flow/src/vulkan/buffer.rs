@@ -307,7 +307,9 @@ impl Buffer {
     /// [`PendingTransfer::wait`] gives it back, so it cannot be changed or freed meanwhile.
     ///
     /// Where the device imports host memory, the GPU copies straight from `data`; otherwise
-    /// `data` is copied into a staging buffer of the transfer's own before this returns. A
+    /// `data` is copied into the staging ring's slots before this returns (waiting for slots as
+    /// a synchronous write does, when it needs more of them than are free); the last slots'
+    /// copies are in flight. A
     /// host-visible buffer is written through its mapping at once. See [`PendingTransfer`] for
     /// timeouts, and [`Buffer::write`] for the order of copies.
     pub fn write_async<S: HostBytes>(&self, offset: u64, data: S) -> Result<PendingTransfer<S>> {
@@ -340,6 +342,11 @@ impl Buffer {
         range: HostRange,
     ) -> Result<PendingTransfer<S>> {
         PendingTransfer::start(&self.ctx.device, &self.last_async, dir, self.target(offset), host, range)
+    }
+
+    /// The device and the transfer target of byte `offset` (for the bench's probes).
+    pub(crate) fn transfer_target(&self, offset: u64) -> (&Arc<super::device::Device>, Target) {
+        (&self.ctx.device, self.target(offset))
     }
 
     fn target(&self, offset: u64) -> Target {

@@ -101,7 +101,7 @@ impl TrackedQueue<'_> {
     /// Submits the batch.
     ///
     /// # Safety
-    /// As [`Device::submit`]; the batch signals `progress` with `number`.
+    /// As [`Device::submit_counted`]; the batch signals `progress` with `number`.
     pub unsafe fn submit(&self, submit: vk::SubmitInfo<'_>, fence: vk::Fence) -> Result<()> {
         // SAFETY: the queue is held by the caller of `submit_tracked`; the caller vouches for the
         // handles.
@@ -327,20 +327,11 @@ impl Device {
         &self.instance.instance
     }
 
-    /// Submits batches to the queue, holding its lock for the call only.
+    /// Submits batches to the queue, holding its lock for the call only; returns how many
+    /// batches the queue had received once these were submitted (see [`Device::submit_if_last`]).
     ///
     /// # Safety
     /// Every handle in `submits` must belong to this device and be valid until the work is done.
-    pub unsafe fn submit(&self, submits: &[vk::SubmitInfo<'_>], fence: vk::Fence) -> Result<()> {
-        // SAFETY: the caller's contract.
-        unsafe { self.submit_counted(submits, fence) }.map(drop)
-    }
-
-    /// [`Device::submit`], returning how many batches the queue had received once these were
-    /// submitted (see [`Device::submit_if_last`]).
-    ///
-    /// # Safety
-    /// As for [`Device::submit`].
     pub unsafe fn submit_counted(&self, submits: &[vk::SubmitInfo<'_>], fence: vk::Fence) -> Result<u64> {
         let queue = self.lock_queue("a staging copy")?;
         // SAFETY: the queue is externally synchronised by the lock; the caller vouches for the
@@ -353,7 +344,7 @@ impl Device {
     /// [`Device::submit_counted`] numbered `last`; `false` (nothing submitted) otherwise.
     ///
     /// # Safety
-    /// As for [`Device::submit`].
+    /// As for [`Device::submit_counted`].
     pub unsafe fn submit_if_last(
         &self,
         last: u64,
@@ -395,6 +386,21 @@ impl Device {
             // Unreachable: the job came from the context. Leaked rather than destroyed in use.
             None => std::mem::forget((job, host)),
         }
+    }
+
+    /// Completes an asynchronous transfer through the staging ring whose value was reached (see
+    /// [`Transfer::finish_ring`]); the context's lock only, no settling.
+    pub fn finish_ring(&self, value: u64) {
+        let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(transfer) = slot.as_mut() {
+            transfer.finish_ring(value);
+        }
+    }
+
+    /// Copies of host transfers still in flight on this device (see [`Transfer::in_flight`]).
+    pub fn transfers_in_flight(&self) -> u64 {
+        let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.as_mut().map_or(0, |transfer| transfer.in_flight(self))
     }
 
     /// Called by a buffer or image (`object`: its raw handle) before it is destroyed: if a

@@ -4,7 +4,10 @@
 mod adopt;
 mod allocator;
 mod buffer;
+#[doc(hidden)]
+pub mod ceiling;
 pub(crate) mod conv;
+mod copy;
 mod device;
 mod external;
 mod image;

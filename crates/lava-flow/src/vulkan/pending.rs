@@ -155,9 +155,15 @@ impl<S: HostBytes> PendingTransfer<S> {
             }
             return Err(e);
         }
-        // SAFETY: the job's value was reached; `range` is the memory it was submitted with,
-        // still owned by `self.host`.
-        unsafe { job.finish(&self.device.device, self.range) }
+        if job.is_ring() {
+            // Bytes of a read still held in ring slots are copied into `self.host` now, before
+            // it is handed back.
+            self.device.finish_ring(job.value);
+        }
+        // SAFETY: the job's value was reached: its copy from or into imported memory, if any,
+        // has completed.
+        unsafe { job.destroy(&self.device.device) };
+        Ok(())
     }
 }
 

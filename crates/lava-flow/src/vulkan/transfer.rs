@@ -8,17 +8,23 @@
 //!   live in are imported; the GPU touches the caller's bytes alone) and one `vkCmdCopy*` moves
 //!   them. No CPU copy at all. Where the import is refused (read-only or file-backed pages, a
 //!   driver's limit), the staged path runs instead.
-//! - **Through staging**: a ring of [`SLOTS`] chunks of one host-visible buffer (host-cached
+//! - **Through staging**: a ring of slots (3 by default) of one host-visible buffer (host-cached
 //!   where the device has such memory: reading uncached memory back is slow), each with its own
-//!   command buffer and fence. The CPU fills (or empties) one chunk while the GPU copies
-//!   another; chunks of several MiB are copied by several threads.
+//!   command buffer and fence. The CPU fills (or empties) one slot while the GPU copies another;
+//!   slots of several MiB are copied by the persistent copy threads of [`super::copy`].
+//!   Asynchronous transfers use the same ring: a write's bytes are in staging when the call
+//!   returns, and the last copy signals the transfer timeline; a read leaves its last slots
+//!   *held* (the pieces before them it reads as a synchronous read does) — their bytes are
+//!   copied out when the transfer is waited for, or by whichever call needs the slot first. A slot whose submission belongs to an
+//!   asynchronous transfer submitted whole is *covered*: the buffer's or image's drop waits for
+//!   the transfer's timeline value, so such a slot does not make the context pending.
 //!
 //! A wait can time out (`AllocatorOptions::transfer_timeout`): the submission is then still
 //! queued — behind work that waits for a semaphore nobody signalled, say — and will run when the
 //! queue gets to it. Until its fence has been seen signalled its slot is *busy*: the command
 //! buffer, the fence and the staging chunk (whose bytes the copy has yet to read) are the
 //! submission's, and nothing records, submits, writes, replaces or destroys them; the context is
-//! *pending* while any slot is. [`Device::with_transfer`] settles a pending context before it
+//! *pending* while any uncovered slot is. [`Device::with_transfer`] settles a pending context before it
 //! lends it out, and [`Device::release_from_transfer`] keeps the copy's buffer or image from
 //! being destroyed under it.
 //!
@@ -33,6 +39,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
+pub(crate) use super::copy::copy_bytes;
+use super::copy::{copy_bytes_as, CopyKind};
+
 use ash::vk;
 use ash::vk::Handle;
 
@@ -41,19 +50,14 @@ use super::memory::{MemoryDesc, RawMemory};
 use crate::error::{Error, Result, VkResultExt};
 use crate::location::MemoryLocation;
 
-/// The largest staging chunk, and so the largest copy per staged submission.
-pub(crate) const STAGING_CHUNK: u64 = 16 << 20;
-/// The smallest staging chunk made.
+/// The largest staging slot by default, and so the largest copy per staged submission.
+const STAGING_CHUNK: u64 = 16 << 20;
+/// The smallest staging slot made.
 const STAGING_MIN: u64 = 1 << 20;
-/// Staging chunks in the ring: one filled by the CPU, one copied by the GPU, one spare.
+/// Staging slot sizes are multiples of this.
+const SLOT_ALIGN: u64 = 4096;
+/// Staging slots in the ring by default: one filled by the CPU, one copied by the GPU, one spare.
 const SLOTS: usize = 3;
-/// Host copies of at least this many bytes are split over threads.
-const PARALLEL_COPY_MIN: usize = 4 << 20;
-/// Each thread of a split host copy moves at least this many bytes.
-const PARALLEL_COPY_PIECE: usize = 1 << 20;
-/// At most this many threads share one host copy (16 were slower than 8 on the H200: the staging
-/// sweep in BENCHMARKS.md).
-const MAX_COPY_THREADS: usize = 8;
 /// How long a staging slot's fence is polled before the wait blocks.
 const FENCE_SPIN: std::time::Duration = std::time::Duration::from_millis(2);
 /// Transfers of at least this many bytes import the caller's memory where they can; smaller ones
@@ -62,6 +66,39 @@ pub(crate) const IMPORT_MIN: usize = 256 << 10;
 /// How often a synchronous import copy drains the queue before it gives up and stages: other
 /// threads kept submitting between the drain and the copy.
 const DRAIN_ATTEMPTS: usize = 3;
+
+/// The staging ring's shape: [`STAGING_CHUNK`] and [`SLOTS`] unless `LAVA_FLOW_STAGING_CHUNK_MIB`
+/// (1 to 256) or `LAVA_FLOW_STAGING_SLOTS` (2 to 16) say otherwise, and the CPU copy's
+/// instructions (`LAVA_FLOW_STAGING_COPY=stream`: non-temporal stores into staging and loads
+/// from it). Read once per process: knobs for measuring on new hardware (BENCHMARKS.md), not
+/// an API.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RingShape {
+    pub chunk: u64,
+    pub slots: usize,
+    pub stream: bool,
+}
+
+/// The ring's shape (see [`RingShape`]).
+pub(crate) fn ring_shape() -> RingShape {
+    static SHAPE: OnceLock<RingShape> = OnceLock::new();
+    *SHAPE.get_or_init(|| {
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok());
+        let chunk = var("LAVA_FLOW_STAGING_CHUNK_MIB").map_or(STAGING_CHUNK, |m| m.clamp(1, 256) << 20);
+        let slots = var("LAVA_FLOW_STAGING_SLOTS").map_or(SLOTS, |n| n.clamp(2, 16) as usize);
+        let stream = std::env::var("LAVA_FLOW_STAGING_COPY").is_ok_and(|v| v.trim() == "stream");
+        RingShape { chunk, slots, stream }
+    })
+}
+
+/// The CPU copy of a staged transfer going `dir`.
+fn staging_copy(dir: Direction) -> CopyKind {
+    match (ring_shape().stream, dir) {
+        (false, _) => CopyKind::Plain,
+        (true, Direction::ToDevice) => CopyKind::StreamStores,
+        (true, Direction::ToHost) => CopyKind::StreamLoads,
+    }
+}
 
 /// The usage of staging and imported host buffers.
 pub(crate) const HOST_BUFFER_USAGE: vk::BufferUsageFlags = vk::BufferUsageFlags::from_raw(
@@ -72,8 +109,10 @@ pub(crate) const HOST_BUFFER_USAGE: vk::BufferUsageFlags = vk::BufferUsageFlags:
 pub(crate) struct Staging {
     buffer: vk::Buffer,
     memory: RawMemory,
-    /// Bytes per ring slot (the ring's staging), or the whole size (a job's).
+    /// Bytes per ring slot (the ring's staging), or the whole size (a bench probe's).
     slot: u64,
+    /// The memory type index.
+    memory_type: u32,
 }
 
 impl Staging {
@@ -102,15 +141,43 @@ struct Slot {
     fence: vk::Fence,
     /// Submitted and not yet seen complete.
     busy: bool,
+    /// Busy with a copy of an asynchronous transfer that was submitted whole: the buffer's or
+    /// image's drop waits for that transfer's timeline value, so the slot does not make the
+    /// context pending (it is still waited for before it is reused).
+    covered: bool,
+    /// An asynchronous read's bytes in this slot, not yet copied out.
+    held: Option<Held>,
 }
+
+/// Where an asynchronous read's bytes in a ring slot go once its copy has completed.
+struct Held {
+    /// The transfer's timeline value.
+    value: u64,
+    /// The destination of these bytes in the transfer's host memory.
+    dst: SendPtr,
+    /// Where the bytes are in the staging buffer, and how many.
+    at: usize,
+    len: usize,
+}
+
+/// A pointer into an asynchronous read's host memory, kept by the ring.
+struct SendPtr(*mut u8);
+// SAFETY: the memory belongs to a `PendingTransfer` (which is `Send`), or to the device once the
+// transfer was dropped or leaked; the ring writes it under the context's lock only, and only
+// while that memory is still owned by the transfer (`Transfer::finish_ring` and `reap` clear the
+// entry before the memory is handed back or freed).
+unsafe impl Send for SendPtr {}
 
 /// The staging context of one device.
 pub(crate) struct Transfer {
     pool: vk::CommandPool,
     slots: Vec<Slot>,
     staging: Option<Staging>,
-    /// The raw handle of the buffer or image the busy slots' copies use (0 for none).
+    /// The raw handle of the buffer or image the busy uncovered slots' copies use (0 for none).
     target: u64,
+    /// The slot the next staged transfer starts at: consecutive asynchronous transfers use
+    /// different slots, so several are in flight at once.
+    cursor: usize,
     /// The timeline asynchronous transfers signal, and the last value submitted.
     timeline: vk::Semaphore,
     timeline_value: u64,
@@ -259,6 +326,7 @@ impl Transfer {
             slots: Vec::new(),
             staging: None,
             target: 0,
+            cursor: 0,
             timeline: vk::Semaphore::null(),
             timeline_value: 0,
             orphans: Vec::new(),
@@ -282,14 +350,14 @@ impl Transfer {
         let alloc = vk::CommandBufferAllocateInfo::default()
             .command_pool(self.pool)
             .level(vk::CommandBufferLevel::PRIMARY)
-            .command_buffer_count(SLOTS as u32);
+            .command_buffer_count(ring_shape().slots as u32);
         // SAFETY: the pool was created on this device.
         let cmds = unsafe { d.allocate_command_buffers(&alloc) }.vk("vkAllocateCommandBuffers")?;
         for cmd in cmds {
             // SAFETY: a plain object creation on a live device.
             let fence =
                 unsafe { d.create_fence(&vk::FenceCreateInfo::default(), None) }.vk("vkCreateFence")?;
-            self.slots.push(Slot { cmd, fence, busy: false });
+            self.slots.push(Slot { cmd, fence, busy: false, covered: false, held: None });
         }
         let mut kind = vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
         let info = vk::SemaphoreCreateInfo::default().push_next(&mut kind);
@@ -310,14 +378,7 @@ impl Transfer {
 
     /// A synchronous copy: straight from or into `host` where it can be imported, else staged.
     fn copy(&mut self, device: &Device, dir: Direction, target: Target, host: HostRange) -> Result<()> {
-        if let Target::Image { .. } = target {
-            let row = target.row_bytes();
-            if row > STAGING_CHUNK {
-                return Err(Error::InvalidArgument(format!(
-                    "one row of {row} bytes exceeds the {STAGING_CHUNK}-byte staging chunk"
-                )));
-            }
-        }
+        check_rows(target)?;
         if let Some(import) = self.import(device, target, host) {
             // `false`: others kept submitting between the drain and the copy; stage instead.
             if self.direct(device, dir, target, import)? {
@@ -326,7 +387,7 @@ impl Transfer {
             }
         }
         device.staged_transfers.fetch_add(1, Ordering::Relaxed);
-        self.staged(device, dir, target, host)
+        self.staged(device, dir, target, host, None).map(drop)
     }
 
     /// Imports the pages of `host` for a copy to or from `target`, where the device can, the
@@ -441,7 +502,8 @@ impl Transfer {
             Err(e)
         };
         for _ in 0..DRAIN_ATTEMPTS {
-            let probe = match self.submit_slot(device, 0, 0, |_, _| {}, SubmitWhen::Always) {
+            let i = self.free_slot();
+            let probe = match self.submit_slot(device, i, 0, |_, _| {}, SubmitWhen::Always, None) {
                 Ok(probe) => probe.unwrap_or(0),
                 Err(e) => return unused(import, e),
             };
@@ -451,14 +513,14 @@ impl Transfer {
             let record = |d: &ash::Device, cmd| {
                 target.record(d, cmd, dir, import.buffer, import.offset, 0, import.len)
             };
-            match self.submit_slot(device, 0, target.raw(), record, SubmitWhen::NothingSince(probe)) {
+            match self.submit_slot(device, i, target.raw(), record, SubmitWhen::NothingSince(probe), None) {
                 Ok(Some(_)) => {}
                 Ok(None) => continue,
                 Err(e) => return unused(import, e),
             }
             // Nothing queued ahead could hold the copy back: wait for it however long it takes
             // (it reads or writes the caller's memory, which is theirs again after the return).
-            let fence = self.slots[0].fence;
+            let fence = self.slots[i].fence;
             // SAFETY: the fence belongs to this device.
             if let Err(e) = unsafe { d.wait_for_fences(&[fence], true, u64::MAX) } {
                 // The device is lost or the wait failed: the copy's fate is unknown, so the
@@ -476,77 +538,210 @@ impl Transfer {
         Ok(false)
     }
 
-    /// A synchronous copy through the staging ring.
-    fn staged(&mut self, device: &Device, dir: Direction, target: Target, host: HostRange) -> Result<()> {
+    /// A copy through the staging ring, starting at the slot after the last one used.
+    ///
+    /// `signal: None`: synchronous, every copy waited for. `Some(value)`: an asynchronous
+    /// transfer's next timeline value, signalled by its last copy: the last slots' copies are
+    /// left in flight — covered, and for a read their bytes held until
+    /// [`Transfer::finish_ring`] or the slot's next user copies them out (the pieces before the
+    /// last `slots` go as in a synchronous transfer).
+    fn staged(
+        &mut self,
+        device: &Device,
+        dir: Direction,
+        target: Target,
+        host: HostRange,
+        signal: Option<u64>,
+    ) -> Result<()> {
+        check_rows(target)?;
         let slot = self.staging(device, host.len as u64)?;
         let (buffer, mapped) = match &self.staging {
             Some(s) => (s.buffer, s.mapped()?),
             None => return Err(Error::Unsupported { what: "no staging buffer".into() }),
         };
+        let slots = self.slots.len();
         let step = target.step(slot) as usize;
         let pieces = host.len.div_ceil(step);
+        let first = self.cursor;
+        self.cursor = (first + pieces) % slots;
+        let ring = |k: usize| (first + k) % slots;
         let piece = |k: usize| (k * step, step.min(host.len - k * step));
-        let staged_at = |k: usize| (k % SLOTS) as u64 * slot;
+        let staged_at = |k: usize| ring(k) as u64 * slot;
+        let kind = staging_copy(dir);
         let submit = |t: &mut Transfer, k: usize| -> Result<()> {
             let (at, len) = piece(k);
             let record = |d: &ash::Device, cmd| {
                 target.record(d, cmd, dir, buffer, staged_at(k), at as u64, len as u64)
             };
-            t.submit_slot(device, k % SLOTS, target.raw(), record, SubmitWhen::Always).map(drop)
+            let value = if k + 1 == pieces { signal } else { None };
+            t.submit_slot(device, ring(k), target.raw(), record, SubmitWhen::Always, value).map(drop)
         };
-        match dir {
-            Direction::ToDevice => {
+        match (dir, signal) {
+            (Direction::ToDevice, _) => {
                 for k in 0..pieces {
                     // The slot's last copy has read its bytes before they are overwritten.
-                    self.settle_slot(device, k % SLOTS, "a staging copy")?;
+                    self.settle_slot(device, ring(k), "a staging copy")?;
                     let (at, len) = piece(k);
                     // SAFETY: the slot holds `slot ≥ step ≥ len` bytes and is idle; `host`
-                    // holds `at + len` bytes (the caller's slice).
+                    // holds `at + len` bytes (the caller's slice, or memory the asynchronous
+                    // transfer owns).
                     unsafe {
-                        copy_bytes(host.ptr.wrapping_add(at), mapped.wrapping_add(staged_at(k) as usize), len)
+                        copy_bytes_as(
+                            kind,
+                            host.ptr.wrapping_add(at),
+                            mapped.wrapping_add(staged_at(k) as usize),
+                            len,
+                        )
                     };
                     submit(self, k)?;
                 }
             }
-            Direction::ToHost => {
-                for k in 0..pieces.min(SLOTS) {
+            (Direction::ToHost, Some(value)) => {
+                // All but the last `slots` pieces are read here as a synchronous read reads
+                // them; the last ones stay in flight, their bytes held in their slots.
+                let tail = pieces.saturating_sub(slots);
+                for k in 0..pieces.min(slots) {
+                    submit(self, k)?;
+                }
+                for k in 0..tail {
+                    self.settle_slot(device, ring(k), "a staging copy")?;
+                    let (at, len) = piece(k);
+                    // SAFETY: as in the synchronous read below.
+                    unsafe {
+                        copy_bytes_as(
+                            kind,
+                            mapped.wrapping_add(staged_at(k) as usize),
+                            host.ptr.wrapping_add(at),
+                            len,
+                        )
+                    };
+                    submit(self, k + slots)?;
+                }
+                // Every copy is queued: from here on, the bytes go to the transfer's memory
+                // once their copies complete (never before: nothing was held while a submission
+                // could still fail).
+                for k in tail..pieces {
+                    let (at, len) = piece(k);
+                    self.slots[ring(k)].held = Some(Held {
+                        value,
+                        dst: SendPtr(host.ptr.wrapping_add(at)),
+                        at: staged_at(k) as usize,
+                        len,
+                    });
+                }
+            }
+            (Direction::ToHost, None) => {
+                for k in 0..pieces.min(slots) {
                     submit(self, k)?;
                 }
                 for k in 0..pieces {
-                    self.settle_slot(device, k % SLOTS, "a staging copy")?;
+                    self.settle_slot(device, ring(k), "a staging copy")?;
                     let (at, len) = piece(k);
                     // SAFETY: as above; the slot's copy has completed and a TRANSFER→HOST
                     // barrier made it visible to the host.
                     unsafe {
-                        copy_bytes(mapped.wrapping_add(staged_at(k) as usize), host.ptr.wrapping_add(at), len)
+                        copy_bytes_as(
+                            kind,
+                            mapped.wrapping_add(staged_at(k) as usize),
+                            host.ptr.wrapping_add(at),
+                            len,
+                        )
                     };
-                    if k + SLOTS < pieces {
-                        submit(self, k + SLOTS)?;
+                    if k + slots < pieces {
+                        submit(self, k + slots)?;
                     }
                 }
             }
         }
-        self.settle(device, "a staging copy")
+        match signal {
+            None => self.settle(device, "a staging copy"),
+            Some(_) => {
+                // The whole transfer is queued and its value is the buffer's or image's to wait
+                // for: its slots no longer make the context pending.
+                for s in &mut self.slots {
+                    s.covered |= s.busy;
+                }
+                self.target = 0;
+                device.transfer_target.store(0, Ordering::Release);
+                Ok(())
+            }
+        }
     }
 
-    /// Makes sure the ring's staging buffer has slots of at least `min(len, STAGING_CHUNK)`
-    /// bytes; returns the slot size.
+    /// Makes sure the ring's staging buffer has slots of at least `min(len, chunk)` bytes;
+    /// returns the slot size.
     fn staging(&mut self, device: &Device, len: u64) -> Result<u64> {
-        // Never replaced under a pending submission.
-        self.settle(device, EARLIER_COPY)?;
-        let want = len.clamp(STAGING_MIN, STAGING_CHUNK);
+        // Slots start at multiples of the page size: image copies need texel-aligned buffer
+        // offsets, and slot 1 of an odd slot size would not be.
+        let want = len.clamp(STAGING_MIN, ring_shape().chunk).next_multiple_of(SLOT_ALIGN);
         if let Some(s) = &self.staging {
             if s.slot >= want {
                 return Ok(s.slot);
             }
         }
+        // Never replaced under a submission, nor with an asynchronous read's bytes in it.
+        self.settle_all(device, EARLIER_COPY)?;
         if let Some(old) = self.staging.take() {
-            // SAFETY: every copy through it was waited for (nothing is pending: settled above).
+            // SAFETY: every copy through it was waited for (nothing is busy: settled above).
             unsafe { old.destroy(&device.device) };
         }
-        let staging = make_staging(device, want * SLOTS as u64, want)?;
+        let staging = make_staging(device, want * self.slots.len() as u64, want)?;
         self.staging = Some(staging);
         Ok(want)
+    }
+
+    /// For the bench: the GPU copy between `host`, imported once, and `target`, timed alone —
+    /// `iters` copies, each submitted and waited for; seconds per copy. `None` where the device
+    /// does not import these pages. What a registration of host memory (imported once, copied
+    /// many times) would move, beside the per-call import that `write`/`read` pay.
+    pub fn time_imported_copies(
+        &mut self,
+        device: &Device,
+        dir: Direction,
+        target: Target,
+        host: &mut [u8],
+        iters: usize,
+    ) -> Result<Option<f64>> {
+        let Some(import) = self.import(device, target, HostRange::destination(host)) else {
+            return Ok(None);
+        };
+        let start = std::time::Instant::now();
+        for _ in 0..iters.max(1) {
+            let i = self.free_slot();
+            let record = |d: &ash::Device, cmd| {
+                target.record(d, cmd, dir, import.buffer, import.offset, 0, import.len)
+            };
+            let copied = self
+                .submit_slot(device, i, target.raw(), record, SubmitWhen::Always, None)
+                .and_then(|_| self.settle_slot(device, i, "a copy from or into imported host memory"));
+            if let Err(e) = copied {
+                // A copy may still be queued: the import is leaked, never freed under the GPU.
+                std::mem::forget(import);
+                return Err(e);
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64() / iters.max(1) as f64;
+        // SAFETY: every copy through it was waited for.
+        unsafe { import.destroy(&device.device) };
+        Ok(Some(seconds))
+    }
+
+    /// For the bench: what importing `host`'s pages and releasing them costs per call, without
+    /// a copy; seconds per import. `None` where the device does not import these pages.
+    pub fn time_imports(
+        &self,
+        device: &Device,
+        target: Target,
+        host: &mut [u8],
+        iters: usize,
+    ) -> Option<f64> {
+        let start = std::time::Instant::now();
+        for _ in 0..iters.max(1) {
+            let import = self.import(device, target, HostRange::destination(host))?;
+            // SAFETY: never submitted.
+            unsafe { import.destroy(&device.device) };
+        }
+        Some(start.elapsed().as_secs_f64() / iters.max(1) as f64)
     }
 
     /// Moves every level of a fresh image from `UNDEFINED` to `GENERAL`.
@@ -562,7 +757,7 @@ impl Transfer {
         self.run(device, 0, |_, _| {})
     }
 
-    /// Records commands with `record` into slot 0, submits them and waits for them. `target` is
+    /// Records commands with `record` into an idle slot, submits them and waits for them. `target` is
     /// the raw handle of the buffer or image the commands use (0 for none): if the wait times
     /// out, the context stays pending on it.
     fn run(
@@ -571,12 +766,20 @@ impl Transfer {
         target: u64,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<()> {
-        self.submit_slot(device, 0, target, record, SubmitWhen::Always)?;
-        self.settle(device, "a staging copy")
+        let i = self.free_slot();
+        self.submit_slot(device, i, target, record, SubmitWhen::Always, None)?;
+        self.settle_slot(device, i, "a staging copy")
+    }
+
+    /// A slot for a single submission: an idle one where there is one (asynchronous transfers
+    /// in flight keep theirs), else the next in the ring.
+    fn free_slot(&self) -> usize {
+        self.slots.iter().position(|s| !s.busy).unwrap_or(self.cursor)
     }
 
     /// Records commands with `record` into slot `i` and submits them with its fence (if `when`
-    /// allows: `None` otherwise). Returns the queue's submission count after it.
+    /// allows: `None` otherwise), signalling the transfer timeline with `signal` if given.
+    /// Returns the queue's submission count after it.
     fn submit_slot(
         &mut self,
         device: &Device,
@@ -584,10 +787,11 @@ impl Transfer {
         target: u64,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
         when: SubmitWhen,
+        signal: Option<u64>,
     ) -> Result<Option<u64>> {
         // Every caller settled the slot; this keeps the rule where the objects are reused.
         self.settle_slot(device, i, EARLIER_COPY)?;
-        if self.target != target && self.slots.iter().any(|s| s.busy) {
+        if self.target != target && self.slots.iter().any(|s| s.busy && !s.covered) {
             // Busy slots of another target: settle them first, so that one target is pending.
             self.settle(device, EARLIER_COPY)?;
         }
@@ -601,7 +805,14 @@ impl Transfer {
         // SAFETY: as above.
         unsafe { d.end_command_buffer(slot.cmd) }.vk("vkEndCommandBuffer")?;
         let cmds = [slot.cmd];
-        let submit = vk::SubmitInfo::default().command_buffers(&cmds);
+        let semaphores = [self.timeline];
+        let values = [signal.unwrap_or(0)];
+        let mut timeline = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
+        let mut submit = vk::SubmitInfo::default().command_buffers(&cmds);
+        if signal.is_some() {
+            // Values increase: they are taken under the context's lock (`timeline_value + 1`).
+            submit = submit.signal_semaphores(&semaphores).push_next(&mut timeline);
+        }
         let count = match when {
             // SAFETY: the command buffer and fence belong to this device; the fence is
             // unsignalled and no pending submission uses it (its slot is idle).
@@ -615,13 +826,17 @@ impl Transfer {
             self.slots[i].busy = true;
             self.target = target;
             device.transfer_target.store(target, Ordering::Release);
+            if let Some(value) = signal {
+                self.timeline_value = value;
+            }
         }
         Ok(count)
     }
 
     /// Waits (up to the device's transfer timeout) for slot `i`'s submission, if any, and makes
-    /// the slot idle: its fence reset. Fails with [`Error::Timeout`] naming `what` while the
-    /// submission is still queued, leaving the slot busy.
+    /// the slot idle: its fence reset, an asynchronous read's bytes held in it copied out. Fails
+    /// with [`Error::Timeout`] naming `what` while the submission is still queued, leaving the
+    /// slot busy.
     fn settle_slot(&mut self, device: &Device, i: usize, what: &'static str) -> Result<()> {
         let slot = &mut self.slots[i];
         if !slot.busy {
@@ -647,16 +862,45 @@ impl Transfer {
         // SAFETY: the fence is signalled, so the submission that used it has completed.
         unsafe { d.reset_fences(&[slot.fence]) }.vk("vkResetFences")?;
         slot.busy = false;
-        if self.slots.iter().all(|s| !s.busy) {
+        slot.covered = false;
+        if let Some(held) = slot.held.take() {
+            let mapped = self.staging.as_ref().map(Staging::mapped);
+            if let Some(Ok(mapped)) = mapped {
+                // SAFETY: the slot's copy has completed and was made visible to the host; the
+                // destination is the asynchronous read's memory, still the transfer's (the entry
+                // is cleared before that memory is handed back or freed), and nothing else
+                // touches it; both ranges hold `held.len` bytes.
+                unsafe {
+                    copy_bytes_as(
+                        staging_copy(Direction::ToHost),
+                        mapped.wrapping_add(held.at),
+                        held.dst.0,
+                        held.len,
+                    )
+                };
+            }
+        }
+        if self.slots.iter().all(|s| !s.busy || s.covered) {
             self.target = 0;
             device.transfer_target.store(0, Ordering::Release);
         }
         Ok(())
     }
 
-    /// Settles every slot (see [`Transfer::settle_slot`]): the context is idle afterwards, or
-    /// the result is [`Error::Timeout`] naming `what` and it stays pending.
+    /// Settles every uncovered slot (see [`Transfer::settle_slot`]): the context is no longer
+    /// pending afterwards, or the result is [`Error::Timeout`] naming `what` and it stays
+    /// pending. Covered slots (asynchronous transfers in flight) stay as they are.
     pub fn settle(&mut self, device: &Device, what: &'static str) -> Result<()> {
+        for i in 0..self.slots.len() {
+            if !self.slots[i].covered {
+                self.settle_slot(device, i, what)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles every slot, covered ones too: nothing uses the staging buffer afterwards.
+    fn settle_all(&mut self, device: &Device, what: &'static str) -> Result<()> {
         for i in 0..self.slots.len() {
             self.settle_slot(device, i, what)?;
         }
@@ -665,10 +909,60 @@ impl Transfer {
 
     /// The raw handle of the buffer or image a pending submission uses (`Some(0)`: none).
     pub fn pending(&self) -> Option<u64> {
-        self.slots.iter().any(|s| s.busy).then_some(self.target)
+        self.slots.iter().any(|s| s.busy && !s.covered).then_some(self.target)
     }
 
-    /// Starts an asynchronous transfer between `host` and `target` (see [`Job`]).
+    /// How many copies are still in flight, without waiting: ring slots whose submissions have
+    /// not completed or that hold bytes of an asynchronous read not yet copied out, and
+    /// asynchronous transfers the device keeps after their waits timed out. Completed slots are
+    /// settled on the way.
+    pub fn in_flight(&mut self, device: &Device) -> u64 {
+        self.reap(device);
+        let d = &device.device;
+        let mut count = self.orphans.len() as u64;
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            // SAFETY: the fence belongs to this device.
+            let done = slot.busy && unsafe { d.get_fence_status(slot.fence) }.unwrap_or(false);
+            // A signalled fence: settling waits for nothing (and copies held bytes out).
+            if done && self.settle_slot(device, i, "a completed staging copy").is_err() {
+                count += 1;
+                continue;
+            }
+            let slot = &self.slots[i];
+            if slot.busy || slot.held.is_some() {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Completes an asynchronous transfer through the ring whose timeline value was reached:
+    /// copies a read's bytes still held in slots into its memory (`Job::finish` for the other
+    /// kinds).
+    pub fn finish_ring(&mut self, value: u64) {
+        let mapped = match self.staging.as_ref().map(Staging::mapped) {
+            Some(Ok(mapped)) => mapped,
+            // No staging, no held bytes.
+            _ => return,
+        };
+        let kind = staging_copy(Direction::ToHost);
+        for slot in &mut self.slots {
+            if slot.held.as_ref().is_some_and(|h| h.value == value) {
+                if let Some(held) = slot.held.take() {
+                    // SAFETY: the value was reached, so the slot's copy has completed and was
+                    // made visible to the host (its barrier); the destination is the transfer's
+                    // memory, which its owner hands back only after this returns.
+                    unsafe { copy_bytes_as(kind, mapped.wrapping_add(held.at), held.dst.0, held.len) };
+                }
+            }
+        }
+    }
+
+    /// Starts an asynchronous transfer between `host` and `target` (see [`Job`]) in the ring's
+    /// slots: one copy straight from or into `host` where it can be imported, else through
+    /// staging ([`Transfer::staged`]). Its last submission signals the next value of the
+    /// transfer timeline.
     ///
     /// # Safety
     /// `host` stays valid (and, for reads, untouched by anything else) until the job's
@@ -680,74 +974,34 @@ impl Transfer {
         target: Target,
         host: HostRange,
     ) -> Result<Job> {
-        let d = &device.device;
-        let len = host.len as u64;
-        let (via, offset, staged) = match self.import(device, target, host) {
-            Some(import) => (import.buffer, import.offset, JobHost::Import(import)),
-            None => {
-                let staging = make_staging(device, len, len)?;
-                if dir == Direction::ToDevice {
-                    let copied = staging.mapped().map(|mapped| {
-                        // SAFETY: the staging buffer holds `len` bytes and is the job's alone;
-                        // `host` holds `len` bytes (the caller's contract).
-                        unsafe { copy_bytes(host.ptr, mapped, host.len) }
-                    });
-                    if let Err(e) = copied {
-                        // SAFETY: never submitted.
-                        unsafe { staging.destroy(d) };
-                        return Err(e);
-                    }
-                }
-                (staging.buffer, 0, JobHost::Staging(staging))
-            }
-        };
-        let mut job = Job { pool: vk::CommandPool::null(), value: 0, host: staged, dir, len: host.len };
-        let made = create_pool(d, device.physical.queue_family).and_then(|pool| {
-            job.pool = pool;
-            let alloc = vk::CommandBufferAllocateInfo::default()
-                .command_pool(pool)
-                .level(vk::CommandBufferLevel::PRIMARY)
-                .command_buffer_count(1);
-            // SAFETY: the pool was just created on this device.
-            let cmd = unsafe { d.allocate_command_buffers(&alloc) }.vk("vkAllocateCommandBuffers")?[0];
-            let begin =
-                vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
-            // SAFETY: a fresh command buffer.
-            unsafe { d.begin_command_buffer(cmd, &begin) }.vk("vkBeginCommandBuffer")?;
-            target.record(d, cmd, dir, via, offset, 0, len);
-            // SAFETY: as above.
-            unsafe { d.end_command_buffer(cmd) }.vk("vkEndCommandBuffer")?;
-            let value = self.timeline_value + 1;
-            let cmds = [cmd];
-            let signal = [self.timeline];
-            let values = [value];
-            let mut timeline = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
-            let submit = vk::SubmitInfo::default()
-                .command_buffers(&cmds)
-                .signal_semaphores(&signal)
-                .push_next(&mut timeline);
-            // SAFETY: every handle belongs to this device and lives until the value is reached
-            // (the job holds them); values increase: they are taken under the context's lock.
-            unsafe { device.submit(&[submit], vk::Fence::null()) }?;
-            self.timeline_value = value;
-            Ok(value)
-        });
-        match made {
-            Ok(value) => {
-                let counter = match job.host {
-                    JobHost::Import(_) => &device.imported_transfers,
-                    JobHost::Staging(_) => &device.staged_transfers,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                job.value = value;
-                Ok(job)
-            }
-            Err(e) => {
-                // SAFETY: nothing was submitted.
-                unsafe { job.destroy(d) };
-                Err(e)
-            }
+        let value = self.timeline_value + 1;
+        if host.len == 0 {
+            // Nothing to copy: done once everything submitted so far is.
+            return Ok(Job { value: self.timeline_value, host: JobHost::Ring });
         }
+        let Some(import) = self.import(device, target, host) else {
+            self.staged(device, dir, target, host, Some(value))?;
+            device.staged_transfers.fetch_add(1, Ordering::Relaxed);
+            return Ok(Job { value, host: JobHost::Ring });
+        };
+        let i = self.cursor;
+        self.cursor = (i + 1) % self.slots.len();
+        let record =
+            |d: &ash::Device, cmd| target.record(d, cmd, dir, import.buffer, import.offset, 0, import.len);
+        if let Err(e) = self.submit_slot(device, i, target.raw(), record, SubmitWhen::Always, Some(value)) {
+            // SAFETY: nothing was submitted (every failure of `submit_slot` comes before, or is,
+            // the submission).
+            unsafe { import.destroy(&device.device) };
+            return Err(e);
+        }
+        // Submitted whole: the buffer's or image's drop waits for the value.
+        self.slots[i].covered = true;
+        if self.slots.iter().all(|s| !s.busy || s.covered) {
+            self.target = 0;
+            device.transfer_target.store(0, Ordering::Release);
+        }
+        device.imported_transfers.fetch_add(1, Ordering::Relaxed);
+        Ok(Job { value, host: JobHost::Import(import) })
     }
 
     /// Keeps an asynchronous job whose wait timed out, and the host memory it owns, until its
@@ -770,10 +1024,17 @@ impl Transfer {
                 return;
             }
         };
-        let (done, waiting) =
+        let (done, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.orphans).into_iter().partition(|(job, _)| job.value <= reached);
         self.orphans = waiting;
         for (job, host) in done {
+            // A read's bytes still held in slots are nobody's to see: forgotten before the
+            // memory they were for is freed.
+            for slot in &mut self.slots {
+                if slot.held.as_ref().is_some_and(|h| h.value == job.value) {
+                    slot.held = None;
+                }
+            }
             // SAFETY: the job's value was reached: nothing uses its objects or its memory.
             unsafe { job.destroy(d) };
             drop(host);
@@ -817,54 +1078,35 @@ enum SubmitWhen {
 
 /// Where an asynchronous job's bytes pass through.
 pub(crate) enum JobHost {
-    /// The caller's memory, imported.
+    /// The caller's memory, imported: destroyed once the value is reached.
     Import(HostImport),
-    /// A staging buffer of the job's own.
-    Staging(Staging),
+    /// Slots of the staging ring ([`Transfer::finish_ring`] completes it).
+    Ring,
 }
 
-/// An asynchronous transfer in flight: its command pool (with its one command buffer), the
-/// timeline value its submission signals, and its host-side buffer. Destroyed only once the
-/// value is reached.
+/// An asynchronous transfer in flight: the timeline value its last submission signals, and
+/// the imported host memory it copies through, if any, kept until the value is reached. Its
+/// command buffers are the ring's.
 pub(crate) struct Job {
-    pool: vk::CommandPool,
     pub value: u64,
     host: JobHost,
-    dir: Direction,
-    len: usize,
 }
 
 impl Job {
-    /// Completes a finished job: for reads through staging, copies the bytes out into `host`;
-    /// then destroys its objects.
-    ///
-    /// # Safety
-    /// The job's timeline value has been reached (waited for on the host); `host` is the range
-    /// the job was submitted with.
-    pub unsafe fn finish(self, d: &ash::Device, host: HostRange) -> Result<()> {
-        let result = match (&self.host, self.dir) {
-            (JobHost::Staging(s), Direction::ToHost) => s.mapped().map(|mapped| {
-                // SAFETY: the copy has completed and was made visible to the host; both ranges
-                // hold `len` bytes.
-                unsafe { copy_bytes(mapped, host.ptr, self.len.min(host.len)) }
-            }),
-            _ => Ok(()),
-        };
-        // SAFETY: the caller's contract: nothing uses the objects any more.
-        unsafe { self.destroy(d) };
-        result
+    /// Whether the job went through the staging ring: [`Transfer::finish_ring`] completes it,
+    /// under the context's lock.
+    pub fn is_ring(&self) -> bool {
+        matches!(self.host, JobHost::Ring)
     }
 
+    /// Destroys a job's imported memory.
+    ///
     /// # Safety
-    /// Nothing uses the job's objects (never submitted, or its value was reached).
-    unsafe fn destroy(self, d: &ash::Device) {
-        // SAFETY: the caller's contract; destroying the pool frees its command buffer.
-        unsafe { d.destroy_command_pool(self.pool, None) };
-        match self.host {
+    /// Nothing uses it any more (never submitted, or the job's value was reached).
+    pub unsafe fn destroy(self, d: &ash::Device) {
+        if let JobHost::Import(i) = self.host {
             // SAFETY: the caller's contract.
-            JobHost::Import(i) => unsafe { i.destroy(d) },
-            // SAFETY: the caller's contract.
-            JobHost::Staging(s) => unsafe { s.destroy(d) },
+            unsafe { i.destroy(d) };
         }
     }
 }
@@ -893,6 +1135,56 @@ impl HostImport {
 /// A mapped host-visible buffer of `size` bytes (slots of `slot`), in host-cached memory where
 /// the device has coherent host-cached memory.
 fn make_staging(device: &Device, size: u64, slot: u64) -> Result<Staging> {
+    make_staging_in(device, size, slot, StagingMemory::Ring)
+}
+
+/// Which memory a staging buffer is made in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum StagingMemory {
+    /// What the ring uses: [`staging_memory_type`].
+    Ring,
+    /// A host-visible, coherent type that is not host-cached (write-combined on most
+    /// discrete GPUs), for comparison.
+    Uncached,
+}
+
+/// A mapped buffer of `size` bytes in `memory` for measuring the CPU copy (the bench's
+/// ceiling rows): the buffer, its mapping and its memory type's property flags. Freed by
+/// [`StagingProbe`]'s drop.
+pub(crate) struct StagingProbe {
+    device: std::sync::Arc<Device>,
+    staging: Option<Staging>,
+    pub flags: vk::MemoryPropertyFlags,
+}
+
+impl StagingProbe {
+    pub fn new(device: &std::sync::Arc<Device>, size: u64, memory: StagingMemory) -> Result<Self> {
+        let staging = make_staging_in(device, size, size, memory)?;
+        let index = staging.memory_type;
+        let flags = device.physical.memory.memory_types[index as usize].property_flags;
+        Ok(StagingProbe { device: std::sync::Arc::clone(device), staging: Some(staging), flags })
+    }
+
+    /// The mapped bytes.
+    pub fn mapped(&self) -> Result<*mut u8> {
+        match &self.staging {
+            Some(s) => s.mapped(),
+            None => Err(Error::Unsupported { what: "the staging buffer is gone".into() }),
+        }
+    }
+}
+
+impl Drop for StagingProbe {
+    fn drop(&mut self) {
+        if let Some(s) = self.staging.take() {
+            // SAFETY: the probe's buffer is never used by the GPU.
+            unsafe { s.destroy(&self.device.device) };
+        }
+    }
+}
+
+/// [`make_staging`] in the memory `kind` asks for.
+fn make_staging_in(device: &Device, size: u64, slot: u64, kind: StagingMemory) -> Result<Staging> {
     let d = &device.device;
     let info = vk::BufferCreateInfo::default()
         .size(size.max(1))
@@ -902,8 +1194,14 @@ fn make_staging(device: &Device, size: u64, slot: u64) -> Result<Staging> {
     let buffer = unsafe { d.create_buffer(&info, None) }.vk("vkCreateBuffer")?;
     // SAFETY: the buffer was just created on this device.
     let req = unsafe { d.get_buffer_memory_requirements(buffer) };
-    let memory = staging_memory_type(device, req.memory_type_bits)
+    let chosen = match kind {
+        StagingMemory::Ring => staging_memory_type(device, req.memory_type_bits),
+        StagingMemory::Uncached => uncached_memory_type(device, req.memory_type_bits),
+    };
+    let mut memory_type = 0;
+    let memory = chosen
         .and_then(|memory_type_index| {
+            memory_type = memory_type_index;
             let desc = MemoryDesc {
                 size: req.size,
                 memory_type_index,
@@ -922,7 +1220,7 @@ fn make_staging(device: &Device, size: u64, slot: u64) -> Result<Staging> {
             }
         });
     match memory {
-        Ok(memory) => Ok(Staging { buffer, memory, slot }),
+        Ok(memory) => Ok(Staging { buffer, memory, slot, memory_type }),
         Err(e) => {
             // SAFETY: the buffer is unused.
             unsafe { d.destroy_buffer(buffer, None) };
@@ -949,6 +1247,25 @@ fn staging_memory_type(device: &Device, type_bits: u32) -> Result<u32> {
     }
 }
 
+/// A host-visible, coherent memory type that is not host-cached, if the device has one.
+fn uncached_memory_type(device: &Device, type_bits: u32) -> Result<u32> {
+    use vk::MemoryPropertyFlags as F;
+    let memory = &device.physical.memory;
+    (0..memory.memory_type_count)
+        .find(|&i| {
+            let flags = memory.memory_types[i as usize].property_flags;
+            type_bits & (1 << i) != 0
+                && flags.contains(F::HOST_VISIBLE | F::HOST_COHERENT)
+                && !flags.contains(F::HOST_CACHED)
+        })
+        .ok_or_else(|| Error::Unsupported {
+            what: format!(
+                "device {}: no host-visible memory type that is not host-cached",
+                device.physical.info.name
+            ),
+        })
+}
+
 fn create_pool(d: &ash::Device, queue_family: u32) -> Result<vk::CommandPool> {
     let info = vk::CommandPoolCreateInfo::default()
         .queue_family_index(queue_family)
@@ -957,72 +1274,16 @@ fn create_pool(d: &ash::Device, queue_family: u32) -> Result<vk::CommandPool> {
     unsafe { d.create_command_pool(&info, None) }.vk("vkCreateCommandPool")
 }
 
-/// A pointer that may cross to the threads of one scoped copy.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut u8);
-// SAFETY: each thread of `copy_bytes` gets a disjoint range behind it, and the scope ends before
-// the caller's borrow does.
-unsafe impl Send for SendPtr {}
-
-/// How many threads copy `len` bytes.
-fn copy_threads(len: usize) -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    if len < PARALLEL_COPY_MIN {
-        return 1;
+/// Refuses image copies whose rows do not fit in a staging slot.
+fn check_rows(target: Target) -> Result<()> {
+    let row = target.row_bytes();
+    let chunk = ring_shape().chunk;
+    if row > chunk {
+        return Err(Error::InvalidArgument(format!(
+            "one row of {row} bytes exceeds the {chunk}-byte staging chunk"
+        )));
     }
-    let cores = *CORES
-        .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_COPY_THREADS)));
-    (len / PARALLEL_COPY_PIECE).clamp(1, cores)
-}
-
-/// Copies `len` bytes from `src` to `dst`, split over threads when large (one thread cannot
-/// keep up with the link: about 10 GB/s against 50).
-///
-/// # Safety
-/// `src` is valid for reads and `dst` for writes of `len` bytes, they do not overlap, and
-/// nothing else writes either range until this returns.
-pub(crate) unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
-    let threads = copy_threads(len);
-    if threads <= 1 {
-        // SAFETY: the caller's contract.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
-        return;
-    }
-    let piece = len.div_ceil(threads);
-    let (src, dst) = (SendPtr(src.cast_mut()), SendPtr(dst));
-    std::thread::scope(|scope| {
-        let mut inline = Vec::new();
-        for start in (piece..len).step_by(piece) {
-            let n = piece.min(len - start);
-            let work = move || {
-                let (s, d) = (src, dst);
-                // SAFETY: `start + n ≤ len`: a disjoint piece of both ranges.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        s.0.wrapping_add(start).cast_const(),
-                        d.0.wrapping_add(start),
-                        n,
-                    )
-                };
-            };
-            // A thread the OS refuses: its piece is copied here instead.
-            if std::thread::Builder::new().stack_size(64 << 10).spawn_scoped(scope, work).is_err() {
-                inline.push((start, n));
-            }
-        }
-        // SAFETY: the first piece, disjoint from the others.
-        unsafe { std::ptr::copy_nonoverlapping(src.0.cast_const(), dst.0, piece.min(len)) };
-        for (start, n) in inline {
-            // SAFETY: as in the threads.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    src.0.wrapping_add(start).cast_const(),
-                    dst.0.wrapping_add(start),
-                    n,
-                )
-            };
-        }
-    });
+    Ok(())
 }
 
 /// Makes transfer writes visible to the host.
