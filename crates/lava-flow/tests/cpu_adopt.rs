@@ -34,7 +34,7 @@ struct CallerDevice {
 
 impl CallerDevice {
     /// An instance with the validation layer (where the test run has it) recording into `log`,
-    /// and a device of its first physical device made with what lava-flow asks for.
+    /// and a device of lava-flow's device 0 (by UUID) made with what lava-flow asks for.
     fn new(log: &ValidationLog) -> Self {
         let validation = std::env::var_os("LAVA_FLOW_TEST_NO_VALIDATION_LAYER").is_none();
         // SAFETY: loads the system's Vulkan loader.
@@ -59,8 +59,7 @@ impl CallerDevice {
                 .expect("vkCreateDebugUtilsMessengerEXT");
             (loader, m)
         });
-        // SAFETY: a live instance.
-        let physical = unsafe { instance.enumerate_physical_devices() }.expect("physical devices")[0];
+        let physical = common::physical_of_device0(&instance);
         // SAFETY: a physical device of this live instance.
         let req =
             unsafe { lava_flow::required_device_extensions(&instance, physical) }.expect("requirements");

@@ -28,6 +28,7 @@ fn hundred_thousand_cycles_from_eight_threads_leak_nothing() {
     }
     v.trim();
     let fds = open_fds();
+    let fd_list = common::fd_targets();
     let stats = v.stats();
     let verified = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|scope| {
@@ -83,7 +84,10 @@ fn hundred_thousand_cycles_from_eight_threads_leak_nothing() {
         }
     });
     v.trim();
-    assert_eq!(open_fds(), fds, "fds back to the baseline");
+    let now = common::fd_targets();
+    let new: Vec<_> = now.iter().filter(|(fd, t)| fd_list.get(fd) != Some(t)).collect();
+    let gone: Vec<_> = fd_list.iter().filter(|(fd, t)| now.get(fd) != Some(t)).collect();
+    assert_eq!(open_fds(), fds, "fds back to the baseline; new: {new:?}; gone: {gone:?}");
     assert_eq!(v.stats(), stats, "buffers, blocks and bytes back to the baseline");
     let sampled = verified.load(std::sync::atomic::Ordering::Relaxed);
     assert!(sampled >= CYCLES / 100, "{sampled} samples verified");

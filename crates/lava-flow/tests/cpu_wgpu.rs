@@ -97,6 +97,7 @@ impl Setup {
             flag.store(true, Ordering::SeqCst);
             drop(loader_lib);
         });
+        let raw_for_uuid = raw.clone();
         // SAFETY: `raw` was made from `entry` with `api`, `extensions` (a superset of wgpu's
         // desired ones) and no wgpu flags; it lives until `on_drop`.
         let hal = unsafe {
@@ -116,8 +117,15 @@ impl Setup {
         .expect("wgpu_hal Instance::from_raw");
         // SAFETY: a hal instance of the Vulkan backend.
         let instance = unsafe { wgpu::Instance::from_hal::<Vulkan>(hal) };
-        let adapter = block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-            .expect("a wgpu Vulkan adapter (lavapipe)");
+        // lava-flow's device 0, by UUID: with several GPUs wgpu's default adapter may be another.
+        let want = common::physical_of_device0(&raw_for_uuid);
+        let adapter = block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN))
+            .into_iter()
+            .find(|a| {
+                // SAFETY: a Vulkan adapter of this instance; only its physical device is read.
+                unsafe { a.as_hal::<Vulkan>() }.is_some_and(|hal| hal.raw_physical_device() == want)
+            })
+            .expect("a wgpu Vulkan adapter for lava-flow's device 0 (lavapipe)");
         println!("wgpu adapter: {:?}", adapter.get_info());
         Setup { log, adapter, instance, destroyed }
     }

@@ -155,6 +155,8 @@ fn every_gpu_lands_on_the_cuda_device_with_its_uuid() {
             &format!("device {id}: CUDA fill ordered by the timeline"),
         );
     }
+    // CUDA moved these timelines: the Debian layer's known orphaned-pending-signal report.
+    common::tolerate_orphaned_pending_signal(&v.validation_log().unwrap_or_default());
 }
 
 /// For each GPU: the OpenCL device with its UUID (across platforms, never by order) imports its
@@ -255,9 +257,10 @@ fn every_gpu_lands_on_the_egl_device_with_its_uuid() {
         gl_timeline.wait(1, &[&view], &[]).expect("GL wait");
         view.write(0, &data).expect("GL write");
         gl_timeline.signal(2, &[&view], &[]).expect("GL signal");
-        ctx.finish().expect("glFinish");
+        // No glFinish before the host's signal: GL's queue holds the wait for 1 until then.
         timeline.signal(1).expect("host signal");
         timeline.wait(2, Duration::from_secs(30)).expect("GL's signal reaches Vulkan");
+        ctx.finish().expect("glFinish");
         let mut out = poisoned(data.len());
         buffer.read(0, &mut out).expect("Vulkan read");
         assert_bytes_eq(&out, &data, &format!("device {id}: GL write ordered by the timeline"));
@@ -410,4 +413,6 @@ fn peer_copies_every_byte_both_directions_ordered_by_both_timelines() {
             );
         }
     }
+    // CUDA moved these timelines: the Debian layer's known orphaned-pending-signal report.
+    common::tolerate_orphaned_pending_signal(&v.validation_log().unwrap_or_default());
 }

@@ -17,6 +17,14 @@ const SLOT: u64 = 64 * 1024 + 4;
 #[cfg(any(feature = "cuda", feature = "opencl"))]
 const POISON: u8 = 0xA5;
 
+/// One test at a time: CUDA and OpenCL contexts of one device in parallel threads are not
+/// what these tests are about (the first GPU run crashed with both at once).
+#[cfg(any(feature = "cuda", feature = "opencl"))]
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use lava_flow::cuda::{self, Context, DeviceMemory};
@@ -31,6 +39,7 @@ mod cuda {
     /// Every frame queued on both sides before anything runs: the CUDA stream copies each slot
     /// into its own memory and poisons the slot, between the ring's wait and signal.
     fn run(slots: u32, batch: u32, frames: u64) {
+        let _serial = super::serial();
         let mut v = Validated::new();
         let Some(ctx) = common_cuda(&v) else { return };
         let ring = Ring::new_buffers(&mut v, DEV0, SLOT, RingOptions::new(slots).batch(batch).frames(frames))
@@ -110,6 +119,7 @@ mod opencl {
     /// The producer queues every frame; OpenCL reads each slot (blocking), checks it, poisons it
     /// and releases it through the host.
     fn run(slots: u32, batch: u32, frames: u64) {
+        let _serial = super::serial();
         let mut v = Validated::new();
         let Some(cl) = opencl_or_skip(&v) else { return };
         let ring = Ring::new_buffers(&mut v, DEV0, SLOT, RingOptions::new(slots).batch(batch).frames(frames))

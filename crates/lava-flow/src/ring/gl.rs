@@ -1,14 +1,23 @@
 //! A ring seen from an OpenGL context.
 
+use std::time::Duration;
+
 use super::{End, FrameStep, Ring};
 use crate::error::Result;
 use crate::opengl::{GlBuffer, GlContext, GlTexture, GlTimeline};
 
+/// How long [`GlRing::wait`] waits on the host for a value.
+const HOST_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A [`Ring`] imported into a GL context ([`Ring::import_gl`]): the slots as GL buffers or
-/// textures, the two timelines as [`GlTimeline`]s. On the GPU path (NVIDIA) waits and signals are
-/// GL commands; elsewhere (llvmpipe, or a device that cannot export timelines) they take
-/// [`GlTimeline`]'s host fallback: [`wait`](GlRing::wait) blocks until the value is reached and
-/// [`signal`](GlRing::signal) runs `glFinish` and then signals from the host.
+/// textures, the two timelines as [`GlTimeline`]s.
+///
+/// [`wait`](GlRing::wait) blocks on the host until the other end's value is reached (then issues
+/// the GL wait, which makes the slots' memory available to GL); [`signal`](GlRing::signal) is a
+/// GL command where the driver imports timelines (NVIDIA), so the other end's wait for it stays on
+/// the GPU, and elsewhere (llvmpipe) `glFinish` and a host signal. Why the wait is a host wait:
+/// NVIDIA's GL did not hold a GL wait whose Vulkan signal was itself queued behind a wait for a
+/// later GL signal (docs/rings.md).
 pub struct GlRing<'a> {
     ring: &'a Ring,
     buffers: Vec<GlBuffer<'a>>,
@@ -91,6 +100,13 @@ impl GlRing<'_> {
     ) -> Result<()> {
         self.ring.check_step(step)?;
         let Some(v) = step.wait else { return Ok(()) };
+        // The value is waited for on the host first. NVIDIA's GL (580) did not hold a
+        // semaphore wait whose Vulkan signal was queued behind a wait for GL's own later
+        // signal (the ring's back-pressure): the consumer read slots before the producer had
+        // written them, and a wait issued before its signal was queued was dropped (RELIABILITY.md).
+        // Once the value is reached, the GL wait below is satisfied at once and still makes the
+        // slots' memory available to GL.
+        self.ring.wait_timeline(step.end).wait(v, HOST_WAIT_TIMEOUT)?;
         let (buffers, textures) = self.objects(buffers, textures);
         self.timelines(step.end).0.wait(v, &buffers, &textures)
     }

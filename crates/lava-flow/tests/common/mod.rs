@@ -124,6 +124,37 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
     }
 }
 
+/// The UUID of a physical device of a caller's instance (`VkPhysicalDeviceIDProperties`).
+pub fn physical_uuid(instance: &lava_flow::ash::Instance, physical: lava_flow::ash::vk::PhysicalDevice) -> [u8; 16] {
+    let mut id = lava_flow::ash::vk::PhysicalDeviceIDProperties::default();
+    let mut props = lava_flow::ash::vk::PhysicalDeviceProperties2::default().push_next(&mut id);
+    // SAFETY: a physical device of this live instance (Vulkan 1.1+); `props` chains live locals.
+    unsafe { instance.get_physical_device_properties2(physical, &mut props) };
+    id.device_uuid
+}
+
+/// The physical device of a caller's instance that is lava-flow's device 0 (by UUID: with
+/// several GPUs, the caller's first device need not be lava-flow's first).
+pub fn physical_of_device0(instance: &lava_flow::ash::Instance) -> lava_flow::ash::vk::PhysicalDevice {
+    let want = MemoryAllocator::new().expect("lava-flow").device(0).expect("device 0").uuid.0;
+    // SAFETY: a live instance.
+    let all = unsafe { instance.enumerate_physical_devices() }.expect("physical devices");
+    all.into_iter().find(|&p| physical_uuid(instance, p) == want).expect("lava-flow's device 0 among the caller's")
+}
+
+/// What each open file descriptor of this process points at (for messages when counts differ).
+#[allow(dead_code, reason = "not every test binary lists fds")]
+pub fn fd_targets() -> std::collections::BTreeMap<u32, String> {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            Some((fd, std::fs::read_link(e.path()).map(|t| t.display().to_string()).unwrap_or_default()))
+        })
+        .collect()
+}
+
 /// The number of open file descriptors of this process.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
