@@ -550,7 +550,9 @@ fn spin_copy(
 /// whether lava-flow is told of the kernel (`release_after`); without it, nothing keeps the
 /// memory and the checks fail (or compute-sanitizer reports the kernel's writes as invalid).
 fn drop_under_a_running_kernel(told: bool) {
-    let _measuring = shared();
+    // Alone: it counts the context's pending releases, which other tests' work on the same
+    // (primary) context would change (a parallel run once found none pending).
+    let _measuring = exclusive();
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "drop under a running kernel") else { return };
     let bytes = 4usize << 20;

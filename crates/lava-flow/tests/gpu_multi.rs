@@ -254,11 +254,12 @@ fn every_gpu_lands_on_the_egl_device_with_its_uuid() {
         let timeline = v.timeline_semaphore(id).expect("timeline");
         let gl_timeline = ctx.import_timeline(&timeline).expect("import timeline");
         let data = random_bytes(buffer.size() as usize);
+        // Each signal is made before the wait for it: NVIDIA's GL did not hold a wait issued
+        // before its signal (docs/opengl_interop.md).
+        timeline.signal(1).expect("host signal");
         gl_timeline.wait(1, &[&view], &[]).expect("GL wait");
         view.write(0, &data).expect("GL write");
         gl_timeline.signal(2, &[&view], &[]).expect("GL signal");
-        // No glFinish before the host's signal: GL's queue holds the wait for 1 until then.
-        timeline.signal(1).expect("host signal");
         timeline.wait(2, Duration::from_secs(30)).expect("GL's signal reaches Vulkan");
         ctx.finish().expect("glFinish");
         let mut out = poisoned(data.len());

@@ -10,16 +10,17 @@ use crate::opengl::{GlBuffer, GlContext, GlTexture, GlTimeline};
 const HOST_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A [`Ring`] imported into a GL context ([`Ring::import_gl`]): the slots as GL buffers or
-/// textures, the two timelines as [`GlTimeline`]s.
+/// textures.
 ///
-/// [`wait`](GlRing::wait) blocks on the host until the other end's value is reached (then issues
-/// the GL wait, which makes the slots' memory available to GL); [`signal`](GlRing::signal) is a
-/// GL command where the driver imports timelines (NVIDIA), so the other end's wait for it stays on
-/// the GPU, and elsewhere (llvmpipe) `glFinish` and a host signal. Why the wait is a host wait:
-/// NVIDIA's GL did not hold a GL wait whose Vulkan signal was itself queued behind a wait for a
-/// later GL signal (docs/rings.md).
+/// The hand-offs go through the host: [`wait`](GlRing::wait) blocks until the other end's value
+/// is reached (then issues a GL wait for it where the driver imports timelines, which makes the
+/// slots' memory available to GL), and [`signal`](GlRing::signal) finishes GL's work
+/// (`glFinish`) and signals from the host. The order is the same as on the GPU; only the CPU
+/// waits. Why not GL semaphore commands on NVIDIA: there, GL's waits and signals did not order
+/// work queued on the Vulkan side before them (docs/rings.md).
 pub struct GlRing<'a> {
     ring: &'a Ring,
+    ctx: &'a GlContext,
     buffers: Vec<GlBuffer<'a>>,
     textures: Vec<GlTexture<'a>>,
     written: GlTimeline<'a>,
@@ -43,6 +44,7 @@ impl Ring {
     pub fn import_gl<'a>(&'a self, ctx: &'a GlContext) -> Result<GlRing<'a>> {
         Ok(GlRing {
             ring: self,
+            ctx,
             buffers: self.buffers().iter().map(|b| ctx.import_buffer(b)).collect::<Result<_>>()?,
             textures: self.images().iter().map(|i| ctx.import_image(i)).collect::<Result<_>>()?,
             written: ctx.import_timeline(self.written())?,
@@ -62,7 +64,9 @@ impl GlRing<'_> {
         &self.textures
     }
 
-    /// Whether waits and signals are GL commands (`false`: the host fallback).
+    /// Whether the driver imports the timelines, so that each host wait is followed by a GL wait
+    /// (which makes the slots' memory available to GL). The hand-offs go through the host
+    /// either way.
     pub fn is_gpu_ordered(&self) -> bool {
         self.written.is_gpu_path() && self.released.is_gpu_path()
     }
@@ -112,6 +116,8 @@ impl GlRing<'_> {
     }
 
     /// As [`signal`](GlRing::signal), also covering other imported objects the GL work wrote.
+    /// (With the host signal, GL's work is finished before it: `buffers` and `textures` are
+    /// accepted for the same shape as [`wait_with`](GlRing::wait_with).)
     pub fn signal_with(
         &self,
         step: &FrameStep,
@@ -120,8 +126,11 @@ impl GlRing<'_> {
     ) -> Result<()> {
         self.ring.check_step(step)?;
         let Some(v) = step.signal else { return Ok(()) };
-        let (buffers, textures) = self.objects(buffers, textures);
-        self.timelines(step.end).1.signal(v, &buffers, &textures)
+        let _ = (buffers, textures);
+        // glFinish, then the host signal: on NVIDIA a GL semaphore signal did not order the
+        // Vulkan work queued to wait for it (docs/rings.md).
+        self.ctx.finish()?;
+        self.ring.signal_timeline(step.end).signal(v)
     }
 
     /// The slots and `extra` objects, for a semaphore operation's lists.

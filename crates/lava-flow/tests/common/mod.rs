@@ -125,7 +125,10 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
 }
 
 /// The UUID of a physical device of a caller's instance (`VkPhysicalDeviceIDProperties`).
-pub fn physical_uuid(instance: &lava_flow::ash::Instance, physical: lava_flow::ash::vk::PhysicalDevice) -> [u8; 16] {
+pub fn physical_uuid(
+    instance: &lava_flow::ash::Instance,
+    physical: lava_flow::ash::vk::PhysicalDevice,
+) -> [u8; 16] {
     let mut id = lava_flow::ash::vk::PhysicalDeviceIDProperties::default();
     let mut props = lava_flow::ash::vk::PhysicalDeviceProperties2::default().push_next(&mut id);
     // SAFETY: a physical device of this live instance (Vulkan 1.1+); `props` chains live locals.
@@ -139,7 +142,9 @@ pub fn physical_of_device0(instance: &lava_flow::ash::Instance) -> lava_flow::as
     let want = MemoryAllocator::new().expect("lava-flow").device(0).expect("device 0").uuid.0;
     // SAFETY: a live instance.
     let all = unsafe { instance.enumerate_physical_devices() }.expect("physical devices");
-    all.into_iter().find(|&p| physical_uuid(instance, p) == want).expect("lava-flow's device 0 among the caller's")
+    all.into_iter()
+        .find(|&p| physical_uuid(instance, p) == want)
+        .expect("lava-flow's device 0 among the caller's")
 }
 
 /// What each open file descriptor of this process points at (for messages when counts differ).
