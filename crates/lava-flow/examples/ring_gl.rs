@@ -26,11 +26,7 @@ fn main() -> Result<()> {
         "{} slots into {}; hand-offs on the {}",
         ring.slot_count(),
         gl_context.info().renderer,
-        if gl.is_gpu_ordered() {
-            "host, then a GL wait"
-        } else {
-            "host (this driver cannot share semaphores)"
-        }
+        if gl.is_gpu_ordered() { "GPU" } else { "host (this driver cannot share semaphores)" }
     );
 
     // The producer: one command buffer per frame that fills the frame's slot with its number.

@@ -1,26 +1,16 @@
 //! A ring seen from an OpenGL context.
 
-use std::time::Duration;
-
 use super::{End, FrameStep, Ring};
 use crate::error::Result;
 use crate::opengl::{GlBuffer, GlContext, GlTexture, GlTimeline};
 
-/// How long [`GlRing::wait`] waits on the host for a value.
-const HOST_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// A [`Ring`] imported into a GL context ([`Ring::import_gl`]): the slots as GL buffers or
-/// textures.
-///
-/// The hand-offs go through the host: [`wait`](GlRing::wait) blocks until the other end's value
-/// is reached (then issues a GL wait for it where the driver imports timelines, which makes the
-/// slots' memory available to GL), and [`signal`](GlRing::signal) finishes GL's work
-/// (`glFinish`) and signals from the host. The order is the same as on the GPU; only the CPU
-/// waits. Why not GL semaphore commands on NVIDIA: there, GL's waits and signals did not order
-/// work queued on the Vulkan side before them (docs/rings.md).
+/// textures, the two timelines as [`GlTimeline`]s. On the GPU path (NVIDIA) waits and signals are
+/// GL commands; elsewhere (llvmpipe, or a device that cannot export timelines) they take
+/// [`GlTimeline`]'s host fallback: [`wait`](GlRing::wait) blocks until the value is reached and
+/// [`signal`](GlRing::signal) runs `glFinish` and then signals from the host.
 pub struct GlRing<'a> {
     ring: &'a Ring,
-    ctx: &'a GlContext,
     buffers: Vec<GlBuffer<'a>>,
     textures: Vec<GlTexture<'a>>,
     written: GlTimeline<'a>,
@@ -44,7 +34,6 @@ impl Ring {
     pub fn import_gl<'a>(&'a self, ctx: &'a GlContext) -> Result<GlRing<'a>> {
         Ok(GlRing {
             ring: self,
-            ctx,
             buffers: self.buffers().iter().map(|b| ctx.import_buffer(b)).collect::<Result<_>>()?,
             textures: self.images().iter().map(|i| ctx.import_image(i)).collect::<Result<_>>()?,
             written: ctx.import_timeline(self.written())?,
@@ -64,9 +53,7 @@ impl GlRing<'_> {
         &self.textures
     }
 
-    /// Whether the driver imports the timelines, so that each host wait is followed by a GL wait
-    /// (which makes the slots' memory available to GL). The hand-offs go through the host
-    /// either way.
+    /// Whether waits and signals are GL commands (`false`: the host fallback).
     pub fn is_gpu_ordered(&self) -> bool {
         self.written.is_gpu_path() && self.released.is_gpu_path()
     }
@@ -104,20 +91,11 @@ impl GlRing<'_> {
     ) -> Result<()> {
         self.ring.check_step(step)?;
         let Some(v) = step.wait else { return Ok(()) };
-        // The value is waited for on the host first. NVIDIA's GL (580) did not hold a
-        // semaphore wait whose Vulkan signal was queued behind a wait for GL's own later
-        // signal (the ring's back-pressure): the consumer read slots before the producer had
-        // written them, and a wait issued before its signal was queued was dropped (RELIABILITY.md).
-        // Once the value is reached, the GL wait below is satisfied at once and still makes the
-        // slots' memory available to GL.
-        self.ring.wait_timeline(step.end).wait(v, HOST_WAIT_TIMEOUT)?;
         let (buffers, textures) = self.objects(buffers, textures);
         self.timelines(step.end).0.wait(v, &buffers, &textures)
     }
 
     /// As [`signal`](GlRing::signal), also covering other imported objects the GL work wrote.
-    /// (With the host signal, GL's work is finished before it: `buffers` and `textures` are
-    /// accepted for the same shape as [`wait_with`](GlRing::wait_with).)
     pub fn signal_with(
         &self,
         step: &FrameStep,
@@ -126,11 +104,8 @@ impl GlRing<'_> {
     ) -> Result<()> {
         self.ring.check_step(step)?;
         let Some(v) = step.signal else { return Ok(()) };
-        let _ = (buffers, textures);
-        // glFinish, then the host signal: on NVIDIA a GL semaphore signal did not order the
-        // Vulkan work queued to wait for it (docs/rings.md).
-        self.ctx.finish()?;
-        self.ring.signal_timeline(step.end).signal(v)
+        let (buffers, textures) = self.objects(buffers, textures);
+        self.timelines(step.end).1.signal(v, &buffers, &textures)
     }
 
     /// The slots and `extra` objects, for a semaphore operation's lists.
