@@ -136,6 +136,11 @@ impl Drop for CudaKeep {
     /// whole context instead: slower, never unsafe.
     fn drop(&mut self) {
         let recorded = self.consumer.map(|handle| {
+            // The per-thread default stream names the *consumer's* thread's stream, and this
+            // deleter may run on another thread: record on the legacy default stream instead,
+            // which waits for the work of every blocking stream of the context, each thread's
+            // per-thread default stream included.
+            let handle = if handle == PER_THREAD_DEFAULT_STREAM { LEGACY_DEFAULT_STREAM } else { handle };
             // SAFETY: the consumer named this stream of this device for its use of the tensor
             // (1 and 2 are the driver's special streams); the protocol has it live while the
             // tensor is, and the tensor is being freed now. It is never destroyed here.

@@ -7,12 +7,13 @@
 //! 1 hang in 8 runs), so on those drivers lava-flow does not destroy a device while any OpenGL
 //! context it knows of is alive: the device's objects and memory are freed at once as always;
 //! only `vkDestroyDevice` itself (and the instance behind it) waits until the last such context
-//! is dropped, and runs then, under a lock that holds off new contexts meanwhile.
+//! is dropped, and runs then, while new contexts are held off. Destructions of devices run in
+//! parallel with each other; only the making of GL contexts waits for them.
 //!
 //! The rule is [`Gate`], a plain value with tests; the process has one ([`destroy_device`],
 //! [`GlPresence`]).
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 /// A device destruction waiting for the last OpenGL context.
 type Deferred = Box<dyn FnOnce() + Send>;
@@ -29,15 +30,14 @@ impl Gate {
         Gate { gl_contexts: 0, deferred: Vec::new() }
     }
 
-    /// Destroys a device now, or later if `avoid_gl` (the driver is one that deadlocks) and an
-    /// OpenGL context is alive. Returns whether it ran now.
-    fn destroy(&mut self, avoid_gl: bool, destroy: Deferred) -> bool {
+    /// Keeps `destroy` for later if `avoid_gl` (the driver is one that deadlocks) and an OpenGL
+    /// context is alive; otherwise hands it back, to be run now.
+    fn defer(&mut self, avoid_gl: bool, destroy: Deferred) -> Option<Deferred> {
         if avoid_gl && self.gl_contexts > 0 {
             self.deferred.push(destroy);
-            false
+            None
         } else {
-            destroy();
-            true
+            Some(destroy)
         }
     }
 
@@ -45,13 +45,13 @@ impl Gate {
         self.gl_contexts += 1;
     }
 
-    /// Counts a context gone; the last one runs the destructions that waited for it.
-    fn gl_dropped(&mut self) {
+    /// Counts a context gone; the last one gets the destructions that waited for it, to run.
+    fn gl_dropped(&mut self) -> Vec<Deferred> {
         self.gl_contexts = self.gl_contexts.saturating_sub(1);
         if self.gl_contexts == 0 {
-            for destroy in self.deferred.drain(..) {
-                destroy();
-            }
+            std::mem::take(&mut self.deferred)
+        } else {
+            Vec::new()
         }
     }
 
@@ -61,21 +61,35 @@ impl Gate {
     }
 }
 
-/// The process's gate. Destructions run while it is held, so no context is made meanwhile.
+/// The process's gate: counts and waiting destructions, held only briefly, never while the
+/// driver is called.
 static GATE: Mutex<Gate> = Mutex::new(Gate::new());
 
+/// Held for reading while devices are destroyed (so destructions run in parallel), for writing
+/// while an OpenGL context is counted in: no context is made while a device is being destroyed.
+/// A stuck `vkDestroyDevice` then holds up the making of GL contexts, not other devices'
+/// destruction. Always taken before `GATE`.
+static DESTROYING: RwLock<()> = RwLock::new(());
+
 fn gate() -> MutexGuard<'static, Gate> {
-    // A panic inside a destruction leaves the counts right (they change before it runs).
+    // The counts change before anything runs, so a panic elsewhere leaves them right.
     GATE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `destroy` (a `vkDestroyDevice` and whatever must outlive it) now, or once no OpenGL
 /// context lava-flow made or wraps is alive, if `avoid_gl` says the driver deadlocks otherwise.
 pub(crate) fn destroy_device(avoid_gl: bool, destroy: impl FnOnce() + Send + 'static) {
-    if !gate().destroy(avoid_gl, Box::new(destroy)) {
-        log::debug!(
+    if !avoid_gl {
+        destroy();
+        return;
+    }
+    let _destroying = DESTROYING.read().unwrap_or_else(PoisonError::into_inner);
+    let now = gate().defer(true, Box::new(destroy));
+    match now {
+        Some(destroy) => destroy(),
+        None => log::debug!(
             "vkDestroyDevice deferred until the last OpenGL context is dropped (NVIDIA deadlock guard)"
-        );
+        ),
     }
 }
 
@@ -92,6 +106,7 @@ pub(crate) struct GlPresence(());
 #[cfg_attr(not(feature = "opengl"), allow(dead_code))]
 impl GlPresence {
     pub(crate) fn enter() -> Self {
+        let _no_destroying = DESTROYING.write().unwrap_or_else(PoisonError::into_inner);
         gate().gl_created();
         GlPresence(())
     }
@@ -99,7 +114,13 @@ impl GlPresence {
 
 impl Drop for GlPresence {
     fn drop(&mut self) {
-        gate().gl_dropped();
+        // The last context runs the destructions that waited for it: outside the gate's lock,
+        // with new contexts held off.
+        let _destroying = DESTROYING.read().unwrap_or_else(PoisonError::into_inner);
+        let waiting = gate().gl_dropped();
+        for destroy in waiting {
+            destroy();
+        }
     }
 }
 
@@ -112,7 +133,7 @@ mod tests {
     fn counter() -> (Arc<AtomicUsize>, impl Fn() -> Deferred) {
         let runs = Arc::new(AtomicUsize::new(0));
         let r = Arc::clone(&runs);
-        (runs, move || {
+        (runs, move || -> Deferred {
             let r = Arc::clone(&r);
             Box::new(move || {
                 r.fetch_add(1, Ordering::SeqCst);
@@ -124,9 +145,9 @@ mod tests {
     fn without_gl_or_on_other_drivers_devices_are_destroyed_at_once() {
         let (runs, destroy) = counter();
         let mut gate = Gate::new();
-        assert!(gate.destroy(true, destroy()));
+        gate.defer(true, destroy()).expect("no GL context: now")();
         gate.gl_created();
-        assert!(gate.destroy(false, destroy()), "a driver that does not deadlock waits for nothing");
+        gate.defer(false, destroy()).expect("a driver that does not deadlock waits for nothing")();
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         assert_eq!(gate.waiting(), 0);
     }
@@ -137,19 +158,21 @@ mod tests {
         let mut gate = Gate::new();
         gate.gl_created();
         gate.gl_created();
-        assert!(!gate.destroy(true, destroy()));
-        assert!(!gate.destroy(true, destroy()));
-        gate.gl_dropped();
-        assert_eq!(runs.load(Ordering::SeqCst), 0, "one context is still alive");
-        gate.gl_dropped();
+        assert!(gate.defer(true, destroy()).is_none());
+        assert!(gate.defer(true, destroy()).is_none());
+        assert!(gate.gl_dropped().is_empty(), "one context is still alive");
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        let waiting = gate.gl_dropped();
+        assert_eq!(waiting.len(), 2);
+        waiting.into_iter().for_each(|d| d());
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         assert_eq!(gate.waiting(), 0);
         // A later context and drop run nothing again; a stray extra drop does not underflow.
         gate.gl_created();
-        gate.gl_dropped();
-        gate.gl_dropped();
+        assert!(gate.gl_dropped().is_empty());
+        assert!(gate.gl_dropped().is_empty());
         assert_eq!(runs.load(Ordering::SeqCst), 2);
-        assert!(gate.destroy(true, destroy()));
+        gate.defer(true, destroy()).expect("no GL context: now")();
         assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
 

@@ -370,12 +370,13 @@ impl Drop for CudaBuffer<'_> {
 /// [`release_after`](DeviceMemory::release_after) is queued is freed once that work completes
 /// (ADR 0014), as with [`CudaBuffer`].
 pub struct DeviceBuffer {
+    /// Work queued on the memory (ADR 0014). Declared before `ctx`: its events are destroyed
+    /// while the context (perhaps the last handle to it) is still held.
+    uses: CudaUses,
     ctx: Context,
     ptr: sys::CUdeviceptr,
     size: u64,
     owned: bool,
-    /// Work queued on the memory (ADR 0014).
-    uses: CudaUses,
 }
 
 impl std::fmt::Debug for DeviceBuffer {
@@ -492,12 +493,13 @@ impl DeviceBuffer {
         let mut this = std::mem::ManuallyDrop::new(self);
         // The context handle and the recorded uses are dropped; only the memory is given back.
         // SAFETY: each field is dropped once here and `this` is never used or dropped again.
+        // The uses first: their events belong to the context.
         unsafe {
-            std::ptr::drop_in_place(&raw mut this.ctx);
+            std::ptr::drop_in_place(&raw mut this.uses);
         }
         // SAFETY: as above.
         unsafe {
-            std::ptr::drop_in_place(&raw mut this.uses);
+            std::ptr::drop_in_place(&raw mut this.ctx);
         }
         ptr
     }

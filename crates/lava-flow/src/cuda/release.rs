@@ -96,7 +96,8 @@ pub(crate) enum Release {
     /// Device memory of `cuMemAlloc`.
     Free(sys::CUdeviceptr),
     /// Memory of the virtual memory API: unmapped (`cuMemUnmap`), its range freed and its
-    /// physical allocation released.
+    /// physical allocation released. (Made by `ExportableAllocation`, which exports fds: Unix.)
+    #[cfg_attr(not(unix), allow(dead_code))]
     Virtual { ptr: sys::CUdeviceptr, bytes: usize, handle: sys::CUmemGenericAllocationHandle },
     /// Something kept alive (the Vulkan buffer an owned view held): its drop is the release.
     Keep(Box<dyn Send>),
