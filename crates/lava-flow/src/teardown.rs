@@ -84,14 +84,27 @@ pub(crate) fn destroy_device(avoid_gl: bool, destroy: impl FnOnce() + Send + 'st
         return;
     }
     let _destroying = DESTROYING.read().unwrap_or_else(PoisonError::into_inner);
-    let now = gate().defer(true, Box::new(destroy));
+    let mut gate = gate();
+    let now = gate.defer(true, Box::new(destroy));
+    let waiting = gate.deferred.len();
+    drop(gate);
     match now {
         Some(destroy) => destroy(),
+        // Each waiting VkDevice keeps driver resources (channels, threads, device files) until
+        // the last GL context goes: say so once a few have piled up.
+        None if waiting > WARN_AFTER => log::warn!(
+            "{waiting} VkDevices wait for the last OpenGL context to be dropped before they are \
+             destroyed (NVIDIA deadlock guard): keep one MemoryAllocator alive rather than \
+             making and dropping them while a GL context lives"
+        ),
         None => log::debug!(
             "vkDestroyDevice deferred until the last OpenGL context is dropped (NVIDIA deadlock guard)"
         ),
     }
 }
+
+/// How many devices may wait for the GL contexts before a warning is logged.
+const WARN_AFTER: usize = 4;
 
 /// Whether `vkDestroyDevice` must wait for OpenGL on this device's driver: NVIDIA's
 /// (PCI vendor 0x10de).

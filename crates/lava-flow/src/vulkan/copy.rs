@@ -117,7 +117,9 @@ impl Pool {
             for k in 1..pool.threads {
                 let spawned = std::thread::Builder::new()
                     .name(format!("lava-flow-copy-{k}"))
-                    .stack_size(64 << 10)
+                    // Copies need little stack, but drivers' signal handlers and hooks may run
+                    // on any thread: not the bare minimum.
+                    .stack_size(256 << 10)
                     .spawn(move || pool.serve());
                 match spawned {
                     Ok(_) => {
