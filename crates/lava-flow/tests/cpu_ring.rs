@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::ring::{Recorded, VkProducer};
-use common::{assert_bytes_eq, random_bytes, Validated};
+use common::{assert_bytes_eq, Validated};
 use lava_flow::ash::vk;
 use lava_flow::ring::{batch_for_latency, End, RingError};
 use lava_flow::{Error, MemoryAllocator, MemoryLocation, Ring, RingOptions, Submission};
@@ -108,7 +108,7 @@ mod gl {
         let ring = Ring::new_images(&mut v, 0, desc, RingOptions::new(slots).batch(batch).frames(frames))
             .expect("ring");
         assert!(ring.buffers().is_empty());
-        let data: Vec<Vec<u8>> = (0..frames).map(|_| random_bytes(size as usize)).collect();
+        let data: Vec<Vec<u8>> = (0..frames).map(|_| common::random_bytes(size as usize)).collect();
         let staging = v.allocate(size * frames, HOST0).expect("staging");
         for (f, d) in data.iter().enumerate() {
             staging.write(f as u64 * size, d).expect("staging write");

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{assert_bytes_eq, poisoned, random_bytes, Side, Validated};
 use lava_flow::cuda::{self, Context, DeviceMemory, PeerPath, PeerSide, TimelineStep};
-use lava_flow::{DeviceInfo, DeviceType, Error, ImageDesc, ImageFormat, MemoryLocation, Uuid};
+use lava_flow::{DeviceType, Error, ImageDesc, ImageFormat, MemoryLocation, Uuid};
 
 /// GL contexts, CUDA primary contexts and Vulkan devices of several GPUs: the tests run one at a
 /// time (NVIDIA's `vkDestroyDevice` can deadlock with GL in other threads, RELIABILITY.md).
@@ -220,7 +220,7 @@ fn every_gpu_lands_on_the_egl_device_with_its_uuid() {
     let Some(gpus) = gpus_or_skip(&v, "EGL per device", 1) else { return };
     for gpu in &gpus {
         let id = gpu.device_id;
-        let info: DeviceInfo = v.device(id).expect("device").clone();
+        let info: lava_flow::DeviceInfo = v.device(id).expect("device").clone();
         let Some(ctx) = common::or_skip(GlContext::headless(&info), "EGL per device", "EGL") else { return };
         assert!(ctx.info().device_uuids.contains(&gpu.uuid), "device {id}: the GL context of its UUID");
         let (_before, buffer) = offset_buffer(&mut v, id, 1_000_003);
@@ -307,7 +307,7 @@ fn objects_of_one_gpu_are_refused_by_the_others_contexts_naming_both_uuids() {
         }
         #[cfg(feature = "opengl")]
         {
-            let info_b: DeviceInfo = v.device(b.device_id).expect("device b").clone();
+            let info_b: lava_flow::DeviceInfo = v.device(b.device_id).expect("device b").clone();
             if let Some(gl_b) =
                 common::or_skip(lava_flow::opengl::GlContext::headless(&info_b), "cross-GPU", "EGL")
             {
