@@ -8,7 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::ring::{Recorded, VkProducer};
+use common::ring::VkProducer;
+use common::Recorded;
 use common::{assert_bytes_eq, Validated};
 use lava_flow::ash::vk;
 use lava_flow::ring::{batch_for_latency, End, RingError};

@@ -596,49 +596,21 @@ impl Transfer {
                     submit(self, k)?;
                 }
             }
-            (Direction::ToHost, Some(value)) => {
-                // All but the last `slots` pieces are read here as a synchronous read reads
-                // them; the last ones stay in flight, their bytes held in their slots.
-                let tail = pieces.saturating_sub(slots);
+            (Direction::ToHost, signal) => {
+                // Every piece is read here once its copy completed, as a synchronous read reads
+                // them — except, for an asynchronous read, the last `slots`: they stay in
+                // flight, their bytes held in their slots.
+                let held = if signal.is_some() { slots } else { 0 };
+                let tail = pieces.saturating_sub(held);
                 for k in 0..pieces.min(slots) {
                     submit(self, k)?;
                 }
                 for k in 0..tail {
                     self.settle_slot(device, ring(k), "a staging copy")?;
                     let (at, len) = piece(k);
-                    // SAFETY: as in the synchronous read below.
-                    unsafe {
-                        copy_bytes_as(
-                            kind,
-                            mapped.wrapping_add(staged_at(k) as usize),
-                            host.ptr.wrapping_add(at),
-                            len,
-                        )
-                    };
-                    submit(self, k + slots)?;
-                }
-                // Every copy is queued: from here on, the bytes go to the transfer's memory
-                // once their copies complete (never before: nothing was held while a submission
-                // could still fail).
-                for k in tail..pieces {
-                    let (at, len) = piece(k);
-                    self.slots[ring(k)].held = Some(Held {
-                        value,
-                        dst: SendPtr(host.ptr.wrapping_add(at)),
-                        at: staged_at(k) as usize,
-                        len,
-                    });
-                }
-            }
-            (Direction::ToHost, None) => {
-                for k in 0..pieces.min(slots) {
-                    submit(self, k)?;
-                }
-                for k in 0..pieces {
-                    self.settle_slot(device, ring(k), "a staging copy")?;
-                    let (at, len) = piece(k);
-                    // SAFETY: as above; the slot's copy has completed and a TRANSFER→HOST
-                    // barrier made it visible to the host.
+                    // SAFETY: `host` is the caller's writable range of `host.len` bytes; the
+                    // slot's copy has completed and a TRANSFER→HOST barrier made it visible to
+                    // the host; the piece lies inside both.
                     unsafe {
                         copy_bytes_as(
                             kind,
@@ -649,6 +621,20 @@ impl Transfer {
                     };
                     if k + slots < pieces {
                         submit(self, k + slots)?;
+                    }
+                }
+                // Every copy is queued: from here on, the held bytes go to the transfer's memory
+                // once their copies complete (never before: nothing was held while a submission
+                // could still fail).
+                if let Some(value) = signal {
+                    for k in tail..pieces {
+                        let (at, len) = piece(k);
+                        self.slots[ring(k)].held = Some(Held {
+                            value,
+                            dst: SendPtr(host.ptr.wrapping_add(at)),
+                            at: staged_at(k) as usize,
+                            len,
+                        });
                     }
                 }
             }

@@ -189,19 +189,12 @@ pub fn texel_data(format: lava_flow::ImageFormat, len: usize) -> Vec<u8> {
     v
 }
 
-/// Two recorded command buffers on an allocator's device 0: `fill` writes `pattern` over all of
-/// `src`, `copy` copies `src` into `dst`; each ends with a barrier that makes its writes visible
-/// to later work. The pool is destroyed on drop: drop it only after the work has completed.
-pub struct FillThenCopy {
-    allocator: MemoryAllocator,
-    device: lava_flow::ash::Device,
-    pool: lava_flow::ash::vk::CommandPool,
-    pub fill: lava_flow::ash::vk::CommandBuffer,
-    pub copy: lava_flow::ash::vk::CommandBuffer,
-}
+/// Two recorded command buffers on an allocator's device 0: the first writes `pattern` over all
+/// of `src`, the second copies `src` into `dst`; each ends with a barrier that makes its writes
+/// visible to later work. Drop it only after the work has completed.
+pub struct FillThenCopy(Recorded);
 
 impl FillThenCopy {
-    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one plain sequence of Vulkan calls")]
     pub fn record(
         allocator: &MemoryAllocator,
         src: &lava_flow::Buffer,
@@ -209,64 +202,102 @@ impl FillThenCopy {
         pattern: u32,
     ) -> Self {
         use lava_flow::ash::vk;
-        let (device, family) = allocator.ash_device(0).expect("device");
         let size = src.size();
-        let barrier = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
-            .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
-        // SAFETY: plain Vulkan calls on lava-flow's device with valid arguments; the buffers
-        // outlive the recorded work (the caller waits for it before dropping anything).
+        FillThenCopy(Recorded::new(allocator, 2, |i, device, cmd| {
+            if i == 0 {
+                // SAFETY: recording a command buffer of this device; the buffers outlive the
+                // work (the caller waits for it before dropping anything).
+                unsafe { device.cmd_fill_buffer(cmd, src.vk_buffer(), 0, size, pattern) };
+            } else {
+                let region = vk::BufferCopy { src_offset: 0, dst_offset: 0, size };
+                // SAFETY: as above.
+                unsafe { device.cmd_copy_buffer(cmd, src.vk_buffer(), dst.vk_buffer(), &[region]) };
+            }
+        }))
+    }
+
+    /// Submissions of the fill and of the copy, to add waits and signals to.
+    pub fn submissions(&self) -> (lava_flow::Submission<'static>, lava_flow::Submission<'static>) {
+        (self.0.with(0, lava_flow::Submission::new()), self.0.with(1, lava_flow::Submission::new()))
+    }
+}
+
+/// Command buffers recorded on one allocator's device 0, in one pool, destroyed on drop (after a
+/// fenced wait for the device).
+pub struct Recorded {
+    allocator: MemoryAllocator,
+    device: lava_flow::ash::Device,
+    pool: lava_flow::ash::vk::CommandPool,
+    cmds: Vec<lava_flow::ash::vk::CommandBuffer>,
+}
+
+impl Recorded {
+    /// `count` command buffers, each filled in by `record(index, command_buffer)`, then ended
+    /// with a barrier that makes their writes visible to later work (and to the host).
+    #[allow(clippy::multiple_unsafe_ops_per_block, reason = "one plain sequence of Vulkan calls")]
+    pub fn new(
+        allocator: &MemoryAllocator,
+        count: usize,
+        record: impl Fn(usize, &lava_flow::ash::Device, lava_flow::ash::vk::CommandBuffer),
+    ) -> Self {
+        let (device, family) = allocator.ash_device(0).expect("device");
+        let barrier = lava_flow::ash::vk::MemoryBarrier::default()
+            .src_access_mask(lava_flow::ash::vk::AccessFlags::MEMORY_WRITE)
+            .dst_access_mask(
+                lava_flow::ash::vk::AccessFlags::MEMORY_READ | lava_flow::ash::vk::AccessFlags::MEMORY_WRITE,
+            );
+        // SAFETY: plain Vulkan calls on lava-flow's device with valid arguments; what the
+        // command buffers use outlives their work (the tests wait for it before dropping).
         unsafe {
             let pool = device
-                .create_command_pool(&vk::CommandPoolCreateInfo::default().queue_family_index(family), None)
+                .create_command_pool(
+                    &lava_flow::ash::vk::CommandPoolCreateInfo::default().queue_family_index(family),
+                    None,
+                )
                 .expect("pool");
             let cmds = device
                 .allocate_command_buffers(
-                    &vk::CommandBufferAllocateInfo::default().command_pool(pool).command_buffer_count(2),
+                    &lava_flow::ash::vk::CommandBufferAllocateInfo::default()
+                        .command_pool(pool)
+                        .command_buffer_count(count as u32),
                 )
                 .expect("command buffers");
-            for (i, cmd) in cmds.iter().copied().enumerate() {
-                device.begin_command_buffer(cmd, &vk::CommandBufferBeginInfo::default()).expect("begin");
-                if i == 0 {
-                    device.cmd_fill_buffer(cmd, src.vk_buffer(), 0, size, pattern);
-                } else {
-                    let region = vk::BufferCopy { src_offset: 0, dst_offset: 0, size };
-                    device.cmd_copy_buffer(cmd, src.vk_buffer(), dst.vk_buffer(), &[region]);
-                }
+            for (i, &cmd) in cmds.iter().enumerate() {
+                device
+                    .begin_command_buffer(cmd, &lava_flow::ash::vk::CommandBufferBeginInfo::default())
+                    .expect("begin");
+                record(i, &device, cmd);
                 device.cmd_pipeline_barrier(
                     cmd,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::ALL_COMMANDS,
-                    vk::DependencyFlags::empty(),
-                    &[barrier],
+                    lava_flow::ash::vk::PipelineStageFlags::TRANSFER,
+                    lava_flow::ash::vk::PipelineStageFlags::ALL_COMMANDS
+                        | lava_flow::ash::vk::PipelineStageFlags::HOST,
+                    lava_flow::ash::vk::DependencyFlags::empty(),
+                    &[barrier.dst_access_mask(
+                        lava_flow::ash::vk::AccessFlags::MEMORY_READ
+                            | lava_flow::ash::vk::AccessFlags::MEMORY_WRITE
+                            | lava_flow::ash::vk::AccessFlags::HOST_READ,
+                    )],
                     &[],
                     &[],
                 );
                 device.end_command_buffer(cmd).expect("end");
             }
-            FillThenCopy { allocator: allocator.clone(), device, pool, fill: cmds[0], copy: cmds[1] }
+            Recorded { allocator: allocator.clone(), device, pool, cmds }
         }
     }
-}
 
-impl FillThenCopy {
-    /// Submissions of the fill and of the copy, to add waits and signals to.
-    pub fn submissions(&self) -> (lava_flow::Submission<'static>, lava_flow::Submission<'static>) {
-        // SAFETY: both were recorded on this device and live until `self` drops, which callers
-        // do after waiting for the work.
-        let fill = unsafe { lava_flow::Submission::new().command_buffers(&[self.fill]) };
-        // SAFETY: as above.
-        let copy = unsafe { lava_flow::Submission::new().command_buffers(&[self.copy]) };
-        (fill, copy)
+    /// `submission` with command buffer `i` added.
+    pub fn with<'a>(&self, i: usize, submission: lava_flow::Submission<'a>) -> lava_flow::Submission<'a> {
+        // SAFETY: recorded on this device; lives until `self` drops, after the work is done.
+        unsafe { submission.command_buffers(&[self.cmds[i]]) }
     }
 }
 
-impl Drop for FillThenCopy {
+impl Drop for Recorded {
     fn drop(&mut self) {
-        // The caller waited for the work through a timeline value; a fenced wait also tells the
-        // validation layer, which cannot follow values signalled by CUDA or GL.
         if let Err(e) = self.allocator.wait_idle(0) {
-            eprintln!("FillThenCopy: {e}");
+            eprintln!("Recorded: {e}");
         }
         // SAFETY: the work is done; the pool frees its command buffers.
         unsafe { self.device.destroy_command_pool(self.pool, None) };
