@@ -1,7 +1,7 @@
 """Frame rings from Python: lava_flow.Ring's value arithmetic, cursors and typed errors, a host
 producer and consumer on the CPU tier (every frame random bytes, every byte checked, each slot
 poisoned after it was read), and on the GPU tier torch and CuPy streams that wait and signal on
-the GPU with every frame queued up front. GPU tests skip where CUDA, torch or CuPy is missing,
+the GPU, batch by batch. GPU tests skip where CUDA, torch or CuPy is missing,
 and fail instead under LAVA_FLOW_REQUIRE_GPU=1."""
 
 import threading
@@ -116,39 +116,50 @@ def torch(cuda_allocator):
     return torch
 
 
-def torch_producer(torch, ring, frames, size):
-    """Queues every frame on a torch stream: wait on the GPU, copy the frame's random bytes in,
-    signal. Returns the frames' bytes (on the GPU) and the stream."""
+def batches(ring, frames):
+    """The frame ranges of each hand-off: both ends of one CUDA context queue batch by batch."""
+    return [range(first, min(first + ring.batch, frames)) for first in range(0, frames, ring.batch)]
+
+
+def alternate(torch, ring, frames, size, consume):
+    """A torch producer and `consume(step, frame)` in the same CUDA context, queued batch by
+    batch: each batch's writes, then its reads. Every wait is then queued after the signal it
+    waits for. Queuing every producer frame first hung on the H200 (CUDA multiplexes streams onto
+    a few hardware queues, and a GPU wait for a value signalled by work queued behind it on the
+    same hardware queue never ends; docs/rings.md). Returns the frames' bytes (on the GPU)."""
     source = torch.randint(0, 256, (frames, size), dtype=torch.uint8, device="cuda")
     stream = torch.cuda.Stream()
     slots = [torch.from_dlpack(b) for b in ring.buffers]
     torch.cuda.synchronize()
-    producer = ring.producer()
-    with torch.cuda.stream(stream):
-        for f in range(frames):
-            step = producer.next_frame()
-            ring.cuda_wait(step, stream)
-            slots[step.slot].copy_(source[f])
-            ring.cuda_signal(step, stream)
-    return source, stream
+    producer, consumer = ring.producer(), ring.consumer()
+    for batch in batches(ring, frames):
+        with torch.cuda.stream(stream):
+            for f in batch:
+                step = producer.next_frame()
+                ring.cuda_wait(step, stream)
+                slots[step.slot].copy_(source[f])
+                ring.cuda_signal(step, stream)
+        for f in batch:
+            consume(consumer.next_frame(), f)
+    return source
 
 
 @pytest.mark.parametrize("slots,batch,frames", SHAPES)
 def test_torch_streams_on_both_ends(cuda_allocator, torch, slots, batch, frames):
     size = 64 * 1024
     ring = lava_flow.Ring(cuda_allocator, slots, size, batch=batch, frames=frames)
-    source, _ = torch_producer(torch, ring, frames, size)
     out = torch.full((frames, size), 0x5A, dtype=torch.uint8, device="cuda")
     views = [torch.from_dlpack(b) for b in ring.buffers]
     stream = torch.cuda.Stream()
-    consumer = ring.consumer()
-    with torch.cuda.stream(stream):
-        for f in range(frames):
-            step = consumer.next_frame()
+
+    def consume(step, f):
+        with torch.cuda.stream(stream):
             ring.cuda_wait(step, stream)
             out[f].copy_(views[step.slot])
             views[step.slot].fill_(0xA5)  # poison after reading: an early overwrite would show
             ring.cuda_signal(step, stream)
+
+    source = alternate(torch, ring, frames, size, consume)
     ring.released.wait(frames, timeout=60)
     torch.cuda.synchronize()
     for f in range(frames):
@@ -159,18 +170,18 @@ def test_torch_producer_cupy_consumer(cuda_allocator, torch):
     cupy = import_or_need("cupy")
     slots, batch, frames, size = 3, 2, 25, 64 * 1024
     ring = lava_flow.Ring(cuda_allocator, slots, size, batch=batch, frames=frames)
-    source, _ = torch_producer(torch, ring, frames, size)
     out = cupy.full((frames, size), 0x5A, dtype=cupy.uint8)
     views = [cupy.from_dlpack(b) for b in ring.buffers]
     stream = cupy.cuda.Stream(non_blocking=True)
-    consumer = ring.consumer()
-    with stream:
-        for f in range(frames):
-            step = consumer.next_frame()
+
+    def consume(step, f):
+        with stream:
             ring.cuda_wait(step, stream)
             out[f][...] = views[step.slot]
             views[step.slot].fill(0xA5)
             ring.cuda_signal(step, stream)
+
+    source = alternate(torch, ring, frames, size, consume)
     stream.synchronize()
     ring.released.wait(frames, timeout=60)
     torch.cuda.synchronize()

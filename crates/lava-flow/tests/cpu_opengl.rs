@@ -472,3 +472,41 @@ fn imports_dropped_under_queued_gl_work_go_once_it_completed() {
     // SAFETY: our own buffer, unused now.
     unsafe { gl.delete_buffer(dst) };
 }
+
+/// Every write reaches the other side, not only the first: each buffer and an image written and
+/// read again and again from both sides, random bytes each round. NVIDIA's GL answered host reads
+/// of imported memory from a copy of its own made at the first read or write (the second Vulkan
+/// write was never seen through `glGetNamedBufferSubData`, whatever the synchronisation);
+/// `GlBuffer::read` now copies on the GPU first. One buffer is larger than a read's 16 MiB piece.
+#[test]
+fn every_write_reaches_the_other_side_not_only_the_first() {
+    let _serial = serial();
+    use lava_flow::{ImageDesc, ImageFormat};
+    let mut v = Validated::new();
+    let buffers = [
+        v.allocate(70_000, DEV0).expect("first"),
+        v.allocate(123_457, DEV0).expect("second"),
+        v.allocate_with((16 << 20) + 12_345, DEV0, AllocationOptions::default().dedicated(true))
+            .expect("dedicated, above one read piece"),
+    ];
+    let image = v.allocate_image(0, ImageDesc::new(ImageFormat::Rgba8Unorm, 61, 37)).expect("image");
+    let ctx = context(&v);
+    let views: Vec<_> = buffers.iter().map(|b| ctx.import_buffer(b).expect("import")).collect();
+    let texture = ctx.import_image(&image).expect("import image");
+    for round in 0..3 {
+        for (i, (buffer, view)) in buffers.iter().zip(&views).enumerate() {
+            check_both_directions(buffer, view, &format!("round {round}, buffer {i}"));
+        }
+        let len = image.desc().level_size(0) as usize;
+        let data = random_bytes(len);
+        image.write_level(0, &data).expect("Vulkan write");
+        let mut out = poisoned(len);
+        texture.read_level(0, &mut out).expect("GL read");
+        assert_bytes_eq(&out, &data, &format!("round {round}, image: Vulkan → GL"));
+        let back = random_bytes(len);
+        texture.write_level(0, &back).expect("GL write");
+        let mut out = poisoned(len);
+        image.read_level(0, &mut out).expect("Vulkan read");
+        assert_bytes_eq(&out, &back, &format!("round {round}, image: GL → Vulkan"));
+    }
+}

@@ -119,11 +119,17 @@ impl Drop for Shared {
     /// The context's end waits for the work queued before each deferred memory object was
     /// dropped, then deletes it (the one host wait of ADR 0014's GL side).
     fn drop(&mut self) {
-        if self.deferred.borrow().is_empty() {
+        let (staging, _) = self.read_staging.get();
+        if self.deferred.borrow().is_empty() && staging == 0 {
             return;
         }
         match self.current() {
-            Ok(_) => {
+            Ok(gl) => {
+                if staging != 0 {
+                    // SAFETY: the context is current; the buffer is this context's, used by
+                    // nothing now (reads wait for their copies before they return).
+                    unsafe { gl.DeleteBuffers(1, &staging) };
+                }
                 self.reclaim(true);
             }
             Err(e) => log::error!(
@@ -136,6 +142,10 @@ impl Drop for Shared {
 
 /// What every GL object needs after its context is gone from view: the functions and the means
 /// to make the context current again.
+/// Host reads of imported buffers go through a GL buffer of the context's own in pieces of at
+/// most this many bytes (`GlBuffer::read` says why).
+pub(crate) const READ_CHUNK: u64 = 16 << 20;
+
 pub(crate) struct Shared {
     pub gl: Gl,
     pub nv_timeline: Option<sys::NvTimeline>,
@@ -143,6 +153,9 @@ pub(crate) struct Shared {
     /// Memory objects dropped while GL work queued before their drop had not completed, each
     /// with the fence sync placed at its drop: deleted once the fence signalled (ADR 0014).
     pub deferred: RefCell<Vec<(sys::types::GLsync, sys::GLuint)>>,
+    /// The GL buffer that host reads of imported memory go through (`GlBuffer::read`): its
+    /// name and size, made on first use (0: none yet).
+    pub read_staging: std::cell::Cell<(sys::GLuint, u64)>,
     owned: Option<OwnedEgl>,
     /// Holds off `vkDestroyDevice` on drivers where it deadlocks with GL (`crate::teardown`);
     /// declared after `owned`, so it is dropped after the EGL context.
@@ -173,6 +186,37 @@ impl Shared {
         self.deferred.borrow_mut().push((sync, name));
         self.reclaim(false);
         Ok(())
+    }
+
+    /// The context's read staging buffer (name, size), holding at least `min(len, READ_CHUNK)`
+    /// bytes: made on first use, replaced by a larger one when a longer read needs it. The
+    /// context is current.
+    pub(crate) fn read_staging(&self, len: u64) -> Result<(sys::GLuint, u64)> {
+        let want = len.clamp(1, READ_CHUNK);
+        let (name, size) = self.read_staging.get();
+        if name != 0 && size >= want {
+            return Ok((name, size));
+        }
+        if name != 0 {
+            // SAFETY: the context is current; the old buffer is ours and its last read has
+            // returned (reads wait for their copies).
+            unsafe { self.gl.DeleteBuffers(1, &name) };
+            self.read_staging.set((0, 0));
+        }
+        let size = want.max(size);
+        let mut name = 0;
+        // SAFETY: the context is current; one name is written.
+        unsafe { self.gl.CreateBuffers(1, &mut name) };
+        self.check("glCreateBuffers")?;
+        // SAFETY: a fresh buffer of this context; no initial data; GL-side storage only.
+        unsafe { self.gl.NamedBufferStorage(name, size as isize, std::ptr::null(), 0) };
+        if let Err(e) = self.check("glNamedBufferStorage") {
+            // SAFETY: made above, used by nothing.
+            unsafe { self.gl.DeleteBuffers(1, &name) };
+            return Err(e);
+        }
+        self.read_staging.set((name, size));
+        Ok((name, size))
     }
 
     /// Waits on the host (up to a bound) until the GL work queued so far has completed: a fence
@@ -360,6 +404,7 @@ impl GlContext {
                 nv_timeline,
                 info,
                 deferred: RefCell::default(),
+                read_staging: Default::default(),
                 owned: None,
                 _presence: presence,
             }),
@@ -512,6 +557,7 @@ fn try_display(egl: Egl, platform: EglPlatform, native: *mut c_void, counted: bo
         nv_timeline,
         info,
         deferred: RefCell::default(),
+        read_staging: Default::default(),
         owned: Some(owned),
         _presence: presence,
     })
@@ -679,6 +725,7 @@ mod tests {
                 nv_timeline: None,
                 info,
                 deferred: RefCell::default(),
+                read_staging: Default::default(),
                 owned: None,
                 _presence: GlPresence::enter(),
             }),

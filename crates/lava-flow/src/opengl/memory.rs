@@ -287,14 +287,36 @@ impl GlBuffer<'_> {
         shared.check("glFinish")
     }
 
-    /// Reads `out.len()` bytes at `offset` with `glGetNamedBufferSubData`.
+    /// Reads `out.len()` bytes at `offset`: copied on the GPU (`glCopyNamedBufferSubData`, in
+    /// pieces of up to 16 MiB) into a GL buffer of the context's own and read from there
+    /// (`glGetNamedBufferSubData`). Returns once the bytes are in `out`.
+    ///
+    /// Why not `glGetNamedBufferSubData` on the imported buffer itself: NVIDIA's GL answers host
+    /// reads of imported memory from a copy of its own, made at the first read or write, and
+    /// never refreshed by what Vulkan, CUDA or OpenCL write afterwards — not after a semaphore
+    /// wait, `glMemoryBarrier` or `glFinish` (measured on an H200, driver 580; `gpu_opengl`
+    /// tests it on the GPU tier). A GPU copy reads the memory itself.
     pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
         let at = self.range(offset, out.len())?;
-        let gl = self.memory.shared.current()?;
-        // SAFETY: the context is current; the range lies inside the GL buffer (checked), and
-        // `out` has room for it.
-        unsafe { gl.GetNamedBufferSubData(self.name, at, out.len() as isize, out.as_mut_ptr().cast()) };
-        self.memory.shared.check("glGetNamedBufferSubData")
+        if out.is_empty() {
+            return Ok(());
+        }
+        let shared = &self.memory.shared;
+        let gl = shared.current()?;
+        let (staging, size) = shared.read_staging(out.len() as u64)?;
+        let mut from = at;
+        for piece in out.chunks_mut(size as usize) {
+            let len = piece.len() as isize;
+            // SAFETY: the context is current; `from..from + len` lies inside the GL buffer
+            // (checked above) and `0..len` inside the staging buffer (`len` ≤ its size).
+            unsafe { gl.CopyNamedBufferSubData(self.name, staging, from, 0, len) };
+            shared.check("glCopyNamedBufferSubData")?;
+            // SAFETY: the context is current; `piece` has room for `len` bytes.
+            unsafe { gl.GetNamedBufferSubData(staging, 0, len, piece.as_mut_ptr().cast()) };
+            shared.check("glGetNamedBufferSubData")?;
+            from += len;
+        }
+        Ok(())
     }
 
     /// The GL-buffer offset of `offset..offset + len`, checked against the buffer's size.

@@ -13,7 +13,7 @@
 //! let gl = GlContext::headless(allocator.device(0)?)?;   // same GPU, matched by UUID
 //! let view = gl.import_buffer(&buffer)?;                   // zero-copy
 //! let mut out = [0u8; 11];
-//! view.read(0, &mut out)?;                                 // glGetNamedBufferSubData
+//! view.read(0, &mut out)?;                                 // a GL copy, then glGetNamedBufferSubData
 //! assert_eq!(&out, b"from Vulkan");
 //! # Ok(()) }
 //! ```

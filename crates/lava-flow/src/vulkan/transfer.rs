@@ -560,12 +560,12 @@ impl Transfer {
             None => return Err(Error::Unsupported { what: "no staging buffer".into() }),
         };
         let slots = self.slots.len();
-        let step = target.step(slot) as usize;
-        let pieces = host.len.div_ceil(step);
+        let plan = plan_pieces(host.len, target.step(slot) as usize, target.row_bytes() as usize);
+        let pieces = plan.len();
         let first = self.cursor;
         self.cursor = (first + pieces) % slots;
         let ring = |k: usize| (first + k) % slots;
-        let piece = |k: usize| (k * step, step.min(host.len - k * step));
+        let piece = |k: usize| plan[k];
         let staged_at = |k: usize| ring(k) as u64 * slot;
         let kind = staging_copy(dir);
         let submit = |t: &mut Transfer, k: usize| -> Result<()> {
@@ -1215,6 +1215,44 @@ fn make_staging_in(device: &Device, size: u64, slot: u64, kind: StagingMemory) -
     }
 }
 
+/// How much smaller than a slot the first and last pieces of a long staged transfer are.
+const RAMP: usize = 8;
+
+/// The pieces (host offset, length) of a staged transfer of `len` bytes in slots that hold
+/// `step` bytes, every piece but the last a multiple of `unit` (an image's row).
+///
+/// A transfer that fits one slot is one piece. A longer one ramps: its first piece is `step /
+/// RAMP`, each next one at most what was done before it (doubling up to `step`), and towards the
+/// end at most half of what is left. The CPU copy and the GPU copy overlap only between pieces,
+/// so the first piece of a write (copied by the CPU before any DMA starts) and the last of a
+/// read (copied out after every DMA ended) are time neither side shares: with equal 16 MiB
+/// pieces a 64 MiB write spent about a fifth of its time so (BENCHMARKS.md); ramped, those
+/// pieces are 2 MiB.
+fn plan_pieces(len: usize, step: usize, unit: usize) -> Vec<(usize, usize)> {
+    let unit = unit.max(1);
+    let step = step.max(unit);
+    if len == 0 {
+        return Vec::new();
+    }
+    if len <= step {
+        return vec![(0, len)];
+    }
+    let down = |n: usize| (n / unit * unit).max(unit);
+    let min = down(step / RAMP);
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let left = len - at;
+        let mut n = down(step.min(at.max(min)).min((left / 2).max(min)));
+        if left <= n || left - n < min && left <= step {
+            n = left;
+        }
+        pieces.push((at, n));
+        at += n;
+    }
+    pieces
+}
+
 /// The staging memory type: `HOST_VISIBLE | HOST_COHERENT | HOST_CACHED` where there is one
 /// (the CPU reads it back at full speed), else what `HostVisible` buffers get.
 fn staging_memory_type(device: &Device, type_bits: u32) -> Result<u32> {
@@ -1349,5 +1387,64 @@ fn image_region(
         },
         image_offset: vk::Offset3D { x: 0, y: first_row as i32, z: 0 },
         image_extent: vk::Extent3D { width, height: rows, depth: 1 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_pieces;
+
+    const MIB: usize = 1 << 20;
+
+    /// The pieces cover the transfer exactly, in order, none larger than a slot, every one but
+    /// the last whole units; a transfer that fits a slot is one piece.
+    fn check(len: usize, step: usize, unit: usize) -> Vec<usize> {
+        let plan = plan_pieces(len, step, unit);
+        let mut at = 0;
+        for (i, &(offset, n)) in plan.iter().enumerate() {
+            assert_eq!(
+                offset, at,
+                "len {len} step {step} unit {unit}: piece {i} starts where the last ended"
+            );
+            assert!(n > 0 && n <= step.max(unit), "len {len} step {step}: piece {i} of {n} bytes");
+            if i + 1 < plan.len() {
+                assert_eq!(n % unit, 0, "len {len} step {step} unit {unit}: piece {i} is whole units");
+            }
+            at += n;
+        }
+        assert_eq!(at, len, "len {len} step {step} unit {unit}: covered");
+        if len <= step {
+            assert_eq!(plan.len(), usize::from(len > 0));
+        }
+        plan.iter().map(|p| p.1).collect()
+    }
+
+    #[test]
+    fn a_long_transfer_ramps_up_and_down() {
+        let sizes = check(64 * MIB, 16 * MIB, 1);
+        assert_eq!(sizes, [2, 2, 4, 8, 16, 16, 8, 4, 2, 2].map(|m| m * MIB));
+        let sizes = check(256 * MIB, 16 * MIB, 1);
+        assert_eq!(sizes[..5], [2, 2, 4, 8, 16].map(|m| m * MIB));
+        assert_eq!(sizes[sizes.len() - 4..], [8, 4, 2, 2].map(|m| m * MIB));
+        assert_eq!(check(16 * MIB, 16 * MIB, 1), [16 * MIB], "one slot: one piece");
+        assert_eq!(check(5, 16 * MIB, 1), [5]);
+        assert!(check(0, 16 * MIB, 1).is_empty(), "nothing to copy: no piece");
+    }
+
+    #[test]
+    fn odd_sizes_steps_and_rows_are_covered() {
+        for len in [1, 4095, 4096, 4097, 16 * MIB - 1, 16 * MIB + 1, 33 * MIB + 7, 100 * MIB + 3] {
+            for step in [4096, MIB, 16 * MIB] {
+                check(len, step, 1);
+            }
+        }
+        // Images: whole rows of 61 × 4 bytes in slots of whole rows.
+        let row = 61 * 4;
+        for rows in [1, 7, 1000, 70_000, 300_000] {
+            let step = (16 * MIB / row) * row;
+            check(rows * row, step, row);
+        }
+        // A row larger than an eighth of the slot: pieces of one row and more.
+        check(50 * 9000, 9000 * 3, 9000);
     }
 }
