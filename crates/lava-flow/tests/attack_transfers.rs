@@ -133,3 +133,33 @@ fn many_threads_on_one_buffer_and_on_many() {
         }
     }
 }
+
+/// `wait_done` times out without giving the transfer up: waited for again once the queue moves,
+/// it completes and `wait` hands the bytes back (a read's, filled).
+#[test]
+fn a_timed_out_wait_done_can_be_waited_for_again() {
+    within(Duration::from_secs(20), "wait_done", || {
+        let timeout = Duration::from_millis(200);
+        let mut v = Validated::with_options(|o| {
+            o.transfer_timeout = timeout;
+            o.host_memory_import = false;
+        });
+        let size = 3 << 20;
+        let b = v.allocate(size as u64, DEV0).expect("allocate");
+        let data = random_bytes(size);
+        b.write(0, &data).expect("write");
+        let gate = v.timeline_semaphore(0).expect("timeline");
+        v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
+        let reading = b.read_async(0, poisoned(size)).expect("queued behind the wait");
+        match reading.wait_done() {
+            Err(lava_flow::Error::Timeout(t, _)) => assert_eq!(t, timeout),
+            other => panic!("expected Timeout, got {other:?}"),
+        }
+        assert!(!reading.is_done().expect("is_done"), "still queued, still the transfer's");
+        gate.signal(1).expect("release the queue");
+        reading.wait_done().expect("completes once the queue moves");
+        assert!(reading.is_done().expect("is_done"));
+        assert_bytes_eq(&reading.wait().expect("at once"), &data, "the read after a timed-out wait_done");
+        assert_eq!(v.transfer_stats().in_flight, 0);
+    });
+}
