@@ -452,6 +452,9 @@ impl ArrayView {
 /// alive and un-resizable) until `wait()`.
 #[pyclass(module = "lava_flow", frozen)]
 pub struct Transfer {
+    /// `None` once finished. Locked without the GIL only (a waiter holds it for as long as it
+    /// waits, so that a second waiter returns only once the first one finished the transfer);
+    /// `done()` and `__repr__` only try it.
     pending: Mutex<Option<lava_flow::PendingTransfer<bytes::Exported>>>,
 }
 
@@ -465,29 +468,45 @@ impl Transfer {
 impl Transfer {
     /// Waits (with the GIL released) until the copy has completed; after a read, the
     /// destination holds the bytes. Raises `TimeoutError` after the allocator's transfer
-    /// timeout, the object then staying exported until the copy completes. Waiting again
-    /// returns at once.
+    /// timeout, leaving the transfer as it was (the object exported): `wait()` may be called
+    /// again. Once a wait returned, waiting again returns at once; a wait on another thread
+    /// meanwhile returns once the first one has finished the transfer.
     fn wait(&self, py: Python<'_>) -> PyResult<()> {
-        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let Some(pending) = pending else { return Ok(()) };
-        let exported = py.detach(|| pending.wait()).or_raise()?;
+        let exported = py
+            .detach(|| {
+                let mut slot = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(pending) = slot.as_ref() else { return Ok(None) };
+                // A timeout leaves the transfer here, exported, to be waited for again.
+                pending.wait_done()?;
+                slot.take().map(lava_flow::PendingTransfer::wait).transpose()
+            })
+            .or_raise()?;
         // The export is released here, with the GIL held.
         drop(exported);
         Ok(())
     }
 
-    /// Whether the copy has completed (`wait()` then returns at once).
+    /// Whether the copy has completed and been finished (`wait()` then returns at once).
     fn done(&self) -> PyResult<bool> {
-        match &*self.pending.lock().unwrap_or_else(PoisonError::into_inner) {
+        let slot = match self.pending.try_lock() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::Poisoned(slot)) => slot.into_inner(),
+            // Another thread is waiting for it: not finished until that wait returns.
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+        };
+        match &*slot {
             Some(pending) => pending.is_done().or_raise(),
             None => Ok(true),
         }
     }
 
     fn __repr__(&self) -> String {
-        match &*self.pending.lock().unwrap_or_else(PoisonError::into_inner) {
-            Some(pending) => format!("Transfer({pending:?})"),
-            None => "Transfer(waited)".into(),
+        match self.pending.try_lock() {
+            Ok(slot) => match &*slot {
+                Some(pending) => format!("Transfer({pending:?})"),
+                None => "Transfer(waited)".into(),
+            },
+            Err(_) => "Transfer(being waited for)".into(),
         }
     }
 }

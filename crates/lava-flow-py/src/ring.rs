@@ -81,6 +81,8 @@ pub struct Ring {
     written: Py<TimelineSemaphore>,
     released: Py<TimelineSemaphore>,
     taken: [AtomicBool; 2],
+    /// The frame each end's next cursor starts at: where the last one stopped.
+    next: [AtomicU64; 2],
 }
 
 fn index(end: End) -> usize {
@@ -140,6 +142,7 @@ impl Ring {
             written: Py::new(py, TimelineSemaphore::new(Arc::clone(&shared), device_id, written))?,
             released: Py::new(py, TimelineSemaphore::new(shared, device_id, released))?,
             taken: [AtomicBool::new(false), AtomicBool::new(false)],
+            next: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -179,7 +182,9 @@ impl Ring {
         self.schedule.frames()
     }
 
-    /// The producer's cursor (one at a time: `InvalidArgumentError` while another lives).
+    /// The producer's cursor (one at a time: `InvalidArgumentError` while another lives). A
+    /// cursor taken after another was dropped carries on from the frame after the last step
+    /// handed out.
     fn producer(slf: &Bound<'_, Self>) -> PyResult<RingCursor> {
         RingCursor::take(slf, End::Producer)
     }
@@ -253,10 +258,14 @@ pub struct RingCursor {
 
 impl RingCursor {
     fn take(ring: &Bound<'_, Ring>, end: End) -> PyResult<Self> {
-        if ring.get().taken[index(end)].swap(true, Ordering::AcqRel) {
+        let r = ring.get();
+        if r.taken[index(end)].swap(true, Ordering::AcqRel) {
             return Err(lava_flow::Error::from(lava_flow::RingError::EndTaken { end })).or_raise();
         }
-        Ok(RingCursor { ring: ring.clone().unbind(), end, next: AtomicU64::new(0) })
+        // Where the last cursor stopped: the steps it handed out are spent (timeline values only
+        // grow, and a producer starting over would refill slots that were never released).
+        let next = AtomicU64::new(r.next[index(end)].load(Ordering::Acquire));
+        Ok(RingCursor { ring: ring.clone().unbind(), end, next })
     }
 }
 
@@ -284,7 +293,9 @@ impl RingCursor {
 
 impl Drop for RingCursor {
     fn drop(&mut self) {
-        self.ring.get().taken[index(self.end)].store(false, Ordering::Release);
+        let ring = self.ring.get();
+        ring.next[index(self.end)].store(*self.next.get_mut(), Ordering::Release);
+        ring.taken[index(self.end)].store(false, Ordering::Release);
     }
 }
 

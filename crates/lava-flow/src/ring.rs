@@ -69,7 +69,7 @@ mod cuda;
 mod gl;
 mod vk;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 #[cfg(feature = "opencl")]
@@ -225,21 +225,32 @@ impl RingSchedule {
         self.frames
     }
 
-    /// One past the last frame of the batch that holds `frame`.
+    /// One past the last frame of the batch that holds `frame` (a frame below
+    /// [`len`](Self::len)). Saturating: a batch that would end past `u64::MAX` ends at the
+    /// ring's length.
     fn batch_end(&self, frame: u64) -> u64 {
         let k = u64::from(self.batch);
-        let end = (frame / k + 1) * k;
+        let end = (frame / k + 1).saturating_mul(k);
         self.frames.map_or(end, |n| end.min(n))
     }
 
-    fn check(&self, frame: u64, end: End) -> std::result::Result<(), RingError> {
-        match self.frames {
-            Some(frames) if frame >= frames => Err(RingError::Finished { frames, end }),
-            _ => Ok(()),
-        }
+    /// The number of frames the ring hands out: its length, or for an endless ring as many
+    /// whole batches as timeline values reach (the last batch's signal is at most `u64::MAX`).
+    fn len(&self) -> u64 {
+        let k = u64::from(self.batch);
+        self.frames.unwrap_or(u64::MAX / k * k)
     }
 
-    /// The producer's step for `frame`. Errors: [`RingError::Finished`] past the ring's length.
+    fn check(&self, frame: u64, end: End) -> std::result::Result<(), RingError> {
+        let frames = self.len();
+        if frame >= frames {
+            return Err(RingError::Finished { frames, end });
+        }
+        Ok(())
+    }
+
+    /// The producer's step for `frame`. Errors: [`RingError::Finished`] past the ring's length
+    /// (for an endless ring, past the last whole batch whose values a timeline can hold).
     pub fn producer(&self, frame: u64) -> std::result::Result<FrameStep, RingError> {
         self.check(frame, End::Producer)?;
         let (n, k) = (u64::from(self.slots), u64::from(self.batch));
@@ -366,6 +377,9 @@ pub struct Ring {
     released: TimelineSemaphore,
     producer_taken: AtomicBool,
     consumer_taken: AtomicBool,
+    /// The frame each end's next cursor starts at: where the last one stopped.
+    producer_next: AtomicU64,
+    consumer_next: AtomicU64,
 }
 
 impl Ring {
@@ -412,6 +426,8 @@ impl Ring {
             released: allocator.timeline_semaphore(device_id)?,
             producer_taken: AtomicBool::new(false),
             consumer_taken: AtomicBool::new(false),
+            producer_next: AtomicU64::new(0),
+            consumer_next: AtomicU64::new(0),
         })
     }
 
@@ -478,12 +494,14 @@ impl Ring {
         self.written.is_exportable() && self.released.is_exportable()
     }
 
-    /// The producer's cursor. Errors: [`RingError::EndTaken`] while another one lives.
+    /// The producer's cursor, at the frame after the last step the end handed out (frame 0 for
+    /// the first). Errors: [`RingError::EndTaken`] while another one lives.
     pub fn producer(&self) -> Result<Producer<'_>> {
         Ok(Producer(Cursor::take(self, End::Producer)?))
     }
 
-    /// The consumer's cursor. Errors: [`RingError::EndTaken`] while another one lives.
+    /// The consumer's cursor, as [`producer`](Ring::producer). Errors: [`RingError::EndTaken`]
+    /// while another one lives.
     pub fn consumer(&self) -> Result<Consumer<'_>> {
         Ok(Consumer(Cursor::take(self, End::Consumer)?))
     }
@@ -520,15 +538,22 @@ struct Cursor<'r> {
 }
 
 impl<'r> Cursor<'r> {
+    /// The end's flag (taken or free) and the frame its next cursor starts at.
+    fn state(ring: &Ring, end: End) -> (&AtomicBool, &AtomicU64) {
+        match end {
+            End::Producer => (&ring.producer_taken, &ring.producer_next),
+            End::Consumer => (&ring.consumer_taken, &ring.consumer_next),
+        }
+    }
+
     fn take(ring: &'r Ring, end: End) -> std::result::Result<Self, RingError> {
-        let flag = match end {
-            End::Producer => &ring.producer_taken,
-            End::Consumer => &ring.consumer_taken,
-        };
-        if flag.swap(true, Ordering::AcqRel) {
+        let (taken, next) = Self::state(ring, end);
+        if taken.swap(true, Ordering::AcqRel) {
             return Err(RingError::EndTaken { end });
         }
-        Ok(Cursor { ring, end, next: 0 })
+        // Where the last cursor stopped (stored before it freed the end): the steps it handed
+        // out are spent, since timeline values only grow.
+        Ok(Cursor { ring, end, next: next.load(Ordering::Acquire) })
     }
 
     fn next_frame(&mut self) -> std::result::Result<FrameStep, RingError> {
@@ -540,17 +565,16 @@ impl<'r> Cursor<'r> {
 
 impl Drop for Cursor<'_> {
     fn drop(&mut self) {
-        let flag = match self.end {
-            End::Producer => &self.ring.producer_taken,
-            End::Consumer => &self.ring.consumer_taken,
-        };
-        flag.store(false, Ordering::Release);
+        let (taken, next) = Self::state(self.ring, self.end);
+        next.store(self.next, Ordering::Release);
+        taken.store(false, Ordering::Release);
     }
 }
 
 /// The producer's cursor of a [`Ring`]: hands out its steps in frame order. One per ring at a
-/// time; dropping it frees the end, and a new cursor starts again at frame 0, which only a fresh
-/// ring can use (timeline values only grow).
+/// time; dropping it frees the end, and the end's next cursor carries on from the frame after the
+/// last step handed out (a step handed out is spent, whether or not it was used: timeline values
+/// only grow, and a frame's slot must not be written again before its release).
 #[derive(Debug)]
 pub struct Producer<'r>(Cursor<'r>);
 

@@ -372,9 +372,12 @@ impl Device {
             Some(t) => t,
             None => slot.insert(Transfer::new(self)?),
         };
-        transfer.reap(self);
-        transfer.settle(self, EARLIER_COPY)?;
-        f(transfer)
+        let freed = transfer.reap(self);
+        let result = transfer.settle(self, EARLIER_COPY).and_then(|()| f(transfer));
+        // Freed once the lock is released: see `Transfer::reap`.
+        drop(slot);
+        drop(freed);
+        result
     }
 
     /// Keeps an asynchronous transfer's job whose wait failed, and the host memory it owns,
@@ -400,7 +403,13 @@ impl Device {
     /// Copies of host transfers still in flight on this device (see [`Transfer::in_flight`]).
     pub fn transfers_in_flight(&self) -> u64 {
         let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
-        slot.as_mut().map_or(0, |transfer| transfer.in_flight(self))
+        let Some(transfer) = slot.as_mut() else { return 0 };
+        let freed = transfer.reap(self);
+        let count = transfer.in_flight(self);
+        // Freed once the lock is released: see `Transfer::reap`.
+        drop(slot);
+        drop(freed);
+        count
     }
 
     /// Called by a buffer or image (`object`: its raw handle) before it is destroyed: if a

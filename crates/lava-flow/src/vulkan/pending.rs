@@ -134,6 +134,17 @@ impl<S: HostBytes> PendingTransfer<S> {
     }
 
     /// Waits for the copy (up to [`AllocatorOptions::transfer_timeout`](crate::AllocatorOptions::transfer_timeout))
+    /// and keeps the transfer: [`wait`](PendingTransfer::wait) then returns at once. Unlike
+    /// `wait`, an [`Error::Timeout`] here leaves the transfer as it was, to wait for again (or
+    /// to drop).
+    pub fn wait_done(&self) -> Result<()> {
+        match &self.job {
+            Some(job) => self.device.wait_transfer_value(job.value),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the copy (up to [`AllocatorOptions::transfer_timeout`](crate::AllocatorOptions::transfer_timeout))
     /// and returns the host memory: for a read, holding the bytes read.
     ///
     /// [`Error::Timeout`] if the copy is still queued after that: the memory then stays with the

@@ -900,10 +900,9 @@ impl Transfer {
 
     /// How many copies are still in flight, without waiting: ring slots whose submissions have
     /// not completed or that hold bytes of an asynchronous read not yet copied out, and
-    /// asynchronous transfers the device keeps after their waits timed out. Completed slots are
-    /// settled on the way.
+    /// asynchronous transfers the device keeps after their waits timed out (those that completed
+    /// are counted until [`reap`](Transfer::reap) ran). Completed slots are settled on the way.
     pub fn in_flight(&mut self, device: &Device) -> u64 {
-        self.reap(device);
         let d = &device.device;
         let mut count = self.orphans.len() as u64;
         for i in 0..self.slots.len() {
@@ -996,10 +995,14 @@ impl Transfer {
         self.orphans.push((job, host));
     }
 
-    /// Destroys the adopted jobs that have completed and frees their memory.
-    pub fn reap(&mut self, device: &Device) {
+    /// Destroys the adopted jobs that have completed and returns their host memory, for the
+    /// caller to drop once it has released the context's lock: dropping it runs the owner's code
+    /// (a [`HostBytes`](super::HostBytes) type's drop), which may call back into lava-flow and
+    /// take that lock again.
+    #[must_use = "the memory is dropped by the caller, after it released the context's lock"]
+    pub fn reap(&mut self, device: &Device) -> Vec<Box<dyn Send>> {
         if self.orphans.is_empty() {
-            return;
+            return Vec::new();
         }
         let d = &device.device;
         // SAFETY: the semaphore belongs to this device.
@@ -1007,12 +1010,13 @@ impl Transfer {
             Ok(v) => v,
             Err(e) => {
                 log::error!("vkGetSemaphoreCounterValue failed: {e}");
-                return;
+                return Vec::new();
             }
         };
         let (done, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.orphans).into_iter().partition(|(job, _)| job.value <= reached);
         self.orphans = waiting;
+        let mut freed = Vec::with_capacity(done.len());
         for (job, host) in done {
             // A read's bytes still held in slots are nobody's to see: forgotten before the
             // memory they were for is freed.
@@ -1023,8 +1027,9 @@ impl Transfer {
             }
             // SAFETY: the job's value was reached: nothing uses its objects or its memory.
             unsafe { job.destroy(d) };
-            drop(host);
+            freed.push(host);
         }
+        freed
     }
 
     /// Destroys every object of the context.

@@ -40,6 +40,12 @@ impl VkProducer {
         VkProducer { data, _staging: staging, cmds }
     }
 
+    /// Submits the command buffer that copies frame `content`'s bytes into slot
+    /// `content % slots`, with `submission`'s waits and signals.
+    pub fn submit(&self, v: &Validated, content: usize, submission: lava_flow::Submission<'_>) {
+        v.submit(0, &self.cmds.with(content, submission)).expect("producer submit");
+    }
+
     /// Queues every frame at once: only the ring's GPU waits keep it from overwriting slots.
     pub fn produce_all(&self, v: &Validated, ring: &Ring) {
         let mut producer = ring.producer().expect("producer");
