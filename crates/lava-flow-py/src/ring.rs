@@ -19,19 +19,26 @@ use crate::semaphore::TimelineSemaphore;
 /// One frame as one end sees it: `slot` to use, the value of the other end's timeline to wait
 /// for first (`wait`, or `None`), the value to set this end's timeline to after (`signal`, or
 /// `None`).
-#[pyclass(module = "lava_flow", frozen, get_all, eq)]
+#[pyclass(module = "lava_flow", frozen, eq)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameStep {
     /// `"producer"` or `"consumer"`.
+    #[pyo3(get)]
     end: &'static str,
     /// The frame number, from 0.
+    #[pyo3(get)]
     frame: u64,
     /// The slot (`frame % slots`).
+    #[pyo3(get)]
     slot: usize,
     /// The other end's timeline value to wait for first.
+    #[pyo3(get)]
     wait: Option<u64>,
     /// This end's timeline value to signal after.
+    #[pyo3(get)]
     signal: Option<u64>,
+    /// The identity of the ring whose cursor handed the step out: a ring refuses another's.
+    ring: u64,
 }
 
 #[pymethods]
@@ -50,8 +57,9 @@ impl FrameStep {
 }
 
 impl FrameStep {
-    fn of(step: lava_flow::FrameStep) -> Self {
+    fn of(step: lava_flow::FrameStep, ring: u64) -> Self {
         FrameStep {
+            ring,
             end: match step.end {
                 End::Producer => "producer",
                 End::Consumer => "consumer",
@@ -83,6 +91,8 @@ pub struct Ring {
     taken: [AtomicBool; 2],
     /// The frame each end's next cursor starts at: where the last one stopped.
     next: [AtomicU64; 2],
+    /// This ring's identity, carried by the steps its cursors hand out.
+    id: u64,
 }
 
 fn index(end: End) -> usize {
@@ -95,6 +105,11 @@ fn index(end: End) -> usize {
 impl Ring {
     /// The timelines `step`'s end waits on and signals, after checking the step is this ring's.
     fn timelines(&self, step: &FrameStep) -> PyResult<(&TimelineSemaphore, &TimelineSemaphore)> {
+        if step.ring != self.id {
+            let end = if step.is_producer() { End::Producer } else { End::Consumer };
+            return Err(lava_flow::Error::from(lava_flow::RingError::OtherRing { frame: step.frame, end }))
+                .or_raise();
+        }
         if step.slot >= self.buffers.len() {
             return Err(lava_flow::Error::from(lava_flow::RingError::NoSuchSlot {
                 slot: step.slot,
@@ -143,6 +158,10 @@ impl Ring {
             released: Py::new(py, TimelineSemaphore::new(shared, device_id, released))?,
             taken: [AtomicBool::new(false), AtomicBool::new(false)],
             next: [AtomicU64::new(0), AtomicU64::new(0)],
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(1);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         })
     }
 
@@ -279,7 +298,7 @@ impl RingCursor {
             let step = schedule.step(self.end, frame).map_err(lava_flow::Error::from).or_raise()?;
             // Two threads sharing a cursor each get their own frame.
             if self.next.compare_exchange(frame, frame + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                return Ok(FrameStep::of(step));
+                return Ok(FrameStep::of(step, self.ring.get().id));
             }
         }
     }

@@ -58,6 +58,13 @@ def test_bad_shapes_and_second_cursors_are_typed_errors(allocator):
         producer.next_frame()
     del producer
     ring.producer()  # the end is free again once the cursor is gone
+    # A step of another ring of as many slots: its values are that ring's.
+    other = lava_flow.Ring(allocator, 2, 256, batch=2)
+    step = other.producer().next_frame()
+    with pytest.raises(lava_flow.InvalidArgumentError, match="another ring"):
+        ring.signal(step)
+    with pytest.raises(lava_flow.InvalidArgumentError, match="another ring"):
+        ring.wait(step)
     assert lava_flow.batch_for_latency(16, 0.001, 0.004) == 4
     assert lava_flow.batch_for_latency(4, 0.001, 1.0) == 2
     with pytest.raises(ValueError):

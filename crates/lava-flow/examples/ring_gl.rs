@@ -56,7 +56,7 @@ fn main() -> Result<()> {
             let step = producer.next_frame()?;
             // SAFETY: recorded on this device; it lives until the pool is destroyed, after the
             // device is idle.
-            let submission = unsafe { ring.submission(&step).command_buffers(&[cmds[f as usize]]) };
+            let submission = unsafe { ring.submission(&step)?.command_buffers(&[cmds[f as usize]]) };
             allocator.submit(0, &submission)?;
         }
         for f in first..(first + batch).min(FRAMES) {

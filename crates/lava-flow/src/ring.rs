@@ -15,12 +15,12 @@
 //!     for _ in 0..2 {
 //!         let step = producer.next_frame()?;
 //!         // Record work that writes ring.buffers()[step.slot] into a command buffer, then:
-//!         allocator.submit(0, &ring.submission(&step))?;
+//!         allocator.submit(0, &ring.submission(&step)?)?;
 //!     }
 //!     for _ in 0..2 {
 //!         let step = consumer.next_frame()?;
 //!         // A consumer in any API: wait for step.wait, read the slot, signal step.signal.
-//!         allocator.submit(0, &ring.submission(&step))?;
+//!         allocator.submit(0, &ring.submission(&step)?)?;
 //!     }
 //! }
 //! ring.released().wait(8, std::time::Duration::from_secs(10))?;
@@ -140,6 +140,15 @@ pub enum RingError {
         /// The ring's slots.
         slots: usize,
     },
+    /// A step handed out by another ring's cursor was given to this ring or its adapter: its
+    /// values belong to the other ring's timelines.
+    #[error("a step of another ring (frame {frame} of its {end}) was given to this ring")]
+    OtherRing {
+        /// The step's frame.
+        frame: u64,
+        /// The step's end.
+        end: End,
+    },
 }
 
 /// The two ends of a ring.
@@ -176,6 +185,25 @@ pub struct FrameStep {
     /// After the work on the slot (and every earlier step's), set this end's timeline to this
     /// value.
     pub signal: Option<u64>,
+    /// The ring whose cursor handed the step out (its [`Ring`]'s identity), or 0 for a step
+    /// computed from a [`RingSchedule`] alone, which no ring can check. Private: steps are
+    /// made by cursors and schedules, never by hand.
+    ring: u64,
+}
+
+impl FrameStep {
+    /// A step from its parts — say, one that came from another process, whose ring's values it
+    /// carries. It belongs to no ring here, so no ring can tell it from its own: prefer the
+    /// steps of a cursor or a [`RingSchedule`].
+    pub fn new(end: End, frame: u64, slot: usize, wait: Option<u64>, signal: Option<u64>) -> Self {
+        FrameStep { end, frame, slot, wait, signal, ring: 0 }
+    }
+
+    /// Whether the step was handed out by a cursor of a ring other than the one with identity
+    /// `ring` (a step of a schedule alone belongs to no ring and passes).
+    fn is_of_another_ring(&self, ring: u64) -> bool {
+        self.ring != 0 && self.ring != ring
+    }
 }
 
 /// The ring's value arithmetic, a pure function of the shape: which values each end of frame
@@ -259,7 +287,7 @@ impl RingSchedule {
         // is at most `frame` (k ≤ n), so it never waits for its own writes.
         let wait = (frame >= n && (frame - n).is_multiple_of(k)).then(|| frame - n + k);
         let signal = (frame + 1 == self.batch_end(frame)).then_some(frame + 1);
-        Ok(FrameStep { end: End::Producer, frame, slot: self.slot(frame), wait, signal })
+        Ok(FrameStep { end: End::Producer, frame, slot: self.slot(frame), wait, signal, ring: 0 })
     }
 
     /// The consumer's step for `frame`. Errors: [`RingError::Finished`] past the ring's length.
@@ -268,7 +296,7 @@ impl RingSchedule {
         let end = self.batch_end(frame);
         let wait = frame.is_multiple_of(u64::from(self.batch)).then_some(end);
         let signal = (frame + 1 == end).then_some(frame + 1);
-        Ok(FrameStep { end: End::Consumer, frame, slot: self.slot(frame), wait, signal })
+        Ok(FrameStep { end: End::Consumer, frame, slot: self.slot(frame), wait, signal, ring: 0 })
     }
 
     /// The step of `end` for `frame`.
@@ -380,6 +408,8 @@ pub struct Ring {
     /// The frame each end's next cursor starts at: where the last one stopped.
     producer_next: AtomicU64,
     consumer_next: AtomicU64,
+    /// This ring's identity, which the steps its cursors hand out carry (never 0).
+    id: u64,
 }
 
 impl Ring {
@@ -428,6 +458,10 @@ impl Ring {
             consumer_taken: AtomicBool::new(false),
             producer_next: AtomicU64::new(0),
             consumer_next: AtomicU64::new(0),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(1);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         })
     }
 
@@ -509,7 +543,11 @@ impl Ring {
     /// The Vulkan adapter on the ring's own device: a submission that waits for `step.wait`
     /// and signals `step.signal` on the end's timelines. Add command buffers
     /// ([`Submission::command_buffers`]) and submit it with [`MemoryAllocator::submit`].
-    pub fn submission(&self, step: &FrameStep) -> Submission<'_> {
+    /// Errors: a step of another ring, or of a slot this ring lacks ([`Error::Ring`]).
+    ///
+    /// [`Error::Ring`]: crate::Error::Ring
+    pub fn submission(&self, step: &FrameStep) -> Result<Submission<'_>> {
+        self.check_step(step)?;
         let mut s = Submission::new();
         if let Some(v) = step.wait {
             s = s.wait(self.wait_timeline(step.end), v);
@@ -517,11 +555,14 @@ impl Ring {
         if let Some(v) = step.signal {
             s = s.signal(self.signal_timeline(step.end), v);
         }
-        s
+        Ok(s)
     }
 
-    /// Checks that `step`'s slot exists in this ring.
+    /// Checks that `step` is this ring's (or a schedule's alone) and its slot exists here.
     pub(crate) fn check_step(&self, step: &FrameStep) -> std::result::Result<(), RingError> {
+        if step.is_of_another_ring(self.id) {
+            return Err(RingError::OtherRing { frame: step.frame, end: step.end });
+        }
         if step.slot >= self.slot_count() {
             return Err(RingError::NoSuchSlot { slot: step.slot, slots: self.slot_count() });
         }
@@ -559,7 +600,7 @@ impl<'r> Cursor<'r> {
     fn next_frame(&mut self) -> std::result::Result<FrameStep, RingError> {
         let step = self.ring.schedule.step(self.end, self.next)?;
         self.next += 1;
-        Ok(step)
+        Ok(FrameStep { ring: self.ring.id, ..step })
     }
 }
 

@@ -174,7 +174,8 @@ mod gl {
         let mut producer = ring.producer().expect("producer");
         for f in 0..frames as usize {
             let step = producer.next_frame().expect("step");
-            v.submit(0, &cmds.with(f, ring.submission(&step))).expect("producer submit");
+            v.submit(0, &cmds.with(f, ring.submission(&step).expect("the ring's step")))
+                .expect("producer submit");
         }
         let mut consumer = ring.consumer().expect("consumer");
         let poison = vec![POISON; size as usize];

@@ -764,6 +764,6 @@ impl Producer {
     /// signal (the ring's submission for the step, with the dispatch).
     fn produce_step(&self, allocator: &MemoryAllocator, ring: &Ring, f: u32, step: &FrameStep) -> Result<()> {
         let recorded = self.pass.record([f, self.words, self.rounds.get(), 0], step.slot)?;
-        Ok(allocator.submit(ring.device_id(), &recorded.submission(ring.submission(step)))?)
+        Ok(allocator.submit(ring.device_id(), &recorded.submission(ring.submission(step)?))?)
     }
 }

@@ -187,13 +187,7 @@ pub fn peer(socket: &Path) -> Result<()> {
         let handoff = Handoff { wait: optional(field(9, 17)), signal: optional(field(17, 25)) };
         match r[0] {
             CONSUME => {
-                let step = FrameStep {
-                    end: End::Consumer,
-                    frame: u64::from(f),
-                    slot,
-                    wait: handoff.wait,
-                    signal: handoff.signal,
-                };
+                let step = FrameStep::new(End::Consumer, u64::from(f), slot, handoff.wait, handoff.signal);
                 consumer.consume(f, &step)?;
             }
             STAGED => {

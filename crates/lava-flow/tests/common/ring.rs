@@ -52,7 +52,8 @@ impl VkProducer {
         for f in 0..self.data.len() {
             let step = producer.next_frame().expect("step");
             assert_eq!(step.frame, f as u64);
-            v.submit(0, &self.cmds.with(f, ring.submission(&step))).expect("producer submit");
+            v.submit(0, &self.cmds.with(f, ring.submission(&step).expect("the ring's step")))
+                .expect("producer submit");
         }
     }
 }
