@@ -1,6 +1,8 @@
 //! The peer-copy rows: a copy between lava-flow buffers on two GPUs (`cuda::copy_peer`) beside
-//! `cuMemcpyPeerAsync` between `cuMemAlloc` buffers, same sizes, same streams, same run. Needs two
-//! CUDA devices with Vulkan devices; says so and skips otherwise.
+//! `cuMemcpyPeerAsync` between `cuMemAlloc` buffers, same sizes, same streams, same run: buffers
+//! Vulkan allocated (imported into CUDA: the driver's slow path), and memory CUDA's virtual memory
+//! API allocated on each GPU, imported into Vulkan and granted to the other GPU (the direct path).
+//! Needs two CUDA devices with Vulkan devices; says so and skips otherwise.
 
 use std::time::Instant;
 
@@ -95,7 +97,6 @@ pub fn rows(
                 ordered,
             ),
         ];
-        #[cfg(unix)]
         measured.extend(vmm_rows(allocator, &pair, &base, runs, (&dst, &view_dst))?);
         rows.push(base);
         rows.extend(measured);
@@ -109,7 +110,6 @@ pub fn rows(
 /// both timelines, with `cuMemcpyPeerAsync` alone (the memory's rate without copy_peer's
 /// ordering), and into the Vulkan-allocated destination `imported` (whether an imported
 /// destination alone slows the copy); after each, read back through Vulkan and compared.
-#[cfg(unix)]
 fn vmm_rows(
     allocator: &mut MemoryAllocator,
     pair: &Pair,
