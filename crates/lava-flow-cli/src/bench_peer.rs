@@ -1,15 +1,36 @@
 //! The peer-copy rows: a copy between lava-flow buffers on two GPUs (`cuda::copy_peer`) beside
-//! `cuMemcpyPeerAsync` between `cuMemAlloc` buffers, same sizes, same streams, same run. Needs two
-//! CUDA devices with Vulkan devices; says so and skips otherwise.
+//! `cuMemcpyPeerAsync` between `cuMemAlloc` buffers, same sizes, same streams, same run: buffers
+//! Vulkan allocated (imported into CUDA: the driver's slow path), and memory CUDA's virtual memory
+//! API allocated on each GPU, imported into Vulkan and granted to the other GPU (the direct path).
+//! Needs two CUDA devices with Vulkan devices; says so and skips otherwise.
 
 use std::time::Instant;
 
-use lava_flow::cuda::{self, check, sys, Context, DeviceMemory, PeerSide, Stream, TimelineStep};
+use lava_flow::cuda::{self, check, sys, Context, DeviceMemory, PeerPath, PeerSide, Stream, TimelineStep};
 use lava_flow::{MemoryAllocator, MemoryLocation};
 
 use crate::error::{Error, Result};
 
 use crate::bench::{human, median, Options, Row};
+
+/// The two GPUs of the peer rows: cuda:0 (`a`, the source) and cuda:1 (`b`), each with its
+/// Vulkan device, context and stream.
+struct Pair {
+    a: u32,
+    b: u32,
+    ctx_a: Context,
+    ctx_b: Context,
+    stream_a: Stream,
+    stream_b: Stream,
+}
+
+/// One size's measurement: bytes per copy, copies queued per run, runs (median).
+#[derive(Clone, Copy)]
+struct Runs {
+    size: u64,
+    copies: u64,
+    reps: usize,
+}
 
 /// All peer rows, or a printed reason why there are none.
 pub fn rows(
@@ -38,82 +59,176 @@ pub fn rows(
         if possible { "yes" } else { "no (both paths are staged through host memory)" }
     );
     let (stream_a, stream_b) = (ctx_a.stream()?, ctx_b.stream()?);
+    let pair = Pair { a, b, ctx_a, ctx_b, stream_a, stream_b };
     let copies = if options.quick { 10 } else { 40 };
     let sizes: &[u64] = if options.quick { &[64 << 20] } else { &[16 << 20, 256 << 20] };
     for &size in sizes {
+        let runs = Runs { size, copies, reps };
         let group = "peer copy, GPU to GPU";
         let len = size as usize;
+        let Pair { a, b, ctx_a, ctx_b, stream_a, stream_b } = &pair;
         // Baseline: raw CUDA memory on both GPUs, peer access on, one cuMemcpyPeerAsync each.
         let (raw_src, raw_dst) = (ctx_a.alloc(size)?, ctx_b.alloc(size)?);
-        let raw = median(reps, || {
-            let start = Instant::now();
-            for _ in 0..copies {
-                raw_copy(&ctx_a, &ctx_b, &raw_src, &raw_dst, len, &stream_b)?;
-            }
-            stream_b.synchronize()?;
-            Ok(gbps(size * copies, start))
-        })?;
+        let raw = raw_rate(&pair, runs, &raw_src, &raw_dst)?;
         let base = Row::baseline(
             group,
             format!("{}: cuMemcpyPeerAsync, cuMemAlloc → cuMemAlloc", human(size)),
             raw,
             "GB/s",
         );
-        // lava-flow buffers on both GPUs.
-        let src = allocator.allocate(size, MemoryLocation::GpuVulkan { device_id: a })?;
-        let dst = allocator.allocate(size, MemoryLocation::GpuVulkan { device_id: b })?;
+        // lava-flow buffers Vulkan allocated on both GPUs, imported into CUDA.
+        let src = allocator.allocate(size, MemoryLocation::GpuVulkan { device_id: *a })?;
+        let dst = allocator.allocate(size, MemoryLocation::GpuVulkan { device_id: *b })?;
         let (view_src, view_dst) = (ctx_a.import_buffer(&src)?, ctx_b.import_buffer(&dst)?);
         let data = pattern(len);
         src.write(0, &data)?;
-        let plain = median(reps, || {
-            let start = Instant::now();
-            for _ in 0..copies {
-                cuda::copy_peer(side(&view_src, &stream_a), side(&view_dst, &stream_b), len)?;
-            }
-            stream_a.synchronize()?;
-            stream_b.synchronize()?;
-            Ok(gbps(size * copies, start))
-        })?;
+        let (plain, path) = copy_rate(runs, side(&view_src, stream_a), side(&view_dst, stream_b))?;
         check_copy(&dst, &data, "lava-flow peer copy")?;
+        println!("peer rows: {}: Vulkan-allocated buffers: copy_peer went {path}", human(size));
         // The same, ordered by both GPUs' timelines (wait, copy, signal on each side).
-        let (tl_a, tl_b) = (allocator.timeline_semaphore(a)?, allocator.timeline_semaphore(b)?);
-        tl_a.signal(1)?;
-        tl_b.signal(1)?;
-        let (sync_a, sync_b) = (ctx_a.import_timeline(&tl_a)?, ctx_b.import_timeline(&tl_b)?);
-        let mut value = 1u64;
-        dst.write(0, &vec![0u8; len])?;
-        let ordered = median(reps, || {
-            let start = Instant::now();
-            for _ in 0..copies {
-                let step = |timeline| Some(TimelineStep { timeline, wait: value, signal: value + 1 });
-                cuda::copy_peer(
-                    PeerSide { step: step(&sync_a), ..side(&view_src, &stream_a) },
-                    PeerSide { step: step(&sync_b), ..side(&view_dst, &stream_b) },
-                    len,
-                )?;
-                value += 1;
-            }
-            tl_b.wait(value, std::time::Duration::from_secs(60))?;
-            tl_a.wait(value, std::time::Duration::from_secs(60))?;
-            Ok(gbps(size * copies, start))
-        })?;
+        poison(&dst, &data)?;
+        let ordered = ordered_rate(allocator, &pair, runs, &view_src, &view_dst)?;
         check_copy(&dst, &data, "lava-flow peer copy ordered by timelines")?;
-        let lava = Row::against(&base, format!("{}: lava-flow buffers, cuda::copy_peer", human(size)), plain);
-        let lava_ordered = Row::against(
-            &base,
-            format!("{}: lava-flow buffers, copy_peer + both timelines", human(size)),
-            ordered,
-        );
+        let mut measured = vec![
+            Row::against(&base, format!("{}: lava-flow buffers, cuda::copy_peer", human(size)), plain),
+            Row::against(
+                &base,
+                format!("{}: lava-flow buffers, copy_peer + both timelines", human(size)),
+                ordered,
+            ),
+        ];
+        measured.extend(vmm_rows(allocator, &pair, &base, runs, (&dst, &view_dst))?);
         rows.push(base);
-        rows.push(lava);
-        rows.push(lava_ordered);
+        rows.extend(measured);
     }
     Ok(())
+}
+
+/// The rows of memory CUDA's virtual memory API allocates (`alloc_exportable`) on each GPU,
+/// imported into each GPU's Vulkan device (`import_into`), the source granted to cuda:1
+/// (`grant_access`): written through Vulkan on cuda:0, copied with `copy_peer` without and with
+/// both timelines, with `cuMemcpyPeerAsync` alone (the memory's rate without copy_peer's
+/// ordering), and into the Vulkan-allocated destination `imported` (whether an imported
+/// destination alone slows the copy); after each, read back through Vulkan and compared.
+fn vmm_rows(
+    allocator: &mut MemoryAllocator,
+    pair: &Pair,
+    base: &Row,
+    runs: Runs,
+    imported: (&lava_flow::Buffer, &dyn DeviceMemory),
+) -> Result<Vec<Row>> {
+    let Pair { a, b, ctx_a, ctx_b, stream_a, stream_b } = pair;
+    let (size, len) = (runs.size, runs.size as usize);
+    let (src, dst) = (ctx_a.alloc_exportable(size)?, ctx_b.alloc_exportable(size)?);
+    let (src_vk, dst_vk) = (src.import_into(allocator, *a)?, dst.import_into(allocator, *b)?);
+    if let Err(e) = src.grant_access(ctx_b) {
+        println!("peer rows: VMM: cuda:1 is not granted cuda:0's memory ({e}): its copies are staged");
+    }
+    let data: Vec<u8> = pattern(len).iter().map(|b| b.rotate_left(3)).collect();
+    src_vk.write(0, &data)?; // through Vulkan on cuda:0
+    let label = |what: &str| format!("{}: {what}", human(size));
+
+    poison(&dst_vk, &data)?;
+    let (plain, path) = copy_rate(runs, side(&src, stream_a), side(&dst, stream_b))?;
+    check_copy(&dst_vk, &data, "VMM peer copy")?;
+    println!("peer rows: {}: VMM buffers: copy_peer went {path}", human(size));
+
+    poison(&dst_vk, &data)?;
+    let ordered = ordered_rate(allocator, pair, runs, &src, &dst)?;
+    check_copy(&dst_vk, &data, "VMM peer copy ordered by timelines")?;
+
+    poison(&dst_vk, &data)?;
+    let raw = raw_rate(pair, runs, &src, &dst)?;
+    check_copy(&dst_vk, &data, "cuMemcpyPeerAsync between VMM buffers")?;
+
+    let (imported_dst, imported_view) = imported;
+    poison(imported_dst, &data)?;
+    let (mixed, mixed_path) = copy_rate(runs, side(&src, stream_a), side(imported_view, stream_b))?;
+    check_copy(imported_dst, &data, "VMM → Vulkan-allocated peer copy")?;
+    println!(
+        "peer rows: {}: VMM source → Vulkan-allocated destination: copy_peer went {mixed_path}",
+        human(size)
+    );
+    Ok(vec![
+        Row::against(base, label("VMM buffers (alloc_exportable, granted), cuda::copy_peer"), plain),
+        Row::against(base, label("VMM buffers, copy_peer + both timelines"), ordered),
+        Row::against(base, label("VMM buffers, cuMemcpyPeerAsync alone"), raw),
+        Row::against(base, label("VMM → Vulkan-allocated buffer, cuda::copy_peer"), mixed),
+    ])
+}
+
+/// GB/s of `copies` raw `cuMemcpyPeerAsync`s from `src` (cuda:0) to `dst` (cuda:1) on cuda:1's
+/// stream, one wait; median of the runs.
+fn raw_rate(pair: &Pair, runs: Runs, src: &dyn DeviceMemory, dst: &dyn DeviceMemory) -> Result<f64> {
+    median(runs.reps, || {
+        let start = Instant::now();
+        for _ in 0..runs.copies {
+            raw_copy(&pair.ctx_a, &pair.ctx_b, src, dst, runs.size as usize, &pair.stream_b)?;
+        }
+        pair.stream_b.synchronize()?;
+        Ok(gbps(runs.size * runs.copies, start))
+    })
+}
+
+/// GB/s of `copies` `copy_peer`s from `src` to `dst`, not ordered by timelines, one wait per
+/// run; median of the runs, and the path the last copy took.
+fn copy_rate(runs: Runs, src: PeerSide<'_>, dst: PeerSide<'_>) -> Result<(f64, PeerPath)> {
+    let mut path = None;
+    let rate = median(runs.reps, || {
+        let start = Instant::now();
+        for _ in 0..runs.copies {
+            path = Some(cuda::copy_peer(src, dst, runs.size as usize)?);
+        }
+        src.stream.synchronize()?;
+        dst.stream.synchronize()?;
+        Ok(gbps(runs.size * runs.copies, start))
+    })?;
+    Ok((rate, path.expect("at least one copy")))
+}
+
+/// GB/s of `copies` `copy_peer`s from `src` (cuda:0) to `dst` (cuda:1), each ordered by both
+/// GPUs' timelines (new ones: wait, copy, signal on each side), one host wait on both per run;
+/// median of the runs.
+fn ordered_rate(
+    allocator: &mut MemoryAllocator,
+    pair: &Pair,
+    runs: Runs,
+    src: &dyn DeviceMemory,
+    dst: &dyn DeviceMemory,
+) -> Result<f64> {
+    let (tl_a, tl_b) = (allocator.timeline_semaphore(pair.a)?, allocator.timeline_semaphore(pair.b)?);
+    tl_a.signal(1)?;
+    tl_b.signal(1)?;
+    let (sync_a, sync_b) = (pair.ctx_a.import_timeline(&tl_a)?, pair.ctx_b.import_timeline(&tl_b)?);
+    let mut value = 1u64;
+    median(runs.reps, || {
+        let start = Instant::now();
+        for _ in 0..runs.copies {
+            let step = |timeline| Some(TimelineStep { timeline, wait: value, signal: value + 1 });
+            cuda::copy_peer(
+                PeerSide { step: step(&sync_a), ..side(src, &pair.stream_a) },
+                PeerSide { step: step(&sync_b), ..side(dst, &pair.stream_b) },
+                runs.size as usize,
+            )?;
+            value += 1;
+        }
+        tl_b.wait(value, std::time::Duration::from_secs(60))?;
+        tl_a.wait(value, std::time::Duration::from_secs(60))?;
+        Ok(gbps(runs.size * runs.copies, start))
+    })
 }
 
 /// A side at offset 0, not ordered by a timeline.
 fn side<'a>(memory: &'a dyn DeviceMemory, stream: &'a Stream) -> PeerSide<'a> {
     PeerSide { memory, offset: 0, stream, step: None }
+}
+
+/// Overwrites `dst` through Vulkan with the complement of `data`, so that every byte of the next
+/// check proves the next copy.
+fn poison(dst: &lava_flow::Buffer, data: &[u8]) -> Result<()> {
+    let inverse: Vec<u8> = data.iter().map(|b| !b).collect();
+    dst.write(0, &inverse)?;
+    Ok(())
 }
 
 /// One raw peer copy on `stream` (of `dst_ctx`), peer access enabled first.

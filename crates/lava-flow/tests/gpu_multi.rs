@@ -1,7 +1,9 @@
 //! GPU tier, several GPUs: every Vulkan device's buffers, images and semaphores land on the
 //! CUDA, OpenCL and EGL device with the same UUID; objects of one GPU offered to another GPU's
 //! contexts are a typed error naming both UUIDs; peer copies between lava-flow buffers on two
-//! GPUs, every byte checked, both directions, ordered by both GPUs' timelines.
+//! GPUs, every byte checked, both directions, ordered by both GPUs' timelines — between buffers
+//! Vulkan allocated (the driver's slow path) and between memory CUDA's virtual memory API
+//! allocated, imported into Vulkan and granted to the other GPU (the direct path).
 //!
 //! Where a GPU, CUDA, OpenCL or EGL is missing each test prints why it skips. With
 //! `LAVA_FLOW_REQUIRE_GPU=1` a missing API fails; with `LAVA_FLOW_REQUIRE_GPU=1` and
@@ -392,7 +394,11 @@ fn peer_copies_every_byte_both_directions_ordered_by_both_timelines() {
                 path
             };
             match (&path, staged, direct) {
-                (PeerPath::Direct, false, true) | (PeerPath::StagedThroughHost { .. }, true, _) => {}
+                // Buffers Vulkan allocated are imported memory: the driver's slow path, said so.
+                (PeerPath::ThroughDriver { reason }, false, true) => {
+                    assert!(reason.contains("imported") && reason.contains("alloc_exportable"), "{reason}")
+                }
+                (PeerPath::StagedThroughHost { .. }, true, _) => {}
                 (PeerPath::StagedThroughHost { reason }, false, false) => {
                     assert!(reason.contains("cuDeviceCanAccessPeer"), "{reason}")
                 }
@@ -400,22 +406,181 @@ fn peer_copies_every_byte_both_directions_ordered_by_both_timelines() {
             }
             tl_b.wait(wait + 1, Duration::from_secs(60)).expect("the destination's signal");
             tl_a.wait(wait + 1, Duration::from_secs(60)).expect("the source's signal");
-            let mut out = poisoned(dst.size() as usize);
-            dst.read(0, &mut out).expect("dst read");
             let what = format!("cuda:{} -> cuda:{} ({path})", a.ordinal, b.ordinal);
-            assert_bytes_eq(
-                &out[..dst_at as usize],
-                &poison[..dst_at as usize],
-                &format!("{what}: before the range"),
-            );
-            assert_bytes_eq(&out[dst_at as usize..dst_at as usize + len], &data, &what);
-            assert_bytes_eq(
-                &out[dst_at as usize + len..],
-                &poison[dst_at as usize + len..],
-                &format!("{what}: after"),
-            );
+            check_landed(&dst, dst_at as usize, &data, &poison, &what);
         }
     }
     // CUDA moved these timelines: the Debian layer's known orphaned-pending-signal report.
     common::tolerate_orphaned_pending_signal(&v.validation_log().unwrap_or_default());
+}
+
+/// Checks `dst` (read back through Vulkan) after a copy of `data` to `at`: the range holds the
+/// data, every byte around it still the poison.
+fn check_landed(dst: &lava_flow::Buffer, at: usize, data: &[u8], poison: &[u8], what: &str) {
+    let mut out = poisoned(dst.size() as usize);
+    dst.read(0, &mut out).expect("dst read through Vulkan");
+    assert_bytes_eq(&out[..at], &poison[..at], &format!("{what}: before the range"));
+    assert_bytes_eq(&out[at..at + data.len()], data, what);
+    assert_bytes_eq(&out[at + data.len()..], &poison[at + data.len()..], &format!("{what}: after"));
+}
+
+/// The full-speed path: memory CUDA allocates on each GPU (`alloc_exportable`, virtual memory
+/// API) imported into each GPU's Vulkan device, random bytes written through Vulkan on GPU a,
+/// copied at non-zero offsets to GPU b ordered by both timelines, and every byte read back
+/// through Vulkan on b (the poison around the range included), in both directions. Before the
+/// source grants b access the copy is staged through the host and says `grant_access`; after,
+/// it is `Direct` (where `cuDeviceCanAccessPeer` allows; elsewhere the grant is a typed error
+/// and the copy stays staged).
+#[cfg(unix)]
+#[test]
+fn peer_copies_between_vmm_buffers_are_direct_once_granted_every_byte_both_directions() {
+    use lava_flow::cuda::PeerMapping;
+    let _serial = serial();
+    let mut v = Validated::new();
+    let Some(gpus) = gpus_or_skip(&v, "VMM peer copies", 2) else { return };
+    let len = (40 << 20) + 4099; // more than one 32 MiB staging chunk, not a multiple of anything
+    let (src_at, dst_at) = (4096usize, 12_288usize);
+    for (a, b) in [(&gpus[0], &gpus[1]), (&gpus[1], &gpus[0])] {
+        let (ctx_a, ctx_b) = (
+            Context::for_device(&v, a.device_id).expect("CUDA a"),
+            Context::for_device(&v, b.device_id).expect("CUDA b"),
+        );
+        let src_memory = ctx_a.alloc_exportable((src_at + len) as u64).expect("cuMemCreate on a");
+        let dst_memory = ctx_b.alloc_exportable((dst_at + len + 777) as u64).expect("cuMemCreate on b");
+        let src = src_memory.import_into(&mut v, a.device_id).expect("a's memory into a's Vulkan");
+        let dst = dst_memory.import_into(&mut v, b.device_id).expect("b's memory into b's Vulkan");
+        let (stream_a, stream_b) = (ctx_a.stream().expect("stream a"), ctx_b.stream().expect("stream b"));
+        let (tl_a, tl_b) = (
+            v.timeline_semaphore(a.device_id).expect("tl a"),
+            v.timeline_semaphore(b.device_id).expect("tl b"),
+        );
+        let (sync_a, sync_b) = (
+            ctx_a.import_timeline(&tl_a).expect("import tl a"),
+            ctx_b.import_timeline(&tl_b).expect("import tl b"),
+        );
+        let direct = cuda::can_access_peer(&ctx_b, &ctx_a).expect("cuDeviceCanAccessPeer");
+        println!("VMM peer copy cuda:{} -> cuda:{}: peer access {direct}", a.ordinal, b.ordinal);
+        assert_eq!(src_memory.peer_mapping(), PeerMapping::Granted(vec![ctx_a.raw_device()]));
+        assert!(!src_memory.is_accessible_from(&ctx_b), "not granted yet");
+
+        let src_side = PeerSide { memory: &src_memory, offset: src_at as u64, stream: &stream_a, step: None };
+        let dst_side = PeerSide { memory: &dst_memory, offset: dst_at as u64, stream: &stream_b, step: None };
+        // Round 1 (waits for 1, signals 2): not granted, so staged; round 2 (3, 4): granted.
+        for (wait, granted) in [(1u64, false), (3, true)] {
+            if granted {
+                match src_memory.grant_access(&ctx_b) {
+                    Ok(()) => {
+                        assert!(direct, "granted although cuDeviceCanAccessPeer says no");
+                        src_memory.grant_access(&ctx_b).expect("granting twice is fine");
+                        assert!(src_memory.is_accessible_from(&ctx_b));
+                        assert_eq!(
+                            src_memory.peer_mapping(),
+                            PeerMapping::Granted(vec![ctx_a.raw_device(), ctx_b.raw_device()]),
+                            "the owner, then the peer, once"
+                        );
+                    }
+                    Err(Error::Unsupported { what }) if !direct => {
+                        assert!(
+                            what.contains(&a.uuid.to_string()) && what.contains(&b.uuid.to_string()),
+                            "{what}"
+                        );
+                        assert!(!src_memory.is_accessible_from(&ctx_b));
+                    }
+                    Err(e) => panic!("grant_access: {e}"),
+                }
+            }
+            let will_stage = !(granted && direct);
+            let data = random_bytes(len);
+            src.write(src_at as u64, &data).expect("src written through Vulkan on a");
+            let poison = poisoned(dst.size() as usize);
+            dst.write(0, &poison).expect("dst poisoned through Vulkan on b");
+            let step = |timeline| Some(TimelineStep { timeline, wait, signal: wait + 1 });
+            let (from, to) =
+                (PeerSide { step: step(&sync_a), ..src_side }, PeerSide { step: step(&sync_b), ..dst_side });
+            let path = if will_stage {
+                // The staged path returns once the bytes arrived: its waits are satisfied first.
+                tl_a.signal(wait).expect("a's bytes are written");
+                tl_b.signal(wait).expect("b's bytes may be overwritten");
+                cuda::copy_peer(from, to, len).expect("staged copy")
+            } else {
+                let path = cuda::copy_peer(from, to, len).expect("direct copy");
+                std::thread::sleep(Duration::from_millis(50));
+                assert_eq!(tl_b.value().expect("value"), wait - 1, "the copy waits for the timelines");
+                tl_a.signal(wait).expect("a's bytes are written");
+                tl_b.signal(wait).expect("b's bytes may be overwritten");
+                path
+            };
+            match (&path, will_stage) {
+                (PeerPath::Direct, false) => {}
+                (PeerPath::StagedThroughHost { reason }, true) => assert!(
+                    reason.contains(if direct { "grant_access" } else { "cuDeviceCanAccessPeer" }),
+                    "{reason}"
+                ),
+                other => panic!("granted {granted}, peer access {direct}: unexpected path {other:?}"),
+            }
+            tl_b.wait(wait + 1, Duration::from_secs(60)).expect("the destination's signal");
+            tl_a.wait(wait + 1, Duration::from_secs(60)).expect("the source's signal");
+            let what = format!("VMM cuda:{} -> cuda:{} ({path})", a.ordinal, b.ordinal);
+            check_landed(&dst, dst_at, &data, &poison, &what);
+        }
+    }
+    // CUDA moved these timelines: the Debian layer's known orphaned-pending-signal report.
+    common::tolerate_orphaned_pending_signal(&v.validation_log().unwrap_or_default());
+}
+
+/// The rules of grants and copies of VMM memory, on any number of GPUs: granting the
+/// allocation's own GPU (through another handle to its context) is a no-op, as often as asked;
+/// no allocation of zero bytes; ranges outside the memory and streams of another GPU are typed
+/// errors before anything is queued; a copy within one GPU is direct and lands every byte.
+#[cfg(unix)]
+#[test]
+fn vmm_grants_to_the_own_gpu_are_no_ops_and_bad_inputs_are_typed() {
+    use lava_flow::cuda::PeerMapping;
+    let _serial = serial();
+    let mut v = Validated::new();
+    let Some(gpus) = gpus_or_skip(&v, "VMM grants", 1) else { return };
+    let gpu = &gpus[0];
+    let ctx = Context::for_device(&v, gpu.device_id).expect("CUDA");
+    assert!(matches!(ctx.alloc_exportable(0), Err(Error::ZeroSize)));
+    let (src_memory, dst_memory) =
+        (ctx.alloc_exportable(1 << 20).expect("src"), ctx.alloc_exportable((1 << 20) + 5).expect("dst"));
+    let same_gpu = Context::for_device(&v, gpu.device_id).expect("another handle to the context");
+    for _ in 0..2 {
+        src_memory.grant_access(&ctx).expect("its own context");
+        src_memory.grant_access(&same_gpu).expect("another handle of its GPU");
+    }
+    assert!(src_memory.is_accessible_from(&same_gpu));
+    assert_eq!(src_memory.peer_mapping(), PeerMapping::Granted(vec![ctx.raw_device()]), "nothing added");
+
+    let stream = ctx.stream().expect("stream");
+    let src_side = PeerSide { memory: &src_memory, offset: 0, stream: &stream, step: None };
+    let dst_side = PeerSide { memory: &dst_memory, offset: 5, stream: &stream, step: None };
+    match cuda::copy_peer(src_side, dst_side, (1 << 20) + 1) {
+        Err(Error::OutOfRange { size, .. }) => assert_eq!(size, 1 << 20),
+        other => panic!("a range past the source: {other:?}"),
+    }
+    match cuda::copy_peer(src_side, PeerSide { offset: 6, ..dst_side }, 1 << 20) {
+        Err(Error::OutOfRange { offset: 6, .. }) => {}
+        other => panic!("a range past the destination: {other:?}"),
+    }
+    if let Some(other) = gpus.get(1) {
+        let other_ctx = Context::for_device(&v, other.device_id).expect("CUDA of the other GPU");
+        let other_stream = other_ctx.stream().expect("a stream of the other GPU");
+        expect_mismatch(
+            cuda::copy_peer(src_side, PeerSide { stream: &other_stream, ..dst_side }, 1 << 20),
+            "the destination's stream on another GPU",
+            gpu.uuid,
+            other.uuid,
+        );
+    }
+
+    // Within one GPU: direct, every byte, read back through Vulkan.
+    let dst = dst_memory.import_into(&mut v, gpu.device_id).expect("into Vulkan");
+    let data = random_bytes(1 << 20);
+    src_memory.copy_from_host(0, &data).expect("CUDA write");
+    let poison = poisoned(dst.size() as usize);
+    dst.write(0, &poison).expect("poison through Vulkan");
+    assert_eq!(cuda::copy_peer(src_side, dst_side, 1 << 20).expect("copy"), PeerPath::Direct);
+    stream.synchronize().expect("sync");
+    check_landed(&dst, 5, &data, &poison, "VMM copy within one GPU");
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use cudarc::driver::sys;
 
 use super::context::{Context, Stream};
+use super::peer::PeerMapping;
 use super::raw::check;
 use super::release::{lock, CudaFence, CudaUses, Release};
 use crate::error::{Api, Error, Result};
@@ -243,6 +244,15 @@ pub trait DeviceMemory {
     /// Errors: [`Error::DeviceMismatch`] for a stream of another GPU; CUDA errors.
     fn release_after(&self, stream: &Stream) -> Result<()>;
 
+    /// How other GPUs reach the memory, which decides the rate of a
+    /// [`copy_peer`](super::copy_peer) to or from another GPU. The default,
+    /// [`PeerMapping::Context`], is right for `cuMemAlloc` memory: implementations for other
+    /// memory override it ([`CudaBuffer`]: [`PeerMapping::Imported`];
+    /// `ExportableAllocation`: [`PeerMapping::Granted`]).
+    fn peer_mapping(&self) -> PeerMapping {
+        PeerMapping::Context
+    }
+
     /// Copies `data` to `offset` (`cuMemcpyHtoD`).
     fn copy_from_host(&self, offset: u64, data: &[u8]) -> Result<()> {
         let at = range(self.size(), offset, data.len())?;
@@ -332,6 +342,10 @@ impl DeviceMemory for CudaBuffer<'_> {
         lock(&self.uses).add(fence);
         Ok(())
     }
+    fn peer_mapping(&self) -> PeerMapping {
+        // `cuImportExternalMemory` + a mapped buffer: peer access does not map it.
+        PeerMapping::Imported
+    }
 }
 
 impl Drop for CudaBuffer<'_> {
@@ -364,7 +378,8 @@ impl Drop for CudaBuffer<'_> {
 /// protocol.
 ///
 /// Such memory cannot be exported to Vulkan (CUDA exports only `cuMemCreate` memory): allocate
-/// with lava-flow and import into CUDA instead.
+/// with lava-flow and import into CUDA instead. [`copy_peer`](super::copy_peer) takes it for
+/// `cuMemAlloc` memory ([`PeerMapping::Context`]), mapped for a peer by `cuCtxEnablePeerAccess`.
 ///
 /// Owned memory dropped while work recorded with
 /// [`release_after`](DeviceMemory::release_after) is queued is freed once that work completes

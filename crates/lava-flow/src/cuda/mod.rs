@@ -49,7 +49,8 @@ pub use export::ExportableAllocation;
 pub use memory::{fill_async, CudaBuffer, DeviceBuffer, DeviceMemory};
 pub use module::{Function, Module};
 pub use peer::{
-    can_access_peer, copy_peer, copy_peer_staged, peer_access, PeerAccess, PeerPath, PeerSide, TimelineStep,
+    can_access_peer, copy_peer, copy_peer_staged, peer_access, PeerAccess, PeerMapping, PeerPath, PeerSide,
+    TimelineStep,
 };
 pub use raw::check;
 pub use semaphore::CudaTimeline;

@@ -1,36 +1,55 @@
 //! Copies between GPUs: lava-flow memory of one GPU into lava-flow memory of another, through
-//! CUDA peer access (`cuCtxEnablePeerAccess`, `cuMemcpyPeerAsync`), ordered by both GPUs'
-//! timelines; staged through pinned host memory where the two GPUs cannot reach each other
-//! (`cuDeviceCanAccessPeer` says 0), and the result says which path was taken.
+//! CUDA peer access (`cuMemcpyPeerAsync`), ordered by both GPUs' timelines; staged through
+//! pinned host memory where the two GPUs cannot reach each other (`cuDeviceCanAccessPeer` says
+//! 0), and the result ([`PeerPath`]) says which path was taken.
+//!
+//! **Full speed needs memory that peer access maps.** `cuCtxEnablePeerAccess` maps a peer's
+//! `cuMemAlloc` allocations, not memory imported from an external handle: a lava-flow buffer
+//! allocated by Vulkan and imported into CUDA ([`Context::import_buffer`]) is such memory, and
+//! between two such buffers the driver moves the bytes at a staged-like rate (37.5 GB/s against
+//! 383.5 GB/s for `cuMemAlloc` memory between two H200s over NVLink, BENCHMARKS.md). The copy
+//! still works, queued like a direct one, and says so: [`PeerPath::ThroughDriver`]. For full
+//! speed, let CUDA allocate the memory ([`Context::alloc_exportable`], CUDA's virtual memory
+//! API), give it to Vulkan ([`ExportableAllocation::import_into`](super::ExportableAllocation::import_into)),
+//! grant the other GPU access to the source
+//! ([`ExportableAllocation::grant_access`](super::ExportableAllocation::grant_access),
+//! `cuMemSetAccess`), and copy between the allocations: [`PeerPath::Direct`].
 //!
 //! ```no_run
 //! # fn main() -> lava_flow::Result<()> {
 //! use lava_flow::cuda::{copy_peer, Context, PeerSide, TimelineStep};
-//! use lava_flow::{MemoryAllocator, MemoryLocation};
+//! use lava_flow::MemoryAllocator;
 //!
 //! let mut allocator = MemoryAllocator::new()?;
 //! // The Vulkan devices of cuda:0 and cuda:1 (by UUID).
 //! let a = lava_flow::cuda::device_id_for(&allocator, 0)?;
 //! let b = lava_flow::cuda::device_id_for(&allocator, 1)?;
-//! let src = allocator.allocate(1 << 20, MemoryLocation::GpuVulkan { device_id: a })?;
-//! let dst = allocator.allocate(1 << 20, MemoryLocation::GpuVulkan { device_id: b })?;
 //! let (cuda_a, cuda_b) = (Context::for_device(&allocator, a)?, Context::for_device(&allocator, b)?);
+//! // CUDA allocates on each GPU; Vulkan (and GL, CL) use the same bytes as lava-flow buffers.
+//! let (src, dst) = (cuda_a.alloc_exportable(1 << 20)?, cuda_b.alloc_exportable(1 << 20)?);
+//! let (src_buffer, dst_buffer) = (src.import_into(&mut allocator, a)?, dst.import_into(&mut allocator, b)?);
+//! src.grant_access(&cuda_b)?; // GPU b may read the source: the copy runs over NVLink / PCIe P2P
 //! let (tl_a, tl_b) = (allocator.timeline_semaphore(a)?, allocator.timeline_semaphore(b)?);
 //! let (sync_a, sync_b) = (cuda_a.import_timeline(&tl_a)?, cuda_b.import_timeline(&tl_b)?);
-//! let (view_a, view_b) = (cuda_a.import_buffer(&src)?, cuda_b.import_buffer(&dst)?);
 //! let (stream_a, stream_b) = (cuda_a.stream()?, cuda_b.stream()?);
-//! // Vulkan work on GPU a signals tl_a = 1 when `src` is written; GPU b's signals tl_b = 1
-//! // when `dst` may be overwritten. The copy waits for both, then signals 2 on each.
+//! // Vulkan work on GPU a signals tl_a = 1 when `src_buffer` is written; GPU b's signals
+//! // tl_b = 1 when `dst_buffer` may be overwritten. The copy waits for both, then signals 2 on
+//! // each.
 //! let step_a = TimelineStep { timeline: &sync_a, wait: 1, signal: 2 };
 //! let step_b = TimelineStep { timeline: &sync_b, wait: 1, signal: 2 };
 //! let path = copy_peer(
-//!     PeerSide { memory: &view_a, offset: 0, stream: &stream_a, step: Some(step_a) },
-//!     PeerSide { memory: &view_b, offset: 0, stream: &stream_b, step: Some(step_b) },
+//!     PeerSide { memory: &src, offset: 0, stream: &stream_a, step: Some(step_a) },
+//!     PeerSide { memory: &dst, offset: 0, stream: &stream_b, step: Some(step_b) },
 //!     1 << 20,
 //! )?;
+//! // PeerPath::Direct where GPU b can access GPU a's memory (cuDeviceCanAccessPeer).
 //! println!("copied {path}");
+//! # drop((src_buffer, dst_buffer));
 //! # Ok(()) }
 //! ```
+//!
+//! Buffers Vulkan allocated are copied the same way, through their CUDA views
+//! (`PeerSide { memory: &cuda_a.import_buffer(&buffer)?, .. }`), at the driver's rate.
 
 use std::fmt;
 
@@ -120,13 +139,41 @@ pub struct PeerSide<'a> {
     pub step: Option<TimelineStep<'a>>,
 }
 
+/// How other GPUs reach a memory's bytes ([`DeviceMemory::peer_mapping`]): what decides
+/// whether [`copy_peer`] runs at the interconnect's rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerMapping {
+    /// Mapped into a peer's context by `cuCtxEnablePeerAccess`, which [`copy_peer`] calls:
+    /// `cuMemAlloc` memory ([`Context::alloc`]), and the default for memory that does not say.
+    Context,
+    /// Memory imported from an external handle (`cuImportExternalMemory`: a lava-flow buffer
+    /// made by Vulkan and imported with [`Context::import_buffer`]), which peer access does not
+    /// map: copies to or from another GPU run at a staged-like rate
+    /// ([`PeerPath::ThroughDriver`]).
+    Imported,
+    /// Memory of CUDA's virtual memory API ([`Context::alloc_exportable`]), which peer access
+    /// does not map either: each mapping names the devices that may access it
+    /// (`cuMemSetAccess`). These CUDA devices (`CUdevice`), its own first.
+    Granted(Vec<sys::CUdevice>),
+}
+
 /// How a peer copy went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PeerPath {
-    /// `cuMemcpyPeerAsync` with peer access enabled (or a copy within one GPU): GPU to GPU,
-    /// queued, the host not blocked.
+    /// `cuMemcpyPeerAsync` over a peer mapping (or a copy within one GPU): GPU to GPU at the
+    /// interconnect's rate, queued, the host not blocked.
     Direct,
+    /// `cuMemcpyPeerAsync`, queued, the host not blocked, but without a peer mapping: one side
+    /// is memory imported from an external handle ([`PeerMapping::Imported`]), and the driver
+    /// moves the bytes at a staged-like rate (a tenth of [`PeerPath::Direct`]'s between two
+    /// H200s over NVLink). Memory from [`Context::alloc_exportable`] with access granted takes
+    /// the direct path.
+    ThroughDriver {
+        /// Which side is imported memory, and what to use instead.
+        reason: String,
+    },
     /// Through pinned host memory, in chunks, because the destination GPU cannot access the
     /// source's memory (or staging was asked for); the call returned after the copy completed.
     StagedThroughHost {
@@ -139,9 +186,78 @@ impl fmt::Display for PeerPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PeerPath::Direct => f.write_str("directly (CUDA peer access)"),
+            PeerPath::ThroughDriver { reason } => {
+                write!(f, "through the driver at a staged-like rate ({reason})")
+            }
             PeerPath::StagedThroughHost { reason } => write!(f, "staged through host memory ({reason})"),
         }
     }
+}
+
+/// One side of a copy as [`choose_path`] sees it.
+struct Endpoint {
+    /// The CUDA device of the memory.
+    device: sys::CUdevice,
+    /// Its UUID, for messages.
+    uuid: crate::device::Uuid,
+    mapping: PeerMapping,
+}
+
+impl Endpoint {
+    fn of(memory: &dyn DeviceMemory) -> Self {
+        let ctx = memory.context();
+        Endpoint { device: ctx.raw_device(), uuid: ctx.uuid(), mapping: memory.peer_mapping() }
+    }
+}
+
+/// The path of a copy from `src` to `dst` (queued on the destination's device), given whether
+/// that device can access the source's (`cuDeviceCanAccessPeer`). Pure: the rules, testable
+/// without a GPU.
+fn choose_path(src: &Endpoint, dst: &Endpoint, can_access: bool, force_staging: bool) -> PeerPath {
+    if force_staging {
+        return PeerPath::StagedThroughHost { reason: "staging was asked for".into() };
+    }
+    if src.device == dst.device {
+        return PeerPath::Direct;
+    }
+    if !can_access {
+        return PeerPath::StagedThroughHost {
+            reason: format!(
+                "cuDeviceCanAccessPeer({}, {}) is 0: GPU {} cannot access GPU {}'s memory",
+                dst.device, src.device, dst.uuid, src.uuid
+            ),
+        };
+    }
+    if let PeerMapping::Granted(devices) = &src.mapping {
+        if !devices.contains(&dst.device) {
+            // Without the grant the destination's GPU has no mapping of the source: the bytes go
+            // through the host rather than through a driver path no document promises.
+            return PeerPath::StagedThroughHost {
+                reason: format!(
+                    "the source's mapping (cuMemCreate) does not grant GPU {} access: call \
+                     ExportableAllocation::grant_access with the destination's context first",
+                    dst.uuid
+                ),
+            };
+        }
+    }
+    let imported: Vec<&str> = [(&src.mapping, "the source"), (&dst.mapping, "the destination")]
+        .into_iter()
+        .filter(|(m, _)| **m == PeerMapping::Imported)
+        .map(|(_, which)| which)
+        .collect();
+    if !imported.is_empty() {
+        return PeerPath::ThroughDriver {
+            reason: format!(
+                "{} {} memory imported from an external handle, which CUDA peer access does not map; \
+                 for full speed allocate with cuda::Context::alloc_exportable, import into Vulkan \
+                 with import_into and grant the peer access (grant_access)",
+                imported.join(" and "),
+                if imported.len() == 1 { "is" } else { "are" }
+            ),
+        };
+    }
+    PeerPath::Direct
 }
 
 /// Copies `len` bytes from `src` to `dst`, on two GPUs or one, ordered by both sides' timeline
@@ -152,9 +268,23 @@ impl fmt::Display for PeerPath {
 ///
 /// Where the destination GPU can access the source's memory, peer access is enabled (once per
 /// context pair; `cuCtxEnablePeerAccess`) and the copy is one `cuMemcpyPeerAsync` on the
-/// destination's stream. Where it cannot, the result says so ([`PeerPath::StagedThroughHost`],
-/// also logged at `warn`) and the bytes go through pinned host memory; that path returns once
-/// they have arrived.
+/// destination's stream. Its rate depends on the memory ([`DeviceMemory::peer_mapping`]):
+/// - `cuMemAlloc` memory, and memory of [`Context::alloc_exportable`] whose source side grants
+///   the destination's GPU access (`ExportableAllocation::grant_access`): [`PeerPath::Direct`],
+///   the interconnect's rate.
+/// - Memory imported from an external handle on either side (a Vulkan-allocated lava-flow
+///   buffer's [`Context::import_buffer`] view): [`PeerPath::ThroughDriver`], queued the same way
+///   but moved by the driver at a staged-like rate (a tenth of the direct path's between two
+///   H200s). For full speed use `alloc_exportable` memory as above.
+///
+/// Where the destination GPU cannot access the source's memory, or the source is
+/// `alloc_exportable` memory that does not grant the destination's GPU access, the result says
+/// so ([`PeerPath::StagedThroughHost`], also logged at `warn`) and the bytes go through pinned
+/// host memory; that path returns once they have arrived.
+///
+/// The copy's use of both memories is recorded on their streams
+/// ([`DeviceMemory::release_after`]): memory dropped while the copy is queued is released once
+/// it has completed (ADR 0014).
 ///
 /// Errors: [`Error::OutOfRange`] for a range outside either memory; [`Error::DeviceMismatch`]
 /// for a stream or timeline of another context than its side's memory; timeline values that do
@@ -174,21 +304,15 @@ fn copy(src: PeerSide<'_>, dst: PeerSide<'_>, len: usize, force_staging: bool) -
     validate(&src, "source", len)?;
     validate(&dst, "destination", len)?;
     let (src_ctx, dst_ctx) = (src.memory.context(), dst.memory.context());
-    let path = if force_staging {
-        PeerPath::StagedThroughHost { reason: "staging was asked for".into() }
-    } else if can_access_peer(dst_ctx, src_ctx)? {
-        PeerPath::Direct
-    } else {
-        let reason = format!(
-            "cuDeviceCanAccessPeer({}, {}) is 0: GPU {} cannot access GPU {}'s memory",
-            dst_ctx.raw_device(),
-            src_ctx.raw_device(),
-            dst_ctx.uuid(),
-            src_ctx.uuid()
-        );
-        log::warn!("peer copy staged through host memory: {reason}");
-        PeerPath::StagedThroughHost { reason }
-    };
+    let can_access = force_staging || can_access_peer(dst_ctx, src_ctx)?;
+    let path = choose_path(&Endpoint::of(src.memory), &Endpoint::of(dst.memory), can_access, force_staging);
+    match &path {
+        PeerPath::StagedThroughHost { reason } if !force_staging => {
+            log::warn!("peer copy staged through host memory: {reason}")
+        }
+        PeerPath::ThroughDriver { reason } => warn_once(reason),
+        _ => {}
+    }
     // Waits: each side's stream waits for its own timeline, then the destination's stream waits
     // for the source's (an event: cross-device waits are allowed).
     if let Some(step) = src.step.filter(|s| s.wait > 0) {
@@ -199,7 +323,9 @@ fn copy(src: PeerSide<'_>, dst: PeerSide<'_>, len: usize, force_staging: bool) -
     }
     follow(dst.stream, src.stream)?;
     match path {
-        PeerPath::Direct => {
+        PeerPath::Direct | PeerPath::ThroughDriver { .. } => {
+            // Maps the source context's `cuMemAlloc` memory into the destination's; memory of
+            // the virtual memory API is mapped by its own grant, which this does not replace.
             enable_peer_access(dst_ctx, src_ctx)?;
             dst_ctx.bind()?;
             // SAFETY: both ranges lie inside their memory (validated); each pointer belongs to
@@ -227,7 +353,32 @@ fn copy(src: PeerSide<'_>, dst: PeerSide<'_>, len: usize, force_staging: bool) -
     if let Some(step) = src.step {
         step.timeline.signal(step.signal, src.stream)?;
     }
+    record_uses(&src, &dst)?;
     Ok(path)
+}
+
+/// Records the copy on both memories (each on its own stream, which by now follows the copy),
+/// so that neither is released under it; where recording fails, waits for the copy instead.
+fn record_uses(src: &PeerSide<'_>, dst: &PeerSide<'_>) -> Result<()> {
+    let recorded = dst.memory.release_after(dst.stream).and_then(|()| src.memory.release_after(src.stream));
+    if let Err(e) = recorded {
+        // The memory must be safe to release whatever happens next.
+        dst.stream.synchronize()?;
+        src.stream.synchronize()?;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Logs the first copy through the driver at `warn` and the later ones at `debug`: a loop of
+/// copies between imported buffers should say once, not each time, that it runs slowly.
+fn warn_once(reason: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        log::debug!("peer copy through the driver: {reason}");
+    } else {
+        log::warn!("peer copy through the driver at a staged-like rate: {reason}");
+    }
 }
 
 /// The checks of one side, before anything is queued.
@@ -364,4 +515,79 @@ fn staged_chunks(
         done += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Uuid;
+
+    fn end(device: sys::CUdevice, mapping: PeerMapping) -> Endpoint {
+        Endpoint { device, uuid: Uuid([device as u8 + 0x0a; 16]), mapping }
+    }
+
+    fn staged_because(path: PeerPath, says: &str) {
+        match path {
+            PeerPath::StagedThroughHost { reason } => assert!(reason.contains(says), "{reason}"),
+            other => panic!("expected a staged copy ({says}), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vmm_memory_granted_to_the_destination_goes_direct_and_ungranted_is_staged() {
+        let granted = end(0, PeerMapping::Granted(vec![0, 1]));
+        let own_only = end(0, PeerMapping::Granted(vec![0]));
+        let dst = end(1, PeerMapping::Granted(vec![1]));
+        assert_eq!(choose_path(&granted, &dst, true, false), PeerPath::Direct);
+        // The destination's own grants do not matter: its GPU writes its own memory.
+        assert_eq!(choose_path(&granted, &end(1, PeerMapping::Context), true, false), PeerPath::Direct);
+        staged_because(choose_path(&own_only, &dst, true, false), "grant_access");
+        // cuDeviceCanAccessPeer's 0 wins over any grant.
+        staged_because(choose_path(&granted, &dst, false, false), "cuDeviceCanAccessPeer(1, 0) is 0");
+        staged_because(choose_path(&granted, &dst, true, true), "asked for");
+    }
+
+    #[test]
+    fn imported_memory_on_either_side_is_through_the_driver_and_says_which() {
+        let imported = |d| end(d, PeerMapping::Imported);
+        for (src, dst, says) in [
+            (imported(0), end(1, PeerMapping::Context), "the source is memory imported"),
+            (end(0, PeerMapping::Context), imported(1), "the destination is memory imported"),
+            (imported(0), imported(1), "the source and the destination are memory imported"),
+            (end(0, PeerMapping::Granted(vec![0, 1])), imported(1), "the destination is"),
+        ] {
+            match choose_path(&src, &dst, true, false) {
+                PeerPath::ThroughDriver { reason } => {
+                    assert!(reason.contains(says), "{reason}");
+                    assert!(
+                        reason.contains("alloc_exportable") && reason.contains("grant_access"),
+                        "{reason}"
+                    );
+                }
+                other => panic!("{says}: expected ThroughDriver, got {other:?}"),
+            }
+        }
+        // Without peer access, the host stages even imported memory.
+        staged_because(choose_path(&imported(0), &imported(1), false, false), "cuDeviceCanAccessPeer");
+    }
+
+    #[test]
+    fn cumemalloc_memory_and_copies_within_one_gpu_go_direct() {
+        let (a, b) = (end(0, PeerMapping::Context), end(1, PeerMapping::Context));
+        assert_eq!(choose_path(&a, &b, true, false), PeerPath::Direct);
+        staged_because(choose_path(&a, &b, false, false), "cannot access GPU");
+        // One GPU: a local copy, whatever the memory and the grants.
+        let (x, y) = (end(2, PeerMapping::Imported), end(2, PeerMapping::Granted(vec![2])));
+        assert_eq!(choose_path(&x, &y, true, false), PeerPath::Direct);
+        assert_eq!(choose_path(&y, &x, true, false), PeerPath::Direct);
+    }
+
+    #[test]
+    fn every_path_names_itself() {
+        assert_eq!(PeerPath::Direct.to_string(), "directly (CUDA peer access)");
+        let slow = PeerPath::ThroughDriver { reason: "r".into() }.to_string();
+        assert!(slow.contains("staged-like rate") && slow.contains("(r)"), "{slow}");
+        let staged = PeerPath::StagedThroughHost { reason: "s".into() }.to_string();
+        assert_eq!(staged, "staged through host memory (s)");
+    }
 }

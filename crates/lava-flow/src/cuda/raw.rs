@@ -71,6 +71,7 @@ const REQUIRED: &[&str] = &[
     "cuModuleUnload",
     "cuLaunchKernel",
     "cuDeviceCanAccessPeer",
+    "cuDeviceGetAttribute",
     "cuCtxEnablePeerAccess",
     "cuMemcpyPeerAsync",
     "cuMemcpyPeer",
