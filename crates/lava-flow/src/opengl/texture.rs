@@ -151,27 +151,56 @@ impl GlTexture<'_> {
         &self.desc
     }
 
-    /// Reads mip `level` with `glGetTextureImage`, tightly packed (as [`Image::read_level`]).
+    /// Reads mip `level`, tightly packed (as [`Image::read_level`]): copied on the GPU
+    /// (`glCopyImageSubData`) into a texture of the context's own and read from there
+    /// (`glGetTextureImage`). NVIDIA's GL answered host reads of an imported texture from a copy
+    /// of its own, as it did for buffers ([`GlBuffer::read`](super::GlBuffer::read) says more).
     pub fn read_level(&self, level: u32, out: &mut [u8]) -> Result<()> {
-        self.desc.check_level_data(level, out.len())?;
-        let (_, format, ty) = gl_format(self.desc.format);
+        let (w, h) = self.desc.check_level_data(level, out.len())?;
+        let (internal, format, ty) = gl_format(self.desc.format);
         let shared = &self.memory.shared;
         let gl = shared.current()?;
-        // SAFETY: the context is current.
-        unsafe { gl.PixelStorei(sys::PACK_ALIGNMENT, 1) };
-        // SAFETY: the context is current; rows are packed with alignment 1 and `out` holds
-        // exactly the level (checked).
-        unsafe {
-            gl.GetTextureImage(
-                self.name,
-                level as i32,
-                format,
-                ty,
-                out.len() as i32,
-                out.as_mut_ptr().cast(),
-            );
-        }
-        shared.check("glGetTextureImage")
+        let mut copy = 0;
+        // SAFETY: the context is current; one name is written.
+        unsafe { gl.CreateTextures(sys::TEXTURE_2D, 1, &mut copy) };
+        shared.check("glCreateTextures")?;
+        let mut read = || -> Result<()> {
+            // SAFETY: a fresh texture of this context: one level of the level's size and format.
+            unsafe { gl.TextureStorage2D(copy, 1, internal, w as i32, h as i32) };
+            shared.check("glTextureStorage2D")?;
+            // SAFETY: both textures are this context's, of the same internal format; the region
+            // is the whole level, which both have.
+            unsafe {
+                gl.CopyImageSubData(
+                    self.name,
+                    sys::TEXTURE_2D,
+                    level as i32,
+                    0,
+                    0,
+                    0,
+                    copy,
+                    sys::TEXTURE_2D,
+                    0,
+                    0,
+                    0,
+                    0,
+                    w as i32,
+                    h as i32,
+                    1,
+                );
+            }
+            shared.check("glCopyImageSubData")?;
+            // SAFETY: the context is current.
+            unsafe { gl.PixelStorei(sys::PACK_ALIGNMENT, 1) };
+            // SAFETY: the context is current; rows are packed with alignment 1 and `out` holds
+            // exactly the level (checked).
+            unsafe { gl.GetTextureImage(copy, 0, format, ty, out.len() as i32, out.as_mut_ptr().cast()) };
+            shared.check("glGetTextureImage")
+        };
+        let result = read();
+        // SAFETY: made above; the read returned, so nothing queued uses it any more.
+        unsafe { gl.DeleteTextures(1, &copy) };
+        result
     }
 
     /// Uploads mip `level` with `glTextureSubImage2D`, tightly packed, and returns once the
