@@ -232,3 +232,22 @@ fn check_rounds(what: &str, v: &mut Validated, mut round: impl FnMut(&mut Valida
         now.len()
     );
 }
+
+/// Semaphores dropped on a device that never submitted are destroyed at once: they were kept
+/// until the device's drop (the first submission is number 1, and "used by submission 0 or
+/// later" held while nothing had completed), each with a driver fd on NVIDIA — 3 fds per ring
+/// imported into a second device there.
+#[test]
+fn semaphores_of_a_device_that_never_submitted_are_destroyed_when_dropped() {
+    let _serial = serial();
+    let mut v = Validated::new();
+    let other = Validated::new();
+    for _ in 0..5 {
+        let ring = Ring::new_buffers(&mut v, DEV0, 4096, RingOptions::new(4).batch(2)).expect("ring");
+        drop(ring.import_vulkan(&other, 0).expect("import into the second device"));
+        drop(ring);
+        drop(v.timeline_semaphore(0).expect("a timeline"));
+    }
+    assert_eq!(other.stats().retired_semaphores, 0, "the second device's imported and own timelines");
+    assert_eq!(v.stats().retired_semaphores, 0, "the ring's timelines and the loose one");
+}

@@ -198,6 +198,9 @@ pub struct AllocatorStats {
     pub dedicated_allocations: u64,
     /// Bytes in those.
     pub dedicated_bytes: u64,
+    /// Semaphores their owners dropped that wait to be destroyed until the submissions that
+    /// used them have completed (each holds a driver fd on NVIDIA while it waits).
+    pub retired_semaphores: u64,
 }
 
 /// How many host transfers ([`Buffer::write`], [`Buffer::read`], image levels and their
@@ -486,6 +489,7 @@ impl MemoryAllocator {
             s.buffers += ctx.buffers.load(Ordering::Relaxed);
             s.dedicated_allocations += ctx.dedicated_allocations.load(Ordering::Relaxed);
             s.dedicated_bytes += ctx.dedicated_bytes.load(Ordering::Relaxed);
+            s.retired_semaphores += ctx.device.retired_semaphores();
             let pools = ctx.pools.lock().unwrap_or_else(PoisonError::into_inner);
             for b in pools.values().flatten() {
                 s.blocks += 1;

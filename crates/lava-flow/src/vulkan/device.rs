@@ -295,6 +295,14 @@ impl Device {
         self.destroy_completed(&mut tracker);
     }
 
+    /// How many dropped semaphores wait to be destroyed (see [`Device::retire_semaphore`]);
+    /// those whose submissions have completed are destroyed first.
+    pub fn retired_semaphores(&self) -> u64 {
+        let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        self.destroy_completed(&mut tracker);
+        tracker.deferred.len() as u64
+    }
+
     fn destroy_completed(&self, tracker: &mut Tracker) {
         if tracker.deferred.is_empty() {
             return;
@@ -312,7 +320,12 @@ impl Device {
             // signal operations of one batch; Mesa's queue thread was seen signalling the others
             // after it, into a semaphore already destroyed). A later batch's completion is
             // reached only once the queue has finished the earlier one.
-            if retired.last_use >= done {
+            // `last_use` 0: no tracked submission used it (the first is number 1), so nothing
+            // queued can. Kept until `done` passed 0 instead, a semaphore of a device that never
+            // submitted stayed until the device's drop — on NVIDIA with the fd each exportable or
+            // imported semaphore holds (`attack_ring`: 3 fds per ring imported into a second
+            // device that never submitted).
+            if retired.last_use != 0 && retired.last_use >= done {
                 return true;
             }
             // SAFETY: the semaphore belongs to this device, its owner has dropped it, and every
