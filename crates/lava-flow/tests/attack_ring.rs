@@ -223,14 +223,7 @@ fn check_rounds(what: &str, v: &mut Validated, mut round: impl FnMut(&mut Valida
     for _ in 0..10 {
         round(v);
     }
-    let now = common::fd_targets();
-    let new: Vec<_> = now.iter().filter(|(fd, t)| targets.get(fd) != Some(t)).collect();
-    assert!(
-        new.is_empty(),
-        "{what}: {} fds before, {} after 10 rings; new: {new:?}",
-        targets.len(),
-        now.len()
-    );
+    common::assert_fds_back(&targets, &format!("10 rings imported into {what}"));
 }
 
 /// Semaphores dropped on a device that never submitted are destroyed at once: they were kept

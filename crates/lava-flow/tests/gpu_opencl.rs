@@ -216,6 +216,7 @@ fn a_thousand_import_release_cycles_leak_nothing() {
     let buffer = v.allocate(1 << 20, DEV0).expect("buffer");
     drop(ctx.import_buffer(&buffer).expect("warm-up"));
     let fds = open_fds();
+    let baseline = common::fd_targets();
     let held: Vec<ClBuffer<'_>> = (0..10).map(|_| ctx.import_buffer(&buffer).expect("import")).collect();
     println!("fds with 10 imports alive: {:+}", open_fds() as i64 - fds as i64);
     drop(held);
@@ -223,8 +224,7 @@ fn a_thousand_import_release_cycles_leak_nothing() {
         let view = ctx.import_buffer(&buffer).expect("import");
         view.write(&queue, 0, &i.to_le_bytes()).expect("use it");
     }
-    let after = open_fds();
-    assert_eq!(after, fds, "fds back to the baseline after 1,000 imports ({:+})", after as i64 - fds as i64);
+    common::assert_fds_back(&baseline, "1,000 OpenCL imports and releases");
     let mut out = [0u8; 4];
     buffer.read(0, &mut out).expect("read");
     assert_eq!(u32::from_le_bytes(out), 999, "the last write is what Vulkan sees");

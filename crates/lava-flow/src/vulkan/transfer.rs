@@ -68,15 +68,17 @@ pub(crate) const IMPORT_MIN: usize = 256 << 10;
 const DRAIN_ATTEMPTS: usize = 3;
 
 /// The staging ring's shape: [`STAGING_CHUNK`] and [`SLOTS`] unless `LAVA_FLOW_STAGING_CHUNK_MIB`
-/// (1 to 256) or `LAVA_FLOW_STAGING_SLOTS` (2 to 16) say otherwise, and the CPU copy's
+/// (1 to 256) or `LAVA_FLOW_STAGING_SLOTS` (2 to 16) say otherwise, the CPU copy's
 /// instructions (`LAVA_FLOW_STAGING_COPY=stream`: non-temporal stores into staging and loads
-/// from it). Read once per process: knobs for measuring on new hardware (BENCHMARKS.md), not
-/// an API.
+/// from it), and the ramp of long transfers' first and last pieces ([`RAMP`] unless
+/// `LAVA_FLOW_STAGING_RAMP`, 1 to 64, says otherwise; 1: no ramp). Read once per process: knobs
+/// for measuring on new hardware (BENCHMARKS.md), not an API.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RingShape {
     pub chunk: u64,
     pub slots: usize,
     pub stream: bool,
+    pub ramp: usize,
 }
 
 /// The ring's shape (see [`RingShape`]).
@@ -87,7 +89,8 @@ pub(crate) fn ring_shape() -> RingShape {
         let chunk = var("LAVA_FLOW_STAGING_CHUNK_MIB").map_or(STAGING_CHUNK, |m| m.clamp(1, 256) << 20);
         let slots = var("LAVA_FLOW_STAGING_SLOTS").map_or(SLOTS, |n| n.clamp(2, 16) as usize);
         let stream = std::env::var("LAVA_FLOW_STAGING_COPY").is_ok_and(|v| v.trim() == "stream");
-        RingShape { chunk, slots, stream }
+        let ramp = var("LAVA_FLOW_STAGING_RAMP").map_or(RAMP, |r| r.clamp(1, 64) as usize);
+        RingShape { chunk, slots, stream, ramp }
     })
 }
 
@@ -560,7 +563,8 @@ impl Transfer {
             None => return Err(Error::Unsupported { what: "no staging buffer".into() }),
         };
         let slots = self.slots.len();
-        let plan = plan_pieces(host.len, target.step(slot) as usize, target.row_bytes() as usize);
+        let plan =
+            plan_pieces(host.len, target.step(slot) as usize, target.row_bytes() as usize, ring_shape().ramp);
         let pieces = plan.len();
         let first = self.cursor;
         self.cursor = (first + pieces) % slots;
@@ -1224,16 +1228,17 @@ fn make_staging_in(device: &Device, size: u64, slot: u64, kind: StagingMemory) -
 const RAMP: usize = 8;
 
 /// The pieces (host offset, length) of a staged transfer of `len` bytes in slots that hold
-/// `step` bytes, every piece but the last a multiple of `unit` (an image's row).
+/// `step` bytes, every piece but the last a multiple of `unit` (an image's row), the first and
+/// last ones `ramp` times smaller than a slot (1: all pieces a slot's size).
 ///
 /// A transfer that fits one slot is one piece. A longer one ramps: its first piece is `step /
-/// RAMP`, each next one at most what was done before it (doubling up to `step`), and towards the
+/// ramp`, each next one at most what was done before it (doubling up to `step`), and towards the
 /// end at most half of what is left. The CPU copy and the GPU copy overlap only between pieces,
 /// so the first piece of a write (copied by the CPU before any DMA starts) and the last of a
 /// read (copied out after every DMA ended) are time neither side shares: with equal 16 MiB
 /// pieces a 64 MiB write spent about a fifth of its time so (BENCHMARKS.md); ramped, those
 /// pieces are 2 MiB.
-fn plan_pieces(len: usize, step: usize, unit: usize) -> Vec<(usize, usize)> {
+fn plan_pieces(len: usize, step: usize, unit: usize, ramp: usize) -> Vec<(usize, usize)> {
     let unit = unit.max(1);
     let step = step.max(unit);
     if len == 0 {
@@ -1243,7 +1248,7 @@ fn plan_pieces(len: usize, step: usize, unit: usize) -> Vec<(usize, usize)> {
         return vec![(0, len)];
     }
     let down = |n: usize| (n / unit * unit).max(unit);
-    let min = down(step / RAMP);
+    let min = down(step / ramp.max(1));
     let mut pieces = Vec::new();
     let mut at = 0;
     while at < len {
@@ -1404,7 +1409,7 @@ mod tests {
     /// The pieces cover the transfer exactly, in order, none larger than a slot, every one but
     /// the last whole units; a transfer that fits a slot is one piece.
     fn check(len: usize, step: usize, unit: usize) -> Vec<usize> {
-        let plan = plan_pieces(len, step, unit);
+        let plan = plan_pieces(len, step, unit, super::RAMP);
         let mut at = 0;
         for (i, &(offset, n)) in plan.iter().enumerate() {
             assert_eq!(
@@ -1434,6 +1439,9 @@ mod tests {
         assert_eq!(check(16 * MIB, 16 * MIB, 1), [16 * MIB], "one slot: one piece");
         assert_eq!(check(5, 16 * MIB, 1), [5]);
         assert!(check(0, 16 * MIB, 1).is_empty(), "nothing to copy: no piece");
+        // Ramp 1: pieces of a slot, the last one what is left.
+        let flat: Vec<usize> = plan_pieces(40 * MIB, 16 * MIB, 1, 1).iter().map(|p| p.1).collect();
+        assert_eq!(flat, [16 * MIB, 16 * MIB, 8 * MIB]);
     }
 
     #[test]
