@@ -68,17 +68,15 @@ pub(crate) const IMPORT_MIN: usize = 256 << 10;
 const DRAIN_ATTEMPTS: usize = 3;
 
 /// The staging ring's shape: [`STAGING_CHUNK`] and [`SLOTS`] unless `LAVA_FLOW_STAGING_CHUNK_MIB`
-/// (1 to 256) or `LAVA_FLOW_STAGING_SLOTS` (2 to 16) say otherwise, the CPU copy's
+/// (1 to 256) or `LAVA_FLOW_STAGING_SLOTS` (2 to 16) say otherwise, and the CPU copy's
 /// instructions (`LAVA_FLOW_STAGING_COPY=stream`: non-temporal stores into staging and loads
-/// from it), and the ramp of long transfers' first and last pieces ([`RAMP`] unless
-/// `LAVA_FLOW_STAGING_RAMP`, 1 to 64, says otherwise; 1: no ramp). Read once per process: knobs
-/// for measuring on new hardware (BENCHMARKS.md), not an API.
+/// from it). Read once per process: knobs for measuring on new hardware (BENCHMARKS.md), not
+/// an API.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RingShape {
     pub chunk: u64,
     pub slots: usize,
     pub stream: bool,
-    pub ramp: usize,
 }
 
 /// The ring's shape (see [`RingShape`]).
@@ -89,8 +87,7 @@ pub(crate) fn ring_shape() -> RingShape {
         let chunk = var("LAVA_FLOW_STAGING_CHUNK_MIB").map_or(STAGING_CHUNK, |m| m.clamp(1, 256) << 20);
         let slots = var("LAVA_FLOW_STAGING_SLOTS").map_or(SLOTS, |n| n.clamp(2, 16) as usize);
         let stream = std::env::var("LAVA_FLOW_STAGING_COPY").is_ok_and(|v| v.trim() == "stream");
-        let ramp = var("LAVA_FLOW_STAGING_RAMP").map_or(RAMP, |r| r.clamp(1, 64) as usize);
-        RingShape { chunk, slots, stream, ramp }
+        RingShape { chunk, slots, stream }
     })
 }
 
@@ -563,13 +560,12 @@ impl Transfer {
             None => return Err(Error::Unsupported { what: "no staging buffer".into() }),
         };
         let slots = self.slots.len();
-        let plan =
-            plan_pieces(host.len, target.step(slot) as usize, target.row_bytes() as usize, ring_shape().ramp);
-        let pieces = plan.len();
+        let step = target.step(slot) as usize;
+        let pieces = host.len.div_ceil(step);
         let first = self.cursor;
         self.cursor = (first + pieces) % slots;
         let ring = |k: usize| (first + k) % slots;
-        let piece = |k: usize| plan[k];
+        let piece = |k: usize| (k * step, step.min(host.len - k * step));
         let staged_at = |k: usize| ring(k) as u64 * slot;
         let kind = staging_copy(dir);
         let submit = |t: &mut Transfer, k: usize| -> Result<()> {
@@ -1224,45 +1220,6 @@ fn make_staging_in(device: &Device, size: u64, slot: u64, kind: StagingMemory) -
     }
 }
 
-/// How much smaller than a slot the first and last pieces of a long staged transfer are.
-const RAMP: usize = 8;
-
-/// The pieces (host offset, length) of a staged transfer of `len` bytes in slots that hold
-/// `step` bytes, every piece but the last a multiple of `unit` (an image's row), the first and
-/// last ones `ramp` times smaller than a slot (1: all pieces a slot's size).
-///
-/// A transfer that fits one slot is one piece. A longer one ramps: its first piece is `step /
-/// ramp`, each next one at most what was done before it (doubling up to `step`), and towards the
-/// end at most half of what is left. The CPU copy and the GPU copy overlap only between pieces,
-/// so the first piece of a write (copied by the CPU before any DMA starts) and the last of a
-/// read (copied out after every DMA ended) are time neither side shares: with equal 16 MiB
-/// pieces a 64 MiB write spent about a fifth of its time so (BENCHMARKS.md); ramped, those
-/// pieces are 2 MiB.
-fn plan_pieces(len: usize, step: usize, unit: usize, ramp: usize) -> Vec<(usize, usize)> {
-    let unit = unit.max(1);
-    let step = step.max(unit);
-    if len == 0 {
-        return Vec::new();
-    }
-    if len <= step {
-        return vec![(0, len)];
-    }
-    let down = |n: usize| (n / unit * unit).max(unit);
-    let min = down(step / ramp.max(1));
-    let mut pieces = Vec::new();
-    let mut at = 0;
-    while at < len {
-        let left = len - at;
-        let mut n = down(step.min(at.max(min)).min((left / 2).max(min)));
-        if left <= n || left - n < min && left <= step {
-            n = left;
-        }
-        pieces.push((at, n));
-        at += n;
-    }
-    pieces
-}
-
 /// The staging memory type: `HOST_VISIBLE | HOST_COHERENT | HOST_CACHED` where there is one
 /// (the CPU reads it back at full speed), else what `HostVisible` buffers get.
 fn staging_memory_type(device: &Device, type_bits: u32) -> Result<u32> {
@@ -1397,67 +1354,5 @@ fn image_region(
         },
         image_offset: vk::Offset3D { x: 0, y: first_row as i32, z: 0 },
         image_extent: vk::Extent3D { width, height: rows, depth: 1 },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plan_pieces;
-
-    const MIB: usize = 1 << 20;
-
-    /// The pieces cover the transfer exactly, in order, none larger than a slot, every one but
-    /// the last whole units; a transfer that fits a slot is one piece.
-    fn check(len: usize, step: usize, unit: usize) -> Vec<usize> {
-        let plan = plan_pieces(len, step, unit, super::RAMP);
-        let mut at = 0;
-        for (i, &(offset, n)) in plan.iter().enumerate() {
-            assert_eq!(
-                offset, at,
-                "len {len} step {step} unit {unit}: piece {i} starts where the last ended"
-            );
-            assert!(n > 0 && n <= step.max(unit), "len {len} step {step}: piece {i} of {n} bytes");
-            if i + 1 < plan.len() {
-                assert_eq!(n % unit, 0, "len {len} step {step} unit {unit}: piece {i} is whole units");
-            }
-            at += n;
-        }
-        assert_eq!(at, len, "len {len} step {step} unit {unit}: covered");
-        if len <= step {
-            assert_eq!(plan.len(), usize::from(len > 0));
-        }
-        plan.iter().map(|p| p.1).collect()
-    }
-
-    #[test]
-    fn a_long_transfer_ramps_up_and_down() {
-        let sizes = check(64 * MIB, 16 * MIB, 1);
-        assert_eq!(sizes, [2, 2, 4, 8, 16, 16, 8, 4, 2, 2].map(|m| m * MIB));
-        let sizes = check(256 * MIB, 16 * MIB, 1);
-        assert_eq!(sizes[..5], [2, 2, 4, 8, 16].map(|m| m * MIB));
-        assert_eq!(sizes[sizes.len() - 4..], [8, 4, 2, 2].map(|m| m * MIB));
-        assert_eq!(check(16 * MIB, 16 * MIB, 1), [16 * MIB], "one slot: one piece");
-        assert_eq!(check(5, 16 * MIB, 1), [5]);
-        assert!(check(0, 16 * MIB, 1).is_empty(), "nothing to copy: no piece");
-        // Ramp 1: pieces of a slot, the last one what is left.
-        let flat: Vec<usize> = plan_pieces(40 * MIB, 16 * MIB, 1, 1).iter().map(|p| p.1).collect();
-        assert_eq!(flat, [16 * MIB, 16 * MIB, 8 * MIB]);
-    }
-
-    #[test]
-    fn odd_sizes_steps_and_rows_are_covered() {
-        for len in [1, 4095, 4096, 4097, 16 * MIB - 1, 16 * MIB + 1, 33 * MIB + 7, 100 * MIB + 3] {
-            for step in [4096, MIB, 16 * MIB] {
-                check(len, step, 1);
-            }
-        }
-        // Images: whole rows of 61 × 4 bytes in slots of whole rows.
-        let row = 61 * 4;
-        for rows in [1, 7, 1000, 70_000, 300_000] {
-            let step = (16 * MIB / row) * row;
-            check(rows * row, step, row);
-        }
-        // A row larger than an eighth of the slot: pieces of one row and more.
-        check(50 * 9000, 9000 * 3, 9000);
     }
 }
