@@ -35,6 +35,37 @@ pub(crate) struct Instance {
     owned: bool,
 }
 
+/// Keeps the Vulkan loader and its drivers loaded for the rest of the process, once an instance
+/// could be made: one more instance, without layers or extensions, never destroyed.
+///
+/// The loader unloads a driver (`dlclose`) when the process's last instance is destroyed and
+/// loads it again for the next one. NVIDIA's driver may then fail to load: its libraries use
+/// static TLS, which libraries loaded in the meantime can have used up (measured on the H200:
+/// after JAX had loaded, `libnvidia-tls.so: cannot allocate memory in static TLS block`, and
+/// every later `vkCreateInstance` failed with `VK_ERROR_INCOMPATIBLE_DRIVER`, "Unable to find a
+/// Vulkan driver"). Kept loaded, the driver is never loaded twice. ADR 0016.
+fn keep_drivers_loaded(entry: &ash::Entry) {
+    static ANCHOR: std::sync::OnceLock<Option<(ash::Entry, vk::Instance)>> = std::sync::OnceLock::new();
+    ANCHOR.get_or_init(|| {
+        let app = vk::ApplicationInfo::default()
+            .application_name(c"lava-flow: keeps the drivers loaded")
+            .api_version(vk::API_VERSION_1_1);
+        let info = vk::InstanceCreateInfo::default().application_info(&app);
+        // SAFETY: `info` refers to locals that outlive the call; the instance is never used
+        // and never destroyed (the process's end reclaims it).
+        match unsafe { entry.create_instance(&info, None) } {
+            Ok(instance) => Some((entry.clone(), instance.handle())),
+            Err(e) => {
+                log::warn!(
+                    "vkCreateInstance failed for the instance that keeps the Vulkan drivers loaded ({e}); \
+                     a driver may fail to load again once every lava-flow allocator is gone"
+                );
+                None
+            }
+        }
+    });
+}
+
 impl Instance {
     /// Loads `libvulkan.so.1` and creates an instance, with the validation layer if asked.
     pub fn new(validation: bool) -> Result<Self> {
@@ -74,6 +105,7 @@ impl Instance {
         }
         // SAFETY: every pointer in `info` refers to locals that outlive the call.
         let instance = unsafe { entry.create_instance(&info, None) }.vk("vkCreateInstance")?;
+        keep_drivers_loaded(&entry);
         let debug = match messenger_info {
             Some(m) => {
                 let loader = ash::ext::debug_utils::Instance::new(&entry, &instance);
