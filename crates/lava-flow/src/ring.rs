@@ -187,7 +187,7 @@ pub struct FrameStep {
     pub signal: Option<u64>,
     /// The ring whose cursor handed the step out (its [`Ring`]'s identity), or 0 for a step
     /// computed from a [`RingSchedule`] alone, which no ring can check. Private: steps are
-    /// made by cursors and schedules, never by hand.
+    /// made by cursors and schedules (or [`FrameStep::new`], which belongs to no ring).
     ring: u64,
 }
 

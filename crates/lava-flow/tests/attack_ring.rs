@@ -150,7 +150,14 @@ fn a_step_of_another_ring_of_as_many_slots_is_refused() {
     };
     let e = imported.submit(&step, Submission::new()).expect_err("a step of another ring");
     imported.wait_idle().expect("idle");
-    assert!(matches!(e, Error::Ring(_)), "{e}");
+    assert!(matches!(e, Error::Ring(RingError::OtherRing { frame: 1, .. })), "{e}");
+    match mine.submission(&step) {
+        Err(e) => assert!(matches!(e, Error::Ring(RingError::OtherRing { .. })), "{e}"),
+        Ok(_) => panic!("the ring's own submission took a step of another ring"),
+    }
+    // A step computed from the schedule alone belongs to no ring and passes.
+    let computed = mine.schedule().producer(0).expect("frame 0");
+    assert!(mine.submission(&computed).is_ok());
 }
 
 /// Slots of no bytes, and of more bytes than any device has, are typed errors; a failed ring

@@ -142,6 +142,9 @@ impl ExportableAllocation {
     /// `peer` is kept (a clone) while the allocation lives: its context holds the mapping.
     ///
     /// Peer access of contexts (`cuCtxEnablePeerAccess`) does not map this memory; this does.
+    /// Work the peer's GPU queues on the memory itself (its kernels) is not recorded here
+    /// ([`release_after`](DeviceMemory::release_after) takes streams of the owner's context):
+    /// keep the allocation until that work is done. `copy_peer` records its own copies.
     ///
     /// Errors: [`Error::Unsupported`] naming both GPUs' UUIDs where the peer's GPU does not
     /// support virtual memory management or `cuDeviceCanAccessPeer(peer, owner)` says 0 (nothing

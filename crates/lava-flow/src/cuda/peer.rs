@@ -321,9 +321,12 @@ fn copy(src: PeerSide<'_>, dst: PeerSide<'_>, len: usize, force_staging: bool) -
     follow(dst.stream, src.stream)?;
     match path {
         PeerPath::Direct | PeerPath::ThroughDriver { .. } => {
-            // Maps the source context's `cuMemAlloc` memory into the destination's; memory of
-            // the virtual memory API is mapped by its own grant, which this does not replace.
-            enable_peer_access(dst_ctx, src_ctx)?;
+            // Maps the source context's `cuMemAlloc` memory into the destination's. Memory of
+            // the virtual memory API is mapped by its own grant: no context peer access for it
+            // (whose failure, say past the driver's peer limit, would refuse a copy that works).
+            if !matches!(src.memory.peer_mapping(), PeerMapping::Granted(_)) {
+                enable_peer_access(dst_ctx, src_ctx)?;
+            }
             dst_ctx.bind()?;
             // SAFETY: both ranges lie inside their memory (validated); each pointer belongs to
             // the context passed beside it; the stream is the destination context's, which is
@@ -341,16 +344,22 @@ fn copy(src: PeerSide<'_>, dst: PeerSide<'_>, len: usize, force_staging: bool) -
         }
         PeerPath::StagedThroughHost { .. } => staged(&src, &dst, len)?,
     }
+    // The copy is queued. Before anything else can fail, both memories record it (the source's
+    // stream first follows the copy): an error below must not leave a memory free to go under
+    // it. Where the source's stream cannot follow, the copy is waited for instead.
+    if let Err(e) = follow(src.stream, dst.stream) {
+        dst.stream.synchronize()?;
+        return Err(e);
+    }
+    record_uses(&src, &dst)?;
     // Signals: the destination's after the copy on its stream; the source's after the source's
     // stream has waited for the copy (its bytes are read).
     if let Some(step) = dst.step {
         step.timeline.signal(step.signal, dst.stream)?;
     }
-    follow(src.stream, dst.stream)?;
     if let Some(step) = src.step {
         step.timeline.signal(step.signal, src.stream)?;
     }
-    record_uses(&src, &dst)?;
     Ok(path)
 }
 

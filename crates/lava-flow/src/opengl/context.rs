@@ -140,12 +140,12 @@ impl Drop for Shared {
     }
 }
 
-/// What every GL object needs after its context is gone from view: the functions and the means
-/// to make the context current again.
 /// Host reads of imported buffers go through a GL buffer of the context's own in pieces of at
 /// most this many bytes (`GlBuffer::read` says why).
 pub(crate) const READ_CHUNK: u64 = 16 << 20;
 
+/// What every GL object needs after its context is gone from view: the functions and the means
+/// to make the context current again.
 pub(crate) struct Shared {
     pub gl: Gl,
     pub nv_timeline: Option<sys::NvTimeline>,
@@ -207,7 +207,13 @@ impl Shared {
         let mut name = 0;
         // SAFETY: the context is current; one name is written.
         unsafe { self.gl.CreateBuffers(1, &mut name) };
-        self.check("glCreateBuffers")?;
+        if let Err(e) = self.check("glCreateBuffers") {
+            if name != 0 {
+                // SAFETY: made above (the error may be an earlier call's), used by nothing.
+                unsafe { self.gl.DeleteBuffers(1, &name) };
+            }
+            return Err(e);
+        }
         // SAFETY: a fresh buffer of this context; no initial data; GL-side storage only.
         unsafe { self.gl.NamedBufferStorage(name, size as isize, std::ptr::null(), 0) };
         if let Err(e) = self.check("glNamedBufferStorage") {

@@ -294,8 +294,8 @@ impl GlBuffer<'_> {
     /// Why not `glGetNamedBufferSubData` on the imported buffer itself: NVIDIA's GL answers host
     /// reads of imported memory from a copy of its own, made at the first read or write, and
     /// never refreshed by what Vulkan, CUDA or OpenCL write afterwards — not after a semaphore
-    /// wait, `glMemoryBarrier` or `glFinish` (measured on an H200, driver 580; `gpu_opengl`
-    /// tests it on the GPU tier). A GPU copy reads the memory itself.
+    /// wait, `glMemoryBarrier` or `glFinish` (measured on an H200, driver 580;
+    /// `cpu_opengl::every_write_reaches_the_other_side_not_only_the_first` on the GPU tier). A GPU copy reads the memory itself.
     pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<()> {
         let at = self.range(offset, out.len())?;
         if out.is_empty() {

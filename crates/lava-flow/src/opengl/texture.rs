@@ -163,7 +163,13 @@ impl GlTexture<'_> {
         let mut copy = 0;
         // SAFETY: the context is current; one name is written.
         unsafe { gl.CreateTextures(sys::TEXTURE_2D, 1, &mut copy) };
-        shared.check("glCreateTextures")?;
+        if let Err(e) = shared.check("glCreateTextures") {
+            if copy != 0 {
+                // SAFETY: made above (the error may be an earlier call's), used by nothing.
+                unsafe { gl.DeleteTextures(1, &copy) };
+            }
+            return Err(e);
+        }
         let mut read = || -> Result<()> {
             // SAFETY: a fresh texture of this context: one level of the level's size and format.
             unsafe { gl.TextureStorage2D(copy, 1, internal, w as i32, h as i32) };

@@ -44,7 +44,14 @@ pub(crate) struct Instance {
 /// after JAX had loaded, `libnvidia-tls.so: cannot allocate memory in static TLS block`, and
 /// every later `vkCreateInstance` failed with `VK_ERROR_INCOMPATIBLE_DRIVER`, "Unable to find a
 /// Vulkan driver"). Kept loaded, the driver is never loaded twice. ADR 0016.
+///
+/// Unix only (where the static TLS of `dlopen`ed libraries is the problem); set
+/// `LAVA_FLOW_KEEP_DRIVERS_LOADED=0` to let the loader unload them as before.
+#[cfg(unix)]
 fn keep_drivers_loaded(entry: &ash::Entry) {
+    if std::env::var("LAVA_FLOW_KEEP_DRIVERS_LOADED").is_ok_and(|v| v.trim() == "0") {
+        return;
+    }
     static ANCHOR: std::sync::OnceLock<Option<(ash::Entry, vk::Instance)>> = std::sync::OnceLock::new();
     ANCHOR.get_or_init(|| {
         let app = vk::ApplicationInfo::default()
@@ -105,6 +112,7 @@ impl Instance {
         }
         // SAFETY: every pointer in `info` refers to locals that outlive the call.
         let instance = unsafe { entry.create_instance(&info, None) }.vk("vkCreateInstance")?;
+        #[cfg(unix)]
         keep_drivers_loaded(&entry);
         let debug = match messenger_info {
             Some(m) => {
