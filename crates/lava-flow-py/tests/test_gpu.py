@@ -273,6 +273,19 @@ def test_close_keeps_the_memory_that_tensors_hold(cuda_allocator, torch):
     assert cuda_allocator.stats()["buffers"] == before, "and with it the memory goes"
 
 
+def later_buffers_keep_their_bytes(allocator, n, stream):
+    """After a buffer was closed with a copy into it still queued on `stream`: buffers allocated
+    meanwhile (which would take its memory, were it freed) are poisoned, and still hold every
+    poisoned byte once the copy ran."""
+    gc.collect()
+    later = [allocator.allocate(n) for _ in range(4)]
+    for b in later:
+        b.write(poison(n))
+    stream.synchronize()
+    for i, b in enumerate(later):
+        assert_bytes_equal(b.read(), poison(n), f"buffer {i}, allocated while the copy was queued")
+
+
 def test_a_tensor_freed_under_queued_torch_work_keeps_its_memory(cuda_allocator, torch):
     """ADR 0014: torch frees a tensor on the host while its kernels are still queued. The
     capsule's deleter records an event on the stream the consumer named in __dlpack__ (torch's
@@ -303,13 +316,7 @@ def test_a_tensor_freed_under_queued_torch_work_keeps_its_memory(cuda_allocator,
         t.copy_(data)
     del t
     buffer.close()
-    gc.collect()
-    later = [cuda_allocator.allocate(n) for _ in range(4)]
-    for b in later:
-        b.write(poison(n))
-    stream.synchronize()
-    for i, b in enumerate(later):
-        assert_bytes_equal(b.read(), poison(n), f"buffer {i}, allocated while torch's copy was queued")
+    later_buffers_keep_their_bytes(cuda_allocator, n, stream)
 
 
 def test_release_after_covers_work_on_streams_dlpack_was_not_told_of(cuda_allocator, torch):
@@ -327,12 +334,6 @@ def test_release_after_covers_work_on_streams_dlpack_was_not_told_of(cuda_alloca
     buffer.release_after(other)
     del t
     buffer.close()
-    gc.collect()
-    later = [cuda_allocator.allocate(n) for _ in range(4)]
-    for b in later:
-        b.write(poison(n))
-    other.synchronize()
-    for i, b in enumerate(later):
-        assert_bytes_equal(b.read(), poison(n), f"buffer {i}, allocated while the copy was queued")
+    later_buffers_keep_their_bytes(cuda_allocator, n, other)
     with pytest.raises(lava_flow.ClosedError):
         buffer.release_after(other)

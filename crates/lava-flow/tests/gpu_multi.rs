@@ -370,29 +370,17 @@ fn peer_copies_every_byte_both_directions_ordered_by_both_timelines() {
         );
 
         // Round 1 waits for 1 and signals 2; round 2 waits for 3 and signals 4.
+        let round = OrderedRound {
+            src: &src,
+            dst: &dst,
+            sides: (src_side, dst_side),
+            timelines: [(&tl_a, &sync_a), (&tl_b, &sync_b)],
+            len,
+            what: format!("cuda:{} -> cuda:{}", a.ordinal, b.ordinal),
+        };
         for (wait, staged) in [(1u64, false), (3, true)] {
-            let data = random_bytes(len);
-            src.write(src_at, &data).expect("src write");
-            let poison = poisoned(dst.size() as usize);
-            dst.write(0, &poison).expect("dst poison");
-            let step = |timeline| Some(TimelineStep { timeline, wait, signal: wait + 1 });
-            let (from, to) =
-                (PeerSide { step: step(&sync_a), ..src_side }, PeerSide { step: step(&sync_b), ..dst_side });
-            // Neither side's timeline has reached `wait` yet: the copy must wait for both.
-            let path = if staged {
-                // The staged path returns once the bytes arrived, so its waits must be satisfied
-                // first.
-                tl_a.signal(wait).expect("a's bytes are written");
-                tl_b.signal(wait).expect("b's bytes may be overwritten");
-                cuda::copy_peer_staged(from, to, len).expect("staged copy")
-            } else {
-                let path = cuda::copy_peer(from, to, len).expect("peer copy");
-                std::thread::sleep(Duration::from_millis(50));
-                assert_eq!(tl_b.value().expect("value"), wait - 1, "the copy waits for the timelines");
-                tl_a.signal(wait).expect("a's bytes are written");
-                tl_b.signal(wait).expect("b's bytes may be overwritten");
-                path
-            };
+            let copy = if staged { cuda::copy_peer_staged } else { cuda::copy_peer };
+            let path = round.run(wait, staged, copy);
             match (&path, staged, direct) {
                 // Buffers Vulkan allocated are imported memory: the driver's slow path, said so.
                 (PeerPath::ThroughDriver { reason }, false, true) => {
@@ -404,14 +392,65 @@ fn peer_copies_every_byte_both_directions_ordered_by_both_timelines() {
                 }
                 other => panic!("unexpected path {other:?}"),
             }
-            tl_b.wait(wait + 1, Duration::from_secs(60)).expect("the destination's signal");
-            tl_a.wait(wait + 1, Duration::from_secs(60)).expect("the source's signal");
-            let what = format!("cuda:{} -> cuda:{} ({path})", a.ordinal, b.ordinal);
-            check_landed(&dst, dst_at as usize, &data, &poison, &what);
         }
     }
     // CUDA moved these timelines: the Debian layer's known orphaned-pending-signal report.
     common::tolerate_orphaned_pending_signal(&v.validation_log().unwrap_or_default());
+}
+
+/// One round of a peer copy between two GPUs, ordered by both GPUs' timelines: the source and
+/// destination as lava-flow buffers (written, poisoned and read back through Vulkan), the same
+/// memory as `sides` for CUDA (offsets, streams; no steps), and each GPU's timeline with its
+/// CUDA import (source's first).
+struct OrderedRound<'a> {
+    src: &'a lava_flow::Buffer,
+    dst: &'a lava_flow::Buffer,
+    sides: (PeerSide<'a>, PeerSide<'a>),
+    timelines: [(&'a lava_flow::TimelineSemaphore, &'a cuda::CudaTimeline<'a>); 2],
+    len: usize,
+    what: String,
+}
+
+impl OrderedRound<'_> {
+    /// Random bytes into the source's range, poison over all of the destination, then `copy`
+    /// waiting for `wait` on both timelines and signalling `wait + 1`. A copy that `stages`
+    /// returns once the bytes arrived, so its waits are satisfied first; a queued one must hold
+    /// until they are (checked). Every byte of the destination is checked; returns the path.
+    fn run(
+        &self,
+        wait: u64,
+        stages: bool,
+        copy: fn(PeerSide<'_>, PeerSide<'_>, usize) -> lava_flow::Result<PeerPath>,
+    ) -> PeerPath {
+        let (src_side, dst_side) = self.sides;
+        let [(tl_a, sync_a), (tl_b, sync_b)] = self.timelines;
+        let data = random_bytes(self.len);
+        self.src.write(src_side.offset, &data).expect("the source written through Vulkan");
+        let poison = poisoned(self.dst.size() as usize);
+        self.dst.write(0, &poison).expect("the destination poisoned through Vulkan");
+        let step = |timeline| Some(TimelineStep { timeline, wait, signal: wait + 1 });
+        let (from, to) =
+            (PeerSide { step: step(sync_a), ..src_side }, PeerSide { step: step(sync_b), ..dst_side });
+        let release = || {
+            tl_a.signal(wait).expect("a's bytes are written");
+            tl_b.signal(wait).expect("b's bytes may be overwritten");
+        };
+        let path = if stages {
+            release();
+            copy(from, to, self.len).expect("staged copy")
+        } else {
+            let path = copy(from, to, self.len).expect("queued copy");
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(tl_b.value().expect("value"), wait - 1, "the copy waits for the timelines");
+            release();
+            path
+        };
+        tl_b.wait(wait + 1, Duration::from_secs(60)).expect("the destination's signal");
+        tl_a.wait(wait + 1, Duration::from_secs(60)).expect("the source's signal");
+        let what = format!("{} ({path})", self.what);
+        check_landed(self.dst, dst_side.offset as usize, &data, &poison, &what);
+        path
+    }
 }
 
 /// Checks `dst` (read back through Vulkan) after a copy of `data` to `at`: the range holds the
@@ -465,6 +504,14 @@ fn peer_copies_between_vmm_buffers_are_direct_once_granted_every_byte_both_direc
 
         let src_side = PeerSide { memory: &src_memory, offset: src_at as u64, stream: &stream_a, step: None };
         let dst_side = PeerSide { memory: &dst_memory, offset: dst_at as u64, stream: &stream_b, step: None };
+        let round = OrderedRound {
+            src: &src,
+            dst: &dst,
+            sides: (src_side, dst_side),
+            timelines: [(&tl_a, &sync_a), (&tl_b, &sync_b)],
+            len,
+            what: format!("VMM cuda:{} -> cuda:{}", a.ordinal, b.ordinal),
+        };
         // Round 1 (waits for 1, signals 2): not granted, so staged; round 2 (3, 4): granted.
         for (wait, granted) in [(1u64, false), (3, true)] {
             if granted {
@@ -490,26 +537,7 @@ fn peer_copies_between_vmm_buffers_are_direct_once_granted_every_byte_both_direc
                 }
             }
             let will_stage = !(granted && direct);
-            let data = random_bytes(len);
-            src.write(src_at as u64, &data).expect("src written through Vulkan on a");
-            let poison = poisoned(dst.size() as usize);
-            dst.write(0, &poison).expect("dst poisoned through Vulkan on b");
-            let step = |timeline| Some(TimelineStep { timeline, wait, signal: wait + 1 });
-            let (from, to) =
-                (PeerSide { step: step(&sync_a), ..src_side }, PeerSide { step: step(&sync_b), ..dst_side });
-            let path = if will_stage {
-                // The staged path returns once the bytes arrived: its waits are satisfied first.
-                tl_a.signal(wait).expect("a's bytes are written");
-                tl_b.signal(wait).expect("b's bytes may be overwritten");
-                cuda::copy_peer(from, to, len).expect("staged copy")
-            } else {
-                let path = cuda::copy_peer(from, to, len).expect("direct copy");
-                std::thread::sleep(Duration::from_millis(50));
-                assert_eq!(tl_b.value().expect("value"), wait - 1, "the copy waits for the timelines");
-                tl_a.signal(wait).expect("a's bytes are written");
-                tl_b.signal(wait).expect("b's bytes may be overwritten");
-                path
-            };
+            let path = round.run(wait, will_stage, cuda::copy_peer);
             match (&path, will_stage) {
                 (PeerPath::Direct, false) => {}
                 (PeerPath::StagedThroughHost { reason }, true) => assert!(
@@ -518,10 +546,6 @@ fn peer_copies_between_vmm_buffers_are_direct_once_granted_every_byte_both_direc
                 ),
                 other => panic!("granted {granted}, peer access {direct}: unexpected path {other:?}"),
             }
-            tl_b.wait(wait + 1, Duration::from_secs(60)).expect("the destination's signal");
-            tl_a.wait(wait + 1, Duration::from_secs(60)).expect("the source's signal");
-            let what = format!("VMM cuda:{} -> cuda:{} ({path})", a.ordinal, b.ordinal);
-            check_landed(&dst, dst_at, &data, &poison, &what);
         }
     }
     // CUDA moved these timelines: the Debian layer's known orphaned-pending-signal report.
