@@ -71,6 +71,8 @@ fn sizes_offsets_and_addresses(import: bool) {
         ((256 << 10) - 1, 5, 0),
         ((256 << 10) + 3, 0, 1),
         (1_000_003, 255, 8),
+        // The smallest transfer streamed through the whole ring (pieces of 256 KiB).
+        (1 << 20, 2, 5),
         (CHUNK - 1, 1, 3),
         (CHUNK, 0, 0),
         (CHUNK + 1, 9, 2049),
@@ -162,6 +164,10 @@ fn image_levels_both_ways_through_both_paths() {
             (ImageFormat::Rgba8Unorm, 512, 300),
             (ImageFormat::R8Unorm, 1021, 3),
             (ImageFormat::Rgba32Float, 300, 77),
+            // Levels of more than 1 MiB stream through the ring in pieces of whole rows (odd
+            // row sizes, a piece not a multiple of 4096).
+            (ImageFormat::R8Unorm, 1021, 1100),
+            (ImageFormat::Rgba8Unorm, 700, 500),
         ] {
             let desc = ImageDesc::new(format, width, height).mip_levels(2);
             let image = v.allocate_image(0, desc).expect("image");

@@ -221,7 +221,8 @@ impl CudaArray<'_> {
         (self.width, self.height)
     }
 
-    /// Copies a tightly packed level from host memory into the array (`cuMemcpy2D`).
+    /// Copies a tightly packed level from host memory into the array (`cuMemcpy2D`) and waits
+    /// until it has landed.
     pub fn copy_from_host(&self, data: &[u8]) -> Result<()> {
         self.check_len(data.len())?;
         self.copy(Copy2d::FromHost(data.as_ptr()))
@@ -294,7 +295,9 @@ impl CudaArray<'_> {
         self.image.ctx.bind()?;
         // SAFETY: the description names a live array of this extent and host memory of exactly
         // the level's size (checked by the callers).
-        check("cuMemcpy2D_v2", unsafe { sys::cuMemcpy2D_v2(&copy) })
+        check("cuMemcpy2D_v2", unsafe { sys::cuMemcpy2D_v2(&copy) })?;
+        // A copy from pageable memory may return before it has landed in the array.
+        self.image.ctx.finish_default_stream()
     }
 }
 

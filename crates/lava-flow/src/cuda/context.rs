@@ -262,6 +262,19 @@ impl Context {
         check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
     }
 
+    /// Waits for the work queued on the context's legacy default stream (`cuStreamSynchronize`
+    /// on the null stream), with the context current. CUDA's "synchronous" copies from pageable
+    /// host memory, device-to-device copies and memsets return before their DMA has landed
+    /// (the CUDA driver API's "API synchronization behavior"): the copies and fills that
+    /// lava-flow calls synchronous call this before they return, so that Vulkan or a host read
+    /// after them sees their bytes. lava-flow's streams are non-blocking, so this does not wait
+    /// for their work.
+    pub(crate) fn finish_default_stream(&self) -> Result<()> {
+        // SAFETY: the context is current (every caller bound it for the call it finishes); the
+        // null stream is the context's legacy default stream.
+        check("cuStreamSynchronize", unsafe { sys::cuStreamSynchronize(std::ptr::null_mut()) })
+    }
+
     /// Free and total device memory (`cuMemGetInfo`), in bytes.
     pub fn memory_info(&self) -> Result<(usize, usize)> {
         self.bind()?;

@@ -253,14 +253,16 @@ pub trait DeviceMemory {
         PeerMapping::Context
     }
 
-    /// Copies `data` to `offset` (`cuMemcpyHtoD`).
+    /// Copies `data` to `offset` (`cuMemcpyHtoD`) and waits until the bytes are in device
+    /// memory (CUDA's own call may return before a copy from pageable memory has landed).
     fn copy_from_host(&self, offset: u64, data: &[u8]) -> Result<()> {
         let at = range(self.size(), offset, data.len())?;
         self.context().bind()?;
         // SAFETY: the context is current; the range lies inside the memory (checked).
         check("cuMemcpyHtoD_v2", unsafe {
             sys::cuMemcpyHtoD_v2(self.device_ptr() + at, data.as_ptr().cast(), data.len())
-        })
+        })?;
+        self.context().finish_default_stream()
     }
 
     /// Copies `out.len()` bytes from `offset` (`cuMemcpyDtoH`).
@@ -273,7 +275,8 @@ pub trait DeviceMemory {
         })
     }
 
-    /// Copies all of `src` to `offset` of `self` (`cuMemcpyDtoD`); both in the same context.
+    /// Copies all of `src` to `offset` of `self` (`cuMemcpyDtoD`), both in the same context, and
+    /// waits for the copy (CUDA's own call returns before it completes).
     fn copy_from_device(&self, offset: u64, src: &dyn DeviceMemory) -> Result<()> {
         self.context().check_device("the source memory", src.context().uuid())?;
         let len =
@@ -283,15 +286,18 @@ pub trait DeviceMemory {
         // SAFETY: both ranges lie inside their memory; the context is current.
         check("cuMemcpyDtoD_v2", unsafe {
             sys::cuMemcpyDtoD_v2(self.device_ptr() + at, src.device_ptr(), len)
-        })
+        })?;
+        self.context().finish_default_stream()
     }
 
-    /// Sets `len` bytes at `offset` to `value` (`cuMemsetD8`).
+    /// Sets `len` bytes at `offset` to `value` (`cuMemsetD8`) and waits for the fill (CUDA's own
+    /// call returns before it completes).
     fn fill(&self, offset: u64, len: usize, value: u8) -> Result<()> {
         let at = range(self.size(), offset, len)?;
         self.context().bind()?;
         // SAFETY: the range lies inside the memory; the context is current.
-        check("cuMemsetD8_v2", unsafe { sys::cuMemsetD8_v2(self.device_ptr() + at, value, len) })
+        check("cuMemsetD8_v2", unsafe { sys::cuMemsetD8_v2(self.device_ptr() + at, value, len) })?;
+        self.context().finish_default_stream()
     }
 }
 

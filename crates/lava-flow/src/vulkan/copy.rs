@@ -14,7 +14,7 @@
 //! `LAVA_FLOW_COPY_THREADS` (1 to 64), read once.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::Thread;
 
@@ -28,6 +28,13 @@ const PIECE_ALIGN: usize = 64 << 10;
 pub(crate) const MAX_COPY_THREADS: usize = 8;
 /// How long a caller that has run out of pieces spins for the last ones before it parks.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+/// The longest a waiting caller parks before it looks again.
+const PARK: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long a copy thread spins on a closed [`Gate`] before it yields, and yields before it
+/// sleeps, and how long it sleeps at a time.
+const GATE_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+const GATE_YIELD: std::time::Duration = std::time::Duration::from_millis(2);
+const GATE_SLEEP: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// How bytes are moved.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -52,21 +59,82 @@ struct Task {
     kind: CopyKind,
     /// The next piece to claim; claims at or past `pieces` find nothing to do.
     next: AtomicUsize,
-    /// Pieces copied.
+    /// Pieces copied (or skipped after an abort).
     done: AtomicUsize,
     /// The thread that waits for `done == pieces`.
     caller: Thread,
+    /// For a copy through a staging ring ([`RingCopy`]): where the pieces lie in the ring and
+    /// when each may be copied.
+    ring: Option<Gate>,
+}
+
+/// The ring side of a [`RingCopy`]: piece `i` of the caller's memory is piece `i % slots` of
+/// the ring, and may be copied once the GPU has completed `i + 1 - lag` pieces.
+struct Gate {
+    /// The ring's first byte.
+    base: *mut u8,
+    /// Pieces the ring holds.
+    slots: usize,
+    /// `true`: the caller's memory is the source (a write: the GPU reads the ring after the
+    /// CPU); `false`: the ring is (a read: the CPU reads the ring after the GPU).
+    to_ring: bool,
+    /// Pieces whose GPU copies have completed, published by the caller.
+    gpu: AtomicUsize,
+    /// Set when the caller gives up: pieces not yet copied are skipped.
+    abort: AtomicBool,
+    /// Which pieces have been copied.
+    copied: Box<[AtomicBool]>,
+}
+
+impl Gate {
+    /// Pieces the GPU must have completed before piece `i` may be copied: for a write, the
+    /// piece that last used its ring slot (`i - slots`); for a read, piece `i` itself.
+    fn needs(&self, i: usize) -> usize {
+        if self.to_ring {
+            (i + 1).saturating_sub(self.slots)
+        } else {
+            i + 1
+        }
+    }
+
+    fn open(&self, i: usize) -> bool {
+        self.gpu.load(Ordering::Acquire) >= self.needs(i)
+    }
+
+    /// Waits until piece `i` may be copied: `false` if the copy was aborted meanwhile. Spins
+    /// briefly, then yields, then sleeps in short steps: a GPU held up behind other work must
+    /// not keep the copy threads busy.
+    fn wait(&self, i: usize) -> bool {
+        let start = std::time::Instant::now();
+        loop {
+            if self.abort.load(Ordering::Acquire) {
+                return false;
+            }
+            if self.open(i) {
+                return true;
+            }
+            let waited = start.elapsed();
+            if waited < GATE_SPIN {
+                std::hint::spin_loop();
+            } else if waited < GATE_YIELD {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(GATE_SLEEP);
+            }
+        }
+    }
 }
 
 // SAFETY: the pointers are only dereferenced for a piece claimed below `pieces`, and the caller
-// of `copy_bytes` does not return (so the ranges stay valid and untouched) until every piece
-// has been copied; a pool thread holding the task after that claims nothing.
+// of `copy_bytes` (or the owner of a `RingCopy`) does not return (so the ranges stay valid and
+// untouched) until every piece has been copied or skipped; a pool thread holding the task after
+// that claims nothing.
 unsafe impl Send for Task {}
-// SAFETY: as above; the counters are atomics.
+// SAFETY: as above; the counters and flags are atomics.
 unsafe impl Sync for Task {}
 
 impl Task {
-    /// Claims and copies pieces until none is left; the one that copies the last piece wakes
+    /// Claims and copies pieces until none is left; the one that finishes the last piece wakes
     /// the caller.
     fn work(&self) {
         loop {
@@ -74,14 +142,61 @@ impl Task {
             if i >= self.pieces {
                 return;
             }
-            let start = i * self.piece;
-            let n = self.piece.min(self.len - start);
-            // SAFETY: piece `i` was claimed by this thread alone, `start + n ≤ len`, and the
-            // caller of `copy_bytes` keeps both ranges valid until `done` reaches `pieces`,
-            // which needs this piece's increment below.
-            unsafe { copy_with(self.kind, self.src.wrapping_add(start), self.dst.wrapping_add(start), n) };
-            if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.pieces {
-                self.caller.unpark();
+            self.copy_piece(i);
+        }
+    }
+
+    /// Copies piece `i`, claimed by the calling thread alone (for a ring copy: once its gate
+    /// opens, or skipped after an abort), and counts it done.
+    fn copy_piece(&self, i: usize) {
+        let start = i * self.piece;
+        let n = self.piece.min(self.len - start);
+        match &self.ring {
+            None => {
+                // SAFETY: piece `i` was claimed by this thread alone, `start + n ≤ len`, and
+                // the caller of `copy_bytes` keeps both ranges valid until `done` reaches
+                // `pieces`, which needs this piece's increment below.
+                unsafe {
+                    copy_with(self.kind, self.src.wrapping_add(start), self.dst.wrapping_add(start), n)
+                };
+            }
+            Some(gate) => {
+                if gate.wait(i) {
+                    let at = gate.base.wrapping_add((i % gate.slots) * self.piece);
+                    let (src, dst) = if gate.to_ring {
+                        (self.src.wrapping_add(start), at)
+                    } else {
+                        (at.cast_const(), self.dst.wrapping_add(start))
+                    };
+                    // SAFETY: as above for the caller's memory; the ring slot holds `piece ≥ n`
+                    // bytes inside the ring (`i % slots < slots`), and its gate is open: the
+                    // GPU no longer reads it (a write) or has written it (a read), and no other
+                    // piece using the slot is claimable before this one is done (the gates of
+                    // later pieces of the slot need this piece's GPU copy, which the owner
+                    // submits only once `copied[i]` is set).
+                    unsafe { copy_with(self.kind, src, dst, n) };
+                    gate.copied[i].store(true, Ordering::Release);
+                }
+            }
+        }
+        if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.pieces {
+            self.caller.unpark();
+        }
+    }
+
+    /// Waits until every piece is done (copied, or skipped after an abort). The memory is the
+    /// caller's again only then: this wait must not be skipped.
+    fn wait_done(&self) {
+        let spin = std::time::Instant::now();
+        while self.done.load(Ordering::Acquire) < self.pieces {
+            if spin.elapsed() < SPIN {
+                std::hint::spin_loop();
+            } else {
+                // `copy_piece` unparks the caller after the last piece (an unpark before the
+                // park makes the park return at once; a spurious return loops). Parking with a
+                // timeout: a `RingCopy` may be finished from a thread other than the one that
+                // started it.
+                std::thread::park_timeout(PARK);
             }
         }
     }
@@ -134,6 +249,20 @@ impl Pool {
             }
         });
         pool
+    }
+
+    /// Queues `helpers` tickets of `task` for the pool's threads and wakes them.
+    fn hand_out(&self, task: &Arc<Task>, helpers: usize) {
+        if helpers == 0 {
+            return;
+        }
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            for _ in 0..helpers {
+                queue.push_back(Arc::clone(task));
+            }
+        }
+        self.ready.notify_all();
     }
 
     /// A pool thread: runs the tasks it is handed, parked while there are none.
@@ -209,26 +338,127 @@ pub(crate) unsafe fn copy_bytes_as(kind: CopyKind, src: *const u8, dst: *mut u8,
         next: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
         caller: std::thread::current(),
+        ring: None,
     });
-    {
-        let mut queue = pool.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        for _ in 1..pieces.min(threads) {
-            queue.push_back(Arc::clone(&task));
-        }
-    }
-    pool.ready.notify_all();
+    pool.hand_out(&task, pieces.min(threads) - 1);
     task.work();
-    // Every piece is claimed; wait until the last ones, copied by pool threads, are done. The
-    // ranges are the caller's again only then: this wait must not be skipped.
-    let spin = std::time::Instant::now();
-    while task.done.load(Ordering::Acquire) < pieces {
-        if spin.elapsed() < SPIN {
-            std::hint::spin_loop();
-        } else {
-            // `work` unparks this thread after the last piece (an unpark before the park
-            // makes the park return at once; a spurious return loops).
-            std::thread::park();
+    // Every piece is claimed; wait until the last ones, copied by pool threads, are done.
+    task.wait_done();
+}
+
+/// A copy between the caller's memory and a ring of staging pieces that the GPU copies from or
+/// into at the same time: the pool's threads copy pieces in order, each once the GPU's progress
+/// (which the owner publishes with [`RingCopy::publish`]) frees its ring slot (a write) or has
+/// filled it (a read), and mark it copied; the owner submits the GPU's copies of the pieces
+/// marked so far. The copy threads never wait for each other between pieces, so the CPU copy
+/// and the GPU's run side by side for the whole transfer.
+///
+/// Dropping it aborts what is left and waits until no thread touches either memory.
+pub(crate) struct RingCopy {
+    task: Arc<Task>,
+}
+
+impl RingCopy {
+    /// Starts copying `len` bytes between `host` and a ring of `slots` pieces of `piece` bytes
+    /// at `ring` (`to_ring`: from `host` into the ring; else from the ring into `host`), on the
+    /// pool's threads. Nothing is copied before the first [`publish`](RingCopy::publish) of a
+    /// read.
+    ///
+    /// # Safety
+    /// `host` is valid for `len` bytes (reads if `to_ring`, else writes) and `ring` for
+    /// `slots * piece` bytes (both), the two do not overlap, and nothing else touches
+    /// `host`, or the ring slots whose gates are open, until the value is dropped.
+    pub unsafe fn start(
+        host: *mut u8,
+        ring: *mut u8,
+        len: usize,
+        piece: usize,
+        slots: usize,
+        to_ring: bool,
+        kind: CopyKind,
+    ) -> RingCopy {
+        let piece = piece.max(1);
+        let pieces = len.div_ceil(piece);
+        let task = Arc::new(Task {
+            src: host.cast_const(),
+            dst: host,
+            len,
+            piece,
+            pieces,
+            kind,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            caller: std::thread::current(),
+            ring: Some(Gate {
+                base: ring,
+                slots: slots.max(1),
+                to_ring,
+                gpu: AtomicUsize::new(0),
+                abort: AtomicBool::new(false),
+                copied: (0..pieces).map(|_| AtomicBool::new(false)).collect(),
+            }),
+        });
+        let pool = Pool::get();
+        let workers = if pool.pid == std::process::id() { pool.workers.load(Ordering::Acquire) } else { 0 };
+        // Every pool thread the copy may use, the caller not among them: it submits.
+        pool.hand_out(&task, pieces.min(pool.threads.min(workers)));
+        RingCopy { task }
+    }
+
+    fn gate(&self) -> &Gate {
+        // Always set by `start`.
+        self.task.ring.as_ref().expect("a ring copy has a gate")
+    }
+
+    /// How many bytes the copy moves.
+    pub fn len(&self) -> usize {
+        self.task.len
+    }
+
+    /// How many pieces the copy has.
+    pub fn pieces(&self) -> usize {
+        self.task.pieces
+    }
+
+    /// Whether piece `i` has been copied (the CPU's writes to it happen before this returns
+    /// `true`).
+    pub fn copied(&self, i: usize) -> bool {
+        self.gate().copied.get(i).is_some_and(|c| c.load(Ordering::Acquire))
+    }
+
+    /// Tells the copy threads that the GPU's copies of the first `pieces` pieces have completed.
+    pub fn publish(&self, pieces: usize) {
+        self.gate().gpu.fetch_max(pieces, Ordering::AcqRel);
+    }
+
+    /// Copies the next piece on the calling thread if its gate is open and no thread has claimed
+    /// it: for an owner whose pool threads are busy with other copies (or that has none).
+    /// Returns whether it copied one.
+    pub fn help(&self) -> bool {
+        let i = self.task.next.load(Ordering::Relaxed);
+        if i >= self.task.pieces || !self.gate().open(i) {
+            return false;
         }
+        if self.task.next.compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        self.task.copy_piece(i);
+        true
+    }
+}
+
+impl Drop for RingCopy {
+    fn drop(&mut self) {
+        let gate = self.gate();
+        gate.abort.store(true, Ordering::Release);
+        // Pieces nobody claimed: claimed here and skipped (the gate is aborted).
+        while self.task.next.load(Ordering::Relaxed) < self.task.pieces {
+            let i = self.task.next.fetch_add(1, Ordering::Relaxed);
+            if i < self.task.pieces {
+                self.task.copy_piece(i);
+            }
+        }
+        self.task.wait_done();
     }
 }
 
@@ -407,5 +637,132 @@ mod tests {
                 });
             }
         });
+    }
+    /// A ring copy against a stand-in for the GPU: a write's pieces go from the ring into a
+    /// "device" vector as soon as each is marked copied; a read's pieces come from the device
+    /// vector into free ring slots. Every byte arrives, with fewer slots than pieces, so the
+    /// gates are what keep the two sides from overwriting each other.
+    fn ring_round(len: usize, piece: usize, slots: usize, help: bool) {
+        let data = pattern(len, (len ^ piece) as u64);
+        let mut ring = vec![0u8; piece * slots];
+        let mut device = vec![0x5Au8; len];
+        // A write: host → ring (threads) → device (here).
+        {
+            // SAFETY: `data` and `ring` outlive the copy, which is dropped below; this test
+            // touches a ring slot only after the gate logic allows (piece marked copied).
+            let copy = unsafe {
+                RingCopy::start(
+                    data.as_ptr().cast_mut(),
+                    ring.as_mut_ptr(),
+                    len,
+                    piece,
+                    slots,
+                    true,
+                    CopyKind::Plain,
+                )
+            };
+            for k in 0..copy.pieces() {
+                while !copy.copied(k) {
+                    if !(help && copy.help()) {
+                        std::hint::spin_loop();
+                    }
+                }
+                let n = piece.min(len - k * piece);
+                let at = (k % slots) * piece;
+                device[k * piece..k * piece + n].copy_from_slice(&ring[at..at + n]);
+                copy.publish(k + 1);
+            }
+        }
+        assert!(device == data, "write: {len} bytes, pieces of {piece}, {slots} slots");
+        // A read: device → ring (here) → host (threads).
+        let mut out = vec![0xA5u8; len];
+        {
+            // SAFETY: as above.
+            let copy = unsafe {
+                RingCopy::start(
+                    out.as_mut_ptr(),
+                    ring.as_mut_ptr(),
+                    len,
+                    piece,
+                    slots,
+                    false,
+                    CopyKind::Plain,
+                )
+            };
+            let pieces = copy.pieces();
+            let mut filled = 0;
+            while filled < pieces {
+                // A slot is free once the piece that used it before has been copied out.
+                if filled < slots || copy.copied(filled - slots) {
+                    let n = piece.min(len - filled * piece);
+                    let at = (filled % slots) * piece;
+                    ring[at..at + n].copy_from_slice(&device[filled * piece..filled * piece + n]);
+                    filled += 1;
+                    copy.publish(filled);
+                } else if !(help && copy.help()) {
+                    std::hint::spin_loop();
+                }
+            }
+            while !(0..pieces).all(|k| copy.copied(k)) {
+                std::hint::spin_loop();
+            }
+        }
+        assert!(out == data, "read: {len} bytes, pieces of {piece}, {slots} slots");
+    }
+
+    #[test]
+    fn ring_copies_move_every_byte_both_ways() {
+        for (len, piece, slots) in
+            [(1, 64, 2), (65_537, 4096, 2), ((3 << 20) + 5, 64 << 10, 3), (5 << 20, 1 << 20, 5)]
+        {
+            ring_round(len, piece, slots, false);
+            ring_round(len, piece, slots, true);
+        }
+    }
+
+    /// Dropping a ring copy whose GPU side never moves returns (the gated pieces are skipped)
+    /// and leaves the ring untouched past what was open.
+    #[test]
+    fn an_abandoned_ring_copy_returns_without_the_gpu() {
+        let data = pattern(1 << 20, 7);
+        let mut ring = vec![0u8; 4 * 4096];
+        let mut out = vec![0xA5u8; 1 << 20];
+        {
+            // SAFETY: the buffers outlive the copy.
+            let copy = unsafe {
+                RingCopy::start(
+                    out.as_mut_ptr(),
+                    ring.as_mut_ptr(),
+                    out.len(),
+                    4096,
+                    4,
+                    false,
+                    CopyKind::Plain,
+                )
+            };
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            assert!(!copy.copied(0), "a read copies nothing before the GPU's progress");
+        }
+        assert!(out.iter().all(|&b| b == 0xA5), "nothing was copied out");
+        {
+            // SAFETY: as above.
+            let copy = unsafe {
+                RingCopy::start(
+                    data.as_ptr().cast_mut(),
+                    ring.as_mut_ptr(),
+                    data.len(),
+                    4096,
+                    4,
+                    true,
+                    CopyKind::Plain,
+                )
+            };
+            while !(0..4).all(|k| copy.copied(k)) {
+                std::hint::spin_loop();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            assert!(!copy.copied(4), "a write fills only the free slots before the GPU's progress");
+        }
+        assert!(ring[..] == data[..4 * 4096], "the four free slots hold the first four pieces");
     }
 }

@@ -40,7 +40,7 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
 pub(crate) use super::copy::copy_bytes;
-use super::copy::{copy_bytes_as, CopyKind};
+use super::copy::{copy_bytes_as, CopyKind, RingCopy};
 
 use ash::vk;
 use ash::vk::Handle;
@@ -63,6 +63,24 @@ const FENCE_SPIN: std::time::Duration = std::time::Duration::from_millis(2);
 /// Transfers of at least this many bytes import the caller's memory where they can; smaller ones
 /// stage (an import pins pages and costs driver calls that a small copy does not repay).
 pub(crate) const IMPORT_MIN: usize = 256 << 10;
+/// Synchronous staged transfers of at least this many bytes stream through the ring
+/// ([`Transfer::streamed`]); smaller ones go slot by slot.
+const STREAM_MIN: usize = 1 << 20;
+/// A streamed transfer's pieces (the unit the copy threads claim and the GPU's progress frees)
+/// are at most this large...
+const STREAM_PIECE: u64 = 1 << 20;
+/// ...and at least this large (a transfer is cut into about 64 of them between the two).
+const STREAM_PIECE_MIN: u64 = 256 << 10;
+/// A streamed transfer's first GPU copy moves at most this many bytes; each later one at most
+/// what was submitted before it, up to [`BATCH_MAX`]: the GPU starts early, and the
+/// submissions (each costs the copy engine about 13 µs on the H200) stay few.
+const BATCH_FIRST: u64 = 2 << 20;
+const BATCH_MAX: u64 = 16 << 20;
+/// While less than this is queued on the GPU, whatever is ready is submitted at once: the copy
+/// engine must not run dry while the CPU copies.
+const GPU_LOW: u64 = 4 << 20;
+/// Command buffers for a streamed transfer's GPU copies (reused once their values are reached).
+const BATCH_CMDS: usize = 32;
 /// How often a synchronous import copy drains the queue before it gives up and stages: other
 /// threads kept submitting between the drain and the copy.
 const DRAIN_ATTEMPTS: usize = 3;
@@ -184,6 +202,14 @@ pub(crate) struct Transfer {
     /// Asynchronous jobs whose waits timed out, with the host memory they own: destroyed and
     /// freed once their values are reached (seen by the next transfer, or at the device's end).
     orphans: Vec<(Job, Box<dyn Send>)>,
+    /// The command buffers of streamed transfers' GPU copies, each with the timeline value of
+    /// its last submission (free once reached), and the next one to use.
+    batch_cmds: Vec<(vk::CommandBuffer, u64)>,
+    batch_next: usize,
+    /// The timeline value of the last GPU copy of a streamed transfer that returned before it
+    /// completed (an error or a timeout; 0: none): the context is pending on `target` until it is
+    /// reached.
+    streaming: u64,
 }
 
 /// What [`Error::Timeout`] names when a call finds an earlier submission still pending.
@@ -330,6 +356,9 @@ impl Transfer {
             timeline: vk::Semaphore::null(),
             timeline_value: 0,
             orphans: Vec::new(),
+            batch_cmds: Vec::new(),
+            batch_next: 0,
+            streaming: 0,
         };
         match transfer.make_objects(d) {
             Ok(()) => {
@@ -554,6 +583,9 @@ impl Transfer {
         signal: Option<u64>,
     ) -> Result<()> {
         check_rows(target)?;
+        if signal.is_none() && host.len >= STREAM_MIN {
+            return self.streamed(device, dir, target, host);
+        }
         let slot = self.staging(device, host.len as u64)?;
         let (buffer, mapped) = match &self.staging {
             Some(s) => (s.buffer, s.mapped()?),
@@ -647,11 +679,217 @@ impl Transfer {
                 for s in &mut self.slots {
                     s.covered |= s.busy;
                 }
-                self.target = 0;
-                device.transfer_target.store(0, Ordering::Release);
+                self.release_target(device);
                 Ok(())
             }
         }
+    }
+
+    /// A synchronous copy streamed through the whole staging buffer (see [`RingCopy`]): the
+    /// copy threads fill (or empty) pieces of it without pause while this thread submits the
+    /// GPU's copies of the pieces ready so far, first small, then larger, and publishes the
+    /// GPU's progress, which frees pieces for the threads. The CPU copy and the DMA overlap for
+    /// the whole transfer instead of slot by slot.
+    fn streamed(&mut self, device: &Device, dir: Direction, target: Target, host: HostRange) -> Result<()> {
+        // The whole buffer is this call's: asynchronous transfers still in it are waited for
+        // (they are ahead of this one on the queue anyway).
+        self.settle_all(device, EARLIER_COPY)?;
+        let slot = self.staging(device, host.len as u64)?;
+        let ring_bytes = slot * self.slots.len() as u64;
+        let want = (host.len as u64 / 64).clamp(STREAM_PIECE_MIN, STREAM_PIECE);
+        // Whole rows for images (a row fits in a slot: `check_rows`), and two pieces at least.
+        let piece = target.step(want).min(target.step(ring_bytes / 2));
+        let ring_pieces = (ring_bytes / piece) as usize;
+        let (buffer, mapped) = match &self.staging {
+            Some(s) => (s.buffer, s.mapped()?),
+            None => return Err(Error::Unsupported { what: "no staging buffer".into() }),
+        };
+        self.batch_commands(device)?;
+        // SAFETY: `host` is the caller's range (readable for a write, writable for a read) and
+        // nothing else touches it until this returns (the callers hold the slice); the staging
+        // buffer holds `ring_pieces * piece` bytes and nothing uses it (settled above) but this
+        // call's GPU copies, which the gates keep apart from the threads' (`RingCopy`); the
+        // copy is dropped, which waits for its threads, before this returns.
+        let copy = unsafe {
+            RingCopy::start(
+                host.ptr,
+                mapped,
+                host.len,
+                piece as usize,
+                ring_pieces,
+                dir == Direction::ToDevice,
+                staging_copy(dir),
+            )
+        };
+        let result = self.drive(device, dir, target, buffer, &copy, (piece, ring_pieces));
+        // Waits until no copy thread touches either memory (after an error, skipping the rest).
+        drop(copy);
+        result
+    }
+
+    /// The submitting side of [`Transfer::streamed`]: `(piece, ring_pieces)` is the geometry.
+    /// Returns once every piece has reached its destination, or with the error that stopped it
+    /// (then the GPU copies still queued keep the context pending: [`Transfer::streaming`]).
+    fn drive(
+        &mut self,
+        device: &Device,
+        dir: Direction,
+        target: Target,
+        staging: vk::Buffer,
+        copy: &RingCopy,
+        (piece, ring_pieces): (u64, usize),
+    ) -> Result<()> {
+        let d = &device.device;
+        let n = copy.pieces();
+        let total = copy.len() as u64;
+        let len = |k: usize, end: usize| (end as u64 * piece).min(total) - k as u64 * piece;
+        let (mut ready, mut submitted, mut done) = (0usize, 0usize, 0usize);
+        // Submitted GPU copies not seen complete: (timeline value, pieces done once reached).
+        let mut queued: std::collections::VecDeque<(u64, usize)> = std::collections::VecDeque::new();
+        let mut moved = std::time::Instant::now();
+        let fail = |t: &mut Transfer, queued: &std::collections::VecDeque<(u64, usize)>, e: Error| {
+            if let Some(&(value, _)) = queued.back() {
+                t.streaming = value;
+            }
+            Err(e)
+        };
+        loop {
+            let mut progress = false;
+            while ready < n && copy.copied(ready) {
+                ready += 1;
+                progress = true;
+            }
+            // Pieces whose GPU copies may be queued now: the copied ones (a write), or those
+            // whose ring slots have been emptied (a read).
+            let limit = match dir {
+                Direction::ToDevice => ready,
+                Direction::ToHost => n.min(ready + ring_pieces),
+            };
+            let on_gpu = (submitted - done) as u64 * piece;
+            let cap = ((submitted as u64 * piece).clamp(BATCH_FIRST, BATCH_MAX) / piece).max(1) as usize;
+            let avail = limit - submitted;
+            if avail > 0 && (avail >= cap || on_gpu < GPU_LOW || limit == n) {
+                let end = submitted + avail.min(cap);
+                match self.submit_batch(
+                    device,
+                    dir,
+                    target,
+                    staging,
+                    (submitted, end),
+                    (piece, ring_pieces),
+                    &len,
+                ) {
+                    Ok(value) => {
+                        queued.push_back((value, end));
+                        submitted = end;
+                        progress = true;
+                    }
+                    Err(e) => return fail(self, &queued, e),
+                }
+            }
+            // SAFETY: the semaphore belongs to this device.
+            let reached = match unsafe { d.get_semaphore_counter_value(self.timeline) } {
+                Ok(v) => v,
+                Err(e) => return fail(self, &queued, Error::vk("vkGetSemaphoreCounterValue", e)),
+            };
+            while let Some(&(value, end)) = queued.front() {
+                if value > reached {
+                    break;
+                }
+                done = end;
+                queued.pop_front();
+                progress = true;
+            }
+            copy.publish(done);
+            let finished = match dir {
+                Direction::ToDevice => done == n,
+                // Every piece copied out: every GPU copy has completed.
+                Direction::ToHost => ready == n,
+            };
+            if finished {
+                return Ok(());
+            }
+            if progress {
+                moved = std::time::Instant::now();
+            } else if !copy.help() {
+                if moved.elapsed() > device.transfer_timeout {
+                    return fail(self, &queued, Error::Timeout(device.transfer_timeout, "a staging copy"));
+                }
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Records and submits the GPU copies of pieces `first..end` of a streamed transfer (the ring
+    /// slots they occupy: one or two runs), signalling the transfer timeline's next value, which
+    /// it returns. `len(k, end)` is the bytes of pieces `k..end`.
+    #[allow(clippy::too_many_arguments, reason = "one batch's full description")]
+    fn submit_batch(
+        &mut self,
+        device: &Device,
+        dir: Direction,
+        target: Target,
+        staging: vk::Buffer,
+        (first, end): (usize, usize),
+        (piece, ring_pieces): (u64, usize),
+        len: &dyn Fn(usize, usize) -> u64,
+    ) -> Result<u64> {
+        let d = &device.device;
+        let i = self.batch_next;
+        let (cmd, last) = self.batch_cmds[i];
+        if last > 0 {
+            // The command buffer's last submission must have completed before it is recorded
+            // again (in practice long since: there are more of them than batches in flight).
+            device.wait_transfer_value(last)?;
+        }
+        let begin = vk::CommandBufferBeginInfo::default().flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+        // SAFETY: the command buffer's last submission has completed (above) and its pool
+        // allows resetting it.
+        unsafe { d.begin_command_buffer(cmd, &begin) }.vk("vkBeginCommandBuffer")?;
+        let mut k = first;
+        while k < end {
+            let slot = k % ring_pieces;
+            let run = (ring_pieces - slot).min(end - k);
+            target.record(d, cmd, dir, staging, slot as u64 * piece, k as u64 * piece, len(k, k + run));
+            k += run;
+        }
+        // SAFETY: as above.
+        unsafe { d.end_command_buffer(cmd) }.vk("vkEndCommandBuffer")?;
+        let value = self.timeline_value + 1;
+        let cmds = [cmd];
+        let semaphores = [self.timeline];
+        let values = [value];
+        let mut timeline = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
+        let submit = vk::SubmitInfo::default()
+            .command_buffers(&cmds)
+            .signal_semaphores(&semaphores)
+            .push_next(&mut timeline);
+        // SAFETY: the command buffer belongs to this device and is not pending; values increase
+        // (taken under the context's lock).
+        unsafe { device.submit_counted(&[submit], vk::Fence::null()) }?;
+        self.timeline_value = value;
+        self.batch_cmds[i].1 = value;
+        self.batch_next = (i + 1) % self.batch_cmds.len();
+        self.target = target.raw();
+        device.transfer_target.store(self.target, Ordering::Release);
+        Ok(value)
+    }
+
+    /// Allocates the streamed transfers' command buffers, once.
+    fn batch_commands(&mut self, device: &Device) -> Result<()> {
+        if !self.batch_cmds.is_empty() {
+            return Ok(());
+        }
+        let alloc = vk::CommandBufferAllocateInfo::default()
+            .command_pool(self.pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(BATCH_CMDS as u32);
+        // SAFETY: the pool was created on this device; its command buffers are freed with it.
+        let cmds =
+            unsafe { device.device.allocate_command_buffers(&alloc) }.vk("vkAllocateCommandBuffers")?;
+        self.batch_cmds = cmds.into_iter().map(|c| (c, 0)).collect();
+        self.batch_next = 0;
+        Ok(())
     }
 
     /// Makes sure the ring's staging buffer has slots of at least `min(len, chunk)` bytes;
@@ -777,7 +1015,7 @@ impl Transfer {
     ) -> Result<Option<u64>> {
         // Every caller settled the slot; this keeps the rule where the objects are reused.
         self.settle_slot(device, i, EARLIER_COPY)?;
-        if self.target != target && self.slots.iter().any(|s| s.busy && !s.covered) {
+        if self.target != target && self.pending().is_some() {
             // Busy slots of another target: settle them first, so that one target is pending.
             self.settle(device, EARLIER_COPY)?;
         }
@@ -866,10 +1104,37 @@ impl Transfer {
                 };
             }
         }
-        if self.slots.iter().all(|s| !s.busy || s.covered) {
+        self.release_target(device);
+        Ok(())
+    }
+
+    /// Forgets the pending target once nothing uncovered is in flight.
+    fn release_target(&mut self, device: &Device) {
+        if self.streaming == 0 && self.slots.iter().all(|s| !s.busy || s.covered) {
             self.target = 0;
             device.transfer_target.store(0, Ordering::Release);
         }
+    }
+
+    /// Waits (up to the device's transfer timeout) for the GPU copies a streamed transfer left
+    /// queued when it returned early; fails with [`Error::Timeout`] naming `what` while they are.
+    fn settle_streaming(&mut self, device: &Device, what: &'static str) -> Result<()> {
+        if self.streaming == 0 {
+            return Ok(());
+        }
+        let d = &device.device;
+        let timeout = u64::try_from(device.transfer_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let semaphores = [self.timeline];
+        let values = [self.streaming];
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
+        // SAFETY: the semaphore belongs to this device.
+        match unsafe { d.wait_semaphores(&info, timeout) } {
+            Ok(()) => {}
+            Err(vk::Result::TIMEOUT) => return Err(Error::Timeout(device.transfer_timeout, what)),
+            Err(e) => return Err(Error::vk("vkWaitSemaphores", e)),
+        }
+        self.streaming = 0;
+        self.release_target(device);
         Ok(())
     }
 
@@ -877,6 +1142,7 @@ impl Transfer {
     /// pending afterwards, or the result is [`Error::Timeout`] naming `what` and it stays
     /// pending. Covered slots (asynchronous transfers in flight) stay as they are.
     pub fn settle(&mut self, device: &Device, what: &'static str) -> Result<()> {
+        self.settle_streaming(device, what)?;
         for i in 0..self.slots.len() {
             if !self.slots[i].covered {
                 self.settle_slot(device, i, what)?;
@@ -887,6 +1153,7 @@ impl Transfer {
 
     /// Settles every slot, covered ones too: nothing uses the staging buffer afterwards.
     fn settle_all(&mut self, device: &Device, what: &'static str) -> Result<()> {
+        self.settle_streaming(device, what)?;
         for i in 0..self.slots.len() {
             self.settle_slot(device, i, what)?;
         }
@@ -895,7 +1162,7 @@ impl Transfer {
 
     /// The raw handle of the buffer or image a pending submission uses (`Some(0)`: none).
     pub fn pending(&self) -> Option<u64> {
-        self.slots.iter().any(|s| s.busy && !s.covered).then_some(self.target)
+        (self.streaming != 0 || self.slots.iter().any(|s| s.busy && !s.covered)).then_some(self.target)
     }
 
     /// How many copies are still in flight, without waiting: ring slots whose submissions have
@@ -905,6 +1172,16 @@ impl Transfer {
     pub fn in_flight(&mut self, device: &Device) -> u64 {
         let d = &device.device;
         let mut count = self.orphans.len() as u64;
+        if self.streaming != 0 {
+            // SAFETY: the semaphore belongs to this device.
+            let reached = unsafe { d.get_semaphore_counter_value(self.timeline) }.unwrap_or(0);
+            if reached >= self.streaming {
+                self.streaming = 0;
+                self.release_target(device);
+            } else {
+                count += 1;
+            }
+        }
         for i in 0..self.slots.len() {
             let slot = &self.slots[i];
             // SAFETY: the fence belongs to this device.
@@ -981,10 +1258,7 @@ impl Transfer {
         }
         // Submitted whole: the buffer's or image's drop waits for the value.
         self.slots[i].covered = true;
-        if self.slots.iter().all(|s| !s.busy || s.covered) {
-            self.target = 0;
-            device.transfer_target.store(0, Ordering::Release);
-        }
+        self.release_target(device);
         device.imported_transfers.fetch_add(1, Ordering::Relaxed);
         Ok(Job { value, host: JobHost::Import(import) })
     }
