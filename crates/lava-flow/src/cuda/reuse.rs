@@ -103,7 +103,7 @@ mod tests {
         assert_eq!(spares.put(1), None);
         assert_eq!(spares.put(2), None);
         assert_eq!(spares.put(3), Some(3), "full: the third is the caller's to destroy");
-        let mut taken = vec![spares.take().unwrap(), spares.take().unwrap()];
+        let mut taken = vec![spares.take().expect("one kept"), spares.take().expect("two kept")];
         taken.sort_unstable();
         assert_eq!(taken, vec![1, 2]);
         assert_eq!(spares.take(), None, "each spare is handed out once");
@@ -123,10 +123,10 @@ mod tests {
                 Ok(answer)
             }
         };
-        assert!(links.can_access(1, ask(true)).unwrap());
-        assert!(links.can_access(1, ask(false)).unwrap(), "remembered: not asked again");
-        assert!(!links.can_access(2, ask(false)).unwrap(), "another device is asked");
-        assert!(!links.can_access(2, ask(true)).unwrap());
+        assert!(links.can_access(1, ask(true)).expect("asked"));
+        assert!(links.can_access(1, ask(false)).expect("remembered"), "remembered: not asked again");
+        assert!(!links.can_access(2, ask(false)).expect("asked"), "another device is asked");
+        assert!(!links.can_access(2, ask(true)).expect("remembered"));
         assert_eq!(asked.get(), 2);
         let failed = links.can_access(3, || {
             Err(Error::Ffi {
@@ -137,7 +137,7 @@ mod tests {
             })
         });
         assert!(failed.is_err());
-        assert!(links.can_access(3, ask(true)).unwrap(), "a failure is asked again");
+        assert!(links.can_access(3, ask(true)).expect("asked again"), "a failure is asked again");
         assert_eq!(asked.get(), 3);
     }
 
