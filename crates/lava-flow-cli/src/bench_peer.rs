@@ -2,7 +2,9 @@
 //! `cuMemcpyPeerAsync` between `cuMemAlloc` buffers, same sizes, same streams, same run: buffers
 //! Vulkan allocated (imported into CUDA: the driver's slow path), and memory CUDA's virtual memory
 //! API allocated on each GPU, imported into Vulkan and granted to the other GPU (the direct path).
-//! Needs two CUDA devices with Vulkan devices; says so and skips otherwise.
+//! A last group times the host side of one 4 KiB call (`copy_peer`'s ordering, per call) beside
+//! one raw `cuMemcpyPeerAsync`. Needs two CUDA devices with Vulkan devices; says so and skips
+//! otherwise.
 
 use std::time::Instant;
 
@@ -101,7 +103,149 @@ pub fn rows(
         rows.push(base);
         rows.extend(measured);
     }
+    rows.extend(per_call_rows(allocator, &pair, if options.quick { 100 } else { 256 }, reps)?);
     Ok(())
+}
+
+/// The bytes of a per-call row's copy: so few that the ordering, not the bytes, is the cost.
+const PER_CALL_SIZE: u64 = 4 << 10;
+
+/// The per-call rows: the host time of one 4 KiB `copy_peer` (what its ordering costs per call:
+/// cross-GPU events, fences, timeline steps) beside one raw `cuMemcpyPeerAsync` between
+/// `cuMemAlloc` buffers, peer access enabled and the context bound once beforehand; `copies`
+/// queued back to back, timed up to the last one queued, then one wait; µs per call, median of
+/// the runs. After each, the destination is read back and compared byte for byte.
+fn per_call_rows(allocator: &mut MemoryAllocator, pair: &Pair, copies: u64, reps: usize) -> Result<Vec<Row>> {
+    let Pair { ctx_a, ctx_b, stream_a, stream_b, .. } = pair;
+    let (size, len) = (PER_CALL_SIZE, PER_CALL_SIZE as usize);
+    let group = "peer copy, host time per call";
+    let label = |what: &str| format!("{}: {what}, host time per call", human(size));
+    let data = pattern(len);
+
+    let (raw_src, raw_dst) = (ctx_a.alloc(size)?, ctx_b.alloc(size)?);
+    raw_src.copy_from_host(0, &data)?;
+    poison_cuda(&raw_dst, &data)?;
+    raw_copy(ctx_a, ctx_b, &raw_src, &raw_dst, len, stream_b)?; // enables peer access
+    ctx_b.bind()?;
+    let raw = per_call_us(
+        copies,
+        reps,
+        || {
+            // SAFETY: both allocations hold `len` bytes; each pointer is passed with its
+            // context; the stream belongs to cuda:1's context.
+            check("cuMemcpyPeerAsync", unsafe {
+                sys::cuMemcpyPeerAsync(
+                    raw_dst.device_ptr(),
+                    ctx_b.raw(),
+                    raw_src.device_ptr(),
+                    ctx_a.raw(),
+                    len,
+                    stream_b.raw(),
+                )
+            })
+            .map_err(Into::into)
+        },
+        || Ok(stream_b.synchronize()?),
+    )?;
+    check_cuda(&raw_dst, &data, "cuMemcpyPeerAsync, 4 KiB calls")?;
+    let base = Row::baseline(group, label("cuMemcpyPeerAsync alone, cuMemAlloc → cuMemAlloc"), raw, "µs");
+
+    // copy_peer between the same cuMemAlloc buffers (peer access through the contexts).
+    poison_cuda(&raw_dst, &data)?;
+    let (src, dst) = (side(&raw_src, stream_a), side(&raw_dst, stream_b));
+    let plain_alloc = per_call_us(copies, reps, || copy_once(src, dst, len), || sync_both(src, dst))?;
+    check_cuda(&raw_dst, &data, "copy_peer, 4 KiB calls, cuMemAlloc buffers")?;
+
+    // copy_peer between VMM buffers (the full-speed memory), plain and with both timelines.
+    let (vmm_src, vmm_dst) = (ctx_a.alloc_exportable(size)?, ctx_b.alloc_exportable(size)?);
+    if let Err(e) = vmm_src.grant_access(ctx_b) {
+        println!("peer rows: per call: cuda:1 is not granted cuda:0's memory ({e}): its copies are staged");
+    }
+    vmm_src.copy_from_host(0, &data)?;
+    poison_cuda(&vmm_dst, &data)?;
+    let (src, dst) = (side(&vmm_src, stream_a), side(&vmm_dst, stream_b));
+    let plain_vmm = per_call_us(copies, reps, || copy_once(src, dst, len), || sync_both(src, dst))?;
+    check_cuda(&vmm_dst, &data, "copy_peer, 4 KiB calls, VMM buffers")?;
+
+    poison_cuda(&vmm_dst, &data)?;
+    let (tl_a, tl_b) = (allocator.timeline_semaphore(pair.a)?, allocator.timeline_semaphore(pair.b)?);
+    tl_a.signal(1)?;
+    tl_b.signal(1)?;
+    let (sync_a, sync_b) = (ctx_a.import_timeline(&tl_a)?, ctx_b.import_timeline(&tl_b)?);
+    let value = std::cell::Cell::new(1u64);
+    let ordered = per_call_us(
+        copies,
+        reps,
+        || {
+            let v = value.get();
+            let step = |timeline| Some(TimelineStep { timeline, wait: v, signal: v + 1 });
+            cuda::copy_peer(
+                PeerSide { step: step(&sync_a), ..src },
+                PeerSide { step: step(&sync_b), ..dst },
+                len,
+            )?;
+            value.set(v + 1);
+            Ok(())
+        },
+        || {
+            tl_b.wait(value.get(), std::time::Duration::from_secs(60))?;
+            tl_a.wait(value.get(), std::time::Duration::from_secs(60))?;
+            Ok(())
+        },
+    )?;
+    check_cuda(&vmm_dst, &data, "copy_peer + both timelines, 4 KiB calls, VMM buffers")?;
+    let measured = [
+        Row::against(&base, label("cuda::copy_peer, cuMemAlloc buffers"), plain_alloc),
+        Row::against(&base, label("cuda::copy_peer, VMM buffers (granted)"), plain_vmm),
+        Row::against(&base, label("copy_peer + both timelines, VMM buffers"), ordered),
+    ];
+    Ok(std::iter::once(base).chain(measured).collect())
+}
+
+/// µs of host time per `queue` call: `copies` calls back to back, timed up to the last one, then
+/// `finish` (the one wait, untimed); median of the runs.
+fn per_call_us(
+    copies: u64,
+    reps: usize,
+    mut queue: impl FnMut() -> Result<()>,
+    mut finish: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    median(reps, || {
+        let start = Instant::now();
+        for _ in 0..copies {
+            queue()?;
+        }
+        let queued = start.elapsed();
+        finish()?;
+        Ok(queued.as_secs_f64() * 1e6 / copies as f64)
+    })
+}
+
+/// One unordered `copy_peer`.
+fn copy_once(src: PeerSide<'_>, dst: PeerSide<'_>, len: usize) -> Result<()> {
+    cuda::copy_peer(src, dst, len)?;
+    Ok(())
+}
+
+/// Waits for both sides' streams.
+fn sync_both(src: PeerSide<'_>, dst: PeerSide<'_>) -> Result<()> {
+    src.stream.synchronize()?;
+    dst.stream.synchronize()?;
+    Ok(())
+}
+
+/// Overwrites CUDA memory with the complement of `data`.
+fn poison_cuda(dst: &dyn DeviceMemory, data: &[u8]) -> Result<()> {
+    let inverse: Vec<u8> = data.iter().map(|b| !b).collect();
+    dst.copy_from_host(0, &inverse)?;
+    Ok(())
+}
+
+/// Reads CUDA memory back (`cuMemcpyDtoH`) and compares its first `data.len()` bytes with `data`.
+fn check_cuda(dst: &dyn DeviceMemory, data: &[u8], what: &str) -> Result<()> {
+    let mut out = vec![0xEEu8; data.len()];
+    dst.copy_to_host(0, &mut out)?;
+    compare(&out, data, what)
 }
 
 /// The rows of memory CUDA's virtual memory API allocates (`alloc_exportable`) on each GPU,
@@ -276,6 +420,11 @@ fn pattern(len: usize) -> Vec<u8> {
 fn check_copy(dst: &lava_flow::Buffer, data: &[u8], what: &str) -> Result<()> {
     let mut out = vec![0xEEu8; data.len()];
     dst.read(0, &mut out)?;
+    compare(&out, data, what)
+}
+
+/// `Ok` where `out` is `data`; otherwise the first byte that differs.
+fn compare(out: &[u8], data: &[u8], what: &str) -> Result<()> {
     match out.iter().zip(data).position(|(o, d)| o != d) {
         None => Ok(()),
         Some(i) => Err(Error::WrongData(format!(

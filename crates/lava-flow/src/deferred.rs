@@ -18,6 +18,13 @@ pub(crate) trait Fence {
     fn is_done(&self) -> Result<bool>;
     /// Waits on the host until the work is complete.
     fn wait(&self) -> Result<()>;
+    /// Whether this fence, made after `older`, completes only once `older` has: both mark work
+    /// queued in order on one queue (a CUDA stream), so the older one says nothing more. The
+    /// default, `false`, keeps every fence.
+    fn supersedes(&self, older: &Self) -> bool {
+        let _ = older;
+        false
+    }
 }
 
 /// Whether `fence` is known complete; an error counts as "not known", logged.
@@ -44,8 +51,10 @@ impl<F> Default for Uses<F> {
 }
 
 impl<F: Fence> Uses<F> {
-    /// Adds a use; drops the ones already complete.
+    /// Adds a use, made after every use already recorded; drops the ones it supersedes (work
+    /// queued before it on the same queue: no query needed) and the others already complete.
     pub fn add(&mut self, fence: Arc<F>) {
+        self.pending.retain(|older| !fence.supersedes(older));
         self.prune();
         self.pending.push(fence);
     }
@@ -158,6 +167,9 @@ mod tests {
         done: AtomicBool,
         broken: AtomicBool,
         queries: AtomicUsize,
+        /// The queue it was made on, if the test says: a later fence of the same queue
+        /// supersedes it.
+        queue: Option<u32>,
     }
 
     fn lost() -> Error {
@@ -185,10 +197,17 @@ mod tests {
             self.done.store(true, Ordering::Relaxed);
             Ok(())
         }
+        fn supersedes(&self, older: &Self) -> bool {
+            self.queue.is_some() && self.queue == older.queue
+        }
     }
 
     fn work() -> Arc<Work> {
         Arc::new(Work::default())
+    }
+
+    fn work_on(queue: u32) -> Arc<Work> {
+        Arc::new(Work { queue: Some(queue), ..Work::default() })
     }
 
     fn finish(w: &Work) {
@@ -299,5 +318,38 @@ mod tests {
         b.broken.store(false, Ordering::Relaxed);
         uses.wait_all().expect("waits");
         assert_eq!(uses.len(), 0);
+    }
+
+    #[test]
+    fn a_use_on_the_same_queue_replaces_the_older_ones_without_asking_the_driver() {
+        let mut uses = Uses::default();
+        let older: Vec<_> = (0..100).map(|_| work_on(1)).collect();
+        for w in &older {
+            uses.add(Arc::clone(w));
+        }
+        // Nothing completed, yet one use is kept: each one covers the queue's work before it.
+        assert_eq!(uses.len(), 1);
+        assert_eq!(older.iter().map(|w| w.queries.load(Ordering::Relaxed)).sum::<usize>(), 0, "no query");
+        let other = work_on(2);
+        uses.add(Arc::clone(&other));
+        let newest = work_on(1);
+        uses.add(Arc::clone(&newest));
+        // The other queue's use is still queued: asked, and kept beside the newest of queue 1.
+        assert_eq!(other.queries.load(Ordering::Relaxed), 1);
+        let pending = uses.take_pending();
+        assert_eq!(pending.len(), 2);
+        assert!(
+            pending.iter().any(|p| Arc::ptr_eq(p, &other)) && pending.iter().any(|p| Arc::ptr_eq(p, &newest))
+        );
+        // Uses handed over from a dropped view are not in queue order with these: all are kept.
+        let mut import = Uses::default();
+        import.add(work_on(1));
+        import.extend(vec![work_on(1), work_on(1)]);
+        assert_eq!(import.len(), 3);
+        // Fences that say nothing of their queue keep each other.
+        let mut plain = Uses::default();
+        plain.add(work());
+        plain.add(work());
+        assert_eq!(plain.len(), 2);
     }
 }

@@ -3,7 +3,8 @@
 //! contexts are a typed error naming both UUIDs; peer copies between lava-flow buffers on two
 //! GPUs, every byte checked, both directions, ordered by both GPUs' timelines — between buffers
 //! Vulkan allocated (the driver's slow path) and between memory CUDA's virtual memory API
-//! allocated, imported into Vulkan and granted to the other GPU (the direct path).
+//! allocated, imported into Vulkan and granted to the other GPU (the direct path); and a chain of
+//! small copies between `cuMemAlloc` memory, each after the last on the other GPU.
 //!
 //! Where a GPU, CUDA, OpenCL or EGL is missing each test prints why it skips. With
 //! `LAVA_FLOW_REQUIRE_GPU=1` a missing API fails; with `LAVA_FLOW_REQUIRE_GPU=1` and
@@ -550,6 +551,63 @@ fn peer_copies_between_vmm_buffers_are_direct_once_granted_every_byte_both_direc
     }
     // CUDA moved these timelines: the Debian layer's known orphaned-pending-signal report.
     common::tolerate_orphaned_pending_signal(&v.validation_log().unwrap_or_default());
+}
+
+/// A chain of small peer copies, queued without a host wait, each reading what the one before
+/// wrote on the other GPU: `cuMemAlloc` memory on both GPUs, copy `i` from slot `i` of one side
+/// to slot `i + 1` of the other, directions alternating. Each copy is ordered only by
+/// `copy_peer`'s own cross-GPU orderings, whose events are reused call after call (spares of
+/// each context) and whose fences replace one another per stream: a reused event that moved an
+/// earlier wait, or a copy that did not wait for the one before, leaves a slot unlike the
+/// source's bytes. Slots no copy writes keep their poison.
+#[test]
+fn a_chain_of_small_peer_copies_each_after_the_last_on_the_other_gpu_lands_every_byte() {
+    let _serial = serial();
+    let v = Validated::new();
+    let Some(gpus) = gpus_or_skip(&v, "peer copy chain", 2) else { return };
+    let (a, b) = (&gpus[0], &gpus[1]);
+    let (ctx_a, ctx_b) = (
+        Context::for_device(&v, a.device_id).expect("CUDA a"),
+        Context::for_device(&v, b.device_id).expect("CUDA b"),
+    );
+    let (slot, copies) = (4096 + 13, 200usize); // odd-sized slots, many more copies than spares
+    let size = (slot * (copies + 1)) as u64;
+    let (on_a, on_b) =
+        (ctx_a.alloc(size).expect("cuMemAlloc on a"), ctx_b.alloc(size).expect("cuMemAlloc on b"));
+    let poison = poisoned(size as usize);
+    on_a.copy_from_host(0, &poison).expect("poison a");
+    on_b.copy_from_host(0, &poison).expect("poison b");
+    let data = random_bytes(slot);
+    on_a.copy_from_host(0, &data).expect("slot 0 of a");
+    let (stream_a, stream_b) = (ctx_a.stream().expect("stream a"), ctx_b.stream().expect("stream b"));
+    let direct = cuda::can_access_peer(&ctx_b, &ctx_a).expect("cuDeviceCanAccessPeer")
+        && cuda::can_access_peer(&ctx_a, &ctx_b).expect("cuDeviceCanAccessPeer");
+    let sides = [(&on_a as &dyn DeviceMemory, &stream_a), (&on_b as &dyn DeviceMemory, &stream_b)];
+    for i in 0..copies {
+        let ((from, from_stream), (to, to_stream)) = (sides[i % 2], sides[(i + 1) % 2]);
+        let path = cuda::copy_peer(
+            PeerSide { memory: from, offset: (i * slot) as u64, stream: from_stream, step: None },
+            PeerSide { memory: to, offset: ((i + 1) * slot) as u64, stream: to_stream, step: None },
+            slot,
+        )
+        .unwrap_or_else(|e| panic!("copy {i}: {e}"));
+        match (&path, direct) {
+            (PeerPath::Direct, true) | (PeerPath::StagedThroughHost { .. }, false) => {}
+            other => panic!("copy {i}, peer access {direct}: unexpected path {other:?}"),
+        }
+    }
+    stream_a.synchronize().expect("stream a");
+    stream_b.synchronize().expect("stream b");
+    for (k, (memory, name)) in [(&on_a, "a"), (&on_b, "b")].into_iter().enumerate() {
+        let mut out = vec![0u8; size as usize];
+        memory.copy_to_host(0, &mut out).expect("read back");
+        for s in 0..=copies {
+            // Slot s of side k was written when s and k have the same parity (slot 0 of a by the
+            // host, slot s > 0 by copy s - 1).
+            let want: &[u8] = if s % 2 == k { &data } else { &poison[..slot] };
+            assert_bytes_eq(&out[s * slot..(s + 1) * slot], want, &format!("slot {s} of {name}"));
+        }
+    }
 }
 
 /// The rules of grants and copies of VMM memory, on any number of GPUs: granting the

@@ -7,6 +7,7 @@ use cudarc::driver::sys;
 
 use super::memory::ExternalMemory;
 use super::raw::{check, driver};
+use super::reuse::{PeerLinks, Spares};
 use crate::device::{DeviceInfo, Uuid};
 use crate::error::{Error, Result};
 use crate::MemoryAllocator;
@@ -121,6 +122,27 @@ pub(crate) struct Inner {
     /// Views, imports and allocations dropped while work that uses them was queued: released
     /// once it completes (ADR 0014).
     pub deferred: super::release::Releases,
+    /// Events without timing that lava-flow's own orderings and fences used and gave back,
+    /// for reuse (`cuEventCreate` and `cuEventDestroy` are not per call); destroyed at the end.
+    pub spares: Mutex<Spares<sys::CUevent>>,
+    /// Peer access as this context has seen it: `cuDeviceCanAccessPeer` per peer device, and the
+    /// peer contexts it mapped with `cuCtxEnablePeerAccess`.
+    pub peers: Mutex<PeerLinks<sys::CUdevice, Inner>>,
+}
+
+impl Inner {
+    fn new(device: sys::CUdevice, context: sys::CUcontext, uuid: Uuid, retained: bool) -> Self {
+        Inner {
+            device,
+            context,
+            uuid,
+            retained,
+            imports: Mutex::default(),
+            deferred: Mutex::default(),
+            spares: Mutex::new(Spares::new(super::reuse::SPARE_EVENTS)),
+            peers: Mutex::default(),
+        }
+    }
 }
 
 // SAFETY: a CUcontext is a handle the driver API lets any thread use (made current with
@@ -134,6 +156,16 @@ impl Drop for Inner {
         // What was dropped under queued work goes first, once that work completed (the context's
         // end is the one place that waits for it): nothing else holds the context any more.
         super::release::release_all(self.context, &self.deferred);
+        // Then the spare events (the fences just released gave theirs back to no one: with the
+        // context's last `Arc` gone they destroyed their own).
+        let spares = self.spares.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).drain();
+        for event in spares {
+            // SAFETY: the context is still live; each spare is an event of it, unused by queued
+            // work's host side (a queued record or wait completes after the destroy).
+            super::release::release_in(self.context, "cuEventDestroy_v2", || unsafe {
+                sys::cuEventDestroy_v2(event)
+            });
+        }
         if self.retained {
             // SAFETY: retained once in `Context::for_device`, released once here, after every
             // import and mapping (which hold an `Arc<Inner>`) is gone.
@@ -199,16 +231,7 @@ impl Context {
         let mut context = std::ptr::null_mut();
         // SAFETY: `device` is valid; `context` is a valid out-pointer.
         check("cuDevicePrimaryCtxRetain", unsafe { sys::cuDevicePrimaryCtxRetain(&mut context, device) })?;
-        Ok(Context {
-            inner: Arc::new(Inner {
-                device,
-                context,
-                uuid: cuda.uuid,
-                retained: true,
-                imports: Mutex::default(),
-                deferred: Mutex::default(),
-            }),
-        })
+        Ok(Context { inner: Arc::new(Inner::new(device, context, cuda.uuid, true)) })
     }
 
     /// Adopts a context the caller already has (from cudarc, or their own code). lava-flow
@@ -222,16 +245,7 @@ impl Context {
         let mut uuid = sys::CUuuid { bytes: [0; 16] };
         // SAFETY: the caller's contract: `device` is valid.
         check("cuDeviceGetUuid_v2", unsafe { sys::cuDeviceGetUuid_v2(&mut uuid, device) })?;
-        Ok(Context {
-            inner: Arc::new(Inner {
-                device,
-                context,
-                uuid: Uuid(uuid.bytes.map(|b| b as u8)),
-                retained: false,
-                imports: Mutex::default(),
-                deferred: Mutex::default(),
-            }),
-        })
+        Ok(Context { inner: Arc::new(Inner::new(device, context, Uuid(uuid.bytes.map(|b| b as u8)), false)) })
     }
 
     /// The raw context, for the caller's own CUDA code.
@@ -292,7 +306,7 @@ impl Context {
         let flags = sys::CUstream_flags_enum::CU_STREAM_NON_BLOCKING as u32;
         // SAFETY: the context is current; `stream` is a valid out-pointer.
         check("cuStreamCreate", unsafe { sys::cuStreamCreate(&mut stream, flags) })?;
-        Ok(Stream { ctx: self.clone(), stream, owned: true })
+        Ok(Stream { ctx: self.clone(), stream, id: next_stream_id(), owned: true })
     }
 
     /// Makes the context current and runs `release`, a driver call that destroys or frees
@@ -313,7 +327,16 @@ impl Context {
 pub struct Stream {
     pub(crate) ctx: Context,
     pub(crate) stream: sys::CUstream,
+    /// This value's own number, never reused in the process (a destroyed stream's handle may
+    /// be): fences recorded on it supersede older ones of the same number only.
+    pub(crate) id: u64,
     owned: bool,
+}
+
+/// The next [`Stream::id`].
+fn next_stream_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 // SAFETY: a CUstream is a driver handle usable from any thread with its context current.
@@ -334,7 +357,7 @@ impl Stream {
     /// # Safety
     /// `stream` belongs to `ctx` and outlives the returned value.
     pub unsafe fn from_raw(ctx: &Context, stream: sys::CUstream) -> Self {
-        Stream { ctx: ctx.clone(), stream, owned: false }
+        Stream { ctx: ctx.clone(), stream, id: next_stream_id(), owned: false }
     }
 
     /// The raw stream, for kernel launches of the caller's own.

@@ -1,8 +1,9 @@
 //! CUDA events: ordering one stream after another, and timing work on the GPU.
 
+use std::sync::PoisonError;
 use std::time::Duration;
 
-use super::context::{Context, Stream};
+use super::context::{Context, Inner, Stream};
 use super::raw::{check, has_function};
 use super::sys;
 use crate::error::{Error, Result};
@@ -47,6 +48,35 @@ impl Context {
         // SAFETY: the context is current; `event` is a valid out-pointer.
         check("cuEventCreate", unsafe { sys::cuEventCreate(&mut event, flags) })?;
         Ok(Event { ctx: self.clone(), event, timing })
+    }
+
+    /// An event without timing for lava-flow's own use: a spare of this context, or a new one
+    /// (`cuEventCreate`). The context must be current. Give it back with [`give_back`] once
+    /// nothing will query or wait for it any more (a `cuStreamWaitEvent` already queued on it
+    /// does not count: it took the event's state when it was called).
+    pub(crate) fn spare_event(&self) -> Result<sys::CUevent> {
+        let spare = self.inner.spares.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(event) = spare {
+            return Ok(event);
+        }
+        let flags = sys::CUevent_flags_enum::CU_EVENT_DISABLE_TIMING as u32;
+        let mut event = std::ptr::null_mut();
+        // SAFETY: the context is current (the caller's promise); `event` is a valid out-pointer.
+        check("cuEventCreate", unsafe { sys::cuEventCreate(&mut event, flags) })?;
+        Ok(event)
+    }
+}
+
+/// Gives `event`, of the context `inner` and from [`Context::spare_event`], back to its spares;
+/// destroys it where they are full.
+pub(crate) fn give_back(inner: &Inner, event: sys::CUevent) {
+    let full = inner.spares.lock().unwrap_or_else(PoisonError::into_inner).put(event);
+    if let Some(event) = full {
+        // SAFETY: an event of `inner`'s live context that nothing uses any more, destroyed once
+        // (a record or wait already queued on it completes all the same).
+        super::release::release_in(inner.context, "cuEventDestroy_v2", || unsafe {
+            sys::cuEventDestroy_v2(event)
+        });
     }
 }
 
@@ -109,12 +139,26 @@ impl Stream {
 
     /// Orders this stream after the work queued on `other` so far (an event recorded on `other`
     /// and waited for here): how a user's stream follows lava-flow's semaphore waits, or the
-    /// reverse.
+    /// reverse. `other` may be a stream of another context or GPU. The event is one the
+    /// context keeps for reuse: four driver calls (`cuCtxSetCurrent`, `cuEventRecord`,
+    /// `cuCtxSetCurrent`, `cuStreamWaitEvent`); none where `other` is this stream.
     pub fn wait_for(&self, other: &Stream) -> Result<()> {
-        let event = other.ctx.event(false)?;
-        event.record(other)?;
-        self.wait_event(&event)
-        // Destroying the event now is allowed: the wait already refers to its captured work.
+        if self.stream == other.stream && self.ctx.raw() == other.ctx.raw() {
+            return Ok(());
+        }
+        other.ctx.reclaim();
+        other.ctx.bind()?;
+        let event = other.ctx.spare_event()?;
+        // SAFETY: the event and `other` belong to `other`'s context, which is current.
+        let recorded = check("cuEventRecord", unsafe { sys::cuEventRecord(event, other.stream) });
+        let waited = recorded.and_then(|()| self.ctx.bind()).and_then(|()| {
+            // SAFETY: this stream is valid in its context, which is current; the event is
+            // valid (`cuStreamWaitEvent` takes an event of another context or device).
+            check("cuStreamWaitEvent", unsafe { sys::cuStreamWaitEvent(self.stream, event, 0) })
+        });
+        // The wait took the event's state: recording it again later does not change it.
+        give_back(&other.ctx.inner, event);
+        waited
     }
 }
 

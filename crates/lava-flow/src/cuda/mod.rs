@@ -39,6 +39,7 @@ mod module;
 mod peer;
 mod raw;
 mod release;
+mod reuse;
 mod semaphore;
 
 pub use array::{CudaArray, CudaImage, SurfaceObject, TextureObject};

@@ -61,18 +61,22 @@ use super::sys;
 use crate::error::{Error, Result};
 
 /// Whether CUDA device `from` can read and write the memory of CUDA device `to` directly
-/// (`cuDeviceCanAccessPeer`). A device and itself: `true`.
+/// (`cuDeviceCanAccessPeer`, asked once per pair and remembered by `from`). A device and itself:
+/// `true`.
 pub fn can_access_peer(from: &Context, to: &Context) -> Result<bool> {
     if from.raw_device() == to.raw_device() {
         return Ok(true);
     }
-    let mut can = 0;
-    // SAFETY: both devices are valid (their contexts exist, so the driver is initialised);
-    // `can` is a valid out-pointer.
-    check("cuDeviceCanAccessPeer", unsafe {
-        sys::cuDeviceCanAccessPeer(&mut can, from.raw_device(), to.raw_device())
-    })?;
-    Ok(can != 0)
+    let mut peers = from.inner.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    peers.can_access(to.raw_device(), || {
+        let mut can = 0;
+        // SAFETY: both devices are valid (their contexts exist, so the driver is initialised);
+        // `can` is a valid out-pointer.
+        check("cuDeviceCanAccessPeer", unsafe {
+            sys::cuDeviceCanAccessPeer(&mut can, from.raw_device(), to.raw_device())
+        })?;
+        Ok(can != 0)
+    })
 }
 
 /// One ordered pair of CUDA devices and whether the first can access the second's memory.
@@ -302,7 +306,8 @@ fn copy(src: PeerSide<'_>, dst: PeerSide<'_>, len: usize, force_staging: bool) -
     validate(&dst, "destination", len)?;
     let (src_ctx, dst_ctx) = (src.memory.context(), dst.memory.context());
     let can_access = force_staging || can_access_peer(dst_ctx, src_ctx)?;
-    let path = choose_path(&Endpoint::of(src.memory), &Endpoint::of(dst.memory), can_access, force_staging);
+    let src_end = Endpoint::of(src.memory);
+    let path = choose_path(&src_end, &Endpoint::of(dst.memory), can_access, force_staging);
     match &path {
         PeerPath::StagedThroughHost { reason } if !force_staging => {
             log::warn!("peer copy staged through host memory: {reason}")
@@ -318,13 +323,13 @@ fn copy(src: PeerSide<'_>, dst: PeerSide<'_>, len: usize, force_staging: bool) -
     if let Some(step) = dst.step.filter(|s| s.wait > 0) {
         step.timeline.wait(step.wait, dst.stream)?;
     }
-    follow(dst.stream, src.stream)?;
+    dst.stream.wait_for(src.stream)?;
     match path {
         PeerPath::Direct | PeerPath::ThroughDriver { .. } => {
             // Maps the source context's `cuMemAlloc` memory into the destination's. Memory of
             // the virtual memory API is mapped by its own grant: no context peer access for it
             // (whose failure, say past the driver's peer limit, would refuse a copy that works).
-            if !matches!(src.memory.peer_mapping(), PeerMapping::Granted(_)) {
+            if !matches!(src_end.mapping, PeerMapping::Granted(_)) {
                 enable_peer_access(dst_ctx, src_ctx)?;
             }
             dst_ctx.bind()?;
@@ -347,7 +352,7 @@ fn copy(src: PeerSide<'_>, dst: PeerSide<'_>, len: usize, force_staging: bool) -
     // The copy is queued. Before anything else can fail, both memories record it (the source's
     // stream first follows the copy): an error below must not leave a memory free to go under
     // it. Where the source's stream cannot follow, the copy is waited for instead.
-    if let Err(e) = follow(src.stream, dst.stream) {
+    if let Err(e) = src.stream.wait_for(dst.stream) {
         dst.stream.synchronize()?;
         return Err(e);
     }
@@ -411,32 +416,25 @@ fn validate(side: &PeerSide<'_>, which: &'static str, len: usize) -> Result<()> 
 }
 
 /// `cuCtxEnablePeerAccess` with `ctx` current, for `peer`'s memory; already enabled is fine.
+/// Called once per pair of contexts: `ctx` remembers the peers it mapped (while they live; a
+/// program that disables peer access itself, `cuCtxDisablePeerAccess`, leaves copies correct but
+/// at the driver's rate).
 fn enable_peer_access(ctx: &Context, peer: &Context) -> Result<()> {
     if ctx.raw() == peer.raw() {
+        return Ok(());
+    }
+    let mut peers = ctx.inner.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if peers.is_enabled(&peer.inner) {
         return Ok(());
     }
     ctx.bind()?;
     // SAFETY: both contexts are valid; `ctx` is current; flags must be 0.
     let r = unsafe { sys::cuCtxEnablePeerAccess(peer.raw(), 0) };
-    if r == sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED {
-        return Ok(());
+    if r != sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED {
+        check("cuCtxEnablePeerAccess", r)?;
     }
-    check("cuCtxEnablePeerAccess", r)
-}
-
-/// Orders `stream` after the work queued on `other` so far, across contexts and devices: an
-/// event of `other`'s context recorded there and waited for on `stream` (`cuStreamWaitEvent`
-/// accepts an event of another context or device).
-fn follow(stream: &Stream, other: &Stream) -> Result<()> {
-    if stream.raw() == other.raw() && stream.ctx.raw() == other.ctx.raw() {
-        return Ok(());
-    }
-    let event = other.ctx.event(false)?;
-    event.record(other)?;
-    stream.ctx.bind()?;
-    // SAFETY: `stream` is valid in its context, which is current; the event is valid (it lives
-    // to the end of this function; a wait already queued refers to its captured work).
-    check("cuStreamWaitEvent", unsafe { sys::cuStreamWaitEvent(stream.raw(), event.raw(), 0) })
+    peers.set_enabled(&peer.inner);
+    Ok(())
 }
 
 /// The staging chunk: large enough that the per-chunk hand-offs cost little, small enough not
@@ -493,7 +491,7 @@ fn staged_chunks(
         let n = chunk.min(len - done);
         if done > 0 {
             // The previous chunk left the host buffer before this one overwrites it.
-            follow(src.stream, dst.stream)?;
+            src.stream.wait_for(dst.stream)?;
         }
         src_ctx.bind()?;
         // SAFETY: the range lies inside the source memory (validated); `host` holds `chunk` ≥ n
@@ -507,7 +505,7 @@ fn staged_chunks(
                 src.stream.raw(),
             )
         })?;
-        follow(dst.stream, src.stream)?;
+        dst.stream.wait_for(src.stream)?;
         dst_ctx.bind()?;
         // SAFETY: as above, for the destination range and its stream.
         check("cuMemcpyHtoDAsync_v2", unsafe {

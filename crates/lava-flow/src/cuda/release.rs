@@ -2,20 +2,25 @@
 //! uses the memory), what a dropped view or import leaves to release, and the context's list of
 //! them.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use cudarc::driver::sys;
 
-use super::context::{Context, Stream};
+use super::context::{Context, Inner, Stream};
 use super::raw::check;
 use crate::deferred::{Fence, ReleaseList, Uses};
 use crate::error::Result;
 
 /// An event recorded on a stream that uses some memory: complete once the work queued there
-/// before it is. Holds the raw context (not a [`Context`]: the context's own list of deferred
-/// releases holds fences, and must not keep the context alive).
+/// before it is. Holds the raw context and a weak reference to it (not a [`Context`]: the
+/// context's own list of deferred releases holds fences, and must not keep the context alive).
+/// The event is one of the context's spares, given back when the fence goes.
 pub(crate) struct CudaFence {
     context: sys::CUcontext,
+    /// Where the event goes back to, while the context lives.
+    owner: Weak<Inner>,
+    /// The [`Stream::id`] it was recorded on.
+    stream: u64,
     event: sys::CUevent,
 }
 
@@ -26,16 +31,15 @@ unsafe impl Send for CudaFence {}
 unsafe impl Sync for CudaFence {}
 
 impl CudaFence {
-    /// An event recorded on `stream` now (`cuEventCreate` without timing, `cuEventRecord`).
+    /// An event recorded on `stream` now (`cuEventRecord` of a spare event of `ctx`, created
+    /// without timing where there is none).
     pub fn record(ctx: &Context, stream: &Stream) -> Result<Arc<Self>> {
         ctx.check_device("the stream", stream.ctx.uuid())?;
         ctx.bind()?;
-        let mut event = std::ptr::null_mut();
-        let flags = sys::CUevent_flags_enum::CU_EVENT_DISABLE_TIMING as u32;
-        // SAFETY: the context is current; `event` is a valid out-pointer.
-        check("cuEventCreate", unsafe { sys::cuEventCreate(&mut event, flags) })?;
-        // From here the fence owns the event (its drop destroys it).
-        let fence = CudaFence { context: ctx.raw(), event };
+        let event = ctx.spare_event()?;
+        // From here the fence owns the event (its drop gives it back or destroys it).
+        let fence =
+            CudaFence { context: ctx.raw(), owner: Arc::downgrade(&ctx.inner), stream: stream.id, event };
         // SAFETY: event and stream belong to the same context, which is current.
         check("cuEventRecord", unsafe { sys::cuEventRecord(event, stream.stream) })?;
         Ok(Arc::new(fence))
@@ -64,10 +68,23 @@ impl Fence for CudaFence {
         // SAFETY: as above.
         check("cuEventSynchronize", unsafe { sys::cuEventSynchronize(self.event) })
     }
+
+    /// A later fence of the same stream completes after this one: stream order.
+    fn supersedes(&self, older: &Self) -> bool {
+        self.stream == older.stream
+    }
 }
 
 impl Drop for CudaFence {
     fn drop(&mut self) {
+        // Nothing queries or waits for the event any more: a spare of its context (recording
+        // it again is allowed while its work is queued), as long as the context lives.
+        if let Some(owner) = self.owner.upgrade() {
+            super::event::give_back(&owner, self.event);
+            return;
+        }
+        // The context is ending (its drop releases its deferred objects, and their fences, before
+        // the context itself).
         // SAFETY: our own event, destroyed once (destroying a recorded event is allowed: the
         // driver releases it once its work completes).
         let destroyed = self
@@ -108,7 +125,7 @@ unsafe impl Send for Release {}
 
 /// The driver call `f`, with `context` made current first; a failure is logged (it runs where
 /// nothing can return it).
-fn release_in(context: sys::CUcontext, call: &'static str, f: impl FnOnce() -> sys::CUresult) {
+pub(crate) fn release_in(context: sys::CUcontext, call: &'static str, f: impl FnOnce() -> sys::CUresult) {
     // SAFETY: `context` is live (the caller is its `Inner`, or holds it).
     let bound = check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(context) });
     if let Err(e) = bound.and_then(|()| check(call, f())) {
