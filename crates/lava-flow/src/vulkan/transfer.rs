@@ -73,12 +73,14 @@ const STREAM_PIECE: u64 = 1 << 20;
 const STREAM_PIECE_MIN: u64 = 256 << 10;
 /// A streamed transfer's first GPU copy moves at most this many bytes; each later one at most
 /// what was submitted before it, up to [`BATCH_MAX`]: the GPU starts early, and the
-/// submissions (each costs the copy engine about 13 µs on the H200) stay few.
-const BATCH_FIRST: u64 = 2 << 20;
-const BATCH_MAX: u64 = 16 << 20;
+/// submissions (each costs the copy engine about 13 µs on the H200) stay few. Chosen by the
+/// sweep in BENCHMARKS.md (one H200: 64 MiB writes 36.7 → 40.1 GB/s, reads 42.4 → 44.8 GB/s
+/// against 2 MiB / 16 MiB / 4 MiB).
+const BATCH_FIRST: u64 = 4 << 20;
+const BATCH_MAX: u64 = 8 << 20;
 /// While less than this is queued on the GPU, whatever is ready is submitted at once: the copy
 /// engine must not run dry while the CPU copies.
-const GPU_LOW: u64 = 4 << 20;
+const GPU_LOW: u64 = 8 << 20;
 /// Command buffers for a streamed transfer's GPU copies (reused once their values are reached).
 const BATCH_CMDS: usize = 32;
 /// How often a synchronous import copy drains the queue before it gives up and stages: other
@@ -95,6 +97,14 @@ pub(crate) struct RingShape {
     pub chunk: u64,
     pub slots: usize,
     pub stream: bool,
+    /// A streamed transfer's largest piece, first batch, largest batch and the GPU backlog below
+    /// which whatever is ready is submitted ([`STREAM_PIECE`], [`BATCH_FIRST`], [`BATCH_MAX`],
+    /// [`GPU_LOW`] unless `LAVA_FLOW_STREAM=piece_kib,first_kib,max_kib,low_kib` says
+    /// otherwise).
+    pub piece: u64,
+    pub first: u64,
+    pub batch: u64,
+    pub low: u64,
 }
 
 /// The ring's shape (see [`RingShape`]).
@@ -105,7 +115,24 @@ pub(crate) fn ring_shape() -> RingShape {
         let chunk = var("LAVA_FLOW_STAGING_CHUNK_MIB").map_or(STAGING_CHUNK, |m| m.clamp(1, 256) << 20);
         let slots = var("LAVA_FLOW_STAGING_SLOTS").map_or(SLOTS, |n| n.clamp(2, 16) as usize);
         let stream = std::env::var("LAVA_FLOW_STAGING_COPY").is_ok_and(|v| v.trim() == "stream");
-        RingShape { chunk, slots, stream }
+        let kib: Vec<u64> = std::env::var("LAVA_FLOW_STREAM")
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|x| x.trim().parse::<u64>().ok())
+                    .map(|k| k.clamp(4, 1 << 20) << 10)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let at = |i: usize, default: u64| kib.get(i).copied().unwrap_or(default);
+        RingShape {
+            chunk,
+            slots,
+            stream,
+            piece: at(0, STREAM_PIECE),
+            first: at(1, BATCH_FIRST),
+            batch: at(2, BATCH_MAX),
+            low: at(3, GPU_LOW),
+        }
     })
 }
 
@@ -696,7 +723,8 @@ impl Transfer {
         self.settle_all(device, EARLIER_COPY)?;
         let slot = self.staging(device, host.len as u64)?;
         let ring_bytes = slot * self.slots.len() as u64;
-        let want = (host.len as u64 / 64).clamp(STREAM_PIECE_MIN, STREAM_PIECE);
+        let shape = ring_shape();
+        let want = (host.len as u64 / 64).clamp(STREAM_PIECE_MIN.min(shape.piece), shape.piece);
         // Whole rows for images (a row fits in a slot: `check_rows`), and two pieces at least.
         let piece = target.step(want).min(target.step(ring_bytes / 2));
         let ring_pieces = (ring_bytes / piece) as usize;
@@ -740,6 +768,7 @@ impl Transfer {
         (piece, ring_pieces): (u64, usize),
     ) -> Result<()> {
         let d = &device.device;
+        let shape = ring_shape();
         let n = copy.pieces();
         let total = copy.len() as u64;
         let len = |k: usize, end: usize| (end as u64 * piece).min(total) - k as u64 * piece;
@@ -766,9 +795,10 @@ impl Transfer {
                 Direction::ToHost => n.min(ready + ring_pieces),
             };
             let on_gpu = (submitted - done) as u64 * piece;
-            let cap = ((submitted as u64 * piece).clamp(BATCH_FIRST, BATCH_MAX) / piece).max(1) as usize;
+            let cap = ((submitted as u64 * piece).clamp(shape.first, shape.batch.max(shape.first)) / piece)
+                .max(1) as usize;
             let avail = limit - submitted;
-            if avail > 0 && (avail >= cap || on_gpu < GPU_LOW || limit == n) {
+            if avail > 0 && (avail >= cap || on_gpu < shape.low || limit == n) {
                 let end = submitted + avail.min(cap);
                 match self.submit_batch(
                     device,
