@@ -146,7 +146,8 @@ impl Stream {
         if self.stream == other.stream && self.ctx.raw() == other.ctx.raw() {
             return Ok(());
         }
-        other.ctx.reclaim();
+        // No `reclaim` here: a release may call `cuMemFree`, which waits for every stream of the
+        // device, including a wait this thread queued and will satisfy only later (RELIABILITY.md).
         other.ctx.bind()?;
         let event = other.ctx.spare_event()?;
         // SAFETY: the event and `other` belong to `other`'s context, which is current.
