@@ -630,7 +630,13 @@ fn views_dropped_under_a_kernel_lava_flow_was_not_told_of_lose_their_memory() {
 
 #[test]
 fn lava_flows_own_stream_work_keeps_a_dropped_view_without_being_told() {
-    let _measuring = shared();
+    // Alone, as `drop_under_a_running_kernel`: the check below needs the spin kernel still
+    // running when the view is dropped. This context's list counts this test's releases only,
+    // but other tests' driver calls on the same primary context (`cuMemFree`, `cuMemHostAlloc`,
+    // module loads and unloads, which synchronise or lock the context) may hold this thread's
+    // next CUDA call until the kernel has completed: the fence then reads complete and nothing
+    // is deferred (seen once in a parallel run, as it was for that test before).
+    let _measuring = exclusive();
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "stream work keeps a dropped view") else { return };
     let bytes = 4usize << 20;

@@ -81,6 +81,9 @@ const BATCH_MAX: u64 = 8 << 20;
 /// While less than this is queued on the GPU, whatever is ready is submitted at once: the copy
 /// engine must not run dry while the CPU copies.
 const GPU_LOW: u64 = 8 << 20;
+/// How long a streamed transfer that has seen no progress for [`FENCE_SPIN`] blocks at a time
+/// before it looks again (at the copy threads' pieces and the GPU's progress).
+const STREAM_NAP: std::time::Duration = std::time::Duration::from_micros(100);
 /// Command buffers for a streamed transfer's GPU copies (reused once their values are reached).
 const BATCH_CMDS: usize = 32;
 /// How often a synchronous import copy drains the queue before it gives up and stages: other
@@ -752,6 +755,11 @@ impl Transfer {
         let result = self.drive(device, dir, target, buffer, &copy, (piece, ring_pieces));
         // Waits until no copy thread touches either memory (after an error, skipping the rest).
         drop(copy);
+        if result.is_ok() {
+            // Every GPU copy has completed: the target is no longer pending (a drop of it need
+            // not take the context's lock).
+            self.release_target(device);
+        }
         result
     }
 
@@ -842,10 +850,30 @@ impl Transfer {
             if progress {
                 moved = std::time::Instant::now();
             } else if !copy.help() {
-                if moved.elapsed() > device.transfer_timeout {
+                let idle = moved.elapsed();
+                if idle > device.transfer_timeout {
                     return fail(self, &queued, Error::Timeout(device.transfer_timeout, "a staging copy"));
                 }
-                std::hint::spin_loop();
+                if idle < FENCE_SPIN {
+                    // In the normal flow a piece is copied or a batch completes within
+                    // microseconds: poll.
+                    std::hint::spin_loop();
+                } else if let Some(&(value, _)) = queued.front() {
+                    // Nothing moved for a while (the queue is held up behind other work): block
+                    // in short steps rather than burn a core for up to the timeout.
+                    let semaphores = [self.timeline];
+                    let values = [value];
+                    let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
+                    let nap = u64::try_from(STREAM_NAP.as_nanos()).unwrap_or(u64::MAX);
+                    // SAFETY: the semaphore belongs to this device.
+                    match unsafe { d.wait_semaphores(&info, nap) } {
+                        Ok(()) | Err(vk::Result::TIMEOUT) => {}
+                        Err(e) => return fail(self, &queued, Error::vk("vkWaitSemaphores", e)),
+                    }
+                } else {
+                    // Only the copy threads can move (they are busy with other callers' copies).
+                    std::thread::sleep(STREAM_NAP);
+                }
             }
         }
     }
