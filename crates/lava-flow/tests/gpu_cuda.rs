@@ -657,3 +657,56 @@ fn lava_flows_own_stream_work_keeps_a_dropped_view_without_being_told() {
     target.read(0, &mut out).expect("read");
     assert_bytes_eq(&out, &vec![0x5A; bytes], "a fill queued before the view was dropped");
 }
+
+/// A thread that queued a CUDA wait for a Vulkan value it signals only later, and meanwhile drops
+/// CUDA memory and creates an event, is not blocked: `cuMemFree` would wait for every stream of
+/// the context, this thread's wait included, and hold every other CUDA call meanwhile (measured
+/// on the H200), so lava-flow holds its frees back while a wait it queued may be pending.
+/// Without that the drop blocks until the watchdog below signals the value after 20 s, and the
+/// test fails on the watchdog's flag (rather than hanging the binary).
+#[test]
+fn a_pending_semaphore_wait_holds_lava_flows_frees_back_instead_of_blocking_on_them() {
+    // Alone: another test's frees would hold this one's calls, which is what it checks.
+    let _measuring = exclusive();
+    let mut v = Validated::new();
+    let Some(ctx) = cuda_or_skip(&v, "frees held back by a pending wait") else { return };
+    let timeline = std::sync::Arc::new(v.timeline_semaphore(0).expect("timeline"));
+    let sync = ctx.import_timeline_owned(std::sync::Arc::clone(&timeline)).expect("import");
+    let stream = ctx.stream().expect("stream");
+    let scratch = ctx.alloc(1 << 20).expect("cuMemAlloc");
+    cuda::fill_async(&scratch, 0, 1 << 20, 0x11, &stream).expect("a use before the wait");
+    sync.wait(1, &stream).expect("CUDA waits for Vulkan's 1");
+    let signalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let (timeline, signalled, fired) = (timeline.clone(), signalled.clone(), fired.clone());
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(20) {
+                if signalled.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            fired.store(true, std::sync::atomic::Ordering::Release);
+            let _ = timeline.signal(1);
+        })
+    };
+    // Memory dropped while the wait is queued: its free waits (the scratch's use completed long
+    // ago, so only the pending wait holds it), and so does memory allocated and dropped now.
+    drop(scratch);
+    drop(ctx.alloc(4096).expect("cuMemAlloc"));
+    let _event = ctx.event(false).expect("an event, which reclaims");
+    assert!(ctx.reclaim() >= 2, "both frees wait for the pending semaphore wait");
+    assert!(
+        !fired.load(std::sync::atomic::Ordering::Acquire),
+        "a drop blocked until the watchdog signalled: a free waited for this thread's own wait"
+    );
+    v.submit(0, &Submission::new().signal(&timeline, 1)).expect("Vulkan signals 1");
+    signalled.store(true, std::sync::atomic::Ordering::Release);
+    watchdog.join().expect("watchdog");
+    stream.synchronize().expect("the wait passed");
+    assert_eq!(ctx.reclaim(), 0, "released once the wait passed");
+    drop(sync);
+    v.wait_idle(0).expect("idle");
+}

@@ -184,11 +184,44 @@ impl Release {
 /// A context's releases waiting for their work.
 pub(crate) type Releases = Mutex<ReleaseList<CudaFence, Release>>;
 
+/// Semaphore waits queued through lava-flow ([`CudaTimeline::wait`](super::CudaTimeline::wait))
+/// that may not have passed yet, per CUDA context (raw handle): a fence recorded after each.
+///
+/// While one is queued, lava-flow runs no release: `cuMemFree` waits for every stream of the
+/// context, that wait included, and while it waits every other CUDA call of the process in that
+/// context waits too (measured on the H200: RELIABILITY.md). A thread that queued a wait for a
+/// value it signals only after more CUDA calls (creating an event, dropping a buffer) would
+/// block on its own wait for ever. Process-wide: every [`Context`] of one primary context
+/// shares the driver's.
+static WAITS: Mutex<Vec<(usize, Arc<CudaFence>)>> = Mutex::new(Vec::new());
+
+/// Notes a wait queued on `stream` of `ctx` (a fence recorded after it; it replaces the fences
+/// of earlier waits on the same stream, which complete before it).
+pub(crate) fn note_wait(ctx: &Context, stream: &Stream) -> Result<()> {
+    let fence = CudaFence::record(ctx, stream)?;
+    let key = ctx.raw() as usize;
+    let mut waits = WAITS.lock().unwrap_or_else(PoisonError::into_inner);
+    waits.retain(|(k, older)| *k != key || !fence.supersedes(older));
+    waits.push((key, fence));
+    Ok(())
+}
+
+/// Whether a wait noted for `context` may still be queued. The waits that have passed are
+/// forgotten, and so are those whose fence can no longer be queried (a context that ended):
+/// nothing is held back for a wait nobody can see.
+fn waits_pending(context: sys::CUcontext) -> bool {
+    let key = context as usize;
+    let mut waits = WAITS.lock().unwrap_or_else(PoisonError::into_inner);
+    waits.retain(|(_, fence)| !fence.is_done().unwrap_or(true));
+    waits.iter().any(|(k, _)| *k == key)
+}
+
 impl Context {
     /// Releases `what` once every fence of `fences` is complete: now if there are none (or all
-    /// are complete), otherwise on a later call into this context or at its end. Never waits.
+    /// are complete) and no semaphore wait queued through lava-flow may still be pending in
+    /// this context, otherwise on a later call into this context or at its end. Never waits.
     pub(crate) fn release_after_fences(&self, fences: Vec<Arc<CudaFence>>, what: Release) {
-        if fences.is_empty() {
+        if fences.is_empty() && !waits_pending(self.raw()) {
             what.run(self.raw());
         } else {
             self.inner.deferred.lock().unwrap_or_else(PoisonError::into_inner).defer(fences, what);
@@ -199,8 +232,14 @@ impl Context {
     /// Releases what was dropped under work that has since completed, and returns how many
     /// dropped objects still wait for theirs. lava-flow calls it on every import, allocation,
     /// stream and event creation of this context; call it yourself where a program holds
-    /// memory for long without calling into lava-flow's CUDA side. Never waits.
+    /// memory for long without calling into lava-flow's CUDA side. Never waits, and releases
+    /// nothing while a semaphore wait queued through lava-flow
+    /// ([`CudaTimeline::wait`](super::CudaTimeline::wait)) may still be pending in the context:
+    /// `cuMemFree` would wait for it, and hold every other CUDA call of the context meanwhile.
     pub fn reclaim(&self) -> usize {
+        if waits_pending(self.raw()) {
+            return self.inner.deferred.lock().unwrap_or_else(PoisonError::into_inner).len();
+        }
         let (ready, left) = {
             let mut list = self.inner.deferred.lock().unwrap_or_else(PoisonError::into_inner);
             let ready = list.reclaim();

@@ -134,7 +134,10 @@ impl CudaTimeline<'_> {
         // SAFETY: one imported semaphore and one parameter block; the stream is of this context.
         check("cuWaitExternalSemaphoresAsync", unsafe {
             sys::cuWaitExternalSemaphoresAsync(&self.external, &params, 1, stream.stream)
-        })
+        })?;
+        // Until the wait has passed, lava-flow's releases (whose `cuMemFree` would wait for it)
+        // are held back.
+        super::release::note_wait(&self.ctx, stream)
     }
 
     /// Sets the timeline to `value` once the work queued on `stream` so far is done. The value
