@@ -73,14 +73,14 @@ const STREAM_PIECE: u64 = 1 << 20;
 const STREAM_PIECE_MIN: u64 = 256 << 10;
 /// A streamed transfer's first GPU copy moves at most this many bytes; each later one at most
 /// what was submitted before it, up to [`BATCH_MAX`]: the GPU starts early, and the
-/// submissions (each costs the copy engine about 13 µs on the H200) stay few. Chosen by the
-/// sweep in BENCHMARKS.md (one H200: 64 MiB writes 36.7 → 40.1 GB/s, reads 42.4 → 44.8 GB/s
-/// against 2 MiB / 16 MiB / 4 MiB).
-const BATCH_FIRST: u64 = 4 << 20;
-const BATCH_MAX: u64 = 8 << 20;
+/// submissions (each costs the copy engine about 13 µs on the H200) stay few. Full runs on the
+/// H200 (BENCHMARKS.md) moved more with these than with 4 MiB / 8 MiB / 8 MiB, which a quick
+/// sweep had favoured within its noise.
+const BATCH_FIRST: u64 = 2 << 20;
+const BATCH_MAX: u64 = 16 << 20;
 /// While less than this is queued on the GPU, whatever is ready is submitted at once: the copy
 /// engine must not run dry while the CPU copies.
-const GPU_LOW: u64 = 8 << 20;
+const GPU_LOW: u64 = 4 << 20;
 /// How long a streamed transfer that has seen no progress for [`FENCE_SPIN`] blocks at a time
 /// before it looks again (at the copy threads' pieces and the GPU's progress).
 const STREAM_NAP: std::time::Duration = std::time::Duration::from_micros(100);
