@@ -93,6 +93,36 @@ impl<F: Fence> Uses<F> {
     }
 }
 
+/// Semaphore waits queued on streams that may not have passed yet, per context (`key`): a fence
+/// recorded after each wait. A later wait's fence on the same queue replaces the earlier ones
+/// (it completes after them). What ADR 0017 holds releases back for.
+pub(crate) struct PendingWaits<F> {
+    waits: Vec<(usize, Arc<F>)>,
+}
+
+impl<F> PendingWaits<F> {
+    /// No waits.
+    pub const fn new() -> Self {
+        PendingWaits { waits: Vec::new() }
+    }
+}
+
+impl<F: Fence> PendingWaits<F> {
+    /// Notes a wait of context `key`, marked by `fence`.
+    pub fn note(&mut self, key: usize, fence: Arc<F>) {
+        self.waits.retain(|(k, older)| *k != key || !fence.supersedes(older));
+        self.waits.push((key, fence));
+    }
+
+    /// Whether a wait of context `key` may still be pending. The waits that have passed are
+    /// forgotten, and so are those whose fence cannot be queried any more (its context ended):
+    /// nothing is held back for a wait nobody can see.
+    pub fn pending(&mut self, key: usize) -> bool {
+        self.waits.retain(|(_, fence)| !fence.is_done().unwrap_or(true));
+        self.waits.iter().any(|(k, _)| *k == key)
+    }
+}
+
 /// Objects dropped under queued work, each with the fences of that work: an object is handed
 /// back for release once all of its fences are complete, never before.
 pub(crate) struct ReleaseList<F, T> {
@@ -351,5 +381,30 @@ mod tests {
         plain.add(work());
         plain.add(work());
         assert_eq!(plain.len(), 2);
+    }
+
+    #[test]
+    fn pending_waits_hold_their_context_until_they_pass_and_the_newest_of_a_queue_stands_for_all() {
+        let mut waits = PendingWaits::new();
+        assert!(!waits.pending(1), "nothing noted");
+        let first = work_on(7);
+        let second = work_on(7);
+        waits.note(1, Arc::clone(&first));
+        waits.note(1, Arc::clone(&second));
+        let other = work_on(8);
+        waits.note(2, Arc::clone(&other));
+        assert!(waits.pending(1) && waits.pending(2));
+        assert_eq!(
+            first.queries.load(Ordering::Relaxed),
+            0,
+            "replaced by the newer wait of its queue: never asked"
+        );
+        finish(&second);
+        assert!(!waits.pending(1), "the newest wait of context 1 passed");
+        assert!(waits.pending(2), "context 2's wait is its own");
+        // A fence that cannot be queried (its context ended) holds nothing back.
+        other.broken.store(true, Ordering::Relaxed);
+        assert!(!waits.pending(2));
+        assert!(waits.waits.is_empty(), "passed and unqueryable waits are forgotten");
     }
 }

@@ -8,7 +8,7 @@ use cudarc::driver::sys;
 
 use super::context::{Context, Inner, Stream};
 use super::raw::check;
-use crate::deferred::{Fence, ReleaseList, Uses};
+use crate::deferred::{Fence, PendingWaits, ReleaseList, Uses};
 use crate::error::Result;
 
 /// An event recorded on a stream that uses some memory: complete once the work queued there
@@ -193,27 +193,18 @@ pub(crate) type Releases = Mutex<ReleaseList<CudaFence, Release>>;
 /// value it signals only after more CUDA calls (creating an event, dropping a buffer) would
 /// block on its own wait for ever. Process-wide: every [`Context`] of one primary context
 /// shares the driver's.
-static WAITS: Mutex<Vec<(usize, Arc<CudaFence>)>> = Mutex::new(Vec::new());
+static WAITS: Mutex<PendingWaits<CudaFence>> = Mutex::new(PendingWaits::new());
 
-/// Notes a wait queued on `stream` of `ctx` (a fence recorded after it; it replaces the fences
-/// of earlier waits on the same stream, which complete before it).
+/// Notes a wait queued on `stream` of `ctx` (a fence recorded after it).
 pub(crate) fn note_wait(ctx: &Context, stream: &Stream) -> Result<()> {
     let fence = CudaFence::record(ctx, stream)?;
-    let key = ctx.raw() as usize;
-    let mut waits = WAITS.lock().unwrap_or_else(PoisonError::into_inner);
-    waits.retain(|(k, older)| *k != key || !fence.supersedes(older));
-    waits.push((key, fence));
+    WAITS.lock().unwrap_or_else(PoisonError::into_inner).note(ctx.raw() as usize, fence);
     Ok(())
 }
 
-/// Whether a wait noted for `context` may still be queued. The waits that have passed are
-/// forgotten, and so are those whose fence can no longer be queried (a context that ended):
-/// nothing is held back for a wait nobody can see.
+/// Whether a wait noted for `context` may still be pending ([`PendingWaits::pending`]).
 fn waits_pending(context: sys::CUcontext) -> bool {
-    let key = context as usize;
-    let mut waits = WAITS.lock().unwrap_or_else(PoisonError::into_inner);
-    waits.retain(|(_, fence)| !fence.is_done().unwrap_or(true));
-    waits.iter().any(|(k, _)| *k == key)
+    WAITS.lock().unwrap_or_else(PoisonError::into_inner).pending(context as usize)
 }
 
 impl Context {
