@@ -285,6 +285,10 @@ fn vmm_rows(
     let raw = raw_rate(pair, runs, &src, &dst)?;
     check_copy(&dst_vk, &data, "cuMemcpyPeerAsync between VMM buffers")?;
 
+    poison(&dst_vk, &data)?;
+    let floor = ordered_floor_rate(pair, runs, &src, &dst)?;
+    check_copy(&dst_vk, &data, "cuMemcpyPeerAsync between VMM buffers, ordered by hand")?;
+
     let (imported_dst, imported_view) = imported;
     poison(imported_dst, &data)?;
     let (mixed, mixed_path) = copy_rate(runs, side(&src, stream_a), side(imported_view, stream_b))?;
@@ -297,6 +301,11 @@ fn vmm_rows(
         Row::against(base, label("VMM buffers (alloc_exportable, granted), cuda::copy_peer"), plain),
         Row::against(base, label("VMM buffers, copy_peer + both timelines"), ordered),
         Row::against(base, label("VMM buffers, cuMemcpyPeerAsync alone"), raw),
+        Row::against(
+            base,
+            label("VMM buffers, cuMemcpyPeerAsync between the same two cross-GPU event waits by hand (an ordered copy's floor)"),
+            floor,
+        ),
         Row::against(base, label("VMM → Vulkan-allocated buffer, cuda::copy_peer"), mixed),
     ])
 }
@@ -312,6 +321,67 @@ fn raw_rate(pair: &Pair, runs: Runs, src: &dyn DeviceMemory, dst: &dyn DeviceMem
         pair.stream_b.synchronize()?;
         Ok(gbps(runs.size * runs.copies, start))
     })
+}
+
+/// GB/s of `copies` raw `cuMemcpyPeerAsync`s ordered as `copy_peer` orders each copy, written
+/// with the driver's calls: an event recorded on cuda:0's stream and waited for by cuda:1's
+/// before the copy, and one recorded on cuda:1's after it and waited for by cuda:0's (two events
+/// made once, recorded again each copy); one wait per run; median of the runs. What any copy
+/// that keeps both streams in order pays, beside `copy_peer`'s own row.
+fn ordered_floor_rate(
+    pair: &Pair,
+    runs: Runs,
+    src: &dyn DeviceMemory,
+    dst: &dyn DeviceMemory,
+) -> Result<f64> {
+    let flags = sys::CUevent_flags_enum::CU_EVENT_DISABLE_TIMING as u32;
+    let mut before = std::ptr::null_mut();
+    let mut after = std::ptr::null_mut();
+    pair.ctx_a.bind()?;
+    // SAFETY: cuda:0's context is current; a valid out-pointer.
+    check("cuEventCreate", unsafe { sys::cuEventCreate(&mut before, flags) })?;
+    pair.ctx_b.bind()?;
+    // SAFETY: cuda:1's context is current; a valid out-pointer.
+    if let Err(e) = check("cuEventCreate", unsafe { sys::cuEventCreate(&mut after, flags) }) {
+        destroy_event(&pair.ctx_a, before);
+        return Err(e.into());
+    }
+    let rate = median(runs.reps, || {
+        let start = Instant::now();
+        for _ in 0..runs.copies {
+            pair.ctx_a.bind()?;
+            // SAFETY: the event and the stream are cuda:0's, whose context is current.
+            check("cuEventRecord", unsafe { sys::cuEventRecord(before, pair.stream_a.raw()) })?;
+            pair.ctx_b.bind()?;
+            // SAFETY: cuda:1's stream, its context current; the event may be another device's.
+            check("cuStreamWaitEvent", unsafe { sys::cuStreamWaitEvent(pair.stream_b.raw(), before, 0) })?;
+            raw_copy(&pair.ctx_a, &pair.ctx_b, src, dst, runs.size as usize, &pair.stream_b)?;
+            // SAFETY: cuda:1's event and stream, its context current (`raw_copy` bound it).
+            check("cuEventRecord", unsafe { sys::cuEventRecord(after, pair.stream_b.raw()) })?;
+            pair.ctx_a.bind()?;
+            // SAFETY: cuda:0's stream, its context current.
+            check("cuStreamWaitEvent", unsafe { sys::cuStreamWaitEvent(pair.stream_a.raw(), after, 0) })?;
+        }
+        pair.stream_a.synchronize()?;
+        pair.stream_b.synchronize()?;
+        Ok(gbps(runs.size * runs.copies, start))
+    });
+    // Both streams were synchronised (or a call failed before more was queued on them):
+    // destroying the events is allowed either way (the driver keeps what is queued).
+    destroy_event(&pair.ctx_a, before);
+    destroy_event(&pair.ctx_b, after);
+    rate
+}
+
+/// Destroys `event` of `ctx`; a failure is printed (nothing to return it to).
+fn destroy_event(ctx: &Context, event: sys::CUevent) {
+    let destroyed = ctx.bind().and_then(|()| {
+        // SAFETY: an event this bench created in `ctx`, destroyed once.
+        check("cuEventDestroy_v2", unsafe { sys::cuEventDestroy_v2(event) })
+    });
+    if let Err(e) = destroyed {
+        println!("peer rows: destroying an event: {e}");
+    }
 }
 
 /// GB/s of `copies` `copy_peer`s from `src` to `dst`, not ordered by timelines, one wait per
