@@ -13,11 +13,12 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{assert_bytes_eq, poisoned, random_bytes, Side, Validated};
-use lava_flow::cuda::{self, Context, DeviceMemory, PeerPath, PeerSide, TimelineStep};
-use lava_flow::{DeviceType, Error, ImageDesc, ImageFormat, MemoryLocation, Uuid};
+use lava_flow::cuda::{self, Context, DeviceMemory, PeerPath, PeerSide, Stream, TimelineStep};
+use lava_flow::{DeviceType, Error, ImageDesc, ImageFormat, MemoryLocation, TimelineSemaphore, Uuid};
 
 /// GL contexts, CUDA primary contexts and Vulkan devices of several GPUs: the tests run one at a
 /// time (NVIDIA's `vkDestroyDevice` can deadlock with GL in other threads, RELIABILITY.md).
@@ -97,6 +98,42 @@ fn expect_mismatch<T>(made: lava_flow::Result<T>, what: &str, expected: Uuid, fo
 /// For each GPU: the CUDA ordinal and the Vulkan device agree by UUID both ways; a buffer at an
 /// offset, an image and a timeline of that Vulkan device work in the CUDA context of the same
 /// UUID, every byte both ways.
+/// The CUDA side of two GPUs `a` and `b`: each one's context, and a stream of each.
+struct CudaPair {
+    ctx_a: Context,
+    ctx_b: Context,
+    stream_a: Stream,
+    stream_b: Stream,
+}
+
+fn cuda_pair(v: &Validated, a: &Gpu, b: &Gpu) -> CudaPair {
+    let (ctx_a, ctx_b) = (
+        Context::for_device(v, a.device_id).expect("CUDA a"),
+        Context::for_device(v, b.device_id).expect("CUDA b"),
+    );
+    let (stream_a, stream_b) = (ctx_a.stream().expect("stream a"), ctx_b.stream().expect("stream b"));
+    CudaPair { ctx_a, ctx_b, stream_a, stream_b }
+}
+
+/// A timeline on each of two GPUs and its import into that GPU's CUDA context (the imports
+/// first: they go first).
+struct Timelines {
+    cuda: [cuda::CudaTimeline<'static>; 2],
+    vk: [Arc<TimelineSemaphore>; 2],
+}
+
+fn timelines(v: &mut Validated, pair: &CudaPair, a: &Gpu, b: &Gpu) -> Timelines {
+    let vk = [
+        Arc::new(v.timeline_semaphore(a.device_id).expect("tl a")),
+        Arc::new(v.timeline_semaphore(b.device_id).expect("tl b")),
+    ];
+    let cuda = [
+        pair.ctx_a.import_timeline_owned(Arc::clone(&vk[0])).expect("import tl a"),
+        pair.ctx_b.import_timeline_owned(Arc::clone(&vk[1])).expect("import tl b"),
+    ];
+    Timelines { cuda, vk }
+}
+
 #[test]
 fn every_gpu_lands_on_the_cuda_device_with_its_uuid() {
     let _serial = serial();
@@ -341,30 +378,20 @@ fn peer_copies_every_byte_both_directions_ordered_by_both_timelines() {
         let dst = v
             .allocate(dst_at + len as u64 + 777, MemoryLocation::GpuVulkan { device_id: b.device_id })
             .expect("dst");
-        let (ctx_a, ctx_b) = (
-            Context::for_device(&v, a.device_id).expect("CUDA a"),
-            Context::for_device(&v, b.device_id).expect("CUDA b"),
-        );
+        let pair = cuda_pair(&v, a, b);
+        let CudaPair { ctx_a, ctx_b, stream_a, stream_b } = &pair;
         let (view_a, view_b) =
             (ctx_a.import_buffer(&src).expect("import src"), ctx_b.import_buffer(&dst).expect("import dst"));
-        let (stream_a, stream_b) = (ctx_a.stream().expect("stream a"), ctx_b.stream().expect("stream b"));
-        let (tl_a, tl_b) = (
-            v.timeline_semaphore(a.device_id).expect("tl a"),
-            v.timeline_semaphore(b.device_id).expect("tl b"),
-        );
-        let (sync_a, sync_b) = (
-            ctx_a.import_timeline(&tl_a).expect("import tl a"),
-            ctx_b.import_timeline(&tl_b).expect("import tl b"),
-        );
-        let direct = cuda::can_access_peer(&ctx_b, &ctx_a).expect("cuDeviceCanAccessPeer");
+        let timelines = timelines(&mut v, &pair, a, b);
+        let direct = cuda::can_access_peer(ctx_b, ctx_a).expect("cuDeviceCanAccessPeer");
         println!("peer copy cuda:{} -> cuda:{}: peer access {direct}", a.ordinal, b.ordinal);
 
         // Bad input is refused before anything is queued.
-        let src_side = PeerSide { memory: &view_a, offset: src_at, stream: &stream_a, step: None };
-        let dst_side = PeerSide { memory: &view_b, offset: dst_at, stream: &stream_b, step: None };
+        let src_side = PeerSide { memory: &view_a, offset: src_at, stream: stream_a, step: None };
+        let dst_side = PeerSide { memory: &view_b, offset: dst_at, stream: stream_b, step: None };
         assert!(matches!(cuda::copy_peer(src_side, dst_side, len + 1), Err(Error::OutOfRange { .. })));
         expect_mismatch(
-            cuda::copy_peer(src_side, PeerSide { stream: &stream_a, ..dst_side }, len),
+            cuda::copy_peer(src_side, PeerSide { stream: stream_a, ..dst_side }, len),
             "the destination's stream on the source's GPU",
             b.uuid,
             a.uuid,
@@ -375,7 +402,7 @@ fn peer_copies_every_byte_both_directions_ordered_by_both_timelines() {
             src: &src,
             dst: &dst,
             sides: (src_side, dst_side),
-            timelines: [(&tl_a, &sync_a), (&tl_b, &sync_b)],
+            timelines: &timelines,
             len,
             what: format!("cuda:{} -> cuda:{}", a.ordinal, b.ordinal),
         };
@@ -407,7 +434,7 @@ struct OrderedRound<'a> {
     src: &'a lava_flow::Buffer,
     dst: &'a lava_flow::Buffer,
     sides: (PeerSide<'a>, PeerSide<'a>),
-    timelines: [(&'a lava_flow::TimelineSemaphore, &'a cuda::CudaTimeline<'a>); 2],
+    timelines: &'a Timelines,
     len: usize,
     what: String,
 }
@@ -424,7 +451,7 @@ impl OrderedRound<'_> {
         copy: fn(PeerSide<'_>, PeerSide<'_>, usize) -> lava_flow::Result<PeerPath>,
     ) -> PeerPath {
         let (src_side, dst_side) = self.sides;
-        let [(tl_a, sync_a), (tl_b, sync_b)] = self.timelines;
+        let ([sync_a, sync_b], [tl_a, tl_b]) = (&self.timelines.cuda, &self.timelines.vk);
         let data = random_bytes(self.len);
         self.src.write(src_side.offset, &data).expect("the source written through Vulkan");
         let poison = poisoned(self.dst.size() as usize);
@@ -481,46 +508,36 @@ fn peer_copies_between_vmm_buffers_are_direct_once_granted_every_byte_both_direc
     let len = (40 << 20) + 4099; // more than one 32 MiB staging chunk, not a multiple of anything
     let (src_at, dst_at) = (4096usize, 12_288usize);
     for (a, b) in [(&gpus[0], &gpus[1]), (&gpus[1], &gpus[0])] {
-        let (ctx_a, ctx_b) = (
-            Context::for_device(&v, a.device_id).expect("CUDA a"),
-            Context::for_device(&v, b.device_id).expect("CUDA b"),
-        );
+        let pair = cuda_pair(&v, a, b);
+        let CudaPair { ctx_a, ctx_b, stream_a, stream_b } = &pair;
         let src_memory = ctx_a.alloc_exportable((src_at + len) as u64).expect("cuMemCreate on a");
         let dst_memory = ctx_b.alloc_exportable((dst_at + len + 777) as u64).expect("cuMemCreate on b");
         let src = src_memory.import_into(&mut v, a.device_id).expect("a's memory into a's Vulkan");
         let dst = dst_memory.import_into(&mut v, b.device_id).expect("b's memory into b's Vulkan");
-        let (stream_a, stream_b) = (ctx_a.stream().expect("stream a"), ctx_b.stream().expect("stream b"));
-        let (tl_a, tl_b) = (
-            v.timeline_semaphore(a.device_id).expect("tl a"),
-            v.timeline_semaphore(b.device_id).expect("tl b"),
-        );
-        let (sync_a, sync_b) = (
-            ctx_a.import_timeline(&tl_a).expect("import tl a"),
-            ctx_b.import_timeline(&tl_b).expect("import tl b"),
-        );
-        let direct = cuda::can_access_peer(&ctx_b, &ctx_a).expect("cuDeviceCanAccessPeer");
+        let timelines = timelines(&mut v, &pair, a, b);
+        let direct = cuda::can_access_peer(ctx_b, ctx_a).expect("cuDeviceCanAccessPeer");
         println!("VMM peer copy cuda:{} -> cuda:{}: peer access {direct}", a.ordinal, b.ordinal);
         assert_eq!(src_memory.peer_mapping(), PeerMapping::Granted(vec![ctx_a.raw_device()]));
-        assert!(!src_memory.is_accessible_from(&ctx_b), "not granted yet");
+        assert!(!src_memory.is_accessible_from(ctx_b), "not granted yet");
 
-        let src_side = PeerSide { memory: &src_memory, offset: src_at as u64, stream: &stream_a, step: None };
-        let dst_side = PeerSide { memory: &dst_memory, offset: dst_at as u64, stream: &stream_b, step: None };
+        let src_side = PeerSide { memory: &src_memory, offset: src_at as u64, stream: stream_a, step: None };
+        let dst_side = PeerSide { memory: &dst_memory, offset: dst_at as u64, stream: stream_b, step: None };
         let round = OrderedRound {
             src: &src,
             dst: &dst,
             sides: (src_side, dst_side),
-            timelines: [(&tl_a, &sync_a), (&tl_b, &sync_b)],
+            timelines: &timelines,
             len,
             what: format!("VMM cuda:{} -> cuda:{}", a.ordinal, b.ordinal),
         };
         // Round 1 (waits for 1, signals 2): not granted, so staged; round 2 (3, 4): granted.
         for (wait, granted) in [(1u64, false), (3, true)] {
             if granted {
-                match src_memory.grant_access(&ctx_b) {
+                match src_memory.grant_access(ctx_b) {
                     Ok(()) => {
                         assert!(direct, "granted although cuDeviceCanAccessPeer says no");
-                        src_memory.grant_access(&ctx_b).expect("granting twice is fine");
-                        assert!(src_memory.is_accessible_from(&ctx_b));
+                        src_memory.grant_access(ctx_b).expect("granting twice is fine");
+                        assert!(src_memory.is_accessible_from(ctx_b));
                         assert_eq!(
                             src_memory.peer_mapping(),
                             PeerMapping::Granted(vec![ctx_a.raw_device(), ctx_b.raw_device()]),
@@ -532,7 +549,7 @@ fn peer_copies_between_vmm_buffers_are_direct_once_granted_every_byte_both_direc
                             what.contains(&a.uuid.to_string()) && what.contains(&b.uuid.to_string()),
                             "{what}"
                         );
-                        assert!(!src_memory.is_accessible_from(&ctx_b));
+                        assert!(!src_memory.is_accessible_from(ctx_b));
                     }
                     Err(e) => panic!("grant_access: {e}"),
                 }
@@ -565,11 +582,7 @@ fn a_chain_of_small_peer_copies_each_after_the_last_on_the_other_gpu_lands_every
     let _serial = serial();
     let v = Validated::new();
     let Some(gpus) = gpus_or_skip(&v, "peer copy chain", 2) else { return };
-    let (a, b) = (&gpus[0], &gpus[1]);
-    let (ctx_a, ctx_b) = (
-        Context::for_device(&v, a.device_id).expect("CUDA a"),
-        Context::for_device(&v, b.device_id).expect("CUDA b"),
-    );
+    let CudaPair { ctx_a, ctx_b, stream_a, stream_b } = cuda_pair(&v, &gpus[0], &gpus[1]);
     let (slot, copies) = (4096 + 13, 200usize); // odd-sized slots, many more copies than spares
     let size = (slot * (copies + 1)) as u64;
     let (on_a, on_b) =
@@ -579,7 +592,6 @@ fn a_chain_of_small_peer_copies_each_after_the_last_on_the_other_gpu_lands_every
     on_b.copy_from_host(0, &poison).expect("poison b");
     let data = random_bytes(slot);
     on_a.copy_from_host(0, &data).expect("slot 0 of a");
-    let (stream_a, stream_b) = (ctx_a.stream().expect("stream a"), ctx_b.stream().expect("stream b"));
     let direct = cuda::can_access_peer(&ctx_b, &ctx_a).expect("cuDeviceCanAccessPeer")
         && cuda::can_access_peer(&ctx_a, &ctx_b).expect("cuDeviceCanAccessPeer");
     let sides = [(&on_a as &dyn DeviceMemory, &stream_a), (&on_b as &dyn DeviceMemory, &stream_b)];

@@ -134,6 +134,40 @@ unsafe impl Send for Task {}
 unsafe impl Sync for Task {}
 
 impl Task {
+    /// A copy of `len` bytes from `src` to `dst` in pieces of `piece` bytes, claimed by the
+    /// calling thread; `ring`: through a ring of `slots` pieces at its first byte, `true` where
+    /// `src` is copied into the ring (a [`RingCopy`]; the other side is then read from or
+    /// written into the ring instead).
+    fn new(
+        src: *const u8,
+        dst: *mut u8,
+        len: usize,
+        piece: usize,
+        kind: CopyKind,
+        ring: Option<(*mut u8, usize, bool)>,
+    ) -> Arc<Task> {
+        let pieces = len.div_ceil(piece);
+        Arc::new(Task {
+            src,
+            dst,
+            len,
+            piece,
+            pieces,
+            kind,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            caller: std::thread::current(),
+            ring: ring.map(|(base, slots, to_ring)| Gate {
+                base,
+                slots,
+                to_ring,
+                gpu: AtomicUsize::new(0),
+                abort: AtomicBool::new(false),
+                copied: (0..pieces).map(|_| AtomicBool::new(false)).collect(),
+            }),
+        })
+    }
+
     /// Claims and copies pieces until none is left; the one that finishes the last piece wakes
     /// the caller.
     fn work(&self) {
@@ -251,6 +285,16 @@ impl Pool {
         pool
     }
 
+    /// Pool threads running for this process: none in a child made by `fork` (the threads
+    /// were not copied; tickets queued there would never be taken).
+    fn workers(&self) -> usize {
+        if self.pid == std::process::id() {
+            self.workers.load(Ordering::Acquire)
+        } else {
+            0
+        }
+    }
+
     /// Queues `helpers` tickets of `task` for the pool's threads and wakes them.
     fn hand_out(&self, task: &Arc<Task>, helpers: usize) {
         if helpers == 0 {
@@ -319,8 +363,7 @@ pub(crate) unsafe fn copy_bytes_as(kind: CopyKind, src: *const u8, dst: *mut u8,
         return;
     }
     let pool = Pool::get();
-    let workers = if pool.pid == std::process::id() { pool.workers.load(Ordering::Acquire) } else { 0 };
-    let threads = pool.threads.min(workers + 1);
+    let threads = pool.threads.min(pool.workers() + 1);
     let piece = len.div_ceil(threads.max(1)).max(PIECE_MIN).next_multiple_of(PIECE_ALIGN);
     let pieces = len.div_ceil(piece);
     if pieces <= 1 {
@@ -328,18 +371,7 @@ pub(crate) unsafe fn copy_bytes_as(kind: CopyKind, src: *const u8, dst: *mut u8,
         unsafe { copy_with(kind, src, dst, len) };
         return;
     }
-    let task = Arc::new(Task {
-        src,
-        dst,
-        len,
-        piece,
-        pieces,
-        kind,
-        next: AtomicUsize::new(0),
-        done: AtomicUsize::new(0),
-        caller: std::thread::current(),
-        ring: None,
-    });
+    let task = Task::new(src, dst, len, piece, kind, None);
     pool.hand_out(&task, pieces.min(threads) - 1);
     task.work();
     // Every piece is claimed; wait until the last ones, copied by pool threads, are done.
@@ -377,31 +409,11 @@ impl RingCopy {
         to_ring: bool,
         kind: CopyKind,
     ) -> RingCopy {
-        let piece = piece.max(1);
-        let pieces = len.div_ceil(piece);
-        let task = Arc::new(Task {
-            src: host.cast_const(),
-            dst: host,
-            len,
-            piece,
-            pieces,
-            kind,
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
-            caller: std::thread::current(),
-            ring: Some(Gate {
-                base: ring,
-                slots: slots.max(1),
-                to_ring,
-                gpu: AtomicUsize::new(0),
-                abort: AtomicBool::new(false),
-                copied: (0..pieces).map(|_| AtomicBool::new(false)).collect(),
-            }),
-        });
+        let task =
+            Task::new(host.cast_const(), host, len, piece.max(1), kind, Some((ring, slots.max(1), to_ring)));
         let pool = Pool::get();
-        let workers = if pool.pid == std::process::id() { pool.workers.load(Ordering::Acquire) } else { 0 };
         // Every pool thread the copy may use, the caller not among them: it submits.
-        pool.hand_out(&task, pieces.min(pool.threads.min(workers)));
+        pool.hand_out(&task, task.pieces.min(pool.threads.min(pool.workers())));
         RingCopy { task }
     }
 

@@ -520,17 +520,22 @@ impl Device {
 }
 
 impl Device {
-    /// Waits (up to the transfer timeout) until the transfer timeline reaches `value`.
+    /// Waits (up to the transfer timeout) until the transfer timeline reaches `value`, the value
+    /// of an asynchronous transfer.
     pub fn wait_transfer_value(&self, value: u64) -> Result<()> {
+        self.wait_transfer_value_of(value, "an asynchronous transfer")
+    }
+
+    /// [`wait_transfer_value`](Device::wait_transfer_value) for the value of `what`, which a
+    /// timeout names.
+    pub fn wait_transfer_value_of(&self, value: u64, what: &'static str) -> Result<()> {
         let Some(&timeline) = self.transfer_timeline.get() else {
-            // No asynchronous transfer was ever submitted on this device.
+            // Nothing was ever submitted with a value on this device.
             return Ok(());
         };
         match self.wait_timeline(timeline, value, self.transfer_timeout) {
             Ok(()) => Ok(()),
-            Err(vk::Result::TIMEOUT) => {
-                Err(crate::Error::Timeout(self.transfer_timeout, "an asynchronous transfer"))
-            }
+            Err(vk::Result::TIMEOUT) => Err(crate::Error::Timeout(self.transfer_timeout, what)),
             Err(e) => Err(crate::Error::vk("vkWaitSemaphores", e)),
         }
     }

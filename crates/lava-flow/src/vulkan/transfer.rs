@@ -435,7 +435,8 @@ impl Transfer {
         self.copy(device, Direction::ToHost, target, HostRange::destination(out))
     }
 
-    /// A synchronous copy: straight from or into `host` where it can be imported, else staged.
+    /// A synchronous copy: straight from or into `host` where it can be imported, else staged —
+    /// streamed through the whole staging buffer from [`STREAM_MIN`] bytes, slot by slot below.
     fn copy(&mut self, device: &Device, dir: Direction, target: Target, host: HostRange) -> Result<()> {
         check_rows(target)?;
         if let Some(import) = self.import(device, target, host) {
@@ -446,7 +447,11 @@ impl Transfer {
             }
         }
         device.staged_transfers.fetch_add(1, Ordering::Relaxed);
-        self.staged(device, dir, target, host, None).map(drop)
+        if host.len >= STREAM_MIN {
+            self.streamed(device, dir, target, host)
+        } else {
+            self.staged(device, dir, target, host, None)
+        }
     }
 
     /// Imports the pages of `host` for a copy to or from `target`, where the device can, the
@@ -613,9 +618,6 @@ impl Transfer {
         signal: Option<u64>,
     ) -> Result<()> {
         check_rows(target)?;
-        if signal.is_none() && host.len >= STREAM_MIN {
-            return self.streamed(device, dir, target, host);
-        }
         let slot = self.staging(device, host.len as u64)?;
         let (buffer, mapped) = match &self.staging {
             Some(s) => (s.buffer, s.mapped()?),
@@ -1180,17 +1182,7 @@ impl Transfer {
         if self.streaming == 0 {
             return Ok(());
         }
-        let d = &device.device;
-        let timeout = u64::try_from(device.transfer_timeout.as_nanos()).unwrap_or(u64::MAX);
-        let semaphores = [self.timeline];
-        let values = [self.streaming];
-        let info = vk::SemaphoreWaitInfo::default().semaphores(&semaphores).values(&values);
-        // SAFETY: the semaphore belongs to this device.
-        match unsafe { d.wait_semaphores(&info, timeout) } {
-            Ok(()) => {}
-            Err(vk::Result::TIMEOUT) => return Err(Error::Timeout(device.transfer_timeout, what)),
-            Err(e) => return Err(Error::vk("vkWaitSemaphores", e)),
-        }
+        device.wait_transfer_value_of(self.streaming, what)?;
         self.streaming = 0;
         self.release_target(device);
         Ok(())
