@@ -8,8 +8,9 @@
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Queued work that an API can say is complete, and wait for.
 pub(crate) trait Fence {
@@ -123,6 +124,34 @@ impl<F: Fence> PendingWaits<F> {
     }
 }
 
+/// Polls `fences` until each is complete, dropping those that are: `Ok`, or the error of one
+/// that cannot answer, or [`Error::Timeout`] (naming `limit`) once `deadline` has passed.
+fn poll_until<F: Fence>(fences: &mut Vec<Arc<F>>, deadline: Instant, limit: Duration) -> Result<()> {
+    let mut pause = Duration::from_micros(50);
+    loop {
+        let mut unanswered = None;
+        fences.retain(|f| match f.is_done() {
+            Ok(done) => !done,
+            Err(e) => {
+                unanswered.get_or_insert(e);
+                true
+            }
+        });
+        if let Some(e) = unanswered {
+            return Err(e);
+        }
+        if fences.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Timeout(limit, "the work queued before an object was dropped"));
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
 /// Objects dropped under queued work, each with the fences of that work: an object is handed
 /// back for release once all of its fences are complete, never before.
 pub(crate) struct ReleaseList<F, T> {
@@ -159,15 +188,17 @@ impl<F: Fence, T> ReleaseList<F, T> {
         ready
     }
 
-    /// Empties the list, waiting on the host for each object's work (the owner is going away):
-    /// the objects whose work completed, to release, and those whose wait failed, which must be
-    /// leaked rather than released under work that may still run.
+    /// Empties the list, waiting on the host for each object's work (the owner is going away),
+    /// up to `limit` in all: the objects whose work completed, to release, and those whose work
+    /// could not be waited for — still running at the limit (a wait for a semaphore nobody
+    /// signals never completes), or unanswerable — which must be leaked rather than released
+    /// under work that may still run.
     #[must_use = "the returned objects are to be released (the first) or leaked (the second)"]
-    pub fn drain_waiting(&mut self) -> (Vec<T>, Vec<T>) {
+    pub fn drain_waiting(&mut self, limit: Duration) -> (Vec<T>, Vec<T>) {
+        let deadline = Instant::now() + limit;
         let (mut ready, mut failed) = (Vec::new(), Vec::new());
-        for (fences, item) in std::mem::take(&mut self.entries) {
-            let mut uses = Uses { pending: fences };
-            match uses.wait_all() {
+        for (mut fences, item) in std::mem::take(&mut self.entries) {
+            match poll_until(&mut fences, deadline, limit) {
                 Ok(()) => ready.push(item),
                 Err(e) => {
                     log::error!("waiting for queued work before a release failed: {e}");
@@ -282,10 +313,12 @@ mod tests {
         list.defer(vec![Arc::clone(&a)], "import");
         assert!(list.reclaim().is_empty(), "an error is not 'complete'");
         assert_eq!(list.len(), 1);
-        let (ready, failed) = list.drain_waiting();
+        let start = Instant::now();
+        let (ready, failed) = list.drain_waiting(Duration::from_secs(60));
         assert!(ready.is_empty());
         assert_eq!(failed, vec!["import"], "a failed wait leaks the object, never releases it");
         assert_eq!(list.len(), 0);
+        assert!(start.elapsed() < Duration::from_secs(30), "an unanswerable fence is not waited out");
     }
 
     #[test]
@@ -294,10 +327,39 @@ mod tests {
         let mut list = ReleaseList::default();
         list.defer(vec![Arc::clone(&a)], 'x');
         list.defer(vec![Arc::clone(&a), Arc::clone(&b)], 'y');
-        let (ready, failed) = list.drain_waiting();
+        let finisher = {
+            let (a, b) = (Arc::clone(&a), Arc::clone(&b));
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                finish(&a);
+                std::thread::sleep(Duration::from_millis(20));
+                finish(&b);
+            })
+        };
+        let (ready, failed) = list.drain_waiting(Duration::from_secs(60));
+        finisher.join().expect("the finishing thread");
         assert_eq!(ready, vec!['x', 'y']);
         assert!(failed.is_empty());
         assert!(a.done.load(Ordering::Relaxed) && b.done.load(Ordering::Relaxed), "waited for both");
+    }
+
+    #[test]
+    fn the_owners_end_leaks_what_is_still_queued_at_the_limit_and_releases_the_rest() {
+        // Work that waits for a semaphore nobody signals never completes: the end gives up on
+        // it after the limit instead of hanging, and leaks only what it holds.
+        let (stuck, done) = (work(), work());
+        finish(&done);
+        let mut list = ReleaseList::default();
+        list.defer(vec![Arc::clone(&stuck)], "stuck");
+        list.defer(vec![Arc::clone(&done)], "done");
+        let start = Instant::now();
+        let (ready, failed) = list.drain_waiting(Duration::from_millis(50));
+        let took = start.elapsed();
+        assert_eq!(ready, vec!["done"]);
+        assert_eq!(failed, vec!["stuck"]);
+        assert!(took >= Duration::from_millis(50), "gave up after {took:?}, before the limit");
+        assert!(took < Duration::from_secs(10), "the limit is for all the objects together: {took:?}");
+        assert!(stuck.queries.load(Ordering::Relaxed) >= 2, "asked again while waiting");
     }
 
     #[test]

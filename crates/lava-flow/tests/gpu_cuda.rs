@@ -717,3 +717,37 @@ fn a_pending_semaphore_wait_holds_lava_flows_frees_back_instead_of_blocking_on_t
     drop(sync);
     v.wait_idle(0).expect("idle");
 }
+
+/// A timeline's CUDA import dropped while a wait and a signal queued through it are still
+/// pending: the driver requires both to have completed before `cuDestroyExternalSemaphore`, so
+/// the import waits on the context's list (`reclaim` counts it) and goes once they have. The
+/// work behind the wait then runs (every byte checked) and the signal still reaches Vulkan.
+#[test]
+fn a_timeline_import_dropped_under_its_queued_wait_and_signal_outlives_them() {
+    let _alone = exclusive();
+    let mut v = Validated::new();
+    let Some(ctx) = cuda_or_skip(&v, "a timeline import dropped under queued work") else { return };
+    let timeline = std::sync::Arc::new(v.timeline_semaphore(0).expect("timeline"));
+    let sync = ctx.import_timeline_owned(std::sync::Arc::clone(&timeline)).expect("import");
+    let stream = ctx.stream().expect("stream");
+    let len = 1 << 20;
+    let scratch = ctx.alloc(len as u64).expect("cuMemAlloc");
+    scratch.copy_from_host(0, &vec![0x11; len]).expect("poison");
+    sync.wait(1, &stream).expect("CUDA waits for Vulkan's 1");
+    cuda::fill_async(&scratch, 0, len, 0x5a, &stream).expect("work behind the wait");
+    sync.signal(2, &stream).expect("CUDA signals 2 after it");
+    drop(sync);
+    assert!(ctx.reclaim() >= 1, "the import went while its wait and signal were queued");
+    assert_eq!(timeline.value().expect("value"), 0, "nothing ran before Vulkan's signal");
+    timeline.signal(1).expect("the host signals 1");
+    timeline.wait(2, Duration::from_secs(10)).expect("CUDA's signal through the dropped import arrives");
+    stream.synchronize().expect("the stream's work completed");
+    let mut out = vec![0u8; len];
+    scratch.copy_to_host(0, &mut out).expect("read back");
+    if let Some(at) = out.iter().position(|&b| b != 0x5a) {
+        panic!("byte {at} is {:#x}, not the fill queued behind the wait", out[at]);
+    }
+    assert_eq!(ctx.reclaim(), 0, "the import is destroyed once its work completed");
+    drop(timeline);
+    v.wait_idle(0).expect("idle");
+}

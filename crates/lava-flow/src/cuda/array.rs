@@ -323,8 +323,9 @@ impl SurfaceObject<'_> {
 
 impl Drop for SurfaceObject<'_> {
     fn drop(&mut self) {
-        // SAFETY: created by `surface`, destroyed once.
-        self.ctx.release("cuSurfObjectDestroy", || unsafe { sys::cuSurfObjectDestroy(self.object) });
+        // Not under a pending wait (ADR 0017): whether this call waits for the context's streams
+        // is not documented.
+        self.ctx.release_later(Release::Surface(self.object));
     }
 }
 
@@ -344,7 +345,7 @@ impl TextureObject<'_> {
 
 impl Drop for TextureObject<'_> {
     fn drop(&mut self) {
-        // SAFETY: created by `texture`, destroyed once.
-        self.ctx.release("cuTexObjectDestroy", || unsafe { sys::cuTexObjectDestroy(self.object) });
+        // As for a surface object.
+        self.ctx.release_later(Release::Texture(self.object));
     }
 }

@@ -7,6 +7,7 @@ use cudarc::driver::sys;
 
 use super::context::{Context, Stream};
 use super::raw::check;
+use super::release::Release;
 use crate::error::{Error, Result};
 
 /// A CUDA module loaded from PTX text (`cuModuleLoadData`; the driver JIT-compiles it for the
@@ -100,7 +101,8 @@ impl Function<'_> {
 
 impl Drop for Module {
     fn drop(&mut self) {
-        // SAFETY: loaded by `load_ptx`, unloaded once.
-        self.ctx.release("cuModuleUnload", || unsafe { sys::cuModuleUnload(self.module) });
+        // Not under a pending wait (ADR 0017): `cuModuleUnload` may wait for the kernels
+        // queued from the module, and so for what they wait for.
+        self.ctx.release_later(Release::Module(self.module));
     }
 }

@@ -449,9 +449,10 @@ struct PinnedHost {
 
 impl Drop for PinnedHost {
     fn drop(&mut self) {
-        // SAFETY: allocated by `cuMemHostAlloc` and freed once, after the copies that used
-        // it completed (`staged` synchronises before it returns or fails).
-        self.ctx.release("cuMemFreeHost", || unsafe { sys::cuMemFreeHost(self.ptr) });
+        // Freed once, after the copies that used it completed (`staged` synchronises before it
+        // returns or fails); not under a pending wait (ADR 0017: a free may wait for every
+        // stream of the context).
+        self.ctx.release_later(super::release::Release::FreeHost(self.ptr));
     }
 }
 

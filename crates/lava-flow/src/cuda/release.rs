@@ -3,6 +3,7 @@
 //! them.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use cudarc::driver::sys;
 
@@ -116,6 +117,17 @@ pub(crate) enum Release {
     /// physical allocation released. (Made by `ExportableAllocation`, which exports fds: Unix.)
     #[cfg_attr(not(unix), allow(dead_code))]
     Virtual { ptr: sys::CUdeviceptr, bytes: usize, handle: sys::CUmemGenericAllocationHandle },
+    /// An imported semaphore (`cuDestroyExternalSemaphore`): the driver requires the waits and
+    /// signals queued on it to have completed first.
+    Semaphore(sys::CUexternalSemaphore),
+    /// A loaded module (`cuModuleUnload`).
+    Module(sys::CUmodule),
+    /// A surface object (`cuSurfObjectDestroy`).
+    Surface(sys::CUsurfObject),
+    /// A texture object (`cuTexObjectDestroy`).
+    Texture(sys::CUtexObject),
+    /// Pinned host memory of `cuMemHostAlloc` (`cuMemFreeHost`).
+    FreeHost(*mut std::ffi::c_void),
     /// Something kept alive (the Vulkan buffer an owned view held): its drop is the release.
     Keep(Box<dyn Send>),
 }
@@ -167,6 +179,29 @@ impl Release {
                 // own reference to the memory.
                 release_in(context, "cuMemRelease", || unsafe { sys::cuMemRelease(handle) });
             }
+            Release::Semaphore(external) => {
+                // SAFETY: imported by `CudaTimeline`, destroyed once, its queued waits and
+                // signals complete.
+                release_in(context, "cuDestroyExternalSemaphore", || unsafe {
+                    sys::cuDestroyExternalSemaphore(external)
+                });
+            }
+            Release::Module(module) => {
+                // SAFETY: loaded by `load_ptx`, unloaded once.
+                release_in(context, "cuModuleUnload", || unsafe { sys::cuModuleUnload(module) });
+            }
+            Release::Surface(object) => {
+                // SAFETY: created by `CudaImage::surface`, destroyed once.
+                release_in(context, "cuSurfObjectDestroy", || unsafe { sys::cuSurfObjectDestroy(object) });
+            }
+            Release::Texture(object) => {
+                // SAFETY: created by `CudaImage::texture`, destroyed once.
+                release_in(context, "cuTexObjectDestroy", || unsafe { sys::cuTexObjectDestroy(object) });
+            }
+            Release::FreeHost(ptr) => {
+                // SAFETY: allocated by `cuMemHostAlloc`, freed once, unused by queued work.
+                release_in(context, "cuMemFreeHost", || unsafe { sys::cuMemFreeHost(ptr) });
+            }
             Release::Keep(kept) => drop(kept),
         }
     }
@@ -195,11 +230,11 @@ pub(crate) type Releases = Mutex<ReleaseList<CudaFence, Release>>;
 /// shares the driver's.
 static WAITS: Mutex<PendingWaits<CudaFence>> = Mutex::new(PendingWaits::new());
 
-/// Notes a wait queued on `stream` of `ctx` (a fence recorded after it).
-pub(crate) fn note_wait(ctx: &Context, stream: &Stream) -> Result<()> {
+/// Notes a wait queued on `stream` of `ctx`: returns the fence recorded after it.
+pub(crate) fn note_wait(ctx: &Context, stream: &Stream) -> Result<Arc<CudaFence>> {
     let fence = CudaFence::record(ctx, stream)?;
-    WAITS.lock().unwrap_or_else(PoisonError::into_inner).note(ctx.raw() as usize, fence);
-    Ok(())
+    WAITS.lock().unwrap_or_else(PoisonError::into_inner).note(ctx.raw() as usize, Arc::clone(&fence));
+    Ok(fence)
 }
 
 /// Whether a wait noted for `context` may still be pending ([`PendingWaits::pending`]).
@@ -211,13 +246,22 @@ impl Context {
     /// Releases `what` once every fence of `fences` is complete: now if there are none (or all
     /// are complete) and no semaphore wait queued through lava-flow may still be pending in
     /// this context, otherwise on a later call into this context or at its end. Never waits.
+    ///
+    /// What was deferred earlier and is ready goes first, so that objects dropped in order (a
+    /// texture object held back by a wait, then its image's array) are released in that order.
     pub(crate) fn release_after_fences(&self, fences: Vec<Arc<CudaFence>>, what: Release) {
+        self.reclaim();
         if fences.is_empty() && !waits_pending(self.raw()) {
             what.run(self.raw());
         } else {
             self.inner.deferred.lock().unwrap_or_else(PoisonError::into_inner).defer(fences, what);
         }
-        self.reclaim();
+    }
+
+    /// Releases `what`, which no recorded work uses, now — or, while a semaphore wait queued
+    /// through lava-flow may be pending in this context, once it has passed (ADR 0017).
+    pub(crate) fn release_later(&self, what: Release) {
+        self.release_after_fences(Vec::new(), what);
     }
 
     /// Releases what was dropped under work that has since completed, and returns how many
@@ -243,10 +287,16 @@ impl Context {
     }
 }
 
-/// At a context's end: waits for the work of everything still deferred and releases it (or
-/// leaks what could not be waited for). The one host wait of ADR 0014's CUDA side.
+/// How long a context's end waits, in all, for the work queued before its deferred objects
+/// were dropped, before leaking what is still held (work that waits for a semaphore nobody
+/// signals never completes). As long as an OpenGL context's end waits.
+const END_WAIT: Duration = Duration::from_secs(10);
+
+/// At a context's end: waits (up to [`END_WAIT`]) for the work of everything still deferred
+/// and releases it, and leaks what could not be waited for. The one host wait of ADR 0014's
+/// CUDA side.
 pub(crate) fn release_all(context: sys::CUcontext, releases: &Releases) {
-    let (ready, failed) = releases.lock().unwrap_or_else(PoisonError::into_inner).drain_waiting();
+    let (ready, failed) = releases.lock().unwrap_or_else(PoisonError::into_inner).drain_waiting(END_WAIT);
     for what in ready {
         what.run(context);
     }

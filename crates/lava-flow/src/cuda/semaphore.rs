@@ -7,6 +7,7 @@ use cudarc::driver::sys;
 
 use super::context::{Context, Stream};
 use super::raw::check;
+use super::release::{lock, CudaFence, CudaUses, Release};
 use crate::external::NativeHandle;
 
 use crate::error::{Api, Error, Result};
@@ -26,6 +27,9 @@ pub struct CudaTimeline<'a> {
     /// The last value signalled through this import, for the increasing-values rule where
     /// there is no Vulkan semaphore to read the counter from.
     last_signal: std::cell::Cell<u64>,
+    /// The waits and signals queued through it that may not have completed: the import is
+    /// destroyed only after them (the driver's rule for `cuDestroyExternalSemaphore`).
+    uses: CudaUses,
     _not_sync: PhantomData<std::cell::Cell<()>>,
 }
 
@@ -113,6 +117,7 @@ impl Context {
             semaphore,
             external,
             last_signal: std::cell::Cell::new(0),
+            uses: CudaUses::default(),
             _not_sync: PhantomData,
         })
     }
@@ -136,8 +141,10 @@ impl CudaTimeline<'_> {
             sys::cuWaitExternalSemaphoresAsync(&self.external, &params, 1, stream.stream)
         })?;
         // Until the wait has passed, lava-flow's releases (whose `cuMemFree` would wait for it)
-        // are held back.
-        super::release::note_wait(&self.ctx, stream)
+        // are held back, and so is this import's.
+        let fence = super::release::note_wait(&self.ctx, stream)?;
+        lock(&self.uses).add(fence);
+        Ok(())
     }
 
     /// Sets the timeline to `value` once the work queued on `stream` so far is done. The value
@@ -158,15 +165,20 @@ impl CudaTimeline<'_> {
             sys::cuSignalExternalSemaphoresAsync(&self.external, &params, 1, stream.stream)
         })?;
         self.last_signal.set(value);
+        // The import outlives the signal (see `Drop`).
+        let fence = CudaFence::record(&self.ctx, stream)?;
+        lock(&self.uses).add(fence);
         Ok(())
     }
 }
 
 impl Drop for CudaTimeline<'_> {
+    /// Destroys the import once the waits and signals queued through it have completed (on a
+    /// later call into the context, or at its end: ADR 0014), never under them; the drop itself
+    /// does not wait. The semaphore it borrows or holds may go at once: CUDA's import holds
+    /// the payload.
     fn drop(&mut self) {
-        // SAFETY: imported by `import_timeline`, destroyed once.
-        self.ctx.release("cuDestroyExternalSemaphore", || unsafe {
-            sys::cuDestroyExternalSemaphore(self.external)
-        });
+        let pending = self.uses.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take_pending();
+        self.ctx.release_after_fences(pending, Release::Semaphore(self.external));
     }
 }
