@@ -109,26 +109,63 @@ impl<F> PendingWaits<F> {
 }
 
 impl<F: Fence> PendingWaits<F> {
-    /// Notes a wait of context `key`, marked by `fence`.
-    pub fn note(&mut self, key: usize, fence: Arc<F>) {
-        self.waits.retain(|(k, older)| *k != key || !fence.supersedes(older));
+    /// Notes a wait of context `key`, marked by `fence`. The fences it replaces go to `gone`,
+    /// for the caller to drop once it let go of any lock around the list (a fence's drop may end
+    /// its context, whose end takes that lock).
+    pub fn note(&mut self, key: usize, fence: Arc<F>, gone: &mut Vec<Arc<F>>) {
+        self.take_into(gone, |k, older| k == key && fence.supersedes(older));
         self.waits.push((key, fence));
     }
 
     /// Whether a wait of context `key` may still be pending. The waits that have passed are
-    /// forgotten, and so are those whose fence cannot be queried any more (its context ended):
-    /// nothing is held back for a wait nobody can see.
-    pub fn pending(&mut self, key: usize) -> bool {
-        self.waits.retain(|(_, fence)| !fence.is_done().unwrap_or(true));
+    /// forgotten (into `gone`, as for [`note`](PendingWaits::note)), and so are those whose fence
+    /// cannot be queried any more (its context ended): nothing is held back for a wait nobody
+    /// can see.
+    pub fn pending(&mut self, key: usize, gone: &mut Vec<Arc<F>>) -> bool {
+        self.take_into(gone, |_, fence| fence.is_done().unwrap_or(true));
         self.waits.iter().any(|(k, _)| *k == key)
+    }
+
+    /// Takes out the waits whose fence `mine` claims (those of a context that is ending), into
+    /// `gone`.
+    pub fn forget(&mut self, mine: impl Fn(&F) -> bool, gone: &mut Vec<Arc<F>>) {
+        self.take_into(gone, |_, fence| mine(fence));
+    }
+
+    fn take_into(&mut self, gone: &mut Vec<Arc<F>>, which: impl Fn(usize, &F) -> bool) {
+        let mut kept = Vec::with_capacity(self.waits.len());
+        for (key, fence) in std::mem::take(&mut self.waits) {
+            if which(key, &fence) {
+                gone.push(fence);
+            } else {
+                kept.push((key, fence));
+            }
+        }
+        self.waits = kept;
     }
 }
 
-/// Polls `fences` until each is complete, dropping those that are: `Ok`, or the error of one
-/// that cannot answer, or [`Error::Timeout`] (naming `limit`) once `deadline` has passed.
-fn poll_until<F: Fence>(fences: &mut Vec<Arc<F>>, deadline: Instant, limit: Duration) -> Result<()> {
+/// Asks `ready` again and again, with pauses growing from 50 µs to 5 ms, until it answers yes
+/// (`Ok(true)`), fails (its error), or `deadline` has passed (`Ok(false)`).
+pub(crate) fn poll_until(deadline: Instant, mut ready: impl FnMut() -> Result<bool>) -> Result<bool> {
     let mut pause = Duration::from_micros(50);
     loop {
+        if ready()? {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
+/// Waits until each fence of `fences` is complete, dropping those that are: `Ok`, or the error
+/// of one that cannot answer, or [`Error::Timeout`] (naming `limit`) once `deadline` has passed.
+fn wait_fences<F: Fence>(fences: &mut Vec<Arc<F>>, deadline: Instant, limit: Duration) -> Result<()> {
+    let all_done = poll_until(deadline, || {
         let mut unanswered = None;
         fences.retain(|f| match f.is_done() {
             Ok(done) => !done,
@@ -137,18 +174,12 @@ fn poll_until<F: Fence>(fences: &mut Vec<Arc<F>>, deadline: Instant, limit: Dura
                 true
             }
         });
-        if let Some(e) = unanswered {
-            return Err(e);
-        }
-        if fences.is_empty() {
-            return Ok(());
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(Error::Timeout(limit, "the work queued before an object was dropped"));
-        }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(5));
+        unanswered.map_or(Ok(fences.is_empty()), Err)
+    })?;
+    if all_done {
+        Ok(())
+    } else {
+        Err(Error::Timeout(limit, "the work queued before an object was dropped"))
     }
 }
 
@@ -189,16 +220,15 @@ impl<F: Fence, T> ReleaseList<F, T> {
     }
 
     /// Empties the list, waiting on the host for each object's work (the owner is going away),
-    /// up to `limit` in all: the objects whose work completed, to release, and those whose work
+    /// until `deadline` (`limit` after the owner's end began, which a timeout names): the objects whose work completed, to release, and those whose work
     /// could not be waited for — still running at the limit (a wait for a semaphore nobody
     /// signals never completes), or unanswerable — which must be leaked rather than released
     /// under work that may still run.
     #[must_use = "the returned objects are to be released (the first) or leaked (the second)"]
-    pub fn drain_waiting(&mut self, limit: Duration) -> (Vec<T>, Vec<T>) {
-        let deadline = Instant::now() + limit;
+    pub fn drain_waiting(&mut self, deadline: Instant, limit: Duration) -> (Vec<T>, Vec<T>) {
         let (mut ready, mut failed) = (Vec::new(), Vec::new());
         for (mut fences, item) in std::mem::take(&mut self.entries) {
-            match poll_until(&mut fences, deadline, limit) {
+            match wait_fences(&mut fences, deadline, limit) {
                 Ok(()) => ready.push(item),
                 Err(e) => {
                     log::error!("waiting for queued work before a release failed: {e}");
@@ -207,6 +237,12 @@ impl<F: Fence, T> ReleaseList<F, T> {
             }
         }
         (ready, failed)
+    }
+
+    /// Empties the list without waiting or asking: every object, to leak (its work, or work
+    /// ahead of its release, may never complete).
+    pub fn take_all(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.entries).into_iter().map(|(_, item)| item).collect()
     }
 
     /// How many objects wait for their work.
@@ -314,7 +350,8 @@ mod tests {
         assert!(list.reclaim().is_empty(), "an error is not 'complete'");
         assert_eq!(list.len(), 1);
         let start = Instant::now();
-        let (ready, failed) = list.drain_waiting(Duration::from_secs(60));
+        let (ready, failed) =
+            list.drain_waiting(Instant::now() + Duration::from_secs(60), Duration::from_secs(60));
         assert!(ready.is_empty());
         assert_eq!(failed, vec!["import"], "a failed wait leaks the object, never releases it");
         assert_eq!(list.len(), 0);
@@ -336,7 +373,8 @@ mod tests {
                 finish(&b);
             })
         };
-        let (ready, failed) = list.drain_waiting(Duration::from_secs(60));
+        let (ready, failed) =
+            list.drain_waiting(Instant::now() + Duration::from_secs(60), Duration::from_secs(60));
         finisher.join().expect("the finishing thread");
         assert_eq!(ready, vec!['x', 'y']);
         assert!(failed.is_empty());
@@ -353,7 +391,8 @@ mod tests {
         list.defer(vec![Arc::clone(&stuck)], "stuck");
         list.defer(vec![Arc::clone(&done)], "done");
         let start = Instant::now();
-        let (ready, failed) = list.drain_waiting(Duration::from_millis(50));
+        let (ready, failed) =
+            list.drain_waiting(Instant::now() + Duration::from_millis(50), Duration::from_millis(50));
         let took = start.elapsed();
         assert_eq!(ready, vec!["done"]);
         assert_eq!(failed, vec!["stuck"]);
@@ -448,25 +487,52 @@ mod tests {
     #[test]
     fn pending_waits_hold_their_context_until_they_pass_and_the_newest_of_a_queue_stands_for_all() {
         let mut waits = PendingWaits::new();
-        assert!(!waits.pending(1), "nothing noted");
+        let mut gone = Vec::new();
+        assert!(!waits.pending(1, &mut gone), "nothing noted");
         let first = work_on(7);
         let second = work_on(7);
-        waits.note(1, Arc::clone(&first));
-        waits.note(1, Arc::clone(&second));
+        waits.note(1, Arc::clone(&first), &mut gone);
+        waits.note(1, Arc::clone(&second), &mut gone);
+        assert!(gone.len() == 1 && Arc::ptr_eq(&gone[0], &first), "the replaced fence is handed out");
         let other = work_on(8);
-        waits.note(2, Arc::clone(&other));
-        assert!(waits.pending(1) && waits.pending(2));
+        waits.note(2, Arc::clone(&other), &mut gone);
+        assert!(waits.pending(1, &mut gone) && waits.pending(2, &mut gone));
         assert_eq!(
             first.queries.load(Ordering::Relaxed),
             0,
             "replaced by the newer wait of its queue: never asked"
         );
         finish(&second);
-        assert!(!waits.pending(1), "the newest wait of context 1 passed");
-        assert!(waits.pending(2), "context 2's wait is its own");
+        assert!(!waits.pending(1, &mut gone), "the newest wait of context 1 passed");
+        assert!(waits.pending(2, &mut gone), "context 2's wait is its own");
         // A fence that cannot be queried (its context ended) holds nothing back.
         other.broken.store(true, Ordering::Relaxed);
-        assert!(!waits.pending(2));
+        assert!(!waits.pending(2, &mut gone));
         assert!(waits.waits.is_empty(), "passed and unqueryable waits are forgotten");
+        assert_eq!(gone.len(), 3, "every fence that left the list is handed out, none dropped inside");
+    }
+
+    #[test]
+    fn an_ending_context_takes_its_own_waits_out_and_leaves_the_others() {
+        let mut waits = PendingWaits::new();
+        let mut gone = Vec::new();
+        let (mine, theirs) = (work_on(1), work_on(2));
+        waits.note(5, Arc::clone(&mine), &mut gone);
+        waits.note(5, Arc::clone(&theirs), &mut gone);
+        waits.forget(|f| f.queue == Some(1), &mut gone);
+        assert!(gone.len() == 1 && Arc::ptr_eq(&gone[0], &mine));
+        assert!(waits.pending(5, &mut gone), "the other owner's wait still holds the context");
+        assert_eq!(mine.queries.load(Ordering::Relaxed), 0, "taken out without asking the driver");
+    }
+
+    #[test]
+    fn taking_everything_asks_nothing() {
+        let stuck = work();
+        let mut list = ReleaseList::default();
+        list.defer(vec![Arc::clone(&stuck)], 'a');
+        list.defer(Vec::new(), 'b');
+        assert_eq!(list.take_all(), vec!['a', 'b']);
+        assert_eq!(list.len(), 0);
+        assert_eq!(stuck.queries.load(Ordering::Relaxed), 0);
     }
 }

@@ -21,7 +21,9 @@ const DEV0: MemoryLocation = MemoryLocation::GpuVulkan { device_id: 0 };
 /// the first. lava-flow holds back its own releases while a wait it queued is pending (ADR 0017,
 /// and since ADR 0018 modules, surface/texture objects and semaphore imports too).
 /// `LAVA_FLOW_CUDA_PARALLEL=1` runs the tests that do not measure in parallel again, to find
-/// out whether the hang is gone. One lock: the tests stay as they were written.
+/// out whether the hang is gone (a hang there may still come from a test's own synchronising
+/// calls, such as `cuCtxSynchronize`, beside another test's pending wait: the backtrace says
+/// which). One lock: the tests stay as they were written.
 static MEASURING: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// A test that may run beside others where `LAVA_FLOW_CUDA_PARALLEL=1`; alone otherwise.
@@ -734,6 +736,17 @@ fn a_timeline_import_dropped_under_its_queued_wait_and_signal_outlives_them() {
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "a timeline import dropped under queued work") else { return };
     let timeline = std::sync::Arc::new(v.timeline_semaphore(0).expect("timeline"));
+    // A failed assertion below unwinds with the CUDA wait still queued: this signals it first,
+    // so that the failure is reported instead of the context's end waiting for it.
+    struct Unstick(std::sync::Arc<lava_flow::TimelineSemaphore>);
+    impl Drop for Unstick {
+        fn drop(&mut self) {
+            if self.0.value().is_ok_and(|v| v < 1) {
+                let _ = self.0.signal(1);
+            }
+        }
+    }
+    let _unstick = Unstick(std::sync::Arc::clone(&timeline));
     let sync = ctx.import_timeline_owned(std::sync::Arc::clone(&timeline)).expect("import");
     let stream = ctx.stream().expect("stream");
     let len = 1 << 20;

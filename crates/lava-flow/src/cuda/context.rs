@@ -155,7 +155,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // What was dropped under queued work goes first, once that work completed (the context's
         // end is the one place that waits for it): nothing else holds the context any more.
-        super::release::release_all(self.context, &self.deferred);
+        super::release::release_all(self);
         // Then the spare events (the fences just released gave theirs back to no one: with the
         // context's last `Arc` gone they destroyed their own).
         let spares = self.spares.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).drain();

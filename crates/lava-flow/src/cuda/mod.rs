@@ -38,7 +38,7 @@ mod memory;
 mod module;
 mod peer;
 mod raw;
-mod release;
+pub(crate) mod release;
 mod reuse;
 mod semaphore;
 

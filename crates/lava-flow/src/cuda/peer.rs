@@ -449,10 +449,11 @@ struct PinnedHost {
 
 impl Drop for PinnedHost {
     fn drop(&mut self) {
-        // Freed once, after the copies that used it completed (`staged` synchronises before it
-        // returns or fails); not under a pending wait (ADR 0017: a free may wait for every
-        // stream of the context).
-        self.ctx.release_later(super::release::Release::FreeHost(self.ptr));
+        // SAFETY: allocated by `cuMemHostAlloc` and freed once, after the copies that used
+        // it completed (`staged` synchronises before it returns or fails). Freed at once, not
+        // held back under a pending wait: the staged path blocks on its streams anyway, and
+        // 32 MiB of pinned memory per copy must not pile up (ADR 0018).
+        self.ctx.release("cuMemFreeHost", || unsafe { sys::cuMemFreeHost(self.ptr) });
     }
 }
 

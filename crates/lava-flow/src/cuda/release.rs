@@ -3,13 +3,13 @@
 //! them.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cudarc::driver::sys;
 
 use super::context::{Context, Inner, Stream};
 use super::raw::check;
-use crate::deferred::{Fence, PendingWaits, ReleaseList, Uses};
+use crate::deferred::{poll_until, Fence, PendingWaits, ReleaseList, Uses};
 use crate::error::Result;
 
 /// An event recorded on a stream that uses some memory: complete once the work queued there
@@ -126,8 +126,6 @@ pub(crate) enum Release {
     Surface(sys::CUsurfObject),
     /// A texture object (`cuTexObjectDestroy`).
     Texture(sys::CUtexObject),
-    /// Pinned host memory of `cuMemHostAlloc` (`cuMemFreeHost`).
-    FreeHost(*mut std::ffi::c_void),
     /// Something kept alive (the Vulkan buffer an owned view held): its drop is the release.
     Keep(Box<dyn Send>),
 }
@@ -198,10 +196,6 @@ impl Release {
                 // SAFETY: created by `CudaImage::texture`, destroyed once.
                 release_in(context, "cuTexObjectDestroy", || unsafe { sys::cuTexObjectDestroy(object) });
             }
-            Release::FreeHost(ptr) => {
-                // SAFETY: allocated by `cuMemHostAlloc`, freed once, unused by queued work.
-                release_in(context, "cuMemFreeHost", || unsafe { sys::cuMemFreeHost(ptr) });
-            }
             Release::Keep(kept) => drop(kept),
         }
     }
@@ -233,13 +227,30 @@ static WAITS: Mutex<PendingWaits<CudaFence>> = Mutex::new(PendingWaits::new());
 /// Notes a wait queued on `stream` of `ctx`: returns the fence recorded after it.
 pub(crate) fn note_wait(ctx: &Context, stream: &Stream) -> Result<Arc<CudaFence>> {
     let fence = CudaFence::record(ctx, stream)?;
-    WAITS.lock().unwrap_or_else(PoisonError::into_inner).note(ctx.raw() as usize, Arc::clone(&fence));
+    let mut gone = Vec::new();
+    WAITS.lock().unwrap_or_else(PoisonError::into_inner).note(
+        ctx.raw() as usize,
+        Arc::clone(&fence),
+        &mut gone,
+    );
+    // Dropped with the list unlocked: a fence's drop may end its context, whose end locks it.
+    drop(gone);
     Ok(fence)
 }
 
 /// Whether a wait noted for `context` may still be pending ([`PendingWaits::pending`]).
 fn waits_pending(context: sys::CUcontext) -> bool {
-    WAITS.lock().unwrap_or_else(PoisonError::into_inner).pending(context as usize)
+    let mut gone = Vec::new();
+    let pending = WAITS.lock().unwrap_or_else(PoisonError::into_inner).pending(context as usize, &mut gone);
+    // As in `note_wait`.
+    drop(gone);
+    pending
+}
+
+/// Waits until no semaphore wait noted for `context` may be pending, polling until `deadline`;
+/// whether that came.
+fn settle_waits(context: sys::CUcontext, deadline: Instant) -> bool {
+    matches!(poll_until(deadline, || Ok(!waits_pending(context))), Ok(true))
 }
 
 impl Context {
@@ -256,6 +267,13 @@ impl Context {
         } else {
             self.inner.deferred.lock().unwrap_or_else(PoisonError::into_inner).defer(fences, what);
         }
+    }
+
+    /// Waits, up to `limit`, until no semaphore wait queued through lava-flow may be pending in
+    /// this context (for those who must then synchronise it: `cuCtxSynchronize` would wait for
+    /// such a wait for ever); whether that came.
+    pub(crate) fn settle_waits(&self, limit: Duration) -> bool {
+        settle_waits(self.raw(), Instant::now() + limit)
     }
 
     /// Releases `what`, which no recorded work uses, now — or, while a semaphore wait queued
@@ -287,20 +305,47 @@ impl Context {
     }
 }
 
-/// How long a context's end waits, in all, for the work queued before its deferred objects
-/// were dropped, before leaking what is still held (work that waits for a semaphore nobody
-/// signals never completes). As long as an OpenGL context's end waits.
-const END_WAIT: Duration = Duration::from_secs(10);
+/// How long a context's end waits, in all, for the semaphore waits queued through it and the
+/// work queued before its deferred objects were dropped, before leaking what is still held
+/// (work behind a wait for a semaphore nobody signals never completes). An OpenGL context's end
+/// waits as long for each object.
+pub(crate) const END_WAIT: Duration = Duration::from_secs(10);
 
-/// At a context's end: waits (up to [`END_WAIT`]) for the work of everything still deferred
-/// and releases it, and leaks what could not be waited for. The one host wait of ADR 0014's
-/// CUDA side.
-pub(crate) fn release_all(context: sys::CUcontext, releases: &Releases) {
-    let (ready, failed) = releases.lock().unwrap_or_else(PoisonError::into_inner).drain_waiting(END_WAIT);
+/// At a context's end: waits (up to [`END_WAIT`] in all) for the semaphore waits queued
+/// through lava-flow in the context to pass and for the work of everything still deferred,
+/// releases what it can, and leaks the rest — everything, while a wait is still pending, since
+/// a release could wait for it for ever. Then forgets the context's waits. The one host wait of
+/// ADR 0014's CUDA side.
+pub(crate) fn release_all(inner: &Inner) {
+    let deadline = Instant::now() + END_WAIT;
+    let settled = settle_waits(inner.context, deadline);
+    let (ready, failed) = {
+        let mut list = inner.deferred.lock().unwrap_or_else(PoisonError::into_inner);
+        if settled {
+            list.drain_waiting(deadline, END_WAIT)
+        } else {
+            (Vec::new(), list.take_all())
+        }
+    };
+    if !settled && !failed.is_empty() {
+        log::error!(
+            "a semaphore wait queued through lava-flow is still pending after {END_WAIT:?} at the CUDA \
+             context's end: {} dropped objects are leaked rather than released (a release would wait for it)",
+            failed.len()
+        );
+    }
     for what in ready {
-        what.run(context);
+        what.run(inner.context);
     }
     for what in failed {
         what.leak();
     }
+    // The context's own waits leave the process-wide list now, while their events can still be
+    // destroyed (their context lives until the end of `Inner::drop`); dropped with it unlocked.
+    let mut gone = Vec::new();
+    WAITS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .forget(|fence| std::ptr::eq(fence.owner.as_ptr(), inner), &mut gone);
+    drop(gone);
 }

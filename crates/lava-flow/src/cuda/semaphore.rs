@@ -30,6 +30,9 @@ pub struct CudaTimeline<'a> {
     /// The waits and signals queued through it that may not have completed: the import is
     /// destroyed only after them (the driver's rule for `cuDestroyExternalSemaphore`).
     uses: CudaUses,
+    /// A wait or signal was queued but its fence could not be recorded: the import's drop then
+    /// leaks it rather than destroy it under that work.
+    unfenced: std::cell::Cell<bool>,
     _not_sync: PhantomData<std::cell::Cell<()>>,
 }
 
@@ -118,6 +121,7 @@ impl Context {
             external,
             last_signal: std::cell::Cell::new(0),
             uses: CudaUses::default(),
+            unfenced: std::cell::Cell::new(false),
             _not_sync: PhantomData,
         })
     }
@@ -142,9 +146,7 @@ impl CudaTimeline<'_> {
         })?;
         // Until the wait has passed, lava-flow's releases (whose `cuMemFree` would wait for it)
         // are held back, and so is this import's.
-        let fence = super::release::note_wait(&self.ctx, stream)?;
-        lock(&self.uses).add(fence);
-        Ok(())
+        self.fenced(super::release::note_wait(&self.ctx, stream))
     }
 
     /// Sets the timeline to `value` once the work queued on `stream` so far is done. The value
@@ -166,9 +168,22 @@ impl CudaTimeline<'_> {
         })?;
         self.last_signal.set(value);
         // The import outlives the signal (see `Drop`).
-        let fence = CudaFence::record(&self.ctx, stream)?;
-        lock(&self.uses).add(fence);
-        Ok(())
+        self.fenced(CudaFence::record(&self.ctx, stream))
+    }
+
+    /// Keeps the fence of a wait or signal just queued; where it could not be recorded, the
+    /// import is marked to be leaked, and the error returned.
+    fn fenced(&self, fence: Result<Arc<CudaFence>>) -> Result<()> {
+        match fence {
+            Ok(fence) => {
+                lock(&self.uses).add(fence);
+                Ok(())
+            }
+            Err(e) => {
+                self.unfenced.set(true);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -178,6 +193,13 @@ impl Drop for CudaTimeline<'_> {
     /// does not wait. The semaphore it borrows or holds may go at once: CUDA's import holds
     /// the payload.
     fn drop(&mut self) {
+        if self.unfenced.get() {
+            log::error!(
+                "a CUDA timeline import is leaked: a wait or signal was queued through it whose \
+                 completion could not be tracked"
+            );
+            return;
+        }
         let pending = self.uses.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take_pending();
         self.ctx.release_after_fences(pending, Release::Semaphore(self.external));
     }

@@ -10,7 +10,10 @@ use crate::error::Result;
 /// that exports timelines (every NVIDIA driver does; lavapipe does not: [`Error::Unsupported`]).
 ///
 /// Its drop synchronizes the context before the imports are released, so that no queued kernel
-/// still uses a slot when its mapping goes.
+/// still uses a slot when its mapping goes — once no semaphore wait queued through lava-flow is
+/// pending in the context (`cuCtxSynchronize` would wait for it): if one still is after 10 s (a
+/// wait for a value nobody signals), the slots' imports are leaked instead, with an error logged,
+/// rather than the drop hang.
 ///
 /// [`Error::Unsupported`]: crate::Error::Unsupported
 pub struct CudaRing<'a> {
@@ -89,6 +92,17 @@ impl CudaRing<'_> {
 
 impl Drop for CudaRing<'_> {
     fn drop(&mut self) {
+        if !self.ctx.settle_waits(crate::cuda::release::END_WAIT) {
+            log::error!(
+                "CudaRing: a semaphore wait queued through lava-flow is still pending after {:?}; \
+                 the ring's CUDA slot imports are leaked rather than released under work that may \
+                 still use them",
+                crate::cuda::release::END_WAIT
+            );
+            std::mem::forget(std::mem::take(&mut self.buffers));
+            std::mem::forget(std::mem::take(&mut self.images));
+            return;
+        }
         if let Err(e) = self.ctx.synchronize() {
             log::error!("CudaRing: synchronizing before releasing the imported slots: {e}");
         }
