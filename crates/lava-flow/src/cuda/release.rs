@@ -20,8 +20,9 @@ pub(crate) struct CudaFence {
     context: sys::CUcontext,
     /// Where the event goes back to, while the context lives.
     owner: Weak<Inner>,
-    /// The [`Stream::id`] it was recorded on.
-    stream: u64,
+    /// The [`Stream::id`] it was recorded on; `None` for the per-thread default stream, which is
+    /// another stream on each thread that records on it.
+    stream: Option<u64>,
     event: sys::CUevent,
 }
 
@@ -39,8 +40,12 @@ impl CudaFence {
         ctx.bind()?;
         let event = ctx.spare_event()?;
         // From here the fence owns the event (its drop gives it back or destroys it).
-        let fence =
-            CudaFence { context: ctx.raw(), owner: Arc::downgrade(&ctx.inner), stream: stream.id, event };
+        let fence = CudaFence {
+            context: ctx.raw(),
+            owner: Arc::downgrade(&ctx.inner),
+            stream: queue_of(stream),
+            event,
+        };
         // SAFETY: event and stream belong to the same context, which is current.
         check("cuEventRecord", unsafe { sys::cuEventRecord(event, stream.stream) })?;
         Ok(Arc::new(fence))
@@ -51,6 +56,16 @@ impl CudaFence {
         // context, or by the context's own list, emptied before it is released).
         check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(self.context) })
     }
+}
+
+/// The raw handle that names each thread's own default stream (`CU_STREAM_PER_THREAD`).
+const PER_THREAD_STREAM: usize = 2;
+
+/// Which queue a fence recorded on `stream` marks, for [`Fence::supersedes`]: the stream's id,
+/// or `None` for the per-thread default stream (one [`Stream`] value of it, being `Sync`, may
+/// queue on several threads' streams).
+fn queue_of(stream: &Stream) -> Option<u64> {
+    (stream.stream as usize != PER_THREAD_STREAM).then_some(stream.id)
 }
 
 impl Fence for CudaFence {
@@ -72,7 +87,7 @@ impl Fence for CudaFence {
 
     /// A later fence of the same stream completes after this one: stream order.
     fn supersedes(&self, older: &Self) -> bool {
-        self.stream == older.stream
+        self.stream.is_some() && self.stream == older.stream
     }
 }
 
@@ -261,8 +276,8 @@ impl Context {
     /// What was deferred earlier and is ready goes first, so that objects dropped in order (a
     /// texture object held back by a wait, then its image's array) are released in that order.
     pub(crate) fn release_after_fences(&self, fences: Vec<Arc<CudaFence>>, what: Release) {
-        self.reclaim();
-        if fences.is_empty() && !waits_pending(self.raw()) {
+        let (_, waits) = self.reclaim_ready();
+        if fences.is_empty() && !waits {
             what.run(self.raw());
         } else {
             self.inner.deferred.lock().unwrap_or_else(PoisonError::into_inner).defer(fences, what);
@@ -290,8 +305,13 @@ impl Context {
     /// ([`CudaTimeline::wait`](super::CudaTimeline::wait)) may still be pending in the context:
     /// `cuMemFree` would wait for it, and hold every other CUDA call of the context meanwhile.
     pub fn reclaim(&self) -> usize {
+        self.reclaim_ready().0
+    }
+
+    /// [`reclaim`](Context::reclaim), and whether a wait may be pending (nothing was released).
+    fn reclaim_ready(&self) -> (usize, bool) {
         if waits_pending(self.raw()) {
-            return self.inner.deferred.lock().unwrap_or_else(PoisonError::into_inner).len();
+            return (self.inner.deferred.lock().unwrap_or_else(PoisonError::into_inner).len(), true);
         }
         let (ready, left) = {
             let mut list = self.inner.deferred.lock().unwrap_or_else(PoisonError::into_inner);
@@ -301,28 +321,31 @@ impl Context {
         for what in ready {
             what.run(self.raw());
         }
-        left
+        (left, false)
     }
 }
 
-/// How long a context's end waits, in all, for the semaphore waits queued through it and the
-/// work queued before its deferred objects were dropped, before leaking what is still held
-/// (work behind a wait for a semaphore nobody signals never completes). An OpenGL context's end
-/// waits as long for each object.
+/// How long a context's end (and [`CudaRing`](crate::ring::CudaRing)'s drop) waits for the
+/// semaphore waits queued through lava-flow in it to pass, before leaking what it holds: a wait
+/// for a value nobody signals never passes.
 pub(crate) const END_WAIT: Duration = Duration::from_secs(10);
 
-/// At a context's end: waits (up to [`END_WAIT`] in all) for the semaphore waits queued
-/// through lava-flow in the context to pass and for the work of everything still deferred,
-/// releases what it can, and leaks the rest — everything, while a wait is still pending, since
-/// a release could wait for it for ever. Then forgets the context's waits. The one host wait of
-/// ADR 0014's CUDA side.
+/// How long a context's end then waits, in all, for the work queued before its deferred objects
+/// were dropped (kernels, copies: work that completes unless it waits for something lava-flow
+/// cannot see), before leaking what is still held.
+const END_WORK: Duration = Duration::from_secs(60);
+
+/// At a context's end: waits (up to [`END_WAIT`]) for the semaphore waits queued through
+/// lava-flow in the context to pass, then (up to [`END_WORK`] in all) for the work of everything
+/// still deferred; releases what it can, and leaks the rest — everything, while a wait is still
+/// pending, since a release could wait for it for ever. Then forgets the context's waits. The
+/// one host wait of ADR 0014's CUDA side.
 pub(crate) fn release_all(inner: &Inner) {
-    let deadline = Instant::now() + END_WAIT;
-    let settled = settle_waits(inner.context, deadline);
+    let settled = settle_waits(inner.context, Instant::now() + END_WAIT);
     let (ready, failed) = {
         let mut list = inner.deferred.lock().unwrap_or_else(PoisonError::into_inner);
         if settled {
-            list.drain_waiting(deadline, END_WAIT)
+            list.drain_waiting(Instant::now() + END_WORK, END_WORK)
         } else {
             (Vec::new(), list.take_all())
         }
