@@ -453,3 +453,77 @@ fn ring_timeouts_leave_nothing_in_flight_once_released() {
     assert_bytes_eq(&out, &third, "the synchronous write that timed out landed with its own bytes");
     assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
 }
+
+/// An asynchronous write of 1 MiB or more is streamed through the whole staging buffer by the
+/// copy threads and returns with its last GPU copies in flight. Behind a submission that waits
+/// for a value nobody signals, it still returns (every byte is in staging), and a transfer
+/// through the ring's slots right after it would reuse that staging: it is refused with a typed
+/// `Timeout` naming the write's copies, nothing overwritten. After the release every byte of
+/// the asynchronous write lands, and the ring carries on.
+#[test]
+fn an_asynchronous_streamed_write_keeps_its_staging_until_its_copies_complete() {
+    let timeout = Duration::from_millis(200);
+    let mut v = Validated::with_options(|o| {
+        o.transfer_timeout = timeout;
+        o.host_memory_import = false;
+    });
+    let big = (5 << 20) + 7;
+    let a = v.allocate(big as u64 + 64, DEV0).expect("allocate");
+    let small = v.allocate(70_001, DEV0).expect("allocate");
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
+    let data = random_bytes(big);
+    let w = a.write_async(64, data.clone()).expect("the streamed write returns with its copies queued");
+    assert!(!w.is_done().expect("is_done"), "queued behind the wait");
+    let other = random_bytes(70_001);
+    match small.write(0, &other) {
+        Err(e @ Error::Timeout(..)) => {
+            assert!(e.to_string().contains("asynchronous write's copies out of the staging buffer"), "{e}")
+        }
+        other => panic!("a slot write over the streamed write's staging: expected Timeout, got {other:?}"),
+    }
+    match small.read_async(0, poisoned(4096)) {
+        Err(e @ Error::Timeout(..)) => assert!(e.to_string().contains("staging"), "{e}"),
+        other => panic!("an asynchronous slot read over it: expected Timeout, got {other:?}"),
+    }
+    drop(release);
+    assert_eq!(w.wait().expect("the write completes once released"), data, "the source comes back");
+    let mut out = poisoned(big);
+    a.read(64, &mut out).expect("read");
+    assert_bytes_eq(&out, &data, "the asynchronous streamed write, every byte from staging");
+    small.write(0, &other).expect("the ring carries on");
+    let mut out = poisoned(70_001);
+    small.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &other, "the slot write after it");
+    assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
+}
+
+/// Asynchronous streamed writes back to back, a slot-sized one between them and one dropped
+/// unwaited, larger than the staging buffer (its pieces reused while the write runs): each
+/// waits for the last one's copies before reusing staging; every byte lands.
+#[test]
+fn asynchronous_streamed_writes_back_to_back_each_land_whole() {
+    let mut v = ring_allocator();
+    let sizes = [3 * CHUNK + 5, (1 << 20) + 1, 70_001, 5 * CHUNK + 4099];
+    let buffers: Vec<_> = sizes.iter().map(|&n| v.allocate(n as u64 + 3, DEV0).expect("allocate")).collect();
+    let data: Vec<_> = sizes.iter().map(|&n| random_bytes(n)).collect();
+    let mut writes: Vec<_> = buffers
+        .iter()
+        .zip(&data)
+        .map(|(b, d)| Some(b.write_async(3, d.clone()).expect("write_async")))
+        .collect();
+    // One dropped unwaited: its drop waits for it.
+    drop(writes[1].take());
+    for (k, w) in writes.into_iter().enumerate() {
+        if let Some(w) = w {
+            assert_eq!(w.wait().expect("wait"), data[k], "write {k}: the source comes back");
+        }
+    }
+    for (k, b) in buffers.iter().enumerate() {
+        let mut out = poisoned(sizes[k]);
+        b.read(3, &mut out).expect("read");
+        assert_bytes_eq(&out, &data[k], &format!("write {k} of {} bytes", sizes[k]));
+    }
+    assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
+}

@@ -307,10 +307,13 @@ impl Buffer {
     /// [`PendingTransfer::wait`] gives it back, so it cannot be changed or freed meanwhile.
     ///
     /// Where the device imports host memory, the GPU copies straight from `data`; otherwise
-    /// `data` is copied into the staging ring's slots before this returns (waiting for slots as
-    /// a synchronous write does, when it needs more of them than are free); the last slots'
-    /// copies are in flight. A
-    /// host-visible buffer is written through its mapping at once. See [`PendingTransfer`] for
+    /// every byte of `data` is copied into staging before this returns, and the last GPU copies
+    /// are in flight: from 1 MiB on by the copy threads, streamed through the whole staging
+    /// buffer as [`Buffer::write`] does (the call waits first for earlier transfers still using
+    /// staging); below, through the staging ring's slots (waiting for slots as a synchronous
+    /// write does, when it needs more of them than are free). A transfer through staging right
+    /// after a streamed one waits until its copies have left staging. A host-visible buffer is
+    /// written through its mapping at once. See [`PendingTransfer`] for
     /// timeouts, and [`Buffer::write`] for the order of copies.
     pub fn write_async<S: HostBytes>(&self, offset: u64, data: S) -> Result<PendingTransfer<S>> {
         let range = HostRange::source(data.host_bytes());

@@ -240,11 +240,20 @@ pub(crate) struct Transfer {
     /// completed (an error or a timeout; 0: none): the context is pending on `target` until it is
     /// reached.
     streaming: u64,
+    /// The timeline value of the last GPU copy an asynchronous streamed write left in flight out
+    /// of the staging buffer (0: none): no piece of the buffer is reused until it is reached.
+    /// Nothing is pending on a target for it: the buffer's or image's own value covers that.
+    staging_busy: u64,
 }
 
 /// What [`Error::Timeout`] names when a call finds an earlier submission still pending.
 pub(crate) const EARLIER_COPY: &str =
     "an earlier staging copy that timed out and is still queued (nothing of this call was done)";
+
+/// What [`Error::Timeout`] names when an asynchronous write's GPU copies still read the staging
+/// buffer.
+const STAGING_IN_USE: &str =
+    "an earlier asynchronous write's copies out of the staging buffer (nothing of this call was done)";
 
 /// What [`Error::Timeout`] names when the queue did not drain before an import copy.
 const QUEUED_BEFORE: &str = "work queued before this copy (nothing of this call was done)";
@@ -389,6 +398,7 @@ impl Transfer {
             batch_cmds: Vec::new(),
             batch_next: 0,
             streaming: 0,
+            staging_busy: 0,
         };
         match transfer.make_objects(d) {
             Ok(()) => {
@@ -448,7 +458,7 @@ impl Transfer {
         }
         device.staged_transfers.fetch_add(1, Ordering::Relaxed);
         if host.len >= STREAM_MIN {
-            self.streamed(device, dir, target, host)
+            self.streamed(device, dir, target, host, false).map(drop)
         } else {
             self.staged(device, dir, target, host, None)
         }
@@ -618,6 +628,8 @@ impl Transfer {
         signal: Option<u64>,
     ) -> Result<()> {
         check_rows(target)?;
+        // The slots are pieces of the buffer an asynchronous streamed write may still read.
+        self.settle_staging(device)?;
         let slot = self.staging(device, host.len as u64)?;
         let (buffer, mapped) = match &self.staging {
             Some(s) => (s.buffer, s.mapped()?),
@@ -717,12 +729,24 @@ impl Transfer {
         }
     }
 
-    /// A synchronous copy streamed through the whole staging buffer (see [`RingCopy`]): the
-    /// copy threads fill (or empty) pieces of it without pause while this thread submits the
-    /// GPU's copies of the pieces ready so far, first small, then larger, and publishes the
-    /// GPU's progress, which frees pieces for the threads. The CPU copy and the DMA overlap for
-    /// the whole transfer instead of slot by slot.
-    fn streamed(&mut self, device: &Device, dir: Direction, target: Target, host: HostRange) -> Result<()> {
+    /// A copy streamed through the whole staging buffer (see [`RingCopy`]): the copy threads
+    /// fill (or empty) pieces of it without pause while this thread submits the GPU's copies of
+    /// the pieces ready so far, first small, then larger, and publishes the GPU's progress, which
+    /// frees pieces for the threads. The CPU copy and the DMA overlap for the whole transfer
+    /// instead of slot by slot. Returns the transfer timeline value of its last GPU copy.
+    ///
+    /// Synchronous unless `in_flight` (a write only): then it returns once every byte of `host`
+    /// is in the staging buffer and every GPU copy is submitted, leaving the last ones in flight
+    /// (the buffer is not reused until they complete: [`Transfer::staging_busy`]); the host
+    /// memory is no longer read.
+    fn streamed(
+        &mut self,
+        device: &Device,
+        dir: Direction,
+        target: Target,
+        host: HostRange,
+        in_flight: bool,
+    ) -> Result<u64> {
         // The whole buffer is this call's: asynchronous transfers still in it are waited for
         // (they are ahead of this one on the queue anyway).
         self.settle_all(device, EARLIER_COPY)?;
@@ -754,20 +778,27 @@ impl Transfer {
                 staging_copy(dir),
             )
         };
-        let result = self.drive(device, dir, target, buffer, &copy, (piece, ring_pieces));
+        let in_flight = in_flight && dir == Direction::ToDevice;
+        let result = self.drive(device, dir, target, buffer, &copy, (piece, ring_pieces), in_flight);
         // Waits until no copy thread touches either memory (after an error, skipping the rest).
         drop(copy);
-        if result.is_ok() {
-            // Every GPU copy has completed: the target is no longer pending (a drop of it need
-            // not take the context's lock).
+        if let Ok(value) = result {
+            if in_flight {
+                self.staging_busy = value;
+            }
+            // Every GPU copy has completed, or is covered by the value the caller keeps: the
+            // target is no longer pending (a drop of it need not take the context's lock).
             self.release_target(device);
         }
         result
     }
 
     /// The submitting side of [`Transfer::streamed`]: `(piece, ring_pieces)` is the geometry.
-    /// Returns once every piece has reached its destination, or with the error that stopped it
-    /// (then the GPU copies still queued keep the context pending: [`Transfer::streaming`]).
+    /// Returns the timeline value of the last GPU copy once every piece has reached its
+    /// destination (with `in_flight`, a write: once every piece is in staging and its copy
+    /// submitted), or with the error that stopped it (then the GPU copies still queued keep the
+    /// context pending: [`Transfer::streaming`]).
+    #[allow(clippy::too_many_arguments, reason = "one streamed transfer's full description")]
     fn drive(
         &mut self,
         device: &Device,
@@ -776,13 +807,16 @@ impl Transfer {
         staging: vk::Buffer,
         copy: &RingCopy,
         (piece, ring_pieces): (u64, usize),
-    ) -> Result<()> {
+        in_flight: bool,
+    ) -> Result<u64> {
         let d = &device.device;
         let shape = ring_shape();
         let n = copy.pieces();
         let total = copy.len() as u64;
         let len = |k: usize, end: usize| (end as u64 * piece).min(total) - k as u64 * piece;
         let (mut ready, mut submitted, mut done) = (0usize, 0usize, 0usize);
+        // The value of the last batch submitted (every earlier one completes before it).
+        let mut last = self.timeline_value;
         // Submitted GPU copies not seen complete: (timeline value, pieces done once reached).
         let mut queued: std::collections::VecDeque<(u64, usize)> = std::collections::VecDeque::new();
         let mut moved = std::time::Instant::now();
@@ -822,6 +856,7 @@ impl Transfer {
                     Ok(value) => {
                         queued.push_back((value, end));
                         submitted = end;
+                        last = value;
                         progress = true;
                     }
                     Err(e) => return fail(self, &queued, e),
@@ -842,12 +877,13 @@ impl Transfer {
             }
             copy.publish(done);
             let finished = match dir {
+                Direction::ToDevice if in_flight => submitted == n,
                 Direction::ToDevice => done == n,
                 // Every piece copied out: every GPU copy has completed.
                 Direction::ToHost => ready == n,
             };
             if finished {
-                return Ok(());
+                return Ok(last);
             }
             if progress {
                 moved = std::time::Instant::now();
@@ -1188,6 +1224,17 @@ impl Transfer {
         Ok(())
     }
 
+    /// Waits (up to the device's transfer timeout) until no asynchronous streamed write's GPU
+    /// copy still reads the staging buffer.
+    fn settle_staging(&mut self, device: &Device) -> Result<()> {
+        if self.staging_busy == 0 {
+            return Ok(());
+        }
+        device.wait_transfer_value_of(self.staging_busy, STAGING_IN_USE)?;
+        self.staging_busy = 0;
+        Ok(())
+    }
+
     /// Settles every uncovered slot (see [`Transfer::settle_slot`]): the context is no longer
     /// pending afterwards, or the result is [`Error::Timeout`] naming `what` and it stays
     /// pending. Covered slots (asynchronous transfers in flight) stay as they are.
@@ -1204,6 +1251,7 @@ impl Transfer {
     /// Settles every slot, covered ones too: nothing uses the staging buffer afterwards.
     fn settle_all(&mut self, device: &Device, what: &'static str) -> Result<()> {
         self.settle_streaming(device, what)?;
+        self.settle_staging(device)?;
         for i in 0..self.slots.len() {
             self.settle_slot(device, i, what)?;
         }
@@ -1222,15 +1270,17 @@ impl Transfer {
     pub fn in_flight(&mut self, device: &Device) -> u64 {
         let d = &device.device;
         let mut count = self.orphans.len() as u64;
-        if self.streaming != 0 {
+        if self.streaming != 0 || self.staging_busy != 0 {
             // SAFETY: the semaphore belongs to this device.
             let reached = unsafe { d.get_semaphore_counter_value(self.timeline) }.unwrap_or(0);
-            if reached >= self.streaming {
+            if self.streaming != 0 && reached >= self.streaming {
                 self.streaming = 0;
                 self.release_target(device);
-            } else {
-                count += 1;
             }
+            if self.staging_busy != 0 && reached >= self.staging_busy {
+                self.staging_busy = 0;
+            }
+            count += u64::from(self.streaming != 0) + u64::from(self.staging_busy != 0);
         }
         for i in 0..self.slots.len() {
             let slot = &self.slots[i];
@@ -1292,7 +1342,15 @@ impl Transfer {
             return Ok(Job { value: self.timeline_value, host: JobHost::Ring });
         }
         let Some(import) = self.import(device, target, host) else {
-            self.staged(device, dir, target, host, Some(value))?;
+            let value = if dir == Direction::ToDevice && host.len >= STREAM_MIN {
+                // Every byte goes into staging on the copy threads before this returns; the
+                // last GPU copies stay in flight.
+                check_rows(target)?;
+                self.streamed(device, dir, target, host, true)?
+            } else {
+                self.staged(device, dir, target, host, Some(value))?;
+                value
+            };
             device.staged_transfers.fetch_add(1, Ordering::Relaxed);
             return Ok(Job { value, host: JobHost::Ring });
         };
