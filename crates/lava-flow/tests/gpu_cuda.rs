@@ -770,3 +770,57 @@ fn a_timeline_import_dropped_under_its_queued_wait_and_signal_outlives_them() {
     drop(timeline);
     v.wait_idle(0).expect("idle");
 }
+
+/// A context whose stream waits for a value nobody signals, ended with memory dropped behind
+/// that wait: its end gives up after 10 s and leaks what the wait holds (a `cuMemFree` then
+/// would wait for ever), instead of hanging. A second context value keeps the primary context
+/// alive meanwhile, as torch would. Without the bound the drop returns only once the watchdog
+/// signals, after 40 s, and the test fails on its flag.
+#[test]
+fn a_contexts_end_behind_a_wait_nobody_signals_leaks_instead_of_hanging() {
+    let _alone = exclusive();
+    let mut v = Validated::new();
+    let Some(keep) = cuda_or_skip(&v, "a context's end behind a stuck wait") else { return };
+    let timeline = std::sync::Arc::new(v.timeline_semaphore(0).expect("timeline"));
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let (timeline, fired, done) = (timeline.clone(), fired.clone(), done.clone());
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(40) {
+                if done.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            fired.store(true, std::sync::atomic::Ordering::Release);
+            let _ = timeline.signal(1);
+        })
+    };
+    let ctx = Context::for_device(&v, 0).expect("a second context value");
+    let stream = ctx.stream().expect("stream");
+    let sync = ctx.import_timeline_owned(std::sync::Arc::clone(&timeline)).expect("import");
+    sync.wait(1, &stream).expect("CUDA waits for a value nobody signals");
+    let held = ctx.alloc(1 << 20).expect("cuMemAlloc");
+    cuda::fill_async(&held, 0, 1 << 20, 0x33, &stream).expect("work behind the wait");
+    drop(held);
+    drop(sync);
+    drop(stream);
+    assert!(ctx.reclaim() >= 2, "the memory and the import wait behind the pending wait");
+    let start = std::time::Instant::now();
+    drop(ctx);
+    let took = start.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Release);
+    assert!(
+        !fired.load(std::sync::atomic::Ordering::Acquire),
+        "the context's end waited until the watchdog signalled ({took:?})"
+    );
+    assert!(took >= Duration::from_secs(9), "gave up after {took:?}, before its 10 s");
+    // The queue carries on once the value comes: the leaked work completes in the driver.
+    timeline.signal(1).expect("the host signals 1 now");
+    watchdog.join().expect("watchdog");
+    keep.synchronize().expect("the context is sound");
+    drop(keep);
+    v.wait_idle(0).expect("idle");
+}
