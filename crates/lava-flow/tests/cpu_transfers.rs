@@ -527,3 +527,46 @@ fn asynchronous_streamed_writes_back_to_back_each_land_whole() {
     }
     assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
 }
+
+/// Asynchronous streamed writes that fit in the staging buffer return behind a stalled queue
+/// whatever their geometry (found by an outside attack): 48 MiB - 1 bytes through the 48 MiB
+/// ring (pieces of ⌊len / 64⌋ bytes made 65 pieces for 64 places, and the last one waited for
+/// the GPU), and an image level of 120 rows of 128 KiB (single-row batches used up the 32
+/// command buffers, and the next one waited for the GPU). After the release every byte lands.
+#[test]
+fn asynchronous_streamed_writes_that_fit_in_staging_return_behind_a_stalled_queue() {
+    let timeout = Duration::from_millis(200);
+    let mut v = Validated::with_options(|o| {
+        o.transfer_timeout = timeout;
+        o.host_memory_import = false;
+    });
+    let size = 3 * CHUNK - 1;
+    let a = v.allocate(size as u64, DEV0).expect("allocate");
+    let format = ImageFormat::Rgba32Float;
+    let desc = ImageDesc::new(format, 8200, 120);
+    let image = v.allocate_image(0, desc).expect("image");
+    let level = desc.level_size(0) as usize;
+    a.write(0, &random_bytes(size)).expect("old bytes, and the staging at its full size");
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
+    let data = random_bytes(size);
+    let w = a.write_async(0, data.clone()).expect("48 MiB - 1 returns behind the stalled queue");
+    drop(release);
+    assert_eq!(w.wait().expect("wait"), data);
+    let mut out = poisoned(size);
+    a.read(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &data, "48 MiB - 1 through the 48 MiB ring");
+
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
+    let texels = common::texel_data(format, level);
+    let w = image.write_level_async(0, texels.clone()).expect("rows of 128 KiB return behind the stall");
+    drop(release);
+    w.wait().expect("wait");
+    let mut out = poisoned(level);
+    image.read_level(0, &mut out).expect("read");
+    assert_bytes_eq(&out, &texels, "120 rows of 128 KiB");
+    assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
+}

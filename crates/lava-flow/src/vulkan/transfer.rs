@@ -139,6 +139,22 @@ pub(crate) fn ring_shape() -> RingShape {
     })
 }
 
+/// Units (bytes, or rows of an image) per piece, from `want`, for a transfer of `units` through
+/// a ring of `capacity` units: where the transfer fits in the ring, a multiple that makes every
+/// piece fit at once (`⌈units / k⌉ ≤ ⌊capacity / k⌋`); otherwise `want`.
+fn fit_pieces(units: u64, capacity: u64, want: u64) -> u64 {
+    if units > capacity {
+        return want.max(1);
+    }
+    // At most the whole transfer in one piece, which fits (`units ≤ capacity`): the loop ends.
+    let mut k = want.clamp(1, units.max(1));
+    while units.div_ceil(k) > capacity / k {
+        // The pieces the ring holds at this size, spread over the transfer.
+        k = units.div_ceil((capacity / k).max(1)).max(k + 1);
+    }
+    k
+}
+
 /// The CPU copy of a staged transfer going `dir`.
 fn staging_copy(dir: Direction) -> CopyKind {
     match (ring_shape().stream, dir) {
@@ -756,6 +772,11 @@ impl Transfer {
         let want = (host.len as u64 / 64).clamp(STREAM_PIECE_MIN.min(shape.piece), shape.piece);
         // Whole rows for images (a row fits in a slot: `check_rows`), and two pieces at least.
         let piece = target.step(want).min(target.step(ring_bytes / 2));
+        // A transfer that fits in the ring is cut into pieces that all fit at once: then no piece
+        // waits for the GPU to empty its place (an asynchronous write returns even behind a
+        // stalled queue), whatever the rounding of the piece size.
+        let unit = target.row_bytes();
+        let piece = unit * fit_pieces(host.len as u64 / unit, ring_bytes / unit, piece / unit);
         let ring_pieces = (ring_bytes / piece) as usize;
         let (buffer, mapped) = match &self.staging {
             Some(s) => (s.buffer, s.mapped()?),
@@ -817,6 +838,10 @@ impl Transfer {
         let (mut ready, mut submitted, mut done) = (0usize, 0usize, 0usize);
         // The value of the last batch submitted (every earlier one completes before it).
         let mut last = self.timeline_value;
+        // The transfer timeline's value as last seen.
+        // SAFETY: the semaphore belongs to this device.
+        let mut reached =
+            unsafe { d.get_semaphore_counter_value(self.timeline) }.vk("vkGetSemaphoreCounterValue")?;
         // Submitted GPU copies not seen complete: (timeline value, pieces done once reached).
         let mut queued: std::collections::VecDeque<(u64, usize)> = std::collections::VecDeque::new();
         let mut moved = std::time::Instant::now();
@@ -842,7 +867,13 @@ impl Transfer {
             let cap = ((submitted as u64 * piece).clamp(shape.first, shape.batch.max(shape.first)) / piece)
                 .max(1) as usize;
             let avail = limit - submitted;
-            if avail > 0 && (avail >= cap || on_gpu < shape.low || limit == n) {
+            // A batch before the last leaves a command buffer free for the last one: behind a
+            // stalled queue the batches then grow instead of waiting for a command buffer.
+            let spare = {
+                let after_next = (self.batch_next + 1) % self.batch_cmds.len();
+                self.batch_cmds[after_next].1 <= reached
+            };
+            if avail > 0 && ((spare && (avail >= cap || on_gpu < shape.low)) || limit == n) {
                 let end = submitted + avail.min(cap);
                 match self.submit_batch(
                     device,
@@ -863,7 +894,7 @@ impl Transfer {
                 }
             }
             // SAFETY: the semaphore belongs to this device.
-            let reached = match unsafe { d.get_semaphore_counter_value(self.timeline) } {
+            reached = match unsafe { d.get_semaphore_counter_value(self.timeline) } {
                 Ok(v) => v,
                 Err(e) => return fail(self, &queued, Error::vk("vkGetSemaphoreCounterValue", e)),
             };
@@ -1736,5 +1767,33 @@ fn image_region(
         },
         image_offset: vk::Offset3D { x: 0, y: first_row as i32, z: 0 },
         image_extent: vk::Extent3D { width, height: rows, depth: 1 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_pieces;
+
+    #[test]
+    fn pieces_of_a_transfer_that_fits_in_the_ring_all_fit_at_once() {
+        // 48 MiB - 1 bytes through 48 MiB in pieces of ⌊len / 64⌋ = 786,431 bytes: 65 pieces,
+        // one more than the ring's 64 places, before the fit.
+        let ring = 48u64 << 20;
+        let k = fit_pieces(ring - 1, ring, (ring - 1) / 64);
+        assert!((ring - 1).div_ceil(k) <= ring / k, "{k}");
+        // Every size up to the ring, every capacity and starting piece in a sweep.
+        for capacity in [1u64, 2, 3, 7, 64, 100, 4099] {
+            for units in 1..=capacity {
+                for want in [1, 2, 3, 5, 64, 1000] {
+                    let k = fit_pieces(units, capacity, want);
+                    assert!(k >= 1 && k <= units, "{units} in {capacity} from {want}: {k}");
+                    assert!(units.div_ceil(k) <= capacity / k, "{units} in {capacity} from {want}: {k}");
+                }
+            }
+        }
+        // A piece asked larger than the transfer: the whole transfer, one piece.
+        assert_eq!(fit_pieces(50, 64, 1000), 50);
+        // A transfer larger than the ring keeps the piece it asked for.
+        assert_eq!(fit_pieces(1000, 100, 7), 7);
     }
 }
