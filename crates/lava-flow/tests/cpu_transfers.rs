@@ -19,6 +19,14 @@ fn allocator(import: bool) -> Validated {
     Validated::with_options(|o| o.host_memory_import = import)
 }
 
+/// An allocator whose transfers time out after `timeout`, with host-memory import on or off.
+fn timed(timeout: Duration, import: bool) -> Validated {
+    Validated::with_options(|o| {
+        o.transfer_timeout = timeout;
+        o.host_memory_import = import;
+    })
+}
+
 /// `len` bytes at `misalign` bytes past a 4096-byte boundary, inside `storage`.
 fn at_address(storage: &mut Vec<u8>, len: usize, misalign: usize) -> &mut [u8] {
     storage.resize(len + misalign + 8192, 0);
@@ -225,10 +233,7 @@ impl Drop for Release<'_> {
 #[test]
 fn timeouts_never_leave_a_copy_into_the_callers_memory() {
     let timeout = Duration::from_millis(200);
-    let mut v = Validated::with_options(|o| {
-        o.transfer_timeout = timeout;
-        o.host_memory_import = true;
-    });
+    let mut v = timed(timeout, true);
     let size = (1 << 20) + 4097;
     let b = v.allocate(size as u64, DEV0).expect("allocate");
     let first = random_bytes(size);
@@ -273,10 +278,7 @@ fn timeouts_never_leave_a_copy_into_the_callers_memory() {
 #[test]
 fn a_timed_out_ring_keeps_its_slots_until_they_complete() {
     let timeout = Duration::from_millis(200);
-    let mut v = Validated::with_options(|o| {
-        o.transfer_timeout = timeout;
-        o.host_memory_import = false;
-    });
+    let mut v = timed(timeout, false);
     let size = 4 * CHUNK + 5;
     let b = v.allocate(size as u64, DEV0).expect("allocate");
     let gate = v.timeline_semaphore(0).expect("timeline");
@@ -412,10 +414,7 @@ fn dropped_and_leaked_asynchronous_reads_through_the_ring() {
 #[test]
 fn ring_timeouts_leave_nothing_in_flight_once_released() {
     let timeout = Duration::from_millis(200);
-    let mut v = Validated::with_options(|o| {
-        o.transfer_timeout = timeout;
-        o.host_memory_import = false;
-    });
+    let mut v = timed(timeout, false);
     let size = 70_001;
     let a = v.allocate(size as u64, DEV0).expect("allocate");
     let b = v.allocate(size as u64, DEV0).expect("allocate");
@@ -463,10 +462,7 @@ fn ring_timeouts_leave_nothing_in_flight_once_released() {
 #[test]
 fn an_asynchronous_streamed_write_keeps_its_staging_until_its_copies_complete() {
     let timeout = Duration::from_millis(200);
-    let mut v = Validated::with_options(|o| {
-        o.transfer_timeout = timeout;
-        o.host_memory_import = false;
-    });
+    let mut v = timed(timeout, false);
     let big = (5 << 20) + 7;
     let a = v.allocate(big as u64 + 64, DEV0).expect("allocate");
     let small = v.allocate(70_001, DEV0).expect("allocate");
@@ -536,10 +532,7 @@ fn asynchronous_streamed_writes_back_to_back_each_land_whole() {
 #[test]
 fn asynchronous_streamed_writes_that_fit_in_staging_return_behind_a_stalled_queue() {
     let timeout = Duration::from_millis(200);
-    let mut v = Validated::with_options(|o| {
-        o.transfer_timeout = timeout;
-        o.host_memory_import = false;
-    });
+    let mut v = timed(timeout, false);
     let size = 3 * CHUNK - 1;
     let a = v.allocate(size as u64, DEV0).expect("allocate");
     let format = ImageFormat::Rgba32Float;
