@@ -39,6 +39,68 @@ fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
     MEASURING.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Signals `timeline` to 1 from the host after `after`, unless disarmed first; also when dropped
+/// undisarmed (a failed assertion unwinding with a CUDA wait for 1 still queued). A test whose
+/// own wait would block it for ever fails on [`Watchdog::fired`] instead of hanging the binary.
+struct Watchdog {
+    timeline: std::sync::Arc<lava_flow::TimelineSemaphore>,
+    state: std::sync::Arc<(std::sync::atomic::AtomicBool, std::sync::atomic::AtomicBool)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(timeline: &std::sync::Arc<lava_flow::TimelineSemaphore>, after: Duration) -> Self {
+        use std::sync::atomic::Ordering;
+        // (stopped, fired)
+        let state = std::sync::Arc::new(Default::default());
+        let thread = {
+            let (timeline, state) = (std::sync::Arc::clone(timeline), std::sync::Arc::clone(&state));
+            std::thread::spawn(move || {
+                let (stopped, fired): &(std::sync::atomic::AtomicBool, std::sync::atomic::AtomicBool) =
+                    &state;
+                let start = std::time::Instant::now();
+                while start.elapsed() < after {
+                    if stopped.load(Ordering::Acquire) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                fired.store(true, Ordering::Release);
+                let _ = timeline.signal(1);
+            })
+        };
+        Watchdog { timeline: std::sync::Arc::clone(timeline), state, thread: Some(thread) }
+    }
+
+    /// Whether it ran out of time and signalled.
+    fn fired(&self) -> bool {
+        self.state.1.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stops it without signalling (the test signals, or has queued the signal, itself).
+    fn disarm(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.state.0.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("watchdog");
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+            if self.timeline.value().is_ok_and(|v| v < 1) {
+                let _ = self.timeline.signal(1);
+            }
+        }
+    }
+}
+
 /// The CUDA context of device 0, or `None` (with the reason printed) where there is no CUDA.
 fn cuda_or_skip(v: &Validated, test: &str) -> Option<Context> {
     common::or_skip(Context::for_device(v, 0), test, "CUDA")
@@ -691,22 +753,7 @@ fn a_pending_semaphore_wait_holds_lava_flows_frees_back_instead_of_blocking_on_t
     let scratch = ctx.alloc(1 << 20).expect("cuMemAlloc");
     cuda::fill_async(&scratch, 0, 1 << 20, 0x11, &stream).expect("a use before the wait");
     sync.wait(1, &stream).expect("CUDA waits for Vulkan's 1");
-    let signalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = {
-        let (timeline, signalled, fired) = (timeline.clone(), signalled.clone(), fired.clone());
-        std::thread::spawn(move || {
-            let start = std::time::Instant::now();
-            while start.elapsed() < Duration::from_secs(20) {
-                if signalled.load(std::sync::atomic::Ordering::Acquire) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            fired.store(true, std::sync::atomic::Ordering::Release);
-            let _ = timeline.signal(1);
-        })
-    };
+    let watchdog = Watchdog::start(&timeline, Duration::from_secs(20));
     // Memory dropped while the wait is queued: its free waits (the scratch's use completed long
     // ago, so only the pending wait holds it), and so does memory allocated and dropped now.
     drop(scratch);
@@ -714,12 +761,11 @@ fn a_pending_semaphore_wait_holds_lava_flows_frees_back_instead_of_blocking_on_t
     let _event = ctx.event(false).expect("an event, which reclaims");
     assert!(ctx.reclaim() >= 2, "both frees wait for the pending semaphore wait");
     assert!(
-        !fired.load(std::sync::atomic::Ordering::Acquire),
+        !watchdog.fired(),
         "a drop blocked until the watchdog signalled: a free waited for this thread's own wait"
     );
     v.submit(0, &Submission::new().signal(&timeline, 1)).expect("Vulkan signals 1");
-    signalled.store(true, std::sync::atomic::Ordering::Release);
-    watchdog.join().expect("watchdog");
+    watchdog.disarm();
     stream.synchronize().expect("the wait passed");
     assert_eq!(ctx.reclaim(), 0, "released once the wait passed");
     drop(sync);
@@ -736,17 +782,9 @@ fn a_timeline_import_dropped_under_its_queued_wait_and_signal_outlives_them() {
     let mut v = Validated::new();
     let Some(ctx) = cuda_or_skip(&v, "a timeline import dropped under queued work") else { return };
     let timeline = std::sync::Arc::new(v.timeline_semaphore(0).expect("timeline"));
-    // A failed assertion below unwinds with the CUDA wait still queued: this signals it first,
-    // so that the failure is reported instead of the context's end waiting for it.
-    struct Unstick(std::sync::Arc<lava_flow::TimelineSemaphore>);
-    impl Drop for Unstick {
-        fn drop(&mut self) {
-            if self.0.value().is_ok_and(|v| v < 1) {
-                let _ = self.0.signal(1);
-            }
-        }
-    }
-    let _unstick = Unstick(std::sync::Arc::clone(&timeline));
+    // A failed assertion below unwinds with the CUDA wait still queued: the watchdog's drop
+    // signals it first, so that the failure is reported instead of the context's end waiting.
+    let _watchdog = Watchdog::start(&timeline, Duration::from_secs(60));
     let sync = ctx.import_timeline_owned(std::sync::Arc::clone(&timeline)).expect("import");
     let stream = ctx.stream().expect("stream");
     let len = 1 << 20;
@@ -782,22 +820,7 @@ fn a_contexts_end_behind_a_wait_nobody_signals_leaks_instead_of_hanging() {
     let mut v = Validated::new();
     let Some(keep) = cuda_or_skip(&v, "a context's end behind a stuck wait") else { return };
     let timeline = std::sync::Arc::new(v.timeline_semaphore(0).expect("timeline"));
-    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = {
-        let (timeline, fired, done) = (timeline.clone(), fired.clone(), done.clone());
-        std::thread::spawn(move || {
-            let start = std::time::Instant::now();
-            while start.elapsed() < Duration::from_secs(40) {
-                if done.load(std::sync::atomic::Ordering::Acquire) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            fired.store(true, std::sync::atomic::Ordering::Release);
-            let _ = timeline.signal(1);
-        })
-    };
+    let watchdog = Watchdog::start(&timeline, Duration::from_secs(40));
     let ctx = Context::for_device(&v, 0).expect("a second context value");
     let stream = ctx.stream().expect("stream");
     let sync = ctx.import_timeline_owned(std::sync::Arc::clone(&timeline)).expect("import");
@@ -811,15 +834,11 @@ fn a_contexts_end_behind_a_wait_nobody_signals_leaks_instead_of_hanging() {
     let start = std::time::Instant::now();
     drop(ctx);
     let took = start.elapsed();
-    done.store(true, std::sync::atomic::Ordering::Release);
-    assert!(
-        !fired.load(std::sync::atomic::Ordering::Acquire),
-        "the context's end waited until the watchdog signalled ({took:?})"
-    );
+    assert!(!watchdog.fired(), "the context's end waited until the watchdog signalled ({took:?})");
     assert!(took >= Duration::from_secs(9), "gave up after {took:?}, before its 10 s");
     // The queue carries on once the value comes: the leaked work completes in the driver.
+    watchdog.disarm();
     timeline.signal(1).expect("the host signals 1 now");
-    watchdog.join().expect("watchdog");
     keep.synchronize().expect("the context is sound");
     drop(keep);
     v.wait_idle(0).expect("idle");
