@@ -475,7 +475,10 @@ fn an_asynchronous_streamed_write_keeps_its_staging_until_its_copies_complete() 
     let other = random_bytes(70_001);
     match small.write(0, &other) {
         Err(e @ Error::Timeout(..)) => {
-            assert!(e.to_string().contains("asynchronous write's copies out of the staging buffer"), "{e}")
+            assert!(
+                e.to_string().contains("asynchronous transfer's copies through the staging buffer"),
+                "{e}"
+            )
         }
         other => panic!("a slot write over the streamed write's staging: expected Timeout, got {other:?}"),
     }
@@ -562,4 +565,127 @@ fn asynchronous_streamed_writes_that_fit_in_staging_return_behind_a_stalled_queu
     image.read_level(0, &mut out).expect("read");
     assert_bytes_eq(&out, &texels, "120 rows of 128 KiB");
     assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
+}
+
+/// Asynchronous reads of 1 MiB or more go through the streamed pipeline and return once every
+/// GPU copy is queued, their last pieces still on the way into staging; those are copied into
+/// the read's memory at its wait, or first by the next transfer that needs staging. Sizes that
+/// fit in the 48 MiB staging buffer and sizes that wrap it, at an odd offset: a synchronous
+/// write and a second asynchronous read right behind each (both reuse staging), one read
+/// dropped unwaited, one leaked (its bytes land in the leaked memory when staging is next
+/// needed, never anywhere else); every byte checked.
+#[test]
+fn asynchronous_streamed_reads_hold_their_last_pieces_until_waited_for() {
+    let mut v = ring_allocator();
+    let small = v.allocate(70_001, DEV0).expect("allocate");
+    for size in [(1 << 20) + 1, 3 * CHUNK - 1, 5 * CHUNK + 4099] {
+        let a = v.allocate(size as u64 + 3, DEV0).expect("allocate");
+        let b = v.allocate(size as u64 + 3, DEV0).expect("allocate");
+        let (data_a, data_b) = (random_bytes(size), random_bytes(size));
+        a.write(3, &data_a).expect("write");
+        b.write(3, &data_b).expect("write");
+        let first = a.read_async(3, poisoned(size)).expect("read_async");
+        // Through the ring's slots, over the staging the read's last pieces are held in.
+        let other = random_bytes(70_001);
+        small.write(0, &other).expect("a slot write right behind the read");
+        let second = b.read_async(3, poisoned(size).into_boxed_slice()).expect("a second streamed read");
+        assert_bytes_eq(
+            &first.wait().expect("wait"),
+            &data_a,
+            &format!("{size} B read, then staging reused"),
+        );
+        assert_bytes_eq(&second.wait().expect("wait"), &data_b, &format!("{size} B read, waited second"));
+        let mut out = poisoned(70_001);
+        small.read(0, &mut out).expect("read");
+        assert_bytes_eq(&out, &other, "the slot write between the reads");
+
+        drop(a.read_async(3, poisoned(size)).expect("read_async"));
+        assert_eq!(v.transfer_stats().in_flight, 0, "the drop waited: {:?}", v.transfer_stats());
+        let leaked = poisoned(size).into_boxed_slice();
+        let at = leaked.as_ptr();
+        std::mem::forget(b.read_async(3, leaked).expect("read_async"));
+        let again = random_bytes(size);
+        a.write(3, &again).expect("a streamed write after a leaked read");
+        let mut out = poisoned(size);
+        a.read(3, &mut out).expect("read");
+        assert_bytes_eq(&out, &again, &format!("{size} B: staging after a leaked read"));
+        assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
+        // SAFETY: the leaked box's heap bytes are never freed (its transfer was forgotten); every
+        // copy into them has completed (nothing is in flight).
+        let landed = unsafe { std::slice::from_raw_parts(at, size) };
+        assert_bytes_eq(
+            landed,
+            &data_b,
+            &format!("{size} B: the leaked read's bytes, copied out when staging was reused"),
+        );
+    }
+}
+
+/// Asynchronous streamed reads that fit in the staging buffer return behind a stalled queue, as
+/// writes do (48 MiB - 1 bytes, and an image level of 120 rows of 128 KiB); a slot transfer
+/// behind one is refused with a typed `Timeout` naming its copies, nothing overwritten. One
+/// whose wait times out keeps its memory until its copies complete, and leaves nothing in
+/// flight after that. After the release every byte arrives.
+#[test]
+fn asynchronous_streamed_reads_that_fit_in_staging_return_behind_a_stalled_queue() {
+    let timeout = Duration::from_millis(200);
+    let mut v = timed(timeout, false);
+    let size = 3 * CHUNK - 1;
+    let a = v.allocate(size as u64, DEV0).expect("allocate");
+    let small = v.allocate(70_001, DEV0).expect("allocate");
+    let format = ImageFormat::Rgba32Float;
+    let desc = ImageDesc::new(format, 8200, 120);
+    let image = v.allocate_image(0, desc).expect("image");
+    let level = desc.level_size(0) as usize;
+    let data = random_bytes(size);
+    a.write(0, &data).expect("write");
+    let texels = common::texel_data(format, level);
+    image.write_level(0, &texels).expect("write_level");
+
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
+    let r = a.read_async(0, poisoned(size)).expect("48 MiB - 1 returns behind the stalled queue");
+    assert!(!r.is_done().expect("is_done"), "queued behind the wait");
+    match small.write(0, &random_bytes(70_001)) {
+        Err(e @ Error::Timeout(..)) => {
+            assert!(
+                e.to_string().contains("asynchronous transfer's copies through the staging buffer"),
+                "{e}"
+            )
+        }
+        other => panic!("a slot write over the read's held pieces: expected Timeout, got {other:?}"),
+    }
+    drop(release);
+    assert_bytes_eq(&r.wait().expect("wait"), &data, "48 MiB - 1 read behind a stalled queue");
+
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
+    let r = image.read_level_async(0, poisoned(level)).expect("rows of 128 KiB return behind the stall");
+    drop(release);
+    assert_bytes_eq(&r.wait().expect("wait"), &texels, "120 rows of 128 KiB read behind a stall");
+
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
+    let r = a.read_async(0, poisoned(size)).expect("read_async");
+    match r.wait() {
+        Err(Error::Timeout(t, what)) => assert_eq!((t, what), (timeout, "an asynchronous transfer")),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(v.transfer_stats().in_flight >= 1, "{:?}", v.transfer_stats());
+    drop(release);
+    let mut left = v.transfer_stats().in_flight;
+    for _ in 0..200 {
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        left = v.transfer_stats().in_flight;
+    }
+    assert_eq!(left, 0, "the timed-out read's memory went once its copies completed");
+    let mut out = poisoned(size);
+    a.read(0, &mut out).expect("the pipeline carries on");
+    assert_bytes_eq(&out, &data, "a synchronous read after it");
 }

@@ -327,6 +327,13 @@ impl Buffer {
 
     /// Starts copying `out.host_bytes().len()` bytes of the buffer from `offset` into `out`;
     /// [`PendingTransfer::wait`] returns it filled (see [`Buffer::write_async`]).
+    ///
+    /// Through staging (where the device does not import `out`'s pages), the call reads what it
+    /// must to queue every GPU copy and returns with the last ones in flight: the bytes those
+    /// bring (at most the staging buffer's worth, 48 MiB by default; all of them for a read that
+    /// fits) stay in staging and are copied into `out` when the transfer is waited for (or by the
+    /// next transfer through staging, which waits for them first). From 1 MiB on the pieces go
+    /// through the streamed pipeline, as [`Buffer::read`]'s do; below, through the ring's slots.
     pub fn read_async<D: HostBytesMut>(&self, offset: u64, mut out: D) -> Result<PendingTransfer<D>> {
         let range = HostRange::destination(out.host_bytes_mut());
         self.check_range(offset, range.len)?;

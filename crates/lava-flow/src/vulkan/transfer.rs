@@ -12,10 +12,12 @@
 //!   where the device has such memory: reading uncached memory back is slow), each with its own
 //!   command buffer and fence. The CPU fills (or empties) one slot while the GPU copies another;
 //!   slots of several MiB are copied by the persistent copy threads of [`super::copy`].
-//!   Asynchronous transfers use the same ring: a write's bytes are in staging when the call
-//!   returns, and the last copy signals the transfer timeline; a read leaves its last slots
-//!   *held* (the pieces before them it reads as a synchronous read does) — their bytes are
-//!   copied out when the transfer is waited for, or by whichever call needs the slot first. A slot whose submission belongs to an
+//!   Asynchronous transfers use the same staging: a write's bytes are in staging when the call
+//!   returns, and the last copy signals the transfer timeline; a read leaves its last pieces
+//!   *held* there (the pieces before them it reads as a synchronous read does) — their bytes are
+//!   copied out when the transfer is waited for, or by whichever call needs staging first. From
+//!   [`STREAM_MIN`] bytes both go through the streamed pipeline ([`Transfer::streamed`], the
+//!   held bytes in [`Transfer::held`]), below through the ring's slots. A slot whose submission belongs to an
 //!   asynchronous transfer submitted whole is *covered*: the buffer's or image's drop waits for
 //!   the transfer's timeline value, so such a slot does not make the context pending.
 //!
@@ -156,6 +158,26 @@ fn fit_pieces(units: u64, capacity: u64, want: u64) -> u64 {
 }
 
 /// The CPU copy of a staged transfer going `dir`.
+/// Where pieces `first..` of a streamed read of `host` in a ring of `ring_pieces` pieces of
+/// `piece` bytes lie in staging: one run, or two where the ring wraps (see [`HeldRun`]).
+fn held_runs(
+    host: HostRange,
+    piece: usize,
+    ring_pieces: usize,
+    first: usize,
+) -> Vec<(usize, SendPtr, usize)> {
+    let mut runs = Vec::with_capacity(2);
+    let mut k = first;
+    while k * piece < host.len {
+        let slot = k % ring_pieces;
+        let end = (k + ring_pieces - slot) * piece;
+        let len = end.min(host.len) - k * piece;
+        runs.push((slot * piece, SendPtr(host.ptr.wrapping_add(k * piece)), len));
+        k += ring_pieces - slot;
+    }
+    runs
+}
+
 fn staging_copy(dir: Direction) -> CopyKind {
     match (ring_shape().stream, dir) {
         (false, _) => CopyKind::Plain,
@@ -256,10 +278,22 @@ pub(crate) struct Transfer {
     /// completed (an error or a timeout; 0: none): the context is pending on `target` until it is
     /// reached.
     streaming: u64,
-    /// The timeline value of the last GPU copy an asynchronous streamed write left in flight out
-    /// of the staging buffer (0: none): no piece of the buffer is reused until it is reached.
-    /// Nothing is pending on a target for it: the buffer's or image's own value covers that.
+    /// The timeline value of the last GPU copy an asynchronous streamed transfer left in flight
+    /// through the staging buffer (0: none): no piece of the buffer is reused until it is reached
+    /// (and, for a read, its [`held`](Transfer::held) bytes were copied out). Nothing is pending
+    /// on a target for it: the buffer's or image's own value covers that.
     staging_busy: u64,
+    /// An asynchronous streamed read's last pieces, in the staging buffer (or on their way there)
+    /// when the call returned: copied into the transfer's memory once its value is reached.
+    held: Option<HeldRun>,
+}
+
+/// The bytes an asynchronous streamed read left in the staging buffer: one or two runs (the ring
+/// of pieces wraps), each `(offset in staging, destination, bytes)`.
+struct HeldRun {
+    /// The transfer's timeline value (its last GPU copy's).
+    value: u64,
+    runs: Vec<(usize, SendPtr, usize)>,
 }
 
 /// What [`Error::Timeout`] names when a call finds an earlier submission still pending.
@@ -269,7 +303,7 @@ pub(crate) const EARLIER_COPY: &str =
 /// What [`Error::Timeout`] names when an asynchronous write's GPU copies still read the staging
 /// buffer.
 const STAGING_IN_USE: &str =
-    "an earlier asynchronous write's copies out of the staging buffer (nothing of this call was done)";
+    "an earlier asynchronous transfer's copies through the staging buffer (nothing of this call was done)";
 
 /// What [`Error::Timeout`] names when the queue did not drain before an import copy.
 const QUEUED_BEFORE: &str = "work queued before this copy (nothing of this call was done)";
@@ -415,6 +449,7 @@ impl Transfer {
             batch_next: 0,
             streaming: 0,
             staging_busy: 0,
+            held: None,
         };
         match transfer.make_objects(d) {
             Ok(()) => {
@@ -751,10 +786,12 @@ impl Transfer {
     /// frees pieces for the threads. The CPU copy and the DMA overlap for the whole transfer
     /// instead of slot by slot. Returns the transfer timeline value of its last GPU copy.
     ///
-    /// Synchronous unless `in_flight` (a write only): then it returns once every byte of `host`
-    /// is in the staging buffer and every GPU copy is submitted, leaving the last ones in flight
-    /// (the buffer is not reused until they complete: [`Transfer::staging_busy`]); the host
-    /// memory is no longer read.
+    /// Synchronous unless `in_flight`: then it returns once every GPU copy is submitted, leaving
+    /// the last ones in flight (the buffer is not reused until they complete:
+    /// [`Transfer::staging_busy`]). A write's bytes are all in staging by then (the host memory is
+    /// no longer read); a read's last pieces, those the copies in flight bring (at most the
+    /// staging buffer's worth), are [`held`](Transfer::held) there until the transfer's value is
+    /// reached, and copied into `host` then ([`Transfer::finish_ring`]).
     fn streamed(
         &mut self,
         device: &Device,
@@ -799,13 +836,23 @@ impl Transfer {
                 staging_copy(dir),
             )
         };
-        let in_flight = in_flight && dir == Direction::ToDevice;
         let result = self.drive(device, dir, target, buffer, &copy, (piece, ring_pieces), in_flight);
+        // A read returning in flight: the pieces from the first one not yet copied out are still
+        // to come (the copy threads may copy a few more before they stop below: those bytes are
+        // copied again, the same, from the same place). They are the last `ring_pieces` at most
+        // (a piece's GPU copy is submitted only once the piece `ring_pieces` before it, in the
+        // same place, was copied out), so no later copy overwrites them.
+        let held_from = (in_flight && dir == Direction::ToHost)
+            .then(|| (0..copy.pieces()).find(|&k| !copy.copied(k)).unwrap_or(copy.pieces()));
         // Waits until no copy thread touches either memory (after an error, skipping the rest).
         drop(copy);
         if let Ok(value) = result {
             if in_flight {
                 self.staging_busy = value;
+                if let Some(first) = held_from {
+                    self.held =
+                        Some(HeldRun { value, runs: held_runs(host, piece as usize, ring_pieces, first) });
+                }
             }
             // Every GPU copy has completed, or is covered by the value the caller keeps: the
             // target is no longer pending (a drop of it need not take the context's lock).
@@ -816,8 +863,8 @@ impl Transfer {
 
     /// The submitting side of [`Transfer::streamed`]: `(piece, ring_pieces)` is the geometry.
     /// Returns the timeline value of the last GPU copy once every piece has reached its
-    /// destination (with `in_flight`, a write: once every piece is in staging and its copy
-    /// submitted), or with the error that stopped it (then the GPU copies still queued keep the
+    /// destination (with `in_flight`: once every GPU copy is submitted, and for a write every
+    /// piece is in staging), or with the error that stopped it (then the GPU copies still queued keep the
     /// context pending: [`Transfer::streaming`]).
     #[allow(clippy::too_many_arguments, reason = "one streamed transfer's full description")]
     fn drive(
@@ -908,7 +955,8 @@ impl Transfer {
             }
             copy.publish(done);
             let finished = match dir {
-                Direction::ToDevice if in_flight => submitted == n,
+                // Every GPU copy is queued (a read's last pieces are held: `streamed`).
+                _ if in_flight => submitted == n,
                 Direction::ToDevice => done == n,
                 // Every piece copied out: every GPU copy has completed.
                 Direction::ToHost => ready == n,
@@ -1255,15 +1303,30 @@ impl Transfer {
         Ok(())
     }
 
-    /// Waits (up to the device's transfer timeout) until no asynchronous streamed write's GPU
-    /// copy still reads the staging buffer.
+    /// Waits (up to the device's transfer timeout) until no asynchronous streamed transfer's GPU
+    /// copy still uses the staging buffer, and copies a read's held bytes out.
     fn settle_staging(&mut self, device: &Device) -> Result<()> {
-        if self.staging_busy == 0 {
-            return Ok(());
+        if self.staging_busy != 0 {
+            device.wait_transfer_value_of(self.staging_busy, STAGING_IN_USE)?;
+            self.staging_busy = 0;
         }
-        device.wait_transfer_value_of(self.staging_busy, STAGING_IN_USE)?;
-        self.staging_busy = 0;
+        self.copy_out_held();
         Ok(())
+    }
+
+    /// Copies an asynchronous streamed read's held bytes into its memory; only once its value
+    /// was reached.
+    fn copy_out_held(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        let Some(Ok(mapped)) = self.staging.as_ref().map(Staging::mapped) else { return };
+        for (at, dst, len) in held.runs {
+            // SAFETY: the read's value was reached, so its GPU copies have completed and were
+            // made visible to the host (their barrier); the destination is the transfer's memory,
+            // still the transfer's (the entry is taken before that memory is handed back or
+            // freed: `finish_ring`, `reap`), and nothing else touches it; both ranges hold `len`
+            // bytes.
+            unsafe { copy_bytes_as(staging_copy(Direction::ToHost), mapped.wrapping_add(at), dst.0, len) };
+        }
     }
 
     /// Settles every uncovered slot (see [`Transfer::settle_slot`]): the context is no longer
@@ -1310,6 +1373,8 @@ impl Transfer {
             }
             if self.staging_busy != 0 && reached >= self.staging_busy {
                 self.staging_busy = 0;
+                // Reached: a read's held bytes go to its memory now, as a settled slot's do.
+                self.copy_out_held();
             }
             count += u64::from(self.streaming != 0) + u64::from(self.staging_busy != 0);
         }
@@ -1339,6 +1404,9 @@ impl Transfer {
             // No staging, no held bytes.
             _ => return,
         };
+        if self.held.as_ref().is_some_and(|h| h.value == value) {
+            self.copy_out_held();
+        }
         let kind = staging_copy(Direction::ToHost);
         for slot in &mut self.slots {
             if slot.held.as_ref().is_some_and(|h| h.value == value) {
@@ -1373,9 +1441,9 @@ impl Transfer {
             return Ok(Job { value: self.timeline_value, host: JobHost::Ring });
         }
         let Some(import) = self.import(device, target, host) else {
-            let value = if dir == Direction::ToDevice && host.len >= STREAM_MIN {
-                // Every byte goes into staging on the copy threads before this returns; the
-                // last GPU copies stay in flight.
+            let value = if host.len >= STREAM_MIN {
+                // Streamed on the copy threads; the last GPU copies stay in flight: a write's
+                // bytes are all in staging, a read's last ones are held there.
                 check_rows(target)?;
                 self.streamed(device, dir, target, host, true)?
             } else {
@@ -1437,6 +1505,9 @@ impl Transfer {
                 if slot.held.as_ref().is_some_and(|h| h.value == job.value) {
                     slot.held = None;
                 }
+            }
+            if self.held.as_ref().is_some_and(|h| h.value == job.value) {
+                self.held = None;
             }
             // SAFETY: the job's value was reached: nothing uses its objects or its memory.
             unsafe { job.destroy(d) };
