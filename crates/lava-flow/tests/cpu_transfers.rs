@@ -567,18 +567,18 @@ fn asynchronous_streamed_writes_that_fit_in_staging_return_behind_a_stalled_queu
     assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
 }
 
-/// Asynchronous reads of 1 MiB or more go through the streamed pipeline and return once every
-/// GPU copy is queued, their last pieces still on the way into staging; those are copied into
-/// the read's memory at its wait, or first by the next transfer that needs staging. Sizes that
-/// fit in the 48 MiB staging buffer and sizes that wrap it, at an odd offset: a synchronous
+/// Asynchronous reads return once every GPU copy is queued, their last pieces still on the way
+/// into staging: those are copied into the read's memory at its wait, as they arrive, or first
+/// by the next transfer that needs staging. Sizes that fit in the ring's slots (held whole) and
+/// sizes beyond the 48 MiB staging buffer (streamed, then held), at an odd offset: a synchronous
 /// write and a second asynchronous read right behind each (both reuse staging), one read
 /// dropped unwaited, one leaked (its bytes land in the leaked memory when staging is next
 /// needed, never anywhere else); every byte checked.
 #[test]
-fn asynchronous_streamed_reads_hold_their_last_pieces_until_waited_for() {
+fn asynchronous_reads_hold_their_last_pieces_until_waited_for() {
     let mut v = ring_allocator();
     let small = v.allocate(70_001, DEV0).expect("allocate");
-    for size in [(1 << 20) + 1, 3 * CHUNK - 1, 5 * CHUNK + 4099] {
+    for size in [(1 << 20) + 1, 3 * CHUNK - 1, 3 * CHUNK + 1, 5 * CHUNK + 4099] {
         let a = v.allocate(size as u64 + 3, DEV0).expect("allocate");
         let b = v.allocate(size as u64 + 3, DEV0).expect("allocate");
         let (data_a, data_b) = (random_bytes(size), random_bytes(size));
@@ -621,13 +621,14 @@ fn asynchronous_streamed_reads_hold_their_last_pieces_until_waited_for() {
     }
 }
 
-/// Asynchronous streamed reads that fit in the staging buffer return behind a stalled queue, as
-/// writes do (48 MiB - 1 bytes, and an image level of 120 rows of 128 KiB); a slot transfer
-/// behind one is refused with a typed `Timeout` naming its copies, nothing overwritten. One
-/// whose wait times out keeps its memory until its copies complete, and leaves nothing in
-/// flight after that. After the release every byte arrives.
+/// Asynchronous reads that fit in the staging buffer return behind a stalled queue, as writes
+/// do (48 MiB - 1 bytes, and an image level of 120 rows of 128 KiB); a slot transfer behind one
+/// is refused with a typed `Timeout`, nothing overwritten. One whose wait times out keeps its
+/// memory until its copies complete, and leaves nothing in flight after that. One larger than
+/// staging (streamed: it must copy pieces out to go on) fails with a typed `Timeout` and holds
+/// nothing. After the release every byte arrives.
 #[test]
-fn asynchronous_streamed_reads_that_fit_in_staging_return_behind_a_stalled_queue() {
+fn asynchronous_reads_that_fit_in_staging_return_behind_a_stalled_queue() {
     let timeout = Duration::from_millis(200);
     let mut v = timed(timeout, false);
     let size = 3 * CHUNK - 1;
@@ -648,12 +649,7 @@ fn asynchronous_streamed_reads_that_fit_in_staging_return_behind_a_stalled_queue
     let r = a.read_async(0, poisoned(size)).expect("48 MiB - 1 returns behind the stalled queue");
     assert!(!r.is_done().expect("is_done"), "queued behind the wait");
     match small.write(0, &random_bytes(70_001)) {
-        Err(e @ Error::Timeout(..)) => {
-            assert!(
-                e.to_string().contains("asynchronous transfer's copies through the staging buffer"),
-                "{e}"
-            )
-        }
+        Err(e @ Error::Timeout(..)) => assert!(e.to_string().contains("staging"), "{e}"),
         other => panic!("a slot write over the read's held pieces: expected Timeout, got {other:?}"),
     }
     drop(release);
@@ -688,4 +684,20 @@ fn asynchronous_streamed_reads_that_fit_in_staging_return_behind_a_stalled_queue
     let mut out = poisoned(size);
     a.read(0, &mut out).expect("the pipeline carries on");
     assert_bytes_eq(&out, &data, "a synchronous read after it");
+
+    let big_size = 5 * CHUNK + 4099;
+    let big = v.allocate(big_size as u64, DEV0).expect("allocate");
+    let big_data = random_bytes(big_size);
+    big.write(0, &big_data).expect("write");
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    let release = Release(&gate);
+    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
+    match big.read_async(0, poisoned(big_size)) {
+        Err(Error::Timeout(t, what)) => assert_eq!((t, what), (timeout, "a staging copy")),
+        other => panic!("a streamed read behind the stall: expected Timeout, got {other:?}"),
+    }
+    drop(release);
+    let r = big.read_async(0, poisoned(big_size)).expect("read_async after the release");
+    assert_bytes_eq(&r.wait().expect("wait"), &big_data, "a streamed read after one that timed out");
+    assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
 }

@@ -413,6 +413,16 @@ impl Device {
         }
     }
 
+    /// Copies an asynchronous read's held bytes out as their GPU copies complete (see
+    /// [`Transfer::drain_held`]); the context's lock only, no settling.
+    pub fn drain_held(&self, value: u64) -> crate::Result<()> {
+        let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_mut() {
+            Some(transfer) => transfer.drain_held(self, value),
+            None => Ok(()),
+        }
+    }
+
     /// Copies of host transfers still in flight on this device (see [`Transfer::in_flight`]).
     pub fn transfers_in_flight(&self) -> u64 {
         let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);

@@ -157,7 +157,10 @@ impl<S: HostBytes> PendingTransfer<S> {
     /// Waits for the job, if any, and finishes it; on failure leaks the job and the memory.
     fn complete(&mut self) -> Result<()> {
         let Some(job) = self.job.take() else { return Ok(()) };
-        if let Err(e) = self.device.wait_transfer_value(job.value) {
+        // A read's held bytes are copied out as they arrive, the first while the GPU still brings
+        // the rest (a write holds none: that returns at once); then the job's last copy.
+        let drained = if job.is_ring() { self.device.drain_held(job.value) } else { Ok(()) };
+        if let Err(e) = drained.and_then(|()| self.device.wait_transfer_value(job.value)) {
             // Still queued, or the device is lost: the GPU may still use both. The device keeps
             // them until the job completes (or the device ends, after its queue drained).
             match self.host.take() {

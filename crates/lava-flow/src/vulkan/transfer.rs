@@ -158,26 +158,6 @@ fn fit_pieces(units: u64, capacity: u64, want: u64) -> u64 {
 }
 
 /// The CPU copy of a staged transfer going `dir`.
-/// Where pieces `first..` of a streamed read of `host` in a ring of `ring_pieces` pieces of
-/// `piece` bytes lie in staging: one run, or two where the ring wraps (see [`HeldRun`]).
-fn held_runs(
-    host: HostRange,
-    piece: usize,
-    ring_pieces: usize,
-    first: usize,
-) -> Vec<(usize, SendPtr, usize)> {
-    let mut runs = Vec::with_capacity(2);
-    let mut k = first;
-    while k * piece < host.len {
-        let slot = k % ring_pieces;
-        let end = (k + ring_pieces - slot) * piece;
-        let len = end.min(host.len) - k * piece;
-        runs.push((slot * piece, SendPtr(host.ptr.wrapping_add(k * piece)), len));
-        k += ring_pieces - slot;
-    }
-    runs
-}
-
 fn staging_copy(dir: Direction) -> CopyKind {
     match (ring_shape().stream, dir) {
         (false, _) => CopyKind::Plain,
@@ -288,12 +268,35 @@ pub(crate) struct Transfer {
     held: Option<HeldRun>,
 }
 
-/// The bytes an asynchronous streamed read left in the staging buffer: one or two runs (the ring
-/// of pieces wraps), each `(offset in staging, destination, bytes)`.
+/// The pieces an asynchronous streamed read left in the staging buffer (or on their way there):
+/// pieces `next..` of `host`, in a ring of `ring_pieces` pieces of `piece` bytes, brought by the
+/// GPU copies in `batches` (timeline value, pieces done once it is reached), in order.
 struct HeldRun {
     /// The transfer's timeline value (its last GPU copy's).
     value: u64,
-    runs: Vec<(usize, SendPtr, usize)>,
+    host: SendPtr,
+    len: usize,
+    piece: usize,
+    ring_pieces: usize,
+    next: usize,
+    batches: std::collections::VecDeque<(u64, usize)>,
+}
+
+impl HeldRun {
+    /// The runs of pieces `self.next..end` in staging: `(offset in staging, destination, bytes)`,
+    /// one, or two where the ring wraps.
+    fn runs(&self, end: usize) -> Vec<(usize, *mut u8, usize)> {
+        let mut runs = Vec::with_capacity(2);
+        let mut k = self.next;
+        while k < end && k * self.piece < self.len {
+            let slot = k % self.ring_pieces;
+            let stop = end.min(k + self.ring_pieces - slot);
+            let len = (stop * self.piece).min(self.len) - k * self.piece;
+            runs.push((slot * self.piece, self.host.0.wrapping_add(k * self.piece), len));
+            k = stop;
+        }
+        runs
+    }
 }
 
 /// What [`Error::Timeout`] names when a call finds an earlier submission still pending.
@@ -836,12 +839,15 @@ impl Transfer {
                 staging_copy(dir),
             )
         };
-        let result = self.drive(device, dir, target, buffer, &copy, (piece, ring_pieces), in_flight);
+        let mut queued = std::collections::VecDeque::new();
+        let result =
+            self.drive(device, dir, target, buffer, &copy, (piece, ring_pieces), in_flight, &mut queued);
         // A read returning in flight: the pieces from the first one not yet copied out are still
         // to come (the copy threads may copy a few more before they stop below: those bytes are
         // copied again, the same, from the same place). They are the last `ring_pieces` at most
         // (a piece's GPU copy is submitted only once the piece `ring_pieces` before it, in the
         // same place, was copied out), so no later copy overwrites them.
+        let pieces = copy.pieces();
         let held_from = (in_flight && dir == Direction::ToHost)
             .then(|| (0..copy.pieces()).find(|&k| !copy.copied(k)).unwrap_or(copy.pieces()));
         // Waits until no copy thread touches either memory (after an error, skipping the rest).
@@ -849,9 +855,20 @@ impl Transfer {
         if let Ok(value) = result {
             if in_flight {
                 self.staging_busy = value;
-                if let Some(first) = held_from {
-                    self.held =
-                        Some(HeldRun { value, runs: held_runs(host, piece as usize, ring_pieces, first) });
+                if let Some(next) = held_from {
+                    // Every batch already seen complete: the held pieces are there (value 0).
+                    if queued.is_empty() {
+                        queued.push_back((0, pieces));
+                    }
+                    self.held = Some(HeldRun {
+                        value,
+                        host: SendPtr(host.ptr),
+                        len: host.len,
+                        piece: piece as usize,
+                        ring_pieces,
+                        next,
+                        batches: queued,
+                    });
                 }
             }
             // Every GPU copy has completed, or is covered by the value the caller keeps: the
@@ -865,7 +882,8 @@ impl Transfer {
     /// Returns the timeline value of the last GPU copy once every piece has reached its
     /// destination (with `in_flight`: once every GPU copy is submitted, and for a write every
     /// piece is in staging), or with the error that stopped it (then the GPU copies still queued keep the
-    /// context pending: [`Transfer::streaming`]).
+    /// context pending: [`Transfer::streaming`]). `queued` is left with the batches submitted and
+    /// not seen complete: (timeline value, pieces done once it is reached).
     #[allow(clippy::too_many_arguments, reason = "one streamed transfer's full description")]
     fn drive(
         &mut self,
@@ -876,6 +894,7 @@ impl Transfer {
         copy: &RingCopy,
         (piece, ring_pieces): (u64, usize),
         in_flight: bool,
+        queued: &mut std::collections::VecDeque<(u64, usize)>,
     ) -> Result<u64> {
         let d = &device.device;
         let shape = ring_shape();
@@ -889,8 +908,6 @@ impl Transfer {
         // SAFETY: the semaphore belongs to this device.
         let mut reached =
             unsafe { d.get_semaphore_counter_value(self.timeline) }.vk("vkGetSemaphoreCounterValue")?;
-        // Submitted GPU copies not seen complete: (timeline value, pieces done once reached).
-        let mut queued: std::collections::VecDeque<(u64, usize)> = std::collections::VecDeque::new();
         let mut moved = std::time::Instant::now();
         let fail = |t: &mut Transfer, queued: &std::collections::VecDeque<(u64, usize)>, e: Error| {
             if let Some(&(value, _)) = queued.back() {
@@ -937,13 +954,13 @@ impl Transfer {
                         last = value;
                         progress = true;
                     }
-                    Err(e) => return fail(self, &queued, e),
+                    Err(e) => return fail(self, queued, e),
                 }
             }
             // SAFETY: the semaphore belongs to this device.
             reached = match unsafe { d.get_semaphore_counter_value(self.timeline) } {
                 Ok(v) => v,
-                Err(e) => return fail(self, &queued, Error::vk("vkGetSemaphoreCounterValue", e)),
+                Err(e) => return fail(self, queued, Error::vk("vkGetSemaphoreCounterValue", e)),
             };
             while let Some(&(value, end)) = queued.front() {
                 if value > reached {
@@ -969,7 +986,7 @@ impl Transfer {
             } else if !copy.help() {
                 let idle = moved.elapsed();
                 if idle > device.transfer_timeout {
-                    return fail(self, &queued, Error::Timeout(device.transfer_timeout, "a staging copy"));
+                    return fail(self, queued, Error::Timeout(device.transfer_timeout, "a staging copy"));
                 }
                 if idle < FENCE_SPIN {
                     // In the normal flow a piece is copied or a batch completes within
@@ -985,7 +1002,7 @@ impl Transfer {
                     // SAFETY: the semaphore belongs to this device.
                     match unsafe { d.wait_semaphores(&info, nap) } {
                         Ok(()) | Err(vk::Result::TIMEOUT) => {}
-                        Err(e) => return fail(self, &queued, Error::vk("vkWaitSemaphores", e)),
+                        Err(e) => return fail(self, queued, Error::vk("vkWaitSemaphores", e)),
                     }
                 } else {
                     // Only the copy threads can move (they are busy with other callers' copies).
@@ -1310,23 +1327,55 @@ impl Transfer {
             device.wait_transfer_value_of(self.staging_busy, STAGING_IN_USE)?;
             self.staging_busy = 0;
         }
-        self.copy_out_held();
+        self.copy_out_held(u64::MAX);
         Ok(())
     }
 
-    /// Copies an asynchronous streamed read's held bytes into its memory; only once its value
-    /// was reached.
-    fn copy_out_held(&mut self) {
-        let Some(held) = self.held.take() else { return };
-        let Some(Ok(mapped)) = self.staging.as_ref().map(Staging::mapped) else { return };
-        for (at, dst, len) in held.runs {
-            // SAFETY: the read's value was reached, so its GPU copies have completed and were
-            // made visible to the host (their barrier); the destination is the transfer's memory,
-            // still the transfer's (the entry is taken before that memory is handed back or
-            // freed: `finish_ring`, `reap`), and nothing else touches it; both ranges hold `len`
-            // bytes.
-            unsafe { copy_bytes_as(staging_copy(Direction::ToHost), mapped.wrapping_add(at), dst.0, len) };
+    /// Copies into an asynchronous streamed read's memory the held pieces whose GPU copies
+    /// completed by timeline value `reached`; the entry goes once all are out.
+    fn copy_out_held(&mut self, reached: u64) {
+        let Some(held) = self.held.as_mut() else { return };
+        let Some(Ok(mapped)) = self.staging.as_ref().map(Staging::mapped) else {
+            // No staging, no held bytes.
+            self.held = None;
+            return;
+        };
+        while let Some(&(value, end)) = held.batches.front() {
+            if value > reached {
+                return;
+            }
+            for (at, dst, len) in held.runs(end) {
+                // SAFETY: the batch's GPU copies have completed (its value was reached) and were
+                // made visible to the host (their barrier); the destination is the read's memory,
+                // still the transfer's (the entry is cleared before that memory is handed back or
+                // freed: `finish_ring`, `reap`) and touched by nothing else; both ranges hold
+                // `len` bytes.
+                unsafe { copy_bytes_as(staging_copy(Direction::ToHost), mapped.wrapping_add(at), dst, len) };
+            }
+            held.next = held.next.max(end);
+            held.batches.pop_front();
         }
+        self.held = None;
+    }
+
+    /// Copies an asynchronous read's held bytes (transfer value `value`) out as their GPU copies
+    /// complete, the first while the GPU still brings the rest: ring slots in the order they
+    /// were submitted, streamed batches in order. Stops at the first wait that fails or times
+    /// out, with its error, leaving the rest held.
+    pub fn drain_held(&mut self, device: &Device, value: u64) -> Result<()> {
+        let slots = self.slots.len();
+        for j in 0..slots {
+            let i = (self.cursor + j) % slots;
+            if self.slots[i].held.as_ref().is_some_and(|h| h.value == value) {
+                self.settle_slot(device, i, "an asynchronous transfer")?;
+            }
+        }
+        while let Some(held) = self.held.as_ref().filter(|h| h.value == value) {
+            let Some(&(batch, _)) = held.batches.front() else { break };
+            device.wait_transfer_value(batch)?;
+            self.copy_out_held(batch);
+        }
+        Ok(())
     }
 
     /// Settles every uncovered slot (see [`Transfer::settle_slot`]): the context is no longer
@@ -1374,7 +1423,7 @@ impl Transfer {
             if self.staging_busy != 0 && reached >= self.staging_busy {
                 self.staging_busy = 0;
                 // Reached: a read's held bytes go to its memory now, as a settled slot's do.
-                self.copy_out_held();
+                self.copy_out_held(reached);
             }
             count += u64::from(self.streaming != 0) + u64::from(self.staging_busy != 0);
         }
@@ -1405,7 +1454,7 @@ impl Transfer {
             _ => return,
         };
         if self.held.as_ref().is_some_and(|h| h.value == value) {
-            self.copy_out_held();
+            self.copy_out_held(value);
         }
         let kind = staging_copy(Direction::ToHost);
         for slot in &mut self.slots {
@@ -1441,7 +1490,13 @@ impl Transfer {
             return Ok(Job { value: self.timeline_value, host: JobHost::Ring });
         }
         let Some(import) = self.import(device, target, host) else {
-            let value = if host.len >= STREAM_MIN {
+            // A read that fits in the ring's slots gains nothing from the copy threads (nothing
+            // can be copied out before the call returns): its slots are held whole.
+            let streams = match dir {
+                Direction::ToDevice => host.len >= STREAM_MIN,
+                Direction::ToHost => host.len as u64 > ring_shape().chunk * self.slots.len() as u64,
+            };
+            let value = if streams {
                 // Streamed on the copy threads; the last GPU copies stay in flight: a write's
                 // bytes are all in staging, a read's last ones are held there.
                 check_rows(target)?;
