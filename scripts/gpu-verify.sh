@@ -12,8 +12,9 @@
 # 3. The Python tests (scripts/gpu-python.sh), where a wheel is staged in .gpu/.
 # 4. `lava-flow bench` with the arguments in BENCH (e.g. BENCH="--peer-only"; unset: skipped).
 #
-# Set REQUIRE_GPUS=2 on a two-GPU machine (LAVA_FLOW_REQUIRE_GPUS). Logs go to $OUT/verify
-# (they come back with the reply); the output ends with one line per part and the totals.
+# Set REQUIRE_GPUS=2 on a two-GPU machine (LAVA_FLOW_REQUIRE_GPUS). Summaries go to $OUT/verify,
+# every log into $OUT/verify-logs.tgz (both come back with the reply); the output ends with one
+# line per part and the totals.
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-out}/verify
@@ -52,5 +53,9 @@ if [ -n "${BENCH:-}" ] && [ -x .gpu/bin/bin-lava-flow ]; then
   timeout 500 .gpu/bin/bin-lava-flow bench $BENCH >"$out/bench.txt" 2>&1
   summary+=("bench $BENCH: rc=$?")
 fi
+
+# The device tool brings back a few files, and none deep in folders: every log goes back in one
+# archive (a hung run's backtrace included); the per-part summaries stay beside it.
+tar -C "$out" -czf "${OUT:-/tmp/gpu-out}/verify-logs.tgz" . && rm -rf "$out/tests" "$out/parallel" "$out"/parallel-*.txt
 
 printf '%s\n' "${summary[@]}"
