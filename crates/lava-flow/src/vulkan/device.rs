@@ -13,10 +13,6 @@ use super::transfer::{Transfer, EARLIER_COPY};
 use crate::error::{Result, VkResultExt};
 use crate::external::Os;
 
-/// How long [`Device::drain_held`] polls without pause, and the nap between polls after that.
-const DRAIN_SPIN: std::time::Duration = std::time::Duration::from_millis(2);
-const DRAIN_NAP: std::time::Duration = std::time::Duration::from_micros(50);
-
 /// A `VkDevice` made for lava-flow, shared by every object created on it.
 pub(crate) struct Device {
     /// Keeps the instance alive until the device is destroyed.
@@ -417,36 +413,13 @@ impl Device {
         }
     }
 
-    /// Copies an asynchronous read's held bytes (transfer value `value`) out as their GPU
-    /// copies complete, the first while the GPU still brings the rest
-    /// ([`Transfer::drain_ready`]), up to the transfer timeout in all. The context's lock is
-    /// taken only to copy what has arrived, never across a wait: other threads' transfers (and
-    /// whatever they signal that this read's queue waits for) go on meanwhile. On a timeout or
-    /// another error the rest stays held.
+    /// Copies an asynchronous read's held bytes out as their GPU copies complete (see
+    /// [`Transfer::drain_held`]); the context's lock only, no settling.
     pub fn drain_held(&self, value: u64) -> crate::Result<()> {
-        let start = std::time::Instant::now();
-        loop {
-            let held = {
-                let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
-                match slot.as_mut() {
-                    Some(transfer) => transfer.drain_ready(self, value)?,
-                    None => false,
-                }
-            };
-            let waited = start.elapsed();
-            if !held {
-                return Ok(());
-            }
-            if waited > self.transfer_timeout {
-                return Err(crate::Error::Timeout(self.transfer_timeout, "an asynchronous transfer"));
-            }
-            if waited < DRAIN_SPIN {
-                // A batch or slot lands within microseconds to a millisecond: poll.
-                std::hint::spin_loop();
-            } else {
-                // Held up (behind other work, say): poll in short naps, not burning a core.
-                std::thread::sleep(DRAIN_NAP);
-            }
+        let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_mut() {
+            Some(transfer) => transfer.drain_held(self, value),
+            None => Ok(()),
         }
     }
 

@@ -1358,31 +1358,24 @@ impl Transfer {
         self.held = None;
     }
 
-    /// Copies out the held bytes of an asynchronous read (transfer value `value`) whose GPU
-    /// copies have completed, without waiting: ring slots in the order they were submitted (up to
-    /// the first still busy), streamed batches in order. Returns whether any are still held.
-    pub fn drain_ready(&mut self, device: &Device, value: u64) -> Result<bool> {
-        let d = &device.device;
+    /// Copies an asynchronous read's held bytes (transfer value `value`) out as their GPU copies
+    /// complete, the first while the GPU still brings the rest: ring slots in the order they
+    /// were submitted, streamed batches in order. Stops at the first wait that fails or times
+    /// out, with its error, leaving the rest held.
+    pub fn drain_held(&mut self, device: &Device, value: u64) -> Result<()> {
         let slots = self.slots.len();
         for j in 0..slots {
             let i = (self.cursor + j) % slots;
             if self.slots[i].held.as_ref().is_some_and(|h| h.value == value) {
-                // SAFETY: the fence belongs to this device.
-                if !unsafe { d.get_fence_status(self.slots[i].fence) }.vk("vkGetFenceStatus")? {
-                    return Ok(true);
-                }
-                // Signalled: settling waits for nothing, and copies the held bytes out.
                 self.settle_slot(device, i, "an asynchronous transfer")?;
             }
         }
-        if self.held.as_ref().is_none_or(|h| h.value != value) {
-            return Ok(false);
+        while let Some(held) = self.held.as_ref().filter(|h| h.value == value) {
+            let Some(&(batch, _)) = held.batches.front() else { break };
+            device.wait_transfer_value(batch)?;
+            self.copy_out_held(batch);
         }
-        // SAFETY: the semaphore belongs to this device.
-        let reached =
-            unsafe { d.get_semaphore_counter_value(self.timeline) }.vk("vkGetSemaphoreCounterValue")?;
-        self.copy_out_held(reached);
-        Ok(self.held.as_ref().is_some_and(|h| h.value == value))
+        Ok(())
     }
 
     /// Settles every uncovered slot (see [`Transfer::settle_slot`]): the context is no longer
