@@ -214,6 +214,14 @@ fn image_levels_both_ways_through_both_paths() {
     }
 }
 
+/// A timeline, and a submission on device 0 waiting for its value 1, which nobody signals until
+/// the test's [`Release`] does: the queue is stalled behind it.
+fn stalled(v: &mut Validated) -> lava_flow::TimelineSemaphore {
+    let gate = v.timeline_semaphore(0).expect("timeline");
+    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
+    gate
+}
+
 /// Signals the gate when dropped, also when the test fails, so that the queue drains before
 /// the allocator (declared first, dropped last) waits for it.
 struct Release<'a>(&'a lava_flow::TimelineSemaphore);
@@ -240,10 +248,8 @@ fn timeouts_never_leave_a_copy_into_the_callers_memory() {
     b.write(0, &first).expect("a write before anything blocks the queue");
     assert!(v.transfer_stats().imported > 0, "the driver imports host memory: {:?}", v.transfer_stats());
 
-    let gate = v.timeline_semaphore(0).expect("timeline");
+    let gate = stalled(&mut v);
     let release = Release(&gate);
-    v.submit(0, &Submission::new().wait(&gate, 1))
-        .expect("a submission waiting for a value nobody signals yet");
     let stuck = random_bytes(size);
     let pending = b.write_async(0, stuck.clone()).expect("an asynchronous write is queued");
     assert!(!pending.is_done().expect("is_done"), "queued behind the wait");
@@ -281,10 +287,8 @@ fn a_timed_out_ring_keeps_its_slots_until_they_complete() {
     let mut v = timed(timeout, false);
     let size = 4 * CHUNK + 5;
     let b = v.allocate(size as u64, DEV0).expect("allocate");
-    let gate = v.timeline_semaphore(0).expect("timeline");
+    let gate = stalled(&mut v);
     let release = Release(&gate);
-    v.submit(0, &Submission::new().wait(&gate, 1))
-        .expect("a submission waiting for a value nobody signals yet");
     let data = random_bytes(size);
     match b.write(0, &data) {
         Err(Error::Timeout(t, what)) => assert_eq!((t, what), (timeout, "a staging copy")),
@@ -420,9 +424,8 @@ fn ring_timeouts_leave_nothing_in_flight_once_released() {
     let b = v.allocate(size as u64, DEV0).expect("allocate");
     let first = random_bytes(size);
     a.write(0, &first).expect("write before the gate");
-    let gate = v.timeline_semaphore(0).expect("timeline");
+    let gate = stalled(&mut v);
     let release = Release(&gate);
-    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
 
     let second = random_bytes(size);
     let w = a.write_async(0, second.clone()).expect("an asynchronous write is queued");
@@ -466,9 +469,8 @@ fn an_asynchronous_streamed_write_keeps_its_staging_until_its_copies_complete() 
     let big = (5 << 20) + 7;
     let a = v.allocate(big as u64 + 64, DEV0).expect("allocate");
     let small = v.allocate(70_001, DEV0).expect("allocate");
-    let gate = v.timeline_semaphore(0).expect("timeline");
+    let gate = stalled(&mut v);
     let release = Release(&gate);
-    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
     let data = random_bytes(big);
     let w = a.write_async(64, data.clone()).expect("the streamed write returns with its copies queued");
     assert!(!w.is_done().expect("is_done"), "queued behind the wait");
@@ -543,9 +545,8 @@ fn asynchronous_streamed_writes_that_fit_in_staging_return_behind_a_stalled_queu
     let image = v.allocate_image(0, desc).expect("image");
     let level = desc.level_size(0) as usize;
     a.write(0, &random_bytes(size)).expect("old bytes, and the staging at its full size");
-    let gate = v.timeline_semaphore(0).expect("timeline");
+    let gate = stalled(&mut v);
     let release = Release(&gate);
-    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
     let data = random_bytes(size);
     let w = a.write_async(0, data.clone()).expect("48 MiB - 1 returns behind the stalled queue");
     drop(release);
@@ -554,9 +555,8 @@ fn asynchronous_streamed_writes_that_fit_in_staging_return_behind_a_stalled_queu
     a.read(0, &mut out).expect("read");
     assert_bytes_eq(&out, &data, "48 MiB - 1 through the 48 MiB ring");
 
-    let gate = v.timeline_semaphore(0).expect("timeline");
+    let gate = stalled(&mut v);
     let release = Release(&gate);
-    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
     let texels = common::texel_data(format, level);
     let w = image.write_level_async(0, texels.clone()).expect("rows of 128 KiB return behind the stall");
     drop(release);
@@ -643,9 +643,8 @@ fn asynchronous_reads_that_fit_in_staging_return_behind_a_stalled_queue() {
     let texels = common::texel_data(format, level);
     image.write_level(0, &texels).expect("write_level");
 
-    let gate = v.timeline_semaphore(0).expect("timeline");
+    let gate = stalled(&mut v);
     let release = Release(&gate);
-    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
     let r = a.read_async(0, poisoned(size)).expect("48 MiB - 1 returns behind the stalled queue");
     assert!(!r.is_done().expect("is_done"), "queued behind the wait");
     match small.write(0, &random_bytes(70_001)) {
@@ -655,16 +654,14 @@ fn asynchronous_reads_that_fit_in_staging_return_behind_a_stalled_queue() {
     drop(release);
     assert_bytes_eq(&r.wait().expect("wait"), &data, "48 MiB - 1 read behind a stalled queue");
 
-    let gate = v.timeline_semaphore(0).expect("timeline");
+    let gate = stalled(&mut v);
     let release = Release(&gate);
-    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
     let r = image.read_level_async(0, poisoned(level)).expect("rows of 128 KiB return behind the stall");
     drop(release);
     assert_bytes_eq(&r.wait().expect("wait"), &texels, "120 rows of 128 KiB read behind a stall");
 
-    let gate = v.timeline_semaphore(0).expect("timeline");
+    let gate = stalled(&mut v);
     let release = Release(&gate);
-    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
     let r = a.read_async(0, poisoned(size)).expect("read_async");
     match r.wait() {
         Err(Error::Timeout(t, what)) => assert_eq!((t, what), (timeout, "an asynchronous transfer")),
@@ -689,9 +686,8 @@ fn asynchronous_reads_that_fit_in_staging_return_behind_a_stalled_queue() {
     let big = v.allocate(big_size as u64, DEV0).expect("allocate");
     let big_data = random_bytes(big_size);
     big.write(0, &big_data).expect("write");
-    let gate = v.timeline_semaphore(0).expect("timeline");
+    let gate = stalled(&mut v);
     let release = Release(&gate);
-    v.submit(0, &Submission::new().wait(&gate, 1)).expect("a submission waiting for a value");
     match big.read_async(0, poisoned(big_size)) {
         Err(Error::Timeout(t, what)) => assert_eq!((t, what), (timeout, "a staging copy")),
         other => panic!("a streamed read behind the stall: expected Timeout, got {other:?}"),

@@ -332,8 +332,9 @@ impl Buffer {
     /// must to queue every GPU copy and returns with the last ones in flight: the bytes those
     /// bring (at most the staging buffer's worth, 48 MiB by default; all of them for a read that
     /// fits) stay in staging and are copied into `out` when the transfer is waited for (or by the
-    /// next transfer through staging, which waits for them first). From 1 MiB on the pieces go
-    /// through the streamed pipeline, as [`Buffer::read`]'s do; below, through the ring's slots.
+    /// next transfer through staging, which waits for them first); the wait copies them out as
+    /// they arrive. A read larger than the ring goes through the streamed pipeline, as
+    /// [`Buffer::read`]'s pieces do; a smaller one through the ring's slots.
     pub fn read_async<D: HostBytesMut>(&self, offset: u64, mut out: D) -> Result<PendingTransfer<D>> {
         let range = HostRange::destination(out.host_bytes_mut());
         self.check_range(offset, range.len)?;

@@ -15,9 +15,10 @@
 //!   Asynchronous transfers use the same staging: a write's bytes are in staging when the call
 //!   returns, and the last copy signals the transfer timeline; a read leaves its last pieces
 //!   *held* there (the pieces before them it reads as a synchronous read does) — their bytes are
-//!   copied out when the transfer is waited for, or by whichever call needs staging first. From
-//!   [`STREAM_MIN`] bytes both go through the streamed pipeline ([`Transfer::streamed`], the
-//!   held bytes in [`Transfer::held`]), below through the ring's slots. A slot whose submission belongs to an
+//!   copied out as they arrive when the transfer is waited for, or by whichever call needs
+//!   staging first. Writes from [`STREAM_MIN`] bytes and reads larger than the ring go through
+//!   the streamed pipeline ([`Transfer::streamed`], a read's held bytes in [`Transfer::held`]);
+//!   the others through the ring's slots. A slot whose submission belongs to an
 //!   asynchronous transfer submitted whole is *covered*: the buffer's or image's drop waits for
 //!   the transfer's timeline value, so such a slot does not make the context pending.
 //!
@@ -303,8 +304,8 @@ impl HeldRun {
 pub(crate) const EARLIER_COPY: &str =
     "an earlier staging copy that timed out and is still queued (nothing of this call was done)";
 
-/// What [`Error::Timeout`] names when an asynchronous write's GPU copies still read the staging
-/// buffer.
+/// What [`Error::Timeout`] names when an asynchronous streamed transfer's GPU copies still use
+/// the staging buffer.
 const STAGING_IN_USE: &str =
     "an earlier asynchronous transfer's copies through the staging buffer (nothing of this call was done)";
 
@@ -849,7 +850,7 @@ impl Transfer {
         // same place, was copied out), so no later copy overwrites them.
         let pieces = copy.pieces();
         let held_from = (in_flight && dir == Direction::ToHost)
-            .then(|| (0..copy.pieces()).find(|&k| !copy.copied(k)).unwrap_or(copy.pieces()));
+            .then(|| (0..pieces).find(|&k| !copy.copied(k)).unwrap_or(pieces));
         // Waits until no copy thread touches either memory (after an error, skipping the rest).
         drop(copy);
         if let Ok(value) = result {
