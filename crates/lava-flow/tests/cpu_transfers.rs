@@ -622,7 +622,8 @@ fn asynchronous_reads_hold_their_last_pieces_until_waited_for() {
 }
 
 /// Asynchronous reads that fit in the staging buffer return behind a stalled queue, as writes
-/// do (48 MiB - 1 bytes, and an image level of 120 rows of 128 KiB); a slot transfer behind one
+/// do (48 MiB - 1 bytes, an image level of 120 rows of 128 KiB, and one whose rows do not divide
+/// into the slots); a slot transfer behind one
 /// is refused with a typed `Timeout`, nothing overwritten. One whose wait times out keeps its
 /// memory until its copies complete, and leaves nothing in flight after that. One larger than
 /// staging (streamed: it must copy pieces out to go on) fails with a typed `Timeout` and holds
@@ -660,6 +661,23 @@ fn asynchronous_reads_that_fit_in_staging_return_behind_a_stalled_queue() {
     drop(release);
     assert_bytes_eq(&r.wait().expect("wait"), &texels, "120 rows of 128 KiB read behind a stall");
 
+    // Just under 48 MiB in rows of 16,388 bytes: 1,023 rows fill a 16 MiB slot, so the 3,071
+    // rows take 4 slot pieces for 3 slots though the bytes fit (found by an outside review: it
+    // timed out inside the call). It streams instead, and returns.
+    let odd = ImageDesc::new(ImageFormat::Rgba8Unorm, 4097, 3071);
+    let odd_image = v.allocate_image(0, odd).expect("image");
+    let odd_level = odd.level_size(0) as usize;
+    assert!(odd_level < 3 * CHUNK, "{odd_level}");
+    let odd_texels = common::texel_data(ImageFormat::Rgba8Unorm, odd_level);
+    odd_image.write_level(0, &odd_texels).expect("write_level");
+    let gate = stalled(&mut v);
+    let release = Release(&gate);
+    let r =
+        odd_image.read_level_async(0, poisoned(odd_level)).expect("rows that do not divide into the slots");
+    drop(release);
+    assert_bytes_eq(&r.wait().expect("wait"), &odd_texels, "3,071 rows of 16,388 bytes read behind a stall");
+    drop(odd_image);
+
     let gate = stalled(&mut v);
     let release = Release(&gate);
     let r = a.read_async(0, poisoned(size)).expect("read_async");
@@ -695,5 +713,34 @@ fn asynchronous_reads_that_fit_in_staging_return_behind_a_stalled_queue() {
     drop(release);
     let r = big.read_async(0, poisoned(big_size)).expect("read_async after the release");
     assert_bytes_eq(&r.wait().expect("wait"), &big_data, "a streamed read after one that timed out");
+    assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
+}
+
+/// The wait of an asynchronous read never holds the context across a wait (found by an outside
+/// review). Behind a stalled queue, one thread waits for a read's held pieces while another
+/// takes the transfer statistics and only then releases the queue, as a thread whose own
+/// transfer comes before what the queue waits for would. Before, the wait held the context's
+/// lock: the statistics waited for the read's wait to time out (30 s), and the read failed.
+#[test]
+fn a_reads_wait_leaves_the_context_to_other_threads() {
+    let mut v = timed(Duration::from_secs(30), false);
+    let size = 3 * CHUNK - 1;
+    let a = v.allocate(size as u64, DEV0).expect("allocate");
+    let data = random_bytes(size);
+    a.write(0, &data).expect("write");
+    let gate = stalled(&mut v);
+    let release = Release(&gate);
+    let r = a.read_async(0, poisoned(size)).expect("returns behind the stalled queue");
+    std::thread::scope(|s| {
+        let waiter = s.spawn(move || r.wait());
+        // Time for the waiter to reach its wait for the held pieces (the test holds without it).
+        std::thread::sleep(Duration::from_millis(100));
+        let stats = v.transfer_stats();
+        assert!(stats.in_flight >= 1, "the read's pieces are in flight: {stats:?}");
+        assert!(!waiter.is_finished(), "the read waits for the stalled queue");
+        drop(release);
+        let out = waiter.join().expect("the waiter").expect("the read completes once released");
+        assert_bytes_eq(&out, &data, "48 MiB - 1 read, waited for on another thread");
+    });
     assert_eq!(v.transfer_stats().in_flight, 0, "{:?}", v.transfer_stats());
 }

@@ -413,13 +413,33 @@ impl Device {
         }
     }
 
-    /// Copies an asynchronous read's held bytes out as their GPU copies complete (see
-    /// [`Transfer::drain_held`]); the context's lock only, no settling.
+    /// Copies an asynchronous read's held bytes (transfer value `value`) out as their GPU
+    /// copies complete, the first while the GPU still brings the rest, up to the transfer
+    /// timeout in all. The context's lock is held only to copy what has arrived
+    /// ([`Transfer::drain_ready`]), never across a wait: other threads' transfers, and what they
+    /// may signal that this read's queue waits for, go on meanwhile. The waits block (in
+    /// `vkWaitSemaphores`); they do not poll. On a timeout or another error the rest stays held.
     pub fn drain_held(&self, value: u64) -> crate::Result<()> {
-        let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
-        match slot.as_mut() {
-            Some(transfer) => transfer.drain_held(self, value),
-            None => Ok(()),
+        let deadline = std::time::Instant::now().checked_add(self.transfer_timeout);
+        loop {
+            let next = {
+                let mut slot = self.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+                match slot.as_mut() {
+                    Some(transfer) => transfer.drain_ready(self, value)?,
+                    None => None,
+                }
+            };
+            let Some(next) = next else { return Ok(()) };
+            let Some(&timeline) = self.transfer_timeline.get() else { return Ok(()) };
+            let left =
+                deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(std::time::Instant::now()));
+            match self.wait_timeline(timeline, next, left) {
+                Ok(()) => {}
+                Err(vk::Result::TIMEOUT) => {
+                    return Err(crate::Error::Timeout(self.transfer_timeout, "an asynchronous transfer"))
+                }
+                Err(e) => return Err(crate::Error::vk("vkWaitSemaphores", e)),
+            }
         }
     }
 

@@ -939,7 +939,10 @@ impl Transfer {
                 self.batch_cmds[after_next].1 <= reached
             };
             if avail > 0 && ((spare && (avail >= cap || on_gpu < shape.low)) || limit == n) {
-                let end = submitted + avail.min(cap);
+                // Without a spare command buffer, the last batch takes everything left: capped,
+                // it would leave pieces for one more batch, whose command buffer may still be
+                // queued behind the stall (found flaky under load: the 33rd batch waited).
+                let end = if spare { submitted + avail.min(cap) } else { limit };
                 match self.submit_batch(
                     device,
                     dir,
@@ -1359,24 +1362,35 @@ impl Transfer {
         self.held = None;
     }
 
-    /// Copies an asynchronous read's held bytes (transfer value `value`) out as their GPU copies
-    /// complete, the first while the GPU still brings the rest: ring slots in the order they
-    /// were submitted, streamed batches in order. Stops at the first wait that fails or times
-    /// out, with its error, leaving the rest held.
-    pub fn drain_held(&mut self, device: &Device, value: u64) -> Result<()> {
+    /// Copies out, without waiting, the held bytes of an asynchronous read (transfer value
+    /// `value`) whose GPU copies have completed: ring slots in the order they were submitted, up
+    /// to the first still on its way, and streamed batches in order. Returns the transfer
+    /// timeline value to wait for before more can be copied (`None`: nothing of the read is held
+    /// any more). Held slots are waited for through `value` (only the last of them signals
+    /// the timeline), streamed batches each through its own.
+    pub fn drain_ready(&mut self, device: &Device, value: u64) -> Result<Option<u64>> {
+        let d = &device.device;
         let slots = self.slots.len();
         for j in 0..slots {
             let i = (self.cursor + j) % slots;
             if self.slots[i].held.as_ref().is_some_and(|h| h.value == value) {
+                // SAFETY: the fence belongs to this device (held slots are busy: their fence
+                // signals once their copy completes).
+                if !unsafe { d.get_fence_status(self.slots[i].fence) }.vk("vkGetFenceStatus")? {
+                    return Ok(Some(value));
+                }
+                // Signalled: settling waits for nothing, and copies the held bytes out.
                 self.settle_slot(device, i, "an asynchronous transfer")?;
             }
         }
-        while let Some(held) = self.held.as_ref().filter(|h| h.value == value) {
-            let Some(&(batch, _)) = held.batches.front() else { break };
-            device.wait_transfer_value(batch)?;
-            self.copy_out_held(batch);
+        if self.held.as_ref().is_none_or(|h| h.value != value) {
+            return Ok(None);
         }
-        Ok(())
+        // SAFETY: the semaphore belongs to this device.
+        let reached =
+            unsafe { d.get_semaphore_counter_value(self.timeline) }.vk("vkGetSemaphoreCounterValue")?;
+        self.copy_out_held(reached);
+        Ok(self.held.as_ref().filter(|h| h.value == value).and_then(|h| h.batches.front().map(|&(v, _)| v)))
     }
 
     /// Settles every uncovered slot (see [`Transfer::settle_slot`]): the context is no longer
@@ -1495,7 +1509,13 @@ impl Transfer {
             // can be copied out before the call returns): its slots are held whole.
             let streams = match dir {
                 Direction::ToDevice => host.len >= STREAM_MIN,
-                Direction::ToHost => host.len as u64 > ring_shape().chunk * self.slots.len() as u64,
+                // In pieces of whole rows, as `staged` cuts them (`check_rows` refuses rows
+                // longer than a slot): image rows that do not divide into the slots may need one
+                // piece more than there are slots, though the bytes would fit.
+                Direction::ToHost => {
+                    let step = target.step(ring_shape().chunk).max(1);
+                    (host.len as u64).div_ceil(step) > self.slots.len() as u64
+                }
             };
             let value = if streams {
                 // Streamed on the copy threads; the last GPU copies stay in flight: a write's
