@@ -9,7 +9,7 @@ use ash::vk;
 
 use super::external::{self, Loaders};
 use super::instance::{Instance, PhysicalDevice};
-use super::transfer::{Transfer, EARLIER_COPY};
+use super::transfer::{Transfer, EARLIER_COPY, FENCE_SPIN};
 use crate::error::{Result, VkResultExt};
 use crate::external::Os;
 
@@ -417,8 +417,10 @@ impl Device {
     /// copies complete, the first while the GPU still brings the rest, up to the transfer
     /// timeout in all. The context's lock is held only to copy what has arrived
     /// ([`Transfer::drain_ready`]), never across a wait: other threads' transfers, and what they
-    /// may signal that this read's queue waits for, go on meanwhile. The waits block (in
-    /// `vkWaitSemaphores`); they do not poll. On a timeout or another error the rest stays held.
+    /// may signal that this read's queue waits for, go on meanwhile. Each wait polls the
+    /// timeline's counter for [`FENCE_SPIN`] and then blocks in `vkWaitSemaphores` (a form that
+    /// polled without end hung on NVIDIA: docs/RELIABILITY.md). On a timeout or another error the
+    /// rest stays held.
     pub fn drain_held(&self, value: u64) -> crate::Result<()> {
         let deadline = std::time::Instant::now().checked_add(self.transfer_timeout);
         loop {
@@ -431,6 +433,19 @@ impl Device {
             };
             let Some(next) = next else { return Ok(()) };
             let Some(&timeline) = self.transfer_timeline.get() else { return Ok(()) };
+            // Poll briefly first, as a slot's settling does (`FENCE_SPIN`): a piece lands within
+            // microseconds, and waking from a blocking wait costs more on some drivers. The
+            // counter is read without the context's lock.
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < FENCE_SPIN {
+                // SAFETY: the transfer timeline is a live timeline semaphore of this device.
+                let now = unsafe { self.device.get_semaphore_counter_value(timeline) }
+                    .vk("vkGetSemaphoreCounterValue")?;
+                if now >= next {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
             let left =
                 deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(std::time::Instant::now()));
             match self.wait_timeline(timeline, next, left) {

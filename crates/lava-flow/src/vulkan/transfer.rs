@@ -62,7 +62,7 @@ const SLOT_ALIGN: u64 = 4096;
 /// Staging slots in the ring by default: one filled by the CPU, one copied by the GPU, one spare.
 const SLOTS: usize = 3;
 /// How long a staging slot's fence is polled before the wait blocks.
-const FENCE_SPIN: std::time::Duration = std::time::Duration::from_millis(2);
+pub(crate) const FENCE_SPIN: std::time::Duration = std::time::Duration::from_millis(2);
 /// Transfers of at least this many bytes import the caller's memory where they can; smaller ones
 /// stage (an import pins pages and costs driver calls that a small copy does not repay).
 pub(crate) const IMPORT_MIN: usize = 256 << 10;
